@@ -1,0 +1,384 @@
+//! `tern run`, `tern resume`, `tern inspect`: one module on this machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use tern_runtime::values::{to_json, to_text, JsonValue};
+use tern_runtime::{
+    AppConfig, Instance, LimitsState, Preopen, RestoreOptions, Runtime, RuntimeConfig, Snapshot, SnapshotOptions, Stdio,
+};
+
+use crate::util::{human_bytes, parse_duration, parse_size, print_json};
+
+#[derive(Args)]
+pub struct CallArgs {
+    /// Call an export with numeric arguments (repeatable; calls run in order).
+    #[arg(long = "invoke", id = "invoke", value_names = ["EXPORT", "ARG"], num_args = 1.., action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    invoke_flat: Vec<String>,
+    /// The calls, grouped per `--invoke` (filled from the matches).
+    #[arg(skip)]
+    pub invoke: Vec<Vec<String>>,
+    /// Write a snapshot of the app after the last call.
+    #[arg(long, value_name = "FILE")]
+    snapshot_out: Option<PathBuf>,
+    /// Compress the snapshot's memory runs with LZ4 where that pays
+    /// (smaller file; raw runs restore copy-on-write).
+    #[arg(long)]
+    compress: bool,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CallArgs {
+    /// Groups the `--invoke` values per occurrence.
+    pub fn group(&mut self, m: &clap::ArgMatches) {
+        self.invoke = m
+            .get_occurrences::<String>("invoke")
+            .map(|occ| occ.map(|o| o.cloned().collect()).collect())
+            .unwrap_or_default();
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The module (.wasm, or .wat text).
+    file: PathBuf,
+    #[command(flatten)]
+    pub calls: CallArgs,
+    /// An environment variable for the app (repeatable). Nothing is inherited.
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Give the app a host directory, as GUEST inside (default: same path).
+    #[arg(long = "dir", value_name = "HOST[:GUEST]")]
+    dirs: Vec<String>,
+    /// Give the app a host directory read-only.
+    #[arg(long = "dir-ro", value_name = "HOST[:GUEST]")]
+    dirs_ro: Vec<String>,
+    /// Memory limit (e.g. 64MiB); growth past it fails as Wasm says.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Fuel per call (instructions, roughly); a call that runs out is stopped.
+    #[arg(long, value_name = "N", conflicts_with = "timeout")]
+    fuel: Option<u64>,
+    /// Time limit per call (e.g. 500ms, 2s).
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<String>,
+    /// Arguments passed to the app (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// The snapshot file.
+    snapshot: PathBuf,
+    #[command(flatten)]
+    pub calls: CallArgs,
+    /// The module, when the snapshot does not carry it.
+    #[arg(long, value_name = "FILE")]
+    module: Option<PathBuf>,
+    /// Copy memory instead of mapping the snapshot copy-on-write.
+    #[arg(long)]
+    copy: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The snapshot file.
+    snapshot: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct CallReport {
+    export: String,
+    args: Vec<JsonValue>,
+    results: Vec<JsonValue>,
+}
+
+#[derive(Serialize)]
+struct RunReport {
+    module: String,
+    calls: Vec<CallReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot: Option<SnapshotWritten>,
+}
+
+#[derive(Serialize)]
+struct SnapshotWritten {
+    path: String,
+    bytes: u64,
+    stored_pages: u64,
+}
+
+fn runtime() -> Result<Arc<Runtime>> {
+    Ok(Runtime::new(RuntimeConfig { cache_dir: RuntimeConfig::default_cache_dir() })?)
+}
+
+fn parse_dir(spec: &str, read_only: bool) -> Result<Preopen> {
+    let (host, guest) = match spec.split_once(':') {
+        Some((h, g)) => (h.to_string(), g.to_string()),
+        None => (spec.to_string(), spec.to_string()),
+    };
+    let meta = std::fs::metadata(&host).with_context(|| format!("--dir {spec}: cannot use `{host}`"))?;
+    if !meta.is_dir() {
+        bail!("--dir {spec}: `{host}` is not a directory");
+    }
+    // Stored absolute, so a resume from elsewhere finds the same directory.
+    let host = std::fs::canonicalize(&host)?.to_string_lossy().into_owned();
+    Ok(Preopen { host, guest, read_only })
+}
+
+pub fn run(a: RunArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let module = rt.load_file(&a.file).with_context(|| format!("cannot load `{}`", a.file.display()))?;
+    let mut env = Vec::new();
+    for kv in &a.env {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected K=V"))?;
+        env.push((k.to_string(), v.to_string()));
+    }
+    let mut preopens = Vec::new();
+    for d in &a.dirs {
+        preopens.push(parse_dir(d, false)?);
+    }
+    for d in &a.dirs_ro {
+        preopens.push(parse_dir(d, true)?);
+    }
+    let limits = LimitsState {
+        memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
+        fuel_per_call: a.fuel,
+        timeout_ms_per_call: a.timeout.as_deref().map(parse_duration).transpose()?.map(|d| d.as_millis().max(1) as u64),
+    };
+    let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app.wasm".into());
+    let mut args = vec![name];
+    args.extend(a.args.iter().cloned());
+    let config = AppConfig { args, env, preopens, limits, stdio: Stdio::Inherit, ..Default::default() };
+    let mut inst = match Instance::start(&rt, &module, config) {
+        Ok(i) => i,
+        Err(tern_runtime::Error::Exit(code)) => {
+            // A command that exits non-zero: its status is ours.
+            if a.calls.json {
+                print_json(&RunReport { module: module.hash_hex(), calls: vec![], exit_code: Some(code), snapshot: None })?;
+            }
+            return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    finish(&mut inst, &a.calls)
+}
+
+pub fn resume(a: ResumeArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let snap = Snapshot::open(&a.snapshot, true).with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
+    let module = match &a.module {
+        Some(p) => Some(rt.load_file(p).with_context(|| format!("cannot load `{}`", p.display()))?),
+        None => None,
+    };
+    let opts = RestoreOptions { copy_on_write: !a.copy, hooks: true, stdio: Stdio::Inherit, ..Default::default() };
+    let mut inst = Instance::restore(&rt, &snap, module, opts).with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
+    finish(&mut inst, &a.calls)
+}
+
+fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
+    let mut calls = Vec::new();
+    for inv in &c.invoke {
+        let (export, args) = inv.split_first().context("--invoke needs an export name")?;
+        let (params, _) = inst.func_type(export)?;
+        let vals = tern_runtime::values::parse_args(export, &params, args)?;
+        let results = inst.call(export, &vals)?;
+        if !c.json {
+            let line: Vec<String> = results.iter().map(to_text).collect();
+            println!("{}", line.join(" "));
+        }
+        calls.push(CallReport {
+            export: export.clone(),
+            args: vals.iter().map(to_json).collect(),
+            results: results.iter().map(to_json).collect(),
+        });
+    }
+    let mut written = None;
+    if let Some(path) = &c.snapshot_out {
+        let snap = inst.snapshot(SnapshotOptions { compress: c.compress, ..Default::default() })?;
+        snap.write_file(path).with_context(|| format!("cannot write snapshot `{}`", path.display()))?;
+        written = Some(SnapshotWritten {
+            path: path.display().to_string(),
+            bytes: snap.as_bytes().len() as u64,
+            stored_pages: snap.stored_pages(),
+        });
+        if !c.json {
+            eprintln!("snapshot: {} ({}, {} pages stored)", path.display(), human_bytes(snap.as_bytes().len() as u64), snap.stored_pages());
+        }
+    }
+    if c.json {
+        print_json(&RunReport { module: inst.module().hash_hex(), calls, exit_code: inst.exited(), snapshot: written })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct InspectReport {
+    path: String,
+    format_version: u32,
+    tern_version: String,
+    module_sha256: String,
+    module_embedded: bool,
+    app: Option<String>,
+    generation: u64,
+    calls: u64,
+    file_bytes: u64,
+    image_bytes: u64,
+    memories: Vec<InspectMemory>,
+    globals: Vec<InspectGlobal>,
+    tables: Vec<InspectTable>,
+    wasi: InspectWasi,
+    limits: LimitsState,
+    checksum: String,
+}
+
+#[derive(Serialize)]
+struct InspectMemory {
+    index: u32,
+    bytes: u64,
+    pages_total: u64,
+    pages_stored: u64,
+    runs: usize,
+    compressed_runs: usize,
+}
+
+#[derive(Serialize)]
+struct InspectGlobal {
+    index: u32,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct InspectTable {
+    index: u32,
+    size: u32,
+    non_null: usize,
+}
+
+#[derive(Serialize)]
+struct InspectWasi {
+    args: Vec<String>,
+    env: Vec<String>,
+    preopens: Vec<String>,
+    monotonic_ns: u64,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let snap = Snapshot::open(&a.snapshot, false).with_context(|| format!("cannot inspect `{}`", a.snapshot.display()))?;
+    let checksum = match snap.verify_image() {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("FAILED: {e}"),
+    };
+    let b = &snap.body;
+    let report = InspectReport {
+        path: a.snapshot.display().to_string(),
+        format_version: tern_runtime::snapshot::FORMAT_VERSION,
+        tern_version: b.meta.tern_version.clone(),
+        module_sha256: hex::encode(b.meta.module_sha256),
+        module_embedded: b.module.is_some(),
+        app: b.meta.app.clone(),
+        generation: b.meta.generation,
+        calls: b.meta.calls,
+        file_bytes: snap.as_bytes().len() as u64,
+        image_bytes: snap.image().len() as u64,
+        memories: b
+            .memories
+            .iter()
+            .map(|m| InspectMemory {
+                index: m.index,
+                bytes: m.byte_size,
+                pages_total: m.byte_size / 4096,
+                pages_stored: m.runs.iter().map(|r| r.pages).sum(),
+                runs: m.runs.len(),
+                compressed_runs: m.runs.iter().filter(|r| r.encoding == tern_runtime::snapshot::Encoding::Lz4).count(),
+            })
+            .collect(),
+        globals: b
+            .globals
+            .iter()
+            .map(|g| InspectGlobal {
+                index: g.index,
+                value: match g.value {
+                    tern_runtime::snapshot::Value::I32(v) => format!("i32 {v}"),
+                    tern_runtime::snapshot::Value::I64(v) => format!("i64 {v}"),
+                    tern_runtime::snapshot::Value::F32(v) => format!("f32 {}", f32::from_bits(v)),
+                    tern_runtime::snapshot::Value::F64(v) => format!("f64 {}", f64::from_bits(v)),
+                    tern_runtime::snapshot::Value::V128(v) => format!("v128 {v:#x}"),
+                    tern_runtime::snapshot::Value::NullRef => "ref null".into(),
+                },
+            })
+            .collect(),
+        tables: b
+            .tables
+            .iter()
+            .map(|t| InspectTable { index: t.index, size: t.size, non_null: t.runs.iter().map(|r| r.1.len()).sum() })
+            .collect(),
+        wasi: InspectWasi {
+            args: b.wasi.args.clone(),
+            env: b.wasi.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            preopens: b.wasi.preopens.iter().map(|p| format!("{}:{}{}", p.host, p.guest, if p.read_only { " (ro)" } else { "" })).collect(),
+            monotonic_ns: b.wasi.monotonic_ns,
+        },
+        limits: b.limits.clone(),
+        checksum: checksum.clone(),
+    };
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print_inspect(&report);
+    }
+    if checksum != "ok" {
+        bail!("{}: {checksum}", a.snapshot.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_inspect(r: &InspectReport) {
+    println!("snapshot       {}", r.path);
+    println!("format         version {} (written by tern {})", r.format_version, r.tern_version);
+    println!("module         sha256 {}{}", r.module_sha256, if r.module_embedded { " (embedded)" } else { " (not embedded)" });
+    if let Some(app) = &r.app {
+        println!("app            {app} (generation {})", r.generation);
+    }
+    println!("calls so far   {}", r.calls);
+    println!("size           {} file, {} memory image", human_bytes(r.file_bytes), human_bytes(r.image_bytes));
+    for m in &r.memories {
+        println!(
+            "memory {}       {} ({} of {} 4-KiB pages stored, {} runs, {} compressed)",
+            m.index,
+            human_bytes(m.bytes),
+            m.pages_stored,
+            m.pages_total,
+            m.runs,
+            m.compressed_runs
+        );
+    }
+    for g in &r.globals {
+        println!("global {:<7} {}", g.index, g.value);
+    }
+    for t in &r.tables {
+        println!("table {:<8} {} elements, {} set", t.index, t.size, t.non_null);
+    }
+    println!("args           {:?}", r.wasi.args);
+    if !r.wasi.env.is_empty() {
+        println!("env            {:?}", r.wasi.env);
+    }
+    for p in &r.wasi.preopens {
+        println!("dir            {p}");
+    }
+    println!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6);
+    println!("checksum       {}", r.checksum);
+}
+

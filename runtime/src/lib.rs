@@ -1,0 +1,30 @@
+//! tern's node runtime: everything that touches wasmtime.
+//!
+//! - [`engine`]: the [`Runtime`] (engine, linker, module cache, epoch ticker);
+//! - [`rewrite`]: the migratability rewrite applied to every module at load;
+//! - [`instance`]: a running app, calls under limits, capture and restore;
+//! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
+//! - [`dirty`]: which pages a guest wrote since the last look (userfaultfd or hashing);
+//! - [`snapshot`]: the snapshot value and its byte format (the only module
+//!   that knows those bytes);
+//! - [`wasi`]: what an app is given, its clock, its logs;
+//! - [`values`]: numeric arguments and results as text and JSON.
+
+pub mod dirty;
+pub mod engine;
+pub mod error;
+pub mod instance;
+pub mod memory;
+pub mod rewrite;
+pub mod snapshot;
+pub mod values;
+pub mod wasi;
+
+pub use engine::{sha256, LoadedModule, Runtime, RuntimeConfig};
+pub use error::{Error, Result};
+pub use instance::{AppConfig, Instance, RestoreOptions, SnapshotOptions};
+pub use snapshot::{LimitsState, Preopen, Snapshot, SnapshotError, WasiState};
+pub use wasi::{LogBuffer, Stdio};
+
+/// Re-exported for callers that pass values in and out.
+pub use wasmtime::{Val, ValType};

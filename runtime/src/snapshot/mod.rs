@@ -1,0 +1,568 @@
+//! The snapshot: an app's whole state between two calls, and its byte format.
+//!
+//! This module is the only place that knows the snapshot bytes. Everything
+//! else builds a [`Snapshot`] value (capture) or reads one back (restore).
+//!
+//! # File layout (format version 1)
+//!
+//! ```text
+//! offset 0     header (64 bytes)
+//!                magic "TERNSNAP"            8 bytes
+//!                format version              u32 LE
+//!                flags (reserved, 0)         u32 LE
+//!                image offset                u64 LE  (= 4096)
+//!                image length                u64 LE
+//!                body offset                 u64 LE
+//!                body length                 u64 LE
+//!                checksum                    16 bytes: xxh3-128 of header[0..48] ++ body
+//! 64..4096     zero padding
+//! 4096         memory image: every stored run of pages, each starting at a
+//!              4096-aligned offset (raw runs can be mapped copy-on-write)
+//! body offset  body: postcard-encoded [`Body`]; it holds the xxh3-128 of the
+//!              image bytes and an xxh3-64 per stored page, so the checksum in
+//!              the header covers the whole file
+//! ```
+//!
+//! The header is read and checked before anything else: a wrong magic, a
+//! newer format version, a truncated file or a checksum mismatch is a typed
+//! [`SnapshotError`], never a misread. Encoding is deterministic: the same
+//! state gives the same bytes.
+
+mod image;
+
+pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
+
+/// The first eight bytes of every snapshot file.
+pub const MAGIC: &[u8; 8] = b"TERNSNAP";
+/// The format version this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 1;
+/// Where the memory image starts.
+pub const IMAGE_OFFSET: u64 = 4096;
+const HEADER_LEN: usize = 64;
+/// A body larger than this is refused rather than allocated.
+const MAX_BODY_LEN: u64 = 1 << 30;
+
+/// Why a snapshot could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a tern snapshot (bad magic bytes): was this file written by `tern run --snapshot-out` or `tern snapshot`?")]
+    BadMagic,
+    #[error("snapshot format version {found} is newer than this tern understands (up to {supported}): upgrade tern to read it")]
+    NewerVersion { found: u32, supported: u32 },
+    #[error("snapshot format version {found} is no longer supported (this tern reads version {supported}): take a new snapshot with the tern that wrote it")]
+    OlderVersion { found: u32, supported: u32 },
+    #[error("snapshot is truncated: expected {expected} bytes, found {found}; the copy is incomplete, copy it again")]
+    Truncated { expected: u64, found: u64 },
+    #[error("snapshot is corrupt: {0}; do not resume from it")]
+    Corrupt(String),
+    #[error("snapshot checksum mismatch ({what}): the file was damaged after it was written; do not resume from it")]
+    Checksum { what: &'static str },
+    #[error("cannot read snapshot: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SnapshotError {
+    fn corrupt(msg: impl Into<String>) -> Self {
+        SnapshotError::Corrupt(msg.into())
+    }
+}
+
+/// A value of a global, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    I32(i32),
+    I64(i64),
+    /// Bits, so that NaN payloads survive.
+    F32(u32),
+    F64(u64),
+    V128(u128),
+    /// A null reference (non-null references in globals are not migratable).
+    NullRef,
+}
+
+/// One mutable global of the module, by its index in the module's global space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalState {
+    pub index: u32,
+    pub value: Value,
+}
+
+/// One table: its size and its elements as function indices (`None` = null).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableState {
+    pub index: u32,
+    pub size: u32,
+    /// Runs of consecutive elements: (first element, function indices).
+    pub runs: Vec<(u32, Vec<Option<u32>>)>,
+}
+
+/// How a run's bytes are stored in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// Raw page bytes, 4096-aligned in the file: can be mapped copy-on-write.
+    Raw,
+    /// An LZ4 block of the run's bytes.
+    Lz4,
+}
+
+/// A run of consecutive stored pages of one memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// First 4 KiB page of the run, counted from the start of the memory.
+    pub first_page: u64,
+    /// Number of 4 KiB pages.
+    pub pages: u64,
+    pub encoding: Encoding,
+    /// Offset of the run's bytes from the start of the image.
+    pub image_offset: u64,
+    /// Bytes the run takes in the image (before padding).
+    pub stored_len: u64,
+}
+
+/// One linear memory: its size, its stored runs and a hash per stored page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryState {
+    pub index: u32,
+    /// Size of the memory in bytes (a multiple of the Wasm page size).
+    pub byte_size: u64,
+    pub runs: Vec<Run>,
+    /// xxh3-64 of every stored page, in run order. Pages not stored are zero.
+    pub page_hashes: Vec<u64>,
+}
+
+/// A directory the app was given, in the order it was given (fd order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preopen {
+    pub host: String,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+/// The WASI context the app was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasiState {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    /// The latest monotonic clock value the guest has read (ns). After a
+    /// restore the guest's clock continues from here, never backwards.
+    pub monotonic_ns: u64,
+    /// A fixed seed for the app's random source (reproducible runs); `None`
+    /// means real entropy.
+    pub random_seed: Option<u64>,
+}
+
+/// Limits the app runs under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsState {
+    pub memory_bytes: Option<u64>,
+    pub fuel_per_call: Option<u64>,
+    pub timeout_ms_per_call: Option<u64>,
+}
+
+/// Platform metadata that travels with the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// sha256 of the module's original bytes (before the migratability rewrite).
+    pub module_sha256: [u8; 32],
+    /// Version of tern that wrote the snapshot.
+    pub tern_version: String,
+    /// App name, when it runs on a cluster.
+    pub app: Option<String>,
+    /// Generation number: bumped at every move; fences stale copies.
+    pub generation: u64,
+    /// Number of calls into the guest so far.
+    pub calls: u64,
+    /// Free-form platform fields (restart policy, requests served, ...).
+    pub extra: Vec<(String, String)>,
+}
+
+/// Everything but the page bytes. Serialized with postcard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    pub meta: Meta,
+    pub limits: LimitsState,
+    pub wasi: WasiState,
+    pub globals: Vec<GlobalState>,
+    pub tables: Vec<TableState>,
+    pub memories: Vec<MemoryState>,
+    /// The module's original bytes, when the snapshot carries them.
+    #[serde(with = "serde_bytes")]
+    pub module: Option<Vec<u8>>,
+    /// Files of the app's data directory: (relative path, bytes).
+    pub files: Vec<(String, serde_bytes::ByteBuf)>,
+    /// xxh3-128 of the image section as stored.
+    pub image_hash: u128,
+}
+
+/// Where the image bytes of a snapshot live.
+#[derive(Clone)]
+pub enum Backing {
+    /// In memory (just captured, or received over the network).
+    Bytes(Arc<Vec<u8>>),
+    /// A file mapped read-only: its raw runs can be mapped copy-on-write.
+    File(Arc<MappedFile>),
+}
+
+impl Backing {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Backing::Bytes(b) => b,
+            Backing::File(f) => f.as_slice(),
+        }
+    }
+}
+
+/// A snapshot: its body and the bytes of the whole file.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub body: Body,
+    backing: Backing,
+    image_len: u64,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("meta", &self.body.meta)
+            .field("bytes", &self.backing.as_slice().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of a snapshot before encoding: built by capture.
+pub struct SnapshotParts {
+    pub meta: Meta,
+    pub limits: LimitsState,
+    pub wasi: WasiState,
+    pub globals: Vec<GlobalState>,
+    pub tables: Vec<TableState>,
+    /// Captured memories, with their image bytes.
+    pub memories: Vec<MemoryCapture>,
+    pub module: Option<Vec<u8>>,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl Snapshot {
+    /// Lays out and encodes the parts into the file format.
+    pub fn encode(parts: SnapshotParts) -> Snapshot {
+        let image_len: usize = parts.memories.iter().map(|m| m.image.len()).sum();
+        let mut out = Vec::with_capacity(IMAGE_OFFSET as usize + image_len + 4096);
+        out.resize(IMAGE_OFFSET as usize, 0);
+        let mut memories = Vec::with_capacity(parts.memories.len());
+        for cap in parts.memories {
+            let base = out.len() as u64 - IMAGE_OFFSET;
+            out.extend_from_slice(&cap.image);
+            let mut state = cap.state;
+            for run in &mut state.runs {
+                run.image_offset += base;
+            }
+            memories.push(state);
+        }
+        let image_end = out.len();
+        let image_hash = xxh3_128(&out[IMAGE_OFFSET as usize..image_end]);
+        let body = Body {
+            meta: parts.meta,
+            limits: parts.limits,
+            wasi: parts.wasi,
+            globals: parts.globals,
+            tables: parts.tables,
+            memories,
+            module: parts.module,
+            files: parts.files.into_iter().map(|(p, b)| (p, serde_bytes::ByteBuf::from(b))).collect(),
+            image_hash,
+        };
+        let body_offset = out.len() as u64;
+        let body_bytes = postcard::to_stdvec(&body).expect("postcard encoding into a Vec cannot fail");
+        out.extend_from_slice(&body_bytes);
+        let image_len = image_end as u64 - IMAGE_OFFSET;
+        write_header(&mut out[..HEADER_LEN], image_len, body_offset, body_bytes.len() as u64, &body_bytes);
+        Snapshot { body, backing: Backing::Bytes(Arc::new(out)), image_len }
+    }
+
+    /// Reads a snapshot from bytes, checking header, size and checksums.
+    /// `verify_image` also checks the image hash (a pass over every stored byte).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Snapshot, SnapshotError> {
+        Self::decode(Backing::Bytes(Arc::new(bytes)), true)
+    }
+
+    /// Opens a snapshot file. The file is mapped, not read: restoring from it
+    /// can map its raw pages copy-on-write. With `verify_image`, every stored
+    /// byte is hashed and checked first; without it only the header and body
+    /// are (for checkpoints this node wrote or already verified).
+    pub fn open(path: &Path, verify_image: bool) -> Result<Snapshot, SnapshotError> {
+        let file = MappedFile::open(path)?;
+        Self::decode(Backing::File(Arc::new(file)), verify_image)
+    }
+
+    fn decode(backing: Backing, verify_image: bool) -> Result<Snapshot, SnapshotError> {
+        let bytes = backing.as_slice();
+        let found = bytes.len() as u64;
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            // A file shorter than the magic that starts like one is truncated.
+            if !bytes.is_empty() && bytes.len() < 8 && MAGIC.starts_with(bytes) {
+                return Err(SnapshotError::Truncated { expected: HEADER_LEN as u64, found });
+            }
+            return Err(SnapshotError::BadMagic);
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(SnapshotError::Truncated { expected: HEADER_LEN as u64, found });
+        }
+        let h = &bytes[..HEADER_LEN];
+        let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
+        if version > FORMAT_VERSION {
+            return Err(SnapshotError::NewerVersion { found: version, supported: FORMAT_VERSION });
+        }
+        if version < FORMAT_VERSION {
+            return Err(SnapshotError::OlderVersion { found: version, supported: FORMAT_VERSION });
+        }
+        let flags = u32::from_le_bytes(h[12..16].try_into().unwrap());
+        let image_offset = u64::from_le_bytes(h[16..24].try_into().unwrap());
+        let image_len = u64::from_le_bytes(h[24..32].try_into().unwrap());
+        let body_offset = u64::from_le_bytes(h[32..40].try_into().unwrap());
+        let body_len = u64::from_le_bytes(h[40..48].try_into().unwrap());
+        let checksum = u128::from_le_bytes(h[48..64].try_into().unwrap());
+        if flags != 0 {
+            return Err(SnapshotError::corrupt(format!("unknown header flags {flags:#x}")));
+        }
+        if image_offset != IMAGE_OFFSET {
+            return Err(SnapshotError::corrupt(format!("image offset {image_offset}, expected {IMAGE_OFFSET}")));
+        }
+        if body_len > MAX_BODY_LEN {
+            return Err(SnapshotError::corrupt(format!("body length {body_len} is implausible")));
+        }
+        let image_end = IMAGE_OFFSET
+            .checked_add(image_len)
+            .ok_or_else(|| SnapshotError::corrupt("image length overflows"))?;
+        if body_offset != image_end {
+            return Err(SnapshotError::corrupt(format!("body at {body_offset}, expected right after the image at {image_end}")));
+        }
+        let expected = body_offset
+            .checked_add(body_len)
+            .ok_or_else(|| SnapshotError::corrupt("body length overflows"))?;
+        if found < expected {
+            return Err(SnapshotError::Truncated { expected, found });
+        }
+        if found > expected {
+            return Err(SnapshotError::corrupt(format!("{} unexpected bytes after the end of the snapshot", found - expected)));
+        }
+        let body_bytes = &bytes[body_offset as usize..expected as usize];
+        if header_checksum(&h[..48], body_bytes) != checksum {
+            return Err(SnapshotError::Checksum { what: "header and body" });
+        }
+        let body: Body = postcard::from_bytes(body_bytes)
+            .map_err(|e| SnapshotError::corrupt(format!("body does not decode: {e}")))?;
+        let image = &bytes[IMAGE_OFFSET as usize..image_end as usize];
+        validate_body(&body, image_len)?;
+        if verify_image && xxh3_128(image) != body.image_hash {
+            return Err(SnapshotError::Checksum { what: "memory image" });
+        }
+        if let Some(module) = &body.module {
+            let hash = crate::sha256(module);
+            if hash != body.meta.module_sha256 {
+                return Err(SnapshotError::corrupt("the embedded module does not match the module hash"));
+            }
+        }
+        Ok(Snapshot { body, backing, image_len })
+    }
+
+    /// The encoded bytes of the whole file.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.backing.as_slice()
+    }
+
+    /// Writes the snapshot to a file (atomically: a temporary file renamed).
+    pub fn write_file(&self, path: &Path) -> std::io::Result<()> {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
+            std::process::id()
+        ));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(self.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The stored bytes of the image section.
+    pub fn image(&self) -> &[u8] {
+        &self.as_bytes()[IMAGE_OFFSET as usize..(IMAGE_OFFSET + self.image_len) as usize]
+    }
+
+    /// The stored bytes of one run (raw or compressed).
+    pub fn run_bytes(&self, run: &Run) -> &[u8] {
+        &self.image()[run.image_offset as usize..(run.image_offset + run.stored_len) as usize]
+    }
+
+    /// The page bytes of a run, decompressed if needed.
+    pub fn run_data(&self, run: &Run) -> Result<std::borrow::Cow<'_, [u8]>, SnapshotError> {
+        let stored = self.run_bytes(run);
+        match run.encoding {
+            Encoding::Raw => Ok(std::borrow::Cow::Borrowed(stored)),
+            Encoding::Lz4 => {
+                let len = (run.pages * PAGE_SIZE as u64) as usize;
+                let mut out = vec![0u8; len];
+                let n = lz4_flex::block::decompress_into(stored, &mut out)
+                    .map_err(|e| SnapshotError::corrupt(format!("compressed run at page {} does not decode: {e}", run.first_page)))?;
+                if n != len {
+                    return Err(SnapshotError::corrupt(format!("compressed run at page {} has {n} bytes, expected {len}", run.first_page)));
+                }
+                Ok(std::borrow::Cow::Owned(out))
+            }
+        }
+    }
+
+    /// The mapped file behind this snapshot, if it was opened from a file.
+    pub fn mapped_file(&self) -> Option<&Arc<MappedFile>> {
+        match &self.backing {
+            Backing::File(f) => Some(f),
+            Backing::Bytes(_) => None,
+        }
+    }
+
+    /// Total number of stored 4 KiB pages over all memories.
+    pub fn stored_pages(&self) -> u64 {
+        self.body.memories.iter().flat_map(|m| &m.runs).map(|r| r.pages).sum()
+    }
+
+    /// Checks the image hash and every page hash against the stored bytes.
+    pub fn verify_image(&self) -> Result<(), SnapshotError> {
+        if xxh3_128(self.image()) != self.body.image_hash {
+            return Err(SnapshotError::Checksum { what: "memory image" });
+        }
+        for mem in &self.body.memories {
+            let mut hashes = mem.page_hashes.iter();
+            for run in &mem.runs {
+                let data = self.run_data(run)?;
+                for page in data.chunks(PAGE_SIZE) {
+                    if hashes.next() != Some(&xxh3_64(page)) {
+                        return Err(SnapshotError::Checksum { what: "memory page" });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_header(h: &mut [u8], image_len: u64, body_offset: u64, body_len: u64, body: &[u8]) {
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&0u32.to_le_bytes());
+    h[16..24].copy_from_slice(&IMAGE_OFFSET.to_le_bytes());
+    h[24..32].copy_from_slice(&image_len.to_le_bytes());
+    h[32..40].copy_from_slice(&body_offset.to_le_bytes());
+    h[40..48].copy_from_slice(&body_len.to_le_bytes());
+    let sum = header_checksum(&h[..48], body);
+    h[48..64].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn header_checksum(header48: &[u8], body: &[u8]) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(header48);
+    hasher.update(body);
+    hasher.digest128()
+}
+
+/// Checks that every run lies inside the image and inside its memory, that
+/// runs are sorted and disjoint, and that page hashes match the page count.
+fn validate_body(body: &Body, image_len: u64) -> Result<(), SnapshotError> {
+    for mem in &body.memories {
+        if mem.byte_size % (64 * 1024) != 0 {
+            return Err(SnapshotError::corrupt(format!("memory {} size {} is not a whole number of Wasm pages", mem.index, mem.byte_size)));
+        }
+        let mem_pages = mem.byte_size / PAGE_SIZE as u64;
+        let mut next_free = 0u64;
+        let mut total = 0u64;
+        for run in &mem.runs {
+            let end = run.first_page.checked_add(run.pages).ok_or_else(|| SnapshotError::corrupt("run length overflows"))?;
+            if run.pages == 0 || run.first_page < next_free || end > mem_pages {
+                return Err(SnapshotError::corrupt(format!(
+                    "memory {} run at page {} (+{}) overlaps another or lies outside the memory ({} pages)",
+                    mem.index, run.first_page, run.pages, mem_pages
+                )));
+            }
+            next_free = end;
+            let stored_end = run.image_offset.checked_add(run.stored_len).ok_or_else(|| SnapshotError::corrupt("run offset overflows"))?;
+            if stored_end > image_len {
+                return Err(SnapshotError::corrupt(format!("memory {} run at page {} lies outside the image", mem.index, run.first_page)));
+            }
+            if run.encoding == Encoding::Raw && (run.stored_len != run.pages * PAGE_SIZE as u64 || run.image_offset % PAGE_SIZE as u64 != 0) {
+                return Err(SnapshotError::corrupt(format!("memory {} raw run at page {} has a wrong length or alignment", mem.index, run.first_page)));
+            }
+            total += run.pages;
+        }
+        if total != mem.page_hashes.len() as u64 {
+            return Err(SnapshotError::corrupt(format!("memory {} has {} page hashes for {} stored pages", mem.index, mem.page_hashes.len(), total)));
+        }
+    }
+    for t in &body.tables {
+        for (start, elems) in &t.runs {
+            if (*start as u64 + elems.len() as u64) > t.size as u64 {
+                return Err(SnapshotError::corrupt(format!("table {} elements lie outside its size {}", t.index, t.size)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file mapped read-only into memory.
+pub struct MappedFile {
+    ptr: *mut u8,
+    len: usize,
+    file: std::fs::File,
+}
+
+// SAFETY: the mapping is read-only and lives as long as the value.
+unsafe impl Send for MappedFile {}
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> std::io::Result<MappedFile> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Ok(MappedFile { ptr: std::ptr::null_mut(), len: 0, file });
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only private mapping of a file we hold open.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MappedFile { ptr: ptr.cast(), len, file })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the mapping is valid for `len` bytes while `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: we mapped exactly this range.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

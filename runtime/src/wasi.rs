@@ -1,0 +1,207 @@
+//! The WASI side of an app: what it is given (nothing by default), its clock,
+//! and where its output goes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::error::{Error, Result};
+use crate::snapshot::{Preopen, WasiState};
+
+fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn host_now_ns() -> i128 {
+    process_start().elapsed().as_nanos() as i128
+}
+
+/// The guest's monotonic clock: the host's, shifted so that it continues
+/// from the last value the guest read before a snapshot, never backwards.
+#[derive(Clone)]
+pub struct GuestClock {
+    offset_ns: i128,
+    observed: Arc<AtomicU64>,
+}
+
+impl GuestClock {
+    /// A clock that reads `start_ns` now.
+    pub fn starting_at(start_ns: u64) -> GuestClock {
+        GuestClock { offset_ns: start_ns as i128 - host_now_ns(), observed: Arc::new(AtomicU64::new(start_ns)) }
+    }
+
+    /// The latest value the guest has read (or the start value).
+    pub fn observed(&self) -> u64 {
+        self.observed.load(Ordering::Relaxed)
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for GuestClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        let v = (host_now_ns() + self.offset_ns).max(0) as u64;
+        let prev = self.observed.fetch_max(v, Ordering::Relaxed);
+        v.max(prev)
+    }
+}
+
+/// The last lines an app wrote to stdout and stderr, kept for `tern logs`.
+#[derive(Default)]
+pub struct LogBuffer {
+    inner: Mutex<LogInner>,
+    notify: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct LogInner {
+    lines: VecDeque<(u64, String)>,
+    partial: Vec<u8>,
+    next_seq: u64,
+}
+
+const LOG_LINES_KEPT: usize = 10_000;
+const LOG_LINE_MAX: usize = 16 * 1024;
+
+impl LogBuffer {
+    pub fn new() -> Arc<LogBuffer> {
+        Arc::new(LogBuffer::default())
+    }
+
+    /// Appends raw output, splitting it into lines.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for &b in bytes {
+            if b == b'\n' || g.partial.len() >= LOG_LINE_MAX {
+                let line = String::from_utf8_lossy(&g.partial).into_owned();
+                g.partial.clear();
+                let seq = g.next_seq;
+                g.next_seq += 1;
+                g.lines.push_back((seq, line));
+                if g.lines.len() > LOG_LINES_KEPT {
+                    g.lines.pop_front();
+                }
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            g.partial.push(b);
+        }
+        drop(g);
+        self.notify.notify_all();
+    }
+
+    /// Adds one line written by the platform itself.
+    pub fn line(&self, line: &str) {
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.write(&bytes);
+    }
+
+    /// Lines with sequence number `>= from`: (next sequence number, lines).
+    pub fn since(&self, from: u64) -> (u64, Vec<String>) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = g.lines.iter().filter(|(s, _)| *s >= from).map(|(_, l)| l.clone()).collect();
+        (g.next_seq, lines)
+    }
+
+    /// Waits up to `timeout` for a line with sequence number `>= from`.
+    pub fn wait_since(&self, from: u64, timeout: std::time::Duration) -> (u64, Vec<String>) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .notify
+            .wait_timeout_while(g, timeout, |g| g.next_seq <= from)
+            .unwrap_or_else(|e| e.into_inner());
+        let lines = g.lines.iter().filter(|(s, _)| *s >= from).map(|(_, l)| l.clone()).collect();
+        (g.next_seq, lines)
+    }
+}
+
+struct LogWriter(Arc<LogBuffer>);
+
+impl tokio::io::AsyncWrite for LogWriter {
+    fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.write(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[derive(Clone)]
+struct LogStream(Arc<LogBuffer>);
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LogWriter(self.0.clone()))
+    }
+}
+
+/// Where an app's stdout and stderr go.
+#[derive(Clone, Default)]
+pub enum Stdio {
+    /// Discarded.
+    #[default]
+    Null,
+    /// The host process's own stdout and stderr (for `tern run`).
+    Inherit,
+    /// Into a log buffer (apps on a node).
+    Capture(Arc<LogBuffer>),
+}
+
+/// Builds the WASI context an app gets: only what it was given.
+pub(crate) fn build_ctx(state: &WasiState, stdio: &Stdio, clock: &GuestClock) -> Result<wasmtime_wasi::p1::WasiP1Ctx> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&state.args);
+    for (k, v) in &state.env {
+        b.env(k, v);
+    }
+    for Preopen { host, guest, read_only } in &state.preopens {
+        let perms = if *read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        b.preopened_dir(host, guest, perms).map_err(|e| Error::Other(format!("cannot give directory `{host}` to the app: {e}")))?;
+    }
+    b.monotonic_clock(clock.clone());
+    if let Some(seed) = state.random_seed {
+        use rand::SeedableRng;
+        b.secure_random(rand::rngs::StdRng::seed_from_u64(seed));
+        b.insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15));
+        b.insecure_random_seed(seed as u128);
+    }
+    match stdio {
+        Stdio::Null => {}
+        Stdio::Inherit => {
+            b.inherit_stdout().inherit_stderr();
+        }
+        Stdio::Capture(buf) => {
+            b.stdout(LogStream(buf.clone())).stderr(LogStream(buf.clone()));
+        }
+    }
+    Ok(b.build_p1())
+}
+
+impl std::fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stdio::Null => "Null",
+            Stdio::Inherit => "Inherit",
+            Stdio::Capture(_) => "Capture",
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! tern-scheduler: placement, prediction, rebalancing and simulation (being written).

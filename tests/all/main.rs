@@ -1,0 +1,7 @@
+//! tern's end-to-end tests, in one binary.
+
+mod bad_input;
+mod differential;
+mod invariants;
+mod limits;
+mod support;
