@@ -91,6 +91,19 @@ pub struct Instance {
     /// so untouched pages are known to be zero.
     anonymous: Vec<bool>,
     extra_meta: Vec<(String, String)>,
+    /// A snapshot hook ran in this instance and it carries on: the next call
+    /// first runs `tern_on_restore` (sdk/ABI.md, section 3).
+    needs_on_restore: bool,
+}
+
+/// Where one linear memory lives (for dirty-page tracking).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRegion {
+    pub index: u32,
+    pub base: *mut u8,
+    pub size: usize,
+    /// The whole reservation (the memory can grow up to it).
+    pub reserved: usize,
 }
 
 impl std::fmt::Debug for Instance {
@@ -168,6 +181,7 @@ impl Instance {
             exited: None,
             anonymous,
             extra_meta: Vec::new(),
+            needs_on_restore: false,
         })
     }
 
@@ -258,6 +272,12 @@ impl Instance {
         if let Some(code) = self.exited {
             return Err(Error::Exited(code));
         }
+        if self.needs_on_restore && export != "tern_on_restore" {
+            self.needs_on_restore = false;
+            if self.has_export("tern_on_restore") {
+                self.call_raw("tern_on_restore", &[])?;
+            }
+        }
         let f = self.func(export).or_else(|_| {
             self.instance
                 .get_func(&mut self.store, export)
@@ -329,14 +349,35 @@ impl Instance {
     /// Captures the app's whole state. Must be called between two calls
     /// (which `&mut self` guarantees).
     pub fn snapshot(&mut self, opts: SnapshotOptions) -> Result<Snapshot> {
-        if opts.hooks && self.exited.is_none() && self.has_export("tern_on_snapshot") {
-            self.call_raw("tern_on_snapshot", &[])?;
-        }
+        self.run_snapshot_hook(opts.hooks)?;
         let parts = self.capture_parts(opts)?;
         Ok(Snapshot::encode(parts))
     }
 
+    /// Runs `tern_on_snapshot` (if asked and exported); the instance then
+    /// owes the app a `tern_on_restore` before its next call.
+    pub fn run_snapshot_hook(&mut self, hooks: bool) -> Result<()> {
+        if hooks && self.exited.is_none() && self.has_export("tern_on_snapshot") {
+            self.call_raw("tern_on_snapshot", &[])?;
+            self.needs_on_restore = true;
+        }
+        Ok(())
+    }
+
+    /// Captures everything but memory pages: globals, tables, WASI, metadata,
+    /// and each memory's size. The stop-and-copy of a live migration sends
+    /// this with the last dirty pages.
+    pub fn snapshot_state_only(&mut self) -> Result<Snapshot> {
+        let mut parts = self.capture_parts_inner(SnapshotOptions { embed_module: false, compress: false, hooks: false }, false)?;
+        parts.memories.iter_mut().for_each(|m| m.image.clear());
+        Ok(Snapshot::encode(parts))
+    }
+
     fn capture_parts(&mut self, opts: SnapshotOptions) -> Result<SnapshotParts> {
+        self.capture_parts_inner(opts, true)
+    }
+
+    fn capture_parts_inner(&mut self, opts: SnapshotOptions, with_pages: bool) -> Result<SnapshotParts> {
         let info = self.module.info.clone();
         // Globals.
         let mut globals = Vec::with_capacity(info.mutable_globals.len());
@@ -392,6 +433,18 @@ impl Instance {
         let mut memories = Vec::new();
         for (i, m) in self.memories()?.into_iter().enumerate() {
             let data = m.data(&self.store);
+            if !with_pages {
+                memories.push(crate::snapshot::MemoryCapture {
+                    state: crate::snapshot::MemoryState {
+                        index: info.memories[i],
+                        byte_size: data.len() as u64,
+                        runs: vec![],
+                        page_hashes: vec![],
+                    },
+                    image: vec![],
+                });
+                continue;
+            }
             let resident = if self.anonymous.get(i).copied().unwrap_or(false) {
                 memory::residency(data.as_ptr(), data.len())
             } else {
@@ -484,6 +537,7 @@ impl Instance {
             exited: None,
             anonymous: vec![!cow; module.info.memories.len()],
             extra_meta: body.meta.extra.clone(),
+            needs_on_restore: false,
         };
         inst.restore_memories(snap, cow)?;
         inst.restore_globals(snap)?;
@@ -617,6 +671,136 @@ impl Instance {
             }
         }
         Ok(())
+    }
+
+    /// Where each memory lives, for dirty-page tracking.
+    pub fn memory_regions(&mut self) -> Result<Vec<MemoryRegion>> {
+        let mut out = Vec::new();
+        for (i, m) in self.memories()?.into_iter().enumerate() {
+            let base = m.data_ptr(&self.store);
+            let size = m.data_size(&self.store);
+            let reserved = memory::reservation_of(base).unwrap_or(size);
+            out.push(MemoryRegion { index: self.module.info.memories[i], base, size, reserved });
+        }
+        Ok(out)
+    }
+
+    /// Reads the given 4 KiB pages of a memory into a chunk.
+    pub fn read_pages(&mut self, memory: u32, pages: &[u64]) -> Result<crate::snapshot::PageChunk> {
+        let m = self.memory_by_index(memory)?;
+        let data = m.data(&self.store);
+        let mut out = Vec::with_capacity(pages.len() * PAGE_SIZE);
+        let mut kept = Vec::with_capacity(pages.len());
+        for &p in pages {
+            let start = p as usize * PAGE_SIZE;
+            if start + PAGE_SIZE <= data.len() {
+                out.extend_from_slice(&data[start..start + PAGE_SIZE]);
+                kept.push(p);
+            }
+        }
+        Ok(crate::snapshot::PageChunk { memory, byte_size: data.len() as u64, pages: kept, data: out })
+    }
+
+    /// Every page of a memory whose content differs from a checkpoint's
+    /// (by the checkpoint's per-page hashes; pages it did not store are zero).
+    pub fn pages_differing_from(&mut self, checkpoint: &Snapshot) -> Result<Vec<crate::snapshot::PageChunk>> {
+        let zero_hash = xxhash_rust::xxh3::xxh3_64(&[0u8; PAGE_SIZE]);
+        let mut chunks = Vec::new();
+        for ms in &checkpoint.body.memories {
+            let mut known: HashMap<u64, u64> = HashMap::new();
+            let mut hashes = ms.page_hashes.iter();
+            for run in &ms.runs {
+                for p in run.first_page..run.first_page + run.pages {
+                    if let Some(h) = hashes.next() {
+                        known.insert(p, *h);
+                    }
+                }
+            }
+            let m = self.memory_by_index(ms.index)?;
+            let data = m.data(&self.store);
+            let differing: Vec<u64> = data
+                .chunks_exact(PAGE_SIZE)
+                .enumerate()
+                .filter(|(p, page)| {
+                    let want = known.get(&(*p as u64)).copied().unwrap_or(zero_hash);
+                    xxhash_rust::xxh3::xxh3_64(page) != want
+                })
+                .map(|(p, _)| p as u64)
+                .collect();
+            chunks.push(self.read_pages(ms.index, &differing)?);
+        }
+        Ok(chunks)
+    }
+
+    /// Writes a chunk's pages (growing the memory to the chunk's size first).
+    pub fn apply_chunk(&mut self, chunk: &crate::snapshot::PageChunk) -> Result<()> {
+        let m = self.memory_by_index(chunk.memory)?;
+        let cur = m.data_size(&self.store) as u64;
+        if chunk.byte_size > cur {
+            m.grow(&mut self.store, (chunk.byte_size - cur) / WASM_PAGE)
+                .map_err(|e| Error::MemoryLimit(format!("cannot grow memory {} to {} bytes: {e}", chunk.memory, chunk.byte_size)))?;
+        }
+        let data = m.data_mut(&mut self.store);
+        for (k, &p) in chunk.pages.iter().enumerate() {
+            let start = p as usize * PAGE_SIZE;
+            data[start..start + PAGE_SIZE].copy_from_slice(&chunk.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+        }
+        Ok(())
+    }
+
+    /// Puts a state-only snapshot in place: memory sizes, globals, tables,
+    /// the clock, counters and metadata (the pages came in chunks).
+    pub fn apply_state(&mut self, state: &Snapshot) -> Result<()> {
+        check_shape(state, &self.module)?;
+        for ms in &state.body.memories {
+            let m = self.memory_by_index(ms.index)?;
+            let cur = m.data_size(&self.store) as u64;
+            if ms.byte_size > cur {
+                m.grow(&mut self.store, (ms.byte_size - cur) / WASM_PAGE)
+                    .map_err(|e| Error::MemoryLimit(format!("cannot grow memory {} to {} bytes: {e}", ms.index, ms.byte_size)))?;
+            }
+        }
+        self.restore_globals(state)?;
+        self.restore_tables(state)?;
+        self.clock.continue_from(state.body.wasi.monotonic_ns);
+        self.calls = state.body.meta.calls;
+        self.config.generation = state.body.meta.generation;
+        self.extra_meta = state.body.meta.extra.clone();
+        Ok(())
+    }
+
+    /// Runs `tern_on_restore` now if the app has it (after a move).
+    pub fn run_restore_hook(&mut self) -> Result<()> {
+        self.needs_on_restore = false;
+        if self.has_export("tern_on_restore") {
+            self.call_raw("tern_on_restore", &[])?;
+        }
+        Ok(())
+    }
+
+    fn memory_by_index(&mut self, index: u32) -> Result<wasmtime::Memory> {
+        self.instance
+            .get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{index}"))
+            .ok_or_else(|| Error::Incompatible(format!("memory {index} is not in this module")))
+    }
+
+    /// Copies bytes into memory 0 (for the guest ABI).
+    pub fn write_memory(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let m = self.memory_by_index(0)?;
+        let data = m.data_mut(&mut self.store);
+        let start = offset as usize;
+        let end = start.checked_add(bytes.len()).filter(|&e| e <= data.len()).ok_or_else(|| Error::Other("write outside memory".into()))?;
+        data[start..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Copies bytes out of memory 0 (for the guest ABI).
+    pub fn read_memory(&mut self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let m = self.memory_by_index(0)?;
+        let data = m.data(&self.store);
+        let start = offset as usize;
+        let end = start.checked_add(len as usize).filter(|&e| e <= data.len()).ok_or_else(|| Error::Other("read outside memory".into()))?;
+        Ok(data[start..end].to_vec())
     }
 
     /// The runtime this instance belongs to.

@@ -1,6 +1,7 @@
 //! tern's node runtime: everything that touches wasmtime.
 //!
 //! - [`engine`]: the [`Runtime`] (engine, linker, module cache, epoch ticker);
+//! - [`node`]: the node agent (HTTP API, app actors, migrations);
 //! - [`rewrite`]: the migratability rewrite applied to every module at load;
 //! - [`instance`]: a running app, calls under limits, capture and restore;
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
@@ -8,6 +9,7 @@
 //! - [`snapshot`]: the snapshot value and its byte format (the only module
 //!   that knows those bytes);
 //! - [`wasi`]: what an app is given, its clock, its logs;
+//! - [`sdk`]: the host side of the guest ABI (requests, ticks, hooks);
 //! - [`values`]: numeric arguments and results as text and JSON.
 
 pub mod dirty;
@@ -15,14 +17,16 @@ pub mod engine;
 pub mod error;
 pub mod instance;
 pub mod memory;
+pub mod node;
 pub mod rewrite;
+pub mod sdk;
 pub mod snapshot;
 pub mod values;
 pub mod wasi;
 
 pub use engine::{sha256, LoadedModule, Runtime, RuntimeConfig};
 pub use error::{Error, Result};
-pub use instance::{AppConfig, Instance, RestoreOptions, SnapshotOptions};
+pub use instance::{AppConfig, Instance, MemoryRegion, RestoreOptions, SnapshotOptions};
 pub use snapshot::{LimitsState, Preopen, Snapshot, SnapshotError, WasiState};
 pub use wasi::{LogBuffer, Stdio};
 

@@ -104,6 +104,16 @@ unsafe impl Sync for TernMemory {}
 
 const DEFAULT_RESERVATION: usize = 4 << 30;
 
+/// Every live tern memory by base address: its reserved length. Lets dirty
+/// tracking cover the whole reservation, not only the current size.
+static RESERVATIONS: std::sync::Mutex<std::collections::BTreeMap<usize, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The reserved length of the tern memory based at `base`, if it is one.
+pub(crate) fn reservation_of(base: *const u8) -> Option<usize> {
+    RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).get(&(base as usize)).copied()
+}
+
 impl TernMemory {
     fn new(
         minimum: usize,
@@ -168,6 +178,7 @@ impl TernMemory {
             mem._image = Some(image.file);
         }
         mem.set_accessible(minimum).map_err(|e| e.to_string())?;
+        RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).insert(mem.base as usize, mem.reserved);
         Ok(mem)
     }
 
@@ -188,6 +199,7 @@ impl TernMemory {
 
 impl Drop for TernMemory {
     fn drop(&mut self) {
+        RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).remove(&(self.base as usize));
         // SAFETY: we own this whole mapping.
         unsafe { libc::munmap(self.base.cast(), self.mapping_len) };
     }

@@ -96,6 +96,7 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
     let mut table_funcs = std::collections::BTreeSet::new();
     let mut exports: Vec<(String, ExternalKind, u32)> = Vec::new();
     let mut data_ranges = Some(Vec::new());
+    let mut has_name_section = false;
 
     // First pass: learn the index spaces, exports and segments.
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
@@ -156,6 +157,7 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
             Payload::StartSection { func, .. } => info.start = Some(func),
             Payload::CustomSection(c) => {
                 if let wasmparser::KnownCustom::Name(names) = c.as_known() {
+                    has_name_section = true;
                     for n in names.into_iter().flatten() {
                         if let wasmparser::Name::Global(map) = n {
                             for naming in map.into_iter().flatten() {
@@ -214,6 +216,10 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
     info.tables = (0..n_tables).collect();
     info.table_funcs = table_funcs.into_iter().collect();
     info.data_ranges = data_ranges;
+    // Without a name section, LLVM's layout puts it at global 0 (sdk/ABI.md, section 8).
+    if info.stack_pointer.is_none() && !has_name_section && info.mutable_globals.first() == Some(&(0, GlobalKind::I32)) {
+        info.stack_pointer = Some(0);
+    }
     if let Some(sp) = info.stack_pointer {
         if !info.mutable_globals.iter().any(|(g, k)| *g == sp && *k == GlobalKind::I32) {
             info.stack_pointer = None;

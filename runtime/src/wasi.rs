@@ -25,19 +25,33 @@ fn host_now_ns() -> i128 {
 /// from the last value the guest read before a snapshot, never backwards.
 #[derive(Clone)]
 pub struct GuestClock {
-    offset_ns: i128,
-    observed: Arc<AtomicU64>,
+    inner: Arc<ClockInner>,
+}
+
+struct ClockInner {
+    offset_ns: std::sync::atomic::AtomicI64,
+    observed: AtomicU64,
 }
 
 impl GuestClock {
     /// A clock that reads `start_ns` now.
     pub fn starting_at(start_ns: u64) -> GuestClock {
-        GuestClock { offset_ns: start_ns as i128 - host_now_ns(), observed: Arc::new(AtomicU64::new(start_ns)) }
+        let clock = GuestClock {
+            inner: Arc::new(ClockInner { offset_ns: std::sync::atomic::AtomicI64::new(0), observed: AtomicU64::new(0) }),
+        };
+        clock.continue_from(start_ns);
+        clock
+    }
+
+    /// Makes the clock read `ns` now (and never less than it afterwards).
+    pub fn continue_from(&self, ns: u64) {
+        self.inner.offset_ns.store((ns as i128 - host_now_ns()) as i64, Ordering::Relaxed);
+        self.inner.observed.fetch_max(ns, Ordering::Relaxed);
     }
 
     /// The latest value the guest has read (or the start value).
     pub fn observed(&self) -> u64 {
-        self.observed.load(Ordering::Relaxed)
+        self.inner.observed.load(Ordering::Relaxed)
     }
 }
 
@@ -47,8 +61,8 @@ impl wasmtime_wasi::HostMonotonicClock for GuestClock {
     }
 
     fn now(&self) -> u64 {
-        let v = (host_now_ns() + self.offset_ns).max(0) as u64;
-        let prev = self.observed.fetch_max(v, Ordering::Relaxed);
+        let v = (host_now_ns() + self.inner.offset_ns.load(Ordering::Relaxed) as i128).max(0) as u64;
+        let prev = self.inner.observed.fetch_max(v, Ordering::Relaxed);
         v.max(prev)
     }
 }

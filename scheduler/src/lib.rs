@@ -1,1 +1,64 @@
-//! tern-scheduler: placement, prediction, rebalancing and simulation (being written).
+//! tern's scheduler: where apps run, where they move, and why.
+//!
+//! This crate is pure: no wasmtime, no files, no network, no clock (time is
+//! always a parameter), and deterministic for a given input and seed. The
+//! control plane feeds it the cluster it sees (node heartbeats, app specs,
+//! usage history) and executes what it decides.
+//!
+//! # Modules
+//! - [`cluster`]: [`Resources`], [`NodeState`], [`AppSpec`] and the
+//!   [`Cluster`] that binds apps to nodes and keeps per-node totals.
+//! - [`placement`]: the three [`Policy`]s (`requests`, `cost`, `learned`)
+//!   and [`place`], which filters nodes, scores them and returns a
+//!   [`Decision`] listing every candidate with its verdict and score, the
+//!   best ones with the terms of their score.
+//! - [`cost`]: the cost models with their weights ([`CostWeights`]):
+//!   scheduling `C = α·T + β·R`, migration `C = α·S + β·B + γ·T`, start
+//!   delay `D = α·S + β·R + γ·T`; each returns its value and terms.
+//! - [`predict`]: the demand [`Predictor`] (linfa linear models on lagged
+//!   usage and time of day, fitted online; [`DemandPredictor`] pairs one for
+//!   CPU and one for memory) and [`backtest`], which measures it against
+//!   last-value and moving-average baselines on held-out data.
+//! - [`rebalance`]: [`plan_rebalance`] picks the cheapest migrations when a
+//!   node would overload, drains, or an edge app's users moved, within a
+//!   move limit and a cool-down.
+//! - [`restart`]: [`RestartPolicy`] and [`decide_restart`] (auto start).
+//! - [`trace`]: [`trace::parse_azure`] reads the Azure Functions 2019 trace
+//!   layout from text.
+//! - [`sim`]: [`sim::compare`] replays a trace against policies on
+//!   identical clusters; [`sim::render_table`] and [`sim::plot_svg`] show it.
+//!
+//! # Invariants
+//! - The scheduler never links wasmtime and does no IO.
+//! - The `requests` policy never over-commits declared requests.
+//! - The rebalancer never plans more moves than its limit and never moves
+//!   an app again within the cool-down.
+
+#![warn(missing_docs)]
+
+pub mod cluster;
+pub mod cost;
+mod error;
+pub mod placement;
+pub mod predict;
+pub mod rebalance;
+pub mod restart;
+pub mod rng;
+pub mod sim;
+pub mod trace;
+
+pub use cluster::{AppSpec, Cluster, NodeState, PlacedApp, Resources};
+pub use cost::{
+    migration_cost, scheduling_cost, start_delay, Cost, CostWeights, LatencyTable, MigrationInput,
+    MigrationWeights, SchedulingWeights, StartDelayWeights, StartInput, Terms,
+};
+pub use error::ScheduleError;
+pub use placement::{place, Candidate, Decision, PlacementContext, Policy};
+pub use predict::{
+    backtest, Backtest, DemandForecast, DemandPredictor, Forecast, Predictor, PredictorConfig,
+    PredictorReport,
+};
+pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
+pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision, RestartPolicy};
+pub use sim::{compare, plot_svg, render_table, Comparison, PolicyResult, SimConfig};
+pub use trace::{parse_azure, Trace, TraceError};

@@ -4,4 +4,5 @@ mod bad_input;
 mod differential;
 mod invariants;
 mod limits;
+mod nodes;
 mod support;

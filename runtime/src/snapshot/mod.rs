@@ -28,8 +28,10 @@
 //! [`SnapshotError`], never a misread. Encoding is deterministic: the same
 //! state gives the same bytes.
 
+mod delta;
 mod image;
 
+pub use delta::PageChunk;
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 
 use serde::{Deserialize, Serialize};

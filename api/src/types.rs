@@ -1,0 +1,278 @@
+//! The JSON documents of the API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// CPU in thousandths of a core and memory in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_milli: u64,
+    pub memory_bytes: u64,
+}
+
+/// How an app moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Stop, snapshot, copy, restore.
+    Cold,
+    /// Live pre-copy while the app serves, then a short stop-and-copy.
+    Hot,
+    /// The target restores a checkpoint it holds; only the delta moves live.
+    Hybrid,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "cold" => Ok(Mode::Cold),
+            "hot" => Ok(Mode::Hot),
+            "hybrid" => Ok(Mode::Hybrid),
+            other => Err(format!("unknown migration mode `{other}` (use cold, hot or hybrid)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Cold => "cold",
+            Mode::Hot => "hot",
+            Mode::Hybrid => "hybrid",
+        })
+    }
+}
+
+/// The life of an app on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AppState {
+    /// Waiting for its start time.
+    Pending,
+    Running,
+    /// Stopped by an operator (its state is kept).
+    Stopped,
+    /// Crashed (trap in initialisation, exit with an error...).
+    Failed,
+    /// Exited by itself.
+    Exited,
+    /// Being moved away from this node.
+    Migrating,
+}
+
+impl std::fmt::Display for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// What a node is and has (registration).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Base URL of the node's API, e.g. `http://127.0.0.1:7101`.
+    pub url: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    /// CPU architecture (`x86_64`, `aarch64`...).
+    pub arch: String,
+    pub version: String,
+}
+
+/// A node's periodic report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub name: String,
+    pub usage: Resources,
+    pub apps: Vec<AppStatus>,
+}
+
+/// An app as its node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub module_sha256: String,
+    pub state: AppState,
+    pub generation: u64,
+    pub memory_bytes: u64,
+    /// Requests served through ingress and invokes, since deploy (carried across moves).
+    pub requests_served: u64,
+    /// CPU time spent in the guest, in ms, since deploy on this node.
+    pub cpu_ms: u64,
+    pub restart: String,
+    pub last_error: Option<String>,
+    /// Unix ms of the start time, while pending.
+    pub start_at_unix_ms: Option<u64>,
+}
+
+/// Start an app on a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StartApp {
+    pub name: String,
+    pub module_sha256: String,
+    pub generation: u64,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub memory_limit: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    /// `never`, `on-failure` or `always`.
+    pub restart: String,
+    /// Start at this Unix time (ms) rather than now.
+    pub start_at_unix_ms: Option<u64>,
+}
+
+/// Call an exported function with numeric arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvokeRequest {
+    pub export: String,
+    pub args: Vec<String>,
+}
+
+/// The result of an invoke.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvokeResponse {
+    pub export: String,
+    pub args: Vec<serde_json::Value>,
+    pub results: Vec<serde_json::Value>,
+    pub node: String,
+}
+
+/// Ask a source node to move one of its apps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub to_name: String,
+    pub to_url: String,
+    pub mode: Mode,
+    /// The generation the app will have on the target.
+    pub generation: u64,
+    /// For hybrid: where the target can fetch the checkpoint if it lacks it.
+    pub checkpoint_url: Option<String>,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    pub app: String,
+    pub mode: String,
+    pub from: String,
+    pub to: String,
+    /// From the app's pause on the source to its resume on the target.
+    pub downtime_ms: f64,
+    pub total_ms: f64,
+    /// Bytes the source sent to the target.
+    pub bytes_sent: u64,
+    /// Pre-copy rounds (0 for cold).
+    pub rounds: u32,
+    pub pages_sent: u64,
+    /// Requests that arrived during the pause, held and replayed on the target.
+    pub requests_held: u64,
+    /// How written pages were found (`uffd`, `hash`, or `none`).
+    pub dirty_tracking: String,
+    pub generation: u64,
+    /// Unix ms when the migration started.
+    pub started_unix_ms: u64,
+    /// Hybrid: bytes of the checkpoint the target fetched from the control
+    /// plane (not from the source) because it did not hold it yet.
+    #[serde(default)]
+    pub checkpoint_bytes_fetched: u64,
+    /// Anything the operator should know (a fallback taken, for instance).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Node to node: open a migration on the target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationOpen {
+    pub app: String,
+    pub from: String,
+    pub mode: Mode,
+    /// The app as the target must run it (its generation is the new one).
+    pub spec: StartApp,
+    /// Hybrid: the checkpoint the target restores first, by digest, and
+    /// where to fetch it if the target does not hold it.
+    pub checkpoint_digest: Option<String>,
+    pub checkpoint_url: Option<String>,
+}
+
+/// The target's answer to [`MigrationOpen`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationOpened {
+    pub id: String,
+    /// Bytes of checkpoint fetched from the control plane.
+    pub checkpoint_bytes_fetched: u64,
+}
+
+/// The target's acknowledgement: the app runs there now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationAck {
+    pub generation: u64,
+    /// Time the target took from receiving the last message to resuming.
+    pub resume_ms: f64,
+}
+
+/// Client: deploy an app.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub name: String,
+    /// The module must have been uploaded (`PUT /v1/modules/SHA256`).
+    pub module_sha256: String,
+    pub node: Option<String>,
+    pub memory_limit: Option<u64>,
+    pub cpu_milli: Option<u64>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub restart: Option<String>,
+    pub start_at_unix_ms: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    /// Placement policy for this app (`requests`, `cost`, `learned`); default: the cluster's.
+    pub policy: Option<String>,
+    /// Where the app's users are (for the cost policy).
+    pub user_location: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+}
+
+/// The control plane's view of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppView {
+    pub name: String,
+    pub node: Option<String>,
+    pub state: String,
+    pub generation: u64,
+    pub memory_bytes: u64,
+    pub requests_served: u64,
+    pub module_sha256: String,
+    pub restart: String,
+    pub last_error: Option<String>,
+}
+
+/// The control plane's view of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub url: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub usage: Resources,
+    pub apps: Vec<String>,
+    /// `ready`, `down` or `draining`.
+    pub state: String,
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+/// Log lines from sequence number `from` on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogsResponse {
+    pub next: u64,
+    pub lines: Vec<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

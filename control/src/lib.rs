@@ -1,0 +1,1 @@
+//! tern-control: the control plane (being written).

@@ -1,0 +1,609 @@
+//! The app actor: one thread that owns an app's instance and runs its
+//! commands one at a time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tern_api::types::{AppState, AppStatus, InvokeRequest, InvokeResponse, StartApp};
+use tokio::sync::oneshot;
+
+use crate::dirty::{start_tracking, DirtyTracker};
+use crate::engine::{LoadedModule, Runtime};
+use crate::error::Error;
+use crate::instance::{AppConfig, Instance, SnapshotOptions};
+use crate::sdk::{self, Request, Response};
+use crate::snapshot::{LimitsState, PageChunk, Preopen, Snapshot};
+use crate::values::to_json;
+use crate::wasi::{LogBuffer, Stdio};
+
+use super::TICK_INTERVAL;
+
+/// An error for an API answer: HTTP status and message.
+pub(crate) type ApiErr = (u16, String);
+
+/// The pages and state a stop-and-copy sends.
+pub(crate) struct FinalCapture {
+    pub chunks: Vec<PageChunk>,
+    pub state: Snapshot,
+}
+
+/// What an app's actor is asked to do.
+pub(crate) enum Cmd {
+    Invoke(InvokeRequest, oneshot::Sender<Result<InvokeResponse, ApiErr>>),
+    Http(Request, oneshot::Sender<Response>),
+    Snapshot(oneshot::Sender<Result<Snapshot, ApiErr>>),
+    Stop(oneshot::Sender<Result<(), ApiErr>>),
+    Start(oneshot::Sender<Result<(), ApiErr>>),
+    /// Start tracking written pages and capture the first full copy: a whole
+    /// snapshot (hot), or the pages that differ from a checkpoint (hybrid).
+    PrecopyStart(Option<Arc<Snapshot>>, oneshot::Sender<Result<PrecopyFirst, ApiErr>>),
+    /// The pages written since the last round.
+    PrecopyRound(oneshot::Sender<Result<Vec<PageChunk>, ApiErr>>),
+    /// Pause: hold new calls, run the snapshot hook, capture the last pages
+    /// and the state (or, for cold, a whole snapshot).
+    Freeze { cold: bool, reply: oneshot::Sender<Result<FreezeResult, ApiErr>> },
+    /// The move failed: go on serving here, held calls first.
+    Unfreeze(oneshot::Sender<()>),
+    /// The move succeeded: hand over the held calls and end.
+    Release(oneshot::Sender<Vec<Cmd>>),
+    Shutdown,
+}
+
+/// The first copy of a pre-copy.
+pub(crate) enum PrecopyFirst {
+    Full(Snapshot),
+    Delta(Vec<PageChunk>),
+}
+
+pub(crate) enum FreezeResult {
+    Final(FinalCapture),
+    Cold(Snapshot),
+}
+
+struct Shared {
+    name: String,
+    spec: Mutex<StartApp>,
+    module_sha: [u8; 32],
+    tracking: Mutex<String>,
+    tx: Mutex<Sender<Cmd>>,
+    status: Mutex<AppStatus>,
+    logs: Arc<LogBuffer>,
+    busy_ns: AtomicU64,
+    cpu_sample: Mutex<(Instant, u64)>,
+}
+
+/// A handle on a running app's actor.
+#[derive(Clone)]
+pub struct AppHandle {
+    shared: Arc<Shared>,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl AppHandle {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether two handles are the same actor.
+    pub(crate) fn same(&self, other: &AppHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// How the app was started (its generation is the current one).
+    pub fn spec(&self) -> StartApp {
+        self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn module_sha(&self) -> [u8; 32] {
+        self.shared.module_sha
+    }
+
+    /// The dirty-page tracker the last pre-copy used (`uffd` or `hash`).
+    pub fn tracking_kind(&self) -> String {
+        self.shared.tracking.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn status(&self) -> AppStatus {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn logs(&self) -> &Arc<LogBuffer> {
+        &self.shared.logs
+    }
+
+    /// CPU in thousandths of a core since the last time this was asked.
+    pub fn cpu_milli_recent(&self) -> u64 {
+        let busy = self.shared.busy_ns.load(Ordering::Relaxed);
+        let mut s = self.shared.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = s.0.elapsed().as_nanos().max(1) as u64;
+        let used = busy.saturating_sub(s.1);
+        *s = (Instant::now(), busy);
+        used.saturating_mul(1000) / elapsed
+    }
+
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), ApiErr> {
+        self.shared
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(cmd)
+            .map_err(|_| (503, format!("app {} is shutting down", self.shared.name)))
+    }
+
+    pub(crate) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, ApiErr> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| (503, format!("app {} stopped before answering", self.shared.name)))
+    }
+
+    pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResponse, ApiErr> {
+        self.ask(|tx| Cmd::Invoke(req, tx)).await?
+    }
+
+    pub async fn request(&self, req: Request) -> Response {
+        match self.ask(|tx| Cmd::Http(req, tx)).await {
+            Ok(r) => r,
+            Err((status, msg)) => Response::text(status, msg),
+        }
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.send(Cmd::Shutdown);
+    }
+
+    /// Starts an app's actor. The app starts now, or at `start_at`.
+    pub(crate) fn spawn(
+        runtime: Arc<Runtime>,
+        module: Arc<LoadedModule>,
+        spec: StartApp,
+        data_dir: std::path::PathBuf,
+        instance: Option<(Instance, Arc<LogBuffer>)>,
+    ) -> AppHandle {
+        let (tx, rx) = channel();
+        let (instance, logs) = match instance {
+            Some((i, l)) => (Some(i), l),
+            None => (None, LogBuffer::new()),
+        };
+        let status = AppStatus {
+            name: spec.name.clone(),
+            module_sha256: module.hash_hex(),
+            state: if instance.is_some() { AppState::Running } else { AppState::Pending },
+            generation: spec.generation,
+            memory_bytes: 0,
+            requests_served: 0,
+            cpu_ms: 0,
+            restart: spec.restart.clone(),
+            last_error: None,
+            start_at_unix_ms: spec.start_at_unix_ms,
+        };
+        let shared = Arc::new(Shared {
+            name: spec.name.clone(),
+            spec: Mutex::new(spec.clone()),
+            module_sha: module.sha256,
+            tracking: Mutex::new("none".into()),
+            tx: Mutex::new(tx),
+            status: Mutex::new(status),
+            logs,
+            busy_ns: AtomicU64::new(0),
+            cpu_sample: Mutex::new((Instant::now(), 0)),
+        });
+        let handle = AppHandle { shared: shared.clone() };
+        let mut actor = Actor {
+            shared,
+            runtime,
+            module,
+            spec,
+            data_dir,
+            inst: None,
+            frozen: false,
+            held: Vec::new(),
+            trackers: Vec::new(),
+            next_tick: Instant::now() + TICK_INTERVAL,
+            failures: 0,
+            retry_at: None,
+        };
+        if let Some(mut inst) = instance {
+            inst.set_generation(actor.spec.generation);
+            actor.adopt(inst);
+        }
+        std::thread::Builder::new()
+            .name(format!("app-{}", actor.spec.name))
+            .spawn(move || actor.run(rx))
+            .expect("cannot start an app thread");
+        handle
+    }
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
+    module: Arc<LoadedModule>,
+    spec: StartApp,
+    data_dir: std::path::PathBuf,
+    inst: Option<Instance>,
+    frozen: bool,
+    held: Vec<Cmd>,
+    trackers: Vec<(u32, Box<dyn DirtyTracker>)>,
+    next_tick: Instant,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Requests served so far are kept in the snapshot's metadata.
+const SERVED_KEY: &str = "requests_served";
+
+impl Actor {
+    fn set_state(&self, state: AppState, error: Option<String>) {
+        let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.state = state;
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+
+    fn refresh_status(&mut self) {
+        let mem = self.inst.as_mut().map(|i| i.memory_bytes()).unwrap_or(0);
+        let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.memory_bytes = mem;
+        s.generation = self.spec.generation;
+        s.cpu_ms = self.shared.busy_ns.load(Ordering::Relaxed) / 1_000_000;
+    }
+
+    fn served(&self) -> u64 {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).requests_served
+    }
+
+    fn count_served(&self) {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).requests_served += 1;
+    }
+
+    /// Takes an instance restored elsewhere (restore, migration target).
+    fn adopt(&mut self, mut inst: Instance) {
+        if let Some(n) = inst.extra_meta_mut().iter().find(|(k, _)| k == SERVED_KEY).and_then(|(_, v)| v.parse().ok()) {
+            self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).requests_served = n;
+        }
+        self.inst = Some(inst);
+        self.set_state(AppState::Running, None);
+        self.refresh_status();
+    }
+
+    fn config(&self) -> AppConfig {
+        AppConfig {
+            args: std::iter::once(self.spec.name.clone()).chain(self.spec.args.iter().cloned()).collect(),
+            env: self.spec.env.clone(),
+            preopens: vec![app_dir(&self.data_dir, &self.spec.name)],
+            limits: LimitsState { memory_bytes: self.spec.memory_limit, fuel_per_call: self.spec.fuel, timeout_ms_per_call: self.spec.timeout_ms },
+            stdio: Stdio::Capture(self.shared.logs.clone()),
+            app: Some(self.spec.name.clone()),
+            generation: self.spec.generation,
+            random_seed: None,
+        }
+    }
+
+    /// A fresh start, or a restart from the latest checkpoint.
+    fn start_now(&mut self) {
+        let started = Instance::start(&self.runtime, &self.module, self.config()).and_then(|mut inst| {
+            if sdk::check_app(&mut inst)? {
+                sdk::init(&mut inst)?;
+            }
+            Ok(inst)
+        });
+        match started {
+            Ok(inst) => {
+                self.shared.logs.line(&format!("INFO tern: {} started (generation {})", self.spec.name, self.spec.generation));
+                self.inst = Some(inst);
+                self.failures = 0;
+                self.set_state(AppState::Running, None);
+            }
+            Err(Error::Exit(0)) => {
+                self.set_state(AppState::Exited, None);
+                self.after_failure(false);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.shared.logs.line(&format!("ERROR tern: {} failed to start: {msg}", self.spec.name));
+                self.set_state(AppState::Failed, Some(msg));
+                self.after_failure(true);
+            }
+        }
+        self.refresh_status();
+    }
+
+    /// Decides on a restart after the app failed or exited.
+    fn after_failure(&mut self, failed: bool) {
+        let restart = match self.spec.restart.as_str() {
+            "always" => true,
+            "on-failure" => failed,
+            _ => false,
+        };
+        self.inst = None;
+        if restart && self.failures < 5 {
+            self.failures += 1;
+            let backoff = Duration::from_millis(200 * (1 << self.failures.min(5)));
+            self.retry_at = Some(Instant::now() + backoff);
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Cmd>) {
+        let pending_until = self.spec.start_at_unix_ms.filter(|&t| t > now_unix_ms());
+        if self.inst.is_none() && pending_until.is_none() {
+            self.start_now();
+        }
+        loop {
+            let now = Instant::now();
+            let mut wait = self.next_tick.saturating_duration_since(now);
+            if let Some(t) = self.retry_at {
+                wait = wait.min(t.saturating_duration_since(now));
+            }
+            if let Some(at) = self.spec.start_at_unix_ms.filter(|_| self.inst.is_none() && self.retry_at.is_none()) {
+                let ms = at.saturating_sub(now_unix_ms());
+                if ms == 0 && self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state == AppState::Pending {
+                    self.start_now();
+                    continue;
+                }
+                wait = wait.min(Duration::from_millis(ms));
+            }
+            match rx.recv_timeout(wait) {
+                Ok(Cmd::Shutdown) => break,
+                Ok(Cmd::Release(reply)) => {
+                    let mut held = std::mem::take(&mut self.held);
+                    held.extend(rx.try_iter());
+                    let _ = reply.send(held);
+                    break;
+                }
+                Ok(cmd) => self.handle(cmd),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.retry_at.is_some_and(|t| Instant::now() >= t) {
+                self.retry_at = None;
+                self.start_now();
+            }
+            if Instant::now() >= self.next_tick {
+                self.next_tick = Instant::now() + TICK_INTERVAL;
+                if !self.frozen {
+                    self.tick();
+                }
+            }
+        }
+        self.trackers.clear();
+    }
+
+    fn timed<T>(&mut self, f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
+        let inst = self.inst.as_mut()?;
+        let t0 = Instant::now();
+        let out = f(inst);
+        self.shared.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Some(out)
+    }
+
+    fn tick(&mut self) {
+        let now = now_unix_ms() as i64;
+        if let Some(Err(e)) = self.timed(|i| sdk::tick(i, now)) {
+            self.shared.logs.line(&format!("WARN tern: tick failed: {e}"));
+        }
+        self.refresh_status();
+    }
+
+    fn not_running(&self) -> ApiErr {
+        let s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+        match s.state {
+            AppState::Pending => (409, format!("app {} has not started yet (it starts at {:?} Unix ms)", self.spec.name, s.start_at_unix_ms)),
+            AppState::Stopped => (409, format!("app {} is stopped: start it with `tern start {}`", self.spec.name, self.spec.name)),
+            _ => (
+                409,
+                format!(
+                    "app {} is not running ({}){}",
+                    self.spec.name,
+                    s.state,
+                    s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                ),
+            ),
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        if self.frozen {
+            match cmd {
+                Cmd::Invoke(..) | Cmd::Http(..) | Cmd::Snapshot(..) | Cmd::Stop(..) | Cmd::Start(..) => {
+                    self.held.push(cmd);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match cmd {
+            Cmd::Invoke(req, reply) => {
+                let result = self.invoke(req);
+                let _ = reply.send(result);
+            }
+            Cmd::Http(req, reply) => {
+                let state = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state;
+                let serving = state == AppState::Running || state == AppState::Migrating;
+                let resp = match self.timed(|i| serving.then(|| sdk::handle(i, &req))).flatten() {
+                    Some(r) => {
+                        self.count_served();
+                        r
+                    }
+                    None => {
+                        let (s, m) = self.not_running();
+                        Response::text(s, m)
+                    }
+                };
+                self.refresh_status();
+                let _ = reply.send(resp);
+            }
+            Cmd::Snapshot(reply) => {
+                let served = self.served().to_string();
+                let result = match self.inst.as_mut() {
+                    None => Err(self.not_running()),
+                    Some(inst) => {
+                        set_extra(inst, SERVED_KEY, served);
+                        inst.snapshot(SnapshotOptions { embed_module: true, compress: false, hooks: true }).map_err(|e| (500, e.to_string()))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Cmd::Stop(reply) => {
+                // The instance is kept (stopped apps keep their state).
+                self.set_state(AppState::Stopped, None);
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Start(reply) => {
+                let state = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state;
+                match (state, self.inst.is_some()) {
+                    (AppState::Stopped, true) => self.set_state(AppState::Running, None),
+                    (AppState::Running, true) => {}
+                    _ => self.start_now(),
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::PrecopyStart(base, reply) => {
+                let r = self.precopy_start(base);
+                let _ = reply.send(r);
+            }
+            Cmd::PrecopyRound(reply) => {
+                let r = self.collect_dirty();
+                let _ = reply.send(r);
+            }
+            Cmd::Freeze { cold, reply } => {
+                let r = self.freeze(cold);
+                let _ = reply.send(r);
+            }
+            Cmd::Unfreeze(reply) => {
+                self.frozen = false;
+                self.trackers.clear();
+                self.set_state(AppState::Running, None);
+                let held = std::mem::take(&mut self.held);
+                for c in held {
+                    self.handle(c);
+                }
+                let _ = reply.send(());
+            }
+            Cmd::Release(_) | Cmd::Shutdown => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn invoke(&mut self, req: InvokeRequest) -> Result<InvokeResponse, ApiErr> {
+        let state = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state;
+        if state != AppState::Running && state != AppState::Migrating {
+            return Err(self.not_running());
+        }
+        let Some(result) = self.timed(|inst| {
+            let (params, _) = inst.func_type(&req.export)?;
+            let vals = crate::values::parse_args(&req.export, &params, &req.args)?;
+            let results = inst.call(&req.export, &vals)?;
+            Ok::<_, Error>((vals, results))
+        }) else {
+            return Err(self.not_running());
+        };
+        self.refresh_status();
+        match result {
+            Ok((vals, results)) => {
+                self.count_served();
+                Ok(InvokeResponse {
+                    export: req.export,
+                    args: vals.iter().map(|v| serde_json::to_value(to_json(v)).unwrap_or_default()).collect(),
+                    results: results.iter().map(|v| serde_json::to_value(to_json(v)).unwrap_or_default()).collect(),
+                    node: String::new(),
+                })
+            }
+            Err(e) => {
+                let status = match e {
+                    Error::NoSuchExport(..) | Error::BadArguments { .. } => 400,
+                    _ => 500,
+                };
+                if let Error::Exit(code) = e {
+                    self.set_state(if code == 0 { AppState::Exited } else { AppState::Failed }, Some(e.to_string()));
+                    self.after_failure(code != 0);
+                }
+                Err((status, e.to_string()))
+            }
+        }
+    }
+
+    fn precopy_start(&mut self, base: Option<Arc<Snapshot>>) -> Result<PrecopyFirst, ApiErr> {
+        let served = self.served().to_string();
+        let inst = self.inst.as_mut().ok_or_else(|| (409, format!("app {} is not running", self.spec.name)))?;
+        set_extra(inst, SERVED_KEY, served);
+        // Track first, then copy: whatever is written after this point is
+        // in the next round's dirty set.
+        self.trackers = inst
+            .memory_regions()
+            .map_err(|e| (500, e.to_string()))?
+            .into_iter()
+            .map(|r| (r.index, start_tracking(r.base, r.reserved, r.size)))
+            .collect();
+        let kinds: Vec<String> = self.trackers.iter().map(|(_, t)| format!("{:?}", t.kind()).to_lowercase()).collect();
+        *self.shared.tracking.lock().unwrap_or_else(|e| e.into_inner()) = kinds.first().cloned().unwrap_or_else(|| "none".into());
+        let first = match base {
+            None => PrecopyFirst::Full(
+                inst.snapshot(SnapshotOptions { embed_module: false, compress: false, hooks: false }).map_err(|e| (500, e.to_string()))?,
+            ),
+            Some(cp) => PrecopyFirst::Delta(inst.pages_differing_from(&cp).map_err(|e| (500, e.to_string()))?),
+        };
+        self.set_state(AppState::Migrating, None);
+        Ok(first)
+    }
+
+    fn collect_dirty(&mut self) -> Result<Vec<PageChunk>, ApiErr> {
+        let inst = self.inst.as_mut().ok_or_else(|| (409, "app is not running".to_string()))?;
+        let regions = inst.memory_regions().map_err(|e| (500, e.to_string()))?;
+        let mut chunks = Vec::new();
+        for (index, tracker) in &mut self.trackers {
+            let r = regions.iter().find(|r| r.index == *index).ok_or_else(|| (500, "memory vanished".to_string()))?;
+            let pages = match tracker.collect(r.base, r.size) {
+                Ok(p) => p,
+                // A tracker that lost track: every page is dirty.
+                Err(_) => (0..(r.size / crate::snapshot::PAGE_SIZE) as u64).collect(),
+            };
+            chunks.push(inst.read_pages(*index, &pages).map_err(|e| (500, e.to_string()))?);
+        }
+        Ok(chunks)
+    }
+
+    fn freeze(&mut self, cold: bool) -> Result<FreezeResult, ApiErr> {
+        let served = self.served().to_string();
+        if self.inst.is_none() {
+            return Err(self.not_running());
+        }
+        self.frozen = true;
+        let result = (|| {
+            let inst = self.inst.as_mut().expect("checked");
+            set_extra(inst, SERVED_KEY, served);
+            if cold {
+                let snap = inst
+                    .snapshot(SnapshotOptions { embed_module: false, compress: false, hooks: true })
+                    .map_err(|e| (500, e.to_string()))?;
+                return Ok(FreezeResult::Cold(snap));
+            }
+            inst.run_snapshot_hook(true).map_err(|e| (500, e.to_string()))?;
+            let chunks = self.collect_dirty()?;
+            let inst = self.inst.as_mut().expect("checked");
+            let state = inst.snapshot_state_only().map_err(|e| (500, e.to_string()))?;
+            Ok(FreezeResult::Final(FinalCapture { chunks, state }))
+        })();
+        if result.is_err() {
+            self.frozen = false;
+        }
+        result
+    }
+}
+
+/// The app's own directory on this node, given to it as `/data`.
+pub(crate) fn app_dir(data_dir: &std::path::Path, app: &str) -> Preopen {
+    let dir = data_dir.join("apps").join(app);
+    let _ = std::fs::create_dir_all(&dir);
+    Preopen { host: dir.to_string_lossy().into_owned(), guest: "/data".into(), read_only: false }
+}
+
+fn set_extra(inst: &mut Instance, key: &str, value: String) {
+    let extra = inst.extra_meta_mut();
+    extra.retain(|(k, _)| k != key);
+    extra.push((key.to_string(), value));
+}

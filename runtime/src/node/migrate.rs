@@ -1,0 +1,419 @@
+//! The migration protocol between two nodes.
+//!
+//! Source (`migrate_out`), for hot and hybrid:
+//! 1. make sure the target has the module (by sha256);
+//! 2. open a session on the target (`POST /v1/migrations`); for hybrid the
+//!    target first restores the checkpoint it holds (or fetches it);
+//! 3. start dirty-page tracking and send the first copy while the app
+//!    serves: a whole snapshot (hot) or the pages that differ from the
+//!    checkpoint (hybrid);
+//! 4. rounds: send the pages written since the last round, until few are
+//!    left or the rounds stop converging;
+//! 5. stop-and-copy: the app's actor holds new calls, runs the snapshot hook,
+//!    and the last dirty pages and the state go to the target, which
+//!    verifies them, puts them in place, resumes the app and acknowledges;
+//! 6. handover: routing flips to the target, the held calls are replayed
+//!    there in order, and only then does the source drop its copy.
+//! Cold skips 3–4: it freezes, sends one whole snapshot, and hands over.
+//! Any failure before the acknowledgement and the source resumes the app
+//! itself, held calls first: nothing is lost or run twice, and generation
+//! numbers fence any stale copy.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tern_api::types::{InvokeRequest, MigrateRequest, MigrationAck, MigrationOpen, MigrationOpened, MigrationReport, Mode, StartApp};
+
+use super::app::{ApiErr, AppHandle, Cmd, FreezeResult, PrecopyFirst};
+use super::{Node, Slot};
+use crate::engine::LoadedModule;
+use crate::instance::{Instance, RestoreOptions};
+use crate::snapshot::{PageChunk, Snapshot};
+
+/// Stop pre-copy when a round has at most this many dirty pages (1 MiB).
+const CONVERGED_PAGES: u64 = 256;
+/// Never more rounds than this.
+const MAX_ROUNDS: u32 = 30;
+
+fn err(status: u16, msg: impl Into<String>) -> ApiErr {
+    (status, msg.into())
+}
+
+fn client_err(context: &str, e: tern_api::client::ClientError) -> ApiErr {
+    (e.status().unwrap_or(502), format!("{context}: {e}"))
+}
+
+/// Frames the stop-and-copy message: chunks, then the state snapshot.
+pub(crate) fn encode_commit(chunks: &[PageChunk], state: &Snapshot) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for c in chunks {
+        let b = c.encode();
+        out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        out.extend_from_slice(&b);
+    }
+    out.extend_from_slice(state.as_bytes());
+    out
+}
+
+/// Reads a stop-and-copy message, checking every part before use.
+pub(crate) fn decode_commit(bytes: &[u8]) -> Result<(Vec<PageChunk>, Snapshot), String> {
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
+        let end = at.checked_add(n).filter(|&e| e <= bytes.len()).ok_or("stop-and-copy message is truncated")?;
+        let s = &bytes[*at..end];
+        *at = end;
+        Ok(s)
+    };
+    let mut at = 0;
+    let n = u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap()) as usize;
+    if n > 1024 {
+        return Err("stop-and-copy message names too many chunks".into());
+    }
+    let mut chunks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = u64::from_le_bytes(take(&mut at, 8)?.try_into().unwrap()) as usize;
+        chunks.push(PageChunk::decode(take(&mut at, len)?).map_err(|e| e.to_string())?);
+    }
+    let state = Snapshot::from_bytes(bytes[at..].to_vec()).map_err(|e| e.to_string())?;
+    Ok((chunks, state))
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Makes sure a node holds a module, uploading it if not.
+pub(crate) async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<u64, ApiErr> {
+    let sha = module.hash_hex();
+    let murl = format!("{url}/v1/modules/{sha}");
+    if node.client.exists(&murl).await.map_err(|e| client_err("target node", e))? {
+        return Ok(0);
+    }
+    let bytes = Bytes::from(module.original.as_ref().clone());
+    let n = bytes.len() as u64;
+    node.client.put_bytes(&murl, bytes).await.map_err(|e| client_err("cannot upload the module to the target", e))?;
+    Ok(n)
+}
+
+/// Moves a local app to another node and reports what it took.
+pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateRequest) -> Result<MigrationReport, ApiErr> {
+    let handle = node.local(&app).ok_or_else(|| err(404, format!("app {app} does not run on node {}", node.name())))?;
+    let spec = handle.spec();
+    if req.generation <= spec.generation {
+        return Err(err(409, format!("the new generation {} must be newer than {}", req.generation, spec.generation)));
+    }
+    let started_unix_ms = now_unix_ms();
+    let t0 = Instant::now();
+    let module = node
+        .runtime
+        .loaded(&handle.module_sha())
+        .ok_or_else(|| err(500, "the app's module is not loaded on this node"))?;
+    let mut bytes_sent = ensure_module(&node, &req.to_url, &module).await?;
+
+    let mut mode = req.mode;
+    let mut note = None;
+    let mut checkpoint = None;
+    if mode == Mode::Hybrid {
+        match node.latest_checkpoint(&app) {
+            Some(cp) => checkpoint = Some(cp),
+            None => {
+                mode = Mode::Hot;
+                note = Some("no checkpoint of the app yet: moved hot instead of hybrid".to_string());
+            }
+        }
+    }
+    let open = MigrationOpen {
+        app: app.clone(),
+        from: node.name().to_string(),
+        mode,
+        spec: StartApp { generation: req.generation, ..spec.clone() },
+        checkpoint_digest: checkpoint.as_ref().map(|c| c.0.clone()),
+        checkpoint_url: req.checkpoint_url.clone(),
+    };
+    let opened: MigrationOpened = node
+        .client
+        .post_json(&format!("{}/v1/migrations", req.to_url), &open)
+        .await
+        .map_err(|e| client_err("the target refused the migration", e))?;
+    let session = format!("{}/v1/migrations/{}", req.to_url, opened.id);
+
+    let mut rounds = 0u32;
+    let mut pages_sent = 0u64;
+    let mut tracking = "none".to_string();
+    let outcome = async {
+        if mode == Mode::Cold {
+            let t_pause = Instant::now();
+            let frozen = handle.ask(|tx| Cmd::Freeze { cold: true, reply: tx }).await??;
+            let FreezeResult::Cold(snap) = frozen else { return Err(err(500, "unexpected freeze result")) };
+            bytes_sent += snap.as_bytes().len() as u64;
+            pages_sent += snap.stored_pages();
+            let ack = post_ack(&node, &format!("{session}/cold"), Bytes::from(snap.as_bytes().to_vec())).await?;
+            return Ok((t_pause, ack));
+        }
+        let base = checkpoint.as_ref().map(|c| c.1.clone());
+        let first = handle.ask(|tx| Cmd::PrecopyStart(base, tx)).await??;
+        tracking = handle.tracking_kind();
+        match first {
+            PrecopyFirst::Full(snap) => {
+                bytes_sent += snap.as_bytes().len() as u64;
+                pages_sent += snap.stored_pages();
+                node.client
+                    .post_bytes(&format!("{session}/base"), Bytes::from(snap.as_bytes().to_vec()))
+                    .await
+                    .map_err(|e| client_err("sending the first copy", e))?;
+            }
+            PrecopyFirst::Delta(chunks) => {
+                let (b, p) = send_chunks(&node, &session, &chunks).await?;
+                bytes_sent += b;
+                pages_sent += p;
+            }
+        }
+        rounds = 1;
+        let mut previous = u64::MAX;
+        let mut stalled = 0;
+        loop {
+            let chunks = handle.ask(|tx| Cmd::PrecopyRound(tx)).await??;
+            let dirty: u64 = chunks.iter().map(|c| c.pages.len() as u64).sum();
+            let (b, p) = send_chunks(&node, &session, &chunks).await?;
+            bytes_sent += b;
+            pages_sent += p;
+            rounds += 1;
+            if dirty >= previous {
+                stalled += 1;
+            }
+            previous = dirty;
+            if dirty <= CONVERGED_PAGES || rounds >= MAX_ROUNDS || stalled >= 3 {
+                break;
+            }
+        }
+        let t_pause = Instant::now();
+        let frozen = handle.ask(|tx| Cmd::Freeze { cold: false, reply: tx }).await??;
+        let FreezeResult::Final(last) = frozen else { return Err(err(500, "unexpected freeze result")) };
+        let body = encode_commit(&last.chunks, &last.state);
+        bytes_sent += body.len() as u64;
+        pages_sent += last.chunks.iter().map(|c| c.pages.len() as u64).sum::<u64>();
+        let ack = post_ack(&node, &format!("{session}/commit"), Bytes::from(body)).await?;
+        Ok((t_pause, ack))
+    }
+    .await;
+
+    let (t_pause, _ack) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            // Before the acknowledgement: the app goes on here.
+            let _ = handle.ask(Cmd::Unfreeze).await;
+            let _ = node.client.delete(&session).await;
+            return Err(e);
+        }
+    };
+    let downtime = t_pause.elapsed();
+
+    // Handover: route to the target, replay held calls there, then drop.
+    node.apps.lock().unwrap_or_else(|e| e.into_inner()).insert(app.clone(), Slot::Moved { url: req.to_url.clone() });
+    let held = handle.ask(Cmd::Release).await.unwrap_or_default();
+    let requests_held = held.len() as u64;
+    for cmd in held {
+        forward(&node, &req.to_url, &app, cmd).await;
+    }
+    node.forget_checkpoint(&app);
+    Ok(MigrationReport {
+        app,
+        mode: mode.to_string(),
+        from: node.name().to_string(),
+        to: req.to_name,
+        downtime_ms: downtime.as_secs_f64() * 1e3,
+        total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        bytes_sent,
+        rounds,
+        pages_sent,
+        requests_held,
+        dirty_tracking: tracking,
+        generation: req.generation,
+        started_unix_ms,
+        checkpoint_bytes_fetched: opened.checkpoint_bytes_fetched,
+        note,
+    })
+}
+
+async fn send_chunks(node: &Node, session: &str, chunks: &[PageChunk]) -> Result<(u64, u64), ApiErr> {
+    let (mut bytes, mut pages) = (0, 0);
+    for c in chunks {
+        if c.pages.is_empty() && chunks.len() > 1 {
+            continue;
+        }
+        let body = c.encode();
+        bytes += body.len() as u64;
+        pages += c.pages.len() as u64;
+        node.client.post_bytes(&format!("{session}/pages"), Bytes::from(body)).await.map_err(|e| client_err("sending pages", e))?;
+    }
+    Ok((bytes, pages))
+}
+
+/// Sends the last message and reads the acknowledgement.
+async fn post_ack(node: &Node, url: &str, body: Bytes) -> Result<MigrationAck, ApiErr> {
+    let answer = node.client.post_bytes(url, body).await.map_err(|e| client_err("the target did not take over", e))?;
+    serde_json::from_slice(&answer).map_err(|e| err(502, format!("the target's acknowledgement is unreadable: {e}")))
+}
+
+/// Replays a held call on the node the app moved to, answering its caller.
+pub(crate) async fn forward(node: &Node, url: &str, app: &str, cmd: Cmd) {
+    match cmd {
+        Cmd::Invoke(req, reply) => {
+            let r = node
+                .client
+                .post_json::<InvokeRequest, tern_api::types::InvokeResponse>(&format!("{url}/v1/apps/{app}/invoke"), &req)
+                .await
+                .map_err(|e| (e.status().unwrap_or(502), e.to_string()));
+            let _ = reply.send(r);
+        }
+        Cmd::Http(req, reply) => {
+            let _ = reply.send(super::http::forward_request(node, url, app, req).await);
+        }
+        Cmd::Snapshot(reply) => {
+            let r = node
+                .client
+                .post_bytes(&format!("{url}/v1/apps/{app}/snapshot"), Bytes::new())
+                .await
+                .map_err(|e| (e.status().unwrap_or(502), e.to_string()))
+                .and_then(|b| Snapshot::from_bytes(b.to_vec()).map_err(|e| (502, e.to_string())));
+            let _ = reply.send(r);
+        }
+        Cmd::Stop(reply) | Cmd::Start(reply) => {
+            let _ = reply.send(Err((409, format!("app {app} moved to {url}: ask there"))));
+        }
+        _ => {}
+    }
+}
+
+/// A migration arriving on this node.
+pub(crate) struct TargetSession {
+    pub app: String,
+    pub logs: Arc<crate::wasi::LogBuffer>,
+    pub spec: StartApp,
+    pub module: Arc<LoadedModule>,
+    pub inst: Mutex<Option<Instance>>,
+}
+
+/// Opens a target session: checks fencing and the module, and for hybrid
+/// restores the checkpoint first.
+pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result<MigrationOpened, ApiErr> {
+    node.check_generation(&open.app, open.spec.generation).map_err(|m| err(409, m))?;
+    if let Some(h) = node.local(&open.app) {
+        if h.spec().generation >= open.spec.generation {
+            return Err(err(409, format!("app {} already runs here at generation {}", open.app, h.spec().generation)));
+        }
+    }
+    let sha: [u8; 32] = hex::decode(&open.spec.module_sha256)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| err(400, "bad module sha256"))?;
+    let module = node.module(&sha).await.map_err(|m| err(409, m))?;
+    let mut fetched = 0;
+    let mut inst = None;
+    let logs = crate::wasi::LogBuffer::new();
+    if open.mode == Mode::Hybrid {
+        let digest = open.checkpoint_digest.clone().ok_or_else(|| err(400, "hybrid migration without a checkpoint digest"))?;
+        let (snap, n) = node.checkpoint_for(&open.app, &digest, open.checkpoint_url.as_deref()).await?;
+        fetched = n;
+        let rt = node.runtime.clone();
+        let m = module.clone();
+        let opts = restore_options(&node, &open.app, &snap, &logs, false, true);
+        let restored = tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
+        .await
+        .map_err(|e| err(500, e.to_string()))?
+        .map_err(|e| err(500, format!("cannot restore the checkpoint: {e}")))?;
+        inst = Some(restored);
+    }
+    let id = format!("{}-{}", open.app, node.session_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let session = Arc::new(TargetSession { app: open.app, logs, spec: open.spec, module, inst: Mutex::new(inst) });
+    node.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), session);
+    Ok(MigrationOpened { id, checkpoint_bytes_fetched: fetched })
+}
+
+fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>, ApiErr> {
+    node.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().ok_or_else(|| err(404, format!("no migration session {id}")))
+}
+
+/// The first whole copy (hot).
+pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Result<(), ApiErr> {
+    let s = session(&node, &id)?;
+    let rt = node.runtime.clone();
+    tokio::task::spawn_blocking(move || {
+        let snap = Snapshot::from_bytes(body.to_vec()).map_err(|e| err(400, format!("first copy rejected: {e}")))?;
+        let opts = restore_options(&node, &s.app, &snap, &s.logs, false, false);
+        let inst = Instance::restore(&rt, &snap, Some(s.module.clone()), opts)
+            .map_err(|e| err(400, format!("first copy does not restore: {e}")))?;
+        *s.inst.lock().unwrap_or_else(|e| e.into_inner()) = Some(inst);
+        Ok(())
+    })
+    .await
+    .map_err(|e| err(500, e.to_string()))?
+}
+
+/// A round of pages.
+pub(crate) async fn receive_pages(node: Arc<Node>, id: String, body: Bytes) -> Result<(), ApiErr> {
+    let s = session(&node, &id)?;
+    tokio::task::spawn_blocking(move || {
+        let chunk = PageChunk::decode(&body).map_err(|e| err(400, format!("page chunk rejected: {e}")))?;
+        let mut g = s.inst.lock().unwrap_or_else(|e| e.into_inner());
+        let inst = g.as_mut().ok_or_else(|| err(409, "pages before the first copy"))?;
+        inst.apply_chunk(&chunk).map_err(|e| err(400, e.to_string()))
+    })
+    .await
+    .map_err(|e| err(500, e.to_string()))?
+}
+
+/// Stop-and-copy (hot, hybrid) or the whole snapshot (cold): put the state
+/// in place, resume the app here, acknowledge.
+pub(crate) async fn receive_final(node: Arc<Node>, id: String, body: Bytes, cold: bool) -> Result<MigrationAck, ApiErr> {
+    let s = session(&node, &id)?;
+    let t0 = Instant::now();
+    let rt = node.runtime.clone();
+    let s2 = s.clone();
+    let node2 = node.clone();
+    let inst = tokio::task::spawn_blocking(move || {
+        if cold {
+            let snap = Snapshot::from_bytes(body.to_vec()).map_err(|e| err(400, format!("snapshot rejected: {e}")))?;
+            let opts = restore_options(&node2, &s2.app, &snap, &s2.logs, true, false);
+            return Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
+                .map_err(|e| err(400, format!("snapshot does not restore: {e}")));
+        }
+        let (chunks, state) = decode_commit(&body).map_err(|e| err(400, format!("stop-and-copy rejected: {e}")))?;
+        let mut inst = s2.inst.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| err(409, "commit before the first copy"))?;
+        for c in &chunks {
+            inst.apply_chunk(c).map_err(|e| err(400, e.to_string()))?;
+        }
+        inst.apply_state(&state).map_err(|e| err(400, e.to_string()))?;
+        inst.run_restore_hook().map_err(|e| err(500, format!("the app's restore hook failed: {e}")))?;
+        Ok(inst)
+    })
+    .await
+    .map_err(|e| err(500, e.to_string()))??;
+    node.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    node.admit_generation(&s.app, s.spec.generation).map_err(|m| err(409, m))?;
+    let handle = AppHandle::spawn(node.runtime.clone(), s.module.clone(), s.spec.clone(), node.config.data_dir.clone(), Some((inst, s.logs.clone())));
+    node.install(handle);
+    Ok(MigrationAck { generation: s.spec.generation, resume_ms: t0.elapsed().as_secs_f64() * 1e3 })
+}
+
+/// How an app restores on this node: its logs here, its directory here, the
+/// limits it was deployed with.
+pub(crate) fn restore_options(
+    node: &Node,
+    app: &str,
+    snap: &Snapshot,
+    logs: &Arc<crate::wasi::LogBuffer>,
+    hooks: bool,
+    copy_on_write: bool,
+) -> RestoreOptions {
+    let mut wasi = snap.body.wasi.clone();
+    wasi.preopens = vec![super::app::app_dir(&node.config.data_dir, app)];
+    RestoreOptions {
+        copy_on_write,
+        hooks,
+        wasi_override: Some(wasi),
+        limits_override: None,
+        stdio: crate::wasi::Stdio::Capture(logs.clone()),
+    }
+}

@@ -1,0 +1,106 @@
+//! Page chunks: the pages a live migration sends round by round.
+//!
+//! ```text
+//! magic "TERNPAGE" | version u32 | memory index u32 | memory byte size u64
+//! | page count u32 | page indices (u64 each) | page bytes (4096 each)
+//! | xxh3-64 of everything before it
+//! ```
+//! A chunk is checked whole before any page of it is used.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::{SnapshotError, PAGE_SIZE};
+
+const CHUNK_MAGIC: &[u8; 8] = b"TERNPAGE";
+const CHUNK_VERSION: u32 = 1;
+const CHUNK_HEADER: usize = 8 + 4 + 4 + 8 + 4;
+
+/// Pages of one memory, as a migration sends them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageChunk {
+    pub memory: u32,
+    /// The memory's size when the pages were read (the receiver grows to it).
+    pub byte_size: u64,
+    /// Page indices (4 KiB pages from the memory's start), ascending.
+    pub pages: Vec<u64>,
+    /// The pages' bytes, `pages.len() * 4096`.
+    pub data: Vec<u8>,
+}
+
+impl PageChunk {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CHUNK_HEADER + self.pages.len() * (8 + PAGE_SIZE) + 8);
+        out.extend_from_slice(CHUNK_MAGIC);
+        out.extend_from_slice(&CHUNK_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.memory.to_le_bytes());
+        out.extend_from_slice(&self.byte_size.to_le_bytes());
+        out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        for p in &self.pages {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        out.extend_from_slice(&self.data);
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PageChunk, SnapshotError> {
+        if bytes.len() < CHUNK_HEADER + 8 {
+            return Err(SnapshotError::Truncated { expected: (CHUNK_HEADER + 8) as u64, found: bytes.len() as u64 });
+        }
+        if &bytes[..8] != CHUNK_MAGIC {
+            return Err(SnapshotError::corrupt("not a page chunk"));
+        }
+        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+        if version != CHUNK_VERSION {
+            return Err(SnapshotError::corrupt(format!("page chunk version {version}, expected {CHUNK_VERSION}")));
+        }
+        let memory = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
+        let byte_size = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+        let count = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+        let expected = CHUNK_HEADER as u64 + count as u64 * (8 + PAGE_SIZE as u64) + 8;
+        if bytes.len() as u64 != expected {
+            return Err(if (bytes.len() as u64) < expected {
+                SnapshotError::Truncated { expected, found: bytes.len() as u64 }
+            } else {
+                SnapshotError::corrupt("page chunk has trailing bytes")
+            });
+        }
+        let body_end = bytes.len() - 8;
+        let sum = u64::from_le_bytes(bytes[body_end..].try_into().unwrap());
+        if xxh3_64(&bytes[..body_end]) != sum {
+            return Err(SnapshotError::Checksum { what: "page chunk" });
+        }
+        let idx_end = CHUNK_HEADER + count * 8;
+        let pages: Vec<u64> = bytes[CHUNK_HEADER..idx_end].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let max_page = byte_size / PAGE_SIZE as u64;
+        if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p >= max_page) {
+            return Err(SnapshotError::corrupt("page chunk indices are unsorted or outside the memory"));
+        }
+        Ok(PageChunk { memory, byte_size, pages, data: bytes[idx_end..body_end].to_vec() })
+    }
+
+    /// Bytes this chunk takes on the wire.
+    pub fn wire_len(&self) -> u64 {
+        (CHUNK_HEADER + self.pages.len() * (8 + PAGE_SIZE) + 8) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let chunk = PageChunk { memory: 0, byte_size: 16 * 4096, pages: vec![1, 5, 9], data: (0..3 * 4096).map(|i| i as u8).collect() };
+        let bytes = chunk.encode();
+        assert_eq!(bytes.len() as u64, chunk.wire_len());
+        assert_eq!(PageChunk::decode(&bytes).unwrap(), chunk);
+        for pos in [0, 9, 13, 20, 30, 100, 5000, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[pos] ^= 0x40;
+            assert!(PageChunk::decode(&bad).is_err(), "flip at {pos} not caught");
+        }
+        assert!(matches!(PageChunk::decode(&bytes[..bytes.len() - 1]), Err(SnapshotError::Truncated { .. })));
+    }
+}

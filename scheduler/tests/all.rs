@@ -1,0 +1,1008 @@
+//! tern-scheduler's integration tests (one binary: fast to link, one place
+//! to look). Sections: cluster and placement, cost models, predictor,
+//! rebalancer, restart, traces, simulator, invariants.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+use tern_scheduler::*;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn node(name: &str, cpu: u64, mem_gib: u64) -> NodeState {
+    NodeState::new(name, Resources::new(cpu, mem_gib * GIB))
+}
+
+fn app(name: &str, cpu: u64, mem_mib: u64) -> AppSpec {
+    AppSpec::new(name, Resources::new(cpu, mem_mib * MIB))
+}
+
+fn ctx() -> PlacementContext {
+    PlacementContext::default()
+}
+
+// ---------------------------------------------------------------- traces
+
+fn trace10() -> &'static Trace {
+    static T: OnceLock<Trace> = OnceLock::new();
+    T.get_or_init(|| {
+        parse_azure(
+            include_str!("../testdata/azure-functions-2019/10_invocations.csv"),
+            include_str!("../testdata/azure-functions-2019/10_durations.csv"),
+            include_str!("../testdata/azure-functions-2019/10_memory.csv"),
+        )
+        .expect("10-function sample parses")
+    })
+}
+
+fn trace100() -> &'static Trace {
+    static T: OnceLock<Trace> = OnceLock::new();
+    T.get_or_init(|| {
+        parse_azure(
+            include_str!("../testdata/azure-functions-2019/100_invocations.csv"),
+            include_str!("../testdata/azure-functions-2019/100_durations.csv"),
+            include_str!("../testdata/azure-functions-2019/100_memory.csv"),
+        )
+        .expect("100-function sample parses")
+    })
+}
+
+/// The default comparison of every policy, computed once per sample.
+fn comparison(n: usize) -> &'static Comparison {
+    static C10: OnceLock<Comparison> = OnceLock::new();
+    static C100: OnceLock<Comparison> = OnceLock::new();
+    let (cell, trace) = if n == 10 {
+        (&C10, trace10())
+    } else {
+        (&C100, trace100())
+    };
+    cell.get_or_init(|| compare(trace, &Policy::ALL, &SimConfig::default()))
+}
+
+fn result(c: &Comparison, p: Policy) -> &PolicyResult {
+    c.policies
+        .iter()
+        .find(|r| r.policy == p)
+        .expect("policy simulated")
+}
+
+#[test]
+fn shipped_traces_parse_with_their_documented_shape() {
+    let t = trace10();
+    assert_eq!((t.functions.len(), t.len()), (10, 1440));
+    assert_eq!((t.minutes[0], t.minutes[1439]), (1, 1440));
+    let t = trace100();
+    assert_eq!((t.functions.len(), t.len()), (100, 480));
+    assert_eq!((t.minutes[0], t.minutes[479]), (480, 959));
+    // First 10-sample function: 197 invocations of 306 ms in minute 1, 204 MB.
+    let f = &trace10().functions[0];
+    assert_eq!(
+        (f.invocations[0], f.avg_duration_ms, f.memory_mb),
+        (197, 306.0, 204.0)
+    );
+    assert_eq!(f.demand(0), Resources::new(1005, 204 * MIB));
+}
+
+const INV: &str =
+    "HashOwner,HashApp,HashFunction,Trigger,1,2,3\no,a,f1,http,1,2,3\no,a,f2,timer,0,0,1\n";
+const DUR: &str = "HashOwner,HashApp,HashFunction,Average,Count\no,a,f1,100,5\no,a,f2,60,1\n";
+const MEM: &str = "HashFunction,HashOwner,HashApp,AverageAllocatedMb\nf1,o,a,128\nf2,o,a,64.5\n";
+
+#[test]
+fn small_trace_parses_and_joins_on_function_hash() {
+    let t = parse_azure(INV, DUR, MEM).unwrap();
+    assert_eq!(t.minutes, vec![1, 2, 3]);
+    assert_eq!(t.functions[1].invocations, vec![0, 0, 1]);
+    assert_eq!(t.functions[1].memory_mb, 64.5);
+    assert_eq!(t.functions[0].cpu_milli(2), 3.0 * 100.0 / 60.0);
+}
+
+#[test]
+fn trace_errors_name_the_file_and_line() {
+    let check = |inv: &str, dur: &str, mem: &str, expect: &str| {
+        let err = parse_azure(inv, dur, mem).unwrap_err().to_string();
+        assert_eq!(err, expect);
+    };
+    check(
+        "HashOwner,HashApp,HashFunction,Trigger,1,2,3\no,a,f1,http,1,2\n",
+        DUR,
+        MEM,
+        "invocations: line 2: expected 7 fields like the header, found 6",
+    );
+    check(
+        "HashOwner,HashApp,HashFunction,Trigger,1,2,3\no,a,f1,http,1,2,3\no,a,f2,timer,0,x,1\n",
+        DUR,
+        MEM,
+        "invocations: line 3: minute 2: `x` is not a whole number of invocations",
+    );
+    check(
+        INV,
+        "HashOwner,HashApp,HashFunction,Count\no,a,f1,5\n",
+        MEM,
+        "durations: line 1: missing column `Average` in the header",
+    );
+    check(
+        INV,
+        "HashOwner,HashApp,HashFunction,Average,Count\no,a,f1,100,5\n",
+        MEM,
+        "durations: no row for function f2 (invocations line 3): the three files must come from the same sample",
+    );
+    check(
+        INV,
+        DUR,
+        "HashFunction,HashOwner,HashApp,AverageAllocatedMb\nf1,o,a,-3\n",
+        "memory: line 2: column `AverageAllocatedMb`: `-3` is not a non-negative number",
+    );
+    check(
+        "",
+        DUR,
+        MEM,
+        "invocations: empty file, expected a CSV header line",
+    );
+    check(
+        "HashOwner,HashApp,HashFunction,Trigger,1,3\no,a,f1,http,1,2\n",
+        DUR,
+        MEM,
+        "invocations: line 1: minute columns must be consecutive, found 3 after 1",
+    );
+}
+
+// ------------------------------------------------- cluster and placement
+
+#[test]
+fn policies_parse_and_print_as_the_cli_spells_them() {
+    for p in Policy::ALL {
+        assert_eq!(p.to_string().parse::<Policy>().unwrap(), p);
+    }
+    assert_eq!("LEARNED".parse::<Policy>().unwrap(), Policy::Learned);
+    let err = "fastest".parse::<Policy>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown placement policy `fastest`: expected requests, cost or learned"
+    );
+    assert_eq!(serde_json::to_string(&Policy::Cost).unwrap(), "\"cost\"");
+}
+
+#[test]
+fn requests_policy_prefers_the_least_allocated_balanced_node() {
+    let mut c = Cluster::new(vec![node("a", 4000, 8), node("b", 4000, 8)]);
+    c.bind(app("x", 3000, 1024), "a").unwrap();
+    let d = place(&c, &app("y", 500, 512), Policy::Requests, &ctx()).unwrap();
+    assert_eq!(d.node, "b");
+    let b = d.chosen();
+    assert!(b.terms["least_allocated"] > 90.0, "{:?}", b.terms);
+    assert_eq!(d.candidates.len(), 2);
+    assert!(
+        d.explain().starts_with("y -> b by `requests`"),
+        "{}",
+        d.explain()
+    );
+}
+
+#[test]
+fn decisions_explain_the_best_candidates_and_score_all() {
+    let mut c = Cluster::new(
+        (0..20)
+            .map(|i| node(&format!("n{i}"), 4000 + 100 * i, 8))
+            .collect(),
+    );
+    c.bind(app("x", 4000, 64), "n0").unwrap();
+    let ctx = PlacementContext {
+        explain_top: 3,
+        ..ctx()
+    };
+    for policy in Policy::ALL {
+        let d = place(&c, &app("y", 1000, 64), policy, &ctx).unwrap();
+        assert_eq!(d.candidates.len(), 20);
+        assert_eq!(
+            d.node, "n19",
+            "{policy}: the largest node is the least allocated"
+        );
+        let explained: Vec<&str> = d
+            .candidates
+            .iter()
+            .filter(|c| !c.terms.is_empty())
+            .map(|c| c.node.as_str())
+            .collect();
+        assert_eq!(explained, ["n17", "n18", "n19"], "{policy}");
+        assert!(d
+            .candidates
+            .iter()
+            .filter(|c| c.feasible)
+            .all(|c| c.score.is_finite()));
+        assert!(!d.candidates[0].feasible);
+        let ranked = d.ranked();
+        assert_eq!(
+            (ranked[0].node.as_str(), ranked[19].node.as_str()),
+            ("n19", "n0")
+        );
+    }
+    // JSON round trip, infeasible candidates included (their score is null).
+    let d = place(&c, &app("y", 1000, 64), Policy::Cost, &ctx).unwrap();
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(json.contains(r#""node":"n0","feasible":false,"reason_if_not":"needs 1000m CPU, 0m free by requests","score":null"#), "{json}");
+    let back: Decision = serde_json::from_str(&json).unwrap();
+    assert_eq!((back.node.as_str(), back.candidates.len()), ("n19", 20));
+    assert_eq!(back.candidates[0].score, f64::NEG_INFINITY);
+    for (a, b) in back.candidates.iter().zip(&d.candidates).skip(1) {
+        assert!((a.score - b.score).abs() < 1e-12 && a.terms.len() == b.terms.len());
+    }
+    assert_eq!(
+        d.chosen().terms.keys().collect::<Vec<_>>(),
+        ["C", "R", "T_ms", "alpha*T", "beta*R"]
+    );
+}
+
+#[test]
+fn filters_say_why_a_node_was_rejected() {
+    let mut c = Cluster::new(vec![
+        node("full", 1000, 8),
+        node("down", 8000, 8),
+        node("drain", 8000, 8),
+        node("x86", 8000, 8).with_label("arch", "x86_64"),
+        node("arm", 8000, 8).with_label("arch", "aarch64"),
+    ]);
+    c.bind(app("big", 900, 10), "full").unwrap();
+    c.node_mut("down").unwrap().ready = false;
+    c.node_mut("drain").unwrap().draining = true;
+    let a = app("new", 500, 10).with_selector("arch", "aarch64");
+    let d = place(&c, &a, Policy::Requests, &ctx()).unwrap();
+    assert_eq!(d.node, "arm");
+    let reason = |n: &str| {
+        d.candidates
+            .iter()
+            .find(|c| c.node == n)
+            .unwrap()
+            .reason_if_not
+            .clone()
+    };
+    assert_eq!(
+        reason("full").as_deref(),
+        Some("missing label arch=aarch64")
+    );
+    assert_eq!(reason("down").as_deref(), Some("node not ready"));
+    assert_eq!(reason("drain").as_deref(), Some("node draining"));
+    assert_eq!(reason("arm"), None);
+
+    let a = app("huge", 9000, 10);
+    match place(&c, &a, Policy::Requests, &ctx()) {
+        Err(ScheduleError::NoFeasibleNode {
+            summary,
+            candidates,
+            ..
+        }) => {
+            assert_eq!(candidates.len(), 5);
+            assert!(summary.contains("1 node(s): node not ready"), "{summary}");
+            assert!(summary.contains("3 node(s): needs 9000m CPU"), "{summary}");
+        }
+        other => panic!("expected NoFeasibleNode, got {other:?}"),
+    }
+    assert_eq!(
+        place(&Cluster::default(), &a, Policy::Cost, &ctx()).unwrap_err(),
+        ScheduleError::NoNodes
+    );
+}
+
+#[test]
+fn cost_policy_trades_latency_against_resource_cost() {
+    let nodes = vec![
+        node("near", 4000, 8).with_label("zone", "paris"),
+        node("far", 4000, 8).with_label("zone", "tokyo"),
+    ];
+    let mut c = Cluster::new(nodes);
+    let edge = app("edge", 500, 64).with_user_location("paris");
+    // Empty cluster: the node next to the users wins.
+    let d = place(&c, &edge, Policy::Cost, &ctx()).unwrap();
+    assert_eq!(d.node, "near");
+    assert_eq!(d.chosen().terms["T_ms"], 1.0);
+    // A busy near node loses once β·R outweighs α·T ...
+    c.bind(app("hog", 3400, 64), "near").unwrap();
+    let d = place(&c, &edge, Policy::Cost, &ctx()).unwrap();
+    assert_eq!(d.node, "far", "{}", d.explain());
+    // ... unless latency weighs more.
+    let mut heavy = ctx();
+    heavy.weights.scheduling.alpha_latency_per_ms = 0.1;
+    assert_eq!(place(&c, &edge, Policy::Cost, &heavy).unwrap().node, "near");
+    // A measured latency overrides the zone guess.
+    let mut measured = ctx();
+    measured.latency.insert("paris", "far", 0.5);
+    measured.weights.scheduling.alpha_latency_per_ms = 0.1;
+    assert_eq!(
+        place(&c, &edge, Policy::Cost, &measured).unwrap().node,
+        "far"
+    );
+}
+
+#[test]
+fn learned_policy_places_by_predicted_demand_not_requests() {
+    let mut c = Cluster::new(vec![node("a", 4000, 8), node("b", 4000, 8)]);
+    // `quiet` declared a lot but uses little; `busy` declared little but uses a lot.
+    c.bind(app("quiet", 3000, 64), "a").unwrap();
+    c.bind(app("busy", 100, 64), "b").unwrap();
+    c.set_expected("quiet", Resources::new(200, 64 * MIB))
+        .unwrap();
+    c.set_expected("busy", Resources::new(3500, 64 * MIB))
+        .unwrap();
+    let new = app("new", 600, 64);
+    assert_eq!(place(&c, &new, Policy::Requests, &ctx()).unwrap().node, "b");
+    let mut learned = ctx();
+    learned.predicted_demand = Some(Resources::new(800, 64 * MIB));
+    let d = place(&c, &new, Policy::Learned, &learned).unwrap();
+    assert_eq!(d.node, "a");
+    assert_eq!(d.chosen().terms["app_predicted_cpu_milli"], 800.0);
+    // Only 500m left on `b` by prediction: rejected, and said so.
+    let b = d.candidates.iter().find(|c| c.node == "b").unwrap();
+    assert_eq!(
+        b.reason_if_not.as_deref(),
+        Some("needs 800m CPU, 500m free by predicted demand")
+    );
+}
+
+#[test]
+fn replicas_of_a_group_spread_over_nodes() {
+    let mut c = Cluster::new(vec![node("a", 8000, 8), node("b", 8000, 8)]);
+    let mut r0 = app("web-0", 100, 64);
+    r0.group = Some("web".into());
+    c.bind(r0, "a").unwrap();
+    // `a` is emptier than `b`, so only spreading can send web-1 to `b`.
+    c.bind(app("other", 300, 64), "b").unwrap();
+    let mut r1 = app("web-1", 100, 64);
+    r1.group = Some("web".into());
+    assert_eq!(place(&c, &r1, Policy::Requests, &ctx()).unwrap().node, "b");
+    r1.group = None;
+    assert_eq!(place(&c, &r1, Policy::Requests, &ctx()).unwrap().node, "a");
+}
+
+#[test]
+fn cluster_bookkeeping_follows_binds_moves_and_removals() {
+    let mut c = Cluster::new(vec![node("a", 4000, 8), node("b", 4000, 8)]);
+    c.bind(app("x", 1000, 100), "a").unwrap();
+    assert_eq!(
+        c.bind(app("x", 1, 1), "b").unwrap_err(),
+        ScheduleError::DuplicateApp("x".into())
+    );
+    assert_eq!(
+        c.bind(app("y", 1, 1), "zz").unwrap_err(),
+        ScheduleError::UnknownNode("zz".into())
+    );
+    c.set_expected("x", Resources::new(1500, 100 * MIB))
+        .unwrap();
+    c.move_app("x", "b").unwrap();
+    assert_eq!(c.node_of("x"), Some("b"));
+    let (a, b) = (c.node("a").unwrap(), c.node("b").unwrap());
+    assert_eq!(
+        (a.requested, a.expected, a.apps.len()),
+        (Resources::ZERO, Resources::ZERO, 0)
+    );
+    assert_eq!(
+        (b.requested.cpu_milli, b.expected.cpu_milli, b.apps.clone()),
+        (1000, 1500, vec!["x".to_string()])
+    );
+    assert!(c.unbind("x").is_some());
+    assert_eq!(c.node("b").unwrap().requested, Resources::ZERO);
+    // JSON round trip (the control plane stores and sends these).
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(serde_json::from_str::<Cluster>(&json).unwrap(), c);
+}
+
+fn arb_nodes() -> impl Strategy<Value = Vec<NodeState>> {
+    prop::collection::vec((100u64..8000, 1u64..16, any::<bool>()), 1..12).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (cpu, mem, ready))| {
+                let mut n = node(&format!("n{i}"), cpu, mem);
+                n.ready = ready || i == 0;
+                n
+            })
+            .collect()
+    })
+}
+
+fn arb_apps() -> impl Strategy<Value = Vec<(u64, u64)>> {
+    prop::collection::vec((0u64..3000, 0u64..4096), 1..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn requests_policy_never_over_commits_a_node(nodes in arb_nodes(), apps in arb_apps()) {
+        let mut c = Cluster::new(nodes);
+        for (i, (cpu, mem)) in apps.into_iter().enumerate() {
+            let a = app(&format!("a{i}"), cpu, mem);
+            if let Ok(d) = place(&c, &a, Policy::Requests, &ctx()) {
+                c.bind(a, &d.node).unwrap();
+            }
+            for n in &c.nodes {
+                prop_assert!(n.requested.fits_in(&n.capacity), "{} over-committed: {:?} > {:?}", n.name, n.requested, n.capacity);
+            }
+        }
+    }
+
+    #[test]
+    fn placement_is_deterministic(nodes in arb_nodes(), apps in arb_apps(), policy in prop::sample::select(Policy::ALL.to_vec())) {
+        let run = || {
+            let mut c = Cluster::new(nodes.clone());
+            let mut out = Vec::new();
+            for (i, (cpu, mem)) in apps.iter().enumerate() {
+                let a = app(&format!("a{i}"), *cpu, *mem).with_user_location("zone-1");
+                let d = place(&c, &a, policy, &ctx());
+                if let Ok(d) = &d {
+                    c.bind(a, &d.node).unwrap();
+                }
+                out.push(d);
+            }
+            out
+        };
+        prop_assert_eq!(run(), run());
+    }
+}
+
+// ------------------------------------------------------------ cost models
+
+#[test]
+fn cost_models_data_driven() {
+    // (latency ms, resource share) -> C with default weights α=0.01, β=1.
+    for (t, r, want) in [
+        (0.0, 0.0, 0.0),
+        (50.0, 0.0, 0.5),
+        (0.0, 0.75, 0.75),
+        (10.0, 0.5, 0.6),
+    ] {
+        let c = scheduling_cost(&SchedulingWeights::default(), t, r);
+        assert!((c.value - want).abs() < 1e-9, "C({t}, {r}) = {}", c.value);
+        assert!((c.terms["alpha*T"] + c.terms["beta*R"] - c.value).abs() < 1e-12);
+    }
+    // (state MiB, dirty MiB/s) -> (wire MiB, seconds, C) at 1 GiB/s, 50 ms setup.
+    let w = MigrationWeights::default();
+    for (state, dirty, wire, secs) in [
+        (0.0, 0.0, 0.0, 0.05),
+        (1024.0, 0.0, 1024.0, 1.05),
+        (1024.0, 512.0, 2048.0, 2.05), // half the link dirtied: the state goes twice
+        (64.0, 4096.0, 640.0, 0.675),  // dirtier than the link: capped at 10×
+    ] {
+        let c = migration_cost(
+            &w,
+            &MigrationInput {
+                state_bytes: (state * MIB as f64) as u64,
+                dirty_bytes_per_s: dirty * MIB as f64,
+            },
+        );
+        assert!(
+            (c.terms["B_mib"] - wire).abs() < 1e-6,
+            "wire {state}/{dirty}: {:?}",
+            c.terms
+        );
+        assert!(
+            (c.terms["T_s"] - secs).abs() < 1e-6,
+            "time {state}/{dirty}: {:?}",
+            c.terms
+        );
+        let want = 0.001 * state + 0.001 * wire + secs;
+        assert!(
+            (c.value - want).abs() < 1e-9,
+            "C {state}/{dirty}: {} vs {want}",
+            c.value
+        );
+    }
+    // (snapshot MiB, share after, wait s) -> D ms with α=0.5 ms/MiB, β=20 ms, γ=1000 ms/s.
+    for (s, r, t, want) in [
+        (0.0, 0.0, 0.0, 0.0),
+        (64.0, 0.0, 0.0, 32.0),
+        (64.0, 1.0, 0.0, 52.0),
+        (0.0, 0.5, 2.0, 2010.0),
+    ] {
+        let d = start_delay(
+            &StartDelayWeights::default(),
+            &StartInput {
+                snapshot_bytes: (s as u64) * MIB,
+                node_share_after: r,
+                wait_s: t,
+            },
+        );
+        assert!(
+            (d.value - want).abs() < 1e-9,
+            "D({s}, {r}, {t}) = {}",
+            d.value
+        );
+    }
+}
+
+#[test]
+fn cost_weights_load_from_partial_config() {
+    let w: CostWeights =
+        serde_json::from_str(r#"{"scheduling": {"alpha_latency_per_ms": 0.5}}"#).unwrap();
+    assert_eq!(w.scheduling.alpha_latency_per_ms, 0.5);
+    assert_eq!(w.scheduling.beta_resource, 1.0);
+    assert_eq!(w.migration, MigrationWeights::default());
+}
+
+// -------------------------------------------------------------- predictor
+
+fn cpu_series(t: &Trace) -> Vec<Vec<f64>> {
+    t.functions
+        .iter()
+        .map(|f| (0..t.len()).map(|i| f.cpu_milli(i)).collect())
+        .collect()
+}
+
+#[test]
+fn predictor_beats_both_baselines_on_both_shipped_traces() {
+    for c in [comparison(10), comparison(100)] {
+        let p = &c.predictor;
+        assert!(p.points > 5000, "{p:?}");
+        assert!(
+            p.mae < p.last_value_mae && p.mae < p.moving_average_mae,
+            "log1p: {p:?}"
+        );
+        assert!(
+            p.mae_raw < p.last_value_mae_raw && p.mae_raw < p.moving_average_mae_raw,
+            "raw: {p:?}"
+        );
+        assert!(p.r2.unwrap() > 0.7, "{p:?}");
+        // The upper forecast is an upper quantile (q0.9), roughly calibrated.
+        assert!((0.8..0.97).contains(&p.upper_coverage), "{p:?}");
+    }
+}
+
+#[test]
+fn backtest_forecasts_use_no_future_values() {
+    let t = trace10();
+    let series = cpu_series(t);
+    let cfg = PredictorConfig {
+        refit_every: 120,
+        ..PredictorConfig::default()
+    };
+    let split = 720;
+    let a = backtest(&cfg, &series, t.minutes[0], split);
+    // Change everything from minute 900 on: forecasts up to 900 must not move.
+    let mut changed = series.clone();
+    for s in &mut changed {
+        for v in &mut s[900..] {
+            *v = *v * 3.0 + 100.0;
+        }
+    }
+    let b = backtest(&cfg, &changed, t.minutes[0], split);
+    for (fa, fb) in a.forecasts.iter().zip(&b.forecasts) {
+        assert_eq!(fa[..900 - split], fb[..900 - split]);
+        assert_ne!(fa[900 - split + 1..], fb[900 - split + 1..]);
+    }
+}
+
+#[test]
+fn demand_predictor_learns_a_periodic_app() {
+    let mut p = DemandPredictor::new(PredictorConfig::default());
+    // A timer: 900m every 5th minute, 20m otherwise, 256 MiB.
+    let usage = |m: u64| Resources::new(if m.is_multiple_of(5) { 900 } else { 20 }, 256 * MIB);
+    for m in 0..600 {
+        p.observe("timer", m, usage(m));
+    }
+    assert!(p.fit() >= 2);
+    let f = p.predict("timer").unwrap();
+    // Next minute is 600: a firing minute.
+    assert!((800..=1000).contains(&f.median.cpu_milli), "{f:?}");
+    assert!(f.mean.memory_bytes.abs_diff(256 * MIB) < MIB, "{f:?}");
+    p.observe("timer", 600, usage(600));
+    let f = p.predict("timer").unwrap();
+    assert!(f.median.cpu_milli < 100, "{f:?}");
+    assert!(p.predict("unknown").is_none());
+    // A new app without a model yet: its last value.
+    p.observe("new", 600, Resources::new(300, MIB));
+    assert_eq!(p.predict("new").unwrap().median.cpu_milli, 300);
+}
+
+#[test]
+fn predictor_fills_gaps_and_ignores_old_samples() {
+    let mut p = Predictor::new(PredictorConfig::default());
+    p.observe("a", 10, 5.0);
+    p.observe("a", 13, 7.0); // 11 and 12 missing: held at 5
+    p.observe("a", 12, 100.0); // older than the last sample: ignored
+    p.observe("a", 13, 8.0); // same interval: replaces
+    assert_eq!(p.history_len("a"), 4);
+    assert!((p.last("a").unwrap() - 8.0).abs() < 1e-9);
+}
+
+// ------------------------------------------------------------- rebalancer
+
+fn rebalance_fixture() -> (Cluster, BTreeMap<String, Resources>, BTreeMap<String, u64>) {
+    let mut c = Cluster::new(vec![node("hot", 4000, 8), node("cool", 4000, 8)]);
+    let mut demand = BTreeMap::new();
+    let mut state = BTreeMap::new();
+    for (name, cpu, st) in [("big", 2000, 2048), ("small", 1500, 64), ("tiny", 800, 16)] {
+        c.bind(app(name, 100, 64), "hot").unwrap();
+        demand.insert(name.to_string(), Resources::new(cpu, 64 * MIB));
+        state.insert(name.to_string(), st * MIB);
+    }
+    (c, demand, state)
+}
+
+#[test]
+fn rebalancer_moves_the_cheapest_app_that_fixes_an_overload() {
+    let (c, demand, state) = rebalance_fixture();
+    let last = BTreeMap::new();
+    let input = RebalanceInput {
+        demand: &demand,
+        state_bytes: &state,
+        last_moved: &last,
+        now: 100,
+    };
+    let moves = plan_rebalance(&c, &input, &RebalanceConfig::default());
+    // 4300m expected on 4000m (target 3600m): moving `tiny` (800m, 16 MiB)
+    // is enough and cheaper than moving `small` or `big`.
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    let m = &moves[0];
+    assert_eq!(
+        (m.app.as_str(), m.from.as_str(), m.to.as_str()),
+        ("tiny", "hot", "cool")
+    );
+    assert!(matches!(
+        m.reason,
+        MoveReason::Overload {
+            expected_cpu_milli: 4300,
+            capacity_cpu_milli: 4000,
+            ..
+        }
+    ));
+    assert!(m.terms.contains_key("S_mib") && m.terms.contains_key("target_C"));
+    assert!(m
+        .reason
+        .to_string()
+        .starts_with("source expected at 4300m of 4000m CPU"));
+
+    // `tiny` moved recently: cool-down; `small` fixes it next.
+    let last = BTreeMap::from([("tiny".to_string(), 95)]);
+    let input = RebalanceInput {
+        demand: &demand,
+        state_bytes: &state,
+        last_moved: &last,
+        now: 100,
+    };
+    let moves = plan_rebalance(&c, &input, &RebalanceConfig::default());
+    assert_eq!(
+        moves.iter().map(|m| m.app.as_str()).collect::<Vec<_>>(),
+        ["small"]
+    );
+    // After the cool-down it is movable again.
+    let input = RebalanceInput { now: 105, ..input };
+    assert_eq!(
+        plan_rebalance(&c, &input, &RebalanceConfig::default())[0].app,
+        "tiny"
+    );
+}
+
+#[test]
+fn rebalancer_drains_nodes_and_follows_users() {
+    let (mut c, demand, state) = rebalance_fixture();
+    c.node_mut("hot").unwrap().draining = true;
+    let last = BTreeMap::new();
+    let input = RebalanceInput {
+        demand: &demand,
+        state_bytes: &state,
+        last_moved: &last,
+        now: 0,
+    };
+    let cfg = RebalanceConfig {
+        max_moves: 10,
+        ..RebalanceConfig::default()
+    };
+    let moves = plan_rebalance(&c, &input, &cfg);
+    // `cool` takes what fits under 90%: 2000 + 1500 = 3500m; 800m more would not fit.
+    let moved: Vec<&str> = moves.iter().map(|m| m.app.as_str()).collect();
+    assert!(moves
+        .iter()
+        .all(|m| m.reason == MoveReason::Draining && m.to == "cool"));
+    assert_eq!(moved.len(), 2, "{moves:?}");
+
+    let mut c = Cluster::new(vec![
+        node("paris-1", 4000, 8).with_label("zone", "paris"),
+        node("tokyo-1", 4000, 8).with_label("zone", "tokyo"),
+    ]);
+    c.bind(app("edge", 100, 64).with_user_location("tokyo"), "paris-1")
+        .unwrap();
+    let demand = BTreeMap::from([("edge".to_string(), Resources::new(100, 64 * MIB))]);
+    let input = RebalanceInput {
+        demand: &demand,
+        state_bytes: &BTreeMap::new(),
+        last_moved: &last,
+        now: 0,
+    };
+    let moves = plan_rebalance(&c, &input, &RebalanceConfig::default());
+    assert_eq!(moves.len(), 1);
+    assert_eq!(moves[0].to, "tokyo-1");
+    assert_eq!(
+        moves[0].reason,
+        MoveReason::UsersMoved {
+            location: "tokyo".into(),
+            from_ms: 50.0,
+            to_ms: 1.0
+        }
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn rebalancer_respects_its_move_limit_and_cool_down(
+        nodes in arb_nodes(),
+        apps in prop::collection::vec((0u64..3000, 0u64..2000, 0u64..40, 0usize..100), 1..60),
+        max_moves in 0usize..5,
+        draining in any::<bool>(),
+    ) {
+        let mut c = Cluster::new(nodes);
+        let n = c.nodes.len();
+        c.nodes[0].draining = draining;
+        let (mut demand, mut last) = (BTreeMap::new(), BTreeMap::new());
+        for (i, (req, used, moved_at, on)) in apps.into_iter().enumerate() {
+            let name = format!("a{i}");
+            let target = c.nodes[on % n].name.clone();
+            c.bind(app(&name, req, 64), &target).unwrap();
+            demand.insert(name.clone(), Resources::new(used * 3, 64 * MIB));
+            if moved_at < 30 {
+                last.insert(name, moved_at);
+            }
+        }
+        let cfg = RebalanceConfig { max_moves, cooldown: 10, ..RebalanceConfig::default() };
+        let input = RebalanceInput { demand: &demand, state_bytes: &BTreeMap::new(), last_moved: &last, now: 35 };
+        let moves = plan_rebalance(&c, &input, &cfg);
+        prop_assert!(moves.len() <= max_moves);
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &moves {
+            prop_assert!(seen.insert(m.app.clone()), "{} moved twice", m.app);
+            prop_assert!(last.get(&m.app).is_none_or(|t| 35 >= t + 10), "{} moved in its cool-down", m.app);
+            prop_assert_ne!(&m.from, &m.to);
+            let to = c.node(&m.to).unwrap();
+            prop_assert!(to.schedulable());
+        }
+        // Same input, same plan.
+        prop_assert_eq!(moves, plan_rebalance(&c, &input, &cfg));
+    }
+}
+
+// ---------------------------------------------------------------- restart
+
+#[test]
+fn restart_decisions_data_driven() {
+    let mut c = Cluster::new(vec![
+        node("a", 4000, 8),
+        node("b", 4000, 8),
+        node("c", 4000, 8),
+    ]);
+    c.bind(app("filler", 3500, 64), "b").unwrap();
+    let crashed = Exit::Crashed {
+        message: "wasm trap: unreachable".into(),
+    };
+    // (policy, exit, is node `a` alive, expected: None = stays, Some(node))
+    let cases: [(RestartPolicy, &Exit, bool, Option<&str>); 10] = [
+        (RestartPolicy::Never, &crashed, true, None),
+        (RestartPolicy::Never, &Exit::NodeLost, false, None),
+        (RestartPolicy::OnFailure, &Exit::Ok, true, None),
+        (RestartPolicy::OnFailure, &crashed, true, Some("a")),
+        (RestartPolicy::OnFailure, &Exit::NodeLost, false, Some("c")),
+        (RestartPolicy::Always, &Exit::Ok, true, Some("a")),
+        (RestartPolicy::Always, &crashed, false, Some("c")),
+        (RestartPolicy::Always, &Exit::NodeLost, false, Some("c")),
+        (RestartPolicy::Always, &Exit::Stopped, true, None),
+        (RestartPolicy::OnFailure, &Exit::Stopped, true, None),
+    ];
+    for (policy, exit, alive, want) in cases {
+        let mut c = c.clone();
+        c.node_mut("a").unwrap().ready = alive;
+        let mut spec = app("svc", 1000, 64);
+        spec.restart = policy;
+        c.bind(spec.clone(), "a").unwrap();
+        let got = decide_restart(&c, &spec, "a", exit, 0, Policy::Requests, &ctx()).unwrap();
+        match (want, &got) {
+            (None, RestartDecision::Stay { .. }) => {}
+            (
+                Some(n),
+                RestartDecision::Restart {
+                    node, delay_ms: 0, ..
+                },
+            ) if node == n => {}
+            _ => {
+                panic!("{policy} after {exit:?} (node alive: {alive}): got {got:?}, want {want:?}")
+            }
+        }
+    }
+    assert_eq!(
+        "on-failure".parse::<RestartPolicy>().unwrap(),
+        RestartPolicy::OnFailure
+    );
+    assert_eq!(RestartPolicy::Always.to_string(), "always");
+    assert!("sometimes".parse::<RestartPolicy>().is_err());
+    assert_eq!(
+        [0, 1, 2, 3, 20].map(backoff_ms),
+        [0, 500, 1000, 2000, 300_000]
+    );
+}
+
+// -------------------------------------------------------------- simulator
+
+/// Served utilisation may differ by this much and still count as "no
+/// worse": the policies serve the same demand on the same nodes, so their
+/// utilisations differ only by the CPU left unserved in overloaded minutes
+/// (a few tenths of a percent; see the report for the sweep).
+const UTIL_TOLERANCE: f64 = 0.005;
+
+#[test]
+fn learned_overloads_less_than_requests_at_no_worse_utilisation() {
+    for c in [comparison(10), comparison(100)] {
+        let (req, learned) = (result(c, Policy::Requests), result(c, Policy::Learned));
+        assert!(
+            req.overload_minutes > 0,
+            "the default cluster must be under pressure:\n{}",
+            render_table(c)
+        );
+        assert!(
+            learned.overload_minutes < req.overload_minutes,
+            "{}",
+            render_table(c)
+        );
+        assert!(learned.slo_misses < req.slo_misses, "{}", render_table(c));
+        assert!(
+            learned.mean_utilization >= req.mean_utilization - UTIL_TOLERANCE,
+            "{}",
+            render_table(c)
+        );
+        assert!(learned.migrations < req.migrations, "{}", render_table(c));
+        assert_eq!(learned.nodes_used, req.nodes_used);
+    }
+}
+
+#[test]
+fn cost_policy_buys_latency_with_its_objective() {
+    for c in [comparison(10), comparison(100)] {
+        let (req, cost) = (result(c, Policy::Requests), result(c, Policy::Cost));
+        assert!(
+            cost.mean_latency_ms < req.mean_latency_ms / 1.5,
+            "{}",
+            render_table(c)
+        );
+    }
+}
+
+#[test]
+fn simulation_is_deterministic_for_a_seed() {
+    let cfg = SimConfig {
+        seed: 7,
+        ..SimConfig::default()
+    };
+    let a = compare(trace100(), &Policy::ALL, &cfg);
+    let b = compare(trace100(), &Policy::ALL, &cfg);
+    assert_eq!(a, b);
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    // A different seed changes user locations and arrival order, not the trace.
+    let c = compare(
+        trace100(),
+        &Policy::ALL,
+        &SimConfig {
+            seed: 8,
+            ..SimConfig::default()
+        },
+    );
+    assert_eq!(a.predictor, c.predictor);
+    assert_ne!(a.policies, c.policies);
+}
+
+#[test]
+fn comparison_json_has_the_cli_contract_fields() {
+    let c = comparison(10);
+    let v: serde_json::Value = serde_json::to_value(c).unwrap();
+    let policies = v["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 3);
+    for (p, name) in policies.iter().zip(["requests", "cost", "learned"]) {
+        assert_eq!(p["policy"], name);
+        for field in [
+            "overload_minutes",
+            "migrations",
+            "mean_utilization",
+            "nodes_used",
+            "slo_misses",
+        ] {
+            assert!(p[field].is_number(), "{field} in {p}");
+        }
+        assert!(
+            p.get("node_load").is_none(),
+            "the plot series stays out of the JSON"
+        );
+    }
+    for field in ["mae", "last_value_mae", "moving_average_mae"] {
+        assert!(v["predictor"][field].is_number(), "{field}");
+    }
+    assert!(v["predictor"]["model"].as_str().unwrap().contains("linfa"));
+    let back: Comparison = serde_json::from_value(v).unwrap();
+    assert_eq!(
+        back.policies[0].overload_minutes,
+        c.policies[0].overload_minutes
+    );
+}
+
+#[test]
+fn table_lines_up_and_plot_has_a_panel_per_policy() {
+    let c = comparison(100);
+    let table = render_table(c);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[1].starts_with("policy"), "{table}");
+    for (line, p) in lines[2..5].iter().zip(["requests", "cost", "learned"]) {
+        assert!(line.starts_with(p), "{table}");
+        assert_eq!(line.len(), lines[1].len(), "columns line up:\n{table}");
+    }
+    assert!(table.contains("last value") && table.contains("moving average"));
+
+    let svg = plot_svg(c);
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 3 * c.setup.nodes);
+    assert_eq!(svg.matches(">capacity</text>").count(), 3);
+    for p in ["requests:", "cost:", "learned:"] {
+        assert!(svg.contains(p), "panel {p}");
+    }
+}
+
+#[test]
+fn explicit_cluster_size_is_used_as_given() {
+    let cfg = SimConfig {
+        nodes: 3,
+        node_capacity: Some(Resources::new(8000, 16 * GIB)),
+        ..SimConfig::default()
+    };
+    let c = compare(trace10(), &[Policy::Requests], &cfg);
+    assert_eq!((c.setup.nodes, c.setup.node_capacity.cpu_milli), (3, 8000));
+    assert_eq!(c.policies.len(), 1);
+    assert_eq!(c.policies[0].node_load.len(), 3);
+    assert_eq!(c.policies[0].node_load[0].len(), c.setup.replayed_minutes);
+}
+
+// -------------------------------------------------------------- invariants
+
+#[test]
+fn scheduler_never_links_wasmtime() {
+    let manifest = include_str!("../Cargo.toml");
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    for line in deps.lines().filter(|l| !l.trim().is_empty()) {
+        let name = line.split(['.', '=', ' ']).next().unwrap();
+        assert!(
+            ["serde", "linfa", "linfa-linear", "ndarray", "thiserror"].contains(&name),
+            "unexpected dependency: {line}"
+        );
+    }
+}
+
+#[test]
+fn short_traces_simulate_without_panicking() {
+    let t = parse_azure(INV, DUR, MEM).unwrap();
+    let c = compare(&t, &Policy::ALL, &SimConfig::default());
+    assert_eq!(c.setup.replayed_minutes, 0);
+    assert!(c
+        .policies
+        .iter()
+        .all(|p| p.overload_minutes == 0 && p.migrations == 0));
+    // 30 minutes: too short for per-app models; forecasts fall back to the last value.
+    let header: Vec<String> = (1..=30).map(|m| m.to_string()).collect();
+    let row: Vec<String> = (1..=30).map(|m| (m % 7).to_string()).collect();
+    let inv = format!(
+        "HashOwner,HashApp,HashFunction,Trigger,{}\no,a,f1,http,{}\n",
+        header.join(","),
+        row.join(",")
+    );
+    let t = parse_azure(&inv, DUR, MEM).unwrap();
+    let c = compare(&t, &Policy::ALL, &SimConfig::default());
+    assert_eq!(
+        (c.setup.history_minutes, c.setup.replayed_minutes),
+        (15, 15)
+    );
+    assert_eq!(c.predictor.points, 15);
+    assert_eq!(c.predictor.mae, c.predictor.last_value_mae);
+}

@@ -1,0 +1,164 @@
+//! Several nodes in this test process (each on its own port 0), an app
+//! written to for the whole test while it moves hot, cold and hybrid between
+//! them: every call succeeds exactly once and the final state is that of a
+//! run that never moved.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_api::client::Client;
+use tern_api::types::{InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp};
+use tern_runtime::node::{run, NodeConfig};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct TestNode {
+    pub name: String,
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start(name: &str) -> TestNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig::new(name, TOKEN, dir.path());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            run(listener, config, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+        });
+        TestNode { name: name.into(), url, stop: Some(tx), _dir: dir }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> Client {
+    Client::new(Some(TOKEN.into()))
+}
+
+/// Uploads a module to a node and starts it as `name`.
+pub async fn deploy(c: &Client, node: &TestNode, path: &str, name: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{}/v1/modules/{sha}", node.url), Bytes::from(bytes)).await.unwrap();
+    let spec = StartApp { name: name.into(), module_sha256: sha, generation: 1, restart: "never".into(), ..Default::default() };
+    let _: serde_json::Value = c.post_json(&format!("{}/v1/apps", node.url), &spec).await.unwrap();
+}
+
+pub async fn migrate(c: &Client, from: &TestNode, to: &TestNode, app: &str, mode: Mode, generation: u64) -> Result<MigrationReport, String> {
+    let req = MigrateRequest {
+        to_name: to.name.clone(),
+        to_url: to.url.clone(),
+        mode,
+        generation,
+        checkpoint_url: Some(format!("{}/v1/checkpoints/{app}", from.url)),
+    };
+    c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req).await.map_err(|e| e.to_string())
+}
+
+async fn invoke(c: &Client, url: &str, app: &str, export: &str, args: &[&str]) -> InvokeResponse {
+    let req = InvokeRequest { export: export.into(), args: args.iter().map(|s| s.to_string()).collect() };
+    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req).await.unwrap_or_else(|e| panic!("invoke {export}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_written_to_while_it_moves_loses_no_call() {
+    let nodes = [TestNode::start("n1").await, TestNode::start("n2").await, TestNode::start("n3").await];
+    let c = client();
+    deploy(&c, &nodes[0], tern_artifacts::COUNTER, "counter").await;
+
+    // Writers: each call adds 1 through app ingress on node 1 (which
+    // forwards once the app has moved) and gets the new total back.
+    let writers = 3;
+    let per_writer = 150;
+    let entry = nodes[0].url.clone();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let entry = entry.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut totals = Vec::new();
+            for _ in 0..per_writer {
+                let (status, body) = c
+                    .send(hyper::Method::POST, &format!("{entry}/apps/counter/"), "text/plain", Bytes::from_static(b"1"))
+                    .await
+                    .expect("every call succeeds");
+                assert_eq!(status, 200);
+                totals.push(String::from_utf8(body.to_vec()).unwrap().trim().parse::<i64>().unwrap());
+            }
+            totals
+        }));
+    }
+
+    // Meanwhile: hot, hot, cold, then hybrid (after a checkpoint), around the nodes.
+    let plan = [(0, 1, Mode::Hot), (1, 2, Mode::Hot), (2, 0, Mode::Cold), (0, 1, Mode::Hybrid), (1, 2, Mode::Hot)];
+    let mut reports = Vec::new();
+    for (gen, (from, to, mode)) in plan.into_iter().enumerate() {
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        if mode == Mode::Hybrid {
+            let _: serde_json::Value = c.post_json(&format!("{}/v1/apps/counter/checkpoint", nodes[from].url), &()).await.unwrap();
+        }
+        let r = migrate(&c, &nodes[from], &nodes[to], "counter", mode, gen as u64 + 2).await.unwrap();
+        assert_eq!(r.mode, mode.to_string(), "{r:?}");
+        assert!(r.downtime_ms >= 0.0 && r.downtime_ms <= r.total_ms, "{r:?}");
+        assert!(r.bytes_sent > 0, "{r:?}");
+        if mode != Mode::Cold {
+            assert!(r.rounds >= 2, "{r:?}");
+        }
+        reports.push(r);
+    }
+    let mut all: Vec<i64> = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let n = (writers * per_writer) as i64;
+    assert_eq!(all, (1..=n).collect::<Vec<_>>(), "every call ran exactly once");
+    // The app ends on node 3 with the total of a run that never moved.
+    let r = invoke(&c, &nodes[2].url, "counter", "get", &[]).await;
+    assert_eq!(r.results[0], serde_json::json!(n));
+    assert_eq!(r.node, "n3");
+    // Fencing: the old home refuses an older generation.
+    let stale = StartApp {
+        name: "counter".into(),
+        module_sha256: hex::encode(tern_runtime::sha256(&std::fs::read(tern_artifacts::COUNTER).unwrap())),
+        generation: 1,
+        ..Default::default()
+    };
+    let e = c.post_json::<_, serde_json::Value>(&format!("{}/v1/apps", nodes[0].url), &stale).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("older than generation"), "{e}");
+    for r in &reports {
+        eprintln!("{} {}→{}: downtime {:.2} ms, total {:.1} ms, {} bytes, {} rounds, {} held, tracking {}", r.mode, r.from, r.to, r.downtime_ms, r.total_ms, r.bytes_sent, r.rounds, r.requests_held, r.dirty_tracking);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_requires_the_token() {
+    let node = TestNode::start("t1").await;
+    for token in [None, Some("wrong".to_string())] {
+        let c = Client::new(token);
+        let e = c.get_json::<serde_json::Value>(&format!("{}/v1/status", node.url)).await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "{e}");
+    }
+    let ok: serde_json::Value = client().get_json(&format!("{}/v1/status", node.url)).await.unwrap();
+    assert_eq!(ok["name"], "t1");
+    let _ = Arc::new(());
+}
