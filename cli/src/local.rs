@@ -22,6 +22,16 @@ pub struct CallArgs {
     /// The calls, grouped per `--invoke` (filled from the matches).
     #[arg(skip)]
     pub invoke: Vec<Vec<String>>,
+    /// Send a request to an SDK app's handler after the invokes (repeatable);
+    /// prints the response body.
+    #[arg(long = "request", value_name = "PATH")]
+    requests: Vec<String>,
+    /// Body for --request: TEXT, or @FILE to read it from a file.
+    #[arg(long, value_name = "TEXT|@FILE")]
+    data: Option<String>,
+    /// Method for --request (default: POST with --data, else GET).
+    #[arg(long, value_name = "METHOD")]
+    method: Option<String>,
     /// Write a snapshot of the app after the last call.
     #[arg(long, value_name = "FILE")]
     snapshot_out: Option<PathBuf>,
@@ -104,9 +114,18 @@ struct CallReport {
 }
 
 #[derive(Serialize)]
+struct ResponseReport {
+    path: String,
+    status: u16,
+    body: String,
+}
+
+#[derive(Serialize)]
 struct RunReport {
     module: String,
     calls: Vec<CallReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    responses: Vec<ResponseReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,12 +186,15 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         Err(tern_runtime::Error::Exit(code)) => {
             // A command that exits non-zero: its status is ours.
             if a.calls.json {
-                print_json(&RunReport { module: module.hash_hex(), calls: vec![], exit_code: Some(code), snapshot: None })?;
+                print_json(&RunReport { module: module.hash_hex(), calls: vec![], responses: vec![], exit_code: Some(code), snapshot: None })?;
             }
             return Ok(ExitCode::from(code.clamp(1, 255) as u8));
         }
         Err(e) => return Err(e.into()),
     };
+    if tern_runtime::sdk::check_app(&mut inst)? {
+        tern_runtime::sdk::init(&mut inst)?;
+    }
     finish(&mut inst, &a.calls)
 }
 
@@ -205,6 +227,37 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
             results: results.iter().map(to_json).collect(),
         });
     }
+    let mut responses = Vec::new();
+    if !c.requests.is_empty() {
+        if !tern_runtime::sdk::check_app(inst)? {
+            anyhow::bail!("--request needs an SDK app (one that exports `tern_abi_version`); this module does not: use --invoke");
+        }
+        let body = match c.data.as_deref() {
+            Some(d) if d.starts_with('@') => std::fs::read(&d[1..]).with_context(|| format!("cannot read --data {d}"))?,
+            Some(d) => d.as_bytes().to_vec(),
+            None => Vec::new(),
+        };
+        let method = c.method.clone().unwrap_or_else(|| if c.data.is_some() { "POST".into() } else { "GET".into() });
+        for target in &c.requests {
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let req = tern_runtime::sdk::Request {
+                method: method.to_uppercase(),
+                path: if path.starts_with('/') { path.to_string() } else { format!("/{path}") },
+                query: query.to_string(),
+                headers: vec![],
+                body: body.clone(),
+            };
+            let resp = tern_runtime::sdk::handle(inst, &req);
+            let text = String::from_utf8_lossy(&resp.body).into_owned();
+            if !c.json {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+            }
+            responses.push(ResponseReport { path: target.clone(), status: resp.status, body: text });
+        }
+    }
     let mut written = None;
     if let Some(path) = &c.snapshot_out {
         let snap = inst.snapshot(SnapshotOptions { compress: c.compress, ..Default::default() })?;
@@ -219,7 +272,7 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
         }
     }
     if c.json {
-        print_json(&RunReport { module: inst.module().hash_hex(), calls, exit_code: inst.exited(), snapshot: written })?;
+        print_json(&RunReport { module: inst.module().hash_hex(), calls, responses, exit_code: inst.exited(), snapshot: written })?;
     }
     Ok(ExitCode::SUCCESS)
 }

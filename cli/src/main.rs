@@ -3,6 +3,7 @@
 //! output from one value.
 
 mod local;
+mod node_cmd;
 mod util;
 
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ enum Command {
     ///
     /// Example: tern inspect c.snap --json
     Inspect(local::InspectArgs),
+    /// Run a node agent that registers with a control plane.
+    ///
+    /// Example: tern node --listen 127.0.0.1:7101 --control http://127.0.0.1:7070 --name edge-1 --label zone=eu
+    Node(node_cmd::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
             local::resume(a)
         }
         Command::Inspect(a) => local::inspect(a),
+        Command::Node(a) => node_cmd::node(a),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod differential;
+mod examples;
 mod invariants;
 mod limits;
 mod nodes;
