@@ -4,6 +4,7 @@
 
 mod local;
 mod node_cmd;
+mod sim;
 mod util;
 
 use std::process::ExitCode;
@@ -37,6 +38,10 @@ enum Command {
     ///
     /// Example: tern node --listen 127.0.0.1:7101 --control http://127.0.0.1:7070 --name edge-1 --label zone=eu
     Node(node_cmd::NodeArgs),
+    /// Replay a usage trace against placement policies and compare them.
+    ///
+    /// Example: tern sim --trace scheduler/testdata/azure-functions-2019/100 --policy requests --policy cost --policy learned --plot load.svg
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         }
         Command::Inspect(a) => local::inspect(a),
         Command::Node(a) => node_cmd::node(a),
+        Command::Sim(a) => sim::sim(a),
     };
     match result {
         Ok(code) => code,
