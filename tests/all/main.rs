@@ -1,6 +1,7 @@
 //! tern's end-to-end tests, in one binary.
 
 mod bad_input;
+mod c_guest;
 mod differential;
 mod examples;
 mod invariants;

@@ -1,12 +1,14 @@
 //! Where tern's guest programs are: the example apps (`examples/`) and the
 //! test guests (`tests/guests/`), compiled for wasm32-wasip1 by this crate's
 //! build script, plus the hand-written WAT guests (`tests/guests/wat/`),
-//! which the runtime compiles itself.
+//! which the runtime compiles itself, and the C guests (`tests/guests/c/`:
+//! real C libraries behind a thin harness), compiled with clang for
+//! wasm32-wasi.
 //!
 //! Each `.wasm` has a constant named after its crate (`COUNTER`, `HEAPSTATE`,
-//! ...), each `.wat` one named after its file (`RAW_ABI_WAT`, ...), all
-//! absolute paths; `EXAMPLES`, `GUESTS` and `WATS` list them as
-//! `(name, path)`.
+//! ...), each `.wat` one named after its file (`RAW_ABI_WAT`, ...), each C
+//! guest one named after its harness (`ZLIB_GUEST`), all absolute paths;
+//! `EXAMPLES`, `GUESTS`, `C_GUESTS` and `WATS` list them as `(name, path)`.
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 
@@ -16,8 +18,8 @@ mod tests {
 
     #[test]
     fn every_module_is_built_wasm() {
-        assert!(!EXAMPLES.is_empty() && !GUESTS.is_empty());
-        for (name, path) in EXAMPLES.iter().chain(GUESTS) {
+        assert!(!EXAMPLES.is_empty() && !GUESTS.is_empty() && !C_GUESTS.is_empty());
+        for (name, path) in EXAMPLES.iter().chain(GUESTS).chain(C_GUESTS) {
             let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {path}: {e}"));
             assert_eq!(
                 &bytes[..8],
@@ -49,6 +51,7 @@ mod tests {
         let guests = [HEAPSTATE, COMMAND];
         assert_eq!(EXAMPLES.len(), examples.len());
         assert_eq!(GUESTS.len(), guests.len());
+        assert_eq!(C_GUESTS, &[("zlib_guest", ZLIB_GUEST)]);
         let _ = [GLOBALS_WAT, TABLE_WAT, GROW_WAT, RAW_ABI_WAT];
     }
 }

@@ -1,0 +1,129 @@
+//! The `tern` binary as scripts use it: commands, exit codes, `--json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .env("TERN_CACHE_DIR", std::env::temp_dir().join("tern-cli-test-cache"))
+        .output()
+        .expect("run tern")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn counter() -> String {
+    root().join("tests/guests/wat/contract_counter.wat").display().to_string()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "tern failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn run_snapshot_resume_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("c.snap");
+    let snap = snap.to_str().unwrap();
+    let out = tern(&["run", &counter(), "--invoke", "add", "5", "--invoke", "add", "-2", "--snapshot-out", snap, "--json"]);
+    let doc = json(&out);
+    assert_eq!(doc["calls"][1]["results"][0], 3);
+    assert_eq!(doc["calls"][1]["args"][0], -2);
+    // Twice in a row: resume, snapshot again, resume again.
+    let snap2 = dir.path().join("c2.snap");
+    let doc = json(&tern(&["resume", snap, "--invoke", "add", "10", "--snapshot-out", snap2.to_str().unwrap(), "--json"]));
+    assert_eq!(doc["calls"][0]["results"][0], 13);
+    let out = tern(&["resume", snap2.to_str().unwrap(), "--invoke", "get"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "13");
+    let doc = json(&tern(&["inspect", snap, "--json"]));
+    assert_eq!(doc["checksum"], "ok");
+    assert_eq!(doc["format_version"], 1);
+    assert_eq!(doc["globals"][0]["value"], "i64 3");
+}
+
+#[test]
+fn a_damaged_snapshot_is_an_error_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("c.snap");
+    json(&tern(&["run", &counter(), "--invoke", "add", "7", "--snapshot-out", snap.to_str().unwrap(), "--json"]));
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 1;
+    std::fs::write(&snap, &bytes).unwrap();
+    let out = tern(&["resume", snap.to_str().unwrap(), "--invoke", "get"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && err.contains("checksum"), "{err}");
+    assert!(out.stdout.is_empty(), "no wrong answer is printed");
+    std::fs::write(&snap, &bytes[..n / 2]).unwrap();
+    let err = String::from_utf8_lossy(&tern(&["inspect", snap.to_str().unwrap()]).stderr).into_owned();
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn guest_faults_are_errors_not_crashes() {
+    let m = root().join("tests/guests/wat/misbehave.wat");
+    let m = m.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["run", m, "--invoke", "trap"], "unreachable"),
+        (vec!["run", m, "--timeout", "50ms", "--invoke", "spin"], "time limit"),
+        (vec!["run", m, "--fuel", "10000", "--invoke", "spin"], "fuel"),
+        (vec!["run", m, "--invoke", "recurse", "0"], "stack"),
+        (vec!["run", m, "--invoke", "div", "1"], "takes 2 argument"),
+        (vec!["run", "/no/such/module.wasm"], "cannot"),
+    ] {
+        let out = tern(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Memory growth past the limit fails inside Wasm: -1, not an error.
+    let out = tern(&["run", m, "--memory", "1MiB", "--invoke", "grow", "100"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "-1");
+}
+
+#[test]
+fn sim_compares_the_policies_on_the_shipped_trace() {
+    let trace = root().join("scheduler/testdata/azure-functions-2019/10");
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("load.svg");
+    let doc = json(&tern(&[
+        "sim", "--trace", trace.to_str().unwrap(), "--policy", "requests", "--policy", "learned", "--plot", plot.to_str().unwrap(), "--json",
+    ]));
+    let policies = doc["policies"].as_array().unwrap();
+    assert_eq!(policies.len(), 2);
+    for p in policies {
+        for field in ["policy", "overload_minutes", "migrations", "mean_utilization", "nodes_used"] {
+            assert!(!p[field].is_null(), "missing {field}");
+        }
+    }
+    for field in ["model", "mae", "last_value_mae", "moving_average_mae"] {
+        assert!(!doc["predictor"][field].is_null(), "missing predictor.{field}");
+    }
+    assert!(doc["predictor"]["mae"].as_f64() < doc["predictor"]["last_value_mae"].as_f64());
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    let help = String::from_utf8_lossy(&tern(&["--help"]).stdout).into_owned();
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 5, "{help}");
+    for c in commands {
+        let out = tern(&[&c, "--help"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Example:"), "`tern {c} --help` has no example:\n{text}");
+    }
+}
