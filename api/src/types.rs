@@ -84,6 +84,7 @@ pub struct NodeInfo {
 
 /// A node's periodic report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Heartbeat {
     pub name: String,
     pub usage: Resources,
@@ -110,6 +111,7 @@ pub struct AppStatus {
 
 /// Start an app on a node.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StartApp {
     pub name: String,
     pub module_sha256: String,
@@ -216,6 +218,7 @@ pub struct MigrationAck {
 
 /// Client: deploy an app.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DeployRequest {
     pub name: String,
     /// The module must have been uploaded (`PUT /v1/modules/SHA256`).

@@ -2,9 +2,11 @@
 //! subcommand lives in a module of its own and renders its text and `--json`
 //! output from one value.
 
+mod cluster;
 mod local;
 mod node_cmd;
 mod sim;
+mod up;
 mod util;
 
 use std::process::ExitCode;
@@ -21,6 +23,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a module locally, call its exports, optionally snapshot it.
     ///
@@ -42,6 +45,66 @@ enum Command {
     ///
     /// Example: tern sim --trace scheduler/testdata/azure-functions-2019/100 --policy requests --policy cost --policy learned --plot load.svg
     Sim(sim::SimArgs),
+    /// Run a local cluster: a control plane and N nodes on loopback, in the foreground.
+    ///
+    /// Example: tern up --nodes 3
+    Up(up::UpArgs),
+    /// Run a control plane (the cluster's state, placement, rebalancing).
+    ///
+    /// Example: tern control --listen 0.0.0.0:7070 --data-dir /var/lib/tern
+    Control(cluster::ControlArgs),
+    /// List the nodes: address, labels, capacity, usage, apps, state.
+    ///
+    /// Example: tern nodes
+    Nodes(cluster::NodesArgs),
+    /// Upload a module and start it where the scheduler decides (or on --node).
+    ///
+    /// Example: tern deploy counter.wasm --name counter --memory 64MiB --restart always
+    Deploy(cluster::DeployArgs),
+    /// List the apps: node, state, generation, memory, requests served.
+    ///
+    /// Example: tern ps --json
+    Ps(cluster::PsArgs),
+    /// Call an exported function of an app with numeric arguments.
+    ///
+    /// Example: tern invoke counter add -5
+    Invoke(cluster::InvokeArgs),
+    /// Send a request to an SDK app's handler and print the response body.
+    ///
+    /// Example: tern call kv --path /kv/greeting --method PUT --data hello
+    Call(cluster::CallArgs),
+    /// Move an app to another node: cold, hot (default) or hybrid.
+    ///
+    /// Example: tern migrate counter --to node-2 --mode hot
+    Migrate(cluster::MigrateArgs),
+    /// Write a snapshot of a running app to a file (the app goes on).
+    ///
+    /// Example: tern snapshot counter -o counter.snap
+    Snapshot(cluster::SnapshotArgs),
+    /// Start an app from a snapshot file.
+    ///
+    /// Example: tern restore counter.snap --name counter2 --node node-3
+    Restore(cluster::RestoreArgs),
+    /// Stop an app (its state is kept; `tern start` resumes it).
+    ///
+    /// Example: tern stop counter
+    Stop(cluster::AppArgs),
+    /// Start a stopped app again.
+    ///
+    /// Example: tern start counter
+    Start(cluster::AppArgs),
+    /// Remove an app from the cluster.
+    ///
+    /// Example: tern rm counter
+    Rm(cluster::AppArgs),
+    /// Print an app's output (stdout and stderr).
+    ///
+    /// Example: tern logs counter --follow
+    Logs(cluster::LogsArgs),
+    /// Drain a node: no new apps, and the rebalancer moves its apps away.
+    ///
+    /// Example: tern drain node-2   (undo: tern drain node-2 --undo)
+    Drain(cluster::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +126,21 @@ fn main() -> ExitCode {
         Command::Inspect(a) => local::inspect(a),
         Command::Node(a) => node_cmd::node(a),
         Command::Sim(a) => sim::sim(a),
+        Command::Up(a) => up::up(a),
+        Command::Control(a) => cluster::control(a),
+        Command::Nodes(a) => cluster::nodes(a),
+        Command::Deploy(a) => cluster::deploy(a),
+        Command::Ps(a) => cluster::ps(a),
+        Command::Invoke(a) => cluster::invoke(a),
+        Command::Call(a) => cluster::call(a),
+        Command::Migrate(a) => cluster::migrate(a),
+        Command::Snapshot(a) => cluster::snapshot(a),
+        Command::Restore(a) => cluster::restore(a),
+        Command::Stop(a) => cluster::stop(a),
+        Command::Start(a) => cluster::start(a),
+        Command::Rm(a) => cluster::rm(a),
+        Command::Logs(a) => cluster::logs(a),
+        Command::Drain(a) => cluster::drain(a),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::cluster::{default_data_dir, shutdown_signal};
+
 #[derive(Args)]
 pub struct NodeArgs {
     /// Address to serve the node API and app ingress on.
@@ -27,16 +29,6 @@ pub struct NodeArgs {
     /// The cluster token (else TERN_TOKEN, else the default token file).
     #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-}
-
-pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("TERN_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(d).join("tern");
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/tern")).unwrap_or_else(|| PathBuf::from(".tern"))
 }
 
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
@@ -64,13 +56,4 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         tern_runtime::node::run(listener, config, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -127,3 +127,114 @@ fn every_subcommand_has_help_with_an_example() {
         assert!(text.contains("Example:"), "`tern {c} --help` has no example:\n{text}");
     }
 }
+
+/// A `tern up` cluster in a child process, stopped (SIGTERM) on drop.
+struct Cluster {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    control: String,
+}
+
+impl Cluster {
+    fn up(nodes: u32) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let control = format!("http://127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["up", "--nodes", &nodes.to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path())
+            .env("TERN_CACHE_DIR", std::env::temp_dir().join("tern-cli-test-cache"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = Cluster { child, dir, control };
+        // Wait (bounded) until every node has registered.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = c.tern(&["nodes", "--json"]);
+            if out.status.success() {
+                let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if doc.as_array().is_some_and(|a| a.len() == nodes as usize && a.iter().all(|n| n["state"] == "ready")) {
+                    return c;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "cluster did not come up: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn tern(&self, args: &[&str]) -> Output {
+        let token = std::fs::read_to_string(self.dir.path().join("token")).unwrap_or_default();
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .env("TERN_CONTROL", &self.control)
+            .env("TERN_TOKEN", token.trim())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn a_real_cluster_moves_an_app_while_it_serves() {
+    let cluster = Cluster::up(3);
+    let counter = PathBuf::from(tern_artifacts::COUNTER);
+    let doc = json(&cluster.tern(&["deploy", counter.to_str().unwrap(), "--name", "counter", "--node", "node-1", "--json"]));
+    assert_eq!(doc["app"]["node"], "node-1", "{doc}");
+    // A writer adds 1 through the cluster while the app moves hot, cold, hot.
+    let writer = {
+        let control = cluster.control.clone();
+        let token = std::fs::read_to_string(cluster.dir.path().join("token")).unwrap();
+        std::thread::spawn(move || {
+            let mut totals = Vec::new();
+            for _ in 0..60 {
+                let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+                    .args(["invoke", "counter", "add", "1", "--json"])
+                    .env("TERN_CONTROL", &control)
+                    .env("TERN_TOKEN", token.trim())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "invoke failed: {}", String::from_utf8_lossy(&out.stderr));
+                let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                totals.push(doc["results"][0].as_i64().unwrap());
+            }
+            totals
+        })
+    };
+    for (to, mode) in [("node-2", "hot"), ("node-3", "cold"), ("node-1", "hot")] {
+        let doc = json(&cluster.tern(&["migrate", "counter", "--to", to, "--mode", mode, "--json"]));
+        for field in ["mode", "from", "to", "downtime_ms", "total_ms", "bytes_sent", "rounds"] {
+            assert!(!doc[field].is_null(), "migrate --json lacks {field}: {doc}");
+        }
+        assert_eq!(doc["to"], to);
+    }
+    let totals = writer.join().unwrap();
+    assert_eq!(totals, (1..=60).collect::<Vec<i64>>(), "each call ran exactly once, in order");
+    let doc = json(&cluster.tern(&["ps", "--json"]));
+    let app = doc.as_array().unwrap().iter().find(|a| a["name"] == "counter").unwrap().clone();
+    assert_eq!(app["node"], "node-1");
+    assert_eq!(app["generation"], 4);
+    let doc = json(&cluster.tern(&["invoke", "counter", "get", "--json"]));
+    assert_eq!(doc["results"][0], 60);
+    // Mistakes get messages that say what to do.
+    let out = cluster.tern(&["invoke", "nope", "get"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tern ps"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_tern")).args(["ps"]).env("TERN_CONTROL", &cluster.control).env("TERN_TOKEN", "wrong").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
+}

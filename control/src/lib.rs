@@ -1,1 +1,206 @@
-//! tern-control: the control plane (being written).
+//! tern's control plane: the node registry, the app table, modules and
+//! checkpoints in an embedded redb store, placement and rebalancing through
+//! the (pure) scheduler, and the proxy that sends each client command to the
+//! node that runs the app.
+//!
+//! [`run`] serves the control API listed in `tern_api` on an already-bound
+//! listener until a shutdown future resolves, so tests and `tern up` can run
+//! it next to nodes in one process.
+//!
+//! # Modules
+//! - `store`: redb tables and the files beside them (`modules/`, `checkpoints/`).
+//! - `state`: the records (nodes, apps, checkpoints), the in-memory state
+//!   that mirrors the store, and the cluster view handed to the scheduler.
+//! - `http`: routing and the handlers of the control API.
+//! - `ops`: operations that change where an app runs (deploy, migrate,
+//!   restore, restart, stop, start, remove) and talk to nodes.
+//! - `heartbeat`: what a node's report changes (app status, usage history,
+//!   stale copies to fence).
+//! - `tick`: the scheduler loop (down nodes, restart policies, predictor,
+//!   rebalancer).
+//!
+//! # Invariants
+//! - Generations only grow: every generation handed to a node is recorded
+//!   (durably) before the node sees it, also after an app is removed, so a
+//!   copy a node reports at a lower generation is always a stale one.
+//! - At most one operation that moves or replaces an app (deploy, migrate,
+//!   restore, restart, rm) runs per app at a time (the app is *busy*).
+//! - The in-memory lock is never held across an `.await`.
+
+mod error;
+mod heartbeat;
+mod http;
+mod ops;
+mod state;
+mod store;
+mod tick;
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tern_scheduler::{CostWeights, LatencyTable, Policy, PredictorConfig, RebalanceConfig};
+
+pub use error::ApiError;
+
+/// How a control plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Where `control.redb`, `modules/` and `checkpoints/` live.
+    pub data_dir: PathBuf,
+    /// The cluster token every API call (and every node) must present.
+    pub token: String,
+    /// Placement policy of apps that do not name one.
+    pub policy: Policy,
+    /// Cost-model weights (placement, rebalancing, restarts).
+    pub weights: CostWeights,
+    /// Latency between user locations and nodes (the `cost` policy).
+    pub latency: LatencyTable,
+    /// A node without a heartbeat for this long is `down`.
+    pub heartbeat_timeout: Duration,
+    /// How often the rebalancer runs.
+    pub rebalance_interval: Duration,
+    /// Rebalancer tunables: `max_moves` per interval, `cooldown` in
+    /// **seconds**, `target_utilization`. Its weights and latency table are
+    /// replaced by `weights` and `latency` above.
+    pub rebalance: RebalanceConfig,
+    /// Demand predictor tunables.
+    pub predictor: PredictorConfig,
+    /// One usage sample per app and period feeds the predictor (the
+    /// predictor's "minute"; its time-of-day features assume 60 s).
+    pub sample_period: Duration,
+    /// How often the predictor's models are refitted.
+    pub refit_interval: Duration,
+    /// Migration reports kept (`GET /v1/migrations`).
+    pub max_migrations: usize,
+    /// Largest module, snapshot or checkpoint body accepted.
+    pub max_blob_bytes: usize,
+    /// The URL nodes use to reach this control plane (hybrid migrations
+    /// fetch checkpoints there). Default: the listener's address, with an
+    /// unspecified IP replaced by 127.0.0.1.
+    pub advertise_url: Option<String>,
+    /// Requests of an app that does not declare them (CPU; memory defaults
+    /// to the app's memory limit, else this).
+    pub default_requests: tern_api::types::Resources,
+}
+
+impl ControlConfig {
+    /// Defaults for everything but where the state lives and the token.
+    pub fn new(data_dir: impl Into<PathBuf>, token: impl Into<String>) -> ControlConfig {
+        let rebalance = RebalanceConfig { cooldown: 300, ..RebalanceConfig::default() };
+        ControlConfig {
+            data_dir: data_dir.into(),
+            token: token.into(),
+            policy: Policy::Requests,
+            weights: CostWeights::default(),
+            latency: LatencyTable::default(),
+            heartbeat_timeout: Duration::from_secs(10),
+            rebalance_interval: Duration::from_secs(30),
+            rebalance,
+            predictor: PredictorConfig::default(),
+            sample_period: Duration::from_secs(60),
+            refit_interval: Duration::from_secs(600),
+            max_migrations: 200,
+            max_blob_bytes: tern_api::MAX_BLOB_BODY,
+            advertise_url: None,
+            default_requests: tern_api::types::Resources { cpu_milli: 100, memory_bytes: 64 << 20 },
+        }
+    }
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves, with
+/// the scheduler loop running beside it. The state is loaded from (and kept
+/// in) `config.data_dir`; the store is closed before this returns, so
+/// another control plane may open the same directory right after.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: ControlConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if config.token.is_empty() {
+        anyhow::bail!("the control plane needs a cluster token (an empty one would let anybody in)");
+    }
+    let addr = listener.local_addr().context("listener has no local address")?;
+    let advertise = match &config.advertise_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let ip = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+            format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+        }
+    };
+    let store = store::Store::open(&config.data_dir)?;
+    let loaded = store.load()?;
+    let shared = Arc::new(state::Shared::new(config, store, loaded, advertise));
+    tracing::info!(%addr, "control plane listening");
+
+    let ticker = tokio::spawn(tick::run(shared.clone()));
+    let handler: tern_api::server::Handler = {
+        let shared = shared.clone();
+        Arc::new(move |req| {
+            let shared = shared.clone();
+            Box::pin(async move { http::handle(shared, req).await })
+        })
+    };
+    tern_api::server::serve(listener, handler, shutdown).await;
+
+    // The loop may be in the middle of a migration: the nodes finish it on
+    // their own, and the next control plane learns the outcome from their
+    // heartbeats (the new generation was recorded before the move started).
+    ticker.abort();
+    let _ = ticker.await;
+    shared.store.close();
+    Ok(())
+}
+
+/// The token in `DATA_DIR/token`, created (32 random hex digits, mode
+/// 0600) if the file does not exist yet.
+pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read the token file {}", path.display())),
+    }
+    let token = generate_token()?;
+    write_token(&path, &token)?;
+    Ok(token)
+}
+
+/// 32 hex digits from the system's random source.
+pub fn generate_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom to make a token")?;
+    Ok(hex::encode(bytes))
+}
+
+/// Writes a token file readable by its owner only.
+pub fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

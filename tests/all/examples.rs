@@ -162,6 +162,34 @@ fn every_example_has_a_conversation() {
 
 #[test]
 fn a_trapping_request_is_a_500_and_the_app_goes_on() {
+    // An app (ABI v1, no SDK) whose handler traps on every second request.
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (global $n (mut i32) (i32.const 0))
+      (func (export "tern_abi_version") (result i32) (i32.const 1))
+      (func (export "tern_alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "tern_free") (param i32 i32))
+      (func (export "tern_handle") (param i32 i32) (result i64)
+        (global.set $n (i32.add (global.get $n) (i32.const 1)))
+        (if (i32.rem_u (global.get $n) (i32.const 2)) (then unreachable))
+        ;; response: status 200, no headers, empty body (12 bytes at 2048)
+        (i32.store (i32.const 2048) (i32.const 200))
+        (i64.or (i64.shl (i64.const 2048) (i64.const 32)) (i64.const 12)))
+      (func (export "count") (result i32) (global.get $n)))"#;
+    let rt = fresh_runtime();
+    let m = rt.load(wat::parse_str(wat).unwrap()).unwrap();
+    let mut inst = Instance::start(&rt, &m, AppConfig::default()).unwrap();
+    assert!(sdk::check_app(&mut inst).unwrap());
+    for i in 1..=6 {
+        let r = send(&mut inst, &step("GET", "/", "", 0, ""));
+        let want = if i % 2 == 1 { 500 } else { 200 };
+        assert_eq!(r.status, want, "request {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(inst.call("count", &[]).unwrap()[0].unwrap_i32(), 6);
+}
+
+#[test]
+fn the_raw_abi_guest_answers_through_the_host() {
     // The raw-ABI WAT guest follows sdk/ABI.md without the Rust SDK.
     let rt = fresh_runtime();
     let m = rt.load_file(std::path::Path::new(tern_artifacts::RAW_ABI_WAT)).unwrap();

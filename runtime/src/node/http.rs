@@ -92,6 +92,14 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, Resp> {
             Ok(json(StatusCode::OK, &h.status()))
         }
         (Method::DELETE, ["v1", "apps", name]) => {
+            // With ?generation=G, only a copy at generation <= G goes (fencing a stale copy).
+            if let Some(g) = query_param(query.as_deref(), "generation").and_then(|g| g.parse::<u64>().ok()) {
+                if let Some(h) = node.local(name) {
+                    if h.spec().generation > g {
+                        return Err(error(StatusCode::CONFLICT, format!("app {name} runs here at generation {}, newer than {g}", h.spec().generation)));
+                    }
+                }
+            }
             let slot = node.apps.lock().unwrap_or_else(|e| e.into_inner()).remove(*name);
             match slot {
                 Some(Slot::Local(h)) => {

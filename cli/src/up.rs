@@ -1,0 +1,155 @@
+//! `tern up`: a control plane and N nodes on loopback, in this process, in
+//! the foreground, until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use crate::cluster::{control_config, default_data_dir, shutdown_signal, DEFAULT_LISTEN};
+use crate::util::print_json;
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// How many nodes to start (named node-1 … node-N).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=64))]
+    nodes: u16,
+    /// Where the control plane listens.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    listen: String,
+    /// Where the cluster keeps its state and token (default: $TERN_DATA_DIR,
+    /// $XDG_DATA_HOME/tern or ~/.local/share/tern).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Default placement policy.
+    #[arg(long, value_name = "POLICY", default_value = "requests", value_parser = ["requests", "cost", "learned"])]
+    policy: String,
+    /// A node without a heartbeat for this long is down.
+    #[arg(long, value_name = "DUR", default_value = "5s")]
+    heartbeat_timeout: String,
+    /// How often the rebalancer runs.
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    rebalance_interval: String,
+    /// Print where everything is as one JSON document (then run as usual).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct UpReport {
+    control_url: String,
+    data_dir: String,
+    token_file: String,
+    nodes: Vec<NodeReport>,
+}
+
+#[derive(Serialize)]
+struct NodeReport {
+    name: String,
+    url: String,
+    data_dir: String,
+}
+
+pub fn up(a: UpArgs) -> Result<ExitCode> {
+    let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let token = tern_control::load_or_create_token(&data_dir)?;
+    let cfg = control_config(&data_dir, token.clone(), &a.policy, &a.heartbeat_timeout, &a.rebalance_interval)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| {
+            format!("cannot listen on {}: is a cluster already running there? (`tern nodes` asks it; or use --listen)", a.listen)
+        })?;
+        let addr = listener.local_addr()?;
+        let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+        let control_url = format!("http://{}", std::net::SocketAddr::new(host, addr.port()));
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut control = tokio::spawn(tern_control::run(listener, cfg, stopped(stop_rx.clone())));
+
+        let mut report = UpReport {
+            control_url: control_url.clone(),
+            data_dir: data_dir.display().to_string(),
+            token_file: data_dir.join("token").display().to_string(),
+            nodes: Vec::new(),
+        };
+        let mut nodes = Vec::new();
+        for i in 1..=a.nodes {
+            let name = format!("node-{i}");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for a node")?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let dir = data_dir.join("nodes").join(&name);
+            let mut cfg = tern_runtime::node::NodeConfig::new(name.clone(), token.clone(), dir.clone());
+            cfg.control_url = Some(control_url.clone());
+            report.nodes.push(NodeReport { name: name.clone(), url, data_dir: dir.display().to_string() });
+            nodes.push((name, tokio::spawn(tern_runtime::node::run(listener, cfg, stopped(stop_rx.clone())))));
+        }
+
+        if a.json {
+            print_json(&report)?;
+        } else {
+            print_report(&report, &data_dir);
+        }
+
+        let early = tokio::select! {
+            _ = shutdown_signal() => None,
+            r = &mut control => Some(r),
+        };
+        if let Some(r) = early {
+            let _ = stop_tx.send(true);
+            r.context("the control plane task failed")??;
+            anyhow::bail!("the control plane stopped by itself");
+        }
+        if !a.json {
+            eprintln!("stopping…");
+        }
+        let _ = stop_tx.send(true);
+        let deadline = Duration::from_secs(15);
+        for (name, task) in nodes {
+            match tokio::time::timeout(deadline, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => eprintln!("warning: {name} stopped with an error: {e:#}"),
+                Ok(Err(e)) => eprintln!("warning: {name} failed: {e}"),
+                Err(_) => eprintln!("warning: {name} did not stop within {} s", deadline.as_secs()),
+            }
+        }
+        match tokio::time::timeout(deadline, control).await {
+            Ok(r) => r.context("the control plane task failed")??,
+            Err(_) => eprintln!("warning: the control plane did not stop within {} s", deadline.as_secs()),
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if !a.json {
+        eprintln!("cluster stopped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &UpReport, data_dir: &std::path::Path) {
+    println!("tern cluster up");
+    println!("  control plane  {}", r.control_url);
+    println!("  data           {}", r.data_dir);
+    println!("  token          {}", r.token_file);
+    for n in &r.nodes {
+        println!("  {:<13}  {}", n.name, n.url);
+    }
+    let default_dir = default_data_dir();
+    let same_dir = default_dir.canonicalize().unwrap_or(default_dir) == data_dir;
+    if !same_dir || r.control_url != crate::cluster::DEFAULT_CONTROL {
+        println!("For the client commands in another shell:");
+        if r.control_url != crate::cluster::DEFAULT_CONTROL {
+            println!("  export TERN_CONTROL={}", r.control_url);
+        }
+        if !same_dir {
+            println!("  export TERN_TOKEN=$(cat {})", r.token_file);
+        }
+    }
+    println!("Try: tern nodes, tern deploy APP.wasm --name APP, tern ps. Ctrl-C stops the cluster.");
+}

@@ -1,0 +1,168 @@
+//! What a node's registration and heartbeats change.
+//!
+//! For each app a heartbeat reports, compared with the table:
+//! - same node and generation: its status is recorded (state, memory,
+//!   requests, CPU), and a usage sample feeds the predictor;
+//! - an older generation: a stale copy (the app moved or was restarted
+//!   elsewhere while this node was away): the node is told to delete it;
+//! - a newer generation, with no operation in flight: a move whose answer
+//!   was lost (the control plane restarted, a timeout): the table follows
+//!   the node, since generations are only handed out by the control plane;
+//! - an app the table does not have, at a generation this control plane
+//!   handed out: a copy of a removed app: deleted.
+//!
+//! An app the table places on this node that the heartbeat does not list
+//! (and that was placed there longer than the heartbeat timeout ago) is
+//! `lost`: its restart policy decides what happens to it.
+
+use std::sync::Arc;
+
+use tern_api::types::{Heartbeat, NodeInfo};
+use tern_scheduler::Resources;
+
+use crate::error::ApiError;
+use crate::ops::state_word;
+use crate::state::{now_ms, valid_name, NodeRec, Shared};
+
+/// `POST /v1/nodes`.
+pub fn register(sh: &Shared, info: NodeInfo) -> Result<(), ApiError> {
+    if !valid_name(&info.name) {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is not a valid node name: use 1 to 63 letters, digits, `.`, `_` or `-`",
+            info.name
+        )));
+    }
+    if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
+        return Err(ApiError::bad_request(format!("node URL `{}` must start with http:// (it is where the control plane calls the node)", info.url)));
+    }
+    let now = now_ms();
+    let mut st = sh.lock();
+    let rec = match st.nodes.get(&info.name) {
+        Some(old) => NodeRec { info, registered_unix_ms: now, ..old.clone() },
+        None => NodeRec { info, registered_unix_ms: now, ..NodeRec::default() },
+    };
+    sh.store.put_node(&rec, true)?;
+    tracing::info!(node = %rec.info.name, url = %rec.info.url, "node registered");
+    st.nodes.insert(rec.info.name.clone(), rec);
+    Ok(())
+}
+
+/// `POST /v1/nodes/NAME/heartbeat`.
+pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
+    if !hb.name.is_empty() && hb.name != name {
+        return Err(ApiError::bad_request(format!("heartbeat for node {} sent to the address of node {name}", hb.name)));
+    }
+    let now = now_ms();
+    let period = sh.cfg.sample_period.as_millis().max(1) as u64;
+    let index = now / period;
+    let mut fence: Vec<(String, u64)> = Vec::new();
+    let mut samples: Vec<(String, u64, u64, u64)> = Vec::new();
+    let mut changed: Vec<String> = Vec::new();
+
+    let mut guard = sh.lock();
+    let st = &mut *guard;
+    let Some(node) = st.nodes.get_mut(name) else {
+        return Err(ApiError::not_found(format!("node {name} is not registered: register it first (POST /v1/nodes)")));
+    };
+    node.last_heartbeat_unix_ms = Some(now);
+    node.usage = hb.usage;
+    let node_url = node.info.url.clone();
+    let node_rec = node.clone();
+
+    let mut reported = std::collections::HashSet::new();
+    for s in &hb.apps {
+        reported.insert(s.name.as_str());
+        let busy = st.busy.contains(&s.name);
+        let Some(app) = st.apps.get_mut(&s.name) else {
+            if !busy && st.generations.get(&s.name).is_some_and(|g| *g >= s.generation) {
+                fence.push((s.name.clone(), s.generation));
+            }
+            continue;
+        };
+        let here = app.node.as_deref() == Some(name);
+        if s.generation < app.generation || (s.generation == app.generation && !here && !busy) {
+            // Same generation on two nodes cannot come from this control
+            // plane; keep the copy the table names.
+            fence.push((s.name.clone(), s.generation));
+            continue;
+        }
+        if s.generation > app.generation {
+            if busy {
+                continue;
+            }
+            tracing::warn!(app = %s.name, node = name, generation = s.generation, "adopting a newer copy than the table's");
+            app.node = Some(name.to_string());
+            app.generation = s.generation;
+            app.placed_unix_ms = now;
+            let g = st.generations.entry(s.name.clone()).or_insert(0);
+            *g = (*g).max(s.generation);
+        } else if !here {
+            continue;
+        }
+        let state = state_word(s.state);
+        let before = (app.state.clone(), app.last_error.clone());
+        // While an operation holds the app, its own state word stands.
+        if !busy || app.state == "deploying" {
+            app.state = state;
+        }
+        app.memory_bytes = s.memory_bytes;
+        app.requests_served = app.requests_served.max(s.requests_served);
+        app.last_error = s.last_error.clone();
+        app.start_at_unix_ms = s.start_at_unix_ms;
+        let prev_cpu = app.cpu_ms;
+        app.cpu_ms = s.cpu_ms;
+        if before != (app.state.clone(), app.last_error.clone()) || app.generation != s.generation || prev_cpu > s.cpu_ms {
+            changed.push(s.name.clone());
+        }
+        // Usage: CPU from the counter's rate since the last report.
+        let cpu = match st.cpu_prev.get(&s.name) {
+            Some((n, g, c, t)) if n == name && *g == s.generation && *c <= s.cpu_ms && *t < now => {
+                Some((s.cpu_ms - c) * 1000 / (now - t))
+            }
+            _ => None,
+        };
+        st.cpu_prev.insert(s.name.clone(), (name.to_string(), s.generation, s.cpu_ms, now));
+        if let Some(cpu) = cpu {
+            let usage = Resources::new(cpu, s.memory_bytes);
+            st.usage.insert(s.name.clone(), usage);
+            st.predictor.observe(&s.name, index, usage);
+            samples.push((s.name.clone(), index, cpu, s.memory_bytes));
+        }
+    }
+
+    // Apps the table puts here that the node no longer has.
+    let grace = sh.cfg.heartbeat_timeout.as_millis() as u64;
+    for app in st.apps.values_mut() {
+        if app.node.as_deref() == Some(name)
+            && !reported.contains(app.name.as_str())
+            && !st.busy.contains(&app.name)
+            && now.saturating_sub(app.placed_unix_ms) > grace
+            && app.state != "lost"
+        {
+            tracing::warn!(app = %app.name, node = name, "the node no longer reports the app: lost");
+            app.state = "lost".into();
+            changed.push(app.name.clone());
+        }
+    }
+
+    let changed_apps: Vec<_> = changed.iter().filter_map(|n| st.apps.get(n)).collect();
+    sh.store.put_apps(&changed_apps, false)?;
+    sh.store.put_node(&node_rec, false)?;
+    sh.store.push_samples(&samples, sh.cfg.predictor.max_history as u64)?;
+    drop(guard);
+
+    for (app, generation) in fence {
+        let sh = sh.clone();
+        let url = format!("{}/v1/apps/{app}?generation={generation}", node_url.trim_end_matches('/'));
+        let node = name.to_string();
+        tokio::spawn(async move {
+            tracing::info!(%app, %node, generation, "fencing a stale copy");
+            if let Err(e) = sh.short_client.delete(&url).await {
+                if e.status() != Some(404) {
+                    tracing::warn!(%app, %node, "cannot delete a stale copy: {e}");
+                }
+            }
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Routing and the handlers of the control API (the table is in `tern_api`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tern_api::server::{self, query_param, read_body, read_json, segments, Body};
+use tern_api::types::{DeployRequest, Heartbeat, InvokeRequest, Mode, NodeInfo};
+
+use crate::error::ApiError;
+use crate::state::{now_ms, valid_sha256, Shared};
+use crate::store::write_atomic;
+use crate::{heartbeat, ops};
+
+type Reply = Result<Response<Body>, Fail>;
+
+/// Why a request failed: an error to answer, or an answer already made
+/// (by the body readers of `tern_api::server`).
+enum Fail {
+    Api(ApiError),
+    Ready(Box<Response<Body>>),
+}
+
+impl From<ApiError> for Fail {
+    fn from(e: ApiError) -> Fail {
+        Fail::Api(e)
+    }
+}
+
+impl From<Response<Body>> for Fail {
+    fn from(r: Response<Body>) -> Fail {
+        Fail::Ready(Box::new(r))
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Fail {
+        Fail::Api(e.into())
+    }
+}
+
+const DASHBOARD: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tern</title></head>\n<body><h1>tern control plane</h1>\n<p>The dashboard is not written yet. The API is under <code>/v1/</code>; try <code>tern nodes</code> and <code>tern ps</code>.</p>\n</body></html>\n";
+
+pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if method == Method::GET && path == "/" {
+        return server::bytes(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+    }
+    if !server::authorized(&req, &sh.cfg.token) {
+        return server::unauthorized();
+    }
+    match route(&sh, req).await {
+        Ok(r) => r,
+        Err(Fail::Ready(r)) => *r,
+        Err(Fail::Api(e)) => {
+            if e.status.is_server_error() {
+                tracing::warn!(%method, %path, "{}", e.message);
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let q = |name: &str| query_param(query.as_deref(), name).map(percent_decode);
+    let segs = segments(&path);
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => {
+            ok(&serde_json::json!({"ok": true, "role": "control", "version": env!("CARGO_PKG_VERSION")}))
+        }
+        // Nodes.
+        (&Method::POST, ["v1", "nodes"]) => {
+            let info: NodeInfo = read_json(req.into_body()).await?;
+            heartbeat::register(sh, info)?;
+            ok(&registered(sh))
+        }
+        (&Method::GET, ["v1", "nodes"]) => {
+            let now = now_ms();
+            let st = sh.lock();
+            let views: Vec<_> = sh.sorted_nodes(&st).into_iter().map(|n| sh.node_view(&st, n, now)).collect();
+            ok(&views)
+        }
+        (&Method::GET, ["v1", "nodes", name]) => {
+            let st = sh.lock();
+            let n = st.nodes.get(*name).ok_or_else(|| ApiError::no_node(name))?;
+            ok(&sh.node_view(&st, n, now_ms()))
+        }
+        (&Method::POST, ["v1", "nodes", name, "heartbeat"]) => {
+            let name = name.to_string();
+            let hb: Heartbeat = read_json(req.into_body()).await?;
+            heartbeat::heartbeat(sh, &name, hb)?;
+            ok(&registered(sh))
+        }
+        (&Method::POST, ["v1", "nodes", name, "drain"]) => {
+            #[derive(Deserialize)]
+            struct Drain {
+                #[serde(default = "yes")]
+                drain: bool,
+            }
+            fn yes() -> bool {
+                true
+            }
+            let name = name.to_string();
+            let body = read_body(req.into_body(), tern_api::MAX_JSON_BODY).await?;
+            let d: Drain = if body.iter().all(u8::is_ascii_whitespace) {
+                Drain { drain: true }
+            } else {
+                serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))?
+            };
+            let mut st = sh.lock();
+            let n = st.nodes.get_mut(&name).ok_or_else(|| ApiError::no_node(&name))?;
+            n.draining = d.drain;
+            let n = n.clone();
+            sh.store.put_node(&n, true)?;
+            ok(&sh.node_view(&st, &n, now_ms()))
+        }
+        // Modules.
+        (&Method::PUT, ["v1", "modules", sha]) => put_module(sh, sha, req.into_body()).await,
+        (&Method::HEAD, ["v1", "modules", sha]) => {
+            if sh.lock().modules.contains_key(*sha) {
+                Ok(server::bytes(StatusCode::OK, "application/wasm", Bytes::new()))
+            } else {
+                Err(ApiError::not_found(format!("no module {sha}")).into())
+            }
+        }
+        (&Method::GET, ["v1", "modules", sha]) => {
+            if !sh.lock().modules.contains_key(*sha) {
+                return Err(ApiError::not_found(format!("no module {sha}: upload it with PUT /v1/modules/{sha}")).into());
+            }
+            let bytes = tokio::fs::read(sh.store.module_path(sha)).await.map_err(|e| ApiError::internal(format!("cannot read module {sha}: {e}")))?;
+            Ok(server::bytes(StatusCode::OK, "application/wasm", bytes))
+        }
+        // Apps.
+        (&Method::POST, ["v1", "apps"]) => {
+            let dry_run = matches!(q("dry_run").as_deref(), Some("1" | "true" | ""));
+            let d: DeployRequest = read_json(req.into_body()).await?;
+            let (app, decision) = ops::deploy(sh, d, dry_run).await?;
+            let decision = decision.map(|d| serde_json::to_value(&d).unwrap_or(serde_json::Value::Null));
+            let status = if dry_run { StatusCode::OK } else { StatusCode::CREATED };
+            Ok(server::json(status, &serde_json::json!({"app": app, "decision": decision})))
+        }
+        (&Method::GET, ["v1", "apps"]) => {
+            let now = now_ms();
+            let st = sh.lock();
+            let views: Vec<_> = st.apps.values().map(|a| sh.app_view(&st, a, now)).collect();
+            ok(&views)
+        }
+        (&Method::GET, ["v1", "apps", name]) => {
+            let st = sh.lock();
+            let a = st.apps.get(*name).ok_or_else(|| ApiError::no_app(name))?;
+            ok(&sh.app_view(&st, a, now_ms()))
+        }
+        (&Method::DELETE, ["v1", "apps", name]) => {
+            ops::remove(sh, name).await?;
+            Ok(server::bytes(StatusCode::NO_CONTENT, "application/json", Bytes::new()))
+        }
+        (&Method::POST, ["v1", "apps", name, "invoke"]) => {
+            let name = name.to_string();
+            let r: InvokeRequest = read_json(req.into_body()).await?;
+            ok(&ops::invoke(sh, &name, r).await?)
+        }
+        (&Method::POST, ["v1", "apps", name, "call"]) => {
+            let name = name.to_string();
+            let call_method = match q("method") {
+                Some(m) if !m.is_empty() => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| ApiError::bad_request(format!("`{m}` is not an HTTP method")))?,
+                _ => Method::POST,
+            };
+            let call_path = q("path").unwrap_or_else(|| "/".into());
+            let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let body = read_body(req.into_body(), sh.cfg.max_blob_bytes).await?;
+            let r = ops::call(sh, &name, call_method, &call_path, content_type.as_deref(), body).await?;
+            let mut resp = server::bytes(r.status, r.content_type.as_deref().unwrap_or("application/octet-stream"), r.body);
+            resp.headers_mut().insert("x-tern-app-response", hyper::header::HeaderValue::from_static("1"));
+            Ok(resp)
+        }
+        (&Method::POST, ["v1", "apps", name, "migrate"]) => {
+            #[derive(Deserialize)]
+            struct MigrateBody {
+                to: String,
+                mode: Option<Mode>,
+            }
+            let name = name.to_string();
+            let m: MigrateBody = read_json(req.into_body()).await?;
+            ok(&ops::migrate(sh, &name, &m.to, m.mode.unwrap_or(Mode::Hot)).await?)
+        }
+        (&Method::POST, ["v1", "apps", name, "snapshot"]) => {
+            let bytes = ops::snapshot(sh, name).await?;
+            Ok(server::bytes(StatusCode::OK, "application/octet-stream", bytes))
+        }
+        (&Method::POST, ["v1", "apps", name, verb @ ("stop" | "start")]) => ok(&ops::stop_or_start(sh, name, *verb == "stop").await?),
+        (&Method::GET, ["v1", "apps", name, "logs"]) => {
+            let from = q("from").map(|v| v.parse::<u64>()).transpose().map_err(|_| ApiError::bad_request("from must be a number"))?;
+            let wait = q("wait_ms").map(|v| v.parse::<u64>()).transpose().map_err(|_| ApiError::bad_request("wait_ms must be a number"))?;
+            ok(&ops::logs(sh, name, from.unwrap_or(0), wait.unwrap_or(0)).await?)
+        }
+        (&Method::POST, ["v1", "restore"]) => {
+            let name = q("name").ok_or_else(|| ApiError::bad_request("restore needs ?name=APP"))?;
+            let node = q("node").filter(|n| !n.is_empty());
+            let restart = q("restart").filter(|n| !n.is_empty());
+            let module = q("module").filter(|n| !n.is_empty());
+            let body = read_body(req.into_body(), sh.cfg.max_blob_bytes).await?;
+            let view = ops::restore(sh, &name, node.as_deref(), restart.as_deref(), module.as_deref(), body).await?;
+            Ok(server::json(StatusCode::CREATED, &view))
+        }
+        // Checkpoints.
+        (&Method::PUT, ["v1", "checkpoints", name]) => {
+            let name = name.to_string();
+            let generation = q("generation")
+                .ok_or_else(|| ApiError::bad_request("a checkpoint needs ?generation=G"))?
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad_request("generation must be a number"))?;
+            let body = read_body(req.into_body(), sh.cfg.max_blob_bytes).await?;
+            if body.is_empty() {
+                return Err(ApiError::bad_request("the checkpoint is empty").into());
+            }
+            let current = sh.lock().apps.get(&name).map(|a| a.generation).ok_or_else(|| ApiError::no_app(&name))?;
+            if generation > current {
+                return Err(ApiError::conflict(format!(
+                    "checkpoint of {name} at generation {generation}, but the app is at generation {current}"
+                )).into());
+            }
+            if !sh.save_checkpoint(&name, generation, &body).await? {
+                let kept = sh.lock().checkpoints.get(&name).map_or(0, |c| c.generation);
+                return Err(ApiError::conflict(format!(
+                    "a newer checkpoint of {name} is kept (generation {kept} > {generation})"
+                )).into());
+            }
+            Ok(server::json(StatusCode::CREATED, &serde_json::json!({"app": name, "generation": generation, "bytes": body.len()})))
+        }
+        (&Method::GET, ["v1", "checkpoints", name]) => {
+            let c = sh.lock().checkpoints.get(*name).copied().ok_or_else(|| ApiError::not_found(format!("app {name} has no checkpoint")))?;
+            let bytes = tokio::fs::read(sh.store.checkpoint_path(name))
+                .await
+                .map_err(|e| ApiError::internal(format!("cannot read the checkpoint of {name}: {e}")))?;
+            let mut resp = server::bytes(StatusCode::OK, "application/octet-stream", bytes);
+            resp.headers_mut().insert("x-tern-generation", c.generation.into());
+            Ok(resp)
+        }
+        (&Method::GET, ["v1", "migrations"]) => {
+            let st = sh.lock();
+            let v: Vec<_> = st.migrations.iter().map(|(_, r)| r).collect();
+            ok(&v)
+        }
+        (_, ["v1", ..]) => Err(ApiError::not_found(format!(
+            "no endpoint {method} {path} on the control plane (is the client the same tern version?)"
+        )).into()),
+        _ => Err(ApiError::not_found(format!("no endpoint {method} {path}: the API is under /v1/")).into()),
+    }
+}
+
+fn ok<T: serde::Serialize>(v: &T) -> Reply {
+    Ok(server::json(StatusCode::OK, v))
+}
+
+/// The answer to a registration or a heartbeat.
+fn registered(sh: &Shared) -> serde_json::Value {
+    serde_json::json!({"ok": true, "heartbeat_timeout_ms": sh.cfg.heartbeat_timeout.as_millis() as u64})
+}
+
+async fn put_module(sh: &Shared, sha: &str, body: Incoming) -> Reply {
+    if !valid_sha256(sha) {
+        return Err(ApiError::bad_request(format!("`{sha}` is not a sha256: use the module's sha256 as 64 lowercase hex digits")).into());
+    }
+    let bytes = read_body(body, sh.cfg.max_blob_bytes).await?;
+    if !bytes.starts_with(b"\0asm") {
+        return Err(ApiError::bad_request("the body is not a WebAssembly module (no \\0asm magic): upload the .wasm file").into());
+    }
+    let (bytes, actual) = tokio::task::spawn_blocking(move || {
+        let h = hex::encode(Sha256::digest(&bytes));
+        (bytes, h)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    if actual != sha {
+        return Err(ApiError::bad_request(format!("the uploaded bytes hash to {actual}, not {sha}: upload the module under its own sha256")).into());
+    }
+    if sh.lock().modules.contains_key(sha) {
+        return Ok(server::json(StatusCode::OK, &serde_json::json!({"sha256": sha, "bytes": bytes.len()})));
+    }
+    let path = sh.store.module_path(sha);
+    let len = bytes.len() as u64;
+    tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot store module {sha}: {e}")))?;
+    sh.store.put_module(sha, len)?;
+    sh.lock().modules.insert(sha.to_string(), len);
+    Ok(server::json(StatusCode::CREATED, &serde_json::json!({"sha256": sha, "bytes": len})))
+}
+
+/// Decodes `%XX` escapes (and leaves everything else as it is).
+pub fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("/a%20b%2Fc"), "/a b/c");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("x%41"), "xA");
+    }
+}

@@ -1,0 +1,344 @@
+//! The records the control plane keeps, the in-memory state that mirrors
+//! the store, and the cluster view the scheduler decides on.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tern_api::client::Client;
+use tern_api::types::{self as api, AppView, MigrationReport, NodeInfo, NodeView};
+use tern_scheduler::{AppSpec, Cluster, DemandPredictor, NodeState, PlacementContext, Resources, RestartPolicy};
+
+use crate::store::{Loaded, Store};
+use crate::ControlConfig;
+
+/// A registered node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeRec {
+    pub info: NodeInfo,
+    pub registered_unix_ms: u64,
+    pub last_heartbeat_unix_ms: Option<u64>,
+    pub usage: api::Resources,
+    /// Set by an operator: no new apps, the rebalancer moves its apps away.
+    pub draining: bool,
+}
+
+/// An app as the control plane knows it: what was asked, where it runs,
+/// and what its node last said about it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppRec {
+    pub name: String,
+    pub module_sha256: String,
+    pub node: Option<String>,
+    pub generation: u64,
+    /// A node's `AppState` (`running`, `pending`...), or the control plane's
+    /// own `deploying`, `restoring`, `lost` (its node no longer has it).
+    pub state: String,
+    pub memory_limit: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub fuel: Option<u64>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub restart: String,
+    pub requests: api::Resources,
+    /// Labels a node must carry to run the app (`--label K=V`).
+    pub labels: BTreeMap<String, String>,
+    pub policy: Option<String>,
+    pub user_location: Option<String>,
+    pub start_at_unix_ms: Option<u64>,
+    pub created_unix_ms: u64,
+    /// When the app last got a node or generation.
+    pub placed_unix_ms: u64,
+    pub memory_bytes: u64,
+    pub requests_served: u64,
+    pub cpu_ms: u64,
+    pub last_error: Option<String>,
+    pub last_moved_unix_ms: Option<u64>,
+    /// Stopped by `tern stop`: the restart policy leaves it alone.
+    pub operator_stopped: bool,
+    /// Failed restarts in a row (back-off).
+    pub restarts: u32,
+}
+
+/// The latest checkpoint of an app (the bytes are `checkpoints/NAME.snap`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckpointRec {
+    pub generation: u64,
+    pub bytes: u64,
+    pub unix_ms: u64,
+}
+
+/// Everything the handlers share.
+pub struct Shared {
+    pub cfg: ControlConfig,
+    pub store: Store,
+    /// Calls to nodes (2 min per call).
+    pub client: Client,
+    /// Migrations and restores (10 min per call).
+    pub long_client: Client,
+    /// Fire-and-forget calls (fencing), 10 s.
+    pub short_client: Client,
+    /// App ingress, passed through as is.
+    pub raw: crate::ops::RawClient,
+    /// This control plane's URL as nodes see it.
+    pub advertise_url: String,
+    pub started_unix_ms: u64,
+    state: Mutex<State>,
+}
+
+/// The in-memory state: the store's tables plus what only lives in memory.
+#[derive(Default)]
+pub struct State {
+    pub nodes: BTreeMap<String, NodeRec>,
+    pub apps: BTreeMap<String, AppRec>,
+    pub modules: HashMap<String, u64>,
+    pub checkpoints: HashMap<String, CheckpointRec>,
+    /// Highest generation handed out per app name (kept after `rm`).
+    pub generations: HashMap<String, u64>,
+    pub migrations: VecDeque<(u64, MigrationReport)>,
+    /// Apps an operation holds (deploy, migrate, restore, restart, rm).
+    pub busy: HashSet<String>,
+    pub predictor: DemandPredictor,
+    /// Last CPU counter per app: (node, generation, cpu_ms, unix ms).
+    pub cpu_prev: HashMap<String, (String, u64, u64, u64)>,
+    /// Last observed usage per app.
+    pub usage: HashMap<String, Resources>,
+    /// No restart attempt before this time (unix ms), per app.
+    pub restart_not_before: HashMap<String, u64>,
+}
+
+impl Shared {
+    pub fn new(cfg: ControlConfig, store: Store, loaded: Loaded, advertise_url: String) -> Shared {
+        let token = Some(cfg.token.clone());
+        let client = Client::new(token);
+        let mut st = State {
+            predictor: DemandPredictor::new(cfg.predictor.clone()),
+            modules: loaded.modules,
+            checkpoints: loaded.checkpoints,
+            generations: loaded.generations,
+            migrations: loaded.migrations.into_iter().collect(),
+            ..State::default()
+        };
+        for n in loaded.nodes {
+            st.nodes.insert(n.info.name.clone(), n);
+        }
+        for a in loaded.apps {
+            let g = st.generations.entry(a.name.clone()).or_insert(0);
+            *g = (*g).max(a.generation);
+            st.apps.insert(a.name.clone(), a);
+        }
+        for (app, samples) in &loaded.history {
+            for &(idx, cpu, mem) in samples {
+                st.predictor.observe(app, idx, Resources::new(cpu, mem));
+            }
+        }
+        if !loaded.history.is_empty() {
+            st.predictor.fit();
+        }
+        Shared {
+            store,
+            long_client: client.clone().with_timeout(Duration::from_secs(600)),
+            short_client: client.clone().with_timeout(Duration::from_secs(10)),
+            client,
+            raw: crate::ops::RawClient::new(),
+            advertise_url,
+            started_unix_ms: now_ms(),
+            state: Mutex::new(st),
+            cfg,
+        }
+    }
+
+    /// The state, even after a handler panicked while holding it.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Unix ms of the node's last sign of life as far as this process can
+    /// tell: a node is not `down` merely because the control plane itself
+    /// was restarted.
+    pub fn last_seen(&self, n: &NodeRec) -> u64 {
+        n.last_heartbeat_unix_ms.unwrap_or(0).max(n.registered_unix_ms).max(self.started_unix_ms)
+    }
+
+    pub fn is_down(&self, n: &NodeRec, now: u64) -> bool {
+        now.saturating_sub(self.last_seen(n)) > self.cfg.heartbeat_timeout.as_millis() as u64
+    }
+
+    /// `ready`, `draining` or `down`.
+    pub fn node_state(&self, n: &NodeRec, now: u64) -> &'static str {
+        if self.is_down(n, now) {
+            "down"
+        } else if n.draining {
+            "draining"
+        } else {
+            "ready"
+        }
+    }
+
+    pub fn node_view(&self, st: &State, n: &NodeRec, now: u64) -> NodeView {
+        let apps = st
+            .apps
+            .values()
+            .filter(|a| a.node.as_deref() == Some(n.info.name.as_str()))
+            .map(|a| a.name.clone())
+            .collect();
+        NodeView {
+            name: n.info.name.clone(),
+            url: n.info.url.clone(),
+            labels: n.info.labels.clone(),
+            capacity: n.info.capacity,
+            usage: n.usage,
+            apps,
+            state: self.node_state(n, now).to_string(),
+            last_heartbeat_ms_ago: n.last_heartbeat_unix_ms.map(|t| now.saturating_sub(t)),
+        }
+    }
+
+    pub fn app_view(&self, st: &State, a: &AppRec, now: u64) -> AppView {
+        let node_down = a.node.as_ref().and_then(|n| st.nodes.get(n)).is_some_and(|n| self.is_down(n, now));
+        let state = if node_down && !st.busy.contains(&a.name) { "lost".to_string() } else { a.state.clone() };
+        AppView {
+            name: a.name.clone(),
+            node: a.node.clone(),
+            state,
+            generation: a.generation,
+            memory_bytes: a.memory_bytes,
+            requests_served: a.requests_served,
+            module_sha256: a.module_sha256.clone(),
+            restart: a.restart.clone(),
+            last_error: a.last_error.clone(),
+        }
+    }
+
+    /// Nodes in a stable, natural order (`node-2` before `node-10`).
+    pub fn sorted_nodes<'a>(&self, st: &'a State) -> Vec<&'a NodeRec> {
+        let mut v: Vec<&NodeRec> = st.nodes.values().collect();
+        v.sort_by_key(|n| natural_key(&n.info.name));
+        v
+    }
+
+    /// The cluster as the scheduler sees it: every node (down ones not
+    /// ready), every app bound to its node, predicted demand where known.
+    pub fn cluster_view(&self, st: &State, now: u64) -> Cluster {
+        let nodes = self
+            .sorted_nodes(st)
+            .into_iter()
+            .map(|n| {
+                let mut s = NodeState::new(n.info.name.clone(), res(n.info.capacity));
+                s.usage = res(n.usage);
+                s.labels = n.info.labels.clone();
+                s.ready = !self.is_down(n, now);
+                s.draining = n.draining;
+                s.price = n.info.labels.get("price").and_then(|p| p.parse::<f64>().ok()).filter(|p| *p >= 0.0).unwrap_or(1.0);
+                s
+            })
+            .collect();
+        let mut cluster = Cluster::new(nodes);
+        for a in st.apps.values() {
+            let Some(node) = &a.node else { continue };
+            if cluster.node(node).is_none() || cluster.bind(spec_of(a), node).is_err() {
+                continue;
+            }
+            if let Some(f) = st.predictor.predict(&a.name) {
+                let _ = cluster.set_expected(&a.name, f.plan);
+            }
+        }
+        cluster
+    }
+
+    /// What a placement of `app` may use besides the cluster.
+    pub fn placement_ctx(&self, st: &State, app: &str) -> PlacementContext {
+        PlacementContext {
+            weights: self.cfg.weights.clone(),
+            latency: self.cfg.latency.clone(),
+            predicted_demand: st.predictor.predict(app).map(|f| f.plan),
+            ..PlacementContext::default()
+        }
+    }
+}
+
+/// The scheduler's declaration of an app.
+pub fn spec_of(a: &AppRec) -> AppSpec {
+    let mut s = AppSpec::new(a.name.clone(), res(a.requests));
+    s.limits = a.memory_limit.map(|m| Resources::new(0, m));
+    s.labels = a.labels.clone();
+    s.node_selector = a.labels.clone();
+    s.user_location = a.user_location.clone();
+    s.restart = a.restart.parse::<RestartPolicy>().unwrap_or_default();
+    s
+}
+
+pub fn res(r: api::Resources) -> Resources {
+    Resources::new(r.cpu_milli, r.memory_bytes)
+}
+
+/// `node-10` sorts after `node-2`.
+pub fn natural_key(s: &str) -> (String, u64, String) {
+    let digits_at = s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, tail) = s.split_at(digits_at);
+    (head.to_string(), tail.parse().unwrap_or(0), s.to_string())
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Clears an app's busy mark when dropped (also when the operation fails
+/// half-way or its future is dropped).
+pub struct BusyGuard {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl BusyGuard {
+    /// Marks `name` busy; the caller holds the lock and checked it was not.
+    pub fn take(shared: &Arc<Shared>, st: &mut State, name: &str) -> BusyGuard {
+        st.busy.insert(name.to_string());
+        BusyGuard { shared: shared.clone(), name: name.to_string() }
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.shared.lock().busy.remove(&self.name);
+    }
+}
+
+/// A name for an app or a node: 1 to 63 of `A-Z a-z 0-9 . _ -`, not
+/// starting with a dot or a dash (names become file names and URL segments).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(['.', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+pub fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order() {
+        let mut v = vec!["node-10", "node-2", "node-1", "edge"];
+        v.sort_by_key(|s| natural_key(s));
+        assert_eq!(v, ["edge", "node-1", "node-2", "node-10"]);
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "counter", "my-app_2.v1"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "-x", "a/b", "a b", "..", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The scheduler loop: every tick it restarts the apps of lost nodes
+//! (restart policies); every `rebalance_interval` it refits the predictor
+//! when due and carries out the moves the rebalancer plans, as hot
+//! migrations through the same path as `tern migrate`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_api::types::Mode;
+use tern_scheduler::{decide_restart, plan_rebalance, Exit, Policy, RebalanceInput, RestartDecision};
+
+use crate::ops;
+use crate::state::{now_ms, spec_of, Shared};
+
+/// Runs until the task is aborted.
+pub async fn run(sh: Arc<Shared>) {
+    let tick = (sh.cfg.heartbeat_timeout / 4).min(sh.cfg.rebalance_interval).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let mut last_rebalance = tokio::time::Instant::now();
+    let mut last_fit = tokio::time::Instant::now();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        restart_lost(&sh).await;
+        if last_fit.elapsed() >= sh.cfg.refit_interval {
+            last_fit = tokio::time::Instant::now();
+            let models = sh.lock().predictor.fit();
+            tracing::debug!(models, "predictor refitted");
+        }
+        if last_rebalance.elapsed() >= sh.cfg.rebalance_interval {
+            last_rebalance = tokio::time::Instant::now();
+            rebalance(&sh).await;
+        }
+    }
+}
+
+/// Restarts, on a healthy node, every app whose node is down (or no longer
+/// has it) when its restart policy says so.
+pub async fn restart_lost(sh: &Arc<Shared>) {
+    let now = now_ms();
+    let plans: Vec<(String, String, String)> = {
+        let st = sh.lock();
+        let mut cluster = None;
+        let mut plans = Vec::new();
+        for a in st.apps.values() {
+            let Some(node) = a.node.as_deref() else { continue };
+            let node_down = st.nodes.get(node).is_none_or(|n| sh.is_down(n, now));
+            if !(node_down || a.state == "lost")
+                || a.restart == "never"
+                || a.operator_stopped
+                || st.busy.contains(&a.name)
+                || st.restart_not_before.get(&a.name).is_some_and(|t| now < *t)
+            {
+                continue;
+            }
+            let exit = match a.state.as_str() {
+                "exited" => Exit::Ok,
+                "failed" => Exit::Crashed { message: a.last_error.clone().unwrap_or_default() },
+                _ => Exit::NodeLost,
+            };
+            let cluster = cluster.get_or_insert_with(|| sh.cluster_view(&st, now));
+            let policy = a.policy.as_deref().and_then(|p| p.parse::<Policy>().ok()).unwrap_or(sh.cfg.policy);
+            let ctx = sh.placement_ctx(&st, &a.name);
+            match decide_restart(cluster, &spec_of(a), node, &exit, a.restarts, policy, &ctx) {
+                Ok(RestartDecision::Restart { node: to, .. }) => {
+                    let why = if node_down { format!("node {node} is down") } else { format!("node {node} no longer has it") };
+                    // Later restarts in this tick see the app where it goes.
+                    let _ = cluster.move_app(&a.name, &to);
+                    plans.push((a.name.clone(), to, why));
+                }
+                Ok(RestartDecision::Stay { .. }) => {}
+                Err(e) => tracing::warn!(app = %a.name, "cannot restart: {e}"),
+            }
+        }
+        plans
+    };
+    for (app, to, why) in plans {
+        if let Err(e) = ops::restart(sh, &app, &to, &why).await {
+            tracing::warn!(%app, node = %to, "restart failed: {e}");
+        }
+    }
+}
+
+/// Plans moves for predicted overloads and draining nodes and carries
+/// them out as hot migrations.
+pub async fn rebalance(sh: &Arc<Shared>) {
+    let now = now_ms();
+    let moves = {
+        let st = sh.lock();
+        let cluster = sh.cluster_view(&st, now);
+        if cluster.nodes.iter().filter(|n| n.schedulable()).count() == 0 || cluster.apps.is_empty() {
+            return;
+        }
+        let now_s = now / 1000;
+        let mut demand = BTreeMap::new();
+        let mut state_bytes = BTreeMap::new();
+        let mut last_moved = BTreeMap::new();
+        for (name, placed) in &cluster.apps {
+            let a = &st.apps[name];
+            if let Some(f) = st.predictor.predict(name) {
+                demand.insert(name.clone(), f.plan);
+            } else if let Some(u) = st.usage.get(name) {
+                demand.insert(name.clone(), *u);
+            }
+            state_bytes.insert(name.clone(), a.memory_bytes);
+            let node = cluster.node(&placed.node);
+            let movable = a.state == "running" && node.is_some_and(|n| n.ready) && !st.busy.contains(name);
+            let draining = node.is_some_and(|n| n.draining);
+            // An app that cannot move now counts as just moved (cool-down);
+            // an operator's drain does not wait for the cool-down.
+            let t = if !movable {
+                Some(now_s)
+            } else if draining {
+                None
+            } else {
+                a.last_moved_unix_ms.map(|t| t / 1000)
+            };
+            if let Some(t) = t {
+                last_moved.insert(name.clone(), t);
+            }
+        }
+        let mut cfg = sh.cfg.rebalance.clone();
+        cfg.cooldown = cfg.cooldown.max(1);
+        cfg.weights = sh.cfg.weights.clone();
+        cfg.latency = sh.cfg.latency.clone();
+        let input = RebalanceInput { demand: &demand, state_bytes: &state_bytes, last_moved: &last_moved, now: now_s };
+        plan_rebalance(&cluster, &input, &cfg)
+    };
+    for m in moves {
+        tracing::info!(app = %m.app, from = %m.from, to = %m.to, cost = m.cost, "rebalancing: {}", m.reason);
+        if let Err(e) = ops::migrate(sh, &m.app, &m.to, Mode::Hot).await {
+            tracing::warn!(app = %m.app, to = %m.to, "planned move failed: {e}");
+        }
+    }
+}
