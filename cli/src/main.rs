@@ -3,6 +3,7 @@
 //! output from one value.
 
 mod cluster;
+mod demo;
 mod local;
 mod node_cmd;
 mod sim;
@@ -45,6 +46,11 @@ enum Command {
     ///
     /// Example: tern sim --trace scheduler/testdata/azure-functions-2019/100 --policy requests --policy cost --policy learned --plot load.svg
     Sim(sim::SimArgs),
+    /// The showcase: a local cluster, example apps under load, moved hot,
+    /// cold and hybrid while they serve, placed by the learned scheduler.
+    ///
+    /// Example: tern demo
+    Demo(demo::DemoArgs),
     /// Run a local cluster: a control plane and N nodes on loopback, in the foreground.
     ///
     /// Example: tern up --nodes 3
@@ -126,6 +132,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => local::inspect(a),
         Command::Node(a) => node_cmd::node(a),
         Command::Sim(a) => sim::sim(a),
+        Command::Demo(a) => demo::demo(a),
         Command::Up(a) => up::up(a),
         Command::Control(a) => cluster::control(a),
         Command::Nodes(a) => cluster::nodes(a),

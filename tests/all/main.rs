@@ -4,6 +4,7 @@ mod bad_input;
 mod c_guest;
 mod differential;
 mod examples;
+mod faults;
 mod invariants;
 mod limits;
 mod nodes;

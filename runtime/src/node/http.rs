@@ -314,8 +314,9 @@ async fn resolve(node: &Node, app: &str) -> Option<String> {
         return Some(u);
     }
     let control = node.config.control_url.as_ref()?;
-    let view: serde_json::Value = node.client.get_json(&format!("{control}/v1/apps/{app}")).await.ok()?;
-    let url = view.get("node_url").and_then(|v| v.as_str()).map(str::to_string)?;
+    let view: tern_api::types::AppView = node.client.get_json(&format!("{control}/v1/apps/{app}")).await.ok()?;
+    let owner: tern_api::types::NodeView = node.client.get_json(&format!("{control}/v1/nodes/{}", view.node?)).await.ok()?;
+    let url = owner.url;
     node.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(app.to_string(), url.clone());
     Some(url)
 }

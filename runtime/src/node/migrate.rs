@@ -79,6 +79,24 @@ pub(crate) fn decode_commit(bytes: &[u8]) -> Result<(Vec<PageChunk>, Snapshot), 
     Ok((chunks, state))
 }
 
+/// A snapshot's encoded bytes as a request body, without copying them (the
+/// body owns the snapshot and frees it once sent).
+fn snapshot_body(snap: Snapshot) -> Bytes {
+    struct Owned(Snapshot);
+    impl AsRef<[u8]> for Owned {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    Bytes::from_owner(Owned(snap))
+}
+
+/// Frees a large value (a snapshot of tens of MiB: unmapping it takes
+/// milliseconds) off the path that waits for the answer.
+fn release<T: Send + 'static>(value: T) {
+    tokio::task::spawn_blocking(move || drop(value));
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -148,7 +166,7 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
             let FreezeResult::Cold(snap) = frozen else { return Err(err(500, "unexpected freeze result")) };
             bytes_sent += snap.as_bytes().len() as u64;
             pages_sent += snap.stored_pages();
-            let ack = post_ack(&node, &format!("{session}/cold"), Bytes::from(snap.as_bytes().to_vec())).await?;
+            let ack = post_ack(&node, &format!("{session}/cold"), snapshot_body(snap)).await?;
             return Ok((t_pause, ack));
         }
         let base = checkpoint.as_ref().map(|c| c.1.clone());
@@ -159,7 +177,7 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
                 bytes_sent += snap.as_bytes().len() as u64;
                 pages_sent += snap.stored_pages();
                 node.client
-                    .post_bytes(&format!("{session}/base"), Bytes::from(snap.as_bytes().to_vec()))
+                    .post_bytes(&format!("{session}/base"), snapshot_body(snap))
                     .await
                     .map_err(|e| client_err("sending the first copy", e))?;
             }
@@ -339,16 +357,19 @@ fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>, ApiErr> {
 pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Result<(), ApiErr> {
     let s = session(&node, &id)?;
     let rt = node.runtime.clone();
-    tokio::task::spawn_blocking(move || {
-        let snap = Snapshot::from_bytes(body.to_vec()).map_err(|e| err(400, format!("first copy rejected: {e}")))?;
+    let snap = tokio::task::spawn_blocking(move || {
+        // `Vec::from` takes the body's buffer over when it can (no copy).
+        let snap = Snapshot::from_bytes(Vec::from(body)).map_err(|e| err(400, format!("first copy rejected: {e}")))?;
         let opts = restore_options(&node, &s.app, &snap, &s.logs, false, false);
         let inst = Instance::restore(&rt, &snap, Some(s.module.clone()), opts)
             .map_err(|e| err(400, format!("first copy does not restore: {e}")))?;
         *s.inst.lock().unwrap_or_else(|e| e.into_inner()) = Some(inst);
-        Ok(())
+        Ok(snap)
     })
     .await
-    .map_err(|e| err(500, e.to_string()))?
+    .map_err(|e| err(500, e.to_string()))??;
+    release(snap);
+    Ok(())
 }
 
 /// A round of pages.
@@ -372,12 +393,13 @@ pub(crate) async fn receive_final(node: Arc<Node>, id: String, body: Bytes, cold
     let rt = node.runtime.clone();
     let s2 = s.clone();
     let node2 = node.clone();
-    let inst = tokio::task::spawn_blocking(move || {
+    let (inst, spent) = tokio::task::spawn_blocking(move || {
         if cold {
-            let snap = Snapshot::from_bytes(body.to_vec()).map_err(|e| err(400, format!("snapshot rejected: {e}")))?;
+            let snap = Snapshot::from_bytes(Vec::from(body)).map_err(|e| err(400, format!("snapshot rejected: {e}")))?;
             let opts = restore_options(&node2, &s2.app, &snap, &s2.logs, true, false);
-            return Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
-                .map_err(|e| err(400, format!("snapshot does not restore: {e}")));
+            let inst = Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
+                .map_err(|e| err(400, format!("snapshot does not restore: {e}")))?;
+            return Ok((inst, Some(snap)));
         }
         let (chunks, state) = decode_commit(&body).map_err(|e| err(400, format!("stop-and-copy rejected: {e}")))?;
         let mut inst = s2.inst.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| err(409, "commit before the first copy"))?;
@@ -386,7 +408,7 @@ pub(crate) async fn receive_final(node: Arc<Node>, id: String, body: Bytes, cold
         }
         inst.apply_state(&state).map_err(|e| err(400, e.to_string()))?;
         inst.run_restore_hook().map_err(|e| err(500, format!("the app's restore hook failed: {e}")))?;
-        Ok(inst)
+        Ok((inst, None))
     })
     .await
     .map_err(|e| err(500, e.to_string()))??;
@@ -394,6 +416,9 @@ pub(crate) async fn receive_final(node: Arc<Node>, id: String, body: Bytes, cold
     node.admit_generation(&s.app, s.spec.generation).map_err(|m| err(409, m))?;
     let handle = AppHandle::spawn(node.runtime.clone(), s.module.clone(), s.spec.clone(), node.config.data_dir.clone(), Some((inst, s.logs.clone())));
     node.install(handle);
+    if let Some(snap) = spent {
+        release(snap);
+    }
     Ok(MigrationAck { generation: s.spec.generation, resume_ms: t0.elapsed().as_secs_f64() * 1e3 })
 }
 

@@ -1,0 +1,654 @@
+//! Faults during live migration, between real nodes in this process over
+//! real HTTP on loopback: a target that dies in the middle of a move (during
+//! the first copy, during the rounds, at the stop-and-copy), a page chunk
+//! damaged on the wire, a big app written to hard while it moves hot, and
+//! the token on the node-to-node endpoints.
+//!
+//! The faults come from a small HTTP/1.1 relay put between the source and
+//! the target (the source is told `to_url` = the relay): it reads each
+//! request head and its `Content-Length` body, so it knows which protocol
+//! step a request is, and by configuration it either "dies" at the Nth
+//! request of a step (the connection is dropped without forwarding it, and
+//! every later connection is refused, like a machine that lost power) or
+//! flips one byte in the middle of the first `/pages` body.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_api::client::{Client, ClientError};
+use tern_api::types::{InvokeRequest, InvokeResponse, MigrateRequest, MigrationOpen, MigrationReport, Mode, StartApp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::nodes::{client, deploy, migrate, TestNode, TOKEN};
+
+/// Every wait in these tests is bounded by this.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// The relay
+// ---------------------------------------------------------------------------
+
+/// Runs when the relay reaches its fatal request, before it dies.
+type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// At the `nth` (1-based) request whose path ends with `suffix`: drop
+    /// the connection without forwarding the request, and refuse every
+    /// later connection.
+    DieAt { suffix: &'static str, nth: usize },
+    /// Flip one byte in the middle of the body of the first `/pages` request.
+    CorruptFirstPages,
+}
+
+/// One request the relay saw, and the status the target answered.
+#[derive(Debug, Clone)]
+struct Exchange {
+    method: String,
+    path: String,
+    body_len: usize,
+    /// `None`: never forwarded (the relay died on it) or never answered.
+    status: Option<u16>,
+    /// The relay damaged this body.
+    tampered: bool,
+}
+
+struct RelayState {
+    upstream: SocketAddr,
+    fault: Fault,
+    hook: Mutex<Option<Hook>>,
+    matched: Mutex<usize>,
+    corrupted: AtomicBool,
+    seen: Mutex<Vec<Exchange>>,
+    dead: watch::Sender<bool>,
+}
+
+struct Relay {
+    url: String,
+    state: Arc<RelayState>,
+}
+
+impl Relay {
+    async fn start(target_url: &str, fault: Fault, hook: Option<Hook>) -> Relay {
+        let upstream: SocketAddr = target_url.strip_prefix("http://").expect("http URL").parse().expect("target address");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (dead, _) = watch::channel(false);
+        let state = Arc::new(RelayState {
+            upstream,
+            fault,
+            hook: Mutex::new(hook),
+            matched: Mutex::new(0),
+            corrupted: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+            dead,
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut dead = st.dead.subscribe();
+            loop {
+                tokio::select! {
+                    // Dead: the listener is dropped, later connects are refused.
+                    _ = dead.wait_for(|d| *d) => break,
+                    accepted = listener.accept() => {
+                        let Ok((down, _)) = accepted else { continue };
+                        let st = st.clone();
+                        tokio::spawn(async move {
+                            let mut dead = st.dead.subscribe();
+                            tokio::select! {
+                                r = relay_connection(down, &st) => {
+                                    if let Err(e) = r {
+                                        eprintln!("relay: connection ended: {e}");
+                                    }
+                                }
+                                // Dead: every open connection is cut too.
+                                _ = dead.wait_for(|d| *d) => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Relay { url, state }
+    }
+
+    fn exchanges(&self) -> Vec<Exchange> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    fn is_dead(&self) -> bool {
+        *self.state.dead.borrow()
+    }
+}
+
+/// Relays one client connection, request by request (HTTP/1.1 without
+/// pipelining, as hyper's client speaks it).
+async fn relay_connection(mut down: TcpStream, st: &RelayState) -> std::io::Result<()> {
+    let mut up = TcpStream::connect(st.upstream).await?;
+    down.set_nodelay(true)?;
+    up.set_nodelay(true)?;
+    let (mut dbuf, mut ubuf) = (Vec::new(), Vec::new());
+    loop {
+        let Some(mut req) = read_message(&mut down, &mut dbuf, None).await? else { return Ok(()) };
+        let (method, path) = request_line(&req.head)?;
+        let mut ex = Exchange { method: method.clone(), path: path.clone(), body_len: req.body.len(), status: None, tampered: false };
+        match st.fault {
+            Fault::DieAt { suffix, nth } if path.ends_with(suffix) => {
+                let n = {
+                    let mut m = st.matched.lock().unwrap();
+                    *m += 1;
+                    *m
+                };
+                if n == nth {
+                    st.seen.lock().unwrap().push(ex);
+                    let hook = st.hook.lock().unwrap().take();
+                    if let Some(h) = hook {
+                        h().await;
+                    }
+                    let _ = st.dead.send(true);
+                    return Ok(());
+                }
+            }
+            Fault::CorruptFirstPages if path.ends_with("/pages") && !st.corrupted.swap(true, Ordering::SeqCst) => {
+                assert!(!req.chunked, "the relay damages Content-Length bodies only");
+                let mid = req.body.len() / 2;
+                req.body[mid] ^= 0x5a;
+                ex.tampered = true;
+            }
+            _ => {}
+        }
+        up.write_all(&req.head).await?;
+        up.write_all(&req.body).await?;
+        let Some(resp) = read_message(&mut up, &mut ubuf, Some(&method)).await? else {
+            st.seen.lock().unwrap().push(ex);
+            return Ok(());
+        };
+        ex.status = Some(status_code(&resp.head)?);
+        st.seen.lock().unwrap().push(ex);
+        down.write_all(&resp.head).await?;
+        down.write_all(&resp.body).await?;
+    }
+}
+
+struct Message {
+    /// Start line and headers, with the blank line.
+    head: Vec<u8>,
+    /// The body as it was on the wire.
+    body: Vec<u8>,
+    chunked: bool,
+}
+
+fn bad(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.reserve(want.clamp(16 << 10, 4 << 20));
+    s.read_buf(buf).await
+}
+
+/// Reads one request (`response_to: None`) or one response to a request
+/// with this method. `Ok(None)`: the peer closed between messages.
+async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<&str>) -> std::io::Result<Option<Message>> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 << 10 {
+            return Err(bad("message head larger than 64 KiB"));
+        }
+        if read_more(s, buf, 0).await? == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(bad("connection closed inside a message head")) };
+        }
+    };
+    let head: Vec<u8> = buf.drain(..head_end).collect();
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let start = lines.next().unwrap_or("").to_string();
+    let (mut length, mut chunked) = (None, false);
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = Some(v.trim().parse::<usize>().map_err(|_| bad("bad Content-Length"))?),
+                "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+                _ => {}
+            }
+        }
+    }
+    let no_body = match response_to {
+        None => false,
+        Some(method) => {
+            let code = start.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0);
+            method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304
+        }
+    };
+    let body = if no_body {
+        Vec::new()
+    } else if chunked {
+        read_chunked(s, buf).await?
+    } else {
+        let n = match (length, response_to) {
+            (Some(n), _) => n,
+            (None, None) => 0,
+            (None, Some(_)) => return Err(bad("response without Content-Length or chunked encoding")),
+        };
+        while buf.len() < n {
+            if read_more(s, buf, n - buf.len()).await? == 0 {
+                return Err(bad("connection closed inside a body"));
+            }
+        }
+        buf.drain(..n).collect()
+    };
+    Ok(Some(Message { head, body, chunked }))
+}
+
+/// A chunked body, raw (framing included).
+async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i + 2;
+            }
+            if read_more(s, buf, 0).await? == 0 {
+                return Err(bad("connection closed inside a chunk size"));
+            }
+        };
+        let line: Vec<u8> = buf.drain(..line_end).collect();
+        let size_text = String::from_utf8_lossy(&line);
+        let size = usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad("bad chunk size"))?;
+        raw.extend_from_slice(&line);
+        if size == 0 {
+            // Trailers, up to the blank line.
+            loop {
+                let end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i + 2;
+                    }
+                    if read_more(s, buf, 0).await? == 0 {
+                        return Err(bad("connection closed inside trailers"));
+                    }
+                };
+                let l: Vec<u8> = buf.drain(..end).collect();
+                raw.extend_from_slice(&l);
+                if l == b"\r\n" {
+                    return Ok(raw);
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            if read_more(s, buf, size + 2 - buf.len()).await? == 0 {
+                return Err(bad("connection closed inside a chunk"));
+            }
+        }
+        raw.extend(buf.drain(..size + 2));
+    }
+}
+
+fn request_line(head: &[u8]) -> std::io::Result<(String, String)> {
+    let text = String::from_utf8_lossy(head);
+    let mut parts = text.split("\r\n").next().unwrap_or("").split_whitespace();
+    let method = parts.next().ok_or_else(|| bad("no method"))?.to_string();
+    let target = parts.next().ok_or_else(|| bad("no request target"))?;
+    // Origin form (`/v1/...`) or absolute form (`http://host/v1/...`).
+    let path = match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
+        None => target,
+    };
+    let path = path.split('?').next().unwrap_or(path).to_string();
+    Ok((method, path))
+}
+
+fn status_code(head: &[u8]) -> std::io::Result<u16> {
+    String::from_utf8_lossy(head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status code"))
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Asks `from` to move `app` to whatever listens at `to_url` (a relay).
+async fn migrate_via(c: &Client, from: &TestNode, to_name: &str, to_url: &str, app: &str, mode: Mode, generation: u64) -> Result<MigrationReport, ClientError> {
+    let req = MigrateRequest {
+        to_name: to_name.into(),
+        to_url: to_url.into(),
+        mode,
+        generation,
+        checkpoint_url: Some(format!("{}/v1/checkpoints/{app}", from.url)),
+    };
+    c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req).await
+}
+
+async fn invoke(c: &Client, url: &str, app: &str, export: &str, args: &[String]) -> Result<InvokeResponse, ClientError> {
+    let req = InvokeRequest { export: export.into(), args: args.to_vec() };
+    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req).await
+}
+
+async fn get_count(c: &Client, url: &str) -> (i64, String) {
+    let r = invoke(c, url, "counter", "get", &[]).await.unwrap_or_else(|e| panic!("get on {url}: {e}"));
+    (r.results[0].as_i64().expect("an i64"), r.node)
+}
+
+/// Waits until a counter reaches `at_least`, within the deadline.
+async fn wait_count(rx: &mut watch::Receiver<u64>, at_least: u64, what: &str) {
+    let reached = tokio::time::timeout(DEADLINE, rx.wait_for(|&n| n >= at_least)).await.map(|r| r.is_ok()).unwrap_or(false);
+    assert!(reached, "{what}: fewer than {at_least} within {DEADLINE:?} (at {})", *rx.borrow());
+}
+
+/// Counter writers: each adds 1 through app ingress at `entry` in a loop,
+/// until stopped, and keeps the totals it got back. Any failed call fails
+/// the test.
+struct Writers {
+    stop: watch::Sender<bool>,
+    done: Arc<watch::Sender<u64>>,
+    tasks: Vec<JoinHandle<Vec<i64>>>,
+}
+
+impl Writers {
+    fn start(entry: &str, app: &str, count: usize) -> Writers {
+        let (stop, _) = watch::channel(false);
+        let done = Arc::new(watch::channel(0u64).0);
+        let tasks = (0..count)
+            .map(|_| {
+                let stop = stop.subscribe();
+                let done = done.clone();
+                let url = format!("{entry}/apps/{app}/");
+                tokio::spawn(async move {
+                    let c = client();
+                    let mut totals = Vec::new();
+                    while !*stop.borrow() {
+                        let (status, body) = c
+                            .send(hyper::Method::POST, &url, "text/plain", Bytes::from_static(b"1"))
+                            .await
+                            .unwrap_or_else(|e| panic!("a write failed: {e}"));
+                        assert_eq!(status, 200);
+                        totals.push(String::from_utf8_lossy(&body).trim().parse::<i64>().expect("a count"));
+                        done.send_modify(|n| *n += 1);
+                    }
+                    totals
+                })
+            })
+            .collect();
+        Writers { stop, done, tasks }
+    }
+
+    fn done(&self) -> watch::Receiver<u64> {
+        self.done.subscribe()
+    }
+
+    /// Waits for `more` writes after now.
+    async fn wait_more(&self, more: u64, what: &str) {
+        let mut rx = self.done();
+        let at = *rx.borrow();
+        wait_count(&mut rx, at + more, what).await;
+    }
+
+    /// Stops the writers; every total they got back, sorted.
+    async fn finish(self) -> Vec<i64> {
+        let _ = self.stop.send(true);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(tokio::time::timeout(DEADLINE, t).await.expect("writers end").expect("no write failed"));
+        }
+        all.sort();
+        all
+    }
+}
+
+async fn app_status_code(c: &Client, node: &TestNode, app: &str) -> u16 {
+    match c.get_json::<serde_json::Value>(&format!("{}/v1/apps/{app}", node.url)).await {
+        Ok(_) => 200,
+        Err(e) => e.status().unwrap_or(0),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The target dies mid-transfer
+// ---------------------------------------------------------------------------
+
+/// Moves a counter hot, written to all along, to a target that dies at the
+/// `nth` request of a step. The move fails, the app goes on at the source
+/// with every write, and a later move to the (healthy) target works.
+async fn target_dies_at(suffix: &'static str, nth: usize) {
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    deploy(&c, &src, tern_artifacts::COUNTER, "counter").await;
+
+    let writers = Writers::start(&src.url, "counter", 2);
+    writers.wait_more(20, "writes before the move").await;
+    // While the relay holds the fatal request, the app keeps serving
+    // (before the stop-and-copy): let 20 more writes land there, so the
+    // attempt fails with writes made during it. At `/commit` the app is
+    // paused: writes that arrive are held, and must run at the source after
+    // the failure.
+    let hook: Option<Hook> = if suffix == "/commit" {
+        None
+    } else {
+        let mut rx = writers.done();
+        Some(Box::new(move || {
+            Box::pin(async move {
+                let at = *rx.borrow();
+                wait_count(&mut rx, at + 20, "writes while the target holds a transfer").await;
+            })
+        }))
+    };
+    let relay = Relay::start(&dst.url, Fault::DieAt { suffix, nth }, hook).await;
+    let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2).await.expect_err("a move to a dead target fails");
+    eprintln!("target died at {suffix} #{nth}: {e}");
+    assert!(relay.is_dead(), "the relay never reached its fatal request: {:?}", relay.exchanges());
+    let seen = relay.exchanges();
+    let fatal = seen.iter().find(|x| x.path.ends_with(suffix) && x.status.is_none()).expect("the fatal request");
+    assert!(fatal.body_len > 0, "{fatal:?}");
+    assert_eq!(e.status(), Some(502), "the source reports an unreachable target: {e}");
+
+    // Nothing runs on the target.
+    assert_eq!(app_status_code(&c, &dst, "counter").await, 404);
+
+    // The app still serves at the source, and writes go on.
+    writers.wait_more(20, "writes after the failed move").await;
+    let totals = writers.finish().await;
+    let n = totals.len() as i64;
+    assert_eq!(totals, (1..=n).collect::<Vec<_>>(), "every write ran exactly once, in the source's state");
+    let (count, node) = get_count(&c, &src.url).await;
+    assert_eq!((count, node.as_str()), (n, "src"));
+    let st: serde_json::Value = c.get_json(&format!("{}/v1/apps/counter", src.url)).await.unwrap();
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(st["generation"], 1, "{st}");
+
+    // A later move to a healthy target works, writes still on.
+    let writers = Writers::start(&src.url, "counter", 2);
+    writers.wait_more(10, "writes before the second move").await;
+    let r = migrate(&c, &src, &dst, "counter", Mode::Hot, 3).await.expect("a move to a healthy target works");
+    assert!(r.rounds >= 2 && r.bytes_sent > 0, "{r:?}");
+    writers.wait_more(10, "writes after the second move").await;
+    let totals = writers.finish().await;
+    let m = totals.len() as i64;
+    assert_eq!(totals, (n + 1..=n + m).collect::<Vec<_>>(), "every write ran exactly once");
+    let (count, node) = get_count(&c, &dst.url).await;
+    assert_eq!((count, node.as_str()), (n + m, "dst"));
+    eprintln!(
+        "{suffix}: {n} writes kept through the failed move; then moved hot in {:.1} ms (downtime {:.2} ms, {} rounds), {m} more writes",
+        r.total_ms, r.downtime_ms, r.rounds
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_dies_during_the_first_copy() {
+    target_dies_at("/base", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_dies_during_the_rounds() {
+    target_dies_at("/pages", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn target_dies_at_the_stop_and_copy() {
+    target_dies_at("/commit", 1).await;
+}
+
+// ---------------------------------------------------------------------------
+// A damaged chunk
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_page_chunk_is_refused_and_the_app_stays() {
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    deploy(&c, &src, tern_artifacts::COUNTER, "counter").await;
+    let writers = Writers::start(&src.url, "counter", 2);
+    writers.wait_more(20, "writes before the move").await;
+
+    let relay = Relay::start(&dst.url, Fault::CorruptFirstPages, None).await;
+    let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2).await.expect_err("a damaged chunk fails the move");
+    eprintln!("damaged chunk: {e}");
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    let seen = relay.exchanges();
+    let damaged = seen.iter().find(|x| x.tampered).unwrap_or_else(|| panic!("the relay damaged no /pages body: {seen:?}"));
+    assert!(damaged.path.ends_with("/pages"), "{damaged:?}");
+    assert_eq!(damaged.status, Some(400), "the target refuses the damaged chunk: {damaged:?}");
+    assert!(!seen.iter().any(|x| x.path.ends_with("/commit")), "no stop-and-copy after a refused chunk: {seen:?}");
+    assert!(
+        seen.iter().any(|x| x.method == "DELETE" && x.status == Some(200)),
+        "the source closes the session on the target: {seen:?}"
+    );
+
+    // Nothing runs on the target; the app runs on the source, state intact.
+    assert_eq!(app_status_code(&c, &dst, "counter").await, 404);
+    writers.wait_more(20, "writes after the failed move").await;
+    let totals = writers.finish().await;
+    let n = totals.len() as i64;
+    assert_eq!(totals, (1..=n).collect::<Vec<_>>(), "every write ran exactly once");
+    let (count, node) = get_count(&c, &src.url).await;
+    assert_eq!((count, node.as_str()), (n, "src"));
+
+    // The same move without the damage goes through.
+    let r = migrate(&c, &src, &dst, "counter", Mode::Hot, 3).await.expect("an undamaged move works");
+    let (count, node) = get_count(&c, &dst.url).await;
+    assert_eq!((count, node.as_str()), (n, "dst"), "{r:?}");
+}
+
+// ---------------------------------------------------------------------------
+// A big, busy app
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_big_busy_app_moves_hot_with_every_byte() {
+    const GROW_PAGES: i64 = 1024; // x 64 KiB = 64 MiB
+    const TOUCH: i64 = 16; // 4 KiB pages written per call
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    deploy(&c, &src, tern_artifacts::HEAPSTATE, "heap").await;
+    let grown = invoke(&c, &src.url, "heap", "grow", &[GROW_PAGES.to_string()]).await.expect("grow");
+    let mem_pages = grown.results[0].as_i64().unwrap();
+    assert!(mem_pages >= GROW_PAGES, "memory is {mem_pages} Wasm pages");
+
+    // One writer, so the order of its calls is known: touch(TOUCH, seed)
+    // for seed = 1, 2, 3..., through the source (which forwards once the
+    // app has moved).
+    let (stop, stop_rx) = watch::channel(false);
+    let (done_tx, mut done) = watch::channel(0u64);
+    let entry = src.url.clone();
+    let writer = tokio::spawn(async move {
+        let c = client();
+        let mut seed = 0i64;
+        let mut failures = Vec::new();
+        while !*stop_rx.borrow() {
+            seed += 1;
+            match invoke(&c, &entry, "heap", "touch", &[TOUCH.to_string(), seed.to_string()]).await {
+                Ok(r) if r.results[0].as_i64().is_some_and(|n| n > 0) => {}
+                Ok(r) => failures.push(format!("touch #{seed}: {r:?}")),
+                Err(e) => failures.push(format!("touch #{seed}: {e}")),
+            }
+            done_tx.send_modify(|n| *n += 1);
+        }
+        (seed, failures)
+    });
+    wait_count(&mut done, 20, "touches before the move").await;
+
+    let r = migrate(&c, &src, &dst, "heap", Mode::Hot, 2).await.expect("the busy app moves");
+    eprintln!(
+        "64 MiB busy app, hot: downtime {:.2} ms, total {:.1} ms, {} bytes, {} rounds, {} pages, {} held, tracking {}",
+        r.downtime_ms, r.total_ms, r.bytes_sent, r.rounds, r.pages_sent, r.requests_held, r.dirty_tracking
+    );
+    assert!(r.rounds >= 2, "{r:?}");
+    assert!(r.bytes_sent >= (GROW_PAGES as u64) << 16, "the whole buffer went over: {r:?}");
+    let at = *done.borrow();
+    wait_count(&mut done, at + 20, "touches after the move").await;
+    let _ = stop.send(true);
+    let (calls, failures) = tokio::time::timeout(DEADLINE, writer).await.expect("writer ends").unwrap();
+    assert!(failures.is_empty(), "no touch call failed: {failures:?}");
+
+    // The digest on the target...
+    let on_target = invoke(&c, &dst.url, "heap", "digest", &[]).await.expect("digest on the target");
+    assert_eq!(on_target.node, "dst");
+    let d_target = on_target.results[0].as_i64().unwrap();
+    // ...is what the same calls give in an instance that never moved...
+    let rt = crate::support::fresh_runtime();
+    let mut reference = crate::support::start(&rt, std::path::Path::new(tern_artifacts::HEAPSTATE));
+    use tern_runtime::Val;
+    reference.call("grow", &[Val::I64(GROW_PAGES)]).unwrap();
+    for seed in 1..=calls {
+        reference.call("touch", &[Val::I64(TOUCH), Val::I64(seed)]).unwrap();
+    }
+    let d_reference = match reference.call("digest", &[]).unwrap()[0] {
+        Val::I64(d) => d,
+        ref v => panic!("digest returned {v:?}"),
+    };
+    assert_eq!(d_target, d_reference, "the moved app's state is the unmoved run's ({calls} touches)");
+    // ...and what the source computes after a cold move back.
+    let back = migrate(&c, &dst, &src, "heap", Mode::Cold, 3).await.expect("cold move back");
+    let on_source = invoke(&c, &src.url, "heap", "digest", &[]).await.expect("digest on the source");
+    assert_eq!(on_source.node, "src");
+    assert_eq!(on_source.results[0].as_i64().unwrap(), d_target, "{back:?}");
+    eprintln!("{calls} touches, digests equal ({d_target:#x}); cold back: total {:.1} ms, {} bytes", back.total_ms, back.bytes_sent);
+}
+
+// ---------------------------------------------------------------------------
+// The token
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_endpoints_require_the_token() {
+    let node = TestNode::start("tok").await;
+    let open = MigrationOpen {
+        app: "x".into(),
+        from: "elsewhere".into(),
+        mode: Mode::Hot,
+        spec: StartApp { name: "x".into(), module_sha256: "00".repeat(32), generation: 2, restart: "never".into(), ..Default::default() },
+        checkpoint_digest: None,
+        checkpoint_url: None,
+    };
+    let wrong = format!("{TOKEN}x");
+    for token in [None, Some("wrong"), Some(wrong.as_str()), Some("")] {
+        let c = Client::new(token.map(str::to_string));
+        let e = c.post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open).await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "token {token:?}: {e}");
+        for step in ["base", "pages", "commit", "cold"] {
+            let e = c.post_bytes(&format!("{}/v1/migrations/x-0/{step}", node.url), Bytes::from_static(b"junk")).await.unwrap_err();
+            assert_eq!(e.status(), Some(401), "token {token:?}, {step}: {e}");
+        }
+        let e = c.delete(&format!("{}/v1/migrations/x-0", node.url)).await.unwrap_err();
+        assert_eq!(e.status(), Some(401), "token {token:?}, delete: {e}");
+    }
+    // With the token the same call gets past the check (and fails on the
+    // unknown module instead).
+    let e = client().post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+}
