@@ -5,7 +5,12 @@
 //! - **copy-on-write restore**: the raw runs of a snapshot file are mapped
 //!   `MAP_PRIVATE|MAP_FIXED` over the fresh reservation, so a restore costs a
 //!   few `mmap` calls whatever the memory size, and pages are read from the
-//!   page cache (and copied) only when the guest touches them;
+//!   page cache (and copied) only when the guest touches them. Runs of fewer
+//!   than [`MIN_MAPPED_RUN_PAGES`] pages are copied instead (a mapping costs
+//!   more than copying a page or two), and so is every run beyond a
+//!   process-wide budget of mappings: each mapping is a VMA, and a process
+//!   gets at most `vm.max_map_count` of them (65530 by default), so a sparse
+//!   memory must not be able to make a restore fail with `ENOMEM`;
 //! - **residency**: an anonymous memory's untouched pages are known to be
 //!   zero (`mincore`), so a capture does not even read them.
 //!
@@ -61,6 +66,48 @@ pub(crate) fn image_mapping(snap: &crate::snapshot::Snapshot, mem: &crate::snaps
     Some(ImageMapping { file, runs })
 }
 
+/// Runs shorter than this many pages are copied rather than mapped. On the
+/// 2-core test machines an `mmap` of a run into the reservation cost ~5 µs
+/// (~9 µs once the process has tens of thousands of VMAs), and copying a
+/// 4 KiB page from the page cache into fresh memory 2.5–5 µs; a mapped page
+/// the guest later writes pays a copy-on-write fault on top (~3 µs), and
+/// every mapping is one more VMA.
+pub(crate) const MIN_MAPPED_RUN_PAGES: u64 = 3;
+
+/// Mappings of snapshot runs still available to this process: a quarter of
+/// `vm.max_map_count` (each mapped run can split the reservation into up to
+/// two more VMAs, which leaves half the limit to everything else).
+fn mapping_budget() -> &'static std::sync::atomic::AtomicUsize {
+    static BUDGET: std::sync::OnceLock<std::sync::atomic::AtomicUsize> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| {
+        let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65530);
+        std::sync::atomic::AtomicUsize::new(max / 4)
+    })
+}
+
+/// Takes up to `want` mappings from the budget; returns how many were granted.
+fn take_mappings(want: usize) -> usize {
+    use std::sync::atomic::Ordering;
+    let budget = mapping_budget();
+    let mut left = budget.load(Ordering::Relaxed);
+    loop {
+        let granted = want.min(left);
+        match budget.compare_exchange_weak(left, left - granted, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => return granted,
+            Err(now) => left = now,
+        }
+    }
+}
+
+fn give_back_mappings(n: usize) {
+    if n > 0 {
+        mapping_budget().fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Creates [`TernMemory`]s for the engine.
 pub struct TernMemoryCreator;
 
@@ -94,7 +141,13 @@ pub struct TernMemory {
     /// Whether any page comes from a file image (then residency says nothing).
     has_image: bool,
     /// Keeps the snapshot file mapped while its pages may still be read.
-    _image: Option<Arc<MappedFile>>,
+    image: Option<Arc<MappedFile>>,
+    /// Runs of the image to copy rather than map: (offset in memory, length,
+    /// offset in the file). Each is copied as it becomes accessible, and
+    /// dropped once wholly copied.
+    copies: Vec<(usize, usize, usize)>,
+    /// Mappings taken from the process-wide budget (given back on drop).
+    mapped_runs: usize,
 }
 
 // SAFETY: the memory is used by one store at a time; the raw pointer is only
@@ -147,16 +200,39 @@ impl TernMemory {
             size: 0,
             maximum,
             has_image: false,
-            _image: None,
+            image: None,
+            copies: Vec::new(),
+            mapped_runs: 0,
         };
         if let Some(image) = image {
             use std::os::fd::AsRawFd;
             let fd = image.file.file().as_raw_fd();
+            let file_len = image.file.as_slice().len();
             for (first, pages, file_off) in &image.runs {
+                let fits = (*first as usize).checked_mul(page).zip((*pages as usize).checked_mul(page)).is_some_and(|(off, len)| {
+                    off.checked_add(len).is_some_and(|end| end <= reserved)
+                        && (*file_off as usize).checked_add(len).is_some_and(|end| end <= file_len)
+                });
+                if !fits {
+                    return Err("snapshot image does not fit the memory reservation".into());
+                }
+            }
+            // Map the largest runs of at least MIN_MAPPED_RUN_PAGES pages, as
+            // many as the budget grants; copy the others.
+            let mut by_size: Vec<usize> = (0..image.runs.len()).filter(|&i| image.runs[i].1 >= MIN_MAPPED_RUN_PAGES).collect();
+            by_size.sort_by_key(|&i| std::cmp::Reverse(image.runs[i].1));
+            let granted = take_mappings(by_size.len());
+            mem.mapped_runs = granted;
+            let mut mapped = vec![false; image.runs.len()];
+            for &i in &by_size[..granted] {
+                mapped[i] = true;
+            }
+            for (i, (first, pages, file_off)) in image.runs.iter().enumerate() {
                 let off = *first as usize * page;
                 let len = *pages as usize * page;
-                if off.checked_add(len).is_none_or(|end| end > reserved) {
-                    return Err("snapshot image does not fit the memory reservation".into());
+                if !mapped[i] {
+                    mem.copies.push((off, len, *file_off as usize));
+                    continue;
                 }
                 // SAFETY: the range lies inside our reservation; MAP_FIXED
                 // replaces our own PROT_NONE pages only.
@@ -175,7 +251,7 @@ impl TernMemory {
                 }
             }
             mem.has_image = true;
-            mem._image = Some(image.file);
+            mem.image = Some(image.file);
         }
         mem.set_accessible(minimum).map_err(|e| e.to_string())?;
         RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).insert(mem.base as usize, mem.reserved);
@@ -191,9 +267,29 @@ impl TernMemory {
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            self.copy_runs(self.size.div_ceil(PAGE_SIZE) * PAGE_SIZE, end);
         }
         self.size = new_size;
         Ok(())
+    }
+
+    /// Copies the parts of the runs kept for copying that lie in the newly
+    /// accessible range [lo, hi) (the parts below `lo` were copied before).
+    fn copy_runs(&mut self, lo: usize, hi: usize) {
+        let (Some(file), false) = (&self.image, self.copies.is_empty()) else { return };
+        let bytes = file.as_slice();
+        let base = self.base;
+        self.copies.retain(|&(off, len, file_off)| {
+            let (a, b) = (off.max(lo), (off + len).min(hi));
+            if a < b {
+                let src = &bytes[file_off + (a - off)..file_off + (b - off)];
+                // SAFETY: [a, b) lies inside the accessible (read-write) part
+                // of our reservation, and `src` in the read-only file mapping:
+                // they cannot overlap.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(a), src.len()) };
+            }
+            off + len > hi
+        });
     }
 }
 
@@ -202,6 +298,7 @@ impl Drop for TernMemory {
         RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).remove(&(self.base as usize));
         // SAFETY: we own this whole mapping.
         unsafe { libc::munmap(self.base.cast(), self.mapping_len) };
+        give_back_mappings(self.mapped_runs);
     }
 }
 
@@ -241,4 +338,55 @@ pub(crate) fn residency(base: *const u8, len: usize) -> Option<Vec<u8>> {
     // SAFETY: the range is mapped (it is the accessible part of a memory).
     let rc = unsafe { libc::mincore(base as *mut _, len, vec.as_mut_ptr()) };
     (rc == 0).then_some(vec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test, so that no other test of this module holds the mapping
+    /// budget while it is emptied on purpose.
+    #[test]
+    fn image_runs_are_mapped_or_copied_with_the_same_contents() {
+        const P: usize = PAGE_SIZE;
+        // A "snapshot file": a 4 KiB header page, then 24 pages of image.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let bytes: Vec<u8> = (0..25 * P).map(|i| ((i / P) as u8).wrapping_mul(7) ^ (i % 251) as u8 | 1).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = Arc::new(MappedFile::open(&path).unwrap());
+        // (first page in memory, pages, file offset): single pages, 2-page
+        // runs (one straddling the initial size of 16 pages), longer runs.
+        let runs: Vec<(u64, u64, u64)> =
+            vec![(0, 1, P as u64), (3, 2, 2 * P as u64), (6, 8, 4 * P as u64), (15, 2, 12 * P as u64), (20, 3, 14 * P as u64), (30, 1, 17 * P as u64), (40, 6, 18 * P as u64)];
+        let expect = |mem: &TernMemory| {
+            // SAFETY: the whole accessible size is readable.
+            let data = unsafe { std::slice::from_raw_parts(mem.base, mem.size) };
+            let mut want = vec![0u8; mem.size];
+            for &(first, pages, off) in &runs {
+                let (a, len) = (first as usize * P, pages as usize * P);
+                let end = (a + len).min(mem.size);
+                if a < end {
+                    want[a..end].copy_from_slice(&bytes[off as usize..off as usize + (end - a)]);
+                }
+            }
+            assert!(data == &want[..], "memory differs from the image");
+        };
+        let long_runs = runs.iter().filter(|r| r.1 >= MIN_MAPPED_RUN_PAGES).count();
+        for starve in [false, true] {
+            // With the budget emptied, every run is copied.
+            let held = if starve { take_mappings(usize::MAX) } else { 0 };
+            let image = ImageMapping { file: file.clone(), runs: runs.clone() };
+            let mut mem = TernMemory::new(16 * P, None, Some(1 << 20), 0, Some(image)).unwrap();
+            assert_eq!(mem.mapped_runs, if starve { 0 } else { long_runs });
+            expect(&mem);
+            mem.grow_to(32 * P).unwrap();
+            expect(&mem);
+            mem.grow_to(64 * P).unwrap();
+            expect(&mem);
+            assert!(mem.copies.is_empty(), "every copied run is done once accessible");
+            drop(mem);
+            give_back_mappings(held);
+        }
+    }
 }

@@ -159,9 +159,11 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
     let mut rounds = 0u32;
     let mut pages_sent = 0u64;
     let mut tracking = "none".to_string();
+    let mut paused_at: Option<Instant> = None;
     let outcome = async {
         if mode == Mode::Cold {
             let t_pause = Instant::now();
+            paused_at = Some(t_pause);
             let frozen = handle.ask(|tx| Cmd::Freeze { cold: true, reply: tx }).await??;
             let FreezeResult::Cold(snap) = frozen else { return Err(err(500, "unexpected freeze result")) };
             bytes_sent += snap.as_bytes().len() as u64;
@@ -206,6 +208,7 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
             }
         }
         let t_pause = Instant::now();
+        paused_at = Some(t_pause);
         let frozen = handle.ask(|tx| Cmd::Freeze { cold: false, reply: tx }).await??;
         let FreezeResult::Final(last) = frozen else { return Err(err(500, "unexpected freeze result")) };
         let body = encode_commit(&last.chunks, &last.state);
@@ -219,10 +222,16 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
     let (t_pause, _ack) = match outcome {
         Ok(x) => x,
         Err(e) => {
-            // Before the acknowledgement: the app goes on here.
-            let _ = handle.ask(Cmd::Unfreeze).await;
-            let _ = node.client.delete(&session).await;
-            return Err(e);
+            // No acknowledgement. If the answer was lost but the target did
+            // take over, the app must not resume here too: ask the target.
+            if paused_at.is_some() && took_over(&node, &req.to_url, &app, req.generation).await {
+                (paused_at.unwrap_or(t0), MigrationAck { generation: req.generation, resume_ms: 0.0 })
+            } else {
+                // The app goes on here, held calls first.
+                let _ = handle.ask(Cmd::Unfreeze).await;
+                let _ = node.client.delete(&session).await;
+                return Err(e);
+            }
         }
     };
     let downtime = t_pause.elapsed();
@@ -252,6 +261,19 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
         checkpoint_bytes_fetched: opened.checkpoint_bytes_fetched,
         note,
     })
+}
+
+/// Whether the target runs the app at the new generation (asked a few
+/// times, in case the network hiccuped).
+async fn took_over(node: &Node, url: &str, app: &str, generation: u64) -> bool {
+    for attempt in 0..3 {
+        match node.client.get_json::<tern_api::types::AppStatus>(&format!("{url}/v1/apps/{app}")).await {
+            Ok(st) => return st.generation == generation,
+            Err(e) if e.status().is_some() => return false,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await,
+        }
+    }
+    false
 }
 
 async fn send_chunks(node: &Node, session: &str, chunks: &[PageChunk]) -> Result<(u64, u64), ApiErr> {

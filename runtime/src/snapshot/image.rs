@@ -1,5 +1,14 @@
 //! Capturing a linear memory into page runs: zero pages skipped, a hash per
 //! stored page, runs 4096-aligned so that raw ones can be mapped copy-on-write.
+//!
+//! The capture is on the critical path (the app is paused), so the raw path
+//! reads every stored page once: each chunk is copied into the image and
+//! hashed while it is still in cache. A large image buffer asks the kernel
+//! for huge pages, since filling fresh memory costs more in page faults
+//! (~1.4 µs per 4 KiB page) than in copying. (Splitting the copy over two
+//! threads was measured too: no gain on 2 shared cores once faults are cheap.)
+
+use std::mem::MaybeUninit;
 
 use super::{Encoding, MemoryState, Run};
 use xxhash_rust::xxh3::xxh3_64;
@@ -11,6 +20,13 @@ pub const PAGE_SIZE: usize = 4096;
 /// inside one run, so that a fragmented heap does not become thousands of
 /// tiny runs (and thousands of mappings on a copy-on-write restore).
 const MAX_GAP_PAGES: u64 = 4;
+
+/// Pages copied before they are hashed (small enough to stay in L1/L2).
+const CHUNK_PAGES: usize = 8;
+
+/// Image buffers at least this large are backed by huge pages if the kernel
+/// allows it (`MADV_HUGEPAGE`): ~3× fewer page-fault cycles per byte.
+const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
 /// A memory captured into image bytes (offsets relative to `image`).
 pub struct MemoryCapture {
@@ -29,14 +45,10 @@ pub(crate) fn is_zero_page(page: &[u8]) -> bool {
     pre.iter().all(|&b| b == 0) && post.iter().all(|&b| b == 0) && mid.iter().fold(0u128, |a, &x| a | x) == 0
 }
 
-/// Captures one memory. `resident`, when given, has one byte per page (bit 0
-/// set = the page was ever touched, as `mincore` reports for anonymous
-/// memory); pages not resident are zero and are not even read.
-pub fn capture_memory(index: u32, mem: &[u8], resident: Option<&[u8]>, compress: bool) -> MemoryCapture {
-    assert!(mem.len() % PAGE_SIZE == 0, "memory size must be a multiple of 4 KiB");
+/// Finds the runs of pages to store: (first page, end page).
+fn find_spans(mem: &[u8], resident: Option<&[u8]>) -> Vec<(u64, u64)> {
     let n_pages = (mem.len() / PAGE_SIZE) as u64;
-    // 1. Find the runs of pages to store.
-    let mut spans: Vec<(u64, u64)> = Vec::new(); // (first, end)
+    let mut spans: Vec<(u64, u64)> = Vec::new();
     for p in 0..n_pages {
         if let Some(r) = resident {
             if r.get(p as usize).is_some_and(|&b| b & 1 == 0) {
@@ -52,24 +64,83 @@ pub fn capture_memory(index: u32, mem: &[u8], resident: Option<&[u8]>, compress:
             _ => spans.push((p, p + 1)),
         }
     }
-    // 2. Copy them into the image, hashing each page.
+    spans
+}
+
+/// Captures one memory. `resident`, when given, has one byte per page (bit 0
+/// set = the page was ever touched, as `mincore` reports for anonymous
+/// memory); pages not resident are zero and are not even read.
+pub fn capture_memory(index: u32, mem: &[u8], resident: Option<&[u8]>, compress: bool) -> MemoryCapture {
+    assert!(mem.len().is_multiple_of(PAGE_SIZE), "memory size must be a multiple of 4 KiB");
+    let spans = find_spans(mem, resident);
+    let (image, page_hashes, runs) = if compress { store_compressed(mem, &spans) } else { store_raw(mem, &spans) };
+    MemoryCapture { state: MemoryState { index, byte_size: mem.len() as u64, runs, page_hashes }, image }
+}
+
+/// Raw runs only: the image is the runs' pages back to back (a raw run is a
+/// whole number of pages, so every run stays 4096-aligned with no padding).
+fn store_raw(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
+    let stored: usize = spans.iter().map(|(a, b)| (b - a) as usize).sum();
+    let total = stored * PAGE_SIZE;
+    let mut runs = Vec::with_capacity(spans.len());
+    let mut offset = 0u64;
+    for &(first, end) in spans {
+        let len = (end - first) * PAGE_SIZE as u64;
+        runs.push(Run { first_page: first, pages: end - first, encoding: Encoding::Raw, image_offset: offset, stored_len: len });
+        offset += len;
+    }
+    let mut image: Vec<u8> = Vec::with_capacity(total);
+    if total >= HUGE_PAGE_MIN_BYTES {
+        advise_huge_pages(image.as_mut_ptr(), total);
+    }
+    let mut page_hashes = vec![0u64; stored];
+    copy_pages(mem, spans, &mut image.spare_capacity_mut()[..total], &mut page_hashes);
+    // SAFETY: `copy_pages` wrote every one of the `total` bytes: the spans
+    // hold exactly `stored` pages and it copied each of them.
+    unsafe { image.set_len(total) };
+    (image, page_hashes, runs)
+}
+
+/// Copies the spans' pages back to back into `dst` and hashes each page
+/// into `hashes` (one slot per page).
+fn copy_pages(mem: &[u8], spans: &[(u64, u64)], dst: &mut [MaybeUninit<u8>], hashes: &mut [u64]) {
+    let mut k = 0usize; // pages written so far
+    for &(first, end) in spans {
+        let mut p = first as usize;
+        while p < end as usize {
+            let n = CHUNK_PAGES.min(end as usize - p);
+            let src = &mem[p * PAGE_SIZE..(p + n) * PAGE_SIZE];
+            let out = &mut dst[k * PAGE_SIZE..(k + n) * PAGE_SIZE];
+            // SAFETY: `out` and `src` are both `n` pages long (the slicing
+            // above checked it) and cannot overlap: `out` is spare capacity
+            // of a buffer the caller owns.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out.as_mut_ptr().cast::<u8>(), src.len()) };
+            // Hash the source pages while they are still in cache.
+            for (h, page) in hashes[k..k + n].iter_mut().zip(src.chunks_exact(PAGE_SIZE)) {
+                *h = xxh3_64(page);
+            }
+            k += n;
+            p += n;
+        }
+    }
+    assert_eq!(k * PAGE_SIZE, dst.len(), "every byte of the image is written");
+}
+
+/// Stores each run LZ4-compressed where that saves a quarter, raw otherwise
+/// (padded so that every run starts 4096-aligned).
+fn store_compressed(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
     let stored: u64 = spans.iter().map(|(a, b)| b - a).sum();
     let mut image = Vec::with_capacity(stored as usize * PAGE_SIZE);
     let mut page_hashes = Vec::with_capacity(stored as usize);
     let mut runs = Vec::with_capacity(spans.len());
-    for (first, end) in spans {
+    for &(first, end) in spans {
         let bytes = &mem[first as usize * PAGE_SIZE..end as usize * PAGE_SIZE];
         page_hashes.extend(bytes.chunks_exact(PAGE_SIZE).map(xxh3_64));
         let image_offset = image.len() as u64;
-        let (encoding, stored_len) = if compress {
-            let packed = lz4_flex::block::compress(bytes);
-            if packed.len() * 4 < bytes.len() * 3 {
-                image.extend_from_slice(&packed);
-                (Encoding::Lz4, packed.len() as u64)
-            } else {
-                image.extend_from_slice(bytes);
-                (Encoding::Raw, bytes.len() as u64)
-            }
+        let packed = lz4_flex::block::compress(bytes);
+        let (encoding, stored_len) = if packed.len() * 4 < bytes.len() * 3 {
+            image.extend_from_slice(&packed);
+            (Encoding::Lz4, packed.len() as u64)
         } else {
             image.extend_from_slice(bytes);
             (Encoding::Raw, bytes.len() as u64)
@@ -79,5 +150,126 @@ pub fn capture_memory(index: u32, mem: &[u8], resident: Option<&[u8]>, compress:
         image.resize(image.len() + pad, 0);
         runs.push(Run { first_page: first, pages: end - first, encoding, image_offset, stored_len });
     }
-    MemoryCapture { state: MemoryState { index, byte_size: mem.len() as u64, runs, page_hashes }, image }
+    (image, page_hashes, runs)
+}
+
+/// Asks for huge pages over the 2 MiB-aligned part of a buffer about to be
+/// filled. Only a hint: it changes how the pages are backed, never what they
+/// hold, and it is skipped where unsupported.
+fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + len) / HUGE * HUGE;
+        if start < end {
+            // SAFETY: [start, end) lies inside the buffer's own allocation;
+            // MADV_HUGEPAGE does not change the contents or validity of
+            // memory, only how it is backed. A failure is harmless.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The capture as first written (one run at a time, hash then copy): the
+    /// fast path must produce exactly the same image, runs and hashes.
+    fn reference(mem: &[u8], resident: Option<&[u8]>, compress: bool) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
+        let spans = find_spans(mem, resident);
+        let mut image = Vec::new();
+        let mut page_hashes = Vec::new();
+        let mut runs = Vec::new();
+        for (first, end) in spans {
+            let bytes = &mem[first as usize * PAGE_SIZE..end as usize * PAGE_SIZE];
+            page_hashes.extend(bytes.chunks_exact(PAGE_SIZE).map(xxh3_64));
+            let image_offset = image.len() as u64;
+            let (encoding, stored_len) = if compress {
+                let packed = lz4_flex::block::compress(bytes);
+                if packed.len() * 4 < bytes.len() * 3 {
+                    image.extend_from_slice(&packed);
+                    (Encoding::Lz4, packed.len() as u64)
+                } else {
+                    image.extend_from_slice(bytes);
+                    (Encoding::Raw, bytes.len() as u64)
+                }
+            } else {
+                image.extend_from_slice(bytes);
+                (Encoding::Raw, bytes.len() as u64)
+            };
+            let pad = (PAGE_SIZE - image.len() % PAGE_SIZE) % PAGE_SIZE;
+            image.resize(image.len() + pad, 0);
+            runs.push(Run { first_page: first, pages: end - first, encoding, image_offset, stored_len });
+        }
+        (image, page_hashes, runs)
+    }
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// A memory with a mix of random, compressible, sparse and zero pages.
+    fn memory(pages: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut mem = vec![0u8; pages * PAGE_SIZE];
+        for p in 0..pages {
+            let kind = xorshift(&mut x) % 8;
+            let page = &mut mem[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+            match kind {
+                0..=2 => {} // zero
+                3 => page[(xorshift(&mut x) % PAGE_SIZE as u64) as usize] = 1,
+                4 => page.fill(0x5a),
+                _ => page.chunks_exact_mut(8).for_each(|w| w.copy_from_slice(&xorshift(&mut x).to_le_bytes())),
+            }
+        }
+        // A long dense stretch too, so runs of many chunks are exercised.
+        for p in pages / 3..pages / 2 {
+            mem[p * PAGE_SIZE + 17] = p as u8 | 1;
+        }
+        mem
+    }
+
+    fn check(mem: &[u8], resident: Option<&[u8]>) {
+        for compress in [false, true] {
+            let cap = capture_memory(0, mem, resident, compress);
+            let (image, hashes, runs) = reference(mem, resident, compress);
+            assert_eq!(cap.state.runs, runs, "compress {compress}");
+            assert_eq!(cap.state.page_hashes, hashes, "compress {compress}");
+            assert!(cap.image == image, "compress {compress}: images differ");
+        }
+    }
+
+    #[test]
+    fn fast_capture_matches_the_reference() {
+        for (pages, seed) in [(1, 1), (16, 2), (17, 3), (300, 4), (1000, 5)] {
+            check(&memory(pages, seed), None);
+        }
+        check(&vec![0u8; 64 * PAGE_SIZE], None);
+    }
+
+    #[test]
+    fn large_capture_matches_the_reference() {
+        // Above HUGE_PAGE_MIN_BYTES of stored pages, with odd run boundaries.
+        let pages = (HUGE_PAGE_MIN_BYTES / PAGE_SIZE) * 3 + 7;
+        let mem = memory(pages, 99);
+        check(&mem, None);
+        // With residency: every fourth page counts as never touched.
+        let resident: Vec<u8> = (0..pages).map(|p| u8::from(p % 4 != 0)).collect();
+        let mut masked = mem.clone();
+        for p in (0..pages).step_by(4) {
+            masked[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].fill(0);
+        }
+        let cap = capture_memory(0, &masked, Some(&resident), false);
+        let (image, hashes, runs) = reference(&masked, None, false);
+        assert_eq!(cap.state.runs, runs);
+        assert_eq!(cap.state.page_hashes, hashes);
+        assert!(cap.image == image);
+    }
 }
