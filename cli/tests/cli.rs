@@ -238,3 +238,92 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A child process killed (SIGKILL, like a machine dying) on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe { libc_kill(self.0.id() as i32, 9) };
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns Some, for at most `secs` seconds.
+fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let control = format!("http://127.0.0.1:{port}");
+    let _control = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-timeout", "2s", "--rebalance-interval", "500ms", "--data-dir"])
+            .arg(dir.path().join("control"))
+            .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let node = |name: &str| {
+        let p = free_port();
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_tern"))
+                .args(["node", "--listen", &format!("127.0.0.1:{p}"), "--control", &control, "--name", name, "--data-dir"])
+                .arg(dir.path().join(name))
+                .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
+                .env("TERN_CACHE_DIR", std::env::temp_dir().join("tern-cli-test-cache"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first = node("first");
+    let _second = node("second");
+    let tern = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .env("TERN_CONTROL", &control)
+            .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
+            .output()
+            .unwrap()
+    };
+    wait_for(60, "two ready nodes", || {
+        let out = tern(&["nodes", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (doc.as_array()?.iter().filter(|n| n["state"] == "ready").count() == 2).then_some(())
+    });
+    json(&tern(&["deploy", tern_artifacts::COUNTER, "--name", "counter", "--node", "first", "--restart", "always", "--json"]));
+    json(&tern(&["invoke", "counter", "add", "41", "--json"]));
+    // Wait for a checkpoint of that state to reach the control plane (nodes
+    // take one every 10 s), then kill the node the app runs on.
+    let checkpoint = dir.path().join("control").join("checkpoints").join("counter.snap");
+    wait_for(40, "a checkpoint of counter", || checkpoint.exists().then_some(()));
+    drop(first);
+    let doc = wait_for(60, "counter to run on the second node", || {
+        let out = tern(&["ps", "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let app = doc.as_array()?.iter().find(|a| a["name"] == "counter")?.clone();
+        (app["node"] == "second" && app["state"] == "running").then_some(app)
+    });
+    assert!(doc["generation"].as_u64().unwrap() >= 2, "{doc}");
+    let out = json(&tern(&["invoke", "counter", "get", "--json"]));
+    assert_eq!(out["results"][0], 41, "the app came back with its checkpointed state");
+    assert_eq!(out["node"], "second");
+}
