@@ -34,7 +34,10 @@ impl ClientError {
 
     /// Whether the peer could not be reached at all (connection refused...).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Unreachable { .. } | ClientError::Timeout { .. })
+        matches!(
+            self,
+            ClientError::Unreachable { .. } | ClientError::Timeout { .. }
+        )
     }
 }
 
@@ -51,10 +54,15 @@ impl Client {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let inner = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        Client { inner, token, timeout: Duration::from_secs(120) }
+        let inner =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
+        Client {
+            inner,
+            token,
+            timeout: Duration::from_secs(120),
+        }
     }
 
     /// The same client with another per-request timeout.
@@ -69,12 +77,26 @@ impl Client {
 
     /// Sends a request; returns the status and body of a 2xx answer, or the
     /// error message of any other.
-    pub async fn send(&self, method: Method, url: &str, content_type: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
-        let mut req = Request::builder().method(method).uri(url).header("content-type", content_type);
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", content_type);
         if let Some(t) = &self.token {
             req = req.header(crate::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = req.body(Full::new(body)).map_err(|e| ClientError::Unreachable { url: url.into(), reason: e.to_string() })?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Unreachable {
+                url: url.into(),
+                reason: e.to_string(),
+            })?;
         let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| {
                 let mut reason = e.to_string();
@@ -83,55 +105,95 @@ impl Client {
                     reason = s.to_string();
                     src = s.source();
                 }
-                ClientError::Unreachable { url: url.into(), reason }
+                ClientError::Unreachable {
+                    url: url.into(),
+                    reason,
+                }
             })?;
             let status = resp.status();
             let body = resp
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| ClientError::Unreachable { url: url.into(), reason: format!("connection lost: {e}") })?
+                .map_err(|e| ClientError::Unreachable {
+                    url: url.into(),
+                    reason: format!("connection lost: {e}"),
+                })?
                 .to_bytes();
             Ok::<_, ClientError>((status, body))
         };
         let (status, body) = tokio::time::timeout(self.timeout, fut)
             .await
-            .map_err(|_| ClientError::Timeout { url: url.into(), secs: self.timeout.as_secs() })??;
+            .map_err(|_| ClientError::Timeout {
+                url: url.into(),
+                secs: self.timeout.as_secs(),
+            })??;
         if status.is_success() {
             return Ok((status, body));
         }
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.error)
-            .unwrap_or_else(|_| format!("{url} answered {status}: {}", String::from_utf8_lossy(&body).chars().take(200).collect::<String>()));
-        Err(ClientError::Status { status: status.as_u16(), message })
+            .unwrap_or_else(|_| {
+                format!(
+                    "{url} answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                )
+            });
+        Err(ClientError::Status {
+            status: status.as_u16(),
+            message,
+        })
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, ClientError> {
-        let (_, body) = self.send(Method::GET, url, "application/json", Bytes::new()).await?;
+        let (_, body) = self
+            .send(Method::GET, url, "application/json", Bytes::new())
+            .await?;
         decode(url, &body)
     }
 
-    pub async fn post_json<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })?;
-        let (_, body) = self.send(Method::POST, url, "application/json", bytes.into()).await?;
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+        let (_, body) = self
+            .send(Method::POST, url, "application/json", bytes.into())
+            .await?;
         decode(url, &body)
     }
 
     pub async fn delete(&self, url: &str) -> Result<(), ClientError> {
-        self.send(Method::DELETE, url, "application/json", Bytes::new()).await.map(|_| ())
+        self.send(Method::DELETE, url, "application/json", Bytes::new())
+            .await
+            .map(|_| ())
     }
 
     pub async fn put_bytes(&self, url: &str, body: Bytes) -> Result<Bytes, ClientError> {
-        self.send(Method::PUT, url, "application/octet-stream", body).await.map(|(_, b)| b)
+        self.send(Method::PUT, url, "application/octet-stream", body)
+            .await
+            .map(|(_, b)| b)
     }
 
     pub async fn post_bytes(&self, url: &str, body: Bytes) -> Result<Bytes, ClientError> {
-        self.send(Method::POST, url, "application/octet-stream", body).await.map(|(_, b)| b)
+        self.send(Method::POST, url, "application/octet-stream", body)
+            .await
+            .map(|(_, b)| b)
     }
 
     /// Whether a resource exists (2xx) or not (404).
     pub async fn exists(&self, url: &str) -> Result<bool, ClientError> {
-        match self.send(Method::HEAD, url, "application/octet-stream", Bytes::new()).await {
+        match self
+            .send(Method::HEAD, url, "application/octet-stream", Bytes::new())
+            .await
+        {
             Ok(_) => Ok(true),
             Err(ClientError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -140,5 +202,8 @@ impl Client {
 }
 
 fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, ClientError> {
-    serde_json::from_slice(body).map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })
+    serde_json::from_slice(body).map_err(|e| ClientError::Decode {
+        url: url.into(),
+        reason: e.to_string(),
+    })
 }

@@ -24,23 +24,39 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 /// A JSON response.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"error\":\"cannot encode response: {e}\"}}").into_bytes());
-    Response::builder().status(status).header("content-type", "application/json").body(full(bytes)).expect("valid response")
+    let bytes = serde_json::to_vec(value)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode response: {e}\"}}").into_bytes());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(bytes))
+        .expect("valid response")
 }
 
 /// An error response: `{"error": message}`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json(status, &ErrorBody { error: message.into() })
+    json(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
 }
 
 /// Raw bytes.
 pub fn bytes(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder().status(status).header("content-type", content_type).body(full(body)).expect("valid response")
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(full(body))
+        .expect("valid response")
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -57,10 +73,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether the request carries `Authorization: Bearer TOKEN`.
 pub fn authorized<B>(req: &Request<B>, token: &str) -> bool {
-    let Some(value) = req.headers().get(crate::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = req
+        .headers()
+        .get(crate::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let Some(given) = value.strip_prefix("Bearer ") else { return false };
+    let Some(given) = value.strip_prefix("Bearer ") else {
+        return false;
+    };
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
@@ -77,10 +99,18 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<B
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes")))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than {limit} bytes"),
+                ))
             } else {
-                Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")))
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {e}"),
+                ))
             }
         }
     }
@@ -89,7 +119,8 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<B
 /// Reads and parses a JSON body.
 pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, Response<Body>> {
     let bytes = read_body(body, crate::MAX_JSON_BODY).await?;
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
 /// A request handler.
@@ -97,7 +128,11 @@ pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture<Response<Body>> + 
 
 /// Serves HTTP/1.1 on an already-bound listener until `shutdown` resolves.
 /// One task per connection.
-pub async fn serve(listener: tokio::net::TcpListener, handler: Handler, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handler: Handler,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut conns = tokio::task::JoinSet::new();
     loop {

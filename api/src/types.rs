@@ -30,7 +30,9 @@ impl std::str::FromStr for Mode {
             "cold" => Ok(Mode::Cold),
             "hot" => Ok(Mode::Hot),
             "hybrid" => Ok(Mode::Hybrid),
-            other => Err(format!("unknown migration mode `{other}` (use cold, hot or hybrid)")),
+            other => Err(format!(
+                "unknown migration mode `{other}` (use cold, hot or hybrid)"
+            )),
         }
     }
 }
@@ -64,7 +66,10 @@ pub enum AppState {
 
 impl std::fmt::Display for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }

@@ -21,7 +21,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tern_api::client::{Client, ClientError};
-use tern_api::types::{AppView, DeployRequest, InvokeRequest, InvokeResponse, LogsResponse, MigrationReport, NodeView};
+use tern_api::types::{
+    AppView, DeployRequest, InvokeRequest, InvokeResponse, LogsResponse, MigrationReport, NodeView,
+};
 
 use crate::util::{human_bytes, parse_duration, parse_size, print_json};
 
@@ -39,7 +41,9 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(d) = non_empty("XDG_DATA_HOME") {
         return PathBuf::from(d).join("tern");
     }
-    let home = non_empty("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = non_empty("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local").join("share").join("tern")
 }
 
@@ -102,17 +106,28 @@ impl Conn {
         if !base.starts_with("http://") {
             bail!("--control {base}: only http:// control planes are supported");
         }
-        let (token, from) = match self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let (token, from) = match self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             Some(t) => (Some(t.to_string()), TokenFrom::Given),
             None => {
                 let path = default_data_dir().join("token");
                 match std::fs::read_to_string(&path) {
-                    Ok(t) if !t.trim().is_empty() => (Some(t.trim().to_string()), TokenFrom::File(path)),
+                    Ok(t) if !t.trim().is_empty() => {
+                        (Some(t.trim().to_string()), TokenFrom::File(path))
+                    }
                     _ => (None, TokenFrom::Nowhere(path)),
                 }
             }
         };
-        Ok(Ctl { client: Client::new(token), base, from })
+        Ok(Ctl {
+            client: Client::new(token),
+            base,
+            from,
+        })
     }
 }
 
@@ -127,7 +142,11 @@ impl Ctl {
             TokenFrom::File(p) => TokenFrom::File(p.clone()),
             TokenFrom::Nowhere(p) => TokenFrom::Nowhere(p.clone()),
         };
-        Ctl { client: self.client.clone().with_timeout(t), base: self.base.clone(), from }
+        Ctl {
+            client: self.client.clone().with_timeout(t),
+            base: self.base.clone(),
+            from,
+        }
     }
 
     fn err(&self, e: ClientError) -> anyhow::Error {
@@ -158,35 +177,60 @@ impl Ctl {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.client.get_json(&self.url(path)).await.map_err(|e| self.err(e))
+        self.client
+            .get_json(&self.url(path))
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.client.post_json(&self.url(path), body).await.map_err(|e| self.err(e))
+        self.client
+            .post_json(&self.url(path), body)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>> {
-        self.client.post_bytes(&self.url(path), body.into()).await.map(|b| b.to_vec()).map_err(|e| self.err(e))
+        self.client
+            .post_bytes(&self.url(path), body.into())
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| self.err(e))
     }
 
     /// Uploads a module unless the control plane has it; returns its sha256.
     async fn upload_module(&self, file: &Path) -> Result<(String, u64)> {
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         if !bytes.starts_with(b"\0asm") {
-            bail!("{} is not a WebAssembly binary (.wasm): compile it first (e.g. for wasm32-wasip1)", file.display());
+            bail!(
+                "{} is not a WebAssembly binary (.wasm): compile it first (e.g. for wasm32-wasip1)",
+                file.display()
+            );
         }
         let sha = hex::encode(Sha256::digest(&bytes));
         let len = bytes.len() as u64;
         let path = format!("/v1/modules/{sha}");
-        if !self.client.exists(&self.url(&path)).await.map_err(|e| self.err(e))? {
-            self.client.put_bytes(&self.url(&path), bytes.into()).await.map_err(|e| self.err(e))?;
+        if !self
+            .client
+            .exists(&self.url(&path))
+            .await
+            .map_err(|e| self.err(e))?
+        {
+            self.client
+                .put_bytes(&self.url(&path), bytes.into())
+                .await
+                .map_err(|e| self.err(e))?;
         }
         Ok((sha, len))
     }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn ok() -> Result<ExitCode> {
@@ -209,7 +253,10 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
         return ok();
     }
     if nodes.is_empty() {
-        println!("no nodes yet: start some with `tern up` or `tern node --control {}`", ctl.base);
+        println!(
+            "no nodes yet: start some with `tern up` or `tern node --control {}`",
+            ctl.base
+        );
         return ok();
     }
     let rows = nodes
@@ -220,14 +267,38 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
                 n.state.clone(),
                 n.url.clone(),
                 format!("{}m / {}m", n.usage.cpu_milli, n.capacity.cpu_milli),
-                format!("{} / {}", human_bytes(n.usage.memory_bytes), human_bytes(n.capacity.memory_bytes)),
-                if n.apps.is_empty() { "-".into() } else { format!("{} ({})", n.apps.len(), n.apps.join(",")) },
+                format!(
+                    "{} / {}",
+                    human_bytes(n.usage.memory_bytes),
+                    human_bytes(n.capacity.memory_bytes)
+                ),
+                if n.apps.is_empty() {
+                    "-".into()
+                } else {
+                    format!("{} ({})", n.apps.len(), n.apps.join(","))
+                },
                 kv_list(&n.labels),
-                n.last_heartbeat_ms_ago.map_or("never".into(), |ms| format!("{} ago", human_ms(ms as f64))),
+                n.last_heartbeat_ms_ago
+                    .map_or("never".into(), |ms| format!("{} ago", human_ms(ms as f64))),
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "STATE", "ADDRESS", "CPU", "MEMORY", "APPS", "LABELS", "HEARTBEAT"], rows));
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "STATE",
+                "ADDRESS",
+                "CPU",
+                "MEMORY",
+                "APPS",
+                "LABELS",
+                "HEARTBEAT"
+            ],
+            rows
+        )
+    );
     ok()
 }
 
@@ -293,8 +364,23 @@ pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
             .file
             .file_stem()
             .and_then(|s| s.to_str())
-            .map(|s| s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).collect())
-            .ok_or_else(|| anyhow!("cannot make an app name from {}: pass --name", a.file.display()))?,
+            .map(|s| {
+                s.chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect()
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "cannot make an app name from {}: pass --name",
+                    a.file.display()
+                )
+            })?,
     };
     let start_at_unix_ms = match (&a.start_at, &a.start_after) {
         (Some(t), _) => {
@@ -313,21 +399,45 @@ pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
         node: a.node.clone(),
         memory_limit: a.memory.as_deref().map(parse_size).transpose()?,
         cpu_milli: a.cpu,
-        env: a.env.iter().map(|kv| parse_kv(kv, "--env")).collect::<Result<_>>()?,
+        env: a
+            .env
+            .iter()
+            .map(|kv| parse_kv(kv, "--env"))
+            .collect::<Result<_>>()?,
         args: a.args.clone(),
         restart: a.restart.clone(),
         start_at_unix_ms,
-        labels: a.labels.iter().map(|kv| parse_kv(kv, "--label")).collect::<Result<_>>()?,
+        labels: a
+            .labels
+            .iter()
+            .map(|kv| parse_kv(kv, "--label"))
+            .collect::<Result<_>>()?,
         policy: a.policy.clone(),
         user_location: a.user_location.clone(),
-        timeout_ms: a.timeout.as_deref().map(parse_duration).transpose()?.map(|d| d.as_millis() as u64),
+        timeout_ms: a
+            .timeout
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .map(|d| d.as_millis() as u64),
         fuel: a.fuel,
     };
     let ctl = a.conn.connect()?;
     let answer: Value = runtime()?.block_on(async {
         let (sha, _) = ctl.upload_module(&a.file).await?;
-        let req = DeployRequest { module_sha256: sha, ..req };
-        ctl.post(if a.dry_run { "/v1/apps?dry_run=1" } else { "/v1/apps" }, &req).await
+        let req = DeployRequest {
+            module_sha256: sha,
+            ..req
+        };
+        ctl.post(
+            if a.dry_run {
+                "/v1/apps?dry_run=1"
+            } else {
+                "/v1/apps"
+            },
+            &req,
+        )
+        .await
     })?;
     if a.conn.json {
         print_json(&answer)?;
@@ -336,17 +446,28 @@ pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
     if a.dry_run {
         match answer["decision"]["node"].as_str() {
             Some(n) => println!("{name} would go to {n} (dry run: nothing started)"),
-            None => println!("{name} would go to {} as asked (dry run: nothing started)", a.node.as_deref().unwrap_or("?")),
+            None => println!(
+                "{name} would go to {} as asked (dry run: nothing started)",
+                a.node.as_deref().unwrap_or("?")
+            ),
         }
         print_decision(&answer["decision"], a.node.as_deref());
         return ok();
     }
-    let app: AppView = serde_json::from_value(answer["app"].clone()).context("unexpected answer to a deploy")?;
+    let app: AppView =
+        serde_json::from_value(answer["app"].clone()).context("unexpected answer to a deploy")?;
     let node = app.node.as_deref().unwrap_or("?");
-    println!("deployed {} on {node} (generation {}, {})", app.name, app.generation, app.state);
+    println!(
+        "deployed {} on {node} (generation {}, {})",
+        app.name, app.generation, app.state
+    );
     if let Some(t) = start_at_unix_ms {
         let wait = t.saturating_sub(unix_ms(SystemTime::now()));
-        println!("starts at {} (in {})", humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(t)), human_ms(wait as f64));
+        println!(
+            "starts at {} (in {})",
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(t)),
+            human_ms(wait as f64)
+        );
     }
     print_decision(&answer["decision"], a.node.as_deref());
     ok()
@@ -358,8 +479,13 @@ fn print_decision(d: &Value, forced: Option<&str>) {
         println!("placed on {n} as asked (--node)");
         return;
     }
-    let Some(cands) = d["candidates"].as_array() else { return };
-    println!("placement by `{}` policy:", d["policy"].as_str().unwrap_or("?"));
+    let Some(cands) = d["candidates"].as_array() else {
+        return;
+    };
+    println!(
+        "placement by `{}` policy:",
+        d["policy"].as_str().unwrap_or("?")
+    );
     let chosen = d["node"].as_str().unwrap_or("");
     let mut ranked: Vec<&Value> = cands.iter().collect();
     ranked.sort_by(|a, b| {
@@ -377,7 +503,14 @@ fn print_decision(d: &Value, forced: Option<&str>) {
             let why = if feasible {
                 c["terms"]
                     .as_object()
-                    .map(|t| t.iter().map(|(k, v)| format!("{k}={}", fmt_num(v.as_f64().unwrap_or(f64::NAN)))).collect::<Vec<_>>().join(" "))
+                    .map(|t| {
+                        t.iter()
+                            .map(|(k, v)| {
+                                format!("{k}={}", fmt_num(v.as_f64().unwrap_or(f64::NAN)))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .unwrap_or_default()
             } else {
                 c["reason_if_not"].as_str().unwrap_or("").to_string()
@@ -390,7 +523,13 @@ fn print_decision(d: &Value, forced: Option<&str>) {
             ]
         })
         .collect();
-    print!("{}", indent(&table(&["  NODE", "FITS", "SCORE", "TERMS / WHY NOT"], rows), "  "));
+    print!(
+        "{}",
+        indent(
+            &table(&["  NODE", "FITS", "SCORE", "TERMS / WHY NOT"], rows),
+            "  "
+        )
+    );
 }
 
 // ---------------------------------------------------------------- ps
@@ -427,7 +566,22 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "NODE", "STATE", "GEN", "MEMORY", "REQUESTS", "RESTART", "LAST ERROR"], rows));
+    print!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "NODE",
+                "STATE",
+                "GEN",
+                "MEMORY",
+                "REQUESTS",
+                "RESTART",
+                "LAST ERROR"
+            ],
+            rows
+        )
+    );
     ok()
 }
 
@@ -448,12 +602,23 @@ pub struct InvokeArgs {
 
 pub fn invoke(a: InvokeArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?;
-    let req = InvokeRequest { export: a.export.clone(), args: a.args.clone() };
-    let r: InvokeResponse = runtime()?.block_on(ctl.post(&format!("/v1/apps/{}/invoke", seg(&a.name)), &req))?;
+    let req = InvokeRequest {
+        export: a.export.clone(),
+        args: a.args.clone(),
+    };
+    let r: InvokeResponse =
+        runtime()?.block_on(ctl.post(&format!("/v1/apps/{}/invoke", seg(&a.name)), &req))?;
     if a.conn.json {
         print_json(&r)?;
     } else {
-        println!("{}", r.results.iter().map(value_text).collect::<Vec<_>>().join(" "));
+        println!(
+            "{}",
+            r.results
+                .iter()
+                .map(value_text)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     ok()
 }
@@ -487,25 +652,59 @@ struct CallOutput {
 
 pub fn call(a: CallArgs) -> Result<ExitCode> {
     let body = match a.data.as_deref() {
-        Some(d) if d.starts_with('@') => std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?,
+        Some(d) if d.starts_with('@') => {
+            std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?
+        }
         Some(d) => d.as_bytes().to_vec(),
         None => Vec::new(),
     };
-    let method = a.method.clone().unwrap_or_else(|| if a.data.is_some() { "POST".into() } else { "GET".into() }).to_ascii_uppercase();
-    let path = if a.path.starts_with('/') { a.path.clone() } else { format!("/{}", a.path) };
+    let method = a
+        .method
+        .clone()
+        .unwrap_or_else(|| {
+            if a.data.is_some() {
+                "POST".into()
+            } else {
+                "GET".into()
+            }
+        })
+        .to_ascii_uppercase();
+    let path = if a.path.starts_with('/') {
+        a.path.clone()
+    } else {
+        format!("/{}", a.path)
+    };
     let ctl = a.conn.connect()?;
-    let url = format!("/v1/apps/{}/call?path={}&method={}", seg(&a.name), percent_encode(&path), percent_encode(&method));
+    let url = format!(
+        "/v1/apps/{}/call?path={}&method={}",
+        seg(&a.name),
+        percent_encode(&path),
+        percent_encode(&method)
+    );
     let full = ctl.url(&url);
-    let answer = runtime()?.block_on(ctl.client.post_bytes(&full, body.into())).map_err(|e| match e {
-        // The app's own answer (passed through): say so, without our URL.
-        ClientError::Status { message, .. } if message.starts_with(&format!("{full} answered ")) => {
-            anyhow!("app {} answered {}", a.name, message[full.len() + " answered ".len()..].trim())
-        }
-        ClientError::Status { status, message } if status != 401 => anyhow!("{message}"),
-        e => ctl.err(e),
-    })?;
+    let answer = runtime()?
+        .block_on(ctl.client.post_bytes(&full, body.into()))
+        .map_err(|e| match e {
+            // The app's own answer (passed through): say so, without our URL.
+            ClientError::Status { message, .. }
+                if message.starts_with(&format!("{full} answered ")) =>
+            {
+                anyhow!(
+                    "app {} answered {}",
+                    a.name,
+                    message[full.len() + " answered ".len()..].trim()
+                )
+            }
+            ClientError::Status { status, message } if status != 401 => anyhow!("{message}"),
+            e => ctl.err(e),
+        })?;
     if a.conn.json {
-        print_json(&CallOutput { app: a.name, method, path, body: String::from_utf8_lossy(&answer).into_owned() })?;
+        print_json(&CallOutput {
+            app: a.name,
+            method,
+            path,
+            body: String::from_utf8_lossy(&answer).into_owned(),
+        })?;
         return ok();
     }
     let mut out = std::io::stdout().lock();
@@ -537,19 +736,39 @@ pub struct MigrateArgs {
 pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?.with_timeout(Duration::from_secs(900));
     let body = serde_json::json!({"to": a.to, "mode": a.mode});
-    let r: MigrationReport = runtime()?.block_on(ctl.post(&format!("/v1/apps/{}/migrate", seg(&a.name)), &body))?;
+    let r: MigrationReport =
+        runtime()?.block_on(ctl.post(&format!("/v1/apps/{}/migrate", seg(&a.name)), &body))?;
     if a.conn.json {
         print_json(&r)?;
         return ok();
     }
-    println!("migrated {} from {} to {} ({}, generation {})", r.app, r.from, r.to, r.mode, r.generation);
+    println!(
+        "migrated {} from {} to {} ({}, generation {})",
+        r.app, r.from, r.to, r.mode, r.generation
+    );
     let rows = vec![
         vec!["downtime".into(), human_ms(r.downtime_ms)],
         vec!["total".into(), human_ms(r.total_ms)],
-        vec!["sent".into(), format!("{} ({} pages)", human_bytes(r.bytes_sent), r.pages_sent)],
+        vec![
+            "sent".into(),
+            format!("{} ({} pages)", human_bytes(r.bytes_sent), r.pages_sent),
+        ],
         vec!["rounds".into(), r.rounds.to_string()],
-        vec!["held".into(), format!("{} requests, replayed on {}", r.requests_held, r.to)],
-        vec!["dirty pages".into(), format!("tracked by {}", if r.dirty_tracking.is_empty() { "-" } else { &r.dirty_tracking })],
+        vec![
+            "held".into(),
+            format!("{} requests, replayed on {}", r.requests_held, r.to),
+        ],
+        vec![
+            "dirty pages".into(),
+            format!(
+                "tracked by {}",
+                if r.dirty_tracking.is_empty() {
+                    "-"
+                } else {
+                    &r.dirty_tracking
+                }
+            ),
+        ],
     ];
     for row in rows {
         println!("  {:<12} {}", row[0], row[1]);
@@ -579,13 +798,23 @@ struct SnapshotOutput {
 
 pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?.with_timeout(Duration::from_secs(600));
-    let bytes = runtime()?.block_on(ctl.post_bytes(&format!("/v1/apps/{}/snapshot", seg(&a.name)), Vec::new()))?;
+    let bytes = runtime()?
+        .block_on(ctl.post_bytes(&format!("/v1/apps/{}/snapshot", seg(&a.name)), Vec::new()))?;
     write_file_atomic(&a.output, &bytes)?;
-    let out = SnapshotOutput { app: a.name.clone(), file: a.output.display().to_string(), bytes: bytes.len() as u64 };
+    let out = SnapshotOutput {
+        app: a.name.clone(),
+        file: a.output.display().to_string(),
+        bytes: bytes.len() as u64,
+    };
     if a.conn.json {
         print_json(&out)?;
     } else {
-        println!("wrote {} ({}) from {}", out.file, human_bytes(out.bytes), out.app);
+        println!(
+            "wrote {} ({}) from {}",
+            out.file,
+            human_bytes(out.bytes),
+            out.app
+        );
     }
     ok()
 }
@@ -611,7 +840,8 @@ pub struct RestoreArgs {
 }
 
 pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
-    let bytes = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
     let ctl = a.conn.connect()?.with_timeout(Duration::from_secs(600));
     let view: AppView = runtime()?.block_on(async {
         let mut q = format!("/v1/restore?name={}", percent_encode(&a.name));
@@ -654,12 +884,20 @@ pub struct AppArgs {
 
 fn stop_or_start(a: AppArgs, verb: &str) -> Result<ExitCode> {
     let ctl = a.conn.connect()?;
-    let view: AppView = runtime()?.block_on(ctl.post(&format!("/v1/apps/{}/{verb}", seg(&a.name)), &serde_json::json!({})))?;
+    let view: AppView = runtime()?.block_on(ctl.post(
+        &format!("/v1/apps/{}/{verb}", seg(&a.name)),
+        &serde_json::json!({}),
+    ))?;
     if a.conn.json {
         print_json(&view)?;
     } else {
         let done = if verb == "stop" { "stopped" } else { "started" };
-        println!("{done} {} on {} ({})", view.name, view.node.as_deref().unwrap_or("?"), view.state);
+        println!(
+            "{done} {} on {} ({})",
+            view.name,
+            view.node.as_deref().unwrap_or("?"),
+            view.state
+        );
     }
     ok()
 }
@@ -674,7 +912,12 @@ pub fn start(a: AppArgs) -> Result<ExitCode> {
 
 pub fn rm(a: AppArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?;
-    runtime()?.block_on(async { ctl.client.delete(&ctl.url(&format!("/v1/apps/{}", seg(&a.name)))).await.map_err(|e| ctl.err(e)) })?;
+    runtime()?.block_on(async {
+        ctl.client
+            .delete(&ctl.url(&format!("/v1/apps/{}", seg(&a.name))))
+            .await
+            .map_err(|e| ctl.err(e))
+    })?;
     if a.conn.json {
         print_json(&serde_json::json!({"removed": a.name}))?;
     } else {
@@ -705,7 +948,8 @@ pub fn logs(a: LogsArgs) -> Result<ExitCode> {
     }
     let ctl = a.conn.connect()?;
     let rt = runtime()?;
-    let path = |from: u64, wait: u64| format!("/v1/apps/{}/logs?from={from}&wait_ms={wait}", seg(&a.name));
+    let path =
+        |from: u64, wait: u64| format!("/v1/apps/{}/logs?from={from}&wait_ms={wait}", seg(&a.name));
     let first: LogsResponse = rt.block_on(ctl.get(&path(a.from, 0)))?;
     if a.conn.json {
         print_json(&first)?;
@@ -757,14 +1001,20 @@ pub struct DrainArgs {
 
 pub fn drain(a: DrainArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?;
-    let view: NodeView =
-        runtime()?.block_on(ctl.post(&format!("/v1/nodes/{}/drain", seg(&a.node)), &serde_json::json!({"drain": !a.undo})))?;
+    let view: NodeView = runtime()?.block_on(ctl.post(
+        &format!("/v1/nodes/{}/drain", seg(&a.node)),
+        &serde_json::json!({"drain": !a.undo}),
+    ))?;
     if a.conn.json {
         print_json(&view)?;
     } else if a.undo {
         println!("{} takes new apps again ({})", view.name, view.state);
     } else {
-        println!("{} is draining: it takes no new apps, and the rebalancer moves its {} app(s) away", view.name, view.apps.len());
+        println!(
+            "{} is draining: it takes no new apps, and the rebalancer moves its {} app(s) away",
+            view.name,
+            view.apps.len()
+        );
     }
     ok()
 }
@@ -800,7 +1050,13 @@ pub struct ControlArgs {
 }
 
 /// The control plane's configuration from `tern control` / `tern up` flags.
-pub fn control_config(data_dir: &Path, token: String, policy: &str, heartbeat: &str, rebalance: &str) -> Result<tern_control::ControlConfig> {
+pub fn control_config(
+    data_dir: &Path,
+    token: String,
+    policy: &str,
+    heartbeat: &str,
+    rebalance: &str,
+) -> Result<tern_control::ControlConfig> {
     let mut cfg = tern_control::ControlConfig::new(data_dir, token);
     cfg.policy = policy.parse().map_err(|e| anyhow!("{e}"))?;
     cfg.heartbeat_timeout = parse_duration(heartbeat)?;
@@ -817,18 +1073,33 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
         s => bail!("unknown store `{s}`: use redb (the default) or etcd://HOST:PORT"),
     }
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let token = match a.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => t.to_string(),
         None => tern_control::load_or_create_token(&data_dir)?,
     };
-    let mut cfg = control_config(&data_dir, token, &a.policy, &a.heartbeat_timeout, &a.rebalance_interval)?;
+    let mut cfg = control_config(
+        &data_dir,
+        token,
+        &a.policy,
+        &a.heartbeat_timeout,
+        &a.rebalance_interval,
+    )?;
     cfg.advertise_url = a.advertise.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen)
             .await
-            .with_context(|| format!("cannot listen on {}: is another control plane running there? (use --listen)", a.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}: is another control plane running there? (use --listen)",
+                    a.listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         println!("control plane listening on http://{addr}");
         println!("  state  {}", data_dir.join("control.redb").display());
@@ -855,7 +1126,9 @@ fn parse_kv(s: &str, flag: &str) -> Result<(String, String)> {
 /// An RFC 3339 time with `Z` or a `+HH:MM`/`-HH:MM` offset.
 pub fn parse_rfc3339(s: &str) -> Result<SystemTime> {
     let t = s.trim();
-    let bad = |why: &str| anyhow!("`{s}` is not an RFC 3339 time ({why}); try 2030-01-01T08:00:00Z or 2030-01-01T10:00:00+02:00");
+    let bad = |why: &str| {
+        anyhow!("`{s}` is not an RFC 3339 time ({why}); try 2030-01-01T08:00:00Z or 2030-01-01T10:00:00+02:00")
+    };
     if t.ends_with(['Z', 'z']) {
         return humantime::parse_rfc3339_weak(&t[..t.len() - 1]).map_err(|e| bad(&e.to_string()));
     }
@@ -870,13 +1143,19 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime> {
         let local = humantime::parse_rfc3339_weak(&t[..n - 6]).map_err(|e| bad(&e.to_string()))?;
         let offset = Duration::from_secs(((hh * 60 + mm) * 60) as u64);
         // Local time = UTC + offset.
-        return Ok(if sign > 0 { local - offset } else { local + offset });
+        return Ok(if sign > 0 {
+            local - offset
+        } else {
+            local + offset
+        });
     }
     Err(bad("no time zone: add Z for UTC or an offset like +02:00"))
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Percent-encodes everything but unreserved characters and `/`.
@@ -908,7 +1187,10 @@ fn kv_list(m: &BTreeMap<String, String>) -> String {
     if m.is_empty() {
         "-".into()
     } else {
-        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -977,8 +1259,14 @@ fn indent(s: &str, by: &str) -> String {
 
 /// Writes a file through a temporary name and a rename.
 fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot");
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("snapshot");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -1013,7 +1301,10 @@ mod tests {
 
     #[test]
     fn tables_line_up() {
-        let t = table(&["A", "BB"], vec![vec!["long".into(), "x".into()], vec!["s".into(), "".into()]]);
+        let t = table(
+            &["A", "BB"],
+            vec![vec!["long".into(), "x".into()], vec!["s".into(), "".into()]],
+        );
         assert_eq!(t, "A     BB\nlong  x\ns\n");
     }
 
@@ -1027,7 +1318,10 @@ mod tests {
 
     #[test]
     fn key_values() {
-        assert_eq!(parse_kv("a=b=c", "--env").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(
+            parse_kv("a=b=c", "--env").unwrap(),
+            ("a".into(), "b=c".into())
+        );
         assert!(parse_kv("=x", "--env").is_err());
         assert!(parse_kv("novalue", "--label").is_err());
     }

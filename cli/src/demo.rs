@@ -67,7 +67,15 @@ fn start_load(method: hyper::Method, url: String, body: &'static str) -> Load {
     tokio::spawn(async move {
         let c = Client::new(None).with_timeout(Duration::from_secs(10));
         while !st.load(Ordering::Relaxed) {
-            match c.send(method.clone(), &url, "text/plain", Bytes::from_static(body.as_bytes())).await {
+            match c
+                .send(
+                    method.clone(),
+                    &url,
+                    "text/plain",
+                    Bytes::from_static(body.as_bytes()),
+                )
+                .await
+            {
                 Ok(_) => s.fetch_add(1, Ordering::Relaxed),
                 Err(e) => {
                     if std::env::var_os("TERN_DEMO_DEBUG").is_some() {
@@ -78,14 +86,20 @@ fn start_load(method: hyper::Method, url: String, body: &'static str) -> Load {
             };
         }
     });
-    Load { served, failed, stop }
+    Load {
+        served,
+        failed,
+        stop,
+    }
 }
 
 pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("tern-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let token = tern_control::load_or_create_token(&dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let say = |s: &str| {
         if !a.json {
             eprintln!("{s}");
@@ -201,14 +215,33 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         print_json(&report)?;
     } else {
         println!();
-        println!("{:<8} {:<7} {:<7} {:<7} {:>11} {:>10} {:>10} {:>6} {:>8} {:>7}", "app", "mode", "from", "to", "downtime", "total", "bytes", "rounds", "served", "failed");
+        println!(
+            "{:<8} {:<7} {:<7} {:<7} {:>11} {:>10} {:>10} {:>6} {:>8} {:>7}",
+            "app", "mode", "from", "to", "downtime", "total", "bytes", "rounds", "served", "failed"
+        );
         for m in &report.migrations {
             println!(
                 "{:<8} {:<7} {:<7} {:<7} {:>8.2} ms {:>7.1} ms {:>10} {:>6} {:>8} {:>7}",
-                m.app, m.mode, m.from, m.to, m.downtime_ms, m.total_ms, crate::util::human_bytes(m.bytes_sent), m.rounds, m.requests_served, m.requests_failed
+                m.app,
+                m.mode,
+                m.from,
+                m.to,
+                m.downtime_ms,
+                m.total_ms,
+                crate::util::human_bytes(m.bytes_sent),
+                m.rounds,
+                m.requests_served,
+                m.requests_failed
             );
         }
-        println!("\n{} requests served during the demo, {} failed.", report.requests_served, report.requests_failed);
+        println!(
+            "\n{} requests served during the demo, {} failed.",
+            report.requests_served, report.requests_failed
+        );
     }
-    Ok(if report.requests_failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.requests_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

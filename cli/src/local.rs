@@ -9,7 +9,8 @@ use clap::Args;
 use serde::Serialize;
 use tern_runtime::values::{to_json, to_text, JsonValue};
 use tern_runtime::{
-    AppConfig, Instance, LimitsState, Preopen, RestoreOptions, Runtime, RuntimeConfig, Snapshot, SnapshotOptions, Stdio,
+    AppConfig, Instance, LimitsState, Preopen, RestoreOptions, Runtime, RuntimeConfig, Snapshot,
+    SnapshotOptions, Stdio,
 };
 
 use crate::util::{human_bytes, parse_duration, parse_size, print_json};
@@ -140,7 +141,9 @@ struct SnapshotWritten {
 }
 
 fn runtime() -> Result<Arc<Runtime>> {
-    Ok(Runtime::new(RuntimeConfig { cache_dir: RuntimeConfig::default_cache_dir() })?)
+    Ok(Runtime::new(RuntimeConfig {
+        cache_dir: RuntimeConfig::default_cache_dir(),
+    })?)
 }
 
 fn parse_dir(spec: &str, read_only: bool) -> Result<Preopen> {
@@ -148,21 +151,30 @@ fn parse_dir(spec: &str, read_only: bool) -> Result<Preopen> {
         Some((h, g)) => (h.to_string(), g.to_string()),
         None => (spec.to_string(), spec.to_string()),
     };
-    let meta = std::fs::metadata(&host).with_context(|| format!("--dir {spec}: cannot use `{host}`"))?;
+    let meta =
+        std::fs::metadata(&host).with_context(|| format!("--dir {spec}: cannot use `{host}`"))?;
     if !meta.is_dir() {
         bail!("--dir {spec}: `{host}` is not a directory");
     }
     // Stored absolute, so a resume from elsewhere finds the same directory.
     let host = std::fs::canonicalize(&host)?.to_string_lossy().into_owned();
-    Ok(Preopen { host, guest, read_only })
+    Ok(Preopen {
+        host,
+        guest,
+        read_only,
+    })
 }
 
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let rt = runtime()?;
-    let module = rt.load_file(&a.file).with_context(|| format!("cannot load `{}`", a.file.display()))?;
+    let module = rt
+        .load_file(&a.file)
+        .with_context(|| format!("cannot load `{}`", a.file.display()))?;
     let mut env = Vec::new();
     for kv in &a.env {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv}: expected K=V"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv}: expected K=V"))?;
         env.push((k.to_string(), v.to_string()));
     }
     let mut preopens = Vec::new();
@@ -175,18 +187,40 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     let limits = LimitsState {
         memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
         fuel_per_call: a.fuel,
-        timeout_ms_per_call: a.timeout.as_deref().map(parse_duration).transpose()?.map(|d| d.as_millis().max(1) as u64),
+        timeout_ms_per_call: a
+            .timeout
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .map(|d| d.as_millis().max(1) as u64),
     };
-    let name = a.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app.wasm".into());
+    let name = a
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app.wasm".into());
     let mut args = vec![name];
     args.extend(a.args.iter().cloned());
-    let config = AppConfig { args, env, preopens, limits, stdio: Stdio::Inherit, ..Default::default() };
+    let config = AppConfig {
+        args,
+        env,
+        preopens,
+        limits,
+        stdio: Stdio::Inherit,
+        ..Default::default()
+    };
     let mut inst = match Instance::start(&rt, &module, config) {
         Ok(i) => i,
         Err(tern_runtime::Error::Exit(code)) => {
             // A command that exits non-zero: its status is ours.
             if a.calls.json {
-                print_json(&RunReport { module: module.hash_hex(), calls: vec![], responses: vec![], exit_code: Some(code), snapshot: None })?;
+                print_json(&RunReport {
+                    module: module.hash_hex(),
+                    calls: vec![],
+                    responses: vec![],
+                    exit_code: Some(code),
+                    snapshot: None,
+                })?;
             }
             return Ok(ExitCode::from(code.clamp(1, 255) as u8));
         }
@@ -200,13 +234,23 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 
 pub fn resume(a: ResumeArgs) -> Result<ExitCode> {
     let rt = runtime()?;
-    let snap = Snapshot::open(&a.snapshot, true).with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
+    let snap = Snapshot::open(&a.snapshot, true)
+        .with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
     let module = match &a.module {
-        Some(p) => Some(rt.load_file(p).with_context(|| format!("cannot load `{}`", p.display()))?),
+        Some(p) => Some(
+            rt.load_file(p)
+                .with_context(|| format!("cannot load `{}`", p.display()))?,
+        ),
         None => None,
     };
-    let opts = RestoreOptions { copy_on_write: !a.copy, hooks: true, stdio: Stdio::Inherit, ..Default::default() };
-    let mut inst = Instance::restore(&rt, &snap, module, opts).with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
+    let opts = RestoreOptions {
+        copy_on_write: !a.copy,
+        hooks: true,
+        stdio: Stdio::Inherit,
+        ..Default::default()
+    };
+    let mut inst = Instance::restore(&rt, &snap, module, opts)
+        .with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
     finish(&mut inst, &a.calls)
 }
 
@@ -233,16 +277,28 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
             anyhow::bail!("--request needs an SDK app (one that exports `tern_abi_version`); this module does not: use --invoke");
         }
         let body = match c.data.as_deref() {
-            Some(d) if d.starts_with('@') => std::fs::read(&d[1..]).with_context(|| format!("cannot read --data {d}"))?,
+            Some(d) if d.starts_with('@') => {
+                std::fs::read(&d[1..]).with_context(|| format!("cannot read --data {d}"))?
+            }
             Some(d) => d.as_bytes().to_vec(),
             None => Vec::new(),
         };
-        let method = c.method.clone().unwrap_or_else(|| if c.data.is_some() { "POST".into() } else { "GET".into() });
+        let method = c.method.clone().unwrap_or_else(|| {
+            if c.data.is_some() {
+                "POST".into()
+            } else {
+                "GET".into()
+            }
+        });
         for target in &c.requests {
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
             let req = tern_runtime::sdk::Request {
                 method: method.to_uppercase(),
-                path: if path.starts_with('/') { path.to_string() } else { format!("/{path}") },
+                path: if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    format!("/{path}")
+                },
                 query: query.to_string(),
                 headers: vec![],
                 body: body.clone(),
@@ -255,24 +311,43 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
                     println!();
                 }
             }
-            responses.push(ResponseReport { path: target.clone(), status: resp.status, body: text });
+            responses.push(ResponseReport {
+                path: target.clone(),
+                status: resp.status,
+                body: text,
+            });
         }
     }
     let mut written = None;
     if let Some(path) = &c.snapshot_out {
-        let snap = inst.snapshot(SnapshotOptions { compress: c.compress, ..Default::default() })?;
-        snap.write_file(path).with_context(|| format!("cannot write snapshot `{}`", path.display()))?;
+        let snap = inst.snapshot(SnapshotOptions {
+            compress: c.compress,
+            ..Default::default()
+        })?;
+        snap.write_file(path)
+            .with_context(|| format!("cannot write snapshot `{}`", path.display()))?;
         written = Some(SnapshotWritten {
             path: path.display().to_string(),
             bytes: snap.as_bytes().len() as u64,
             stored_pages: snap.stored_pages(),
         });
         if !c.json {
-            eprintln!("snapshot: {} ({}, {} pages stored)", path.display(), human_bytes(snap.as_bytes().len() as u64), snap.stored_pages());
+            eprintln!(
+                "snapshot: {} ({}, {} pages stored)",
+                path.display(),
+                human_bytes(snap.as_bytes().len() as u64),
+                snap.stored_pages()
+            );
         }
     }
     if c.json {
-        print_json(&RunReport { module: inst.module().hash_hex(), calls, responses, exit_code: inst.exited(), snapshot: written })?;
+        print_json(&RunReport {
+            module: inst.module().hash_hex(),
+            calls,
+            responses,
+            exit_code: inst.exited(),
+            snapshot: written,
+        })?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -329,7 +404,8 @@ struct InspectWasi {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let snap = Snapshot::open(&a.snapshot, false).with_context(|| format!("cannot inspect `{}`", a.snapshot.display()))?;
+    let snap = Snapshot::open(&a.snapshot, false)
+        .with_context(|| format!("cannot inspect `{}`", a.snapshot.display()))?;
     let checksum = match snap.verify_image() {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("FAILED: {e}"),
@@ -355,7 +431,11 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
                 pages_total: m.byte_size / 4096,
                 pages_stored: m.runs.iter().map(|r| r.pages).sum(),
                 runs: m.runs.len(),
-                compressed_runs: m.runs.iter().filter(|r| r.encoding == tern_runtime::snapshot::Encoding::Lz4).count(),
+                compressed_runs: m
+                    .runs
+                    .iter()
+                    .filter(|r| r.encoding == tern_runtime::snapshot::Encoding::Lz4)
+                    .count(),
             })
             .collect(),
         globals: b
@@ -376,12 +456,28 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
         tables: b
             .tables
             .iter()
-            .map(|t| InspectTable { index: t.index, size: t.size, non_null: t.runs.iter().map(|r| r.1.len()).sum() })
+            .map(|t| InspectTable {
+                index: t.index,
+                size: t.size,
+                non_null: t.runs.iter().map(|r| r.1.len()).sum(),
+            })
             .collect(),
         wasi: InspectWasi {
             args: b.wasi.args.clone(),
             env: b.wasi.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            preopens: b.wasi.preopens.iter().map(|p| format!("{}:{}{}", p.host, p.guest, if p.read_only { " (ro)" } else { "" })).collect(),
+            preopens: b
+                .wasi
+                .preopens
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}:{}{}",
+                        p.host,
+                        p.guest,
+                        if p.read_only { " (ro)" } else { "" }
+                    )
+                })
+                .collect(),
             monotonic_ns: b.wasi.monotonic_ns,
         },
         limits: b.limits.clone(),
@@ -400,13 +496,28 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
 
 fn print_inspect(r: &InspectReport) {
     println!("snapshot       {}", r.path);
-    println!("format         version {} (written by tern {})", r.format_version, r.tern_version);
-    println!("module         sha256 {}{}", r.module_sha256, if r.module_embedded { " (embedded)" } else { " (not embedded)" });
+    println!(
+        "format         version {} (written by tern {})",
+        r.format_version, r.tern_version
+    );
+    println!(
+        "module         sha256 {}{}",
+        r.module_sha256,
+        if r.module_embedded {
+            " (embedded)"
+        } else {
+            " (not embedded)"
+        }
+    );
     if let Some(app) = &r.app {
         println!("app            {app} (generation {})", r.generation);
     }
     println!("calls so far   {}", r.calls);
-    println!("size           {} file, {} memory image", human_bytes(r.file_bytes), human_bytes(r.image_bytes));
+    println!(
+        "size           {} file, {} memory image",
+        human_bytes(r.file_bytes),
+        human_bytes(r.image_bytes)
+    );
     for m in &r.memories {
         println!(
             "memory {}       {} ({} of {} 4-KiB pages stored, {} runs, {} compressed)",
@@ -422,7 +533,10 @@ fn print_inspect(r: &InspectReport) {
         println!("global {:<7} {}", g.index, g.value);
     }
     for t in &r.tables {
-        println!("table {:<8} {} elements, {} set", t.index, t.size, t.non_null);
+        println!(
+            "table {:<8} {} elements, {} set",
+            t.index, t.size, t.non_null
+        );
     }
     println!("args           {:?}", r.wasi.args);
     if !r.wasi.env.is_empty() {
@@ -434,4 +548,3 @@ fn print_inspect(r: &InspectReport) {
     println!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6);
     println!("checksum       {}", r.checksum);
 }
-

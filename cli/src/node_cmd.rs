@@ -40,19 +40,30 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
     };
     let mut labels = BTreeMap::new();
     for kv in &a.labels {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--label {kv}: expected K=V"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--label {kv}: expected K=V"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         let name = a.name.unwrap_or_else(|| format!("node-{}", addr.port()));
-        let data_dir = a.data_dir.unwrap_or_else(|| default_data_dir().join("nodes").join(&name));
+        let data_dir = a
+            .data_dir
+            .unwrap_or_else(|| default_data_dir().join("nodes").join(&name));
         let mut config = tern_runtime::node::NodeConfig::new(name.clone(), token, data_dir);
         config.control_url = Some(a.control.trim_end_matches('/').to_string());
         config.labels = labels;
-        eprintln!("node {name} serving on http://{addr}, reporting to {}", a.control);
+        eprintln!(
+            "node {name} serving on http://{addr}, reporting to {}",
+            a.control
+        );
         tern_runtime::node::run(listener, config, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

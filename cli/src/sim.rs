@@ -31,25 +31,41 @@ pub struct SimArgs {
 }
 
 fn read(prefix: &Path, suffix: &str) -> Result<String> {
-    let mut name = prefix.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = prefix
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!("_{suffix}.csv"));
     let path = prefix.with_file_name(name);
     std::fs::read_to_string(&path).with_context(|| {
-        format!("cannot read {} (--trace takes a prefix such as traces/azure-functions-2019/100)", path.display())
+        format!(
+            "cannot read {} (--trace takes a prefix such as traces/azure-functions-2019/100)",
+            path.display()
+        )
     })
 }
 
 pub fn sim(a: SimArgs) -> Result<ExitCode> {
-    let trace = parse_azure(&read(&a.trace, "invocations")?, &read(&a.trace, "durations")?, &read(&a.trace, "memory")?)
-        .with_context(|| format!("trace {} is malformed", a.trace.display()))?;
+    let trace = parse_azure(
+        &read(&a.trace, "invocations")?,
+        &read(&a.trace, "durations")?,
+        &read(&a.trace, "memory")?,
+    )
+    .with_context(|| format!("trace {} is malformed", a.trace.display()))?;
     let mut policies = Vec::new();
     for p in &a.policies {
-        policies.push(p.parse::<Policy>().map_err(|e| anyhow::anyhow!("--policy {p}: {e}"))?);
+        policies.push(
+            p.parse::<Policy>()
+                .map_err(|e| anyhow::anyhow!("--policy {p}: {e}"))?,
+        );
     }
     if policies.is_empty() {
         policies = vec![Policy::Requests, Policy::Cost, Policy::Learned];
     }
-    let mut config = SimConfig { seed: a.seed, ..SimConfig::default() };
+    let mut config = SimConfig {
+        seed: a.seed,
+        ..SimConfig::default()
+    };
     if let Some(n) = a.nodes {
         if n == 0 {
             bail!("--nodes must be at least 1");
@@ -58,7 +74,8 @@ pub fn sim(a: SimArgs) -> Result<ExitCode> {
     }
     let result = compare(&trace, &policies, &config);
     if let Some(path) = &a.plot {
-        std::fs::write(path, plot_svg(&result)).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, plot_svg(&result))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if a.json {
         crate::util::print_json(&result)?;

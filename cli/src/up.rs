@@ -55,11 +55,21 @@ struct NodeReport {
 
 pub fn up(a: UpArgs) -> Result<ExitCode> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let token = tern_control::load_or_create_token(&data_dir)?;
-    let cfg = control_config(&data_dir, token.clone(), &a.policy, &a.heartbeat_timeout, &a.rebalance_interval)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let cfg = control_config(
+        &data_dir,
+        token.clone(),
+        &a.policy,
+        &a.heartbeat_timeout,
+        &a.rebalance_interval,
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| {
             format!("cannot listen on {}: is a cluster already running there? (`tern nodes` asks it; or use --listen)", a.listen)
@@ -151,5 +161,7 @@ fn print_report(r: &UpReport, data_dir: &std::path::Path) {
             println!("  export TERN_TOKEN=$(cat {})", r.token_file);
         }
     }
-    println!("Try: tern nodes, tern deploy APP.wasm --name APP, tern ps. Ctrl-C stops the cluster.");
+    println!(
+        "Try: tern nodes, tern deploy APP.wasm --name APP, tern ps. Ctrl-C stops the cluster."
+    );
 }

@@ -5,9 +5,13 @@ use anyhow::{bail, Result};
 /// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, or plain bytes.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '_').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.replace('_', "").parse().map_err(|_| anyhow::anyhow!("`{s}` is not a size (try 64MiB, 1GiB or a number of bytes)"))?;
+    let n: u64 = num.replace('_', "").parse().map_err(|_| {
+        anyhow::anyhow!("`{s}` is not a size (try 64MiB, 1GiB or a number of bytes)")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -16,14 +20,18 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        other => bail!("`{s}`: unknown size unit `{other}` (use KiB, MiB, GiB, KB, MB, GB or plain bytes)"),
+        other => bail!(
+            "`{s}`: unknown size unit `{other}` (use KiB, MiB, GiB, KB, MB, GB or plain bytes)"
+        ),
     };
-    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("`{s}` is too large"))
 }
 
 /// Parses `500ms`, `2s`, `1m 30s`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
-    humantime::parse_duration(s.trim()).map_err(|e| anyhow::anyhow!("`{s}` is not a duration ({e}); try 500ms or 2s"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| anyhow::anyhow!("`{s}` is not a duration ({e}); try 500ms or 2s"))
 }
 
 /// An error and its causes on one line.
@@ -59,7 +67,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +80,13 @@ mod tests {
 
     #[test]
     fn sizes() {
-        for (s, want) in [("64MiB", 64 << 20), ("1GiB", 1 << 30), ("4096", 4096), ("10MB", 10_000_000), ("2 KiB", 2048)] {
+        for (s, want) in [
+            ("64MiB", 64 << 20),
+            ("1GiB", 1 << 30),
+            ("4096", 4096),
+            ("10MB", 10_000_000),
+            ("2 KiB", 2048),
+        ] {
             assert_eq!(parse_size(s).unwrap(), want, "{s}");
         }
         for s in ["", "MiB", "12XB", "-1", "99999999999999GiB"] {

@@ -6,22 +6,40 @@ use std::process::{Command, Output};
 fn tern(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(args)
-        .env("TERN_CACHE_DIR", std::env::temp_dir().join("tern-cli-test-cache"))
+        .env(
+            "TERN_CACHE_DIR",
+            std::env::temp_dir().join("tern-cli-test-cache"),
+        )
         .output()
         .expect("run tern")
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn counter() -> String {
-    root().join("tests/guests/wat/contract_counter.wat").display().to_string()
+    root()
+        .join("tests/guests/wat/contract_counter.wat")
+        .display()
+        .to_string()
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "tern failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "tern failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 #[test]
@@ -29,13 +47,34 @@ fn run_snapshot_resume_inspect() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("c.snap");
     let snap = snap.to_str().unwrap();
-    let out = tern(&["run", &counter(), "--invoke", "add", "5", "--invoke", "add", "-2", "--snapshot-out", snap, "--json"]);
+    let out = tern(&[
+        "run",
+        &counter(),
+        "--invoke",
+        "add",
+        "5",
+        "--invoke",
+        "add",
+        "-2",
+        "--snapshot-out",
+        snap,
+        "--json",
+    ]);
     let doc = json(&out);
     assert_eq!(doc["calls"][1]["results"][0], 3);
     assert_eq!(doc["calls"][1]["args"][0], -2);
     // Twice in a row: resume, snapshot again, resume again.
     let snap2 = dir.path().join("c2.snap");
-    let doc = json(&tern(&["resume", snap, "--invoke", "add", "10", "--snapshot-out", snap2.to_str().unwrap(), "--json"]));
+    let doc = json(&tern(&[
+        "resume",
+        snap,
+        "--invoke",
+        "add",
+        "10",
+        "--snapshot-out",
+        snap2.to_str().unwrap(),
+        "--json",
+    ]));
     assert_eq!(doc["calls"][0]["results"][0], 13);
     let out = tern(&["resume", snap2.to_str().unwrap(), "--invoke", "get"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "13");
@@ -49,7 +88,16 @@ fn run_snapshot_resume_inspect() {
 fn a_damaged_snapshot_is_an_error_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("c.snap");
-    json(&tern(&["run", &counter(), "--invoke", "add", "7", "--snapshot-out", snap.to_str().unwrap(), "--json"]));
+    json(&tern(&[
+        "run",
+        &counter(),
+        "--invoke",
+        "add",
+        "7",
+        "--snapshot-out",
+        snap.to_str().unwrap(),
+        "--json",
+    ]));
     let mut bytes = std::fs::read(&snap).unwrap();
     let n = bytes.len();
     bytes[n - 20] ^= 1;
@@ -57,10 +105,14 @@ fn a_damaged_snapshot_is_an_error_with_a_message() {
     let out = tern(&["resume", snap.to_str().unwrap(), "--invoke", "get"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: ") && err.contains("checksum"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("checksum"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "no wrong answer is printed");
     std::fs::write(&snap, &bytes[..n / 2]).unwrap();
-    let err = String::from_utf8_lossy(&tern(&["inspect", snap.to_str().unwrap()]).stderr).into_owned();
+    let err =
+        String::from_utf8_lossy(&tern(&["inspect", snap.to_str().unwrap()]).stderr).into_owned();
     assert!(err.contains("truncated"), "{err}");
 }
 
@@ -70,8 +122,14 @@ fn guest_faults_are_errors_not_crashes() {
     let m = m.to_str().unwrap();
     for (args, needle) in [
         (vec!["run", m, "--invoke", "trap"], "unreachable"),
-        (vec!["run", m, "--timeout", "50ms", "--invoke", "spin"], "time limit"),
-        (vec!["run", m, "--fuel", "10000", "--invoke", "spin"], "fuel"),
+        (
+            vec!["run", m, "--timeout", "50ms", "--invoke", "spin"],
+            "time limit",
+        ),
+        (
+            vec!["run", m, "--fuel", "10000", "--invoke", "spin"],
+            "fuel",
+        ),
         (vec!["run", m, "--invoke", "recurse", "0"], "stack"),
         (vec!["run", m, "--invoke", "div", "1"], "takes 2 argument"),
         (vec!["run", "/no/such/module.wasm"], "cannot"),
@@ -79,7 +137,10 @@ fn guest_faults_are_errors_not_crashes() {
         let out = tern(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
-        assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     // Memory growth past the limit fails inside Wasm: -1, not an error.
@@ -93,17 +154,35 @@ fn sim_compares_the_policies_on_the_shipped_trace() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("load.svg");
     let doc = json(&tern(&[
-        "sim", "--trace", trace.to_str().unwrap(), "--policy", "requests", "--policy", "learned", "--plot", plot.to_str().unwrap(), "--json",
+        "sim",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "requests",
+        "--policy",
+        "learned",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--json",
     ]));
     let policies = doc["policies"].as_array().unwrap();
     assert_eq!(policies.len(), 2);
     for p in policies {
-        for field in ["policy", "overload_minutes", "migrations", "mean_utilization", "nodes_used"] {
+        for field in [
+            "policy",
+            "overload_minutes",
+            "migrations",
+            "mean_utilization",
+            "nodes_used",
+        ] {
             assert!(!p[field].is_null(), "missing {field}");
         }
     }
     for field in ["model", "mae", "last_value_mae", "moving_average_mae"] {
-        assert!(!doc["predictor"][field].is_null(), "missing predictor.{field}");
+        assert!(
+            !doc["predictor"][field].is_null(),
+            "missing predictor.{field}"
+        );
     }
     assert!(doc["predictor"]["mae"].as_f64() < doc["predictor"]["last_value_mae"].as_f64());
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
@@ -124,7 +203,10 @@ fn every_subcommand_has_help_with_an_example() {
     for c in commands {
         let out = tern(&[&c, "--help"]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("Example:"), "`tern {c} --help` has no example:\n{text}");
+        assert!(
+            text.contains("Example:"),
+            "`tern {c} --help` has no example:\n{text}"
+        );
     }
 }
 
@@ -144,25 +226,45 @@ impl Cluster {
         };
         let control = format!("http://127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["up", "--nodes", &nodes.to_string(), "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "up",
+                "--nodes",
+                &nodes.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(dir.path())
-            .env("TERN_CACHE_DIR", std::env::temp_dir().join("tern-cli-test-cache"))
+            .env(
+                "TERN_CACHE_DIR",
+                std::env::temp_dir().join("tern-cli-test-cache"),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let c = Cluster { child, dir, control };
+        let c = Cluster {
+            child,
+            dir,
+            control,
+        };
         // Wait (bounded) until every node has registered.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let out = c.tern(&["nodes", "--json"]);
             if out.status.success() {
                 let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                if doc.as_array().is_some_and(|a| a.len() == nodes as usize && a.iter().all(|n| n["state"] == "ready")) {
+                if doc.as_array().is_some_and(|a| {
+                    a.len() == nodes as usize && a.iter().all(|n| n["state"] == "ready")
+                }) {
                     return c;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "cluster did not come up: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cluster did not come up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
@@ -194,7 +296,15 @@ extern "C" {
 fn a_real_cluster_moves_an_app_while_it_serves() {
     let cluster = Cluster::up(3);
     let counter = PathBuf::from(tern_artifacts::COUNTER);
-    let doc = json(&cluster.tern(&["deploy", counter.to_str().unwrap(), "--name", "counter", "--node", "node-1", "--json"]));
+    let doc = json(&cluster.tern(&[
+        "deploy",
+        counter.to_str().unwrap(),
+        "--name",
+        "counter",
+        "--node",
+        "node-1",
+        "--json",
+    ]));
     assert_eq!(doc["app"]["node"], "node-1", "{doc}");
     // A writer adds 1 through the cluster while the app moves hot, cold, hot.
     let writer = {
@@ -209,7 +319,11 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
                     .env("TERN_TOKEN", token.trim())
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "invoke failed: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "invoke failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                 totals.push(doc["results"][0].as_i64().unwrap());
             }
@@ -217,26 +331,58 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
         })
     };
     for (to, mode) in [("node-2", "hot"), ("node-3", "cold"), ("node-1", "hot")] {
-        let doc = json(&cluster.tern(&["migrate", "counter", "--to", to, "--mode", mode, "--json"]));
-        for field in ["mode", "from", "to", "downtime_ms", "total_ms", "bytes_sent", "rounds"] {
+        let doc =
+            json(&cluster.tern(&["migrate", "counter", "--to", to, "--mode", mode, "--json"]));
+        for field in [
+            "mode",
+            "from",
+            "to",
+            "downtime_ms",
+            "total_ms",
+            "bytes_sent",
+            "rounds",
+        ] {
             assert!(!doc[field].is_null(), "migrate --json lacks {field}: {doc}");
         }
         assert_eq!(doc["to"], to);
     }
     let totals = writer.join().unwrap();
-    assert_eq!(totals, (1..=60).collect::<Vec<i64>>(), "each call ran exactly once, in order");
+    assert_eq!(
+        totals,
+        (1..=60).collect::<Vec<i64>>(),
+        "each call ran exactly once, in order"
+    );
     let doc = json(&cluster.tern(&["ps", "--json"]));
-    let app = doc.as_array().unwrap().iter().find(|a| a["name"] == "counter").unwrap().clone();
+    let app = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "counter")
+        .unwrap()
+        .clone();
     assert_eq!(app["node"], "node-1");
     assert_eq!(app["generation"], 4);
     let doc = json(&cluster.tern(&["invoke", "counter", "get", "--json"]));
     assert_eq!(doc["results"][0], 60);
     // Mistakes get messages that say what to do.
     let out = cluster.tern(&["invoke", "nope", "get"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tern ps"), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(env!("CARGO_BIN_EXE_tern")).args(["ps"]).env("TERN_CONTROL", &cluster.control).env("TERN_TOKEN", "wrong").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tern ps"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["ps"])
+        .env("TERN_CONTROL", &cluster.control)
+        .env("TERN_TOKEN", "wrong")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A child process killed (SIGKILL, like a machine dying) on drop.
@@ -250,7 +396,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` until it returns Some, for at most `secs` seconds.
@@ -260,7 +410,10 @@ fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T
         if let Some(v) = check() {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
@@ -272,7 +425,16 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
     let control = format!("http://127.0.0.1:{port}");
     let _control = Proc(
         Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-timeout", "2s", "--rebalance-interval", "500ms", "--data-dir"])
+            .args([
+                "control",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--heartbeat-timeout",
+                "2s",
+                "--rebalance-interval",
+                "500ms",
+                "--data-dir",
+            ])
             .arg(dir.path().join("control"))
             .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
             .stdout(std::process::Stdio::null())
@@ -284,10 +446,22 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
         let p = free_port();
         Proc(
             Command::new(env!("CARGO_BIN_EXE_tern"))
-                .args(["node", "--listen", &format!("127.0.0.1:{p}"), "--control", &control, "--name", name, "--data-dir"])
+                .args([
+                    "node",
+                    "--listen",
+                    &format!("127.0.0.1:{p}"),
+                    "--control",
+                    &control,
+                    "--name",
+                    name,
+                    "--data-dir",
+                ])
                 .arg(dir.path().join(name))
                 .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
-                .env("TERN_CACHE_DIR", std::env::temp_dir().join("tern-cli-test-cache"))
+                .env(
+                    "TERN_CACHE_DIR",
+                    std::env::temp_dir().join("tern-cli-test-cache"),
+                )
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -307,23 +481,51 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
     wait_for(60, "two ready nodes", || {
         let out = tern(&["nodes", "--json"]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (doc.as_array()?.iter().filter(|n| n["state"] == "ready").count() == 2).then_some(())
+        (doc.as_array()?
+            .iter()
+            .filter(|n| n["state"] == "ready")
+            .count()
+            == 2)
+            .then_some(())
     });
-    json(&tern(&["deploy", tern_artifacts::COUNTER, "--name", "counter", "--node", "first", "--restart", "always", "--json"]));
+    json(&tern(&[
+        "deploy",
+        tern_artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--node",
+        "first",
+        "--restart",
+        "always",
+        "--json",
+    ]));
     json(&tern(&["invoke", "counter", "add", "41", "--json"]));
     // Wait for a checkpoint of that state to reach the control plane (nodes
     // take one every 10 s), then kill the node the app runs on.
-    let checkpoint = dir.path().join("control").join("checkpoints").join("counter.snap");
-    wait_for(40, "a checkpoint of counter", || checkpoint.exists().then_some(()));
+    let checkpoint = dir
+        .path()
+        .join("control")
+        .join("checkpoints")
+        .join("counter.snap");
+    wait_for(40, "a checkpoint of counter", || {
+        checkpoint.exists().then_some(())
+    });
     drop(first);
     let doc = wait_for(60, "counter to run on the second node", || {
         let out = tern(&["ps", "--json"]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let app = doc.as_array()?.iter().find(|a| a["name"] == "counter")?.clone();
+        let app = doc
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "counter")?
+            .clone();
         (app["node"] == "second" && app["state"] == "running").then_some(app)
     });
     assert!(doc["generation"].as_u64().unwrap() >= 2, "{doc}");
     let out = json(&tern(&["invoke", "counter", "get", "--json"]));
-    assert_eq!(out["results"][0], 41, "the app came back with its checkpointed state");
+    assert_eq!(
+        out["results"][0], 41,
+        "the app came back with its checkpointed state"
+    );
     assert_eq!(out["node"], "second");
 }

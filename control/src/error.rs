@@ -14,7 +14,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -49,7 +52,9 @@ impl ApiError {
 
     /// Another operation holds the app.
     pub fn busy(name: &str) -> ApiError {
-        ApiError::conflict(format!("app {name} is being moved, restored or removed right now: try again in a moment"))
+        ApiError::conflict(format!(
+            "app {name} is being moved, restored or removed right now: try again in a moment"
+        ))
     }
 
     /// A call to a node failed.

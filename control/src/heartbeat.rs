@@ -33,13 +33,24 @@ pub fn register(sh: &Shared, info: NodeInfo) -> Result<(), ApiError> {
         )));
     }
     if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
-        return Err(ApiError::bad_request(format!("node URL `{}` must start with http:// (it is where the control plane calls the node)", info.url)));
+        return Err(ApiError::bad_request(format!(
+            "node URL `{}` must start with http:// (it is where the control plane calls the node)",
+            info.url
+        )));
     }
     let now = now_ms();
     let mut st = sh.lock();
     let rec = match st.nodes.get(&info.name) {
-        Some(old) => NodeRec { info, registered_unix_ms: now, ..old.clone() },
-        None => NodeRec { info, registered_unix_ms: now, ..NodeRec::default() },
+        Some(old) => NodeRec {
+            info,
+            registered_unix_ms: now,
+            ..old.clone()
+        },
+        None => NodeRec {
+            info,
+            registered_unix_ms: now,
+            ..NodeRec::default()
+        },
     };
     sh.store.put_node(&rec, true)?;
     tracing::info!(node = %rec.info.name, url = %rec.info.url, "node registered");
@@ -50,7 +61,10 @@ pub fn register(sh: &Shared, info: NodeInfo) -> Result<(), ApiError> {
 /// `POST /v1/nodes/NAME/heartbeat`.
 pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiError> {
     if !hb.name.is_empty() && hb.name != name {
-        return Err(ApiError::bad_request(format!("heartbeat for node {} sent to the address of node {name}", hb.name)));
+        return Err(ApiError::bad_request(format!(
+            "heartbeat for node {} sent to the address of node {name}",
+            hb.name
+        )));
     }
     let now = now_ms();
     let period = sh.cfg.sample_period.as_millis().max(1) as u64;
@@ -62,7 +76,9 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
     let mut guard = sh.lock();
     let st = &mut *guard;
     let Some(node) = st.nodes.get_mut(name) else {
-        return Err(ApiError::not_found(format!("node {name} is not registered: register it first (POST /v1/nodes)")));
+        return Err(ApiError::not_found(format!(
+            "node {name} is not registered: register it first (POST /v1/nodes)"
+        )));
     };
     node.last_heartbeat_unix_ms = Some(now);
     node.usage = hb.usage;
@@ -74,7 +90,12 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         reported.insert(s.name.as_str());
         let busy = st.busy.contains(&s.name);
         let Some(app) = st.apps.get_mut(&s.name) else {
-            if !busy && st.generations.get(&s.name).is_some_and(|g| *g >= s.generation) {
+            if !busy
+                && st
+                    .generations
+                    .get(&s.name)
+                    .is_some_and(|g| *g >= s.generation)
+            {
                 fence.push((s.name.clone(), s.generation));
             }
             continue;
@@ -111,7 +132,10 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         app.start_at_unix_ms = s.start_at_unix_ms;
         let prev_cpu = app.cpu_ms;
         app.cpu_ms = s.cpu_ms;
-        if before != (app.state.clone(), app.last_error.clone()) || app.generation != s.generation || prev_cpu > s.cpu_ms {
+        if before != (app.state.clone(), app.last_error.clone())
+            || app.generation != s.generation
+            || prev_cpu > s.cpu_ms
+        {
             changed.push(s.name.clone());
         }
         // Usage: CPU from the counter's rate since the last report.
@@ -121,7 +145,10 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
             }
             _ => None,
         };
-        st.cpu_prev.insert(s.name.clone(), (name.to_string(), s.generation, s.cpu_ms, now));
+        st.cpu_prev.insert(
+            s.name.clone(),
+            (name.to_string(), s.generation, s.cpu_ms, now),
+        );
         if let Some(cpu) = cpu {
             let usage = Resources::new(cpu, s.memory_bytes);
             st.usage.insert(s.name.clone(), usage);
@@ -148,12 +175,16 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
     let changed_apps: Vec<_> = changed.iter().filter_map(|n| st.apps.get(n)).collect();
     sh.store.put_apps(&changed_apps, false)?;
     sh.store.put_node(&node_rec, false)?;
-    sh.store.push_samples(&samples, sh.cfg.predictor.max_history as u64)?;
+    sh.store
+        .push_samples(&samples, sh.cfg.predictor.max_history as u64)?;
     drop(guard);
 
     for (app, generation) in fence {
         let sh = sh.clone();
-        let url = format!("{}/v1/apps/{app}?generation={generation}", node_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/v1/apps/{app}?generation={generation}",
+            node_url.trim_end_matches('/')
+        );
         let node = name.to_string();
         tokio::spawn(async move {
             tracing::info!(%app, %node, generation, "fencing a stale copy");

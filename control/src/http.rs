@@ -267,11 +267,17 @@ fn registered(sh: &Shared) -> serde_json::Value {
 
 async fn put_module(sh: &Shared, sha: &str, body: Incoming) -> Reply {
     if !valid_sha256(sha) {
-        return Err(ApiError::bad_request(format!("`{sha}` is not a sha256: use the module's sha256 as 64 lowercase hex digits")).into());
+        return Err(ApiError::bad_request(format!(
+            "`{sha}` is not a sha256: use the module's sha256 as 64 lowercase hex digits"
+        ))
+        .into());
     }
     let bytes = read_body(body, sh.cfg.max_blob_bytes).await?;
     if !bytes.starts_with(b"\0asm") {
-        return Err(ApiError::bad_request("the body is not a WebAssembly module (no \\0asm magic): upload the .wasm file").into());
+        return Err(ApiError::bad_request(
+            "the body is not a WebAssembly module (no \\0asm magic): upload the .wasm file",
+        )
+        .into());
     }
     let (bytes, actual) = tokio::task::spawn_blocking(move || {
         let h = hex::encode(Sha256::digest(&bytes));
@@ -283,7 +289,10 @@ async fn put_module(sh: &Shared, sha: &str, body: Incoming) -> Reply {
         return Err(ApiError::bad_request(format!("the uploaded bytes hash to {actual}, not {sha}: upload the module under its own sha256")).into());
     }
     if sh.lock().modules.contains_key(sha) {
-        return Ok(server::json(StatusCode::OK, &serde_json::json!({"sha256": sha, "bytes": bytes.len()})));
+        return Ok(server::json(
+            StatusCode::OK,
+            &serde_json::json!({"sha256": sha, "bytes": bytes.len()}),
+        ));
     }
     let path = sh.store.module_path(sha);
     let len = bytes.len() as u64;
@@ -293,7 +302,10 @@ async fn put_module(sh: &Shared, sha: &str, body: Incoming) -> Reply {
         .map_err(|e| ApiError::internal(format!("cannot store module {sha}: {e}")))?;
     sh.store.put_module(sha, len)?;
     sh.lock().modules.insert(sha.to_string(), len);
-    Ok(server::json(StatusCode::CREATED, &serde_json::json!({"sha256": sha, "bytes": len})))
+    Ok(server::json(
+        StatusCode::CREATED,
+        &serde_json::json!({"sha256": sha, "bytes": len}),
+    ))
 }
 
 /// Decodes `%XX` escapes (and leaves everything else as it is).

@@ -90,7 +90,10 @@ pub struct ControlConfig {
 impl ControlConfig {
     /// Defaults for everything but where the state lives and the token.
     pub fn new(data_dir: impl Into<PathBuf>, token: impl Into<String>) -> ControlConfig {
-        let rebalance = RebalanceConfig { cooldown: 300, ..RebalanceConfig::default() };
+        let rebalance = RebalanceConfig {
+            cooldown: 300,
+            ..RebalanceConfig::default()
+        };
         ControlConfig {
             data_dir: data_dir.into(),
             token: token.into(),
@@ -106,7 +109,10 @@ impl ControlConfig {
             max_migrations: 200,
             max_blob_bytes: tern_api::MAX_BLOB_BODY,
             advertise_url: None,
-            default_requests: tern_api::types::Resources { cpu_milli: 100, memory_bytes: 64 << 20 },
+            default_requests: tern_api::types::Resources {
+                cpu_milli: 100,
+                memory_bytes: 64 << 20,
+            },
         }
     }
 }
@@ -121,13 +127,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     if config.token.is_empty() {
-        anyhow::bail!("the control plane needs a cluster token (an empty one would let anybody in)");
+        anyhow::bail!(
+            "the control plane needs a cluster token (an empty one would let anybody in)"
+        );
     }
-    let addr = listener.local_addr().context("listener has no local address")?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
     let advertise = match &config.advertise_url {
         Some(u) => u.trim_end_matches('/').to_string(),
         None => {
-            let ip = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+            let ip = if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
             format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
         }
     };
@@ -163,7 +177,9 @@ pub fn load_or_create_token(data_dir: &Path) -> anyhow::Result<String> {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read the token file {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the token file {}", path.display()))
+        }
     }
     let token = generate_token()?;
     write_token(&path, &token)?;
@@ -193,7 +209,9 @@ pub fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f = opts
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -9,13 +9,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 use tern_api::types::{
-    AppState, AppStatus, AppView, DeployRequest, InvokeRequest, InvokeResponse, LogsResponse, MigrateRequest, MigrationReport,
-    Mode, StartApp,
+    AppState, AppStatus, AppView, DeployRequest, InvokeRequest, InvokeResponse, LogsResponse,
+    MigrateRequest, MigrationReport, Mode, StartApp,
 };
 use tern_scheduler::{place, Decision, Policy, RestartPolicy};
 
 use crate::error::ApiError;
-use crate::state::{now_ms, spec_of, valid_name, valid_sha256, AppRec, BusyGuard, CheckpointRec, Shared, State};
+use crate::state::{
+    now_ms, spec_of, valid_name, valid_sha256, AppRec, BusyGuard, CheckpointRec, Shared, State,
+};
 use crate::store::write_atomic;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -40,7 +42,10 @@ impl NodeRef {
 /// An HTTP client that hands back any status, headers and body as they
 /// came (app ingress is passed through, not interpreted).
 pub struct RawClient {
-    inner: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
 }
 
 /// An app's answer, passed through.
@@ -55,7 +60,9 @@ impl RawClient {
         let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
         c.set_nodelay(true);
         c.set_connect_timeout(Some(Duration::from_secs(3)));
-        let inner = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(c);
+        let inner =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(c);
         RawClient { inner }
     }
 
@@ -83,18 +90,36 @@ impl RawClient {
                 reason
             })?;
             let status = resp.status();
-            let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-            let body = resp.into_body().collect().await.map_err(|e| format!("connection lost: {e}"))?.to_bytes();
-            Ok(RawResponse { status, content_type, body })
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("connection lost: {e}"))?
+                .to_bytes();
+            Ok(RawResponse {
+                status,
+                content_type,
+                body,
+            })
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
     }
 }
 
 impl Shared {
     fn node_ref(&self, st: &State, name: &str) -> Result<NodeRef> {
         let n = st.nodes.get(name).ok_or_else(|| ApiError::no_node(name))?;
-        Ok(NodeRef { name: name.to_string(), url: n.info.url.clone() })
+        Ok(NodeRef {
+            name: name.to_string(),
+            url: n.info.url.clone(),
+        })
     }
 
     /// A node that can take work now (registered, not down).
@@ -113,7 +138,10 @@ impl Shared {
     fn app_and_node(&self, st: &State, name: &str) -> Result<(AppRec, NodeRef)> {
         let app = st.apps.get(name).ok_or_else(|| ApiError::no_app(name))?;
         let node = app.node.as_deref().ok_or_else(|| {
-            ApiError::conflict(format!("app {name} has no node right now (state {}): see `tern ps`", app.state))
+            ApiError::conflict(format!(
+                "app {name} has no node right now (state {}): see `tern ps`",
+                app.state
+            ))
         })?;
         Ok((app.clone(), self.node_ref(st, node)?))
     }
@@ -135,9 +163,15 @@ impl Shared {
         }
         let path = self.store.module_path(sha256);
         let bytes = tokio::fs::read(&path).await.map_err(|e| {
-            ApiError::internal(format!("module {sha256} is missing from {}: {e}; upload it again (`tern deploy` does)", path.display()))
+            ApiError::internal(format!(
+                "module {sha256} is missing from {}: {e}; upload it again (`tern deploy` does)",
+                path.display()
+            ))
         })?;
-        self.long_client.put_bytes(&url, bytes.into()).await.map_err(|e| node.err(e))?;
+        self.long_client
+            .put_bytes(&url, bytes.into())
+            .await
+            .map_err(|e| node.err(e))?;
         Ok(())
     }
 
@@ -169,12 +203,23 @@ impl Shared {
         tokio::task::spawn_blocking(move || write_atomic(&path, &data))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(format!("cannot write the checkpoint of {app}: {e}")))?;
+            .map_err(|e| {
+                ApiError::internal(format!("cannot write the checkpoint of {app}: {e}"))
+            })?;
         let mut st = self.lock();
-        if st.checkpoints.get(app).is_some_and(|c| c.generation > generation) || !st.apps.contains_key(app) {
+        if st
+            .checkpoints
+            .get(app)
+            .is_some_and(|c| c.generation > generation)
+            || !st.apps.contains_key(app)
+        {
             return Ok(false);
         }
-        let rec = CheckpointRec { generation, bytes: bytes.len() as u64, unix_ms: now_ms() };
+        let rec = CheckpointRec {
+            generation,
+            bytes: bytes.len() as u64,
+            unix_ms: now_ms(),
+        };
         self.store.put_checkpoint(app, &rec)?;
         st.checkpoints.insert(app.to_string(), rec);
         Ok(true)
@@ -187,7 +232,12 @@ impl Shared {
 pub fn uri_safe(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' | b'#') {
+        if b.is_ascii_graphic()
+            && !matches!(
+                b,
+                b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}' | b'#'
+            )
+        {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -202,7 +252,11 @@ pub fn state_word(s: AppState) -> String {
 }
 
 /// `POST /v1/apps` (`dry_run`: only say where the app would go).
-pub async fn deploy(sh: &Arc<Shared>, req: DeployRequest, dry_run: bool) -> Result<(Option<AppView>, Option<Decision>)> {
+pub async fn deploy(
+    sh: &Arc<Shared>,
+    req: DeployRequest,
+    dry_run: bool,
+) -> Result<(Option<AppView>, Option<Decision>)> {
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "`{}` is not a valid app name: use 1 to 63 letters, digits, `.`, `_` or `-`",
@@ -210,7 +264,9 @@ pub async fn deploy(sh: &Arc<Shared>, req: DeployRequest, dry_run: bool) -> Resu
         )));
     }
     if !valid_sha256(&req.module_sha256) {
-        return Err(ApiError::bad_request("module_sha256 must be 64 lowercase hex digits"));
+        return Err(ApiError::bad_request(
+            "module_sha256 must be 64 lowercase hex digits",
+        ));
     }
     let restart: RestartPolicy = req.restart.as_deref().unwrap_or("never").parse()?;
     let policy: Policy = match req.policy.as_deref() {
@@ -221,7 +277,9 @@ pub async fn deploy(sh: &Arc<Shared>, req: DeployRequest, dry_run: bool) -> Resu
     let now = now_ms();
     let requests = tern_api::types::Resources {
         cpu_milli: req.cpu_milli.unwrap_or(sh.cfg.default_requests.cpu_milli),
-        memory_bytes: req.memory_limit.unwrap_or(sh.cfg.default_requests.memory_bytes),
+        memory_bytes: req
+            .memory_limit
+            .unwrap_or(sh.cfg.default_requests.memory_bytes),
     };
     let mut rec = AppRec {
         name: name.clone(),
@@ -289,14 +347,20 @@ pub async fn deploy(sh: &Arc<Shared>, req: DeployRequest, dry_run: bool) -> Resu
             restart: rec.restart.clone(),
             start_at_unix_ms: req.start_at_unix_ms,
         };
-        sh.client.post_json::<_, AppStatus>(&node.url("/v1/apps"), &start).await.map_err(|e| node.err(e))
+        sh.client
+            .post_json::<_, AppStatus>(&node.url("/v1/apps"), &start)
+            .await
+            .map_err(|e| node.err(e))
     }
     .await;
 
     let mut st = sh.lock();
     match started {
         Ok(status) => {
-            let a = st.apps.get_mut(&name).expect("a busy app stays in the table");
+            let a = st
+                .apps
+                .get_mut(&name)
+                .expect("a busy app stays in the table");
             Shared::apply_status(a, &status);
             a.placed_unix_ms = now_ms();
             let a = a.clone();
@@ -319,17 +383,40 @@ pub async fn deploy(sh: &Arc<Shared>, req: DeployRequest, dry_run: bool) -> Resu
 /// `POST /v1/apps/NAME/invoke`.
 pub async fn invoke(sh: &Shared, name: &str, req: InvokeRequest) -> Result<InvokeResponse> {
     let (_, node) = sh.app_and_node(&sh.lock(), name)?;
-    sh.client.post_json(&node.url(&format!("/v1/apps/{name}/invoke")), &req).await.map_err(|e| node.err(e))
+    sh.client
+        .post_json(&node.url(&format!("/v1/apps/{name}/invoke")), &req)
+        .await
+        .map_err(|e| node.err(e))
 }
 
 /// `POST /v1/apps/NAME/call?path=/P&method=M`: the app's answer as it came.
-pub async fn call(sh: &Shared, name: &str, method: Method, path: &str, content_type: Option<&str>, body: Bytes) -> Result<RawResponse> {
+pub async fn call(
+    sh: &Shared,
+    name: &str,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Bytes,
+) -> Result<RawResponse> {
     let (_, node) = sh.app_and_node(&sh.lock(), name)?;
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
     let url = node.url(&format!("/apps/{name}{}", uri_safe(&path)));
-    sh.raw.send(method, &url, content_type, body, Duration::from_secs(120)).await.map_err(|reason| {
-        ApiError::new(StatusCode::BAD_GATEWAY, format!("node {} at {} does not answer: is it running? ({reason})", node.name, node.url))
-    })
+    sh.raw
+        .send(method, &url, content_type, body, Duration::from_secs(120))
+        .await
+        .map_err(|reason| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "node {} at {} does not answer: is it running? ({reason})",
+                    node.name, node.url
+                ),
+            )
+        })
 }
 
 /// `POST /v1/apps/NAME/snapshot`: the bytes. They are not kept as the
@@ -337,17 +424,31 @@ pub async fn call(sh: &Shared, name: &str, method: Method, path: &str, content_t
 /// checks the target fetches exactly the source's latest checkpoint).
 pub async fn snapshot(sh: &Shared, name: &str) -> Result<Bytes> {
     let (_, node) = sh.app_and_node(&sh.lock(), name)?;
-    sh.long_client.post_bytes(&node.url(&format!("/v1/apps/{name}/snapshot")), Bytes::new()).await.map_err(|e| node.err(e))
+    sh.long_client
+        .post_bytes(
+            &node.url(&format!("/v1/apps/{name}/snapshot")),
+            Bytes::new(),
+        )
+        .await
+        .map_err(|e| node.err(e))
 }
 
 /// `POST /v1/apps/NAME/stop` and `.../start`.
 pub async fn stop_or_start(sh: &Shared, name: &str, stop: bool) -> Result<AppView> {
     let (app, node) = sh.app_and_node(&sh.lock(), name)?;
     let verb = if stop { "stop" } else { "start" };
-    let status: AppStatus =
-        sh.client.post_json(&node.url(&format!("/v1/apps/{name}/{verb}")), &serde_json::json!({})).await.map_err(|e| node.err(e))?;
+    let status: AppStatus = sh
+        .client
+        .post_json(
+            &node.url(&format!("/v1/apps/{name}/{verb}")),
+            &serde_json::json!({}),
+        )
+        .await
+        .map_err(|e| node.err(e))?;
     let mut st = sh.lock();
-    let Some(a) = st.apps.get_mut(name) else { return Err(ApiError::no_app(name)) };
+    let Some(a) = st.apps.get_mut(name) else {
+        return Err(ApiError::no_app(name));
+    };
     if a.generation == app.generation && a.node == app.node {
         Shared::apply_status(a, &status);
         a.operator_stopped = stop;
@@ -363,12 +464,20 @@ pub async fn remove(sh: &Arc<Shared>, name: &str) -> Result<()> {
     let now = now_ms();
     let (app, node, node_down, guard) = {
         let mut st = sh.lock();
-        let app = st.apps.get(name).cloned().ok_or_else(|| ApiError::no_app(name))?;
+        let app = st
+            .apps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::no_app(name))?;
         if st.busy.contains(name) {
             return Err(ApiError::busy(name));
         }
         let node = app.node.as_deref().and_then(|n| sh.node_ref(&st, n).ok());
-        let node_down = app.node.as_deref().and_then(|n| st.nodes.get(n)).is_none_or(|n| sh.is_down(n, now));
+        let node_down = app
+            .node
+            .as_deref()
+            .and_then(|n| st.nodes.get(n))
+            .is_none_or(|n| sh.is_down(n, now));
         let guard = BusyGuard::take(sh, &mut st, name);
         (app, node, node_down, guard)
     };
@@ -402,26 +511,49 @@ pub async fn remove(sh: &Arc<Shared>, name: &str) -> Result<()> {
 pub async fn logs(sh: &Shared, name: &str, from: u64, wait_ms: u64) -> Result<LogsResponse> {
     let (_, node) = sh.app_and_node(&sh.lock(), name)?;
     let wait_ms = wait_ms.min(60_000);
-    let client = sh.client.clone().with_timeout(Duration::from_millis(wait_ms + 30_000));
-    client.get_json(&node.url(&format!("/v1/apps/{name}/logs?from={from}&wait_ms={wait_ms}"))).await.map_err(|e| node.err(e))
+    let client = sh
+        .client
+        .clone()
+        .with_timeout(Duration::from_millis(wait_ms + 30_000));
+    client
+        .get_json(&node.url(&format!(
+            "/v1/apps/{name}/logs?from={from}&wait_ms={wait_ms}"
+        )))
+        .await
+        .map_err(|e| node.err(e))
 }
 
 /// `POST /v1/apps/NAME/migrate`, and every move the rebalancer plans.
-pub async fn migrate(sh: &Arc<Shared>, name: &str, to: &str, mode: Mode) -> Result<MigrationReport> {
+pub async fn migrate(
+    sh: &Arc<Shared>,
+    name: &str,
+    to: &str,
+    mode: Mode,
+) -> Result<MigrationReport> {
     let now = now_ms();
     let (app, from, target, generation, guard) = {
         let mut st = sh.lock();
-        let app = st.apps.get(name).cloned().ok_or_else(|| ApiError::no_app(name))?;
+        let app = st
+            .apps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::no_app(name))?;
         if st.busy.contains(name) {
             return Err(ApiError::busy(name));
         }
-        let from_name = app.node.clone().ok_or_else(|| ApiError::conflict(format!("app {name} has no node right now: see `tern ps`")))?;
+        let from_name = app.node.clone().ok_or_else(|| {
+            ApiError::conflict(format!("app {name} has no node right now: see `tern ps`"))
+        })?;
         if from_name == to {
-            return Err(ApiError::bad_request(format!("app {name} already runs on {to}: choose another node (`tern nodes`)")));
+            return Err(ApiError::bad_request(format!(
+                "app {name} already runs on {to}: choose another node (`tern nodes`)"
+            )));
         }
         let target = sh.live_node(&st, to, now)?;
         if st.nodes[to].draining {
-            return Err(ApiError::conflict(format!("node {to} is draining: choose another node (`tern nodes`)")));
+            return Err(ApiError::conflict(format!(
+                "node {to} is draining: choose another node (`tern nodes`)"
+            )));
         }
         let from = sh.live_node(&st, &from_name, now).map_err(|e| {
             ApiError::new(e.status, format!("cannot migrate {name}: its node {from_name} is down; `tern restore` it from a snapshot instead"))
@@ -447,9 +579,19 @@ pub async fn migrate(sh: &Arc<Shared>, name: &str, to: &str, mode: Mode) -> Resu
 
     let result = async {
         sh.ensure_module(&target, &app.module_sha256).await?;
-        let checkpoint_url = (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
-        let req = MigrateRequest { to_name: target.name.clone(), to_url: target.url.clone(), mode, generation, checkpoint_url };
-        sh.long_client.post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req).await.map_err(|e| from.err(e))
+        let checkpoint_url =
+            (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
+        let req = MigrateRequest {
+            to_name: target.name.clone(),
+            to_url: target.url.clone(),
+            mode,
+            generation,
+            checkpoint_url,
+        };
+        sh.long_client
+            .post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req)
+            .await
+            .map_err(|e| from.err(e))
     }
     .await;
 
@@ -483,7 +625,8 @@ pub async fn migrate(sh: &Arc<Shared>, name: &str, to: &str, mode: Mode) -> Resu
             }
             st.cpu_prev.remove(name);
             let seq = st.migrations.back().map_or(0, |(s, _)| s + 1);
-            sh.store.push_migration(seq, &report, sh.cfg.max_migrations)?;
+            sh.store
+                .push_migration(seq, &report, sh.cfg.max_migrations)?;
             st.migrations.push_back((seq, report.clone()));
             while st.migrations.len() > sh.cfg.max_migrations {
                 st.migrations.pop_front();
@@ -518,10 +661,14 @@ pub async fn restore(
     bytes: Bytes,
 ) -> Result<AppView> {
     if !valid_name(name) {
-        return Err(ApiError::bad_request(format!("`{name}` is not a valid app name: use 1 to 63 letters, digits, `.`, `_` or `-`")));
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is not a valid app name: use 1 to 63 letters, digits, `.`, `_` or `-`"
+        )));
     }
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("the snapshot is empty: send the snapshot file's bytes as the body"));
+        return Err(ApiError::bad_request(
+            "the snapshot is empty: send the snapshot file's bytes as the body",
+        ));
     }
     let restart = match restart {
         Some(r) => Some(r.parse::<RestartPolicy>()?.to_string()),
@@ -529,7 +676,9 @@ pub async fn restore(
     };
     if let Some(m) = module {
         if !valid_sha256(m) {
-            return Err(ApiError::bad_request("module must be 64 lowercase hex digits"));
+            return Err(ApiError::bad_request(
+                "module must be 64 lowercase hex digits",
+            ));
         }
     }
     let now = now_ms();
@@ -539,20 +688,39 @@ pub async fn restore(
             return Err(ApiError::busy(name));
         }
         let existing = st.apps.get(name).cloned();
-        let old_node = existing.as_ref().and_then(|a| a.node.as_deref()).and_then(|n| sh.node_ref(&st, n).ok());
+        let old_node = existing
+            .as_ref()
+            .and_then(|a| a.node.as_deref())
+            .and_then(|n| sh.node_ref(&st, n).ok());
         let target = match node {
             Some(n) => sh.live_node(&st, n, now)?,
-            None => match old_node.as_ref().filter(|n| st.nodes.get(&n.name).is_some_and(|r| !sh.is_down(r, now) && !r.draining)) {
+            None => match old_node.as_ref().filter(|n| {
+                st.nodes
+                    .get(&n.name)
+                    .is_some_and(|r| !sh.is_down(r, now) && !r.draining)
+            }) {
                 Some(n) => n.clone(),
                 None => {
-                    let mut rec = existing.clone().unwrap_or_else(|| AppRec { name: name.to_string(), ..AppRec::default() });
+                    let mut rec = existing.clone().unwrap_or_else(|| AppRec {
+                        name: name.to_string(),
+                        ..AppRec::default()
+                    });
                     if existing.is_none() {
                         rec.requests = sh.cfg.default_requests;
                     }
                     let mut cluster = sh.cluster_view(&st, now);
                     cluster.unbind(name);
-                    let policy = rec.policy.as_deref().and_then(|p| p.parse().ok()).unwrap_or(sh.cfg.policy);
-                    let d = place(&cluster, &spec_of(&rec), policy, &sh.placement_ctx(&st, name))?;
+                    let policy = rec
+                        .policy
+                        .as_deref()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(sh.cfg.policy);
+                    let d = place(
+                        &cluster,
+                        &spec_of(&rec),
+                        policy,
+                        &sh.placement_ctx(&st, name),
+                    )?;
                     sh.node_ref(&st, &d.node)?
                 }
             },
@@ -564,7 +732,10 @@ pub async fn restore(
 
     // On another node, the old copy goes first (on the same node, the
     // restored copy replaces it).
-    if let (Some(old), Some(app)) = (old_node.as_ref().filter(|o| o.name != target.name), &existing) {
+    if let (Some(old), Some(app)) = (
+        old_node.as_ref().filter(|o| o.name != target.name),
+        &existing,
+    ) {
         let url = old.url(&format!("/v1/apps/{name}?generation={}", app.generation));
         match sh.short_client.delete(&url).await {
             Ok(()) => {}
@@ -572,18 +743,36 @@ pub async fn restore(
             Err(e) => return Err(old.err(e)),
         }
     }
-    let module = existing.as_ref().map(|a| a.module_sha256.clone()).or(module.map(str::to_string));
+    let module = existing
+        .as_ref()
+        .map(|a| a.module_sha256.clone())
+        .or(module.map(str::to_string));
     if let Some(m) = &module {
         if sh.lock().modules.contains_key(m) {
             sh.ensure_module(&target, m).await?;
         }
     }
-    let restart_word = restart.clone().or(existing.as_ref().map(|a| a.restart.clone())).unwrap_or_else(|| "never".into());
-    let url = target.url(&format!("/v1/restore?name={name}&generation={generation}&restart={restart_word}"));
-    let result = sh.long_client.post_bytes(&url, bytes.clone()).await.map_err(|e| target.err(e));
+    let restart_word = restart
+        .clone()
+        .or(existing.as_ref().map(|a| a.restart.clone()))
+        .unwrap_or_else(|| "never".into());
+    let url = target.url(&format!(
+        "/v1/restore?name={name}&generation={generation}&restart={restart_word}"
+    ));
+    let result = sh
+        .long_client
+        .post_bytes(&url, bytes.clone())
+        .await
+        .map_err(|e| target.err(e));
     let status: AppStatus = match result {
         Ok(body) => serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, format!("node {} answered a restore with something else than an app status: {e}", target.name))
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "node {} answered a restore with something else than an app status: {e}",
+                    target.name
+                ),
+            )
         })?,
         Err(e) => {
             if existing.is_some() {
@@ -636,7 +825,11 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
     let now = now_ms();
     let (app, target, generation, checkpoint, guard) = {
         let mut st = sh.lock();
-        let app = st.apps.get(name).cloned().ok_or_else(|| ApiError::no_app(name))?;
+        let app = st
+            .apps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::no_app(name))?;
         if st.busy.contains(name) {
             return Err(ApiError::busy(name));
         }
@@ -703,7 +896,8 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
                 a.restarts = a.restarts.saturating_add(1);
                 a.last_error = Some(format!("restart on {} failed: {}", target.name, e.message));
                 let backoff = tern_scheduler::backoff_ms(a.restarts).max(1000);
-                st.restart_not_before.insert(name.to_string(), now_ms() + backoff);
+                st.restart_not_before
+                    .insert(name.to_string(), now_ms() + backoff);
             }
             Err(e)
         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tern_api::client::Client;
 use tern_api::types::{self as api, AppView, MigrationReport, NodeInfo, NodeView};
-use tern_scheduler::{AppSpec, Cluster, DemandPredictor, NodeState, PlacementContext, Resources, RestartPolicy};
+use tern_scheduler::{
+    AppSpec, Cluster, DemandPredictor, NodeState, PlacementContext, Resources, RestartPolicy,
+};
 
 use crate::store::{Loaded, Store};
 use crate::ControlConfig;
@@ -161,7 +163,10 @@ impl Shared {
     /// tell: a node is not `down` merely because the control plane itself
     /// was restarted.
     pub fn last_seen(&self, n: &NodeRec) -> u64 {
-        n.last_heartbeat_unix_ms.unwrap_or(0).max(n.registered_unix_ms).max(self.started_unix_ms)
+        n.last_heartbeat_unix_ms
+            .unwrap_or(0)
+            .max(n.registered_unix_ms)
+            .max(self.started_unix_ms)
     }
 
     pub fn is_down(&self, n: &NodeRec, now: u64) -> bool {
@@ -199,8 +204,16 @@ impl Shared {
     }
 
     pub fn app_view(&self, st: &State, a: &AppRec, now: u64) -> AppView {
-        let node_down = a.node.as_ref().and_then(|n| st.nodes.get(n)).is_some_and(|n| self.is_down(n, now));
-        let state = if node_down && !st.busy.contains(&a.name) { "lost".to_string() } else { a.state.clone() };
+        let node_down = a
+            .node
+            .as_ref()
+            .and_then(|n| st.nodes.get(n))
+            .is_some_and(|n| self.is_down(n, now));
+        let state = if node_down && !st.busy.contains(&a.name) {
+            "lost".to_string()
+        } else {
+            a.state.clone()
+        };
         AppView {
             name: a.name.clone(),
             node: a.node.clone(),
@@ -233,7 +246,13 @@ impl Shared {
                 s.labels = n.info.labels.clone();
                 s.ready = !self.is_down(n, now);
                 s.draining = n.draining;
-                s.price = n.info.labels.get("price").and_then(|p| p.parse::<f64>().ok()).filter(|p| *p >= 0.0).unwrap_or(1.0);
+                s.price = n
+                    .info
+                    .labels
+                    .get("price")
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .filter(|p| *p >= 0.0)
+                    .unwrap_or(1.0);
                 s
             })
             .collect();
@@ -284,7 +303,10 @@ pub fn natural_key(s: &str) -> (String, u64, String) {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Clears an app's busy mark when dropped (also when the operation fails
@@ -298,7 +320,10 @@ impl BusyGuard {
     /// Marks `name` busy; the caller holds the lock and checked it was not.
     pub fn take(shared: &Arc<Shared>, st: &mut State, name: &str) -> BusyGuard {
         st.busy.insert(name.to_string());
-        BusyGuard { shared: shared.clone(), name: name.to_string() }
+        BusyGuard {
+            shared: shared.clone(),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -314,11 +339,15 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 pub fn valid_sha256(s: &str) -> bool {
-    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    s.len() == 64
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 #[cfg(test)]

@@ -61,7 +61,8 @@ impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
         for sub in ["modules", "checkpoints"] {
-            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
         }
         let path = dir.join("control.redb");
         let db = match Database::create(&path) {
@@ -72,7 +73,11 @@ impl Store {
             ),
             Err(e) => return Err(e).with_context(|| format!("cannot open the control plane's store {}", path.display())),
         };
-        let store = Store { dir: dir.to_path_buf(), db: Mutex::new(Some(db)), last_flush: Mutex::new(Instant::now()) };
+        let store = Store {
+            dir: dir.to_path_buf(),
+            db: Mutex::new(Some(db)),
+            last_flush: Mutex::new(Instant::now()),
+        };
         let found = store.write(true, |tx| {
             let mut meta = tx.open_table(META)?;
             let found = meta.get("schema")?.map(|v| v.value());
@@ -126,7 +131,8 @@ impl Store {
         }
         for row in tx.open_table(CHECKPOINTS)?.iter()? {
             let (k, v) = row?;
-            out.checkpoints.insert(k.value().to_string(), decode(k.value(), v.value())?);
+            out.checkpoints
+                .insert(k.value().to_string(), decode(k.value(), v.value())?);
         }
         for row in tx.open_table(GENERATIONS)?.iter()? {
             let (k, v) = row?;
@@ -134,26 +140,40 @@ impl Store {
         }
         for row in tx.open_table(MIGRATIONS)?.iter()? {
             let (k, v) = row?;
-            out.migrations.push((k.value(), decode("migration", v.value())?));
+            out.migrations
+                .push((k.value(), decode("migration", v.value())?));
         }
         for row in tx.open_table(HISTORY)?.iter()? {
             let (k, v) = row?;
             let (app, idx) = k.value();
             let (cpu, mem) = v.value();
-            out.history.entry(app.to_string()).or_default().push((idx, cpu, mem));
+            out.history
+                .entry(app.to_string())
+                .or_default()
+                .push((idx, cpu, mem));
         }
         Ok(out)
     }
 
     /// Runs `f` in a write transaction; `durable` commits are on disk when
     /// this returns, others at the latest with the next flush.
-    fn write<R>(&self, durable: bool, f: impl FnOnce(&WriteTransaction) -> Result<R, redb::Error>) -> anyhow::Result<R> {
+    fn write<R>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&WriteTransaction) -> Result<R, redb::Error>,
+    ) -> anyhow::Result<R> {
         let guard = self.db.lock().unwrap_or_else(|e| e.into_inner());
-        let db = guard.as_ref().context("the control plane is shutting down")?;
+        let db = guard
+            .as_ref()
+            .context("the control plane is shutting down")?;
         let mut last = self.last_flush.lock().unwrap_or_else(|e| e.into_inner());
         let durable = durable || last.elapsed() >= FLUSH_EVERY;
         let mut tx = db.begin_write()?;
-        tx.set_durability(if durable { Durability::Immediate } else { Durability::None });
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
         let r = f(&tx)?;
         tx.commit()?;
         if durable {
@@ -165,7 +185,8 @@ impl Store {
     pub fn put_node(&self, n: &NodeRec, durable: bool) -> anyhow::Result<()> {
         let v = serde_json::to_vec(n)?;
         self.write(durable, |tx| {
-            tx.open_table(NODES)?.insert(n.info.name.as_str(), v.as_slice())?;
+            tx.open_table(NODES)?
+                .insert(n.info.name.as_str(), v.as_slice())?;
             Ok(())
         })
     }
@@ -175,8 +196,10 @@ impl Store {
         if apps.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(String, Vec<u8>)> =
-            apps.iter().map(|a| Ok((a.name.clone(), serde_json::to_vec(a)?))).collect::<anyhow::Result<_>>()?;
+        let encoded: Vec<(String, Vec<u8>)> = apps
+            .iter()
+            .map(|a| Ok((a.name.clone(), serde_json::to_vec(a)?)))
+            .collect::<anyhow::Result<_>>()?;
         self.write(durable, |tx| {
             let mut t = tx.open_table(APPS)?;
             for (k, v) in &encoded {
@@ -196,7 +219,8 @@ impl Store {
         self.write(true, |tx| {
             tx.open_table(APPS)?.remove(name)?;
             tx.open_table(CHECKPOINTS)?.remove(name)?;
-            tx.open_table(HISTORY)?.retain_in((name, 0u64)..=(name, u64::MAX), |_, _| false)?;
+            tx.open_table(HISTORY)?
+                .retain_in((name, 0u64)..=(name, u64::MAX), |_, _| false)?;
             Ok(())
         })
     }
@@ -224,7 +248,12 @@ impl Store {
     }
 
     /// Appends a migration report and drops the oldest beyond `keep`.
-    pub fn push_migration(&self, seq: u64, report: &MigrationReport, keep: usize) -> anyhow::Result<()> {
+    pub fn push_migration(
+        &self,
+        seq: u64,
+        report: &MigrationReport,
+        keep: usize,
+    ) -> anyhow::Result<()> {
         let v = serde_json::to_vec(report)?;
         self.write(true, |tx| {
             let mut t = tx.open_table(MIGRATIONS)?;
@@ -239,7 +268,11 @@ impl Store {
 
     /// Records usage samples `(app, index, cpu milli, memory bytes)` and
     /// drops each app's samples older than `keep` indexes.
-    pub fn push_samples(&self, samples: &[(String, u64, u64, u64)], keep: u64) -> anyhow::Result<()> {
+    pub fn push_samples(
+        &self,
+        samples: &[(String, u64, u64, u64)],
+        keep: u64,
+    ) -> anyhow::Result<()> {
         if samples.is_empty() {
             return Ok(());
         }
@@ -264,7 +297,8 @@ impl Store {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
-    serde_json::from_slice(bytes).with_context(|| format!("the store's record for {what} is unreadable"))
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("the store's record for {what} is unreadable"))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory
@@ -299,7 +333,14 @@ mod tests {
     use super::*;
 
     fn app(name: &str, generation: u64) -> AppRec {
-        AppRec { name: name.into(), module_sha256: "ab".repeat(32), node: Some("node-1".into()), generation, state: "running".into(), ..AppRec::default() }
+        AppRec {
+            name: name.into(),
+            module_sha256: "ab".repeat(32),
+            node: Some("node-1".into()),
+            generation,
+            state: "running".into(),
+            ..AppRec::default()
+        }
     }
 
     #[test]
@@ -316,12 +357,25 @@ mod tests {
             s.put_generation("a", 3).unwrap();
             s.put_generation("gone", 7).unwrap();
             s.put_module(&"ab".repeat(32), 123).unwrap();
-            s.put_checkpoint("a", &CheckpointRec { generation: 3, bytes: 10, unix_ms: 5 }).unwrap();
+            s.put_checkpoint(
+                "a",
+                &CheckpointRec {
+                    generation: 3,
+                    bytes: 10,
+                    unix_ms: 5,
+                },
+            )
+            .unwrap();
             for seq in 0..5 {
-                let r = MigrationReport { app: format!("m{seq}"), ..MigrationReport::default() };
+                let r = MigrationReport {
+                    app: format!("m{seq}"),
+                    ..MigrationReport::default()
+                };
                 s.push_migration(seq, &r, 3).unwrap();
             }
-            let samples: Vec<_> = (0..10).map(|i| ("a".to_string(), i, i * 10, 1 << 20)).collect();
+            let samples: Vec<_> = (0..10)
+                .map(|i| ("a".to_string(), i, i * 10, 1 << 20))
+                .collect();
             s.push_samples(&samples, 4).unwrap();
             s.push_samples(&[("b".into(), 1, 1, 1)], 4).unwrap();
             s.close();
@@ -330,7 +384,11 @@ mod tests {
         let l = s.load().unwrap();
         assert_eq!(l.nodes.len(), 1);
         assert!(l.nodes[0].draining);
-        let mut names: Vec<_> = l.apps.iter().map(|a| (a.name.as_str(), a.generation)).collect();
+        let mut names: Vec<_> = l
+            .apps
+            .iter()
+            .map(|a| (a.name.as_str(), a.generation))
+            .collect();
         names.sort();
         assert_eq!(names, [("a", 3), ("b", 1)]);
         assert_eq!(l.generations.get("gone"), Some(&7));
@@ -349,15 +407,24 @@ mod tests {
         assert!(l.apps.iter().all(|a| a.name != "a"));
         assert!(!l.checkpoints.contains_key("a"));
         assert!(!l.history.contains_key("a"));
-        assert_eq!(l.generations.get("a"), Some(&3), "generations outlive the app (fencing)");
+        assert_eq!(
+            l.generations.get("a"),
+            Some(&3),
+            "generations outlive the app (fencing)"
+        );
     }
 
     #[test]
     fn a_second_opener_is_refused_with_advice() {
         let dir = tempfile::tempdir().unwrap();
         let _s = Store::open(dir.path()).unwrap();
-        let e = Store::open(dir.path()).err().expect("second open must fail");
-        assert!(e.to_string().contains("in use by another control plane"), "{e}");
+        let e = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(
+            e.to_string().contains("in use by another control plane"),
+            "{e}"
+        );
     }
 
     #[test]

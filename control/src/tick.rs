@@ -8,14 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_api::types::Mode;
-use tern_scheduler::{decide_restart, plan_rebalance, Exit, Policy, RebalanceInput, RestartDecision};
+use tern_scheduler::{
+    decide_restart, plan_rebalance, Exit, Policy, RebalanceInput, RestartDecision,
+};
 
 use crate::ops;
 use crate::state::{now_ms, spec_of, Shared};
 
 /// Runs until the task is aborted.
 pub async fn run(sh: Arc<Shared>) {
-    let tick = (sh.cfg.heartbeat_timeout / 4).min(sh.cfg.rebalance_interval).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let tick = (sh.cfg.heartbeat_timeout / 4)
+        .min(sh.cfg.rebalance_interval)
+        .clamp(Duration::from_millis(20), Duration::from_secs(5));
     let mut last_rebalance = tokio::time::Instant::now();
     let mut last_fit = tokio::time::Instant::now();
     let mut interval = tokio::time::interval(tick);
@@ -44,7 +48,9 @@ pub async fn restart_lost(sh: &Arc<Shared>) {
         let mut cluster = None;
         let mut plans = Vec::new();
         for a in st.apps.values() {
-            let Some(node) = a.node.as_deref() else { continue };
+            let Some(node) = a.node.as_deref() else {
+                continue;
+            };
             let node_down = st.nodes.get(node).is_none_or(|n| sh.is_down(n, now));
             if !(node_down || a.state == "lost")
                 || a.restart == "never"
@@ -56,15 +62,25 @@ pub async fn restart_lost(sh: &Arc<Shared>) {
             }
             let exit = match a.state.as_str() {
                 "exited" => Exit::Ok,
-                "failed" => Exit::Crashed { message: a.last_error.clone().unwrap_or_default() },
+                "failed" => Exit::Crashed {
+                    message: a.last_error.clone().unwrap_or_default(),
+                },
                 _ => Exit::NodeLost,
             };
             let cluster = cluster.get_or_insert_with(|| sh.cluster_view(&st, now));
-            let policy = a.policy.as_deref().and_then(|p| p.parse::<Policy>().ok()).unwrap_or(sh.cfg.policy);
+            let policy = a
+                .policy
+                .as_deref()
+                .and_then(|p| p.parse::<Policy>().ok())
+                .unwrap_or(sh.cfg.policy);
             let ctx = sh.placement_ctx(&st, &a.name);
             match decide_restart(cluster, &spec_of(a), node, &exit, a.restarts, policy, &ctx) {
                 Ok(RestartDecision::Restart { node: to, .. }) => {
-                    let why = if node_down { format!("node {node} is down") } else { format!("node {node} no longer has it") };
+                    let why = if node_down {
+                        format!("node {node} is down")
+                    } else {
+                        format!("node {node} no longer has it")
+                    };
                     // Later restarts in this tick see the app where it goes.
                     let _ = cluster.move_app(&a.name, &to);
                     plans.push((a.name.clone(), to, why));
@@ -89,7 +105,8 @@ pub async fn rebalance(sh: &Arc<Shared>) {
     let moves = {
         let st = sh.lock();
         let cluster = sh.cluster_view(&st, now);
-        if cluster.nodes.iter().filter(|n| n.schedulable()).count() == 0 || cluster.apps.is_empty() {
+        if cluster.nodes.iter().filter(|n| n.schedulable()).count() == 0 || cluster.apps.is_empty()
+        {
             return;
         }
         let now_s = now / 1000;
@@ -105,7 +122,8 @@ pub async fn rebalance(sh: &Arc<Shared>) {
             }
             state_bytes.insert(name.clone(), a.memory_bytes);
             let node = cluster.node(&placed.node);
-            let movable = a.state == "running" && node.is_some_and(|n| n.ready) && !st.busy.contains(name);
+            let movable =
+                a.state == "running" && node.is_some_and(|n| n.ready) && !st.busy.contains(name);
             let draining = node.is_some_and(|n| n.draining);
             // An app that cannot move now counts as just moved (cool-down);
             // an operator's drain does not wait for the cool-down.
@@ -124,7 +142,12 @@ pub async fn rebalance(sh: &Arc<Shared>) {
         cfg.cooldown = cfg.cooldown.max(1);
         cfg.weights = sh.cfg.weights.clone();
         cfg.latency = sh.cfg.latency.clone();
-        let input = RebalanceInput { demand: &demand, state_bytes: &state_bytes, last_moved: &last_moved, now: now_s };
+        let input = RebalanceInput {
+            demand: &demand,
+            state_bytes: &state_bytes,
+            last_moved: &last_moved,
+            now: now_s,
+        };
         plan_rebalance(&cluster, &input, &cfg)
     };
     for m in moves {

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tern_api::client::Client;
-use tern_api::types::{InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp};
+use tern_api::types::{
+    InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
+};
 use tern_runtime::node::{run, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -123,21 +125,40 @@ async fn start_node(name: &str) -> Node {
         .await
         .unwrap()
     });
-    Node { name: name.into(), url, dir, _stop: tx }
+    Node {
+        name: name.into(),
+        url,
+        dir,
+        _stop: tx,
+    }
 }
 
 fn client() -> Client {
     Client::new(Some(TOKEN.into()))
 }
 
-async fn invoke(c: &Client, url: &str, export: &str, args: &[String]) -> Result<InvokeResponse, String> {
-    let req = InvokeRequest { export: export.into(), args: args.to_vec() };
-    c.post_json(&format!("{url}/v1/apps/{APP}/invoke"), &req).await.map_err(|e| e.to_string())
+async fn invoke(
+    c: &Client,
+    url: &str,
+    export: &str,
+    args: &[String],
+) -> Result<InvokeResponse, String> {
+    let req = InvokeRequest {
+        export: export.into(),
+        args: args.to_vec(),
+    };
+    c.post_json(&format!("{url}/v1/apps/{APP}/invoke"), &req)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn invoke_i64(c: &Client, url: &str, export: &str, args: &[String]) -> i64 {
-    let r = invoke(c, url, export, args).await.unwrap_or_else(|e| panic!("{export}: {e}"));
-    r.results[0].as_i64().unwrap_or_else(|| panic!("{export} returned {:?}", r.results))
+    let r = invoke(c, url, export, args)
+        .await
+        .unwrap_or_else(|e| panic!("{export}: {e}"));
+    r.results[0]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{export} returned {:?}", r.results))
 }
 
 /// Background writer: `dirty(n)` every 10 ms on the node the app is on
@@ -169,7 +190,13 @@ impl Dirtier {
         let failed = Arc::new(AtomicU64::new(0));
         let pages = Arc::new(AtomicU64::new(0));
         let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (s, c, f, p, l) = (stop.clone(), calls.clone(), failed.clone(), pages.clone(), latencies.clone());
+        let (s, c, f, p, l) = (
+            stop.clone(),
+            calls.clone(),
+            failed.clone(),
+            pages.clone(),
+            latencies.clone(),
+        );
         let task = tokio::spawn(async move {
             let client = client();
             let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -200,7 +227,14 @@ impl Dirtier {
                 }
             }
         });
-        Dirtier { stop, calls, failed, pages, latencies, task }
+        Dirtier {
+            stop,
+            calls,
+            failed,
+            pages,
+            latencies,
+            task,
+        }
     }
 
     async fn stop(self) -> Calls {
@@ -288,7 +322,12 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {
-    std::env::var(name).ok().map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    std::env::var(name).ok().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
 }
 
 /// How many migrations per configuration.
@@ -302,19 +341,29 @@ fn reps(size_mib: u64, rate_pct: f64, mode: Mode) -> usize {
         (256, _) => 4,
         _ => 10,
     };
-    let scale: f64 = std::env::var("TERN_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::var("TERN_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     ((base as f64 * scale).round() as usize).max(2)
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(bench());
 }
 
 async fn bench() {
     let t_all = Instant::now();
-    let sizes: Vec<u64> = env_list("TERN_BENCH_SIZES").map(|v| v.iter().map(|s| s.parse().unwrap()).collect()).unwrap_or(vec![16, 64, 256]);
-    let rates: Vec<f64> = env_list("TERN_BENCH_RATES").map(|v| v.iter().map(|s| s.parse().unwrap()).collect()).unwrap_or(vec![0.0, 1.0, 10.0]);
+    let sizes: Vec<u64> = env_list("TERN_BENCH_SIZES")
+        .map(|v| v.iter().map(|s| s.parse().unwrap()).collect())
+        .unwrap_or(vec![16, 64, 256]);
+    let rates: Vec<f64> = env_list("TERN_BENCH_RATES")
+        .map(|v| v.iter().map(|s| s.parse().unwrap()).collect())
+        .unwrap_or(vec![0.0, 1.0, 10.0]);
     let modes: Vec<Mode> = env_list("TERN_BENCH_MODES")
         .map(|v| v.iter().map(|s| s.parse().unwrap()).collect())
         .unwrap_or(vec![Mode::Hot, Mode::Cold, Mode::Hybrid]);
@@ -325,9 +374,18 @@ async fn bench() {
     let wasm = wat::parse_str(GUEST).expect("guest WAT");
     let sha = hex::encode(tern_runtime::sha256(&wasm));
     for n in &nodes {
-        c.put_bytes(&format!("{}/v1/modules/{sha}", n.url), Bytes::from(wasm.clone())).await.expect("upload module");
+        c.put_bytes(
+            &format!("{}/v1/modules/{sha}", n.url),
+            Bytes::from(wasm.clone()),
+        )
+        .await
+        .expect("upload module");
     }
-    let payload: Arc<Vec<u8>> = Arc::new((0..(8 * MIB) as usize).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect());
+    let payload: Arc<Vec<u8>> = Arc::new(
+        (0..(8 * MIB) as usize)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
+    );
     // Warm up loopback and the allocator.
     raw_transfer(64 * MIB, &payload).await;
 
@@ -336,33 +394,66 @@ async fn bench() {
     let mut verified = Vec::new();
     for &size in &sizes {
         // Deploy and fill on node a.
-        let spec = StartApp { name: APP.into(), module_sha256: sha.clone(), generation, restart: "never".into(), ..Default::default() };
-        let _: serde_json::Value = c.post_json(&format!("{}/v1/apps", urls[0]), &spec).await.expect("deploy");
+        let spec = StartApp {
+            name: APP.into(),
+            module_sha256: sha.clone(),
+            generation,
+            restart: "never".into(),
+            ..Default::default()
+        };
+        let _: serde_json::Value = c
+            .post_json(&format!("{}/v1/apps", urls[0]), &spec)
+            .await
+            .expect("deploy");
         let host = Arc::new(AtomicUsize::new(0));
-        let pages = invoke_i64(&c, &urls[0], "grow_to", &[format!("{}", size * MIB / 65536)]).await;
+        let pages = invoke_i64(
+            &c,
+            &urls[0],
+            "grow_to",
+            &[format!("{}", size * MIB / 65536)],
+        )
+        .await;
         assert_eq!(pages as u64, size * MIB / 65536);
-        let filled = invoke_i64(&c, &urls[0], "fill", &[format!("{}", 0x1234_5678_9abc_u64 + size)]).await;
+        let filled = invoke_i64(
+            &c,
+            &urls[0],
+            "fill",
+            &[format!("{}", 0x1234_5678_9abc_u64 + size)],
+        )
+        .await;
         assert_eq!(filled as u64, size * MIB / PAGE);
         let total_pages = (size * MIB / PAGE) as f64;
 
         for &rate in &rates {
             for &mode in &modes {
                 let n = reps(size, rate, mode);
-                let dirtier = Dirtier::start(urls.clone(), host.clone(), total_pages * rate / 100.0);
+                let dirtier =
+                    Dirtier::start(urls.clone(), host.clone(), total_pages * rate / 100.0);
                 let t_row = Instant::now();
                 let mut samples = Vec::new();
                 for _ in 0..n {
                     let from = host.load(Ordering::Relaxed);
                     let to = 1 - from;
                     if mode == Mode::Hybrid {
-                        let cp: serde_json::Value =
-                            c.post_json(&format!("{}/v1/apps/{APP}/checkpoint", urls[from]), &()).await.expect("checkpoint");
+                        let cp: serde_json::Value = c
+                            .post_json(&format!("{}/v1/apps/{APP}/checkpoint", urls[from]), &())
+                            .await
+                            .expect("checkpoint");
                         let digest = cp["digest"].as_str().expect("digest").to_string();
                         let (_, bytes) = c
-                            .send(hyper::Method::GET, &format!("{}/v1/checkpoints/{APP}", urls[from]), "application/octet-stream", Bytes::new())
+                            .send(
+                                hyper::Method::GET,
+                                &format!("{}/v1/checkpoints/{APP}", urls[from]),
+                                "application/octet-stream",
+                                Bytes::new(),
+                            )
                             .await
                             .expect("fetch checkpoint");
-                        let path: PathBuf = nodes[to].dir.path().join("checkpoints").join(format!("{APP}-{digest}.snap"));
+                        let path: PathBuf = nodes[to]
+                            .dir
+                            .path()
+                            .join("checkpoints")
+                            .join(format!("{APP}-{digest}.snap"));
                         std::fs::write(&path, &bytes).expect("stage checkpoint");
                     }
                     generation += 1;
@@ -376,17 +467,32 @@ async fn bench() {
                     let report: MigrationReport = c
                         .post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req)
                         .await
-                        .unwrap_or_else(|e| panic!("{size} MiB {mode} migration {}→{}: {e}", nodes[from].name, nodes[to].name));
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "{size} MiB {mode} migration {}→{}: {e}",
+                                nodes[from].name, nodes[to].name
+                            )
+                        });
                     host.store(to, Ordering::Relaxed);
                     if mode == Mode::Hybrid {
                         assert_eq!(report.mode, "hybrid", "{report:?}");
-                        assert_eq!(report.checkpoint_bytes_fetched, 0, "the checkpoint was staged: {report:?}");
+                        assert_eq!(
+                            report.checkpoint_bytes_fetched, 0,
+                            "the checkpoint was staged: {report:?}"
+                        );
                     }
                     let raw = raw_transfer(report.bytes_sent, &payload).await;
                     samples.push(Sample { report, raw });
                 }
                 let calls = dirtier.stop().await;
-                let row = Row { size_mib: size, rate_pct: rate, mode, samples, calls, elapsed: t_row.elapsed() };
+                let row = Row {
+                    size_mib: size,
+                    rate_pct: rate,
+                    mode,
+                    samples,
+                    calls,
+                    elapsed: t_row.elapsed(),
+                };
                 eprintln!("{}", line(&row));
                 rows.push(row);
             }
@@ -396,18 +502,32 @@ async fn bench() {
         let from = host.load(Ordering::Relaxed);
         let before = invoke_i64(&c, &urls[from], "digest", &[]).await;
         generation += 1;
-        let req = MigrateRequest { to_name: nodes[1 - from].name.clone(), to_url: urls[1 - from].clone(), mode: Mode::Cold, generation, checkpoint_url: None };
-        let _: MigrationReport = c.post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req).await.expect("final move");
+        let req = MigrateRequest {
+            to_name: nodes[1 - from].name.clone(),
+            to_url: urls[1 - from].clone(),
+            mode: Mode::Cold,
+            generation,
+            checkpoint_url: None,
+        };
+        let _: MigrationReport = c
+            .post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req)
+            .await
+            .expect("final move");
         let after = invoke_i64(&c, &urls[1 - from], "digest", &[]).await;
         assert_eq!(before, after, "{size} MiB: the state changed in a move");
         verified.push(size);
-        c.delete(&format!("{}/v1/apps/{APP}", urls[1 - from])).await.expect("delete app");
+        c.delete(&format!("{}/v1/apps/{APP}", urls[1 - from]))
+            .await
+            .expect("delete app");
         generation += 1;
     }
 
     let table = table(&rows);
     println!("{table}");
-    println!("state verified after every size ({verified:?} MiB); whole bench {:.0} s", t_all.elapsed().as_secs_f64());
+    println!(
+        "state verified after every size ({verified:?} MiB); whole bench {:.0} s",
+        t_all.elapsed().as_secs_f64()
+    );
     if let Ok(path) = std::env::var("TERN_BENCH_OUT") {
         std::fs::write(&path, &table).expect("write TERN_BENCH_OUT");
     }
@@ -438,7 +558,10 @@ fn stats(row: &Row) -> [f64; 10] {
 fn line(row: &Row) -> String {
     let [d50, d99, t50, r50, ratio, mib, rounds, rmax, l50, lmax] = stats(row);
     // Pages dirtied per 10 ms over the row, as a share of the app's pages.
-    let achieved = row.calls.pages as f64 / (row.elapsed.as_secs_f64() / 0.010) / (row.size_mib * MIB / PAGE) as f64 * 100.0;
+    let achieved = row.calls.pages as f64
+        / (row.elapsed.as_secs_f64() / 0.010)
+        / (row.size_mib * MIB / PAGE) as f64
+        * 100.0;
     format!(
         "| {} MiB | {}% ({:.2}%) | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.0} ({:.0}) | {:.1} / {:.0} | {} / {} |",
         row.size_mib,

@@ -32,7 +32,8 @@ use std::time::Instant;
 
 use tern_runtime::snapshot::{Meta, SnapshotParts};
 use tern_runtime::{
-    AppConfig, Instance, LimitsState, LoadedModule, RestoreOptions, Runtime, RuntimeConfig, Snapshot, SnapshotOptions, Val, WasiState,
+    AppConfig, Instance, LimitsState, LoadedModule, RestoreOptions, Runtime, RuntimeConfig,
+    Snapshot, SnapshotOptions, Val, WasiState,
 };
 
 const MIB: usize = 1 << 20;
@@ -168,7 +169,9 @@ fn secs(t: Instant) -> f64 {
 }
 
 fn env_usize_list(name: &str) -> Option<Vec<usize>> {
-    std::env::var(name).ok().map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+    std::env::var(name)
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
 }
 
 fn guest(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, case: &Case, seed: i64) -> Instance {
@@ -177,7 +180,16 @@ fn guest(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, case: &Case, seed: i64) 
     let old = inst.call("grow_to", &[Val::I32(wasm_pages)]).expect("grow")[0].unwrap_i32();
     assert!(old >= 0, "memory.grow to {} MiB failed", case.mem_mib);
     let n4k = (case.mem_mib * MIB / PAGE) as i32;
-    inst.call("fill", &[Val::I32(n4k), Val::I32(case.stride as i32), Val::I32(case.mode), Val::I64(seed)]).expect("fill");
+    inst.call(
+        "fill",
+        &[
+            Val::I32(n4k),
+            Val::I32(case.stride as i32),
+            Val::I32(case.mode),
+            Val::I64(seed),
+        ],
+    )
+    .expect("fill");
     inst
 }
 
@@ -188,7 +200,14 @@ impl HugeBuf {
     fn new(len: usize) -> HugeBuf {
         // SAFETY: a fresh anonymous mapping, unmapped on drop.
         unsafe {
-            let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0);
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
             assert_ne!(p, libc::MAP_FAILED);
             libc::madvise(p, len, libc::MADV_HUGEPAGE);
             HugeBuf(p.cast(), len)
@@ -216,7 +235,16 @@ fn digest(inst: &mut Instance) -> i64 {
 }
 
 fn restore(rt: &Arc<Runtime>, snap: &Snapshot, module: &Arc<LoadedModule>, cow: bool) -> Instance {
-    Instance::restore(rt, snap, Some(module.clone()), RestoreOptions { copy_on_write: cow, ..Default::default() }).expect("restore")
+    Instance::restore(
+        rt,
+        snap,
+        Some(module.clone()),
+        RestoreOptions {
+            copy_on_write: cow,
+            ..Default::default()
+        },
+    )
+    .expect("restore")
 }
 
 /// Ratio of bandwidths (same bytes): how fast this is relative to memcpy.
@@ -224,9 +252,21 @@ fn bw_ratio(base: f64, t: f64) -> String {
     format!("{:.2}× bw", base / t)
 }
 
-fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &Case, reps: usize, rows: &mut Vec<Row>) {
+fn bench_case(
+    rt: &Arc<Runtime>,
+    module: &Arc<LoadedModule>,
+    dir: &Path,
+    case: &Case,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) {
     let started = Instant::now();
-    let mut inst = guest(rt, module, case, 0x9e37_79b9_7f4a_7c15u64 as i64 ^ case.mem_mib as i64);
+    let mut inst = guest(
+        rt,
+        module,
+        case,
+        0x9e37_79b9_7f4a_7c15u64 as i64 ^ case.mem_mib as i64,
+    );
     let n4k = case.mem_mib * MIB / PAGE;
     let touched: Vec<usize> = (0..n4k).step_by(case.stride).collect();
     let tb = touched.len() * PAGE;
@@ -235,8 +275,16 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
     } else {
         format!("{} MiB, {} touched", case.mem_mib, fmt_bytes(tb as u64))
     };
-    let plain = SnapshotOptions { embed_module: false, compress: false, hooks: false };
-    let packed = SnapshotOptions { embed_module: false, compress: true, hooks: false };
+    let plain = SnapshotOptions {
+        embed_module: false,
+        compress: false,
+        hooks: false,
+    };
+    let packed = SnapshotOptions {
+        embed_module: false,
+        compress: true,
+        hooks: false,
+    };
 
     // One snapshot written to a file (atomically, fsynced) for the file restores.
     let snap = inst.snapshot(plain).expect("snapshot");
@@ -245,7 +293,9 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
     snap.write_file(&path).expect("write snapshot");
     let bytes = snap.as_bytes().to_vec();
     drop(snap);
-    let packed_snap = case.compressed.then(|| inst.snapshot(packed).expect("compressed snapshot"));
+    let packed_snap = case
+        .compressed
+        .then(|| inst.snapshot(packed).expect("compressed snapshot"));
     let packed_len = packed_snap.as_ref().map(|s| s.as_bytes().len() as u64);
     let packed_bytes = packed_snap.map(|s| s.as_bytes().to_vec());
 
@@ -326,7 +376,11 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
             let t = Instant::now();
             let s = inst.snapshot(plain).expect("snapshot");
             t_capture.push(secs(t));
-            assert_eq!(s.as_bytes().len() as u64, encoded, "encoding is deterministic");
+            assert_eq!(
+                s.as_bytes().len() as u64,
+                encoded,
+                "encoding is deterministic"
+            );
             drop(s);
             // Its first part alone: zero-page scan, copy and hash into the
             // image (what `Instance::snapshot` does before `Snapshot::encode`).
@@ -381,7 +435,8 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
             // memory that is already private and resident.
             let mut r = r;
             let t = Instant::now();
-            r.call("touch", &[Val::I32(n4k_i), Val::I32(stride_i)]).expect("touch");
+            r.call("touch", &[Val::I32(n4k_i), Val::I32(stride_i)])
+                .expect("touch");
             t_resident_touch.push(secs(t));
             drop(r);
         }
@@ -403,7 +458,8 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
             let mut r = restore(rt, &s, module, true);
             t_cow.push(secs(t));
             let t = Instant::now();
-            r.call("touch", &[Val::I32(n4k_i), Val::I32(stride_i)]).expect("touch");
+            r.call("touch", &[Val::I32(n4k_i), Val::I32(stride_i)])
+                .expect("touch");
             t_touch.push(secs(t));
             drop(r);
         }
@@ -427,35 +483,96 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
         last.push(("copying restore from bytes", restore(rt, &s, module, false)));
     }
     for (what, r) in &mut last {
-        assert_eq!(digest(r), want, "{what} of {} restored a different memory", case.name);
+        assert_eq!(
+            digest(r),
+            want,
+            "{what} of {} restored a different memory",
+            case.name
+        );
     }
     drop(last);
 
     let memcpy = median(t_memcpy);
     let base = format!("memcpy {}", fmt_time(memcpy));
     let tbu = tb as u64;
-    let mut push = |what: &str, t: f64, bytes: Option<u64>, ratio: String, aim: &str, met: &'static str| {
-        rows.push(Row { what: what.into(), size: size.clone(), time: Some(t), bytes, baseline: base.clone(), ratio, aim: aim.into(), met });
-    };
-    push("memcpy → pre-faulted buffer (baseline)", memcpy, Some(tbu), "1.00× bw".into(), "", "");
+    let mut push =
+        |what: &str, t: f64, bytes: Option<u64>, ratio: String, aim: &str, met: &'static str| {
+            rows.push(Row {
+                what: what.into(),
+                size: size.clone(),
+                time: Some(t),
+                bytes,
+                baseline: base.clone(),
+                ratio,
+                aim: aim.into(),
+                met,
+            });
+        };
+    push(
+        "memcpy → pre-faulted buffer (baseline)",
+        memcpy,
+        Some(tbu),
+        "1.00× bw".into(),
+        "",
+        "",
+    );
     let fresh = median(t_fresh);
-    push("memcpy → new Vec (incl. page faults)", fresh, Some(tbu), bw_ratio(memcpy, fresh), "", "");
+    push(
+        "memcpy → new Vec (incl. page faults)",
+        fresh,
+        Some(tbu),
+        bw_ratio(memcpy, fresh),
+        "",
+        "",
+    );
     let huge = median(t_huge);
-    push("memcpy → fresh mmap + MADV_HUGEPAGE", huge, Some(tbu), bw_ratio(memcpy, huge), "", "");
+    push(
+        "memcpy → fresh mmap + MADV_HUGEPAGE",
+        huge,
+        Some(tbu),
+        bw_ratio(memcpy, huge),
+        "",
+        "",
+    );
     let cap = median(t_capture);
     let ok = |b: bool| if b { "yes" } else { "no" };
-    push("capture (no compression)", cap, Some(tbu), bw_ratio(memcpy, cap), "≥ 0.50× bw", ok(memcpy / cap >= 0.5));
+    push(
+        "capture (no compression)",
+        cap,
+        Some(tbu),
+        bw_ratio(memcpy, cap),
+        "≥ 0.50× bw",
+        ok(memcpy / cap >= 0.5),
+    );
     let t = median(t_capture_memory);
-    push("  of which capture_memory (scan, copy + hash)", t, Some(tbu), bw_ratio(memcpy, t), "", "");
+    push(
+        "  of which capture_memory (scan, copy + hash)",
+        t,
+        Some(tbu),
+        bw_ratio(memcpy, t),
+        "",
+        "",
+    );
     let t = median(t_encode);
-    push("  of which Snapshot::encode (copy into the file, image hash)", t, Some(tbu), bw_ratio(memcpy, t), "", "");
+    push(
+        "  of which Snapshot::encode (copy into the file, image hash)",
+        t,
+        Some(tbu),
+        bw_ratio(memcpy, t),
+        "",
+        "",
+    );
     rows.push(Row {
         what: "encoded size".into(),
         size: size.clone(),
         time: None,
         bytes: None,
         baseline: format!("touched {}", fmt_bytes(tbu)),
-        ratio: format!("{} = {:.3}× touched", fmt_bytes(encoded), encoded as f64 / tbu as f64),
+        ratio: format!(
+            "{} = {:.3}× touched",
+            fmt_bytes(encoded),
+            encoded as f64 / tbu as f64
+        ),
         aim: String::new(),
         met: "",
     });
@@ -463,7 +580,16 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
         let t = median(t_packed);
         let pl = packed_len.unwrap();
         let mut push = |what: &str, t: f64, ratio: String| {
-            rows.push(Row { what: what.into(), size: size.clone(), time: Some(t), bytes: Some(tbu), baseline: base.clone(), ratio, aim: String::new(), met: "" });
+            rows.push(Row {
+                what: what.into(),
+                size: size.clone(),
+                time: Some(t),
+                bytes: Some(tbu),
+                baseline: base.clone(),
+                ratio,
+                aim: String::new(),
+                met: "",
+            });
         };
         push("capture, compress: true", t, bw_ratio(memcpy, t));
         rows.push(Row {
@@ -478,20 +604,60 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
         });
         let t = median(t_packed_restore);
         let mut push = |what: &str, t: f64, ratio: String| {
-            rows.push(Row { what: what.into(), size: size.clone(), time: Some(t), bytes: Some(tbu), baseline: base.clone(), ratio, aim: String::new(), met: "" });
+            rows.push(Row {
+                what: what.into(),
+                size: size.clone(),
+                time: Some(t),
+                bytes: Some(tbu),
+                baseline: base.clone(),
+                ratio,
+                aim: String::new(),
+                met: "",
+            });
         };
-        push("restore from compressed bytes (decode + copy)", t, bw_ratio(memcpy, t));
+        push(
+            "restore from compressed bytes (decode + copy)",
+            t,
+            bw_ratio(memcpy, t),
+        );
     }
     if case.restores {
         let mut push = |what: &str, t: f64, ratio: String, aim: &str, met: &'static str| {
-            rows.push(Row { what: what.into(), size: size.clone(), time: Some(t), bytes: Some(tbu), baseline: base.clone(), ratio, aim: aim.into(), met });
+            rows.push(Row {
+                what: what.into(),
+                size: size.clone(),
+                time: Some(t),
+                bytes: Some(tbu),
+                baseline: base.clone(),
+                ratio,
+                aim: aim.into(),
+                met,
+            });
         };
         let t = median(t_decode);
-        push("  Snapshot::from_bytes alone (checksums)", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "  Snapshot::from_bytes alone (checksums)",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t = median(t_bytes);
-        push("copying restore, from_bytes + restore", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "copying restore, from_bytes + restore",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t = median(t_file_copy);
-        push("copying restore, open(verify=false) + restore", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "copying restore, open(verify=false) + restore",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t_inst: Vec<f64> = t_cow.iter().zip(&t_open).map(|(c, o)| c - o).collect();
         let cow = median(t_cow);
         let (aim, met) = match (case.mem_mib, case.stride) {
@@ -499,19 +665,59 @@ fn bench_case(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, dir: &Path, case: &
             (_, 1) => ("flat in size", ""), // judged against the 1 MiB case in main
             _ => ("", ""),
         };
-        push("copy-on-write restore, open(verify=false) + restore", cow, bw_ratio(memcpy, cow), aim, met);
+        push(
+            "copy-on-write restore, open(verify=false) + restore",
+            cow,
+            bw_ratio(memcpy, cow),
+            aim,
+            met,
+        );
         let t = median(t_open);
-        push("  of which Snapshot::open (header, body, page hashes)", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "  of which Snapshot::open (header, body, page hashes)",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t = median(t_inst);
-        push("  of which Instance::restore (instantiate, map runs)", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "  of which Instance::restore (instantiate, map runs)",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t = median(t_touch);
-        push("  then guest writes every touched page (deferred)", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "  then guest writes every touched page (deferred)",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t = median(t_resident_touch);
-        push("  same writes on resident memory (reference)", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "  same writes on resident memory (reference)",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
         let t = median(t_verified);
-        push("verified restore, open(verify=true) + CoW restore", t, bw_ratio(memcpy, t), "", "");
+        push(
+            "verified restore, open(verify=true) + CoW restore",
+            t,
+            bw_ratio(memcpy, t),
+            "",
+            "",
+        );
     }
-    eprintln!("  {:<14} {:>6.1} s", case.name, started.elapsed().as_secs_f64());
+    eprintln!(
+        "  {:<14} {:>6.1} s",
+        case.name,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Instantiate latency: tern's `Instance::start` against raw wasmtime.
@@ -520,7 +726,8 @@ fn bench_instantiate(rt: &Arc<Runtime>, reps: usize, rows: &mut Vec<Row>) {
     use wasmtime_wasi::p1::WasiP1Ctx;
     use wasmtime_wasi::WasiCtxBuilder;
 
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests/wat/contract_counter.wat");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests/wat/contract_counter.wat");
     let wasm = wat::parse_file(&path).expect("contract_counter.wat");
     let loaded = rt.load(wasm.clone()).expect("load");
 
@@ -580,46 +787,112 @@ fn bench_instantiate(rt: &Arc<Runtime>, reps: usize, rows: &mut Vec<Row>) {
             met,
         });
     };
-    push("raw wasmtime: Store + WASI p1 + instantiate + drop (baseline)", raw, "", "");
-    push("  same on tern's engine and rewritten module", raw_tern, "", "");
-    push("Instance::start + drop", tern, "≤ 1.5× time", if tern / raw <= 1.5 { "yes" } else { "no" });
+    push(
+        "raw wasmtime: Store + WASI p1 + instantiate + drop (baseline)",
+        raw,
+        "",
+        "",
+    );
+    push(
+        "  same on tern's engine and rewritten module",
+        raw_tern,
+        "",
+        "",
+    );
+    push(
+        "Instance::start + drop",
+        tern,
+        "≤ 1.5× time",
+        if tern / raw <= 1.5 { "yes" } else { "no" },
+    );
 }
 
 fn main() {
     let t0 = Instant::now();
     let reps_override = env_usize_list("TERN_BENCH_REPS").and_then(|v| v.first().copied());
     let sizes = env_usize_list("TERN_BENCH_SIZES").unwrap_or_else(|| vec![1, 16, 64, 256]);
-    let reps_for = |mib: usize| reps_override.unwrap_or(if mib >= 1024 { 3 } else if mib >= 256 { 5 } else { 7 });
+    let reps_for = |mib: usize| {
+        reps_override.unwrap_or(if mib >= 1024 {
+            3
+        } else if mib >= 256 {
+            5
+        } else {
+            7
+        })
+    };
 
     let rt = Runtime::new(RuntimeConfig { cache_dir: None }).expect("runtime");
-    let module = rt.load(wat::parse_str(GUEST).expect("guest WAT")).expect("load guest");
+    let module = rt
+        .load(wat::parse_str(GUEST).expect("guest WAT"))
+        .expect("load guest");
     let dir = tempfile::tempdir().expect("temp dir");
 
     let mut cases = Vec::new();
     for &mib in &sizes {
-        cases.push(Case { name: "full", mem_mib: mib, stride: 1, mode: 0, restores: true, compressed: mib == 64 });
+        cases.push(Case {
+            name: "full",
+            mem_mib: mib,
+            stride: 1,
+            mode: 0,
+            restores: true,
+            compressed: mib == 64,
+        });
     }
     for &mib in sizes.iter().filter(|&&m| m >= 64) {
-        cases.push(Case { name: "sparse", mem_mib: mib, stride: 10, mode: 0, restores: true, compressed: false });
+        cases.push(Case {
+            name: "sparse",
+            mem_mib: mib,
+            stride: 10,
+            mode: 0,
+            restores: true,
+            compressed: false,
+        });
     }
     if sizes.contains(&64) {
-        cases.push(Case { name: "heap-like", mem_mib: 64, stride: 1, mode: 1, restores: false, compressed: true });
+        cases.push(Case {
+            name: "heap-like",
+            mem_mib: 64,
+            stride: 1,
+            mode: 1,
+            restores: false,
+            compressed: true,
+        });
     }
     if sizes.contains(&256) {
         // 43 691 one-page runs: more mappings than vm.max_map_count allows
         // if every run were mapped.
-        cases.push(Case { name: "scattered", mem_mib: 1024, stride: 6, mode: 0, restores: true, compressed: false });
+        cases.push(Case {
+            name: "scattered",
+            mem_mib: 1024,
+            stride: 6,
+            mode: 0,
+            restores: true,
+            compressed: false,
+        });
     }
 
-    eprintln!("tern runtime bench: {} cases (medians; baselines measured in the same run)", cases.len());
+    eprintln!(
+        "tern runtime bench: {} cases (medians; baselines measured in the same run)",
+        cases.len()
+    );
     let mut sections: Vec<(String, Vec<Row>)> = Vec::new();
     for mut case in cases {
         let mut rows = Vec::new();
         let name = format!("{}-{}MiB", case.name, case.mem_mib);
         case.name = Box::leak(name.clone().into_boxed_str());
-        bench_case(&rt, &module, dir.path(), &case, reps_for(case.mem_mib), &mut rows);
+        bench_case(
+            &rt,
+            &module,
+            dir.path(),
+            &case,
+            reps_for(case.mem_mib),
+            &mut rows,
+        );
         let title = match (case.mode, case.stride) {
-            (1, _) => format!("{} MiB, every page touched, heap-like (compressible) data", case.mem_mib),
+            (1, _) => format!(
+                "{} MiB, every page touched, heap-like (compressible) data",
+                case.mem_mib
+            ),
             (_, 1) => format!("{} MiB, every page touched, random data", case.mem_mib),
             (_, s) => format!("{} MiB, 1 page in {s} touched, random data", case.mem_mib),
         };
@@ -627,9 +900,17 @@ fn main() {
     }
     // Copy-on-write restore "flat in size": within 2× of the 1 MiB case.
     let is_cow = |r: &Row| r.what.starts_with("copy-on-write restore") && r.aim == "flat in size";
-    let smallest = sections.iter().flat_map(|(_, rows)| rows.iter()).find(|r| is_cow(r)).and_then(|r| r.time);
+    let smallest = sections
+        .iter()
+        .flat_map(|(_, rows)| rows.iter())
+        .find(|r| is_cow(r))
+        .and_then(|r| r.time);
     if let Some(t1) = smallest {
-        for r in sections.iter_mut().flat_map(|(_, rows)| rows.iter_mut()).filter(|r| is_cow(r)) {
+        for r in sections
+            .iter_mut()
+            .flat_map(|(_, rows)| rows.iter_mut())
+            .filter(|r| is_cow(r))
+        {
             let x = r.time.unwrap() / t1;
             r.aim = format!("≤ 2× smallest ({x:.1}×)");
             r.met = if x <= 2.0 { "yes" } else { "no" };
@@ -650,7 +931,10 @@ fn main() {
                 (Some(t), Some(b)) => fmt_bw(b, t),
                 _ => String::new(),
             };
-            println!("| {} | {} | {} | {} | {} | {} | {} | {} |", r.what, r.size, time, bw, r.baseline, r.ratio, r.aim, r.met);
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.what, r.size, time, bw, r.baseline, r.ratio, r.aim, r.met
+            );
         }
     }
     // Copy-on-write restore against memory size, in one line.
@@ -661,7 +945,10 @@ fn main() {
         .map(|r| format!("{}: {}", r.size, fmt_time(r.time.unwrap())))
         .collect();
     println!();
-    println!("copy-on-write restore by memory size (all pages touched): {}", cow.join(", "));
+    println!(
+        "copy-on-write restore by memory size (all pages touched): {}",
+        cow.join(", ")
+    );
     println!(
         "ratios: \"× bw\" = bandwidth relative to the memcpy baseline of the same bytes (higher is better); \
          \"× time\" = time relative to raw wasmtime (lower is better)."

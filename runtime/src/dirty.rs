@@ -101,7 +101,12 @@ pub fn start_tracking(base: *mut u8, reserved: usize, size: usize) -> Box<dyn Di
     start_tracking_with(base, reserved, size, force_hash)
 }
 
-fn start_tracking_with(base: *mut u8, reserved: usize, size: usize, force_hash: bool) -> Box<dyn DirtyTracker> {
+fn start_tracking_with(
+    base: *mut u8,
+    reserved: usize,
+    size: usize,
+    force_hash: bool,
+) -> Box<dyn DirtyTracker> {
     if !force_hash {
         if let Ok(t) = UffdTracker::start(base, reserved, size) {
             return Box::new(t);
@@ -293,7 +298,11 @@ fn invalid(msg: String) -> io::Error {
 
 #[cfg(all(
     target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
 ))]
 mod sys {
     //! Raw kernel interface. The `libc` crate lacks most of it, so the
@@ -336,7 +345,12 @@ mod sys {
         std::mem::size_of::<UffdioRegister>(),
     );
     /// `_IOR(UFFDIO, _UFFDIO_UNREGISTER, struct uffdio_range)`
-    const UFFDIO_UNREGISTER: u64 = ioc(IOC_READ, UFFDIO, _UFFDIO_UNREGISTER, std::mem::size_of::<UffdioRange>());
+    const UFFDIO_UNREGISTER: u64 = ioc(
+        IOC_READ,
+        UFFDIO,
+        _UFFDIO_UNREGISTER,
+        std::mem::size_of::<UffdioRange>(),
+    );
     /// `_IOWR(UFFDIO, _UFFDIO_WRITEPROTECT, struct uffdio_writeprotect)`
     const UFFDIO_WRITEPROTECT: u64 = ioc(
         IOC_READ | IOC_WRITE,
@@ -380,7 +394,12 @@ mod sys {
 
     // include/uapi/linux/fs.h
     /// `_IOWR('f', 16, struct pm_scan_arg)`
-    const PAGEMAP_SCAN: u64 = ioc(IOC_READ | IOC_WRITE, b'f' as u64, 16, std::mem::size_of::<PmScanArg>());
+    const PAGEMAP_SCAN: u64 = ioc(
+        IOC_READ | IOC_WRITE,
+        b'f' as u64,
+        16,
+        std::mem::size_of::<PmScanArg>(),
+    );
     const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
     const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
     const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -421,7 +440,8 @@ mod sys {
     /// more runs are dirty).
     const REGIONS_PER_SCAN: usize = 4096;
 
-    const WANTED_FEATURES: u64 = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    const WANTED_FEATURES: u64 =
+        UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
 
     fn os_err(step: &str) -> io::Error {
         let e = io::Error::last_os_error();
@@ -461,7 +481,8 @@ mod sys {
             errors.push(format!("userfaultfd(flags={flags:#x}): {e}"));
         }
         // SAFETY: NUL-terminated path literal.
-        let dev = unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        let dev =
+            unsafe { libc::open(c"/dev/userfaultfd".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if dev >= 0 {
             // SAFETY: a new descriptor we own.
             let dev = unsafe { OwnedFd::from_raw_fd(dev) };
@@ -476,7 +497,10 @@ mod sys {
                 io::Error::last_os_error()
             ));
         } else {
-            errors.push(format!("open /dev/userfaultfd: {}", io::Error::last_os_error()));
+            errors.push(format!(
+                "open /dev/userfaultfd: {}",
+                io::Error::last_os_error()
+            ));
         }
         Err(io::Error::new(
             kind,
@@ -508,7 +532,12 @@ mod sys {
                 ));
             }
             // SAFETY: NUL-terminated path literal.
-            let pm = unsafe { libc::open(c"/proc/self/pagemap".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            let pm = unsafe {
+                libc::open(
+                    c"/proc/self/pagemap".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
             if pm < 0 {
                 return Err(os_err("open /proc/self/pagemap"));
             }
@@ -547,7 +576,9 @@ mod sys {
                 ioctls: 0,
             };
             if ioctl(&uffd, UFFDIO_REGISTER, &mut reg) < 0 {
-                return Err(os_err(&format!("UFFDIO_REGISTER(WP) of {reserved} bytes at {base:#x}")));
+                return Err(os_err(&format!(
+                    "UFFDIO_REGISTER(WP) of {reserved} bytes at {base:#x}"
+                )));
             }
             // From here on, dropping `me` unregisters.
             let mut me = Uffd {
@@ -577,7 +608,9 @@ mod sys {
                 mode: UFFDIO_WRITEPROTECT_MODE_WP,
             };
             if ioctl(&me.uffd, UFFDIO_WRITEPROTECT, &mut wp) < 0 {
-                return Err(os_err(&format!("UFFDIO_WRITEPROTECT of {reserved} bytes at {base:#x}")));
+                return Err(os_err(&format!(
+                    "UFFDIO_WRITEPROTECT of {reserved} bytes at {base:#x}"
+                )));
             }
             // One scan now: checks that PAGEMAP_SCAN exists and that every VMA
             // of the memory accepted async write-protection. Nothing was
@@ -639,7 +672,9 @@ mod sys {
                     };
                     return Err(io::Error::new(
                         e.kind(),
-                        format!("uffd dirty tracker: PAGEMAP_SCAN of [{start:#x}, {end:#x}): {e}{why}"),
+                        format!(
+                            "uffd dirty tracker: PAGEMAP_SCAN of [{start:#x}, {end:#x}): {e}{why}"
+                        ),
                     ));
                 }
                 let n = (n as usize).min(self.regions.len());
@@ -685,7 +720,11 @@ mod sys {
 
 #[cfg(not(all(
     target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
 )))]
 mod sys {
     use std::io;
@@ -807,7 +846,12 @@ mod tests {
             unsafe {
                 assert_eq!(libc::write(fds[1], data.as_ptr().cast(), 64), 64);
                 let n = libc::read(fds[0], self.at(page, 100).cast(), 64);
-                assert_eq!(n, 64, "read(2) into tracked memory: {}", io::Error::last_os_error());
+                assert_eq!(
+                    n,
+                    64,
+                    "read(2) into tracked memory: {}",
+                    io::Error::last_os_error()
+                );
                 libc::close(fds[0]);
                 libc::close(fds[1]);
             }
@@ -859,7 +903,13 @@ mod tests {
         ops: Vec<Op>,
     }
 
-    fn sc(name: &'static str, reserved_pages: usize, size_pages: usize, before: &[u64], ops: Vec<Op>) -> Scenario {
+    fn sc(
+        name: &'static str,
+        reserved_pages: usize,
+        size_pages: usize,
+        before: &[u64],
+        ops: Vec<Op>,
+    ) -> Scenario {
         Scenario {
             name,
             reserved_pages,
@@ -875,7 +925,13 @@ mod tests {
         let many_runs: Vec<u64> = (0..12_000).step_by(2).collect(); // more runs than one scan fetches
         vec![
             sc("nothing written", 64, 16, &[0, 3], vec![c(&[]), c(&[])]),
-            sc("written before start only", 64, 16, &[1, 2, 15], vec![c(&[])]),
+            sc(
+                "written before start only",
+                64,
+                16,
+                &[1, 2, 15],
+                vec![c(&[])],
+            ),
             sc(
                 "populated page written after start",
                 64,
@@ -902,7 +958,17 @@ mod tests {
                 64,
                 16,
                 &[1, 2],
-                vec![W(1), c(&[1]), W(2), W(2), c(&[2]), W(1), W(7), c(&[1, 7]), c(&[])],
+                vec![
+                    W(1),
+                    c(&[1]),
+                    W(2),
+                    W(2),
+                    c(&[2]),
+                    W(1),
+                    W(7),
+                    c(&[1, 7]),
+                    c(&[]),
+                ],
             ),
             sc(
                 "reads are not writes",
@@ -911,13 +977,26 @@ mod tests {
                 &[2],
                 vec![R(2), R(6), c(&[]), W(6), R(2), c(&[6])],
             ),
-            sc("first and last page", 64, 16, &[], vec![W(15), W(0), c(&[0, 15])]),
+            sc(
+                "first and last page",
+                64,
+                16,
+                &[],
+                vec![W(15), W(0), c(&[0, 15])],
+            ),
             sc(
                 "same value written again: uffd reports it, hash does not",
                 64,
                 16,
                 &[4, 5],
-                vec![Same(4), Toggle(5), Same(9), W(6), C(vec![6], vec![4, 5, 9]), c(&[])],
+                vec![
+                    Same(4),
+                    Toggle(5),
+                    Same(9),
+                    W(6),
+                    C(vec![6], vec![4, 5, 9]),
+                    c(&[]),
+                ],
             ),
             sc(
                 "growth by mprotect after start",
@@ -1016,15 +1095,22 @@ mod tests {
             Err(e) => {
                 // SAFETY: plain syscalls.
                 let root = unsafe { libc::geteuid() } == 0;
-                let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-                let mut it = release.trim().split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
+                let release =
+                    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+                let mut it = release
+                    .trim()
+                    .split(['.', '-'])
+                    .map(|x| x.parse::<u32>().unwrap_or(0));
                 let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
                 let new_kernel = (major, minor) >= (6, 7);
                 assert!(
                     !(root && new_kernel && sys::page_size_ok()),
                     "uffd tracker failed on Linux {release} as root: {e}"
                 );
-                eprintln!("SKIP uffd tracker tests: {e} (Linux {}, root {root})", release.trim());
+                eprintln!(
+                    "SKIP uffd tracker tests: {e} (Linux {}, root {root})",
+                    release.trim()
+                );
                 false
             }
         }
@@ -1060,7 +1146,8 @@ mod tests {
                 Grow(pages) => mem.grow(*pages),
                 Discard(p) => {
                     // SAFETY: advice on an accessible page of our own mapping.
-                    let rc = unsafe { libc::madvise(mem.at(*p, 0).cast(), PAGE, libc::MADV_DONTNEED) };
+                    let rc =
+                        unsafe { libc::madvise(mem.at(*p, 0).cast(), PAGE, libc::MADV_DONTNEED) };
                     assert_eq!(rc, 0);
                     assert_eq!(mem.read(*p), 0);
                 }
@@ -1187,9 +1274,13 @@ mod tests {
         for p in [1, 5, 20] {
             mem.write(p);
         }
-        assert_eq!((mem.read(1), mem.read(2), mem.read(5), mem.read(20)), (2, 2, 1, 1));
+        assert_eq!(
+            (mem.read(1), mem.read(2), mem.read(5), mem.read(20)),
+            (2, 2, 1, 1)
+        );
         mem.sys_write(6);
-        let mut t = UffdTracker::start(mem.base, mem.reserved, mem.size).expect("re-arming after drop");
+        let mut t =
+            UffdTracker::start(mem.base, mem.reserved, mem.size).expect("re-arming after drop");
         mem.write(7);
         mem.write(1);
         assert_eq!(t.collect(mem.base, mem.size).unwrap(), vec![1, 7]);
@@ -1232,7 +1323,11 @@ mod tests {
                 continue;
             }
             let mut mem = Mem::new(64, 16);
-            let path = std::env::temp_dir().join(format!("tern-dirty-test-{}-{:p}", std::process::id(), mem.base));
+            let path = std::env::temp_dir().join(format!(
+                "tern-dirty-test-{}-{:p}",
+                std::process::id(),
+                mem.base
+            ));
             let image: Vec<u8> = (0..8 * PAGE).map(|i| (i / PAGE) as u8 + 10).collect();
             std::fs::write(&path, &image).unwrap();
             let file = std::fs::File::open(&path).unwrap();
@@ -1255,7 +1350,9 @@ mod tests {
             mem.write(6); // copied before start
             mem.write(0);
             let mut t: Box<dyn DirtyTracker> = match kind {
-                TrackerKind::Uffd => Box::new(UffdTracker::start(mem.base, mem.reserved, mem.size).unwrap()),
+                TrackerKind::Uffd => {
+                    Box::new(UffdTracker::start(mem.base, mem.reserved, mem.size).unwrap())
+                }
                 TrackerKind::Hash => Box::new(HashTracker::start(mem.base, mem.size)),
             };
             let ops = [
@@ -1282,7 +1379,11 @@ mod tests {
                     }
                     Sys(p) => mem.sys_write(p),
                     Grow(n) => mem.grow(n),
-                    C(want, _) => assert_eq!(t.collect(mem.base, mem.size).unwrap(), want, "file-backed [{kind:?}]"),
+                    C(want, _) => assert_eq!(
+                        t.collect(mem.base, mem.size).unwrap(),
+                        want,
+                        "file-backed [{kind:?}]"
+                    ),
                     _ => unreachable!(),
                 }
             }
@@ -1335,7 +1436,11 @@ mod tests {
         assert_eq!(t.collect(mem.base, mem.size).unwrap(), vec![3]);
         drop(t);
         // An unaligned base cannot be armed with uffd: falls back to hashing.
-        let t = start_tracking(mem.base.wrapping_add(8), mem.reserved - PAGE, mem.size - PAGE);
+        let t = start_tracking(
+            mem.base.wrapping_add(8),
+            mem.reserved - PAGE,
+            mem.size - PAGE,
+        );
         assert_eq!(t.kind(), TrackerKind::Hash);
         // A memory already tracked by uffd cannot be registered twice.
         if expected == TrackerKind::Uffd {

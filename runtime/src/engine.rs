@@ -86,7 +86,8 @@ impl Runtime {
             .memory_init_cow(false)
             .with_host_memory(Arc::new(TernMemoryCreator))
             .wasm_component_model(false);
-        let engine = Engine::new(&c).map_err(|e| Error::Other(format!("cannot create the Wasm engine: {e}")))?;
+        let engine = Engine::new(&c)
+            .map_err(|e| Error::Other(format!("cannot create the Wasm engine: {e}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| Error::Other(format!("cannot link WASI: {e}")))?;
@@ -95,7 +96,13 @@ impl Runtime {
         REWRITE_VERSION.hash(&mut h);
         let engine_key = format!("{:016x}", h.finish());
         start_epoch_ticker(&engine);
-        Ok(Arc::new(Runtime { engine, linker, config, engine_key, modules: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            config,
+            engine_key,
+            modules: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -104,11 +111,22 @@ impl Runtime {
 
     /// Loads a module from a file.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read module `{}`", path.display()), e))?;
-        let looks_like_text = bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b == b'(' || b == b';');
-        let bytes = if !bytes.starts_with(b"\0asm") && (path.extension().is_some_and(|e| e == "wat") || looks_like_text) {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::io(format!("cannot read module `{}`", path.display()), e))?;
+        let looks_like_text = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'(' || b == b';');
+        let bytes = if !bytes.starts_with(b"\0asm")
+            && (path.extension().is_some_and(|e| e == "wat") || looks_like_text)
+        {
             wat::parse_bytes(&bytes)
-                .map_err(|e| Error::Module(crate::rewrite::RewriteError::Invalid(format!("`{}`: {e}", path.display()))))?
+                .map_err(|e| {
+                    Error::Module(crate::rewrite::RewriteError::Invalid(format!(
+                        "`{}`: {e}",
+                        path.display()
+                    )))
+                })?
                 .into_owned()
         } else {
             bytes
@@ -120,33 +138,58 @@ impl Runtime {
     /// the cache (in memory, then the precompiled artifact on disk).
     pub fn load(&self, bytes: Vec<u8>) -> Result<Arc<LoadedModule>> {
         let hash = sha256(&bytes);
-        if let Some(m) = self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(&hash) {
+        if let Some(m) = self
+            .modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
             return Ok(m.clone());
         }
         let (module, info) = match self.load_artifact(&hash) {
             Some(found) => found,
             None => {
                 let rewritten = rewrite(&bytes)?;
-                let module = Module::new(&self.engine, &rewritten.bytes).map_err(|e| Error::Compile(format!("{e:#}")))?;
+                let module = Module::new(&self.engine, &rewritten.bytes)
+                    .map_err(|e| Error::Compile(format!("{e:#}")))?;
                 self.store_artifact(&hash, &module, &rewritten.info);
                 (module, rewritten.info)
             }
         };
-        let pre = self.linker.instantiate_pre(&module).map_err(|e| Error::Link(format!("{e:#}")))?;
-        let loaded = Arc::new(LoadedModule { sha256: hash, original: Arc::new(bytes), info, module, pre });
-        self.modules.lock().unwrap_or_else(|e| e.into_inner()).insert(hash, loaded.clone());
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| Error::Link(format!("{e:#}")))?;
+        let loaded = Arc::new(LoadedModule {
+            sha256: hash,
+            original: Arc::new(bytes),
+            info,
+            module,
+            pre,
+        });
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, loaded.clone());
         Ok(loaded)
     }
 
     /// A module already loaded, by hash.
     pub fn loaded(&self, hash: &[u8; 32]) -> Option<Arc<LoadedModule>> {
-        self.modules.lock().unwrap_or_else(|e| e.into_inner()).get(hash).cloned()
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
     }
 
     fn artifact_paths(&self, hash: &[u8; 32]) -> Option<(PathBuf, PathBuf)> {
         let dir = self.config.cache_dir.as_ref()?.join("artifacts");
         let stem = format!("{}-{}", hex::encode(hash), self.engine_key);
-        Some((dir.join(format!("{stem}.cwasm")), dir.join(format!("{stem}.info"))))
+        Some((
+            dir.join(format!("{stem}.cwasm")),
+            dir.join(format!("{stem}.info")),
+        ))
     }
 
     fn load_artifact(&self, hash: &[u8; 32]) -> Option<(Module, ModuleInfo)> {
@@ -160,12 +203,19 @@ impl Runtime {
     }
 
     fn store_artifact(&self, hash: &[u8; 32], module: &Module, info: &ModuleInfo) {
-        let Some((cwasm, info_path)) = self.artifact_paths(hash) else { return };
+        let Some((cwasm, info_path)) = self.artifact_paths(hash) else {
+            return;
+        };
         let result = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(cwasm.parent().unwrap())?;
-            let bytes = module.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
+            let bytes = module
+                .serialize()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             write_atomically(&cwasm, &bytes)?;
-            write_atomically(&info_path, &postcard::to_stdvec(info).map_err(std::io::Error::other)?)
+            write_atomically(
+                &info_path,
+                &postcard::to_stdvec(info).map_err(std::io::Error::other)?,
+            )
         })();
         if let Err(e) = result {
             tracing::warn!("cannot cache compiled module in {}: {e}", cwasm.display());
@@ -187,7 +237,9 @@ fn start_epoch_ticker(engine: &Engine) {
         started = true;
         Mutex::new(Vec::new())
     });
-    list.lock().unwrap_or_else(|e| e.into_inner()).push(engine.weak());
+    list.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(engine.weak());
     if started {
         std::thread::Builder::new()
             .name("tern-epoch".into())

@@ -16,7 +16,9 @@ pub enum Error {
     Trap { export: String, message: String },
     #[error("`{export}` ran past its time limit of {limit_ms} ms and was stopped")]
     Timeout { export: String, limit_ms: u64 },
-    #[error("`{export}` used up its fuel ({fuel} units) and was stopped; give it more with --fuel")]
+    #[error(
+        "`{export}` used up its fuel ({fuel} units) and was stopped; give it more with --fuel"
+    )]
     OutOfFuel { export: String, fuel: u64 },
     #[error("`{export}` overflowed its stack and was stopped")]
     StackOverflow { export: String },
@@ -41,14 +43,20 @@ pub enum Error {
     #[error("memory limit: {0}")]
     MemoryLimit(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether the guest misbehaved (trap, timeout, fuel, stack) rather than
@@ -56,7 +64,11 @@ impl Error {
     pub fn is_guest_fault(&self) -> bool {
         matches!(
             self,
-            Error::Trap { .. } | Error::Timeout { .. } | Error::OutOfFuel { .. } | Error::StackOverflow { .. } | Error::Exit(_)
+            Error::Trap { .. }
+                | Error::Timeout { .. }
+                | Error::OutOfFuel { .. }
+                | Error::StackOverflow { .. }
+                | Error::Exit(_)
         )
     }
 }

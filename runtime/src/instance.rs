@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::memory::{self, ImageMapping};
 use crate::rewrite::{GlobalKind, RESERVED_PREFIX};
 use crate::snapshot::{
-    capture_memory, GlobalState, LimitsState, Meta, Preopen, Snapshot, SnapshotParts, TableState, Value, WasiState,
-    PAGE_SIZE,
+    capture_memory, GlobalState, LimitsState, Meta, Preopen, Snapshot, SnapshotParts, TableState,
+    Value, WasiState, PAGE_SIZE,
 };
 use crate::wasi::{build_ctx, GuestClock, Stdio};
 
@@ -58,7 +58,11 @@ pub struct SnapshotOptions {
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { embed_module: true, compress: false, hooks: true }
+        SnapshotOptions {
+            embed_module: true,
+            compress: false,
+            hooks: true,
+        }
     }
 }
 
@@ -108,21 +112,41 @@ pub struct MemoryRegion {
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance").field("module", &self.module.hash_hex()).field("calls", &self.calls).finish_non_exhaustive()
+        f.debug_struct("Instance")
+            .field("module", &self.module.hash_hex())
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
     }
 }
 
-fn new_store(runtime: &Runtime, config: &AppConfig, wasi: &WasiState, clock: &GuestClock) -> Result<Store<HostState>> {
+fn new_store(
+    runtime: &Runtime,
+    config: &AppConfig,
+    wasi: &WasiState,
+    clock: &GuestClock,
+) -> Result<Store<HostState>> {
     let ctx = build_ctx(wasi, &config.stdio, clock)?;
-    let mut limits = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS).instances(1).memories(16).tables(64);
+    let mut limits = StoreLimitsBuilder::new()
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(1)
+        .memories(16)
+        .tables(64);
     if let Some(m) = config.limits.memory_bytes {
         limits = limits.memory_size(m as usize);
     }
-    let mut store = Store::new(runtime.engine(), HostState { wasi: ctx, limits: limits.build() });
+    let mut store = Store::new(
+        runtime.engine(),
+        HostState {
+            wasi: ctx,
+            limits: limits.build(),
+        },
+    );
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_trap();
     store.set_epoch_deadline(u64::MAX / 2);
-    store.set_fuel(u64::MAX).map_err(|e| Error::Other(e.to_string()))?;
+    store
+        .set_fuel(u64::MAX)
+        .map_err(|e| Error::Other(e.to_string()))?;
     Ok(store)
 }
 
@@ -140,7 +164,11 @@ impl Instance {
     /// Instantiates a module afresh and runs its initialisation: the start
     /// function, then `_start` (a command) or `_initialize` (a reactor).
     /// A command that exits with status 0 is a success.
-    pub fn start(runtime: &Arc<Runtime>, module: &Arc<LoadedModule>, config: AppConfig) -> Result<Instance> {
+    pub fn start(
+        runtime: &Arc<Runtime>,
+        module: &Arc<LoadedModule>,
+        config: AppConfig,
+    ) -> Result<Instance> {
         let mut inst = Self::instantiate_only(runtime, module, config)?;
         if module.info.start.is_some() {
             inst.call_raw(&format!("{RESERVED_PREFIX}start"), &[])?;
@@ -163,12 +191,19 @@ impl Instance {
     }
 
     /// Instantiates without running any guest code.
-    pub fn instantiate_only(runtime: &Arc<Runtime>, module: &Arc<LoadedModule>, config: AppConfig) -> Result<Instance> {
+    pub fn instantiate_only(
+        runtime: &Arc<Runtime>,
+        module: &Arc<LoadedModule>,
+        config: AppConfig,
+    ) -> Result<Instance> {
         let clock = GuestClock::starting_at(0);
         let wasi = wasi_state(&config, 0);
         let mut store = new_store(runtime, &config, &wasi, &clock)?;
         memory::clear_pending_images();
-        let instance = module.pre.instantiate(&mut store).map_err(|e| instantiate_error(e, &config))?;
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_error(e, &config))?;
         let anonymous = vec![true; module.info.memories.len()];
         Ok(Instance {
             runtime: runtime.clone(),
@@ -221,7 +256,10 @@ impl Instance {
     pub fn memory_bytes(&mut self) -> u64 {
         let mut total = 0;
         for idx in self.module.info.memories.clone() {
-            if let Some(m) = self.instance.get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{idx}")) {
+            if let Some(m) = self
+                .instance
+                .get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{idx}"))
+            {
                 total += m.data_size(&self.store) as u64;
             }
         }
@@ -237,20 +275,32 @@ impl Instance {
 
     fn func(&mut self, export: &str) -> Result<Func> {
         if export.starts_with(RESERVED_PREFIX) {
-            return Err(Error::NoSuchExport(export.into(), " (names starting with `__tern_` are the runtime's own)".into()));
+            return Err(Error::NoSuchExport(
+                export.into(),
+                " (names starting with `__tern_` are the runtime's own)".into(),
+            ));
         }
-        self.instance.get_func(&mut self.store, export).ok_or_else(|| {
-            let mut names: Vec<String> = self
-                .module
-                .module
-                .exports()
-                .filter(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)) && !e.name().starts_with(RESERVED_PREFIX))
-                .map(|e| e.name().to_string())
-                .collect();
-            names.sort();
-            let hint = if names.is_empty() { " (it exports no functions)".into() } else { format!("; it exports: {}", names.join(", ")) };
-            Error::NoSuchExport(export.into(), hint)
-        })
+        self.instance
+            .get_func(&mut self.store, export)
+            .ok_or_else(|| {
+                let mut names: Vec<String> = self
+                    .module
+                    .module
+                    .exports()
+                    .filter(|e| {
+                        matches!(e.ty(), wasmtime::ExternType::Func(_))
+                            && !e.name().starts_with(RESERVED_PREFIX)
+                    })
+                    .map(|e| e.name().to_string())
+                    .collect();
+                names.sort();
+                let hint = if names.is_empty() {
+                    " (it exports no functions)".into()
+                } else {
+                    format!("; it exports: {}", names.join(", "))
+                };
+                Error::NoSuchExport(export.into(), hint)
+            })
     }
 
     /// Calls an export with arguments given as text, parsed by its signature.
@@ -263,7 +313,10 @@ impl Instance {
     /// Calls an export under the app's per-call limits.
     pub fn call(&mut self, export: &str, args: &[Val]) -> Result<Vec<Val>> {
         if export.starts_with(RESERVED_PREFIX) {
-            return Err(Error::NoSuchExport(export.into(), " (names starting with `__tern_` are the runtime's own)".into()));
+            return Err(Error::NoSuchExport(
+                export.into(),
+                " (names starting with `__tern_` are the runtime's own)".into(),
+            ));
         }
         self.call_raw(export, args)
     }
@@ -287,23 +340,34 @@ impl Instance {
         if ty.params().len() != args.len() {
             return Err(Error::BadArguments {
                 export: export.into(),
-                message: format!("it takes {} argument(s), {} given", ty.params().len(), args.len()),
+                message: format!(
+                    "it takes {} argument(s), {} given",
+                    ty.params().len(),
+                    args.len()
+                ),
             });
         }
         let mut results = vec![Val::I32(0); ty.results().len()];
         let limits = self.config.limits.clone();
         let fuel = limits.fuel_per_call.unwrap_or(u64::MAX);
-        self.store.set_fuel(fuel).map_err(|e| Error::Other(e.to_string()))?;
+        self.store
+            .set_fuel(fuel)
+            .map_err(|e| Error::Other(e.to_string()))?;
         match limits.timeout_ms_per_call {
             Some(ms) => {
-                let ticks = Duration::from_millis(ms).as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1) as u64;
+                let ticks = Duration::from_millis(ms)
+                    .as_nanos()
+                    .div_ceil(EPOCH_TICK.as_nanos())
+                    .max(1) as u64;
                 self.store.set_epoch_deadline(ticks);
             }
             None => self.store.set_epoch_deadline(u64::MAX / 2),
         }
         self.calls += 1;
         let sp = self.module.info.stack_pointer.and_then(|g| {
-            let global = self.instance.get_global(&mut self.store, &format!("{RESERVED_PREFIX}global_{g}"))?;
+            let global = self
+                .instance
+                .get_global(&mut self.store, &format!("{RESERVED_PREFIX}global_{g}"))?;
             Some((global, global.get(&mut self.store)))
         });
         let outcome = f.call(&mut self.store, args, &mut results);
@@ -329,7 +393,9 @@ impl Instance {
             let m = self
                 .instance
                 .get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{idx}"))
-                .ok_or_else(|| Error::Other(format!("rewritten module lacks memory export {idx}")))?;
+                .ok_or_else(|| {
+                    Error::Other(format!("rewritten module lacks memory export {idx}"))
+                })?;
             out.push(m);
         }
         Ok(out)
@@ -339,7 +405,10 @@ impl Instance {
     fn func_indices(&mut self) -> HashMap<usize, u32> {
         let mut map = HashMap::new();
         for idx in self.module.info.table_funcs.clone() {
-            if let Some(f) = self.instance.get_func(&mut self.store, &format!("{RESERVED_PREFIX}func_{idx}")) {
+            if let Some(f) = self
+                .instance
+                .get_func(&mut self.store, &format!("{RESERVED_PREFIX}func_{idx}"))
+            {
                 map.insert(f.to_raw(&mut self.store) as usize, idx);
             }
         }
@@ -368,7 +437,14 @@ impl Instance {
     /// and each memory's size. The stop-and-copy of a live migration sends
     /// this with the last dirty pages.
     pub fn snapshot_state_only(&mut self) -> Result<Snapshot> {
-        let mut parts = self.capture_parts_inner(SnapshotOptions { embed_module: false, compress: false, hooks: false }, false)?;
+        let mut parts = self.capture_parts_inner(
+            SnapshotOptions {
+                embed_module: false,
+                compress: false,
+                hooks: false,
+            },
+            false,
+        )?;
         parts.memories.iter_mut().for_each(|m| m.image.clear());
         Ok(Snapshot::encode(parts))
     }
@@ -377,7 +453,11 @@ impl Instance {
         self.capture_parts_inner(opts, true)
     }
 
-    fn capture_parts_inner(&mut self, opts: SnapshotOptions, with_pages: bool) -> Result<SnapshotParts> {
+    fn capture_parts_inner(
+        &mut self,
+        opts: SnapshotOptions,
+        with_pages: bool,
+    ) -> Result<SnapshotParts> {
         let info = self.module.info.clone();
         // Globals.
         let mut globals = Vec::with_capacity(info.mutable_globals.len());
@@ -385,15 +465,28 @@ impl Instance {
             let g = self
                 .instance
                 .get_global(&mut self.store, &format!("{RESERVED_PREFIX}global_{idx}"))
-                .ok_or_else(|| Error::Other(format!("rewritten module lacks global export {idx}")))?;
+                .ok_or_else(|| {
+                    Error::Other(format!("rewritten module lacks global export {idx}"))
+                })?;
             let value = match (g.get(&mut self.store), kind) {
                 (Val::I32(v), _) => Value::I32(v),
                 (Val::I64(v), _) => Value::I64(v),
                 (Val::F32(v), _) => Value::F32(v),
                 (Val::F64(v), _) => Value::F64(v),
                 (Val::V128(v), _) => Value::V128(v.as_u128()),
-                (Val::FuncRef(None) | Val::ExternRef(None) | Val::AnyRef(None) | Val::ExnRef(None) | Val::ContRef(None), _) => Value::NullRef,
-                (_, _) => return Err(Error::NotMigratable(format!("global {idx} holds a non-null reference"))),
+                (
+                    Val::FuncRef(None)
+                    | Val::ExternRef(None)
+                    | Val::AnyRef(None)
+                    | Val::ExnRef(None)
+                    | Val::ContRef(None),
+                    _,
+                ) => Value::NullRef,
+                (_, _) => {
+                    return Err(Error::NotMigratable(format!(
+                        "global {idx} holds a non-null reference"
+                    )))
+                }
             };
             globals.push(GlobalState { index: *idx, value });
         }
@@ -405,28 +498,45 @@ impl Instance {
                 let t = self
                     .instance
                     .get_table(&mut self.store, &format!("{RESERVED_PREFIX}table_{idx}"))
-                    .ok_or_else(|| Error::Other(format!("rewritten module lacks table export {idx}")))?;
+                    .ok_or_else(|| {
+                        Error::Other(format!("rewritten module lacks table export {idx}"))
+                    })?;
                 let size = t.size(&self.store);
                 let mut runs: Vec<(u32, Vec<Option<u32>>)> = Vec::new();
                 for i in 0..size {
                     let elem = match t.get(&mut self.store, i) {
-                        Some(Ref::Func(None)) | Some(Ref::Extern(None)) | Some(Ref::Any(None)) | None => None,
+                        Some(Ref::Func(None))
+                        | Some(Ref::Extern(None))
+                        | Some(Ref::Any(None))
+                        | None => None,
                         Some(Ref::Func(Some(f))) => {
                             let raw = f.to_raw(&mut self.store) as usize;
                             Some(*funcs.get(&raw).ok_or_else(|| {
-                                Error::NotMigratable(format!("table {idx} element {i} is a function the module cannot name"))
+                                Error::NotMigratable(format!(
+                                    "table {idx} element {i} is a function the module cannot name"
+                                ))
                             })?)
                         }
-                        Some(_) => return Err(Error::NotMigratable(format!("table {idx} element {i} is a non-function reference"))),
+                        Some(_) => {
+                            return Err(Error::NotMigratable(format!(
+                                "table {idx} element {i} is a non-function reference"
+                            )))
+                        }
                     };
                     if let Some(f) = elem {
                         match runs.last_mut() {
-                            Some((start, elems)) if *start as u64 + elems.len() as u64 == i => elems.push(Some(f)),
+                            Some((start, elems)) if *start as u64 + elems.len() as u64 == i => {
+                                elems.push(Some(f))
+                            }
                             _ => runs.push((i as u32, vec![Some(f)])),
                         }
                     }
                 }
-                tables.push(TableState { index: *idx, size: size as u32, runs });
+                tables.push(TableState {
+                    index: *idx,
+                    size: size as u32,
+                    runs,
+                });
             }
         }
         // Memories.
@@ -450,7 +560,12 @@ impl Instance {
             } else {
                 None
             };
-            memories.push(capture_memory(info.memories[i], data, resident.as_deref(), opts.compress));
+            memories.push(capture_memory(
+                info.memories[i],
+                data,
+                resident.as_deref(),
+                opts.compress,
+            ));
         }
         Ok(SnapshotParts {
             meta: Meta {
@@ -466,19 +581,29 @@ impl Instance {
             globals,
             tables,
             memories,
-            module: opts.embed_module.then(|| self.module.original.as_ref().clone()),
+            module: opts
+                .embed_module
+                .then(|| self.module.original.as_ref().clone()),
             files: Vec::new(),
         })
     }
 
     /// Restores an app from a snapshot. `module` may be given (it must be the
     /// same module); otherwise the snapshot must carry it.
-    pub fn restore(runtime: &Arc<Runtime>, snap: &Snapshot, module: Option<Arc<LoadedModule>>, opts: RestoreOptions) -> Result<Instance> {
+    pub fn restore(
+        runtime: &Arc<Runtime>,
+        snap: &Snapshot,
+        module: Option<Arc<LoadedModule>>,
+        opts: RestoreOptions,
+    ) -> Result<Instance> {
         let body = &snap.body;
         let want = body.meta.module_sha256;
         let module = match module {
             Some(m) if m.sha256 != want => {
-                return Err(Error::ModuleMismatch { snapshot: short_hash(&want), module: short_hash(&m.sha256) })
+                return Err(Error::ModuleMismatch {
+                    snapshot: short_hash(&want),
+                    module: short_hash(&m.sha256),
+                })
             }
             Some(m) => m,
             None => match runtime.loaded(&want) {
@@ -490,8 +615,14 @@ impl Instance {
             },
         };
         check_shape(snap, &module)?;
-        let wasi = opts.wasi_override.clone().unwrap_or_else(|| body.wasi.clone());
-        let limits = opts.limits_override.clone().unwrap_or_else(|| body.limits.clone());
+        let wasi = opts
+            .wasi_override
+            .clone()
+            .unwrap_or_else(|| body.wasi.clone());
+        let limits = opts
+            .limits_override
+            .clone()
+            .unwrap_or_else(|| body.limits.clone());
         let config = AppConfig {
             args: wasi.args.clone(),
             env: wasi.env.clone(),
@@ -515,11 +646,15 @@ impl Instance {
 
         // Copy-on-write only when every memory can be mapped and the module's
         // data segments are known (they are written again at instantiation).
-        let images: Option<Vec<Option<ImageMapping>>> = if opts.copy_on_write && module.info.data_ranges.is_some() {
-            body.memories.iter().map(|m| memory::image_mapping(snap, m).map(Some)).collect()
-        } else {
-            None
-        };
+        let images: Option<Vec<Option<ImageMapping>>> =
+            if opts.copy_on_write && module.info.data_ranges.is_some() {
+                body.memories
+                    .iter()
+                    .map(|m| memory::image_mapping(snap, m).map(Some))
+                    .collect()
+            } else {
+                None
+            };
         let cow = images.is_some();
         memory::set_pending_images(images.unwrap_or_default());
         let instantiated = module.pre.instantiate(&mut store);
@@ -556,7 +691,10 @@ impl Instance {
             if mem_state.byte_size > cur {
                 let delta = (mem_state.byte_size - cur) / WASM_PAGE;
                 m.grow(&mut self.store, delta).map_err(|e| {
-                    Error::MemoryLimit(format!("cannot grow memory {} to {} bytes: {e}", mem_state.index, mem_state.byte_size))
+                    Error::MemoryLimit(format!(
+                        "cannot grow memory {} to {} bytes: {e}",
+                        mem_state.index, mem_state.byte_size
+                    ))
                 })?;
             } else if mem_state.byte_size < cur {
                 return Err(Error::Incompatible(format!(
@@ -570,7 +708,12 @@ impl Instance {
                 Some(ranges) => ranges
                     .iter()
                     .filter(|(mi, _, len)| *mi == mem_state.index && *len > 0)
-                    .map(|(_, off, len)| (off / PAGE_SIZE as u64, (off + len).div_ceil(PAGE_SIZE as u64)))
+                    .map(|(_, off, len)| {
+                        (
+                            off / PAGE_SIZE as u64,
+                            (off + len).div_ceil(PAGE_SIZE as u64),
+                        )
+                    })
                     .collect(),
                 None => vec![(0, mem_state.byte_size / PAGE_SIZE as u64)],
             };
@@ -582,7 +725,9 @@ impl Instance {
                 }
             }
             for run in &mem_state.runs {
-                let overlaps = segment_pages.iter().any(|(a, b)| run.first_page < *b && *a < run.first_page + run.pages);
+                let overlaps = segment_pages
+                    .iter()
+                    .any(|(a, b)| run.first_page < *b && *a < run.first_page + run.pages);
                 if cow && !overlaps {
                     continue;
                 }
@@ -594,8 +739,10 @@ impl Instance {
                         let lo = (*a).max(run.first_page);
                         let hi = (*b).min(run.first_page + run.pages);
                         if lo < hi {
-                            let src = (lo - run.first_page) as usize * PAGE_SIZE..(hi - run.first_page) as usize * PAGE_SIZE;
-                            data[lo as usize * PAGE_SIZE..hi as usize * PAGE_SIZE].copy_from_slice(&bytes[src]);
+                            let src = (lo - run.first_page) as usize * PAGE_SIZE
+                                ..(hi - run.first_page) as usize * PAGE_SIZE;
+                            data[lo as usize * PAGE_SIZE..hi as usize * PAGE_SIZE]
+                                .copy_from_slice(&bytes[src]);
                         }
                     }
                 } else {
@@ -610,8 +757,16 @@ impl Instance {
         for g in &snap.body.globals {
             let global = self
                 .instance
-                .get_global(&mut self.store, &format!("{RESERVED_PREFIX}global_{}", g.index))
-                .ok_or_else(|| Error::Incompatible(format!("global {} is not a mutable global of this module", g.index)))?;
+                .get_global(
+                    &mut self.store,
+                    &format!("{RESERVED_PREFIX}global_{}", g.index),
+                )
+                .ok_or_else(|| {
+                    Error::Incompatible(format!(
+                        "global {} is not a mutable global of this module",
+                        g.index
+                    ))
+                })?;
             let val = match g.value {
                 Value::I32(v) => Val::I32(v),
                 Value::I64(v) => Val::I64(v),
@@ -620,12 +775,20 @@ impl Instance {
                 Value::V128(v) => Val::V128(v.into()),
                 Value::NullRef => match global.ty(&self.store).content() {
                     ValType::Ref(r) => Val::null_ref(r.heap_type()),
-                    _ => return Err(Error::Incompatible(format!("global {} is not a reference", g.index))),
+                    _ => {
+                        return Err(Error::Incompatible(format!(
+                            "global {} is not a reference",
+                            g.index
+                        )))
+                    }
                 },
             };
-            global
-                .set(&mut self.store, val)
-                .map_err(|e| Error::Incompatible(format!("global {} does not take the stored value: {e}", g.index)))?;
+            global.set(&mut self.store, val).map_err(|e| {
+                Error::Incompatible(format!(
+                    "global {} does not take the stored value: {e}",
+                    g.index
+                ))
+            })?;
         }
         Ok(())
     }
@@ -636,20 +799,33 @@ impl Instance {
         }
         let mut funcs: HashMap<u32, Func> = HashMap::new();
         for idx in self.module.info.table_funcs.clone() {
-            if let Some(f) = self.instance.get_func(&mut self.store, &format!("{RESERVED_PREFIX}func_{idx}")) {
+            if let Some(f) = self
+                .instance
+                .get_func(&mut self.store, &format!("{RESERVED_PREFIX}func_{idx}"))
+            {
                 funcs.insert(idx, f);
             }
         }
         for t in &snap.body.tables {
             let table = self
                 .instance
-                .get_table(&mut self.store, &format!("{RESERVED_PREFIX}table_{}", t.index))
-                .ok_or_else(|| Error::Incompatible(format!("table {} is not in this module", t.index)))?;
+                .get_table(
+                    &mut self.store,
+                    &format!("{RESERVED_PREFIX}table_{}", t.index),
+                )
+                .ok_or_else(|| {
+                    Error::Incompatible(format!("table {} is not in this module", t.index))
+                })?;
             let cur = table.size(&self.store);
             if (t.size as u64) > cur {
                 table
                     .grow(&mut self.store, t.size as u64 - cur, Ref::Func(None))
-                    .map_err(|e| Error::Incompatible(format!("cannot grow table {} to {}: {e}", t.index, t.size)))?;
+                    .map_err(|e| {
+                        Error::Incompatible(format!(
+                            "cannot grow table {} to {}: {e}",
+                            t.index, t.size
+                        ))
+                    })?;
             }
             // Everything not in a run is null.
             let mut want: Vec<Option<u32>> = vec![None; t.size as usize];
@@ -661,13 +837,13 @@ impl Instance {
             for (i, w) in want.iter().enumerate() {
                 let r = match w {
                     None => Ref::Func(None),
-                    Some(f) => Ref::Func(Some(
-                        *funcs.get(f).ok_or_else(|| Error::Incompatible(format!("table {} names unknown function {f}", t.index)))?,
-                    )),
+                    Some(f) => Ref::Func(Some(*funcs.get(f).ok_or_else(|| {
+                        Error::Incompatible(format!("table {} names unknown function {f}", t.index))
+                    })?)),
                 };
-                table
-                    .set(&mut self.store, i as u64, r)
-                    .map_err(|e| Error::Incompatible(format!("cannot set table {} element {i}: {e}", t.index)))?;
+                table.set(&mut self.store, i as u64, r).map_err(|e| {
+                    Error::Incompatible(format!("cannot set table {} element {i}: {e}", t.index))
+                })?;
             }
         }
         Ok(())
@@ -680,7 +856,12 @@ impl Instance {
             let base = m.data_ptr(&self.store);
             let size = m.data_size(&self.store);
             let reserved = memory::reservation_of(base).unwrap_or(size);
-            out.push(MemoryRegion { index: self.module.info.memories[i], base, size, reserved });
+            out.push(MemoryRegion {
+                index: self.module.info.memories[i],
+                base,
+                size,
+                reserved,
+            });
         }
         Ok(out)
     }
@@ -698,12 +879,20 @@ impl Instance {
                 kept.push(p);
             }
         }
-        Ok(crate::snapshot::PageChunk { memory, byte_size: data.len() as u64, pages: kept, data: out })
+        Ok(crate::snapshot::PageChunk {
+            memory,
+            byte_size: data.len() as u64,
+            pages: kept,
+            data: out,
+        })
     }
 
     /// Every page of a memory whose content differs from a checkpoint's
     /// (by the checkpoint's per-page hashes; pages it did not store are zero).
-    pub fn pages_differing_from(&mut self, checkpoint: &Snapshot) -> Result<Vec<crate::snapshot::PageChunk>> {
+    pub fn pages_differing_from(
+        &mut self,
+        checkpoint: &Snapshot,
+    ) -> Result<Vec<crate::snapshot::PageChunk>> {
         let zero_hash = xxhash_rust::xxh3::xxh3_64(&[0u8; PAGE_SIZE]);
         let mut chunks = Vec::new();
         for ms in &checkpoint.body.memories {
@@ -738,12 +927,18 @@ impl Instance {
         let cur = m.data_size(&self.store) as u64;
         if chunk.byte_size > cur {
             m.grow(&mut self.store, (chunk.byte_size - cur) / WASM_PAGE)
-                .map_err(|e| Error::MemoryLimit(format!("cannot grow memory {} to {} bytes: {e}", chunk.memory, chunk.byte_size)))?;
+                .map_err(|e| {
+                    Error::MemoryLimit(format!(
+                        "cannot grow memory {} to {} bytes: {e}",
+                        chunk.memory, chunk.byte_size
+                    ))
+                })?;
         }
         let data = m.data_mut(&mut self.store);
         for (k, &p) in chunk.pages.iter().enumerate() {
             let start = p as usize * PAGE_SIZE;
-            data[start..start + PAGE_SIZE].copy_from_slice(&chunk.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+            data[start..start + PAGE_SIZE]
+                .copy_from_slice(&chunk.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
         }
         Ok(())
     }
@@ -757,7 +952,12 @@ impl Instance {
             let cur = m.data_size(&self.store) as u64;
             if ms.byte_size > cur {
                 m.grow(&mut self.store, (ms.byte_size - cur) / WASM_PAGE)
-                    .map_err(|e| Error::MemoryLimit(format!("cannot grow memory {} to {} bytes: {e}", ms.index, ms.byte_size)))?;
+                    .map_err(|e| {
+                        Error::MemoryLimit(format!(
+                            "cannot grow memory {} to {} bytes: {e}",
+                            ms.index, ms.byte_size
+                        ))
+                    })?;
             }
         }
         self.restore_globals(state)?;
@@ -789,7 +989,10 @@ impl Instance {
         let m = self.memory_by_index(0)?;
         let data = m.data_mut(&mut self.store);
         let start = offset as usize;
-        let end = start.checked_add(bytes.len()).filter(|&e| e <= data.len()).ok_or_else(|| Error::Other("write outside memory".into()))?;
+        let end = start
+            .checked_add(bytes.len())
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| Error::Other("write outside memory".into()))?;
         data[start..end].copy_from_slice(bytes);
         Ok(())
     }
@@ -799,7 +1002,10 @@ impl Instance {
         let m = self.memory_by_index(0)?;
         let data = m.data(&self.store);
         let start = offset as usize;
-        let end = start.checked_add(len as usize).filter(|&e| e <= data.len()).ok_or_else(|| Error::Other("read outside memory".into()))?;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| Error::Other("read outside memory".into()))?;
         Ok(data[start..end].to_vec())
     }
 
@@ -810,7 +1016,10 @@ impl Instance {
 
     /// Direct access to a memory's bytes (for dirty-page tracking).
     pub fn memory_data(&mut self, index: usize) -> Option<&[u8]> {
-        let name = format!("{RESERVED_PREFIX}memory_{}", self.module.info.memories.get(index)?);
+        let name = format!(
+            "{RESERVED_PREFIX}memory_{}",
+            self.module.info.memories.get(index)?
+        );
         let m = self.instance.get_memory(&mut self.store, &name)?;
         Some(m.data(&self.store))
     }
@@ -826,12 +1035,17 @@ fn check_shape(snap: &Snapshot, module: &LoadedModule) -> Result<()> {
     let info = &module.info;
     let mems: Vec<u32> = body.memories.iter().map(|m| m.index).collect();
     if mems != info.memories {
-        return Err(Error::Incompatible(format!("snapshot has memories {mems:?}, the module {:?}", info.memories)));
+        return Err(Error::Incompatible(format!(
+            "snapshot has memories {mems:?}, the module {:?}",
+            info.memories
+        )));
     }
     let globals: Vec<u32> = body.globals.iter().map(|g| g.index).collect();
     let want: Vec<u32> = info.mutable_globals.iter().map(|g| g.0).collect();
     if globals != want {
-        return Err(Error::Incompatible(format!("snapshot has mutable globals {globals:?}, the module {want:?}")));
+        return Err(Error::Incompatible(format!(
+            "snapshot has mutable globals {globals:?}, the module {want:?}"
+        )));
     }
     for (g, (_, kind)) in body.globals.iter().zip(&info.mutable_globals) {
         let ok = matches!(
@@ -844,12 +1058,18 @@ fn check_shape(snap: &Snapshot, module: &LoadedModule) -> Result<()> {
                 | (Value::NullRef, GlobalKind::Ref)
         );
         if !ok {
-            return Err(Error::Incompatible(format!("global {} has a value of the wrong type", g.index)));
+            return Err(Error::Incompatible(format!(
+                "global {} has a value of the wrong type",
+                g.index
+            )));
         }
     }
     let tables: Vec<u32> = body.tables.iter().map(|t| t.index).collect();
     if tables != info.tables {
-        return Err(Error::Incompatible(format!("snapshot has tables {tables:?}, the module {:?}", info.tables)));
+        return Err(Error::Incompatible(format!(
+            "snapshot has tables {tables:?}, the module {:?}",
+            info.tables
+        )));
     }
     Ok(())
 }
@@ -857,7 +1077,9 @@ fn check_shape(snap: &Snapshot, module: &LoadedModule) -> Result<()> {
 fn instantiate_error(e: wasmtime::Error, config: &AppConfig) -> Error {
     let msg = format!("{e:#}");
     if msg.contains("memory") && config.limits.memory_bytes.is_some() && msg.contains("limit") {
-        return Error::MemoryLimit(format!("the module needs more memory than its limit: {msg}"));
+        return Error::MemoryLimit(format!(
+            "the module needs more memory than its limit: {msg}"
+        ));
     }
     Error::Link(msg)
 }
@@ -870,12 +1092,22 @@ fn classify(export: &str, e: wasmtime::Error, limits: &LimitsState) -> Error {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         match trap {
             wasmtime::Trap::Interrupt => {
-                return Error::Timeout { export: export.into(), limit_ms: limits.timeout_ms_per_call.unwrap_or(0) }
+                return Error::Timeout {
+                    export: export.into(),
+                    limit_ms: limits.timeout_ms_per_call.unwrap_or(0),
+                }
             }
             wasmtime::Trap::OutOfFuel => {
-                return Error::OutOfFuel { export: export.into(), fuel: limits.fuel_per_call.unwrap_or(0) }
+                return Error::OutOfFuel {
+                    export: export.into(),
+                    fuel: limits.fuel_per_call.unwrap_or(0),
+                }
             }
-            wasmtime::Trap::StackOverflow => return Error::StackOverflow { export: export.into() },
+            wasmtime::Trap::StackOverflow => {
+                return Error::StackOverflow {
+                    export: export.into(),
+                }
+            }
             _ => {}
         }
     }
@@ -883,7 +1115,12 @@ fn classify(export: &str, e: wasmtime::Error, limits: &LimitsState) -> Error {
     let detail = e
         .chain()
         .map(|c| c.to_string())
-        .find(|s| s.starts_with("wasm trap") || s.contains("unreachable") || s.contains("out of bounds"))
+        .find(|s| {
+            s.starts_with("wasm trap") || s.contains("unreachable") || s.contains("out of bounds")
+        })
         .unwrap_or(message);
-    Error::Trap { export: export.into(), message: detail }
+    Error::Trap {
+        export: export.into(),
+        message: detail,
+    }
 }

@@ -54,14 +54,21 @@ fn take_pending_image() -> Option<ImageMapping> {
 
 /// Builds the raw-run mapping list for a snapshot memory, if every run is raw
 /// and the snapshot is backed by a file.
-pub(crate) fn image_mapping(snap: &crate::snapshot::Snapshot, mem: &crate::snapshot::MemoryState) -> Option<ImageMapping> {
+pub(crate) fn image_mapping(
+    snap: &crate::snapshot::Snapshot,
+    mem: &crate::snapshot::MemoryState,
+) -> Option<ImageMapping> {
     let file = snap.mapped_file()?.clone();
     let mut runs = Vec::with_capacity(mem.runs.len());
     for r in &mem.runs {
         if r.encoding != Encoding::Raw {
             return None;
         }
-        runs.push((r.first_page, r.pages, crate::snapshot::IMAGE_OFFSET + r.image_offset));
+        runs.push((
+            r.first_page,
+            r.pages,
+            crate::snapshot::IMAGE_OFFSET + r.image_offset,
+        ));
     }
     Some(ImageMapping { file, runs })
 }
@@ -95,7 +102,12 @@ fn take_mappings(want: usize) -> usize {
     let mut left = budget.load(Ordering::Relaxed);
     loop {
         let granted = want.min(left);
-        match budget.compare_exchange_weak(left, left - granted, Ordering::AcqRel, Ordering::Relaxed) {
+        match budget.compare_exchange_weak(
+            left,
+            left - granted,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => return granted,
             Err(now) => left = now,
         }
@@ -124,8 +136,14 @@ unsafe impl MemoryCreator for TernMemoryCreator {
         guard_size_in_bytes: usize,
     ) -> Result<Box<dyn LinearMemory>, String> {
         let image = take_pending_image();
-        TernMemory::new(minimum, maximum, reserved_size_in_bytes, guard_size_in_bytes, image)
-            .map(|m| Box::new(m) as Box<dyn LinearMemory>)
+        TernMemory::new(
+            minimum,
+            maximum,
+            reserved_size_in_bytes,
+            guard_size_in_bytes,
+            image,
+        )
+        .map(|m| Box::new(m) as Box<dyn LinearMemory>)
     }
 }
 
@@ -164,7 +182,11 @@ static RESERVATIONS: std::sync::Mutex<std::collections::BTreeMap<usize, usize>> 
 
 /// The reserved length of the tern memory based at `base`, if it is one.
 pub(crate) fn reservation_of(base: *const u8) -> Option<usize> {
-    RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).get(&(base as usize)).copied()
+    RESERVATIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(base as usize))
+        .copied()
 }
 
 impl TernMemory {
@@ -176,9 +198,12 @@ impl TernMemory {
         image: Option<ImageMapping>,
     ) -> Result<TernMemory, String> {
         let page = PAGE_SIZE;
-        let reserved = reserved.unwrap_or_else(|| maximum.unwrap_or(DEFAULT_RESERVATION).max(minimum));
+        let reserved =
+            reserved.unwrap_or_else(|| maximum.unwrap_or(DEFAULT_RESERVATION).max(minimum));
         let reserved = reserved.div_ceil(page) * page;
-        let mapping_len = reserved.checked_add(guard).ok_or("memory reservation overflows")?;
+        let mapping_len = reserved
+            .checked_add(guard)
+            .ok_or("memory reservation overflows")?;
         // SAFETY: a fresh anonymous reservation; nothing else refers to it.
         let base = unsafe {
             libc::mmap(
@@ -191,7 +216,10 @@ impl TernMemory {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(format!("cannot reserve {mapping_len} bytes for a linear memory: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot reserve {mapping_len} bytes for a linear memory: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let mut mem = TernMemory {
             base: base.cast(),
@@ -209,17 +237,24 @@ impl TernMemory {
             let fd = image.file.file().as_raw_fd();
             let file_len = image.file.as_slice().len();
             for (first, pages, file_off) in &image.runs {
-                let fits = (*first as usize).checked_mul(page).zip((*pages as usize).checked_mul(page)).is_some_and(|(off, len)| {
-                    off.checked_add(len).is_some_and(|end| end <= reserved)
-                        && (*file_off as usize).checked_add(len).is_some_and(|end| end <= file_len)
-                });
+                let fits = (*first as usize)
+                    .checked_mul(page)
+                    .zip((*pages as usize).checked_mul(page))
+                    .is_some_and(|(off, len)| {
+                        off.checked_add(len).is_some_and(|end| end <= reserved)
+                            && (*file_off as usize)
+                                .checked_add(len)
+                                .is_some_and(|end| end <= file_len)
+                    });
                 if !fits {
                     return Err("snapshot image does not fit the memory reservation".into());
                 }
             }
             // Map the largest runs of at least MIN_MAPPED_RUN_PAGES pages, as
             // many as the budget grants; copy the others.
-            let mut by_size: Vec<usize> = (0..image.runs.len()).filter(|&i| image.runs[i].1 >= MIN_MAPPED_RUN_PAGES).collect();
+            let mut by_size: Vec<usize> = (0..image.runs.len())
+                .filter(|&i| image.runs[i].1 >= MIN_MAPPED_RUN_PAGES)
+                .collect();
             by_size.sort_by_key(|&i| std::cmp::Reverse(image.runs[i].1));
             let granted = take_mappings(by_size.len());
             mem.mapped_runs = granted;
@@ -247,14 +282,20 @@ impl TernMemory {
                     )
                 };
                 if p == libc::MAP_FAILED {
-                    return Err(format!("cannot map snapshot image: {}", std::io::Error::last_os_error()));
+                    return Err(format!(
+                        "cannot map snapshot image: {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
             }
             mem.has_image = true;
             mem.image = Some(image.file);
         }
         mem.set_accessible(minimum).map_err(|e| e.to_string())?;
-        RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).insert(mem.base as usize, mem.reserved);
+        RESERVATIONS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(mem.base as usize, mem.reserved);
         Ok(mem)
     }
 
@@ -263,7 +304,13 @@ impl TernMemory {
             let start = self.size / PAGE_SIZE * PAGE_SIZE;
             let end = new_size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
             // SAFETY: inside our reservation (checked by the caller).
-            let rc = unsafe { libc::mprotect(self.base.add(start).cast(), end - start, libc::PROT_READ | libc::PROT_WRITE) };
+            let rc = unsafe {
+                libc::mprotect(
+                    self.base.add(start).cast(),
+                    end - start,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                )
+            };
             if rc != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -276,7 +323,9 @@ impl TernMemory {
     /// Copies the parts of the runs kept for copying that lie in the newly
     /// accessible range [lo, hi) (the parts below `lo` were copied before).
     fn copy_runs(&mut self, lo: usize, hi: usize) {
-        let (Some(file), false) = (&self.image, self.copies.is_empty()) else { return };
+        let (Some(file), false) = (&self.image, self.copies.is_empty()) else {
+            return;
+        };
         let bytes = file.as_slice();
         let base = self.base;
         self.copies.retain(|&(off, len, file_off)| {
@@ -295,7 +344,10 @@ impl TernMemory {
 
 impl Drop for TernMemory {
     fn drop(&mut self) {
-        RESERVATIONS.lock().unwrap_or_else(|e| e.into_inner()).remove(&(self.base as usize));
+        RESERVATIONS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(self.base as usize));
         // SAFETY: we own this whole mapping.
         unsafe { libc::munmap(self.base.cast(), self.mapping_len) };
         give_back_mappings(self.mapped_runs);
@@ -316,7 +368,10 @@ unsafe impl LinearMemory for TernMemory {
 
     fn grow_to(&mut self, new_size: usize) -> wasmtime::Result<()> {
         if new_size > self.byte_capacity() {
-            wasmtime::bail!("memory cannot grow to {new_size} bytes (reserved {})", self.byte_capacity());
+            wasmtime::bail!(
+                "memory cannot grow to {new_size} bytes (reserved {})",
+                self.byte_capacity()
+            );
         }
         self.set_accessible(new_size).map_err(wasmtime::Error::from)
     }
@@ -352,13 +407,22 @@ mod tests {
         // A "snapshot file": a 4 KiB header page, then 24 pages of image.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image");
-        let bytes: Vec<u8> = (0..25 * P).map(|i| ((i / P) as u8).wrapping_mul(7) ^ (i % 251) as u8 | 1).collect();
+        let bytes: Vec<u8> = (0..25 * P)
+            .map(|i| ((i / P) as u8).wrapping_mul(7) ^ (i % 251) as u8 | 1)
+            .collect();
         std::fs::write(&path, &bytes).unwrap();
         let file = Arc::new(MappedFile::open(&path).unwrap());
         // (first page in memory, pages, file offset): single pages, 2-page
         // runs (one straddling the initial size of 16 pages), longer runs.
-        let runs: Vec<(u64, u64, u64)> =
-            vec![(0, 1, P as u64), (3, 2, 2 * P as u64), (6, 8, 4 * P as u64), (15, 2, 12 * P as u64), (20, 3, 14 * P as u64), (30, 1, 17 * P as u64), (40, 6, 18 * P as u64)];
+        let runs: Vec<(u64, u64, u64)> = vec![
+            (0, 1, P as u64),
+            (3, 2, 2 * P as u64),
+            (6, 8, 4 * P as u64),
+            (15, 2, 12 * P as u64),
+            (20, 3, 14 * P as u64),
+            (30, 1, 17 * P as u64),
+            (40, 6, 18 * P as u64),
+        ];
         let expect = |mem: &TernMemory| {
             // SAFETY: the whole accessible size is readable.
             let data = unsafe { std::slice::from_raw_parts(mem.base, mem.size) };
@@ -376,7 +440,10 @@ mod tests {
         for starve in [false, true] {
             // With the budget emptied, every run is copied.
             let held = if starve { take_mappings(usize::MAX) } else { 0 };
-            let image = ImageMapping { file: file.clone(), runs: runs.clone() };
+            let image = ImageMapping {
+                file: file.clone(),
+                runs: runs.clone(),
+            };
             let mut mem = TernMemory::new(16 * P, None, Some(1 << 20), 0, Some(image)).unwrap();
             assert_eq!(mem.mapped_runs, if starve { 0 } else { long_runs });
             expect(&mem);
@@ -384,7 +451,10 @@ mod tests {
             expect(&mem);
             mem.grow_to(64 * P).unwrap();
             expect(&mem);
-            assert!(mem.copies.is_empty(), "every copied run is done once accessible");
+            assert!(
+                mem.copies.is_empty(),
+                "every copied run is done once accessible"
+            );
             drop(mem);
             give_back_mappings(held);
         }

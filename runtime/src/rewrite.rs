@@ -83,8 +83,11 @@ pub struct Rewritten {
 
 /// Validates `wasm` and rewrites it for migratability.
 pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
-    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::default());
-    validator.validate_all(wasm).map_err(|e| RewriteError::Invalid(e.to_string()))?;
+    let mut validator =
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::default());
+    validator
+        .validate_all(wasm)
+        .map_err(|e| RewriteError::Invalid(e.to_string()))?;
 
     let mut info = ModuleInfo::default();
     let mut imported_funcs = 0u32;
@@ -102,14 +105,21 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         let payload = payload.map_err(|e| RewriteError::Invalid(e.to_string()))?;
         match payload {
-            Payload::Version { encoding: wasmparser::Encoding::Component, .. } => return Err(RewriteError::Component),
+            Payload::Version {
+                encoding: wasmparser::Encoding::Component,
+                ..
+            } => return Err(RewriteError::Component),
             Payload::ImportSection(s) => {
                 for imp in s.into_imports() {
                     let imp = imp.map_err(|e| RewriteError::Invalid(e.to_string()))?;
                     match imp.ty {
                         TypeRef::Func(_) | TypeRef::FuncExact(_) => imported_funcs += 1,
-                        TypeRef::Global(_) => return Err(RewriteError::UnsupportedImport("global")),
-                        TypeRef::Memory(_) => return Err(RewriteError::UnsupportedImport("memory")),
+                        TypeRef::Global(_) => {
+                            return Err(RewriteError::UnsupportedImport("global"))
+                        }
+                        TypeRef::Memory(_) => {
+                            return Err(RewriteError::UnsupportedImport("memory"))
+                        }
                         TypeRef::Table(_) => return Err(RewriteError::UnsupportedImport("table")),
                         TypeRef::Tag(_) => return Err(RewriteError::UnsupportedImport("tag")),
                     }
@@ -175,12 +185,14 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
                     match el.items {
                         wasmparser::ElementItems::Functions(fs) => {
                             for f in fs {
-                                table_funcs.insert(f.map_err(|e| RewriteError::Invalid(e.to_string()))?);
+                                table_funcs
+                                    .insert(f.map_err(|e| RewriteError::Invalid(e.to_string()))?);
                             }
                         }
                         wasmparser::ElementItems::Expressions(_, exprs) => {
                             for expr in exprs {
-                                let expr = expr.map_err(|e| RewriteError::Invalid(e.to_string()))?;
+                                let expr =
+                                    expr.map_err(|e| RewriteError::Invalid(e.to_string()))?;
                                 for op in expr.get_operators_reader() {
                                     if let Ok(Operator::RefFunc { function_index }) = op {
                                         table_funcs.insert(function_index);
@@ -192,12 +204,21 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
                 }
             }
             Payload::DataSection(s) => {
-                let consts: Vec<Option<i64>> = defined_globals.iter().map(|(m, _, v)| if *m { None } else { *v }).collect();
+                let consts: Vec<Option<i64>> = defined_globals
+                    .iter()
+                    .map(|(m, _, v)| if *m { None } else { *v })
+                    .collect();
                 for d in s {
                     let d = d.map_err(|e| RewriteError::Invalid(e.to_string()))?;
-                    if let wasmparser::DataKind::Active { memory_index, offset_expr } = d.kind {
+                    if let wasmparser::DataKind::Active {
+                        memory_index,
+                        offset_expr,
+                    } = d.kind
+                    {
                         match (const_value(&offset_expr, &consts), data_ranges.as_mut()) {
-                            (Some(off), Some(ranges)) => ranges.push((memory_index, off as u64, d.data.len() as u64)),
+                            (Some(off), Some(ranges)) => {
+                                ranges.push((memory_index, off as u64, d.data.len() as u64))
+                            }
                             _ => data_ranges = None,
                         }
                     }
@@ -217,11 +238,18 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
     info.table_funcs = table_funcs.into_iter().collect();
     info.data_ranges = data_ranges;
     // Without a name section, LLVM's layout puts it at global 0 (sdk/ABI.md, section 8).
-    if info.stack_pointer.is_none() && !has_name_section && info.mutable_globals.first() == Some(&(0, GlobalKind::I32)) {
+    if info.stack_pointer.is_none()
+        && !has_name_section
+        && info.mutable_globals.first() == Some(&(0, GlobalKind::I32))
+    {
         info.stack_pointer = Some(0);
     }
     if let Some(sp) = info.stack_pointer {
-        if !info.mutable_globals.iter().any(|(g, k)| *g == sp && *k == GlobalKind::I32) {
+        if !info
+            .mutable_globals
+            .iter()
+            .any(|(g, k)| *g == sp && *k == GlobalKind::I32)
+        {
             info.stack_pointer = None;
         }
     }
@@ -240,19 +268,39 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
         section.export(name, kind, *index);
     }
     for (g, _) in &info.mutable_globals {
-        section.export(&format!("{RESERVED_PREFIX}global_{g}"), wasm_encoder::ExportKind::Global, *g);
+        section.export(
+            &format!("{RESERVED_PREFIX}global_{g}"),
+            wasm_encoder::ExportKind::Global,
+            *g,
+        );
     }
     for m in &info.memories {
-        section.export(&format!("{RESERVED_PREFIX}memory_{m}"), wasm_encoder::ExportKind::Memory, *m);
+        section.export(
+            &format!("{RESERVED_PREFIX}memory_{m}"),
+            wasm_encoder::ExportKind::Memory,
+            *m,
+        );
     }
     for t in &info.tables {
-        section.export(&format!("{RESERVED_PREFIX}table_{t}"), wasm_encoder::ExportKind::Table, *t);
+        section.export(
+            &format!("{RESERVED_PREFIX}table_{t}"),
+            wasm_encoder::ExportKind::Table,
+            *t,
+        );
     }
     for f in &info.table_funcs {
-        section.export(&format!("{RESERVED_PREFIX}func_{f}"), wasm_encoder::ExportKind::Func, *f);
+        section.export(
+            &format!("{RESERVED_PREFIX}func_{f}"),
+            wasm_encoder::ExportKind::Func,
+            *f,
+        );
     }
     if let Some(start) = info.start {
-        section.export(&format!("{RESERVED_PREFIX}start"), wasm_encoder::ExportKind::Func, start);
+        section.export(
+            &format!("{RESERVED_PREFIX}start"),
+            wasm_encoder::ExportKind::Func,
+            start,
+        );
     }
 
     // Second pass: copy every section, replacing exports and dropping start.
@@ -262,7 +310,9 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
     const AFTER_EXPORT: [u8; 6] = [8, 9, 12, 10, 11, 0xff];
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         let payload = payload.map_err(|e| RewriteError::Invalid(e.to_string()))?;
-        let Some((id, range)) = payload.as_section() else { continue };
+        let Some((id, range)) = payload.as_section() else {
+            continue;
+        };
         let is_custom = id == 0;
         if !exports_written && !is_custom && (id == 7 || AFTER_EXPORT.contains(&id)) {
             module.section(&section);
@@ -274,12 +324,18 @@ pub fn rewrite(wasm: &[u8]) -> Result<Rewritten, RewriteError> {
         if id == 8 {
             continue; // start section: now `__tern_start`
         }
-        module.section(&wasm_encoder::RawSection { id, data: &wasm[range] });
+        module.section(&wasm_encoder::RawSection {
+            id,
+            data: &wasm[range],
+        });
     }
     if !exports_written {
         module.section(&section);
     }
-    Ok(Rewritten { bytes: module.finish(), info })
+    Ok(Rewritten {
+        bytes: module.finish(),
+        info,
+    })
 }
 
 /// Evaluates a constant expression to an integer, where it is one.

@@ -10,7 +10,12 @@ pub fn parse_args(export: &str, params: &[ValType], args: &[String]) -> Result<V
         let sig: Vec<String> = params.iter().map(type_name).collect();
         return Err(Error::BadArguments {
             export: export.into(),
-            message: format!("it takes {} argument(s) ({}), {} given", params.len(), sig.join(", "), args.len()),
+            message: format!(
+                "it takes {} argument(s) ({}), {} given",
+                params.len(),
+                sig.join(", "),
+                args.len()
+            ),
         });
     }
     params
@@ -31,7 +36,10 @@ fn parse_int(s: &str) -> Option<i128> {
         Some(d) => (true, d),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    let v = if let Some(hex) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+    let v = if let Some(hex) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
         i128::from_str_radix(&hex.replace('_', ""), 16).ok()?
     } else {
         digits.replace('_', "").parse::<i128>().ok()?
@@ -44,11 +52,15 @@ fn parse_one(ty: &ValType, s: &str) -> Option<Val> {
         // Integers accept their signed and unsigned ranges.
         ValType::I32 => {
             let v = parse_int(s)?;
-            (i32::MIN as i128..=u32::MAX as i128).contains(&v).then(|| Val::I32(v as u32 as i32))
+            (i32::MIN as i128..=u32::MAX as i128)
+                .contains(&v)
+                .then(|| Val::I32(v as u32 as i32))
         }
         ValType::I64 => {
             let v = parse_int(s)?;
-            (i64::MIN as i128..=u64::MAX as i128).contains(&v).then(|| Val::I64(v as u64 as i64))
+            (i64::MIN as i128..=u64::MAX as i128)
+                .contains(&v)
+                .then(|| Val::I64(v as u64 as i64))
         }
         ValType::F32 => Some(Val::F32(s.parse::<f32>().ok()?.to_bits())),
         ValType::F64 => Some(Val::F64(s.parse::<f64>().ok()?.to_bits())),

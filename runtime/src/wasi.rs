@@ -37,7 +37,10 @@ impl GuestClock {
     /// A clock that reads `start_ns` now.
     pub fn starting_at(start_ns: u64) -> GuestClock {
         let clock = GuestClock {
-            inner: Arc::new(ClockInner { offset_ns: std::sync::atomic::AtomicI64::new(0), observed: AtomicU64::new(0) }),
+            inner: Arc::new(ClockInner {
+                offset_ns: std::sync::atomic::AtomicI64::new(0),
+                observed: AtomicU64::new(0),
+            }),
         };
         clock.continue_from(start_ns);
         clock
@@ -45,7 +48,9 @@ impl GuestClock {
 
     /// Makes the clock read `ns` now (and never less than it afterwards).
     pub fn continue_from(&self, ns: u64) {
-        self.inner.offset_ns.store((ns as i128 - host_now_ns()) as i64, Ordering::Relaxed);
+        self.inner
+            .offset_ns
+            .store((ns as i128 - host_now_ns()) as i64, Ordering::Relaxed);
         self.inner.observed.fetch_max(ns, Ordering::Relaxed);
     }
 
@@ -61,7 +66,8 @@ impl wasmtime_wasi::HostMonotonicClock for GuestClock {
     }
 
     fn now(&self) -> u64 {
-        let v = (host_now_ns() + self.inner.offset_ns.load(Ordering::Relaxed) as i128).max(0) as u64;
+        let v =
+            (host_now_ns() + self.inner.offset_ns.load(Ordering::Relaxed) as i128).max(0) as u64;
         let prev = self.inner.observed.fetch_max(v, Ordering::Relaxed);
         v.max(prev)
     }
@@ -122,7 +128,12 @@ impl LogBuffer {
     /// Lines with sequence number `>= from`: (next sequence number, lines).
     pub fn since(&self, from: u64) -> (u64, Vec<String>) {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let lines = g.lines.iter().filter(|(s, _)| *s >= from).map(|(_, l)| l.clone()).collect();
+        let lines = g
+            .lines
+            .iter()
+            .filter(|(s, _)| *s >= from)
+            .map(|(_, l)| l.clone())
+            .collect();
         (g.next_seq, lines)
     }
 
@@ -133,7 +144,12 @@ impl LogBuffer {
             .notify
             .wait_timeout_while(g, timeout, |g| g.next_seq <= from)
             .unwrap_or_else(|e| e.into_inner());
-        let lines = g.lines.iter().filter(|(s, _)| *s >= from).map(|(_, l)| l.clone()).collect();
+        let lines = g
+            .lines
+            .iter()
+            .filter(|(s, _)| *s >= from)
+            .map(|(_, l)| l.clone())
+            .collect();
         (g.next_seq, lines)
     }
 }
@@ -141,14 +157,24 @@ impl LogBuffer {
 struct LogWriter(Arc<LogBuffer>);
 
 impl tokio::io::AsyncWrite for LogWriter {
-    fn poll_write(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         self.0.write(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -181,21 +207,37 @@ pub enum Stdio {
 }
 
 /// Builds the WASI context an app gets: only what it was given.
-pub(crate) fn build_ctx(state: &WasiState, stdio: &Stdio, clock: &GuestClock) -> Result<wasmtime_wasi::p1::WasiP1Ctx> {
+pub(crate) fn build_ctx(
+    state: &WasiState,
+    stdio: &Stdio,
+    clock: &GuestClock,
+) -> Result<wasmtime_wasi::p1::WasiP1Ctx> {
     let mut b = WasiCtxBuilder::new();
     b.args(&state.args);
     for (k, v) in &state.env {
         b.env(k, v);
     }
-    for Preopen { host, guest, read_only } in &state.preopens {
-        let perms = if *read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-        b.preopened_dir(host, guest, perms).map_err(|e| Error::Other(format!("cannot give directory `{host}` to the app: {e}")))?;
+    for Preopen {
+        host,
+        guest,
+        read_only,
+    } in &state.preopens
+    {
+        let perms = if *read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(host, guest, perms)
+            .map_err(|e| Error::Other(format!("cannot give directory `{host}` to the app: {e}")))?;
     }
     b.monotonic_clock(clock.clone());
     if let Some(seed) = state.random_seed {
         use rand::SeedableRng;
         b.secure_random(rand::rngs::StdRng::seed_from_u64(seed));
-        b.insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15));
+        b.insecure_random(rand::rngs::StdRng::seed_from_u64(
+            seed ^ 0x9e37_79b9_7f4a_7c15,
+        ));
         b.insecure_random_seed(seed as u128);
     }
     match stdio {
@@ -204,7 +246,8 @@ pub(crate) fn build_ctx(state: &WasiState, stdio: &Stdio, clock: &GuestClock) ->
             b.inherit_stdout().inherit_stderr();
         }
         Stdio::Capture(buf) => {
-            b.stdout(LogStream(buf.clone())).stderr(LogStream(buf.clone()));
+            b.stdout(LogStream(buf.clone()))
+                .stderr(LogStream(buf.clone()));
         }
     }
     Ok(b.build_p1())

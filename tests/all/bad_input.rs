@@ -1,6 +1,8 @@
 //! Bad input gets a clear error and loses nothing.
 
-use tern_runtime::{AppConfig, Error, Instance, RestoreOptions, Snapshot, SnapshotError, SnapshotOptions, Val};
+use tern_runtime::{
+    AppConfig, Error, Instance, RestoreOptions, Snapshot, SnapshotError, SnapshotOptions, Val,
+};
 
 use crate::limits::wat_bytes;
 use crate::support::{fresh_runtime, start, wat};
@@ -11,17 +13,32 @@ fn modules_that_do_not_validate_are_refused_clearly() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not wasm at all".to_vec(), "not valid WebAssembly"),
         (b"\0asm\x01\0\0\0\x01\xff".to_vec(), "not valid WebAssembly"),
-        (wat_bytes("(module (func (export \"f\") (result i32) (i64.const 1)))"), "not valid WebAssembly"),
-        (wat_bytes("(module (func (export \"__tern_global_0\")))"), "reserved"),
-        (wat_bytes("(module (import \"env\" \"mem\" (memory 1)))"), "imports a memory"),
-        (wat_bytes("(module (import \"env\" \"host_fn\" (func)))"), "env"),
+        (
+            wat_bytes("(module (func (export \"f\") (result i32) (i64.const 1)))"),
+            "not valid WebAssembly",
+        ),
+        (
+            wat_bytes("(module (func (export \"__tern_global_0\")))"),
+            "reserved",
+        ),
+        (
+            wat_bytes("(module (import \"env\" \"mem\" (memory 1)))"),
+            "imports a memory",
+        ),
+        (
+            wat_bytes("(module (import \"env\" \"host_fn\" (func)))"),
+            "env",
+        ),
     ];
     for (bytes, needle) in cases {
         let e = match rt.load(bytes) {
             Ok(_) => panic!("module accepted; expected an error mentioning `{needle}`"),
             Err(e) => e,
         };
-        assert!(e.to_string().contains(needle), "`{e}` should mention `{needle}`");
+        assert!(
+            e.to_string().contains(needle),
+            "`{e}` should mention `{needle}`"
+        );
     }
 }
 
@@ -49,7 +66,11 @@ fn a_corrupted_byte_is_an_error_not_a_wrong_answer() {
                 // the restored app must then be exactly the original.
                 let rt = fresh_runtime();
                 let mut inst = Instance::restore(&rt, &s, None, RestoreOptions::default()).unwrap();
-                assert_eq!(inst.call("get", &[]).unwrap()[0].unwrap_i64(), 41, "byte {pos} changed the state silently");
+                assert_eq!(
+                    inst.call("get", &[]).unwrap()[0].unwrap_i64(),
+                    41,
+                    "byte {pos} changed the state silently"
+                );
             }
         }
     }
@@ -76,7 +97,10 @@ fn a_snapshot_of_another_module_is_refused() {
     let other = rt.load_file(&wat("misbehave.wat")).unwrap();
     let e = Instance::restore(&rt, &snap, Some(other), RestoreOptions::default()).unwrap_err();
     assert!(matches!(e, Error::ModuleMismatch { .. }), "{e}");
-    assert!(e.to_string().contains("deploy the same module first"), "{e}");
+    assert!(
+        e.to_string().contains("deploy the same module first"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -84,7 +108,12 @@ fn a_snapshot_without_its_module_needs_the_module() {
     let rt = fresh_runtime();
     let mut inst = start(&rt, &wat("contract_counter.wat"));
     inst.call("add", &[Val::I64(2)]).unwrap();
-    let snap = inst.snapshot(SnapshotOptions { embed_module: false, ..Default::default() }).unwrap();
+    let snap = inst
+        .snapshot(SnapshotOptions {
+            embed_module: false,
+            ..Default::default()
+        })
+        .unwrap();
     let rt2 = fresh_runtime();
     let e = Instance::restore(&rt2, &snap, None, RestoreOptions::default()).unwrap_err();
     assert!(matches!(e, Error::ModuleMissing(_)), "{e}");

@@ -29,12 +29,21 @@ pub fn wat_cases() -> Vec<Case> {
         Case {
             name: "contract counter (non-exported global + memory)",
             module: wat("contract_counter.wat"),
-            calls: (1..=8).map(|i| ("add", i64s(&[i * 3]))).chain([("get", vec![])]).collect(),
+            calls: (1..=8)
+                .map(|i| ("add", i64s(&[i * 3])))
+                .chain([("get", vec![])])
+                .collect(),
         },
         Case {
             name: "start section runs once",
             module: wat("start_section.wat"),
-            calls: vec![("bump", vec![]), ("starts", vec![]), ("bump", vec![]), ("starts", vec![]), ("bump", vec![])],
+            calls: vec![
+                ("bump", vec![]),
+                ("starts", vec![]),
+                ("bump", vec![]),
+                ("starts", vec![]),
+                ("bump", vec![]),
+            ],
         },
         Case {
             name: "memory grown at run time, sparse pages",
@@ -54,7 +63,10 @@ pub fn wat_cases() -> Vec<Case> {
         Case {
             name: "globals of every numeric type, not exported",
             module: wat("globals.wat"),
-            calls: (1..=6).map(|i| ("step", i64s(&[i * 1000 - 7]))).chain([("peek", vec![]), ("get_f64", vec![]), ("steps", vec![])]).collect(),
+            calls: (1..=6)
+                .map(|i| ("step", i64s(&[i * 1000 - 7])))
+                .chain([("peek", vec![]), ("get_f64", vec![]), ("steps", vec![])])
+                .collect(),
         },
         Case {
             name: "table rewritten with table.set and grown",
@@ -117,7 +129,10 @@ pub fn rust_cases() -> Vec<Case> {
         Case {
             name: "counter example",
             module: tern_artifacts::COUNTER.into(),
-            calls: (1..=5).map(|i| ("add", i64s(&[i]))).chain([("get", vec![])]).collect(),
+            calls: (1..=5)
+                .map(|i| ("add", i64s(&[i])))
+                .chain([("get", vec![])])
+                .collect(),
         },
         Case {
             name: "life example: a long computation that grows its state",
@@ -131,12 +146,28 @@ pub fn rust_cases() -> Vec<Case> {
 fn straight(case: &Case) -> (Vec<String>, u128) {
     let rt = fresh_runtime();
     let mut inst = start(&rt, &case.module);
-    let results = case.calls.iter().map(|(e, a)| show(&inst.call(e, a).unwrap_or_else(|err| panic!("{}: {e}: {err}", case.name)))).collect();
+    let results = case
+        .calls
+        .iter()
+        .map(|(e, a)| {
+            show(
+                &inst
+                    .call(e, a)
+                    .unwrap_or_else(|err| panic!("{}: {e}: {err}", case.name)),
+            )
+        })
+        .collect();
     (results, state_digest(&mut inst))
 }
 
 /// Runs the calls, moving the app before call `k1` and again before `k2`.
-fn moved(case: &Case, k1: usize, k2: usize, via: Via, dir: &std::path::Path) -> (Vec<String>, u128) {
+fn moved(
+    case: &Case,
+    k1: usize,
+    k2: usize,
+    via: Via,
+    dir: &std::path::Path,
+) -> (Vec<String>, u128) {
     let rt = fresh_runtime();
     let mut inst = start(&rt, &case.module);
     let mut results = Vec::new();
@@ -144,7 +175,9 @@ fn moved(case: &Case, k1: usize, k2: usize, via: Via, dir: &std::path::Path) -> 
         if i == k1 || i == k2 {
             inst = move_instance(&mut inst, via, dir);
         }
-        results.push(show(&inst.call(e, a).unwrap_or_else(|err| panic!("{} (moved at {k1},{k2} via {via:?}): {e}: {err}", case.name))));
+        results.push(show(&inst.call(e, a).unwrap_or_else(|err| {
+            panic!("{} (moved at {k1},{k2} via {via:?}): {e}: {err}", case.name)
+        })));
     }
     if k1 == case.calls.len() || k2 == case.calls.len() {
         inst = move_instance(&mut inst, via, dir);
@@ -160,8 +193,16 @@ pub fn check_case(case: &Case) {
         for k in 0..=n {
             let k2 = (k + n).div_ceil(2).max(k + 1);
             let (got, digest) = moved(case, k, k2, via, dir.path());
-            assert_eq!(got, want, "{}: results differ when moved at {k} and {k2} via {via:?}", case.name);
-            assert_eq!(digest, want_digest, "{}: final state differs when moved at {k} and {k2} via {via:?}", case.name);
+            assert_eq!(
+                got, want,
+                "{}: results differ when moved at {k} and {k2} via {via:?}",
+                case.name
+            );
+            assert_eq!(
+                digest, want_digest,
+                "{}: final state differs when moved at {k} and {k2} via {via:?}",
+                case.name
+            );
         }
     }
 }

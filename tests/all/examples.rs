@@ -17,8 +17,20 @@ struct Step {
     contains: &'static str,
 }
 
-const fn step(method: &'static str, path: &'static str, body: &'static str, status: u16, contains: &'static str) -> Step {
-    Step { method, path, body, status, contains }
+const fn step(
+    method: &'static str,
+    path: &'static str,
+    body: &'static str,
+    status: u16,
+    contains: &'static str,
+) -> Step {
+    Step {
+        method,
+        path,
+        body,
+        status,
+        contains,
+    }
 }
 
 fn conversations() -> Vec<(&'static str, &'static str, Vec<Step>)> {
@@ -54,8 +66,20 @@ fn conversations() -> Vec<(&'static str, &'static str, Vec<Step>)> {
             tern_artifacts::TODO,
             vec![
                 step("GET", "/", "", 200, "<html"),
-                step("POST", "/api/todos", r#"{"title":"buy milk"}"#, 201, "buy milk"),
-                step("POST", "/api/todos", r#"{"title":"move app"}"#, 201, "move app"),
+                step(
+                    "POST",
+                    "/api/todos",
+                    r#"{"title":"buy milk"}"#,
+                    201,
+                    "buy milk",
+                ),
+                step(
+                    "POST",
+                    "/api/todos",
+                    r#"{"title":"move app"}"#,
+                    201,
+                    "move app",
+                ),
                 step("PATCH", "/api/todos/1", r#"{"done":true}"#, 200, "true"),
                 step("DELETE", "/api/todos/2", "", 204, ""),
                 step("POST", "/api/todos", r#"{"title":""}"#, 400, ""),
@@ -78,8 +102,20 @@ fn conversations() -> Vec<(&'static str, &'static str, Vec<Step>)> {
             "sensor",
             tern_artifacts::SENSOR,
             vec![
-                step("POST", "/readings", "a 1.0\na 1.2\na 0.9\nb 20\nb 21", 200, ""),
-                step("POST", "/readings", "a 1.1\na 1.0\na 0.95\na 1.05\na 1.02\na 0.98\na 1.01", 200, ""),
+                step(
+                    "POST",
+                    "/readings",
+                    "a 1.0\na 1.2\na 0.9\nb 20\nb 21",
+                    200,
+                    "",
+                ),
+                step(
+                    "POST",
+                    "/readings",
+                    "a 1.1\na 1.0\na 0.95\na 1.05\na 1.02\na 0.98\na 1.01",
+                    200,
+                    "",
+                ),
                 step("GET", "/stats", "", 200, "\"a\""),
                 step("POST", "/readings", "a 50.0", 200, ""),
                 step("GET", "/anomalies", "", 200, "50"),
@@ -92,7 +128,15 @@ fn conversations() -> Vec<(&'static str, &'static str, Vec<Step>)> {
 fn start_app(path: &str) -> Instance {
     let rt = fresh_runtime();
     let m = rt.load_file(std::path::Path::new(path)).unwrap();
-    let mut inst = Instance::start(&rt, &m, AppConfig { random_seed: Some(3), ..Default::default() }).unwrap();
+    let mut inst = Instance::start(
+        &rt,
+        &m,
+        AppConfig {
+            random_seed: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(sdk::check_app(&mut inst).unwrap(), "{path} is an SDK app");
     sdk::init(&mut inst).unwrap();
     inst
@@ -100,7 +144,13 @@ fn start_app(path: &str) -> Instance {
 
 fn send(inst: &mut Instance, s: &Step) -> Response {
     let (path, query) = s.path.split_once('?').unwrap_or((s.path, ""));
-    let req = Request { method: s.method.into(), path: path.into(), query: query.into(), headers: vec![], body: s.body.as_bytes().to_vec() };
+    let req = Request {
+        method: s.method.into(),
+        path: path.into(),
+        query: query.into(),
+        headers: vec![],
+        body: s.body.as_bytes().to_vec(),
+    };
     sdk::handle(inst, &req)
 }
 
@@ -131,8 +181,22 @@ fn every_example_keeps_its_state_across_moves() {
             .iter()
             .map(|s| {
                 let r = send(&mut straight, s);
-                assert_eq!(r.status, s.status, "{name} {} {}: {}", s.method, s.path, String::from_utf8_lossy(&r.body));
-                assert!(String::from_utf8_lossy(&r.body).contains(s.contains), "{name} {} {}: {:?} lacks {:?}", s.method, s.path, String::from_utf8_lossy(&r.body), s.contains);
+                assert_eq!(
+                    r.status,
+                    s.status,
+                    "{name} {} {}: {}",
+                    s.method,
+                    s.path,
+                    String::from_utf8_lossy(&r.body)
+                );
+                assert!(
+                    String::from_utf8_lossy(&r.body).contains(s.contains),
+                    "{name} {} {}: {:?} lacks {:?}",
+                    s.method,
+                    s.path,
+                    String::from_utf8_lossy(&r.body),
+                    s.contains
+                );
                 normalized(&r)
             })
             .collect();
@@ -156,7 +220,10 @@ fn every_example_keeps_its_state_across_moves() {
 fn every_example_has_a_conversation() {
     let covered: Vec<&str> = conversations().iter().map(|c| c.0).collect();
     for (name, _) in tern_artifacts::EXAMPLES {
-        assert!(covered.contains(name), "example `{name}` has no test in tests/all/examples.rs");
+        assert!(
+            covered.contains(name),
+            "example `{name}` has no test in tests/all/examples.rs"
+        );
     }
 }
 
@@ -183,7 +250,12 @@ fn a_trapping_request_is_a_500_and_the_app_goes_on() {
     for i in 1..=6 {
         let r = send(&mut inst, &step("GET", "/", "", 0, ""));
         let want = if i % 2 == 1 { 500 } else { 200 };
-        assert_eq!(r.status, want, "request {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            want,
+            "request {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
     }
     assert_eq!(inst.call("count", &[]).unwrap()[0].unwrap_i32(), 6);
 }
@@ -192,11 +264,17 @@ fn a_trapping_request_is_a_500_and_the_app_goes_on() {
 fn the_raw_abi_guest_answers_through_the_host() {
     // The raw-ABI WAT guest follows sdk/ABI.md without the Rust SDK.
     let rt = fresh_runtime();
-    let m = rt.load_file(std::path::Path::new(tern_artifacts::RAW_ABI_WAT)).unwrap();
+    let m = rt
+        .load_file(std::path::Path::new(tern_artifacts::RAW_ABI_WAT))
+        .unwrap();
     let mut inst = Instance::start(&rt, &m, AppConfig::default()).unwrap();
     assert!(sdk::check_app(&mut inst).unwrap());
     sdk::init(&mut inst).unwrap();
     let r = send(&mut inst, &step("GET", "/hi", "", 200, ""));
     assert_eq!(r.status, 200);
-    assert!(String::from_utf8_lossy(&r.body).contains("hello from wat /hi"), "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("hello from wat /hi"),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
 }

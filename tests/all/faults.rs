@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_api::client::{Client, ClientError};
-use tern_api::types::{InvokeRequest, InvokeResponse, MigrateRequest, MigrationOpen, MigrationReport, Mode, StartApp};
+use tern_api::types::{
+    InvokeRequest, InvokeResponse, MigrateRequest, MigrationOpen, MigrationReport, Mode, StartApp,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -78,7 +80,11 @@ struct Relay {
 
 impl Relay {
     async fn start(target_url: &str, fault: Fault, hook: Option<Hook>) -> Relay {
-        let upstream: SocketAddr = target_url.strip_prefix("http://").expect("http URL").parse().expect("target address");
+        let upstream: SocketAddr = target_url
+            .strip_prefix("http://")
+            .expect("http URL")
+            .parse()
+            .expect("target address");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (dead, _) = watch::channel(false);
@@ -137,9 +143,17 @@ async fn relay_connection(mut down: TcpStream, st: &RelayState) -> std::io::Resu
     up.set_nodelay(true)?;
     let (mut dbuf, mut ubuf) = (Vec::new(), Vec::new());
     loop {
-        let Some(mut req) = read_message(&mut down, &mut dbuf, None).await? else { return Ok(()) };
+        let Some(mut req) = read_message(&mut down, &mut dbuf, None).await? else {
+            return Ok(());
+        };
         let (method, path) = request_line(&req.head)?;
-        let mut ex = Exchange { method: method.clone(), path: path.clone(), body_len: req.body.len(), status: None, tampered: false };
+        let mut ex = Exchange {
+            method: method.clone(),
+            path: path.clone(),
+            body_len: req.body.len(),
+            status: None,
+            tampered: false,
+        };
         match st.fault {
             Fault::DieAt { suffix, nth } if path.ends_with(suffix) => {
                 let n = {
@@ -157,7 +171,9 @@ async fn relay_connection(mut down: TcpStream, st: &RelayState) -> std::io::Resu
                     return Ok(());
                 }
             }
-            Fault::CorruptFirstPages if path.ends_with("/pages") && !st.corrupted.swap(true, Ordering::SeqCst) => {
+            Fault::CorruptFirstPages
+                if path.ends_with("/pages") && !st.corrupted.swap(true, Ordering::SeqCst) =>
+            {
                 assert!(!req.chunked, "the relay damages Content-Length bodies only");
                 let mid = req.body.len() / 2;
                 req.body[mid] ^= 0x5a;
@@ -197,7 +213,11 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io
 
 /// Reads one request (`response_to: None`) or one response to a request
 /// with this method. `Ok(None)`: the peer closed between messages.
-async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<&str>) -> std::io::Result<Option<Message>> {
+async fn read_message(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    response_to: Option<&str>,
+) -> std::io::Result<Option<Message>> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -206,7 +226,11 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<
             return Err(bad("message head larger than 64 KiB"));
         }
         if read_more(s, buf, 0).await? == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(bad("connection closed inside a message head")) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("connection closed inside a message head"))
+            };
         }
     };
     let head: Vec<u8> = buf.drain(..head_end).collect();
@@ -217,7 +241,13 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<
     for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => length = Some(v.trim().parse::<usize>().map_err(|_| bad("bad Content-Length"))?),
+                "content-length" => {
+                    length = Some(
+                        v.trim()
+                            .parse::<usize>()
+                            .map_err(|_| bad("bad Content-Length"))?,
+                    )
+                }
                 "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
                 _ => {}
             }
@@ -226,7 +256,11 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<
     let no_body = match response_to {
         None => false,
         Some(method) => {
-            let code = start.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0);
+            let code = start
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0);
             method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304
         }
     };
@@ -238,7 +272,9 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<
         let n = match (length, response_to) {
             (Some(n), _) => n,
             (None, None) => 0,
-            (None, Some(_)) => return Err(bad("response without Content-Length or chunked encoding")),
+            (None, Some(_)) => {
+                return Err(bad("response without Content-Length or chunked encoding"))
+            }
         };
         while buf.len() < n {
             if read_more(s, buf, n - buf.len()).await? == 0 {
@@ -247,7 +283,11 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response_to: Option<
         }
         buf.drain(..n).collect()
     };
-    Ok(Some(Message { head, body, chunked }))
+    Ok(Some(Message {
+        head,
+        body,
+        chunked,
+    }))
 }
 
 /// A chunked body, raw (framing included).
@@ -264,7 +304,9 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<V
         };
         let line: Vec<u8> = buf.drain(..line_end).collect();
         let size_text = String::from_utf8_lossy(&line);
-        let size = usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad("bad chunk size"))?;
+        let size =
+            usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
         raw.extend_from_slice(&line);
         if size == 0 {
             // Trailers, up to the blank line.
@@ -320,7 +362,15 @@ fn status_code(head: &[u8]) -> std::io::Result<u16> {
 // ---------------------------------------------------------------------------
 
 /// Asks `from` to move `app` to whatever listens at `to_url` (a relay).
-async fn migrate_via(c: &Client, from: &TestNode, to_name: &str, to_url: &str, app: &str, mode: Mode, generation: u64) -> Result<MigrationReport, ClientError> {
+async fn migrate_via(
+    c: &Client,
+    from: &TestNode,
+    to_name: &str,
+    to_url: &str,
+    app: &str,
+    mode: Mode,
+    generation: u64,
+) -> Result<MigrationReport, ClientError> {
     let req = MigrateRequest {
         to_name: to_name.into(),
         to_url: to_url.into(),
@@ -328,23 +378,43 @@ async fn migrate_via(c: &Client, from: &TestNode, to_name: &str, to_url: &str, a
         generation,
         checkpoint_url: Some(format!("{}/v1/checkpoints/{app}", from.url)),
     };
-    c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req).await
+    c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req)
+        .await
 }
 
-async fn invoke(c: &Client, url: &str, app: &str, export: &str, args: &[String]) -> Result<InvokeResponse, ClientError> {
-    let req = InvokeRequest { export: export.into(), args: args.to_vec() };
-    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req).await
+async fn invoke(
+    c: &Client,
+    url: &str,
+    app: &str,
+    export: &str,
+    args: &[String],
+) -> Result<InvokeResponse, ClientError> {
+    let req = InvokeRequest {
+        export: export.into(),
+        args: args.to_vec(),
+    };
+    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req)
+        .await
 }
 
 async fn get_count(c: &Client, url: &str) -> (i64, String) {
-    let r = invoke(c, url, "counter", "get", &[]).await.unwrap_or_else(|e| panic!("get on {url}: {e}"));
+    let r = invoke(c, url, "counter", "get", &[])
+        .await
+        .unwrap_or_else(|e| panic!("get on {url}: {e}"));
     (r.results[0].as_i64().expect("an i64"), r.node)
 }
 
 /// Waits until a counter reaches `at_least`, within the deadline.
 async fn wait_count(rx: &mut watch::Receiver<u64>, at_least: u64, what: &str) {
-    let reached = tokio::time::timeout(DEADLINE, rx.wait_for(|&n| n >= at_least)).await.map(|r| r.is_ok()).unwrap_or(false);
-    assert!(reached, "{what}: fewer than {at_least} within {DEADLINE:?} (at {})", *rx.borrow());
+    let reached = tokio::time::timeout(DEADLINE, rx.wait_for(|&n| n >= at_least))
+        .await
+        .map(|r| r.is_ok())
+        .unwrap_or(false);
+    assert!(
+        reached,
+        "{what}: fewer than {at_least} within {DEADLINE:?} (at {})",
+        *rx.borrow()
+    );
 }
 
 /// Counter writers: each adds 1 through app ingress at `entry` in a loop,
@@ -370,11 +440,21 @@ impl Writers {
                     let mut totals = Vec::new();
                     while !*stop.borrow() {
                         let (status, body) = c
-                            .send(hyper::Method::POST, &url, "text/plain", Bytes::from_static(b"1"))
+                            .send(
+                                hyper::Method::POST,
+                                &url,
+                                "text/plain",
+                                Bytes::from_static(b"1"),
+                            )
                             .await
                             .unwrap_or_else(|e| panic!("a write failed: {e}"));
                         assert_eq!(status, 200);
-                        totals.push(String::from_utf8_lossy(&body).trim().parse::<i64>().expect("a count"));
+                        totals.push(
+                            String::from_utf8_lossy(&body)
+                                .trim()
+                                .parse::<i64>()
+                                .expect("a count"),
+                        );
                         done.send_modify(|n| *n += 1);
                     }
                     totals
@@ -400,7 +480,12 @@ impl Writers {
         let _ = self.stop.send(true);
         let mut all = Vec::new();
         for t in self.tasks {
-            all.extend(tokio::time::timeout(DEADLINE, t).await.expect("writers end").expect("no write failed"));
+            all.extend(
+                tokio::time::timeout(DEADLINE, t)
+                    .await
+                    .expect("writers end")
+                    .expect("no write failed"),
+            );
         }
         all.sort();
         all
@@ -408,7 +493,10 @@ impl Writers {
 }
 
 async fn app_status_code(c: &Client, node: &TestNode, app: &str) -> u16 {
-    match c.get_json::<serde_json::Value>(&format!("{}/v1/apps/{app}", node.url)).await {
+    match c
+        .get_json::<serde_json::Value>(&format!("{}/v1/apps/{app}", node.url))
+        .await
+    {
         Ok(_) => 200,
         Err(e) => e.status().unwrap_or(0),
     }
@@ -446,13 +534,26 @@ async fn target_dies_at(suffix: &'static str, nth: usize) {
         }))
     };
     let relay = Relay::start(&dst.url, Fault::DieAt { suffix, nth }, hook).await;
-    let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2).await.expect_err("a move to a dead target fails");
+    let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2)
+        .await
+        .expect_err("a move to a dead target fails");
     eprintln!("target died at {suffix} #{nth}: {e}");
-    assert!(relay.is_dead(), "the relay never reached its fatal request: {:?}", relay.exchanges());
+    assert!(
+        relay.is_dead(),
+        "the relay never reached its fatal request: {:?}",
+        relay.exchanges()
+    );
     let seen = relay.exchanges();
-    let fatal = seen.iter().find(|x| x.path.ends_with(suffix) && x.status.is_none()).expect("the fatal request");
+    let fatal = seen
+        .iter()
+        .find(|x| x.path.ends_with(suffix) && x.status.is_none())
+        .expect("the fatal request");
     assert!(fatal.body_len > 0, "{fatal:?}");
-    assert_eq!(e.status(), Some(502), "the source reports an unreachable target: {e}");
+    assert_eq!(
+        e.status(),
+        Some(502),
+        "the source reports an unreachable target: {e}"
+    );
 
     // Nothing runs on the target.
     assert_eq!(app_status_code(&c, &dst, "counter").await, 404);
@@ -461,22 +562,35 @@ async fn target_dies_at(suffix: &'static str, nth: usize) {
     writers.wait_more(20, "writes after the failed move").await;
     let totals = writers.finish().await;
     let n = totals.len() as i64;
-    assert_eq!(totals, (1..=n).collect::<Vec<_>>(), "every write ran exactly once, in the source's state");
+    assert_eq!(
+        totals,
+        (1..=n).collect::<Vec<_>>(),
+        "every write ran exactly once, in the source's state"
+    );
     let (count, node) = get_count(&c, &src.url).await;
     assert_eq!((count, node.as_str()), (n, "src"));
-    let st: serde_json::Value = c.get_json(&format!("{}/v1/apps/counter", src.url)).await.unwrap();
+    let st: serde_json::Value = c
+        .get_json(&format!("{}/v1/apps/counter", src.url))
+        .await
+        .unwrap();
     assert_eq!(st["state"], "running", "{st}");
     assert_eq!(st["generation"], 1, "{st}");
 
     // A later move to a healthy target works, writes still on.
     let writers = Writers::start(&src.url, "counter", 2);
     writers.wait_more(10, "writes before the second move").await;
-    let r = migrate(&c, &src, &dst, "counter", Mode::Hot, 3).await.expect("a move to a healthy target works");
+    let r = migrate(&c, &src, &dst, "counter", Mode::Hot, 3)
+        .await
+        .expect("a move to a healthy target works");
     assert!(r.rounds >= 2 && r.bytes_sent > 0, "{r:?}");
     writers.wait_more(10, "writes after the second move").await;
     let totals = writers.finish().await;
     let m = totals.len() as i64;
-    assert_eq!(totals, (n + 1..=n + m).collect::<Vec<_>>(), "every write ran exactly once");
+    assert_eq!(
+        totals,
+        (n + 1..=n + m).collect::<Vec<_>>(),
+        "every write ran exactly once"
+    );
     let (count, node) = get_count(&c, &dst.url).await;
     assert_eq!((count, node.as_str()), (n + m, "dst"));
     eprintln!(
@@ -514,17 +628,30 @@ async fn a_corrupted_page_chunk_is_refused_and_the_app_stays() {
     writers.wait_more(20, "writes before the move").await;
 
     let relay = Relay::start(&dst.url, Fault::CorruptFirstPages, None).await;
-    let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2).await.expect_err("a damaged chunk fails the move");
+    let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2)
+        .await
+        .expect_err("a damaged chunk fails the move");
     eprintln!("damaged chunk: {e}");
     assert_eq!(e.status(), Some(400), "{e}");
     assert!(e.to_string().contains("checksum"), "{e}");
     let seen = relay.exchanges();
-    let damaged = seen.iter().find(|x| x.tampered).unwrap_or_else(|| panic!("the relay damaged no /pages body: {seen:?}"));
+    let damaged = seen
+        .iter()
+        .find(|x| x.tampered)
+        .unwrap_or_else(|| panic!("the relay damaged no /pages body: {seen:?}"));
     assert!(damaged.path.ends_with("/pages"), "{damaged:?}");
-    assert_eq!(damaged.status, Some(400), "the target refuses the damaged chunk: {damaged:?}");
-    assert!(!seen.iter().any(|x| x.path.ends_with("/commit")), "no stop-and-copy after a refused chunk: {seen:?}");
+    assert_eq!(
+        damaged.status,
+        Some(400),
+        "the target refuses the damaged chunk: {damaged:?}"
+    );
     assert!(
-        seen.iter().any(|x| x.method == "DELETE" && x.status == Some(200)),
+        !seen.iter().any(|x| x.path.ends_with("/commit")),
+        "no stop-and-copy after a refused chunk: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|x| x.method == "DELETE" && x.status == Some(200)),
         "the source closes the session on the target: {seen:?}"
     );
 
@@ -533,12 +660,18 @@ async fn a_corrupted_page_chunk_is_refused_and_the_app_stays() {
     writers.wait_more(20, "writes after the failed move").await;
     let totals = writers.finish().await;
     let n = totals.len() as i64;
-    assert_eq!(totals, (1..=n).collect::<Vec<_>>(), "every write ran exactly once");
+    assert_eq!(
+        totals,
+        (1..=n).collect::<Vec<_>>(),
+        "every write ran exactly once"
+    );
     let (count, node) = get_count(&c, &src.url).await;
     assert_eq!((count, node.as_str()), (n, "src"));
 
     // The same move without the damage goes through.
-    let r = migrate(&c, &src, &dst, "counter", Mode::Hot, 3).await.expect("an undamaged move works");
+    let r = migrate(&c, &src, &dst, "counter", Mode::Hot, 3)
+        .await
+        .expect("an undamaged move works");
     let (count, node) = get_count(&c, &dst.url).await;
     assert_eq!((count, node.as_str()), (n, "dst"), "{r:?}");
 }
@@ -555,7 +688,9 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
     let dst = TestNode::start("dst").await;
     let c = client();
     deploy(&c, &src, tern_artifacts::HEAPSTATE, "heap").await;
-    let grown = invoke(&c, &src.url, "heap", "grow", &[GROW_PAGES.to_string()]).await.expect("grow");
+    let grown = invoke(&c, &src.url, "heap", "grow", &[GROW_PAGES.to_string()])
+        .await
+        .expect("grow");
     let mem_pages = grown.results[0].as_i64().unwrap();
     assert!(mem_pages >= GROW_PAGES, "memory is {mem_pages} Wasm pages");
 
@@ -571,7 +706,15 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
         let mut failures = Vec::new();
         while !*stop_rx.borrow() {
             seed += 1;
-            match invoke(&c, &entry, "heap", "touch", &[TOUCH.to_string(), seed.to_string()]).await {
+            match invoke(
+                &c,
+                &entry,
+                "heap",
+                "touch",
+                &[TOUCH.to_string(), seed.to_string()],
+            )
+            .await
+            {
                 Ok(r) if r.results[0].as_i64().is_some_and(|n| n > 0) => {}
                 Ok(r) => failures.push(format!("touch #{seed}: {r:?}")),
                 Err(e) => failures.push(format!("touch #{seed}: {e}")),
@@ -582,21 +725,31 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
     });
     wait_count(&mut done, 20, "touches before the move").await;
 
-    let r = migrate(&c, &src, &dst, "heap", Mode::Hot, 2).await.expect("the busy app moves");
+    let r = migrate(&c, &src, &dst, "heap", Mode::Hot, 2)
+        .await
+        .expect("the busy app moves");
     eprintln!(
         "64 MiB busy app, hot: downtime {:.2} ms, total {:.1} ms, {} bytes, {} rounds, {} pages, {} held, tracking {}",
         r.downtime_ms, r.total_ms, r.bytes_sent, r.rounds, r.pages_sent, r.requests_held, r.dirty_tracking
     );
     assert!(r.rounds >= 2, "{r:?}");
-    assert!(r.bytes_sent >= (GROW_PAGES as u64) << 16, "the whole buffer went over: {r:?}");
+    assert!(
+        r.bytes_sent >= (GROW_PAGES as u64) << 16,
+        "the whole buffer went over: {r:?}"
+    );
     let at = *done.borrow();
     wait_count(&mut done, at + 20, "touches after the move").await;
     let _ = stop.send(true);
-    let (calls, failures) = tokio::time::timeout(DEADLINE, writer).await.expect("writer ends").unwrap();
+    let (calls, failures) = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .expect("writer ends")
+        .unwrap();
     assert!(failures.is_empty(), "no touch call failed: {failures:?}");
 
     // The digest on the target...
-    let on_target = invoke(&c, &dst.url, "heap", "digest", &[]).await.expect("digest on the target");
+    let on_target = invoke(&c, &dst.url, "heap", "digest", &[])
+        .await
+        .expect("digest on the target");
     assert_eq!(on_target.node, "dst");
     let d_target = on_target.results[0].as_i64().unwrap();
     // ...is what the same calls give in an instance that never moved...
@@ -605,19 +758,31 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
     use tern_runtime::Val;
     reference.call("grow", &[Val::I64(GROW_PAGES)]).unwrap();
     for seed in 1..=calls {
-        reference.call("touch", &[Val::I64(TOUCH), Val::I64(seed)]).unwrap();
+        reference
+            .call("touch", &[Val::I64(TOUCH), Val::I64(seed)])
+            .unwrap();
     }
     let d_reference = match reference.call("digest", &[]).unwrap()[0] {
         Val::I64(d) => d,
         ref v => panic!("digest returned {v:?}"),
     };
-    assert_eq!(d_target, d_reference, "the moved app's state is the unmoved run's ({calls} touches)");
+    assert_eq!(
+        d_target, d_reference,
+        "the moved app's state is the unmoved run's ({calls} touches)"
+    );
     // ...and what the source computes after a cold move back.
-    let back = migrate(&c, &dst, &src, "heap", Mode::Cold, 3).await.expect("cold move back");
-    let on_source = invoke(&c, &src.url, "heap", "digest", &[]).await.expect("digest on the source");
+    let back = migrate(&c, &dst, &src, "heap", Mode::Cold, 3)
+        .await
+        .expect("cold move back");
+    let on_source = invoke(&c, &src.url, "heap", "digest", &[])
+        .await
+        .expect("digest on the source");
     assert_eq!(on_source.node, "src");
     assert_eq!(on_source.results[0].as_i64().unwrap(), d_target, "{back:?}");
-    eprintln!("{calls} touches, digests equal ({d_target:#x}); cold back: total {:.1} ms, {} bytes", back.total_ms, back.bytes_sent);
+    eprintln!(
+        "{calls} touches, digests equal ({d_target:#x}); cold back: total {:.1} ms, {} bytes",
+        back.total_ms, back.bytes_sent
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -631,24 +796,45 @@ async fn the_migration_endpoints_require_the_token() {
         app: "x".into(),
         from: "elsewhere".into(),
         mode: Mode::Hot,
-        spec: StartApp { name: "x".into(), module_sha256: "00".repeat(32), generation: 2, restart: "never".into(), ..Default::default() },
+        spec: StartApp {
+            name: "x".into(),
+            module_sha256: "00".repeat(32),
+            generation: 2,
+            restart: "never".into(),
+            ..Default::default()
+        },
         checkpoint_digest: None,
         checkpoint_url: None,
     };
     let wrong = format!("{TOKEN}x");
     for token in [None, Some("wrong"), Some(wrong.as_str()), Some("")] {
         let c = Client::new(token.map(str::to_string));
-        let e = c.post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open).await.unwrap_err();
+        let e = c
+            .post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open)
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), Some(401), "token {token:?}: {e}");
         for step in ["base", "pages", "commit", "cold"] {
-            let e = c.post_bytes(&format!("{}/v1/migrations/x-0/{step}", node.url), Bytes::from_static(b"junk")).await.unwrap_err();
+            let e = c
+                .post_bytes(
+                    &format!("{}/v1/migrations/x-0/{step}", node.url),
+                    Bytes::from_static(b"junk"),
+                )
+                .await
+                .unwrap_err();
             assert_eq!(e.status(), Some(401), "token {token:?}, {step}: {e}");
         }
-        let e = c.delete(&format!("{}/v1/migrations/x-0", node.url)).await.unwrap_err();
+        let e = c
+            .delete(&format!("{}/v1/migrations/x-0", node.url))
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), Some(401), "token {token:?}, delete: {e}");
     }
     // With the token the same call gets past the check (and fails on the
     // unknown module instead).
-    let e = client().post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open).await.unwrap_err();
+    let e = client()
+        .post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open)
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
 }

@@ -9,7 +9,16 @@ fn workspace_root() -> &'static Path {
 
 fn depends_on(package: &str, dep: &str) -> bool {
     let out = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-e", "normal,build", "-p", package, "-i", dep])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal,build",
+            "-p",
+            package,
+            "-i",
+            dep,
+        ])
         .current_dir(workspace_root())
         .output()
         .expect("run cargo tree");
@@ -21,9 +30,15 @@ fn depends_on(package: &str, dep: &str) -> bool {
 
 #[test]
 fn only_the_runtime_links_wasmtime() {
-    assert!(depends_on("tern-runtime", "wasmtime"), "the check itself must see wasmtime under tern-runtime");
+    assert!(
+        depends_on("tern-runtime", "wasmtime"),
+        "the check itself must see wasmtime under tern-runtime"
+    );
     for package in ["tern-scheduler", "tern-sdk", "tern-api", "tern-control"] {
-        assert!(!depends_on(package, "wasmtime"), "{package} must not link wasmtime");
+        assert!(
+            !depends_on(package, "wasmtime"),
+            "{package} must not link wasmtime"
+        );
     }
 }
 
@@ -36,17 +51,24 @@ fn the_snapshot_format_is_owned_by_one_module() {
         visit(&workspace_root().join(dir), &mut |p| {
             if p.extension().is_some_and(|e| e == "rs") && !p.starts_with(&owner) {
                 let text = std::fs::read_to_string(p).unwrap();
-                if text.contains(concat!("TERN", "SNAP")) || text.contains("postcard::from_bytes::<Body") {
+                if text.contains(concat!("TERN", "SNAP"))
+                    || text.contains("postcard::from_bytes::<Body")
+                {
                     offenders.push(p.display().to_string());
                 }
             }
         });
     }
-    assert!(offenders.is_empty(), "snapshot bytes handled outside runtime/src/snapshot: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "snapshot bytes handled outside runtime/src/snapshot: {offenders:?}"
+    );
 }
 
 fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {

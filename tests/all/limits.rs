@@ -8,7 +8,15 @@ use crate::support::{fresh_runtime, wat};
 fn misbehaving(limits: LimitsState) -> Instance {
     let rt = fresh_runtime();
     let m = rt.load_file(&wat("misbehave.wat")).unwrap();
-    Instance::start(&rt, &m, AppConfig { limits, ..Default::default() }).unwrap()
+    Instance::start(
+        &rt,
+        &m,
+        AppConfig {
+            limits,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -22,7 +30,10 @@ fn traps_are_errors_and_the_app_goes_on() {
     for (export, args, needle) in cases {
         let e = inst.call(export, &args).unwrap_err();
         assert!(matches!(e, Error::Trap { .. }), "{export}: {e}");
-        assert!(e.to_string().contains(needle), "{export}: `{e}` should mention `{needle}`");
+        assert!(
+            e.to_string().contains(needle),
+            "{export}: `{e}` should mention `{needle}`"
+        );
         assert!(e.is_guest_fault());
         // The app is still usable after a trap.
         assert_eq!(inst.call("ok", &[]).unwrap()[0].unwrap_i64() > 0, true);
@@ -31,7 +42,10 @@ fn traps_are_errors_and_the_app_goes_on() {
 
 #[test]
 fn an_endless_loop_is_stopped_by_the_timeout() {
-    let mut inst = misbehaving(LimitsState { timeout_ms_per_call: Some(50), ..Default::default() });
+    let mut inst = misbehaving(LimitsState {
+        timeout_ms_per_call: Some(50),
+        ..Default::default()
+    });
     let e = inst.call("spin", &[]).unwrap_err();
     assert!(matches!(e, Error::Timeout { limit_ms: 50, .. }), "{e}");
     assert_eq!(inst.call("ok", &[]).unwrap()[0].unwrap_i64(), 1);
@@ -39,7 +53,10 @@ fn an_endless_loop_is_stopped_by_the_timeout() {
 
 #[test]
 fn an_endless_loop_is_stopped_by_fuel() {
-    let mut inst = misbehaving(LimitsState { fuel_per_call: Some(100_000), ..Default::default() });
+    let mut inst = misbehaving(LimitsState {
+        fuel_per_call: Some(100_000),
+        ..Default::default()
+    });
     let e = inst.call("spin", &[]).unwrap_err();
     assert!(matches!(e, Error::OutOfFuel { fuel: 100_000, .. }), "{e}");
     // Fuel is per call: the next call gets a full tank.
@@ -57,11 +74,23 @@ fn unbounded_recursion_overflows_the_guest_stack_not_the_host() {
 #[test]
 fn memory_growth_past_the_limit_fails_as_wasm_says() {
     // 1 page initially, limit 4 MiB = 64 pages.
-    let mut inst = misbehaving(LimitsState { memory_bytes: Some(4 << 20), ..Default::default() });
-    assert_eq!(inst.call("grow", &[Val::I32(63)]).unwrap()[0].unwrap_i32(), 1);
+    let mut inst = misbehaving(LimitsState {
+        memory_bytes: Some(4 << 20),
+        ..Default::default()
+    });
+    assert_eq!(
+        inst.call("grow", &[Val::I32(63)]).unwrap()[0].unwrap_i32(),
+        1
+    );
     // One page more than the limit: memory.grow returns -1, no trap.
-    assert_eq!(inst.call("grow", &[Val::I32(1)]).unwrap()[0].unwrap_i32(), -1);
-    assert_eq!(inst.call("grow", &[Val::I32(60000)]).unwrap()[0].unwrap_i32(), -1);
+    assert_eq!(
+        inst.call("grow", &[Val::I32(1)]).unwrap()[0].unwrap_i32(),
+        -1
+    );
+    assert_eq!(
+        inst.call("grow", &[Val::I32(60000)]).unwrap()[0].unwrap_i32(),
+        -1
+    );
     assert_eq!(inst.call("pages", &[]).unwrap()[0].unwrap_i32(), 64);
 }
 
@@ -69,8 +98,18 @@ fn memory_growth_past_the_limit_fails_as_wasm_says() {
 fn a_module_whose_minimum_memory_exceeds_the_limit_is_refused() {
     let rt = fresh_runtime();
     let m = rt.load(wat_bytes("(module (memory 100))")).unwrap();
-    let e = Instance::start(&rt, &m, AppConfig { limits: LimitsState { memory_bytes: Some(1 << 20), ..Default::default() }, ..Default::default() })
-        .unwrap_err();
+    let e = Instance::start(
+        &rt,
+        &m,
+        AppConfig {
+            limits: LimitsState {
+                memory_bytes: Some(1 << 20),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("memory"), "{e}");
 }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tern_api::client::Client;
-use tern_api::types::{InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp};
+use tern_api::types::{
+    InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
+};
 use tern_runtime::node::{run, NodeConfig};
 
 pub const TOKEN: &str = "test-token-0123456789";
@@ -33,7 +35,12 @@ impl TestNode {
             .await
             .unwrap()
         });
-        TestNode { name: name.into(), url, stop: Some(tx), _dir: dir }
+        TestNode {
+            name: name.into(),
+            url,
+            stop: Some(tx),
+            _dir: dir,
+        }
     }
 
     pub fn kill(&mut self) {
@@ -57,12 +64,33 @@ pub fn client() -> Client {
 pub async fn deploy(c: &Client, node: &TestNode, path: &str, name: &str) {
     let bytes = std::fs::read(path).unwrap();
     let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{}/v1/modules/{sha}", node.url), Bytes::from(bytes)).await.unwrap();
-    let spec = StartApp { name: name.into(), module_sha256: sha, generation: 1, restart: "never".into(), ..Default::default() };
-    let _: serde_json::Value = c.post_json(&format!("{}/v1/apps", node.url), &spec).await.unwrap();
+    c.put_bytes(
+        &format!("{}/v1/modules/{sha}", node.url),
+        Bytes::from(bytes),
+    )
+    .await
+    .unwrap();
+    let spec = StartApp {
+        name: name.into(),
+        module_sha256: sha,
+        generation: 1,
+        restart: "never".into(),
+        ..Default::default()
+    };
+    let _: serde_json::Value = c
+        .post_json(&format!("{}/v1/apps", node.url), &spec)
+        .await
+        .unwrap();
 }
 
-pub async fn migrate(c: &Client, from: &TestNode, to: &TestNode, app: &str, mode: Mode, generation: u64) -> Result<MigrationReport, String> {
+pub async fn migrate(
+    c: &Client,
+    from: &TestNode,
+    to: &TestNode,
+    app: &str,
+    mode: Mode,
+    generation: u64,
+) -> Result<MigrationReport, String> {
     let req = MigrateRequest {
         to_name: to.name.clone(),
         to_url: to.url.clone(),
@@ -70,17 +98,28 @@ pub async fn migrate(c: &Client, from: &TestNode, to: &TestNode, app: &str, mode
         generation,
         checkpoint_url: Some(format!("{}/v1/checkpoints/{app}", from.url)),
     };
-    c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req).await.map_err(|e| e.to_string())
+    c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn invoke(c: &Client, url: &str, app: &str, export: &str, args: &[&str]) -> InvokeResponse {
-    let req = InvokeRequest { export: export.into(), args: args.iter().map(|s| s.to_string()).collect() };
-    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req).await.unwrap_or_else(|e| panic!("invoke {export}: {e}"))
+    let req = InvokeRequest {
+        export: export.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    };
+    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req)
+        .await
+        .unwrap_or_else(|e| panic!("invoke {export}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_app_written_to_while_it_moves_loses_no_call() {
-    let nodes = [TestNode::start("n1").await, TestNode::start("n2").await, TestNode::start("n3").await];
+    let nodes = [
+        TestNode::start("n1").await,
+        TestNode::start("n2").await,
+        TestNode::start("n3").await,
+    ];
     let c = client();
     deploy(&c, &nodes[0], tern_artifacts::COUNTER, "counter").await;
 
@@ -97,25 +136,57 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
             let mut totals = Vec::new();
             for _ in 0..per_writer {
                 let (status, body) = c
-                    .send(hyper::Method::POST, &format!("{entry}/apps/counter/"), "text/plain", Bytes::from_static(b"1"))
+                    .send(
+                        hyper::Method::POST,
+                        &format!("{entry}/apps/counter/"),
+                        "text/plain",
+                        Bytes::from_static(b"1"),
+                    )
                     .await
                     .expect("every call succeeds");
                 assert_eq!(status, 200);
-                totals.push(String::from_utf8(body.to_vec()).unwrap().trim().parse::<i64>().unwrap());
+                totals.push(
+                    String::from_utf8(body.to_vec())
+                        .unwrap()
+                        .trim()
+                        .parse::<i64>()
+                        .unwrap(),
+                );
             }
             totals
         }));
     }
 
     // Meanwhile: hot, hot, cold, then hybrid (after a checkpoint), around the nodes.
-    let plan = [(0, 1, Mode::Hot), (1, 2, Mode::Hot), (2, 0, Mode::Cold), (0, 1, Mode::Hybrid), (1, 2, Mode::Hot)];
+    let plan = [
+        (0, 1, Mode::Hot),
+        (1, 2, Mode::Hot),
+        (2, 0, Mode::Cold),
+        (0, 1, Mode::Hybrid),
+        (1, 2, Mode::Hot),
+    ];
     let mut reports = Vec::new();
     for (gen, (from, to, mode)) in plan.into_iter().enumerate() {
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
         if mode == Mode::Hybrid {
-            let _: serde_json::Value = c.post_json(&format!("{}/v1/apps/counter/checkpoint", nodes[from].url), &()).await.unwrap();
+            let _: serde_json::Value = c
+                .post_json(
+                    &format!("{}/v1/apps/counter/checkpoint", nodes[from].url),
+                    &(),
+                )
+                .await
+                .unwrap();
         }
-        let r = migrate(&c, &nodes[from], &nodes[to], "counter", mode, gen as u64 + 2).await.unwrap();
+        let r = migrate(
+            &c,
+            &nodes[from],
+            &nodes[to],
+            "counter",
+            mode,
+            gen as u64 + 2,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.mode, mode.to_string(), "{r:?}");
         assert!(r.downtime_ms >= 0.0 && r.downtime_ms <= r.total_ms, "{r:?}");
         assert!(r.bytes_sent > 0, "{r:?}");
@@ -130,7 +201,11 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
     }
     all.sort();
     let n = (writers * per_writer) as i64;
-    assert_eq!(all, (1..=n).collect::<Vec<_>>(), "every call ran exactly once");
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "every call ran exactly once"
+    );
     // The app ends on node 3 with the total of a run that never moved.
     let r = invoke(&c, &nodes[2].url, "counter", "get", &[]).await;
     assert_eq!(r.results[0], serde_json::json!(n));
@@ -138,11 +213,16 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
     // Fencing: the old home refuses an older generation.
     let stale = StartApp {
         name: "counter".into(),
-        module_sha256: hex::encode(tern_runtime::sha256(&std::fs::read(tern_artifacts::COUNTER).unwrap())),
+        module_sha256: hex::encode(tern_runtime::sha256(
+            &std::fs::read(tern_artifacts::COUNTER).unwrap(),
+        )),
         generation: 1,
         ..Default::default()
     };
-    let e = c.post_json::<_, serde_json::Value>(&format!("{}/v1/apps", nodes[0].url), &stale).await.unwrap_err();
+    let e = c
+        .post_json::<_, serde_json::Value>(&format!("{}/v1/apps", nodes[0].url), &stale)
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
     assert!(e.to_string().contains("older than generation"), "{e}");
     for r in &reports {
@@ -155,10 +235,16 @@ async fn the_api_requires_the_token() {
     let node = TestNode::start("t1").await;
     for token in [None, Some("wrong".to_string())] {
         let c = Client::new(token);
-        let e = c.get_json::<serde_json::Value>(&format!("{}/v1/status", node.url)).await.unwrap_err();
+        let e = c
+            .get_json::<serde_json::Value>(&format!("{}/v1/status", node.url))
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), Some(401), "{e}");
     }
-    let ok: serde_json::Value = client().get_json(&format!("{}/v1/status", node.url)).await.unwrap();
+    let ok: serde_json::Value = client()
+        .get_json(&format!("{}/v1/status", node.url))
+        .await
+        .unwrap();
     assert_eq!(ok["name"], "t1");
     let _ = Arc::new(());
 }

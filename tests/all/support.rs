@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tern_runtime::{AppConfig, Instance, RestoreOptions, Runtime, RuntimeConfig, Snapshot, SnapshotOptions, Val};
+use tern_runtime::{
+    AppConfig, Instance, RestoreOptions, Runtime, RuntimeConfig, Snapshot, SnapshotOptions, Val,
+};
 
 /// A runtime with its own engine and no disk cache, as a fresh node would have.
 pub fn fresh_runtime() -> Arc<Runtime> {
@@ -12,13 +14,21 @@ pub fn fresh_runtime() -> Arc<Runtime> {
 
 /// Path of a WAT guest in tests/guests/wat.
 pub fn wat(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/wat").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("guests/wat")
+        .join(name)
 }
 
 /// A digest of an instance's whole state (memories, globals, tables), taken
 /// through a capture; the clock and call counter are left out.
 pub fn state_digest(inst: &mut Instance) -> u128 {
-    let snap = inst.snapshot(SnapshotOptions { embed_module: false, compress: false, hooks: false }).expect("snapshot for digest");
+    let snap = inst
+        .snapshot(SnapshotOptions {
+            embed_module: false,
+            compress: false,
+            hooks: false,
+        })
+        .expect("snapshot for digest");
     digest_of(&snap)
 }
 
@@ -50,17 +60,39 @@ pub enum Via {
 /// and restores it there.
 pub fn move_instance(inst: &mut Instance, via: Via, dir: &Path) -> Instance {
     let compress = via == Via::Compressed;
-    let snap = inst.snapshot(SnapshotOptions { embed_module: true, compress, hooks: true }).expect("snapshot");
+    let snap = inst
+        .snapshot(SnapshotOptions {
+            embed_module: true,
+            compress,
+            hooks: true,
+        })
+        .expect("snapshot");
     let rt = fresh_runtime();
     let (snap, cow) = match via {
-        Via::BytesCopy | Via::Compressed => (Snapshot::from_bytes(snap.as_bytes().to_vec()).expect("decode"), false),
+        Via::BytesCopy | Via::Compressed => (
+            Snapshot::from_bytes(snap.as_bytes().to_vec()).expect("decode"),
+            false,
+        ),
         Via::FileCow | Via::FileCopy => {
             let path = dir.join(format!("s-{}.snap", rand_suffix()));
             snap.write_file(&path).expect("write snapshot");
-            (Snapshot::open(&path, true).expect("open snapshot"), via == Via::FileCow)
+            (
+                Snapshot::open(&path, true).expect("open snapshot"),
+                via == Via::FileCow,
+            )
         }
     };
-    Instance::restore(&rt, &snap, None, RestoreOptions { copy_on_write: cow, hooks: true, ..Default::default() }).expect("restore")
+    Instance::restore(
+        &rt,
+        &snap,
+        None,
+        RestoreOptions {
+            copy_on_write: cow,
+            hooks: true,
+            ..Default::default()
+        },
+    )
+    .expect("restore")
 }
 
 fn rand_suffix() -> u64 {
@@ -71,11 +103,24 @@ fn rand_suffix() -> u64 {
 
 /// Starts a module afresh with nothing granted.
 pub fn start(rt: &Arc<Runtime>, path: &Path) -> Instance {
-    let m = rt.load_file(path).unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
-    Instance::start(rt, &m, AppConfig { random_seed: Some(7), ..Default::default() }).unwrap_or_else(|e| panic!("start {}: {e}", path.display()))
+    let m = rt
+        .load_file(path)
+        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+    Instance::start(
+        rt,
+        &m,
+        AppConfig {
+            random_seed: Some(7),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("start {}: {e}", path.display()))
 }
 
 /// Renders results for comparison.
 pub fn show(vals: &[Val]) -> String {
-    vals.iter().map(tern_runtime::values::to_text).collect::<Vec<_>>().join(" ")
+    vals.iter()
+        .map(tern_runtime::values::to_text)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

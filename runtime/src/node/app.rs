@@ -31,19 +31,28 @@ pub(crate) struct FinalCapture {
 
 /// What an app's actor is asked to do.
 pub(crate) enum Cmd {
-    Invoke(InvokeRequest, oneshot::Sender<Result<InvokeResponse, ApiErr>>),
+    Invoke(
+        InvokeRequest,
+        oneshot::Sender<Result<InvokeResponse, ApiErr>>,
+    ),
     Http(Request, oneshot::Sender<Response>),
     Snapshot(oneshot::Sender<Result<Snapshot, ApiErr>>),
     Stop(oneshot::Sender<Result<(), ApiErr>>),
     Start(oneshot::Sender<Result<(), ApiErr>>),
     /// Start tracking written pages and capture the first full copy: a whole
     /// snapshot (hot), or the pages that differ from a checkpoint (hybrid).
-    PrecopyStart(Option<Arc<Snapshot>>, oneshot::Sender<Result<PrecopyFirst, ApiErr>>),
+    PrecopyStart(
+        Option<Arc<Snapshot>>,
+        oneshot::Sender<Result<PrecopyFirst, ApiErr>>,
+    ),
     /// The pages written since the last round.
     PrecopyRound(oneshot::Sender<Result<Vec<PageChunk>, ApiErr>>),
     /// Pause: hold new calls, run the snapshot hook, capture the last pages
     /// and the state (or, for cold, a whole snapshot).
-    Freeze { cold: bool, reply: oneshot::Sender<Result<FreezeResult, ApiErr>> },
+    Freeze {
+        cold: bool,
+        reply: oneshot::Sender<Result<FreezeResult, ApiErr>>,
+    },
     /// The move failed: go on serving here, held calls first.
     Unfreeze(oneshot::Sender<()>),
     /// The move succeeded: hand over the held calls and end.
@@ -81,7 +90,10 @@ pub struct AppHandle {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl AppHandle {
@@ -96,7 +108,11 @@ impl AppHandle {
 
     /// How the app was started (its generation is the current one).
     pub fn spec(&self) -> StartApp {
-        self.shared.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .spec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn module_sha(&self) -> [u8; 32] {
@@ -105,11 +121,19 @@ impl AppHandle {
 
     /// The dirty-page tracker the last pre-copy used (`uffd` or `hash`).
     pub fn tracking_kind(&self) -> String {
-        self.shared.tracking.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .tracking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn status(&self) -> AppStatus {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn logs(&self) -> &Arc<LogBuffer> {
@@ -119,7 +143,11 @@ impl AppHandle {
     /// CPU in thousandths of a core since the last time this was asked.
     pub fn cpu_milli_recent(&self) -> u64 {
         let busy = self.shared.busy_ns.load(Ordering::Relaxed);
-        let mut s = self.shared.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .shared
+            .cpu_sample
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let elapsed = s.0.elapsed().as_nanos().max(1) as u64;
         let used = busy.saturating_sub(s.1);
         *s = (Instant::now(), busy);
@@ -135,10 +163,18 @@ impl AppHandle {
             .map_err(|_| (503, format!("app {} is shutting down", self.shared.name)))
     }
 
-    pub(crate) async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, ApiErr> {
+    pub(crate) async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Cmd,
+    ) -> Result<T, ApiErr> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
-        rx.await.map_err(|_| (503, format!("app {} stopped before answering", self.shared.name)))
+        rx.await.map_err(|_| {
+            (
+                503,
+                format!("app {} stopped before answering", self.shared.name),
+            )
+        })
     }
 
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResponse, ApiErr> {
@@ -172,7 +208,11 @@ impl AppHandle {
         let status = AppStatus {
             name: spec.name.clone(),
             module_sha256: module.hash_hex(),
-            state: if instance.is_some() { AppState::Running } else { AppState::Pending },
+            state: if instance.is_some() {
+                AppState::Running
+            } else {
+                AppState::Pending
+            },
             generation: spec.generation,
             memory_bytes: 0,
             requests_served: 0,
@@ -192,7 +232,9 @@ impl AppHandle {
             busy_ns: AtomicU64::new(0),
             cpu_sample: Mutex::new((Instant::now(), 0)),
         });
-        let handle = AppHandle { shared: shared.clone() };
+        let handle = AppHandle {
+            shared: shared.clone(),
+        };
         let mut actor = Actor {
             shared,
             runtime,
@@ -255,17 +297,34 @@ impl Actor {
     }
 
     fn served(&self) -> u64 {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).requests_served
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests_served
     }
 
     fn count_served(&self) {
-        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).requests_served += 1;
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests_served += 1;
     }
 
     /// Takes an instance restored elsewhere (restore, migration target).
     fn adopt(&mut self, mut inst: Instance) {
-        if let Some(n) = inst.extra_meta_mut().iter().find(|(k, _)| k == SERVED_KEY).and_then(|(_, v)| v.parse().ok()) {
-            self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).requests_served = n;
+        if let Some(n) = inst
+            .extra_meta_mut()
+            .iter()
+            .find(|(k, _)| k == SERVED_KEY)
+            .and_then(|(_, v)| v.parse().ok())
+        {
+            self.shared
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .requests_served = n;
         }
         self.inst = Some(inst);
         self.set_state(AppState::Running, None);
@@ -274,10 +333,16 @@ impl Actor {
 
     fn config(&self) -> AppConfig {
         AppConfig {
-            args: std::iter::once(self.spec.name.clone()).chain(self.spec.args.iter().cloned()).collect(),
+            args: std::iter::once(self.spec.name.clone())
+                .chain(self.spec.args.iter().cloned())
+                .collect(),
             env: self.spec.env.clone(),
             preopens: vec![app_dir(&self.data_dir, &self.spec.name)],
-            limits: LimitsState { memory_bytes: self.spec.memory_limit, fuel_per_call: self.spec.fuel, timeout_ms_per_call: self.spec.timeout_ms },
+            limits: LimitsState {
+                memory_bytes: self.spec.memory_limit,
+                fuel_per_call: self.spec.fuel,
+                timeout_ms_per_call: self.spec.timeout_ms,
+            },
             stdio: Stdio::Capture(self.shared.logs.clone()),
             app: Some(self.spec.name.clone()),
             generation: self.spec.generation,
@@ -287,15 +352,19 @@ impl Actor {
 
     /// A fresh start, or a restart from the latest checkpoint.
     fn start_now(&mut self) {
-        let started = Instance::start(&self.runtime, &self.module, self.config()).and_then(|mut inst| {
-            if sdk::check_app(&mut inst)? {
-                sdk::init(&mut inst)?;
-            }
-            Ok(inst)
-        });
+        let started =
+            Instance::start(&self.runtime, &self.module, self.config()).and_then(|mut inst| {
+                if sdk::check_app(&mut inst)? {
+                    sdk::init(&mut inst)?;
+                }
+                Ok(inst)
+            });
         match started {
             Ok(inst) => {
-                self.shared.logs.line(&format!("INFO tern: {} started (generation {})", self.spec.name, self.spec.generation));
+                self.shared.logs.line(&format!(
+                    "INFO tern: {} started (generation {})",
+                    self.spec.name, self.spec.generation
+                ));
                 self.inst = Some(inst);
                 self.failures = 0;
                 self.set_state(AppState::Running, None);
@@ -306,7 +375,10 @@ impl Actor {
             }
             Err(e) => {
                 let msg = e.to_string();
-                self.shared.logs.line(&format!("ERROR tern: {} failed to start: {msg}", self.spec.name));
+                self.shared.logs.line(&format!(
+                    "ERROR tern: {} failed to start: {msg}",
+                    self.spec.name
+                ));
                 self.set_state(AppState::Failed, Some(msg));
                 self.after_failure(true);
             }
@@ -340,9 +412,21 @@ impl Actor {
             if let Some(t) = self.retry_at {
                 wait = wait.min(t.saturating_duration_since(now));
             }
-            if let Some(at) = self.spec.start_at_unix_ms.filter(|_| self.inst.is_none() && self.retry_at.is_none()) {
+            if let Some(at) = self
+                .spec
+                .start_at_unix_ms
+                .filter(|_| self.inst.is_none() && self.retry_at.is_none())
+            {
                 let ms = at.saturating_sub(now_unix_ms());
-                if ms == 0 && self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state == AppState::Pending {
+                if ms == 0
+                    && self
+                        .shared
+                        .status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .state
+                        == AppState::Pending
+                {
                     self.start_now();
                     continue;
                 }
@@ -378,14 +462,18 @@ impl Actor {
         let inst = self.inst.as_mut()?;
         let t0 = Instant::now();
         let out = f(inst);
-        self.shared.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.shared
+            .busy_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Some(out)
     }
 
     fn tick(&mut self) {
         let now = now_unix_ms() as i64;
         if let Some(Err(e)) = self.timed(|i| sdk::tick(i, now)) {
-            self.shared.logs.line(&format!("WARN tern: tick failed: {e}"));
+            self.shared
+                .logs
+                .line(&format!("WARN tern: tick failed: {e}"));
         }
         self.refresh_status();
     }
@@ -393,15 +481,30 @@ impl Actor {
     fn not_running(&self) -> ApiErr {
         let s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
         match s.state {
-            AppState::Pending => (409, format!("app {} has not started yet (it starts at {:?} Unix ms)", self.spec.name, s.start_at_unix_ms)),
-            AppState::Stopped => (409, format!("app {} is stopped: start it with `tern start {}`", self.spec.name, self.spec.name)),
+            AppState::Pending => (
+                409,
+                format!(
+                    "app {} has not started yet (it starts at {:?} Unix ms)",
+                    self.spec.name, s.start_at_unix_ms
+                ),
+            ),
+            AppState::Stopped => (
+                409,
+                format!(
+                    "app {} is stopped: start it with `tern start {}`",
+                    self.spec.name, self.spec.name
+                ),
+            ),
             _ => (
                 409,
                 format!(
                     "app {} is not running ({}){}",
                     self.spec.name,
                     s.state,
-                    s.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    s.last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 ),
             ),
         }
@@ -410,7 +513,11 @@ impl Actor {
     fn handle(&mut self, cmd: Cmd) {
         if self.frozen {
             match cmd {
-                Cmd::Invoke(..) | Cmd::Http(..) | Cmd::Snapshot(..) | Cmd::Stop(..) | Cmd::Start(..) => {
+                Cmd::Invoke(..)
+                | Cmd::Http(..)
+                | Cmd::Snapshot(..)
+                | Cmd::Stop(..)
+                | Cmd::Start(..) => {
                     self.held.push(cmd);
                     return;
                 }
@@ -423,9 +530,17 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Cmd::Http(req, reply) => {
-                let state = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state;
+                let state = self
+                    .shared
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .state;
                 let serving = state == AppState::Running || state == AppState::Migrating;
-                let resp = match self.timed(|i| serving.then(|| sdk::handle(i, &req))).flatten() {
+                let resp = match self
+                    .timed(|i| serving.then(|| sdk::handle(i, &req)))
+                    .flatten()
+                {
                     Some(r) => {
                         self.count_served();
                         r
@@ -444,7 +559,12 @@ impl Actor {
                     None => Err(self.not_running()),
                     Some(inst) => {
                         set_extra(inst, SERVED_KEY, served);
-                        inst.snapshot(SnapshotOptions { embed_module: true, compress: false, hooks: true }).map_err(|e| (500, e.to_string()))
+                        inst.snapshot(SnapshotOptions {
+                            embed_module: true,
+                            compress: false,
+                            hooks: true,
+                        })
+                        .map_err(|e| (500, e.to_string()))
                     }
                 };
                 let _ = reply.send(result);
@@ -455,7 +575,12 @@ impl Actor {
                 let _ = reply.send(Ok(()));
             }
             Cmd::Start(reply) => {
-                let state = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state;
+                let state = self
+                    .shared
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .state;
                 match (state, self.inst.is_some()) {
                     (AppState::Stopped, true) => self.set_state(AppState::Running, None),
                     (AppState::Running, true) => {}
@@ -490,7 +615,12 @@ impl Actor {
     }
 
     fn invoke(&mut self, req: InvokeRequest) -> Result<InvokeResponse, ApiErr> {
-        let state = self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).state;
+        let state = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state;
         if state != AppState::Running && state != AppState::Migrating {
             return Err(self.not_running());
         }
@@ -508,8 +638,14 @@ impl Actor {
                 self.count_served();
                 Ok(InvokeResponse {
                     export: req.export,
-                    args: vals.iter().map(|v| serde_json::to_value(to_json(v)).unwrap_or_default()).collect(),
-                    results: results.iter().map(|v| serde_json::to_value(to_json(v)).unwrap_or_default()).collect(),
+                    args: vals
+                        .iter()
+                        .map(|v| serde_json::to_value(to_json(v)).unwrap_or_default())
+                        .collect(),
+                    results: results
+                        .iter()
+                        .map(|v| serde_json::to_value(to_json(v)).unwrap_or_default())
+                        .collect(),
                     node: String::new(),
                 })
             }
@@ -519,7 +655,14 @@ impl Actor {
                     _ => 500,
                 };
                 if let Error::Exit(code) = e {
-                    self.set_state(if code == 0 { AppState::Exited } else { AppState::Failed }, Some(e.to_string()));
+                    self.set_state(
+                        if code == 0 {
+                            AppState::Exited
+                        } else {
+                            AppState::Failed
+                        },
+                        Some(e.to_string()),
+                    );
                     self.after_failure(code != 0);
                 }
                 Err((status, e.to_string()))
@@ -529,7 +672,10 @@ impl Actor {
 
     fn precopy_start(&mut self, base: Option<Arc<Snapshot>>) -> Result<PrecopyFirst, ApiErr> {
         let served = self.served().to_string();
-        let inst = self.inst.as_mut().ok_or_else(|| (409, format!("app {} is not running", self.spec.name)))?;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| (409, format!("app {} is not running", self.spec.name)))?;
         set_extra(inst, SERVED_KEY, served);
         // Track first, then copy: whatever is written after this point is
         // in the next round's dirty set.
@@ -539,30 +685,56 @@ impl Actor {
             .into_iter()
             .map(|r| (r.index, start_tracking(r.base, r.reserved, r.size)))
             .collect();
-        let kinds: Vec<String> = self.trackers.iter().map(|(_, t)| format!("{:?}", t.kind()).to_lowercase()).collect();
-        *self.shared.tracking.lock().unwrap_or_else(|e| e.into_inner()) = kinds.first().cloned().unwrap_or_else(|| "none".into());
+        let kinds: Vec<String> = self
+            .trackers
+            .iter()
+            .map(|(_, t)| format!("{:?}", t.kind()).to_lowercase())
+            .collect();
+        *self
+            .shared
+            .tracking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            kinds.first().cloned().unwrap_or_else(|| "none".into());
         let first = match base {
             None => PrecopyFirst::Full(
-                inst.snapshot(SnapshotOptions { embed_module: false, compress: false, hooks: false }).map_err(|e| (500, e.to_string()))?,
+                inst.snapshot(SnapshotOptions {
+                    embed_module: false,
+                    compress: false,
+                    hooks: false,
+                })
+                .map_err(|e| (500, e.to_string()))?,
             ),
-            Some(cp) => PrecopyFirst::Delta(inst.pages_differing_from(&cp).map_err(|e| (500, e.to_string()))?),
+            Some(cp) => PrecopyFirst::Delta(
+                inst.pages_differing_from(&cp)
+                    .map_err(|e| (500, e.to_string()))?,
+            ),
         };
         self.set_state(AppState::Migrating, None);
         Ok(first)
     }
 
     fn collect_dirty(&mut self) -> Result<Vec<PageChunk>, ApiErr> {
-        let inst = self.inst.as_mut().ok_or_else(|| (409, "app is not running".to_string()))?;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| (409, "app is not running".to_string()))?;
         let regions = inst.memory_regions().map_err(|e| (500, e.to_string()))?;
         let mut chunks = Vec::new();
         for (index, tracker) in &mut self.trackers {
-            let r = regions.iter().find(|r| r.index == *index).ok_or_else(|| (500, "memory vanished".to_string()))?;
+            let r = regions
+                .iter()
+                .find(|r| r.index == *index)
+                .ok_or_else(|| (500, "memory vanished".to_string()))?;
             let pages = match tracker.collect(r.base, r.size) {
                 Ok(p) => p,
                 // A tracker that lost track: every page is dirty.
                 Err(_) => (0..(r.size / crate::snapshot::PAGE_SIZE) as u64).collect(),
             };
-            chunks.push(inst.read_pages(*index, &pages).map_err(|e| (500, e.to_string()))?);
+            chunks.push(
+                inst.read_pages(*index, &pages)
+                    .map_err(|e| (500, e.to_string()))?,
+            );
         }
         Ok(chunks)
     }
@@ -578,14 +750,21 @@ impl Actor {
             set_extra(inst, SERVED_KEY, served);
             if cold {
                 let snap = inst
-                    .snapshot(SnapshotOptions { embed_module: false, compress: false, hooks: true })
+                    .snapshot(SnapshotOptions {
+                        embed_module: false,
+                        compress: false,
+                        hooks: true,
+                    })
                     .map_err(|e| (500, e.to_string()))?;
                 return Ok(FreezeResult::Cold(snap));
             }
-            inst.run_snapshot_hook(true).map_err(|e| (500, e.to_string()))?;
+            inst.run_snapshot_hook(true)
+                .map_err(|e| (500, e.to_string()))?;
             let chunks = self.collect_dirty()?;
             let inst = self.inst.as_mut().expect("checked");
-            let state = inst.snapshot_state_only().map_err(|e| (500, e.to_string()))?;
+            let state = inst
+                .snapshot_state_only()
+                .map_err(|e| (500, e.to_string()))?;
             Ok(FreezeResult::Final(FinalCapture { chunks, state }))
         })();
         if result.is_err() {
@@ -599,7 +778,11 @@ impl Actor {
 pub(crate) fn app_dir(data_dir: &std::path::Path, app: &str) -> Preopen {
     let dir = data_dir.join("apps").join(app);
     let _ = std::fs::create_dir_all(&dir);
-    Preopen { host: dir.to_string_lossy().into_owned(), guest: "/data".into(), read_only: false }
+    Preopen {
+        host: dir.to_string_lossy().into_owned(),
+        guest: "/data".into(),
+        read_only: false,
+    }
 }
 
 fn set_extra(inst: &mut Instance, key: &str, value: String) {

@@ -5,8 +5,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use tern_api::server::{self, authorized, error, json, query_param, read_body, read_json, segments, unauthorized, Body};
-use tern_api::types::{AppStatus, InvokeRequest, LogsResponse, MigrateRequest, MigrationOpen, StartApp};
+use tern_api::server::{
+    self, authorized, error, json, query_param, read_body, read_json, segments, unauthorized, Body,
+};
+use tern_api::types::{
+    AppStatus, InvokeRequest, LogsResponse, MigrateRequest, MigrationOpen, StartApp,
+};
 
 use super::app::{AppHandle, Cmd};
 use super::{migrate, Node, Slot};
@@ -16,7 +20,10 @@ use crate::snapshot::Snapshot;
 type Resp = Response<Body>;
 
 fn from_err((status, msg): (u16, String)) -> Resp {
-    error(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), msg)
+    error(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        msg,
+    )
 }
 
 /// Handles one request.
@@ -44,28 +51,51 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, Resp> {
         (Method::GET, ["v1", "health"]) => Ok(json(StatusCode::OK, &node.info())),
         (Method::GET, ["v1", "status"]) => Ok(json(StatusCode::OK, &node.heartbeat())),
         (Method::HEAD, ["v1", "modules", sha]) => {
-            let known = parse_sha(sha).is_some_and(|h| node.runtime.loaded(&h).is_some()) || node.module_path(sha).exists();
-            Ok(if known { json(StatusCode::OK, &serde_json::json!({})) } else { error(StatusCode::NOT_FOUND, "no such module") })
+            let known = parse_sha(sha).is_some_and(|h| node.runtime.loaded(&h).is_some())
+                || node.module_path(sha).exists();
+            Ok(if known {
+                json(StatusCode::OK, &serde_json::json!({}))
+            } else {
+                error(StatusCode::NOT_FOUND, "no such module")
+            })
         }
         (Method::PUT, ["v1", "modules", sha]) => {
-            let want = parse_sha(sha).ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad sha256 in path"))?;
+            let want = parse_sha(sha)
+                .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad sha256 in path"))?;
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
             if crate::sha256(&body) != want {
-                return Err(error(StatusCode::BAD_REQUEST, "module bytes do not hash to the sha256 in the path"));
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "module bytes do not hash to the sha256 in the path",
+                ));
             }
             let rt = node.runtime.clone();
             let bytes = body.to_vec();
-            let loaded = tokio::task::spawn_blocking(move || rt.load(bytes)).await.map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let loaded = tokio::task::spawn_blocking(move || rt.load(bytes))
+                .await
+                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             loaded.map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-            std::fs::write(node.module_path(sha), &body).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store module: {e}")))?;
-            Ok(json(StatusCode::CREATED, &serde_json::json!({ "sha256": sha })))
+            std::fs::write(node.module_path(sha), &body).map_err(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot store module: {e}"),
+                )
+            })?;
+            Ok(json(
+                StatusCode::CREATED,
+                &serde_json::json!({ "sha256": sha }),
+            ))
         }
         (Method::POST, ["v1", "apps"]) => {
             let spec: StartApp = read_json(req.into_body()).await?;
-            start_app(&node, spec).await.map(|st| json(StatusCode::CREATED, &st))
+            start_app(&node, spec)
+                .await
+                .map(|st| json(StatusCode::CREATED, &st))
         }
         (Method::GET, ["v1", "apps"]) => Ok(json(StatusCode::OK, &node.heartbeat().apps)),
-        (Method::GET, ["v1", "apps", name]) => Ok(json(StatusCode::OK, &local(&node, name)?.status())),
+        (Method::GET, ["v1", "apps", name]) => {
+            Ok(json(StatusCode::OK, &local(&node, name)?.status()))
+        }
         (Method::POST, ["v1", "apps", name, "invoke"]) => {
             let inv: InvokeRequest = read_json(req.into_body()).await?;
             if let Some(url) = moved_to(&node, name) {
@@ -73,7 +103,13 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, Resp> {
                     .client
                     .post_json(&format!("{url}/v1/apps/{name}/invoke"), &inv)
                     .await
-                    .map_err(|e| error(StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY), e.to_string()))?;
+                    .map_err(|e| {
+                        error(
+                            StatusCode::from_u16(e.status().unwrap_or(502))
+                                .unwrap_or(StatusCode::BAD_GATEWAY),
+                            e.to_string(),
+                        )
+                    })?;
                 return Ok(json(StatusCode::OK, &r));
             }
             let h = local(&node, name)?;
@@ -83,88 +119,166 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, Resp> {
         }
         (Method::POST, ["v1", "apps", name, "stop"]) => {
             let h = local(&node, name)?;
-            h.ask(Cmd::Stop).await.map_err(from_err)?.map_err(from_err)?;
+            h.ask(Cmd::Stop)
+                .await
+                .map_err(from_err)?
+                .map_err(from_err)?;
             Ok(json(StatusCode::OK, &h.status()))
         }
         (Method::POST, ["v1", "apps", name, "start"]) => {
             let h = local(&node, name)?;
-            h.ask(Cmd::Start).await.map_err(from_err)?.map_err(from_err)?;
+            h.ask(Cmd::Start)
+                .await
+                .map_err(from_err)?
+                .map_err(from_err)?;
             Ok(json(StatusCode::OK, &h.status()))
         }
         (Method::DELETE, ["v1", "apps", name]) => {
             // With ?generation=G, only a copy at generation <= G goes (fencing a stale copy).
-            if let Some(g) = query_param(query.as_deref(), "generation").and_then(|g| g.parse::<u64>().ok()) {
+            if let Some(g) =
+                query_param(query.as_deref(), "generation").and_then(|g| g.parse::<u64>().ok())
+            {
                 if let Some(h) = node.local(name) {
                     if h.spec().generation > g {
-                        return Err(error(StatusCode::CONFLICT, format!("app {name} runs here at generation {}, newer than {g}", h.spec().generation)));
+                        return Err(error(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "app {name} runs here at generation {}, newer than {g}",
+                                h.spec().generation
+                            ),
+                        ));
                     }
                 }
             }
-            let slot = node.apps.lock().unwrap_or_else(|e| e.into_inner()).remove(*name);
+            let slot = node
+                .apps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(*name);
             match slot {
                 Some(Slot::Local(h)) => {
                     h.shutdown();
                     node.forget_checkpoint(name);
-                    Ok(json(StatusCode::OK, &serde_json::json!({ "deleted": name })))
+                    Ok(json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "deleted": name }),
+                    ))
                 }
-                _ => Err(error(StatusCode::NOT_FOUND, format!("no app named {name} on this node"))),
+                _ => Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no app named {name} on this node"),
+                )),
             }
         }
         (Method::GET, ["v1", "apps", name, "logs"]) => {
             let h = local(&node, name)?;
-            let from = query_param(query.as_deref(), "from").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let wait = query_param(query.as_deref(), "wait_ms").and_then(|v| v.parse().ok()).unwrap_or(0u64).min(30_000);
+            let from = query_param(query.as_deref(), "from")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let wait = query_param(query.as_deref(), "wait_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0u64)
+                .min(30_000);
             let logs = h.logs().clone();
-            let (next, lines) = tokio::task::spawn_blocking(move || logs.wait_since(from, std::time::Duration::from_millis(wait)))
-                .await
-                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let (next, lines) = tokio::task::spawn_blocking(move || {
+                logs.wait_since(from, std::time::Duration::from_millis(wait))
+            })
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             Ok(json(StatusCode::OK, &LogsResponse { next, lines }))
         }
         (Method::POST, ["v1", "apps", name, "snapshot"]) => {
             let h = local(&node, name)?;
-            let snap = h.ask(Cmd::Snapshot).await.map_err(from_err)?.map_err(from_err)?;
-            Ok(server::bytes(StatusCode::OK, "application/octet-stream", snap.as_bytes().to_vec()))
+            let snap = h
+                .ask(Cmd::Snapshot)
+                .await
+                .map_err(from_err)?
+                .map_err(from_err)?;
+            Ok(server::bytes(
+                StatusCode::OK,
+                "application/octet-stream",
+                snap.as_bytes().to_vec(),
+            ))
         }
         (Method::POST, ["v1", "apps", name, "checkpoint"]) => {
             let h = local(&node, name)?;
             let (digest, bytes) = node.checkpoint(&h).await.map_err(from_err)?;
-            Ok(json(StatusCode::OK, &serde_json::json!({ "digest": digest, "bytes": bytes, "generation": h.spec().generation })))
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "digest": digest, "bytes": bytes, "generation": h.spec().generation }),
+            ))
         }
         (Method::POST, ["v1", "apps", name, "migrate"]) => {
             let m: MigrateRequest = read_json(req.into_body()).await?;
-            let report = migrate::migrate_out(node.clone(), name.to_string(), m).await.map_err(from_err)?;
+            let report = migrate::migrate_out(node.clone(), name.to_string(), m)
+                .await
+                .map_err(from_err)?;
             Ok(json(StatusCode::OK, &report))
         }
         (Method::GET, ["v1", "checkpoints", name]) => {
-            let (_, snap) = node.latest_checkpoint(name).ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no checkpoint of {name} on this node")))?;
-            Ok(server::bytes(StatusCode::OK, "application/octet-stream", snap.as_bytes().to_vec()))
+            let (_, snap) = node.latest_checkpoint(name).ok_or_else(|| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    format!("no checkpoint of {name} on this node"),
+                )
+            })?;
+            Ok(server::bytes(
+                StatusCode::OK,
+                "application/octet-stream",
+                snap.as_bytes().to_vec(),
+            ))
         }
         (Method::POST, ["v1", "restore"]) => {
-            let name = query_param(query.as_deref(), "name").ok_or_else(|| error(StatusCode::BAD_REQUEST, "restore needs ?name="))?.to_string();
-            let generation = query_param(query.as_deref(), "generation").and_then(|g| g.parse().ok()).unwrap_or(1);
-            let restart = query_param(query.as_deref(), "restart").unwrap_or("never").to_string();
+            let name = query_param(query.as_deref(), "name")
+                .ok_or_else(|| error(StatusCode::BAD_REQUEST, "restore needs ?name="))?
+                .to_string();
+            let generation = query_param(query.as_deref(), "generation")
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(1);
+            let restart = query_param(query.as_deref(), "restart")
+                .unwrap_or("never")
+                .to_string();
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
-            restore_app(&node, name, generation, restart, body).await.map(|st| json(StatusCode::CREATED, &st))
+            restore_app(&node, name, generation, restart, body)
+                .await
+                .map(|st| json(StatusCode::CREATED, &st))
         }
         (Method::POST, ["v1", "migrations"]) => {
             let open: MigrationOpen = read_json(req.into_body()).await?;
-            let opened = migrate::open_session(node.clone(), open).await.map_err(from_err)?;
+            let opened = migrate::open_session(node.clone(), open)
+                .await
+                .map_err(from_err)?;
             Ok(json(StatusCode::CREATED, &opened))
         }
         (Method::POST, ["v1", "migrations", id, step @ ("base" | "pages" | "commit" | "cold")]) => {
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
             let (id, step) = (id.to_string(), step.to_string());
             match step.as_str() {
-                "base" => migrate::receive_base(node.clone(), id, body).await.map(|_| ok(&serde_json::json!({}))).map_err(from_err),
-                "pages" => migrate::receive_pages(node.clone(), id, body).await.map(|_| ok(&serde_json::json!({}))).map_err(from_err),
-                _ => migrate::receive_final(node.clone(), id, body, step == "cold").await.map(|a| json(StatusCode::OK, &a)).map_err(from_err),
+                "base" => migrate::receive_base(node.clone(), id, body)
+                    .await
+                    .map(|_| ok(&serde_json::json!({})))
+                    .map_err(from_err),
+                "pages" => migrate::receive_pages(node.clone(), id, body)
+                    .await
+                    .map(|_| ok(&serde_json::json!({})))
+                    .map_err(from_err),
+                _ => migrate::receive_final(node.clone(), id, body, step == "cold")
+                    .await
+                    .map(|a| json(StatusCode::OK, &a))
+                    .map_err(from_err),
             }
         }
         (Method::DELETE, ["v1", "migrations", id]) => {
-            node.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(*id);
+            node.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(*id);
             Ok(json(StatusCode::OK, &serde_json::json!({})))
         }
-        _ => Err(error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}"))),
+        _ => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {method} {path}"),
+        )),
     }
 }
 
@@ -187,7 +301,12 @@ mod erased {
 }
 
 fn moved_to(node: &Node, name: &str) -> Option<String> {
-    match node.apps.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+    match node
+        .apps
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+    {
         Some(Slot::Moved { url }) => Some(url.clone()),
         _ => None,
     }
@@ -198,21 +317,46 @@ fn parse_sha(s: &str) -> Option<[u8; 32]> {
 }
 
 fn local(node: &Node, name: &str) -> Result<AppHandle, Resp> {
-    node.local(name).ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no app named {name} on node {}", node.name())))
+    node.local(name).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no app named {name} on node {}", node.name()),
+        )
+    })
 }
 
 async fn start_app(node: &Arc<Node>, spec: StartApp) -> Result<AppStatus, Resp> {
-    if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(error(StatusCode::BAD_REQUEST, "app names are letters, digits, `-` and `_`"));
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "app names are letters, digits, `-` and `_`",
+        ));
     }
     if let Some(h) = node.local(&spec.name) {
         if h.spec().generation >= spec.generation {
-            return Err(error(StatusCode::CONFLICT, format!("app {} already runs here (generation {})", spec.name, h.spec().generation)));
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!(
+                    "app {} already runs here (generation {})",
+                    spec.name,
+                    h.spec().generation
+                ),
+            ));
         }
     }
-    node.admit_generation(&spec.name, spec.generation).map_err(|m| error(StatusCode::CONFLICT, m))?;
-    let sha = parse_sha(&spec.module_sha256).ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad module sha256"))?;
-    let module = node.module(&sha).await.map_err(|m| error(StatusCode::CONFLICT, m))?;
+    node.admit_generation(&spec.name, spec.generation)
+        .map_err(|m| error(StatusCode::CONFLICT, m))?;
+    let sha = parse_sha(&spec.module_sha256)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad module sha256"))?;
+    let module = node
+        .module(&sha)
+        .await
+        .map_err(|m| error(StatusCode::CONFLICT, m))?;
     let rt = node.runtime.clone();
     let dir = node.config.data_dir.clone();
     let handle = tokio::task::spawn_blocking(move || AppHandle::spawn(rt, module, spec, dir, None))
@@ -230,9 +374,17 @@ async fn start_app(node: &Arc<Node>, spec: StartApp) -> Result<AppStatus, Resp> 
     Ok(handle.status())
 }
 
-async fn restore_app(node: &Arc<Node>, name: String, generation: u64, restart: String, body: Bytes) -> Result<AppStatus, Resp> {
-    node.admit_generation(&name, generation).map_err(|m| error(StatusCode::CONFLICT, m))?;
-    let snap = Snapshot::from_bytes(body.to_vec()).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+async fn restore_app(
+    node: &Arc<Node>,
+    name: String,
+    generation: u64,
+    restart: String,
+    body: Bytes,
+) -> Result<AppStatus, Resp> {
+    node.admit_generation(&name, generation)
+        .map_err(|m| error(StatusCode::CONFLICT, m))?;
+    let snap = Snapshot::from_bytes(body.to_vec())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let module = match node.module(&snap.body.meta.module_sha256).await {
         Ok(m) => m,
         Err(_) => {
@@ -246,7 +398,10 @@ async fn restore_app(node: &Arc<Node>, name: String, generation: u64, restart: S
                 .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?
         }
     };
-    let _ = std::fs::write(node.module_path(&module.hash_hex()), module.original.as_slice());
+    let _ = std::fs::write(
+        node.module_path(&module.hash_hex()),
+        module.original.as_slice(),
+    );
     let logs = crate::wasi::LogBuffer::new();
     let opts = migrate::restore_options(node, &name, &snap, &logs, true, false);
     let rt = node.runtime.clone();
@@ -255,8 +410,20 @@ async fn restore_app(node: &Arc<Node>, name: String, generation: u64, restart: S
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let spec = StartApp { name: name.clone(), module_sha256: module.hash_hex(), generation, restart, ..Default::default() };
-    let handle = AppHandle::spawn(node.runtime.clone(), module, spec, node.config.data_dir.clone(), Some((inst, logs)));
+    let spec = StartApp {
+        name: name.clone(),
+        module_sha256: module.hash_hex(),
+        generation,
+        restart,
+        ..Default::default()
+    };
+    let handle = AppHandle::spawn(
+        node.runtime.clone(),
+        module,
+        spec,
+        node.config.data_dir.clone(),
+        Some((inst, logs)),
+    );
     node.install(handle.clone());
     Ok(handle.status())
 }
@@ -279,14 +446,30 @@ async fn ingress(node: Arc<Node>, req: Request<Incoming>) -> Resp {
         .headers()
         .iter()
         .filter(|(k, _)| k.as_str() != "authorization")
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = match read_body(req.into_body(), 16 << 20).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let app_req = tern_sdk::Request { method, path: sub, query, headers, body: body.to_vec() };
-    let slot = node.apps.lock().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+    let app_req = tern_sdk::Request {
+        method,
+        path: sub,
+        query,
+        headers,
+        body: body.to_vec(),
+    };
+    let slot = node
+        .apps
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&name)
+        .cloned();
     let resp = match slot {
         Some(Slot::Local(h)) => h.request(app_req).await,
         Some(Slot::Moved { url }) => forward_request(&node, &url, &name, app_req).await,
@@ -299,46 +482,91 @@ async fn ingress(node: Arc<Node>, req: Request<Incoming>) -> Resp {
 }
 
 fn to_http(resp: tern_sdk::Response) -> Resp {
-    let mut b = Response::builder().status(StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY));
+    let mut b = Response::builder()
+        .status(StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY));
     for (k, v) in &resp.headers {
-        if let (Ok(k), Ok(v)) = (hyper::header::HeaderName::from_bytes(k.as_bytes()), hyper::header::HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_str(v),
+        ) {
             b = b.header(k, v);
         }
     }
-    b.body(server::full(resp.body)).unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "app answered an invalid response"))
+    b.body(server::full(resp.body))
+        .unwrap_or_else(|_| error(StatusCode::BAD_GATEWAY, "app answered an invalid response"))
 }
 
 /// Asks the control plane where an app runs.
 async fn resolve(node: &Node, app: &str) -> Option<String> {
-    if let Some(u) = node.routes.lock().unwrap_or_else(|e| e.into_inner()).get(app).cloned() {
+    if let Some(u) = node
+        .routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(app)
+        .cloned()
+    {
         return Some(u);
     }
     let control = node.config.control_url.as_ref()?;
-    let view: tern_api::types::AppView = node.client.get_json(&format!("{control}/v1/apps/{app}")).await.ok()?;
-    let owner: tern_api::types::NodeView = node.client.get_json(&format!("{control}/v1/nodes/{}", view.node?)).await.ok()?;
+    let view: tern_api::types::AppView = node
+        .client
+        .get_json(&format!("{control}/v1/apps/{app}"))
+        .await
+        .ok()?;
+    let owner: tern_api::types::NodeView = node
+        .client
+        .get_json(&format!("{control}/v1/nodes/{}", view.node?))
+        .await
+        .ok()?;
     let url = owner.url;
-    node.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(app.to_string(), url.clone());
+    node.routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(app.to_string(), url.clone());
     Some(url)
 }
 
 /// Sends an app request to another node's ingress.
-pub(crate) async fn forward_request(node: &Node, url: &str, app: &str, req: tern_sdk::Request) -> tern_sdk::Response {
+pub(crate) async fn forward_request(
+    node: &Node,
+    url: &str,
+    app: &str,
+    req: tern_sdk::Request,
+) -> tern_sdk::Response {
     let mut target = format!("{url}/apps/{app}{}", req.path);
     if !req.query.is_empty() {
         target.push('?');
         target.push_str(&req.query);
     }
     let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
-    let ct = req.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()).unwrap_or("application/octet-stream");
-    match node.client.send(method, &target, ct, Bytes::from(req.body)).await {
+    let ct = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("application/octet-stream");
+    match node
+        .client
+        .send(method, &target, ct, Bytes::from(req.body))
+        .await
+    {
         Ok((status, body)) => tern_sdk::Response::bytes(status.as_u16(), body.to_vec()),
         Err(tern_api::client::ClientError::Status { status, message }) => {
-            node.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
+            node.routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(app);
             tern_sdk::Response::text(status, message)
         }
         Err(e) => {
-            node.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
-            tern_sdk::Response::text(502, format!("app {app} is on a node that does not answer: {e}\n"))
+            node.routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(app);
+            tern_sdk::Response::text(
+                502,
+                format!("app {app} is on a node that does not answer: {e}\n"),
+            )
         }
     }
 }

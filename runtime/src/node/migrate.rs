@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tern_api::types::{InvokeRequest, MigrateRequest, MigrationAck, MigrationOpen, MigrationOpened, MigrationReport, Mode, StartApp};
+use tern_api::types::{
+    InvokeRequest, MigrateRequest, MigrationAck, MigrationOpen, MigrationOpened, MigrationReport,
+    Mode, StartApp,
+};
 
 use super::app::{ApiErr, AppHandle, Cmd, FreezeResult, PrecopyFirst};
 use super::{Node, Slot};
@@ -60,7 +63,10 @@ pub(crate) fn encode_commit(chunks: &[PageChunk], state: &Snapshot) -> Vec<u8> {
 /// Reads a stop-and-copy message, checking every part before use.
 pub(crate) fn decode_commit(bytes: &[u8]) -> Result<(Vec<PageChunk>, Snapshot), String> {
     let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
-        let end = at.checked_add(n).filter(|&e| e <= bytes.len()).ok_or("stop-and-copy message is truncated")?;
+        let end = at
+            .checked_add(n)
+            .filter(|&e| e <= bytes.len())
+            .ok_or("stop-and-copy message is truncated")?;
         let s = &bytes[*at..end];
         *at = end;
         Ok(s)
@@ -98,28 +104,58 @@ fn release<T: Send + 'static>(value: T) {
 }
 
 fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Makes sure a node holds a module, uploading it if not.
-pub(crate) async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<u64, ApiErr> {
+pub(crate) async fn ensure_module(
+    node: &Node,
+    url: &str,
+    module: &LoadedModule,
+) -> Result<u64, ApiErr> {
     let sha = module.hash_hex();
     let murl = format!("{url}/v1/modules/{sha}");
-    if node.client.exists(&murl).await.map_err(|e| client_err("target node", e))? {
+    if node
+        .client
+        .exists(&murl)
+        .await
+        .map_err(|e| client_err("target node", e))?
+    {
         return Ok(0);
     }
     let bytes = Bytes::from(module.original.as_ref().clone());
     let n = bytes.len() as u64;
-    node.client.put_bytes(&murl, bytes).await.map_err(|e| client_err("cannot upload the module to the target", e))?;
+    node.client
+        .put_bytes(&murl, bytes)
+        .await
+        .map_err(|e| client_err("cannot upload the module to the target", e))?;
     Ok(n)
 }
 
 /// Moves a local app to another node and reports what it took.
-pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateRequest) -> Result<MigrationReport, ApiErr> {
-    let handle = node.local(&app).ok_or_else(|| err(404, format!("app {app} does not run on node {}", node.name())))?;
+pub(crate) async fn migrate_out(
+    node: Arc<Node>,
+    app: String,
+    req: MigrateRequest,
+) -> Result<MigrationReport, ApiErr> {
+    let handle = node.local(&app).ok_or_else(|| {
+        err(
+            404,
+            format!("app {app} does not run on node {}", node.name()),
+        )
+    })?;
     let spec = handle.spec();
     if req.generation <= spec.generation {
-        return Err(err(409, format!("the new generation {} must be newer than {}", req.generation, spec.generation)));
+        return Err(err(
+            409,
+            format!(
+                "the new generation {} must be newer than {}",
+                req.generation, spec.generation
+            ),
+        ));
     }
     let started_unix_ms = now_unix_ms();
     let t0 = Instant::now();
@@ -137,7 +173,8 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
             Some(cp) => checkpoint = Some(cp),
             None => {
                 mode = Mode::Hot;
-                note = Some("no checkpoint of the app yet: moved hot instead of hybrid".to_string());
+                note =
+                    Some("no checkpoint of the app yet: moved hot instead of hybrid".to_string());
             }
         }
     }
@@ -145,7 +182,10 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
         app: app.clone(),
         from: node.name().to_string(),
         mode,
-        spec: StartApp { generation: req.generation, ..spec.clone() },
+        spec: StartApp {
+            generation: req.generation,
+            ..spec.clone()
+        },
         checkpoint_digest: checkpoint.as_ref().map(|c| c.0.clone()),
         checkpoint_url: req.checkpoint_url.clone(),
     };
@@ -164,8 +204,15 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
         if mode == Mode::Cold {
             let t_pause = Instant::now();
             paused_at = Some(t_pause);
-            let frozen = handle.ask(|tx| Cmd::Freeze { cold: true, reply: tx }).await??;
-            let FreezeResult::Cold(snap) = frozen else { return Err(err(500, "unexpected freeze result")) };
+            let frozen = handle
+                .ask(|tx| Cmd::Freeze {
+                    cold: true,
+                    reply: tx,
+                })
+                .await??;
+            let FreezeResult::Cold(snap) = frozen else {
+                return Err(err(500, "unexpected freeze result"));
+            };
             bytes_sent += snap.as_bytes().len() as u64;
             pages_sent += snap.stored_pages();
             let ack = post_ack(&node, &format!("{session}/cold"), snapshot_body(snap)).await?;
@@ -209,11 +256,22 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
         }
         let t_pause = Instant::now();
         paused_at = Some(t_pause);
-        let frozen = handle.ask(|tx| Cmd::Freeze { cold: false, reply: tx }).await??;
-        let FreezeResult::Final(last) = frozen else { return Err(err(500, "unexpected freeze result")) };
+        let frozen = handle
+            .ask(|tx| Cmd::Freeze {
+                cold: false,
+                reply: tx,
+            })
+            .await??;
+        let FreezeResult::Final(last) = frozen else {
+            return Err(err(500, "unexpected freeze result"));
+        };
         let body = encode_commit(&last.chunks, &last.state);
         bytes_sent += body.len() as u64;
-        pages_sent += last.chunks.iter().map(|c| c.pages.len() as u64).sum::<u64>();
+        pages_sent += last
+            .chunks
+            .iter()
+            .map(|c| c.pages.len() as u64)
+            .sum::<u64>();
         let ack = post_ack(&node, &format!("{session}/commit"), Bytes::from(body)).await?;
         Ok((t_pause, ack))
     }
@@ -225,7 +283,13 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
             // No acknowledgement. If the answer was lost but the target did
             // take over, the app must not resume here too: ask the target.
             if paused_at.is_some() && took_over(&node, &req.to_url, &app, req.generation).await {
-                (paused_at.unwrap_or(t0), MigrationAck { generation: req.generation, resume_ms: 0.0 })
+                (
+                    paused_at.unwrap_or(t0),
+                    MigrationAck {
+                        generation: req.generation,
+                        resume_ms: 0.0,
+                    },
+                )
             } else {
                 // The app goes on here, held calls first.
                 let _ = handle.ask(Cmd::Unfreeze).await;
@@ -237,7 +301,12 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
     let downtime = t_pause.elapsed();
 
     // Handover: route to the target, replay held calls there, then drop.
-    node.apps.lock().unwrap_or_else(|e| e.into_inner()).insert(app.clone(), Slot::Moved { url: req.to_url.clone() });
+    node.apps.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        app.clone(),
+        Slot::Moved {
+            url: req.to_url.clone(),
+        },
+    );
     let held = handle.ask(Cmd::Release).await.unwrap_or_default();
     let requests_held = held.len() as u64;
     for cmd in held {
@@ -267,16 +336,26 @@ pub(crate) async fn migrate_out(node: Arc<Node>, app: String, req: MigrateReques
 /// times, in case the network hiccuped).
 async fn took_over(node: &Node, url: &str, app: &str, generation: u64) -> bool {
     for attempt in 0..3 {
-        match node.client.get_json::<tern_api::types::AppStatus>(&format!("{url}/v1/apps/{app}")).await {
+        match node
+            .client
+            .get_json::<tern_api::types::AppStatus>(&format!("{url}/v1/apps/{app}"))
+            .await
+        {
             Ok(st) => return st.generation == generation,
             Err(e) if e.status().is_some() => return false,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await
+            }
         }
     }
     false
 }
 
-async fn send_chunks(node: &Node, session: &str, chunks: &[PageChunk]) -> Result<(u64, u64), ApiErr> {
+async fn send_chunks(
+    node: &Node,
+    session: &str,
+    chunks: &[PageChunk],
+) -> Result<(u64, u64), ApiErr> {
     let (mut bytes, mut pages) = (0, 0);
     for c in chunks {
         if c.pages.is_empty() && chunks.len() > 1 {
@@ -285,15 +364,27 @@ async fn send_chunks(node: &Node, session: &str, chunks: &[PageChunk]) -> Result
         let body = c.encode();
         bytes += body.len() as u64;
         pages += c.pages.len() as u64;
-        node.client.post_bytes(&format!("{session}/pages"), Bytes::from(body)).await.map_err(|e| client_err("sending pages", e))?;
+        node.client
+            .post_bytes(&format!("{session}/pages"), Bytes::from(body))
+            .await
+            .map_err(|e| client_err("sending pages", e))?;
     }
     Ok((bytes, pages))
 }
 
 /// Sends the last message and reads the acknowledgement.
 async fn post_ack(node: &Node, url: &str, body: Bytes) -> Result<MigrationAck, ApiErr> {
-    let answer = node.client.post_bytes(url, body).await.map_err(|e| client_err("the target did not take over", e))?;
-    serde_json::from_slice(&answer).map_err(|e| err(502, format!("the target's acknowledgement is unreadable: {e}")))
+    let answer = node
+        .client
+        .post_bytes(url, body)
+        .await
+        .map_err(|e| client_err("the target did not take over", e))?;
+    serde_json::from_slice(&answer).map_err(|e| {
+        err(
+            502,
+            format!("the target's acknowledgement is unreadable: {e}"),
+        )
+    })
 }
 
 /// Replays a held call on the node the app moved to, answering its caller.
@@ -302,7 +393,10 @@ pub(crate) async fn forward(node: &Node, url: &str, app: &str, cmd: Cmd) {
         Cmd::Invoke(req, reply) => {
             let r = node
                 .client
-                .post_json::<InvokeRequest, tern_api::types::InvokeResponse>(&format!("{url}/v1/apps/{app}/invoke"), &req)
+                .post_json::<InvokeRequest, tern_api::types::InvokeResponse>(
+                    &format!("{url}/v1/apps/{app}/invoke"),
+                    &req,
+                )
                 .await
                 .map_err(|e| (e.status().unwrap_or(502), e.to_string()));
             let _ = reply.send(r);
@@ -337,11 +431,22 @@ pub(crate) struct TargetSession {
 
 /// Opens a target session: checks fencing and the module, and for hybrid
 /// restores the checkpoint first.
-pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result<MigrationOpened, ApiErr> {
-    node.check_generation(&open.app, open.spec.generation).map_err(|m| err(409, m))?;
+pub(crate) async fn open_session(
+    node: Arc<Node>,
+    open: MigrationOpen,
+) -> Result<MigrationOpened, ApiErr> {
+    node.check_generation(&open.app, open.spec.generation)
+        .map_err(|m| err(409, m))?;
     if let Some(h) = node.local(&open.app) {
         if h.spec().generation >= open.spec.generation {
-            return Err(err(409, format!("app {} already runs here at generation {}", open.app, h.spec().generation)));
+            return Err(err(
+                409,
+                format!(
+                    "app {} already runs here at generation {}",
+                    open.app,
+                    h.spec().generation
+                ),
+            ));
         }
     }
     let sha: [u8; 32] = hex::decode(&open.spec.module_sha256)
@@ -353,26 +458,54 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
     let mut inst = None;
     let logs = crate::wasi::LogBuffer::new();
     if open.mode == Mode::Hybrid {
-        let digest = open.checkpoint_digest.clone().ok_or_else(|| err(400, "hybrid migration without a checkpoint digest"))?;
-        let (snap, n) = node.checkpoint_for(&open.app, &digest, open.checkpoint_url.as_deref()).await?;
+        let digest = open
+            .checkpoint_digest
+            .clone()
+            .ok_or_else(|| err(400, "hybrid migration without a checkpoint digest"))?;
+        let (snap, n) = node
+            .checkpoint_for(&open.app, &digest, open.checkpoint_url.as_deref())
+            .await?;
         fetched = n;
         let rt = node.runtime.clone();
         let m = module.clone();
         let opts = restore_options(&node, &open.app, &snap, &logs, false, true);
-        let restored = tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
-        .await
-        .map_err(|e| err(500, e.to_string()))?
-        .map_err(|e| err(500, format!("cannot restore the checkpoint: {e}")))?;
+        let restored =
+            tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
+                .await
+                .map_err(|e| err(500, e.to_string()))?
+                .map_err(|e| err(500, format!("cannot restore the checkpoint: {e}")))?;
         inst = Some(restored);
     }
-    let id = format!("{}-{}", open.app, node.session_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let session = Arc::new(TargetSession { app: open.app, logs, spec: open.spec, module, inst: Mutex::new(inst) });
-    node.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), session);
-    Ok(MigrationOpened { id, checkpoint_bytes_fetched: fetched })
+    let id = format!(
+        "{}-{}",
+        open.app,
+        node.session_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let session = Arc::new(TargetSession {
+        app: open.app,
+        logs,
+        spec: open.spec,
+        module,
+        inst: Mutex::new(inst),
+    });
+    node.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), session);
+    Ok(MigrationOpened {
+        id,
+        checkpoint_bytes_fetched: fetched,
+    })
 }
 
 fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>, ApiErr> {
-    node.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().ok_or_else(|| err(404, format!("no migration session {id}")))
+    node.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
+        .ok_or_else(|| err(404, format!("no migration session {id}")))
 }
 
 /// The first whole copy (hot).
@@ -381,7 +514,8 @@ pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Re
     let rt = node.runtime.clone();
     let snap = tokio::task::spawn_blocking(move || {
         // `Vec::from` takes the body's buffer over when it can (no copy).
-        let snap = Snapshot::from_bytes(Vec::from(body)).map_err(|e| err(400, format!("first copy rejected: {e}")))?;
+        let snap = Snapshot::from_bytes(Vec::from(body))
+            .map_err(|e| err(400, format!("first copy rejected: {e}")))?;
         let opts = restore_options(&node, &s.app, &snap, &s.logs, false, false);
         let inst = Instance::restore(&rt, &snap, Some(s.module.clone()), opts)
             .map_err(|e| err(400, format!("first copy does not restore: {e}")))?;
@@ -398,10 +532,14 @@ pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Re
 pub(crate) async fn receive_pages(node: Arc<Node>, id: String, body: Bytes) -> Result<(), ApiErr> {
     let s = session(&node, &id)?;
     tokio::task::spawn_blocking(move || {
-        let chunk = PageChunk::decode(&body).map_err(|e| err(400, format!("page chunk rejected: {e}")))?;
+        let chunk =
+            PageChunk::decode(&body).map_err(|e| err(400, format!("page chunk rejected: {e}")))?;
         let mut g = s.inst.lock().unwrap_or_else(|e| e.into_inner());
-        let inst = g.as_mut().ok_or_else(|| err(409, "pages before the first copy"))?;
-        inst.apply_chunk(&chunk).map_err(|e| err(400, e.to_string()))
+        let inst = g
+            .as_mut()
+            .ok_or_else(|| err(409, "pages before the first copy"))?;
+        inst.apply_chunk(&chunk)
+            .map_err(|e| err(400, e.to_string()))
     })
     .await
     .map_err(|e| err(500, e.to_string()))?
@@ -409,7 +547,12 @@ pub(crate) async fn receive_pages(node: Arc<Node>, id: String, body: Bytes) -> R
 
 /// Stop-and-copy (hot, hybrid) or the whole snapshot (cold): put the state
 /// in place, resume the app here, acknowledge.
-pub(crate) async fn receive_final(node: Arc<Node>, id: String, body: Bytes, cold: bool) -> Result<MigrationAck, ApiErr> {
+pub(crate) async fn receive_final(
+    node: Arc<Node>,
+    id: String,
+    body: Bytes,
+    cold: bool,
+) -> Result<MigrationAck, ApiErr> {
     let s = session(&node, &id)?;
     let t0 = Instant::now();
     let rt = node.runtime.clone();
@@ -417,31 +560,53 @@ pub(crate) async fn receive_final(node: Arc<Node>, id: String, body: Bytes, cold
     let node2 = node.clone();
     let (inst, spent) = tokio::task::spawn_blocking(move || {
         if cold {
-            let snap = Snapshot::from_bytes(Vec::from(body)).map_err(|e| err(400, format!("snapshot rejected: {e}")))?;
+            let snap = Snapshot::from_bytes(Vec::from(body))
+                .map_err(|e| err(400, format!("snapshot rejected: {e}")))?;
             let opts = restore_options(&node2, &s2.app, &snap, &s2.logs, true, false);
             let inst = Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
                 .map_err(|e| err(400, format!("snapshot does not restore: {e}")))?;
             return Ok((inst, Some(snap)));
         }
-        let (chunks, state) = decode_commit(&body).map_err(|e| err(400, format!("stop-and-copy rejected: {e}")))?;
-        let mut inst = s2.inst.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| err(409, "commit before the first copy"))?;
+        let (chunks, state) =
+            decode_commit(&body).map_err(|e| err(400, format!("stop-and-copy rejected: {e}")))?;
+        let mut inst = s2
+            .inst
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| err(409, "commit before the first copy"))?;
         for c in &chunks {
             inst.apply_chunk(c).map_err(|e| err(400, e.to_string()))?;
         }
-        inst.apply_state(&state).map_err(|e| err(400, e.to_string()))?;
-        inst.run_restore_hook().map_err(|e| err(500, format!("the app's restore hook failed: {e}")))?;
+        inst.apply_state(&state)
+            .map_err(|e| err(400, e.to_string()))?;
+        inst.run_restore_hook()
+            .map_err(|e| err(500, format!("the app's restore hook failed: {e}")))?;
         Ok((inst, None))
     })
     .await
     .map_err(|e| err(500, e.to_string()))??;
-    node.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-    node.admit_generation(&s.app, s.spec.generation).map_err(|m| err(409, m))?;
-    let handle = AppHandle::spawn(node.runtime.clone(), s.module.clone(), s.spec.clone(), node.config.data_dir.clone(), Some((inst, s.logs.clone())));
+    node.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    node.admit_generation(&s.app, s.spec.generation)
+        .map_err(|m| err(409, m))?;
+    let handle = AppHandle::spawn(
+        node.runtime.clone(),
+        s.module.clone(),
+        s.spec.clone(),
+        node.config.data_dir.clone(),
+        Some((inst, s.logs.clone())),
+    );
     node.install(handle);
     if let Some(snap) = spent {
         release(snap);
     }
-    Ok(MigrationAck { generation: s.spec.generation, resume_ms: t0.elapsed().as_secs_f64() * 1e3 })
+    Ok(MigrationAck {
+        generation: s.spec.generation,
+        resume_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
 }
 
 /// How an app restores on this node: its logs here, its directory here, the

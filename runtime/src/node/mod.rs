@@ -54,7 +54,11 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    pub fn new(name: impl Into<String>, token: impl Into<String>, data_dir: impl Into<PathBuf>) -> NodeConfig {
+    pub fn new(
+        name: impl Into<String>,
+        token: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> NodeConfig {
         NodeConfig {
             name: name.into(),
             control_url: None,
@@ -78,7 +82,9 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) enum Slot {
     Local(AppHandle),
     /// Moved away; requests for it are forwarded there.
-    Moved { url: String },
+    Moved {
+        url: String,
+    },
 }
 
 /// The node's shared state.
@@ -109,11 +115,17 @@ impl Node {
     }
 
     pub(crate) fn module_path(&self, sha: &str) -> PathBuf {
-        self.config.data_dir.join("modules").join(format!("{sha}.wasm"))
+        self.config
+            .data_dir
+            .join("modules")
+            .join(format!("{sha}.wasm"))
     }
 
     pub(crate) fn checkpoint_path(&self, app: &str) -> PathBuf {
-        self.config.data_dir.join("checkpoints").join(format!("{app}.snap"))
+        self.config
+            .data_dir
+            .join("checkpoints")
+            .join(format!("{app}.snap"))
     }
 
     pub(crate) fn info(&self) -> NodeInfo {
@@ -143,7 +155,13 @@ impl Node {
 
     /// Whether a generation would be admitted (without recording it).
     pub(crate) fn check_generation(&self, app: &str, generation: u64) -> Result<(), String> {
-        let seen = self.generations.lock().unwrap_or_else(|e| e.into_inner()).get(app).copied().unwrap_or(0);
+        let seen = self
+            .generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .copied()
+            .unwrap_or(0);
         if generation < seen {
             return Err(format!(
                 "app {app} generation {generation} is older than generation {seen} this node has seen: refusing a stale copy"
@@ -162,7 +180,10 @@ impl Node {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(_) => {
-                let control = self.config.control_url.as_ref().ok_or_else(|| format!("module {hex} is not on this node: upload it first"))?;
+                let control =
+                    self.config.control_url.as_ref().ok_or_else(|| {
+                        format!("module {hex} is not on this node: upload it first")
+                    })?;
                 let b = self
                     .client
                     .send(hyper::Method::GET, &format!("{control}/v1/modules/{hex}"), "application/octet-stream", bytes::Bytes::new())
@@ -171,39 +192,68 @@ impl Node {
                     .1
                     .to_vec();
                 if crate::sha256(&b) != *sha {
-                    return Err(format!("the control plane's copy of module {hex} does not match its hash"));
+                    return Err(format!(
+                        "the control plane's copy of module {hex} does not match its hash"
+                    ));
                 }
                 let _ = std::fs::write(&path, &b);
                 b
             }
         };
         let rt = self.runtime.clone();
-        tokio::task::spawn_blocking(move || rt.load(bytes)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+        tokio::task::spawn_blocking(move || rt.load(bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn latest_checkpoint(&self, app: &str) -> Option<(String, Arc<Snapshot>)> {
-        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).get(app).cloned()
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+            .cloned()
     }
 
     pub(crate) fn forget_checkpoint(&self, app: &str) {
-        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
     }
 
     /// The checkpoint of `app` with this digest: held here, or fetched from `url`.
-    pub(crate) async fn checkpoint_for(&self, app: &str, digest: &str, url: Option<&str>) -> Result<(Arc<Snapshot>, u64), (u16, String)> {
+    pub(crate) async fn checkpoint_for(
+        &self,
+        app: &str,
+        digest: &str,
+        url: Option<&str>,
+    ) -> Result<(Arc<Snapshot>, u64), (u16, String)> {
         if let Some((d, s)) = self.latest_checkpoint(app) {
             if d == digest {
                 return Ok((s, 0));
             }
         }
-        let path = self.config.data_dir.join("checkpoints").join(format!("{app}-{digest}.snap"));
+        let path = self
+            .config
+            .data_dir
+            .join("checkpoints")
+            .join(format!("{app}-{digest}.snap"));
         if let Ok(s) = Snapshot::open(&path, false) {
             return Ok((Arc::new(s), 0));
         }
-        let url = url.ok_or((409, format!("this node does not hold checkpoint {digest} of {app}")))?;
+        let url = url.ok_or((
+            409,
+            format!("this node does not hold checkpoint {digest} of {app}"),
+        ))?;
         let (_, bytes) = self
             .client
-            .send(hyper::Method::GET, url, "application/octet-stream", bytes::Bytes::new())
+            .send(
+                hyper::Method::GET,
+                url,
+                "application/octet-stream",
+                bytes::Bytes::new(),
+            )
             .await
             .map_err(|e| (409, format!("cannot fetch the checkpoint of {app}: {e}")))?;
         if checkpoint_digest(&bytes) != digest {
@@ -211,14 +261,21 @@ impl Node {
         }
         let n = bytes.len() as u64;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| (500, format!("cannot keep the checkpoint: {e}")))?;
-        let s = Snapshot::open(&path, true).map_err(|e| (409, format!("the fetched checkpoint is damaged: {e}")))?;
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| (500, format!("cannot keep the checkpoint: {e}")))?;
+        let s = Snapshot::open(&path, true)
+            .map_err(|e| (409, format!("the fetched checkpoint is damaged: {e}")))?;
         Ok((Arc::new(s), n))
     }
 
     /// Makes an app local (replacing any older copy) and checkpoints it periodically.
     pub(crate) fn install(self: &Arc<Self>, handle: AppHandle) {
-        let old = self.apps.lock().unwrap_or_else(|e| e.into_inner()).insert(handle.name().to_string(), Slot::Local(handle.clone()));
+        let old = self
+            .apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.name().to_string(), Slot::Local(handle.clone()));
         if let Some(Slot::Local(old)) = old {
             old.shutdown();
         }
@@ -237,19 +294,32 @@ impl Node {
 
     /// Takes a checkpoint of a local app now: kept on disk and in memory,
     /// and sent to the control plane (restarts elsewhere come from it).
-    pub(crate) async fn checkpoint(&self, handle: &AppHandle) -> Result<(String, u64), (u16, String)> {
+    pub(crate) async fn checkpoint(
+        &self,
+        handle: &AppHandle,
+    ) -> Result<(String, u64), (u16, String)> {
         let snap = handle.ask(app::Cmd::Snapshot).await??;
         let digest = checkpoint_digest(snap.as_bytes());
         let app = handle.name().to_string();
         let path = self.checkpoint_path(&app);
-        snap.write_file(&path).map_err(|e| (500, format!("cannot write checkpoint: {e}")))?;
+        snap.write_file(&path)
+            .map_err(|e| (500, format!("cannot write checkpoint: {e}")))?;
         let snap = Arc::new(snap);
-        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).insert(app.clone(), (digest.clone(), snap.clone()));
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app.clone(), (digest.clone(), snap.clone()));
         let generation = handle.spec().generation;
         if let Some(control) = &self.config.control_url {
             let url = format!("{control}/v1/checkpoints/{app}?generation={generation}");
-            if let Err(e) = self.client.put_bytes(&url, bytes::Bytes::from(snap.as_bytes().to_vec())).await {
-                handle.logs().line(&format!("WARN tern: checkpoint not sent to the control plane: {e}"));
+            if let Err(e) = self
+                .client
+                .put_bytes(&url, bytes::Bytes::from(snap.as_bytes().to_vec()))
+                .await
+            {
+                handle.logs().line(&format!(
+                    "WARN tern: checkpoint not sent to the control plane: {e}"
+                ));
             }
         }
         Ok((digest, snap.as_bytes().len() as u64))
@@ -276,7 +346,14 @@ impl Node {
         let apps: Vec<_> = handles.iter().map(|h| h.status()).collect();
         let memory: u64 = apps.iter().map(|a| a.memory_bytes).sum();
         let cpu: u64 = handles.iter().map(|h| h.cpu_milli_recent()).sum();
-        Heartbeat { name: self.config.name.clone(), usage: Resources { cpu_milli: cpu, memory_bytes: memory }, apps }
+        Heartbeat {
+            name: self.config.name.clone(),
+            usage: Resources {
+                cpu_milli: cpu,
+                memory_bytes: memory,
+            },
+            apps,
+        }
     }
 }
 
@@ -294,17 +371,30 @@ fn persist_generations(dir: &std::path::Path, g: &HashMap<String, u64>) {
 }
 
 fn machine_capacity() -> Resources {
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(1 << 30);
-    Resources { cpu_milli: cores * 1000, memory_bytes: mem }
+    Resources {
+        cpu_milli: cores * 1000,
+        memory_bytes: mem,
+    }
 }
 
 /// Runs a node on an already-bound listener until `shutdown` resolves.
-pub async fn run(listener: tokio::net::TcpListener, config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let node = start(&listener, config)?;
     serve(node, listener, shutdown).await
 }
@@ -312,10 +402,13 @@ pub async fn run(listener: tokio::net::TcpListener, config: NodeConfig, shutdown
 /// Prepares a node (directories, runtime) for a listener.
 pub fn start(listener: &tokio::net::TcpListener, config: NodeConfig) -> anyhow::Result<Arc<Node>> {
     for sub in ["modules", "checkpoints", "apps"] {
-        std::fs::create_dir_all(config.data_dir.join(sub))
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.data_dir.join(sub).display()))?;
+        std::fs::create_dir_all(config.data_dir.join(sub)).map_err(|e| {
+            anyhow::anyhow!("cannot create {}: {e}", config.data_dir.join(sub).display())
+        })?;
     }
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: Some(config.data_dir.join("cache")) })?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(config.data_dir.join("cache")),
+    })?;
     let addr = listener.local_addr()?;
     let generations: HashMap<String, u64> = std::fs::read(generations_path(&config.data_dir))
         .ok()
@@ -338,7 +431,11 @@ pub fn start(listener: &tokio::net::TcpListener, config: NodeConfig) -> anyhow::
 }
 
 /// Serves a prepared node, registers and reports to the control plane.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let reporter = tokio::spawn(report_loop(node.clone()));
     let handler_node = node.clone();
     let handler: tern_api::server::Handler = Arc::new(move |req| {
@@ -367,16 +464,26 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, shutdown:
 /// Registers with the control plane, then sends heartbeats; re-registers
 /// when the control plane forgets the node (it restarted).
 async fn report_loop(node: Arc<Node>) {
-    let Some(control) = node.config.control_url.clone() else { return };
+    let Some(control) = node.config.control_url.clone() else {
+        return;
+    };
     let mut registered = false;
     loop {
         if !registered {
-            registered = node.client.post_json::<_, serde_json::Value>(&format!("{control}/v1/nodes"), &node.info()).await.is_ok();
+            registered = node
+                .client
+                .post_json::<_, serde_json::Value>(&format!("{control}/v1/nodes"), &node.info())
+                .await
+                .is_ok();
         }
         if registered {
             let hb = node.heartbeat();
             let url = format!("{control}/v1/nodes/{}/heartbeat", node.config.name);
-            if let Err(e) = node.client.post_json::<_, serde_json::Value>(&url, &hb).await {
+            if let Err(e) = node
+                .client
+                .post_json::<_, serde_json::Value>(&url, &hb)
+                .await
+            {
                 if e.status() == Some(404) {
                     registered = false;
                 }

@@ -46,14 +46,19 @@ impl PageChunk {
 
     pub fn decode(bytes: &[u8]) -> Result<PageChunk, SnapshotError> {
         if bytes.len() < CHUNK_HEADER + 8 {
-            return Err(SnapshotError::Truncated { expected: (CHUNK_HEADER + 8) as u64, found: bytes.len() as u64 });
+            return Err(SnapshotError::Truncated {
+                expected: (CHUNK_HEADER + 8) as u64,
+                found: bytes.len() as u64,
+            });
         }
         if &bytes[..8] != CHUNK_MAGIC {
             return Err(SnapshotError::corrupt("not a page chunk"));
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
         if version != CHUNK_VERSION {
-            return Err(SnapshotError::corrupt(format!("page chunk version {version}, expected {CHUNK_VERSION}")));
+            return Err(SnapshotError::corrupt(format!(
+                "page chunk version {version}, expected {CHUNK_VERSION}"
+            )));
         }
         let memory = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
         let byte_size = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
@@ -61,7 +66,10 @@ impl PageChunk {
         let expected = CHUNK_HEADER as u64 + count as u64 * (8 + PAGE_SIZE as u64) + 8;
         if bytes.len() as u64 != expected {
             return Err(if (bytes.len() as u64) < expected {
-                SnapshotError::Truncated { expected, found: bytes.len() as u64 }
+                SnapshotError::Truncated {
+                    expected,
+                    found: bytes.len() as u64,
+                }
             } else {
                 SnapshotError::corrupt("page chunk has trailing bytes")
             });
@@ -72,12 +80,22 @@ impl PageChunk {
             return Err(SnapshotError::Checksum { what: "page chunk" });
         }
         let idx_end = CHUNK_HEADER + count * 8;
-        let pages: Vec<u64> = bytes[CHUNK_HEADER..idx_end].chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let pages: Vec<u64> = bytes[CHUNK_HEADER..idx_end]
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         let max_page = byte_size / PAGE_SIZE as u64;
         if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p >= max_page) {
-            return Err(SnapshotError::corrupt("page chunk indices are unsorted or outside the memory"));
+            return Err(SnapshotError::corrupt(
+                "page chunk indices are unsorted or outside the memory",
+            ));
         }
-        Ok(PageChunk { memory, byte_size, pages, data: bytes[idx_end..body_end].to_vec() })
+        Ok(PageChunk {
+            memory,
+            byte_size,
+            pages,
+            data: bytes[idx_end..body_end].to_vec(),
+        })
     }
 
     /// Bytes this chunk takes on the wire.
@@ -92,7 +110,12 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
-        let chunk = PageChunk { memory: 0, byte_size: 16 * 4096, pages: vec![1, 5, 9], data: (0..3 * 4096).map(|i| i as u8).collect() };
+        let chunk = PageChunk {
+            memory: 0,
+            byte_size: 16 * 4096,
+            pages: vec![1, 5, 9],
+            data: (0..3 * 4096).map(|i| i as u8).collect(),
+        };
         let bytes = chunk.encode();
         assert_eq!(bytes.len() as u64, chunk.wire_len());
         assert_eq!(PageChunk::decode(&bytes).unwrap(), chunk);
@@ -101,6 +124,9 @@ mod tests {
             bad[pos] ^= 0x40;
             assert!(PageChunk::decode(&bad).is_err(), "flip at {pos} not caught");
         }
-        assert!(matches!(PageChunk::decode(&bytes[..bytes.len() - 1]), Err(SnapshotError::Truncated { .. })));
+        assert!(matches!(
+            PageChunk::decode(&bytes[..bytes.len() - 1]),
+            Err(SnapshotError::Truncated { .. })
+        ));
     }
 }

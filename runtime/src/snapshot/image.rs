@@ -42,7 +42,9 @@ pub(crate) fn is_zero_page(page: &[u8]) -> bool {
     }
     // SAFETY: u128 has no invalid bit patterns.
     let (pre, mid, post) = unsafe { page.align_to::<u128>() };
-    pre.iter().all(|&b| b == 0) && post.iter().all(|&b| b == 0) && mid.iter().fold(0u128, |a, &x| a | x) == 0
+    pre.iter().all(|&b| b == 0)
+        && post.iter().all(|&b| b == 0)
+        && mid.iter().fold(0u128, |a, &x| a | x) == 0
 }
 
 /// Finds the runs of pages to store: (first page, end page).
@@ -70,11 +72,31 @@ fn find_spans(mem: &[u8], resident: Option<&[u8]>) -> Vec<(u64, u64)> {
 /// Captures one memory. `resident`, when given, has one byte per page (bit 0
 /// set = the page was ever touched, as `mincore` reports for anonymous
 /// memory); pages not resident are zero and are not even read.
-pub fn capture_memory(index: u32, mem: &[u8], resident: Option<&[u8]>, compress: bool) -> MemoryCapture {
-    assert!(mem.len().is_multiple_of(PAGE_SIZE), "memory size must be a multiple of 4 KiB");
+pub fn capture_memory(
+    index: u32,
+    mem: &[u8],
+    resident: Option<&[u8]>,
+    compress: bool,
+) -> MemoryCapture {
+    assert!(
+        mem.len().is_multiple_of(PAGE_SIZE),
+        "memory size must be a multiple of 4 KiB"
+    );
     let spans = find_spans(mem, resident);
-    let (image, page_hashes, runs) = if compress { store_compressed(mem, &spans) } else { store_raw(mem, &spans) };
-    MemoryCapture { state: MemoryState { index, byte_size: mem.len() as u64, runs, page_hashes }, image }
+    let (image, page_hashes, runs) = if compress {
+        store_compressed(mem, &spans)
+    } else {
+        store_raw(mem, &spans)
+    };
+    MemoryCapture {
+        state: MemoryState {
+            index,
+            byte_size: mem.len() as u64,
+            runs,
+            page_hashes,
+        },
+        image,
+    }
 }
 
 /// Raw runs only: the image is the runs' pages back to back (a raw run is a
@@ -86,7 +108,13 @@ fn store_raw(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec<Run>) 
     let mut offset = 0u64;
     for &(first, end) in spans {
         let len = (end - first) * PAGE_SIZE as u64;
-        runs.push(Run { first_page: first, pages: end - first, encoding: Encoding::Raw, image_offset: offset, stored_len: len });
+        runs.push(Run {
+            first_page: first,
+            pages: end - first,
+            encoding: Encoding::Raw,
+            image_offset: offset,
+            stored_len: len,
+        });
         offset += len;
     }
     let mut image: Vec<u8> = Vec::with_capacity(total);
@@ -94,7 +122,12 @@ fn store_raw(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec<Run>) 
         advise_huge_pages(image.as_mut_ptr(), total);
     }
     let mut page_hashes = vec![0u64; stored];
-    copy_pages(mem, spans, &mut image.spare_capacity_mut()[..total], &mut page_hashes);
+    copy_pages(
+        mem,
+        spans,
+        &mut image.spare_capacity_mut()[..total],
+        &mut page_hashes,
+    );
     // SAFETY: `copy_pages` wrote every one of the `total` bytes: the spans
     // hold exactly `stored` pages and it copied each of them.
     unsafe { image.set_len(total) };
@@ -114,7 +147,13 @@ fn copy_pages(mem: &[u8], spans: &[(u64, u64)], dst: &mut [MaybeUninit<u8>], has
             // SAFETY: `out` and `src` are both `n` pages long (the slicing
             // above checked it) and cannot overlap: `out` is spare capacity
             // of a buffer the caller owns.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out.as_mut_ptr().cast::<u8>(), src.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr(),
+                    out.as_mut_ptr().cast::<u8>(),
+                    src.len(),
+                )
+            };
             // Hash the source pages while they are still in cache.
             for (h, page) in hashes[k..k + n].iter_mut().zip(src.chunks_exact(PAGE_SIZE)) {
                 *h = xxh3_64(page);
@@ -123,7 +162,11 @@ fn copy_pages(mem: &[u8], spans: &[(u64, u64)], dst: &mut [MaybeUninit<u8>], has
             p += n;
         }
     }
-    assert_eq!(k * PAGE_SIZE, dst.len(), "every byte of the image is written");
+    assert_eq!(
+        k * PAGE_SIZE,
+        dst.len(),
+        "every byte of the image is written"
+    );
 }
 
 /// Stores each run LZ4-compressed where that saves a quarter, raw otherwise
@@ -148,7 +191,13 @@ fn store_compressed(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec
         // Keep every run 4096-aligned in the image.
         let pad = (PAGE_SIZE - image.len() % PAGE_SIZE) % PAGE_SIZE;
         image.resize(image.len() + pad, 0);
-        runs.push(Run { first_page: first, pages: end - first, encoding, image_offset, stored_len });
+        runs.push(Run {
+            first_page: first,
+            pages: end - first,
+            encoding,
+            image_offset,
+            stored_len,
+        });
     }
     (image, page_hashes, runs)
 }
@@ -179,7 +228,11 @@ mod tests {
 
     /// The capture as first written (one run at a time, hash then copy): the
     /// fast path must produce exactly the same image, runs and hashes.
-    fn reference(mem: &[u8], resident: Option<&[u8]>, compress: bool) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
+    fn reference(
+        mem: &[u8],
+        resident: Option<&[u8]>,
+        compress: bool,
+    ) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
         let spans = find_spans(mem, resident);
         let mut image = Vec::new();
         let mut page_hashes = Vec::new();
@@ -203,7 +256,13 @@ mod tests {
             };
             let pad = (PAGE_SIZE - image.len() % PAGE_SIZE) % PAGE_SIZE;
             image.resize(image.len() + pad, 0);
-            runs.push(Run { first_page: first, pages: end - first, encoding, image_offset, stored_len });
+            runs.push(Run {
+                first_page: first,
+                pages: end - first,
+                encoding,
+                image_offset,
+                stored_len,
+            });
         }
         (image, page_hashes, runs)
     }
@@ -226,7 +285,9 @@ mod tests {
                 0..=2 => {} // zero
                 3 => page[(xorshift(&mut x) % PAGE_SIZE as u64) as usize] = 1,
                 4 => page.fill(0x5a),
-                _ => page.chunks_exact_mut(8).for_each(|w| w.copy_from_slice(&xorshift(&mut x).to_le_bytes())),
+                _ => page
+                    .chunks_exact_mut(8)
+                    .for_each(|w| w.copy_from_slice(&xorshift(&mut x).to_le_bytes())),
             }
         }
         // A long dense stretch too, so runs of many chunks are exercised.

@@ -276,15 +276,30 @@ impl Snapshot {
             tables: parts.tables,
             memories,
             module: parts.module,
-            files: parts.files.into_iter().map(|(p, b)| (p, serde_bytes::ByteBuf::from(b))).collect(),
+            files: parts
+                .files
+                .into_iter()
+                .map(|(p, b)| (p, serde_bytes::ByteBuf::from(b)))
+                .collect(),
             image_hash,
         };
         let body_offset = out.len() as u64;
-        let body_bytes = postcard::to_stdvec(&body).expect("postcard encoding into a Vec cannot fail");
+        let body_bytes =
+            postcard::to_stdvec(&body).expect("postcard encoding into a Vec cannot fail");
         out.extend_from_slice(&body_bytes);
         let image_len = image_end as u64 - IMAGE_OFFSET;
-        write_header(&mut out[..HEADER_LEN], image_len, body_offset, body_bytes.len() as u64, &body_bytes);
-        Snapshot { body, backing: Backing::Bytes(Arc::new(out)), image_len }
+        write_header(
+            &mut out[..HEADER_LEN],
+            image_len,
+            body_offset,
+            body_bytes.len() as u64,
+            &body_bytes,
+        );
+        Snapshot {
+            body,
+            backing: Backing::Bytes(Arc::new(out)),
+            image_len,
+        }
     }
 
     /// Reads a snapshot from bytes, checking header, size and checksums.
@@ -308,20 +323,32 @@ impl Snapshot {
         if bytes.len() < 8 || &bytes[..8] != MAGIC {
             // A file shorter than the magic that starts like one is truncated.
             if !bytes.is_empty() && bytes.len() < 8 && MAGIC.starts_with(bytes) {
-                return Err(SnapshotError::Truncated { expected: HEADER_LEN as u64, found });
+                return Err(SnapshotError::Truncated {
+                    expected: HEADER_LEN as u64,
+                    found,
+                });
             }
             return Err(SnapshotError::BadMagic);
         }
         if bytes.len() < HEADER_LEN {
-            return Err(SnapshotError::Truncated { expected: HEADER_LEN as u64, found });
+            return Err(SnapshotError::Truncated {
+                expected: HEADER_LEN as u64,
+                found,
+            });
         }
         let h = &bytes[..HEADER_LEN];
         let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
         if version > FORMAT_VERSION {
-            return Err(SnapshotError::NewerVersion { found: version, supported: FORMAT_VERSION });
+            return Err(SnapshotError::NewerVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         if version < FORMAT_VERSION {
-            return Err(SnapshotError::OlderVersion { found: version, supported: FORMAT_VERSION });
+            return Err(SnapshotError::OlderVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let flags = u32::from_le_bytes(h[12..16].try_into().unwrap());
         let image_offset = u64::from_le_bytes(h[16..24].try_into().unwrap());
@@ -330,19 +357,27 @@ impl Snapshot {
         let body_len = u64::from_le_bytes(h[40..48].try_into().unwrap());
         let checksum = u128::from_le_bytes(h[48..64].try_into().unwrap());
         if flags != 0 {
-            return Err(SnapshotError::corrupt(format!("unknown header flags {flags:#x}")));
+            return Err(SnapshotError::corrupt(format!(
+                "unknown header flags {flags:#x}"
+            )));
         }
         if image_offset != IMAGE_OFFSET {
-            return Err(SnapshotError::corrupt(format!("image offset {image_offset}, expected {IMAGE_OFFSET}")));
+            return Err(SnapshotError::corrupt(format!(
+                "image offset {image_offset}, expected {IMAGE_OFFSET}"
+            )));
         }
         if body_len > MAX_BODY_LEN {
-            return Err(SnapshotError::corrupt(format!("body length {body_len} is implausible")));
+            return Err(SnapshotError::corrupt(format!(
+                "body length {body_len} is implausible"
+            )));
         }
         let image_end = IMAGE_OFFSET
             .checked_add(image_len)
             .ok_or_else(|| SnapshotError::corrupt("image length overflows"))?;
         if body_offset != image_end {
-            return Err(SnapshotError::corrupt(format!("body at {body_offset}, expected right after the image at {image_end}")));
+            return Err(SnapshotError::corrupt(format!(
+                "body at {body_offset}, expected right after the image at {image_end}"
+            )));
         }
         let expected = body_offset
             .checked_add(body_len)
@@ -351,26 +386,39 @@ impl Snapshot {
             return Err(SnapshotError::Truncated { expected, found });
         }
         if found > expected {
-            return Err(SnapshotError::corrupt(format!("{} unexpected bytes after the end of the snapshot", found - expected)));
+            return Err(SnapshotError::corrupt(format!(
+                "{} unexpected bytes after the end of the snapshot",
+                found - expected
+            )));
         }
         let body_bytes = &bytes[body_offset as usize..expected as usize];
         if header_checksum(&h[..48], body_bytes) != checksum {
-            return Err(SnapshotError::Checksum { what: "header and body" });
+            return Err(SnapshotError::Checksum {
+                what: "header and body",
+            });
         }
         let body: Body = postcard::from_bytes(body_bytes)
             .map_err(|e| SnapshotError::corrupt(format!("body does not decode: {e}")))?;
         let image = &bytes[IMAGE_OFFSET as usize..image_end as usize];
         validate_body(&body, image_len)?;
         if verify_image && xxh3_128(image) != body.image_hash {
-            return Err(SnapshotError::Checksum { what: "memory image" });
+            return Err(SnapshotError::Checksum {
+                what: "memory image",
+            });
         }
         if let Some(module) = &body.module {
             let hash = crate::sha256(module);
             if hash != body.meta.module_sha256 {
-                return Err(SnapshotError::corrupt("the embedded module does not match the module hash"));
+                return Err(SnapshotError::corrupt(
+                    "the embedded module does not match the module hash",
+                ));
             }
         }
-        Ok(Snapshot { body, backing, image_len })
+        Ok(Snapshot {
+            body,
+            backing,
+            image_len,
+        })
     }
 
     /// The encoded bytes of the whole file.
@@ -380,10 +428,15 @@ impl Snapshot {
 
     /// Writes the snapshot to a file (atomically: a temporary file renamed).
     pub fn write_file(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("snapshot"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("snapshot"),
             std::process::id()
         ));
         {
@@ -413,10 +466,17 @@ impl Snapshot {
             Encoding::Lz4 => {
                 let len = (run.pages * PAGE_SIZE as u64) as usize;
                 let mut out = vec![0u8; len];
-                let n = lz4_flex::block::decompress_into(stored, &mut out)
-                    .map_err(|e| SnapshotError::corrupt(format!("compressed run at page {} does not decode: {e}", run.first_page)))?;
+                let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| {
+                    SnapshotError::corrupt(format!(
+                        "compressed run at page {} does not decode: {e}",
+                        run.first_page
+                    ))
+                })?;
                 if n != len {
-                    return Err(SnapshotError::corrupt(format!("compressed run at page {} has {n} bytes, expected {len}", run.first_page)));
+                    return Err(SnapshotError::corrupt(format!(
+                        "compressed run at page {} has {n} bytes, expected {len}",
+                        run.first_page
+                    )));
                 }
                 Ok(std::borrow::Cow::Owned(out))
             }
@@ -433,13 +493,20 @@ impl Snapshot {
 
     /// Total number of stored 4 KiB pages over all memories.
     pub fn stored_pages(&self) -> u64 {
-        self.body.memories.iter().flat_map(|m| &m.runs).map(|r| r.pages).sum()
+        self.body
+            .memories
+            .iter()
+            .flat_map(|m| &m.runs)
+            .map(|r| r.pages)
+            .sum()
     }
 
     /// Checks the image hash and every page hash against the stored bytes.
     pub fn verify_image(&self) -> Result<(), SnapshotError> {
         if xxh3_128(self.image()) != self.body.image_hash {
-            return Err(SnapshotError::Checksum { what: "memory image" });
+            return Err(SnapshotError::Checksum {
+                what: "memory image",
+            });
         }
         for mem in &self.body.memories {
             let mut hashes = mem.page_hashes.iter();
@@ -447,7 +514,9 @@ impl Snapshot {
                 let data = self.run_data(run)?;
                 for page in data.chunks(PAGE_SIZE) {
                     if hashes.next() != Some(&xxh3_64(page)) {
-                        return Err(SnapshotError::Checksum { what: "memory page" });
+                        return Err(SnapshotError::Checksum {
+                            what: "memory page",
+                        });
                     }
                 }
             }
@@ -480,13 +549,19 @@ fn header_checksum(header48: &[u8], body: &[u8]) -> u128 {
 fn validate_body(body: &Body, image_len: u64) -> Result<(), SnapshotError> {
     for mem in &body.memories {
         if mem.byte_size % (64 * 1024) != 0 {
-            return Err(SnapshotError::corrupt(format!("memory {} size {} is not a whole number of Wasm pages", mem.index, mem.byte_size)));
+            return Err(SnapshotError::corrupt(format!(
+                "memory {} size {} is not a whole number of Wasm pages",
+                mem.index, mem.byte_size
+            )));
         }
         let mem_pages = mem.byte_size / PAGE_SIZE as u64;
         let mut next_free = 0u64;
         let mut total = 0u64;
         for run in &mem.runs {
-            let end = run.first_page.checked_add(run.pages).ok_or_else(|| SnapshotError::corrupt("run length overflows"))?;
+            let end = run
+                .first_page
+                .checked_add(run.pages)
+                .ok_or_else(|| SnapshotError::corrupt("run length overflows"))?;
             if run.pages == 0 || run.first_page < next_free || end > mem_pages {
                 return Err(SnapshotError::corrupt(format!(
                     "memory {} run at page {} (+{}) overlaps another or lies outside the memory ({} pages)",
@@ -494,23 +569,43 @@ fn validate_body(body: &Body, image_len: u64) -> Result<(), SnapshotError> {
                 )));
             }
             next_free = end;
-            let stored_end = run.image_offset.checked_add(run.stored_len).ok_or_else(|| SnapshotError::corrupt("run offset overflows"))?;
+            let stored_end = run
+                .image_offset
+                .checked_add(run.stored_len)
+                .ok_or_else(|| SnapshotError::corrupt("run offset overflows"))?;
             if stored_end > image_len {
-                return Err(SnapshotError::corrupt(format!("memory {} run at page {} lies outside the image", mem.index, run.first_page)));
+                return Err(SnapshotError::corrupt(format!(
+                    "memory {} run at page {} lies outside the image",
+                    mem.index, run.first_page
+                )));
             }
-            if run.encoding == Encoding::Raw && (run.stored_len != run.pages * PAGE_SIZE as u64 || run.image_offset % PAGE_SIZE as u64 != 0) {
-                return Err(SnapshotError::corrupt(format!("memory {} raw run at page {} has a wrong length or alignment", mem.index, run.first_page)));
+            if run.encoding == Encoding::Raw
+                && (run.stored_len != run.pages * PAGE_SIZE as u64
+                    || run.image_offset % PAGE_SIZE as u64 != 0)
+            {
+                return Err(SnapshotError::corrupt(format!(
+                    "memory {} raw run at page {} has a wrong length or alignment",
+                    mem.index, run.first_page
+                )));
             }
             total += run.pages;
         }
         if total != mem.page_hashes.len() as u64 {
-            return Err(SnapshotError::corrupt(format!("memory {} has {} page hashes for {} stored pages", mem.index, mem.page_hashes.len(), total)));
+            return Err(SnapshotError::corrupt(format!(
+                "memory {} has {} page hashes for {} stored pages",
+                mem.index,
+                mem.page_hashes.len(),
+                total
+            )));
         }
     }
     for t in &body.tables {
         for (start, elems) in &t.runs {
             if (*start as u64 + elems.len() as u64) > t.size as u64 {
-                return Err(SnapshotError::corrupt(format!("table {} elements lie outside its size {}", t.index, t.size)));
+                return Err(SnapshotError::corrupt(format!(
+                    "table {} elements lie outside its size {}",
+                    t.index, t.size
+                )));
             }
         }
     }
@@ -533,15 +628,32 @@ impl MappedFile {
         let file = std::fs::File::open(path)?;
         let len = file.metadata()?.len() as usize;
         if len == 0 {
-            return Ok(MappedFile { ptr: std::ptr::null_mut(), len: 0, file });
+            return Ok(MappedFile {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+                file,
+            });
         }
         use std::os::fd::AsRawFd;
         // SAFETY: a fresh read-only private mapping of a file we hold open.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(MappedFile { ptr: ptr.cast(), len, file })
+        Ok(MappedFile {
+            ptr: ptr.cast(),
+            len,
+            file,
+        })
     }
 
     pub fn as_slice(&self) -> &[u8] {

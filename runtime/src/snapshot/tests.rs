@@ -15,11 +15,25 @@ fn memory_with(pages: usize, writes: &[(usize, u8)]) -> Vec<u8> {
 
 fn parts(mem: &[u8], compress: bool, globals: Vec<GlobalState>) -> SnapshotParts {
     SnapshotParts {
-        meta: Meta { module_sha256: crate::sha256(b"module"), tern_version: "test".into(), ..Default::default() },
+        meta: Meta {
+            module_sha256: crate::sha256(b"module"),
+            tern_version: "test".into(),
+            ..Default::default()
+        },
         limits: LimitsState::default(),
-        wasi: WasiState { args: vec!["app".into()], env: vec![("K".into(), "V".into())], preopens: vec![], monotonic_ns: 42, random_seed: None },
+        wasi: WasiState {
+            args: vec!["app".into()],
+            env: vec![("K".into(), "V".into())],
+            preopens: vec![],
+            monotonic_ns: 42,
+            random_seed: None,
+        },
         globals,
-        tables: vec![TableState { index: 0, size: 4, runs: vec![(1, vec![Some(3), Some(5)])] }],
+        tables: vec![TableState {
+            index: 0,
+            size: 4,
+            runs: vec![(1, vec![Some(3), Some(5)])],
+        }],
         memories: vec![capture_memory(0, mem, None, compress)],
         module: Some(b"module".to_vec()),
         files: vec![],
@@ -125,7 +139,10 @@ fn small_gaps_are_coalesced_into_one_run() {
     }
     let cap = capture_memory(0, &mem, None, false);
     assert_eq!(cap.state.runs.len(), 1);
-    assert_eq!((cap.state.runs[0].first_page, cap.state.runs[0].pages), (10, 6));
+    assert_eq!(
+        (cap.state.runs[0].first_page, cap.state.runs[0].pages),
+        (10, 6)
+    );
 }
 
 #[test]
@@ -134,16 +151,32 @@ fn versions_and_magic_are_checked_first() {
     let mut newer = snap.as_bytes().to_vec();
     newer[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     let e = Snapshot::from_bytes(newer).unwrap_err();
-    assert!(matches!(e, SnapshotError::NewerVersion { found: 2, supported: 1 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SnapshotError::NewerVersion {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("upgrade tern"), "{e}");
 
     let mut older = snap.as_bytes().to_vec();
     older[8..12].copy_from_slice(&0u32.to_le_bytes());
-    assert!(matches!(Snapshot::from_bytes(older).unwrap_err(), SnapshotError::OlderVersion { .. }));
+    assert!(matches!(
+        Snapshot::from_bytes(older).unwrap_err(),
+        SnapshotError::OlderVersion { .. }
+    ));
 
-    let e = Snapshot::from_bytes(b"\0asm\x01\0\0\0 not a snapshot at all, a module".to_vec()).unwrap_err();
+    let e = Snapshot::from_bytes(b"\0asm\x01\0\0\0 not a snapshot at all, a module".to_vec())
+        .unwrap_err();
     assert!(matches!(e, SnapshotError::BadMagic), "{e}");
-    assert!(matches!(Snapshot::from_bytes(vec![]).unwrap_err(), SnapshotError::BadMagic));
+    assert!(matches!(
+        Snapshot::from_bytes(vec![]).unwrap_err(),
+        SnapshotError::BadMagic
+    ));
 }
 
 #[test]
@@ -152,7 +185,15 @@ fn image_damage_is_caught_by_the_image_checksum() {
     let mut bytes = snap.as_bytes().to_vec();
     bytes[IMAGE_OFFSET as usize + PAGE_SIZE / 2] ^= 0xff;
     let e = Snapshot::from_bytes(bytes).unwrap_err();
-    assert!(matches!(e, SnapshotError::Checksum { what: "memory image" }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SnapshotError::Checksum {
+                what: "memory image"
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
