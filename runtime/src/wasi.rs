@@ -125,18 +125,6 @@ impl LogBuffer {
         self.write(&bytes);
     }
 
-    /// Lines with sequence number `>= from`: (next sequence number, lines).
-    pub fn since(&self, from: u64) -> (u64, Vec<String>) {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let lines = g
-            .lines
-            .iter()
-            .filter(|(s, _)| *s >= from)
-            .map(|(_, l)| l.clone())
-            .collect();
-        (g.next_seq, lines)
-    }
-
     /// Waits up to `timeout` for a line with sequence number `>= from`.
     pub fn wait_since(&self, from: u64, timeout: std::time::Duration) -> (u64, Vec<String>) {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());

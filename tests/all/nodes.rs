@@ -128,9 +128,11 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
     let writers = 3;
     let per_writer = 150;
     let entry = nodes[0].url.clone();
+    let done = Arc::new(tokio::sync::watch::channel(0u64).0);
     let mut tasks = Vec::new();
     for _ in 0..writers {
         let entry = entry.clone();
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
             let c = client();
             let mut totals = Vec::new();
@@ -152,6 +154,7 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
                         .parse::<i64>()
                         .unwrap(),
                 );
+                done.send_modify(|n| *n += 1);
             }
             totals
         }));
@@ -166,8 +169,18 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
         (1, 2, Mode::Hot),
     ];
     let mut reports = Vec::new();
+    let mut progress = done.subscribe();
     for (gen, (from, to, mode)) in plan.into_iter().enumerate() {
-        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        // Let the writers make progress between two moves (all of them
+        // writing while each move runs), without a blind sleep.
+        let want = ((gen as u64 + 1) * 40).min((writers * per_writer) as u64);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            progress.wait_for(|&n| n >= want),
+        )
+        .await
+        .expect("writers make progress")
+        .expect("writers alive");
         if mode == Mode::Hybrid {
             let _: serde_json::Value = c
                 .post_json(
@@ -246,5 +259,4 @@ async fn the_api_requires_the_token() {
         .await
         .unwrap();
     assert_eq!(ok["name"], "t1");
-    let _ = Arc::new(());
 }

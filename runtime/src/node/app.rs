@@ -288,6 +288,14 @@ impl Actor {
         }
     }
 
+    fn state(&self) -> AppState {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+    }
+
     fn refresh_status(&mut self) {
         let mem = self.inst.as_mut().map(|i| i.memory_bytes()).unwrap_or(0);
         let mut s = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -418,15 +426,7 @@ impl Actor {
                 .filter(|_| self.inst.is_none() && self.retry_at.is_none())
             {
                 let ms = at.saturating_sub(now_unix_ms());
-                if ms == 0
-                    && self
-                        .shared
-                        .status
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .state
-                        == AppState::Pending
-                {
+                if ms == 0 && self.state() == AppState::Pending {
                     self.start_now();
                     continue;
                 }
@@ -530,12 +530,7 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Cmd::Http(req, reply) => {
-                let state = self
-                    .shared
-                    .status
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .state;
+                let state = self.state();
                 let serving = state == AppState::Running || state == AppState::Migrating;
                 let resp = match self
                     .timed(|i| serving.then(|| sdk::handle(i, &req)))
@@ -575,12 +570,7 @@ impl Actor {
                 let _ = reply.send(Ok(()));
             }
             Cmd::Start(reply) => {
-                let state = self
-                    .shared
-                    .status
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .state;
+                let state = self.state();
                 match (state, self.inst.is_some()) {
                     (AppState::Stopped, true) => self.set_state(AppState::Running, None),
                     (AppState::Running, true) => {}
@@ -615,12 +605,7 @@ impl Actor {
     }
 
     fn invoke(&mut self, req: InvokeRequest) -> Result<InvokeResponse, ApiErr> {
-        let state = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .state;
+        let state = self.state();
         if state != AppState::Running && state != AppState::Migrating {
             return Err(self.not_running());
         }
