@@ -111,6 +111,7 @@ fn main() {
     let guest_target_dir = guest_target_dir(&out_dir);
     ensure_wasm_target(Path::new(&rustc));
     // Before the (long) cargo builds, so a missing C toolchain fails fast.
+    ensure_c_packages();
     let clang = find_c_toolchain(&out_dir);
 
     let sdk = root.join("sdk");
@@ -356,6 +357,53 @@ impl CToolchain {
             cmd.env_remove(var);
         }
         cmd
+    }
+}
+
+/// Like the wasm32-wasip1 target, the C toolchain is installed when it is
+/// missing and this machine can (Debian, as root): the README's two
+/// commands then work on a fresh machine. Elsewhere `find_c_toolchain`
+/// says what to install.
+fn ensure_c_packages() {
+    if env::var_os("TERN_WASI_CLANG").is_some() {
+        return;
+    }
+    let have_clang = Command::new("clang-14")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let have_libc = Path::new("/usr/lib/wasm32-wasi/libc.a").exists();
+    let have_ld = Command::new("wasm-ld-14")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if have_clang && have_libc && have_ld {
+        return;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        return;
+    }
+    println!("cargo:warning=installing the C toolchain for the test guests: {C_PACKAGES}");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(C_PACKAGES.split(' '));
+    if !apt(&install) {
+        let _ = apt(&["update", "-qq"]) && apt(&install);
     }
 }
 
