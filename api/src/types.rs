@@ -189,6 +189,10 @@ pub struct MigrationReport {
     /// Anything the operator should know (a fallback taken, for instance).
     #[serde(default)]
     pub note: Option<String>,
+    /// Who asked for the move: `operator`, or the rebalancer's reason.
+    /// Filled in by the control plane.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Node to node: open a migration on the target.

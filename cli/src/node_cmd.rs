@@ -26,6 +26,10 @@ pub struct NodeArgs {
     /// Where the node keeps modules, checkpoints and apps' files.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The URL the control plane and other nodes reach this node at
+    /// (default: http:// and the listen address; 0.0.0.0 becomes 127.0.0.1).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
     /// The cluster token (else TERN_TOKEN, else the default token file).
     #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -60,6 +64,7 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         let mut config = tern_runtime::node::NodeConfig::new(name.clone(), token, data_dir);
         config.control_url = Some(a.control.trim_end_matches('/').to_string());
         config.labels = labels;
+        config.advertise_url = a.advertise;
         eprintln!(
             "node {name} serving on http://{addr}, reporting to {}",
             a.control

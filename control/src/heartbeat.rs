@@ -152,6 +152,7 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         if let Some(cpu) = cpu {
             let usage = Resources::new(cpu, s.memory_bytes);
             st.usage.insert(s.name.clone(), usage);
+            st.record_demand(&s.name, index, now, cpu);
             st.predictor.observe(&s.name, index, usage);
             samples.push((s.name.clone(), index, cpu, s.memory_bytes));
         }

@@ -13,7 +13,7 @@ use tern_api::types::{DeployRequest, Heartbeat, InvokeRequest, Mode, NodeInfo};
 use crate::error::ApiError;
 use crate::state::{now_ms, valid_sha256, Shared};
 use crate::store::write_atomic;
-use crate::{heartbeat, ops};
+use crate::{dashboard, heartbeat, ops};
 
 type Reply = Result<Response<Body>, Fail>;
 
@@ -42,13 +42,13 @@ impl From<anyhow::Error> for Fail {
     }
 }
 
-const DASHBOARD: &str = "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tern</title></head>\n<body><h1>tern control plane</h1>\n<p>The dashboard is not written yet. The API is under <code>/v1/</code>; try <code>tern nodes</code> and <code>tern ps</code>.</p>\n</body></html>\n";
-
 pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    if method == Method::GET && path == "/" {
-        return server::bytes(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+    if method == Method::GET {
+        if let Some(page) = dashboard::asset(&path) {
+            return page;
+        }
     }
     if !server::authorized(&req, &sh.cfg.token) {
         return server::unauthorized();
@@ -72,6 +72,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
     let q = |name: &str| query_param(query.as_deref(), name).map(percent_decode);
     let segs = segments(&path);
     match (&method, segs.as_slice()) {
+        (&Method::GET, ["v1", "dashboard"]) => ok(&dashboard::view(sh)),
         (&Method::GET, ["v1", "health"]) => {
             ok(&serde_json::json!({"ok": true, "role": "control", "version": env!("CARGO_PKG_VERSION")}))
         }
@@ -189,7 +190,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             }
             let name = name.to_string();
             let m: MigrateBody = read_json(req.into_body()).await?;
-            ok(&ops::migrate(sh, &name, &m.to, m.mode.unwrap_or(Mode::Hot)).await?)
+            ok(&ops::migrate(sh, &name, &m.to, m.mode.unwrap_or(Mode::Hot), "operator").await?)
         }
         (&Method::POST, ["v1", "apps", name, "snapshot"]) => {
             let bytes = ops::snapshot(sh, name).await?;

@@ -16,6 +16,8 @@
 //!   restore, restart, stop, start, remove) and talk to nodes.
 //! - `heartbeat`: what a node's report changes (app status, usage history,
 //!   stale copies to fence).
+//! - `dashboard`: the web page at `/` (compiled in) and the one document
+//!   it polls, `GET /v1/dashboard`.
 //! - `tick`: the scheduler loop (down nodes, restart policies, predictor,
 //!   rebalancer).
 //!
@@ -27,6 +29,7 @@
 //!   restore, restart, rm) runs per app at a time (the app is *busy*).
 //! - The in-memory lock is never held across an `.await`.
 
+mod dashboard;
 mod error;
 mod heartbeat;
 mod http;

@@ -16,7 +16,8 @@ use tern_scheduler::{place, Decision, Policy, RestartPolicy};
 
 use crate::error::ApiError;
 use crate::state::{
-    now_ms, spec_of, valid_name, valid_sha256, AppRec, BusyGuard, CheckpointRec, Shared, State,
+    now_ms, spec_of, valid_name, valid_sha256, AppRec, BusyGuard, CheckpointRec, InFlight, Shared,
+    State,
 };
 use crate::store::write_atomic;
 
@@ -529,6 +530,7 @@ pub async fn migrate(
     name: &str,
     to: &str,
     mode: Mode,
+    reason: &str,
 ) -> Result<MigrationReport> {
     let now = now_ms();
     let (app, from, target, generation, guard) = {
@@ -574,6 +576,18 @@ pub async fn migrate(
         if let Some(a) = st.apps.get_mut(name) {
             a.state = "migrating".into();
         }
+        st.in_flight.insert(
+            name.to_string(),
+            InFlight {
+                app: name.to_string(),
+                from: from_name.clone(),
+                to: to.to_string(),
+                mode: mode.to_string(),
+                generation,
+                started_unix_ms: now,
+                reason: reason.to_string(),
+            },
+        );
         (app, from, target, generation, guard)
     };
 
@@ -614,6 +628,7 @@ pub async fn migrate(
             if report.generation == 0 {
                 report.generation = generation;
             }
+            report.reason = Some(reason.to_string());
             if let Some(a) = st.apps.get_mut(name) {
                 a.node = Some(target.name.clone());
                 a.generation = generation;

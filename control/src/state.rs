@@ -111,6 +111,75 @@ pub struct State {
     pub usage: HashMap<String, Resources>,
     /// No restart attempt before this time (unix ms), per app.
     pub restart_not_before: HashMap<String, u64>,
+    /// Migrations under way, by app (cleared with the app's busy mark).
+    pub in_flight: BTreeMap<String, InFlight>,
+    /// Per app, the last [`DEMAND_POINTS`] sample periods: CPU observed
+    /// against CPU predicted for the period (memory only; the dashboard).
+    pub demand: HashMap<String, VecDeque<DemandPoint>>,
+}
+
+/// Demand points kept per app for the dashboard.
+pub const DEMAND_POINTS: usize = 120;
+
+/// A migration that has started and not finished.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InFlight {
+    pub app: String,
+    pub from: String,
+    pub to: String,
+    pub mode: String,
+    pub generation: u64,
+    pub started_unix_ms: u64,
+    /// `operator`, or why the rebalancer moves it.
+    pub reason: String,
+}
+
+/// One sample period of an app: what it used and what was predicted for
+/// that period before it began.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DemandPoint {
+    /// The sample period's index (unix ms / sample period).
+    pub index: u64,
+    /// When its first sample arrived.
+    pub unix_ms: u64,
+    /// CPU used, thousandths of a core (the period's latest sample).
+    pub actual_cpu: u64,
+    /// The predictor's median for the period; `None` before any history.
+    pub predicted_cpu: Option<f64>,
+    /// Its upper quantile.
+    pub upper_cpu: Option<f64>,
+    /// Whether the prediction came from a fitted model (else: last value).
+    pub model: bool,
+}
+
+impl State {
+    /// Records an app's CPU sample for the dashboard's demand plot. Call
+    /// before the sample reaches the predictor, so that the first sample of
+    /// a period is compared with what was predicted before it.
+    pub fn record_demand(&mut self, app: &str, index: u64, now: u64, cpu: u64) {
+        let points = self.demand.entry(app.to_string()).or_default();
+        if let Some(p) = points.back_mut() {
+            if p.index == index {
+                p.actual_cpu = cpu;
+                return;
+            }
+            if p.index > index {
+                return;
+            }
+        }
+        let forecast = self.predictor.cpu.forecast(app);
+        points.push_back(DemandPoint {
+            index,
+            unix_ms: now,
+            actual_cpu: cpu,
+            predicted_cpu: forecast.map(|f| f.median),
+            upper_cpu: forecast.map(|f| f.upper),
+            model: self.predictor.cpu.has_model(app),
+        });
+        while points.len() > DEMAND_POINTS {
+            points.pop_front();
+        }
+    }
 }
 
 impl Shared {
@@ -329,7 +398,9 @@ impl BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.shared.lock().busy.remove(&self.name);
+        let mut st = self.shared.lock();
+        st.busy.remove(&self.name);
+        st.in_flight.remove(&self.name);
     }
 }
 

@@ -152,7 +152,15 @@ pub async fn rebalance(sh: &Arc<Shared>) {
     };
     for m in moves {
         tracing::info!(app = %m.app, from = %m.from, to = %m.to, cost = m.cost, "rebalancing: {}", m.reason);
-        if let Err(e) = ops::migrate(sh, &m.app, &m.to, Mode::Hot).await {
+        if let Err(e) = ops::migrate(
+            sh,
+            &m.app,
+            &m.to,
+            Mode::Hot,
+            &format!("rebalance: {}", m.reason),
+        )
+        .await
+        {
             tracing::warn!(app = %m.app, to = %m.to, "planned move failed: {e}");
         }
     }

@@ -457,6 +457,14 @@ impl Predictor {
         Some(model.median.predict(&f).clamp(0.0, s.max + 1.0))
     }
 
+    /// Whether `app`'s forecasts come from a fitted model (its own or the
+    /// pooled one) rather than repeating its last value.
+    pub fn has_model(&self, app: &str) -> bool {
+        self.series
+            .get(app)
+            .is_some_and(|s| self.median_log(app, s).is_some())
+    }
+
     /// The median forecast of `app` (see [`Predictor::forecast`]).
     pub fn predict(&self, app: &str) -> Option<f64> {
         self.forecast(app).map(|f| f.median)

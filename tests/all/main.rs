@@ -1,11 +1,14 @@
 //! tern's end-to-end tests, in one binary.
 
 mod bad_input;
+mod browser;
 mod c_guest;
+mod dashboard;
 mod differential;
 mod examples;
 mod faults;
 mod invariants;
 mod limits;
 mod nodes;
+mod relay;
 mod support;

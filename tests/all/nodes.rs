@@ -23,10 +23,35 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(name: &str) -> TestNode {
+        TestNode::start_with(name, |_| {}).await
+    }
+
+    /// A node whose configuration `setup` adjusts (control plane, URL...).
+    pub async fn start_with(name: &str, setup: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        TestNode::bind().await.start(name, setup).await
+    }
+
+    /// A listener for a node started later (when something must know the
+    /// node's address before the node starts).
+    pub async fn bind() -> Bound {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        Bound { listener, url }
+    }
+}
+
+/// A node's listener, bound, the node not started yet.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    pub url: String,
+}
+
+impl Bound {
+    pub async fn start(self, name: &str, setup: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let Bound { listener, url } = self;
         let dir = tempfile::tempdir().unwrap();
-        let config = NodeConfig::new(name, TOKEN, dir.path());
+        let mut config = NodeConfig::new(name, TOKEN, dir.path());
+        setup(&mut config);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             run(listener, config, async move {
@@ -42,7 +67,9 @@ impl TestNode {
             _dir: dir,
         }
     }
+}
 
+impl TestNode {
     pub fn kill(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());

@@ -329,6 +329,7 @@ pub(crate) async fn migrate_out(
         started_unix_ms,
         checkpoint_bytes_fetched: opened.checkpoint_bytes_fetched,
         note,
+        reason: None,
     })
 }
 

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// What the node offers; `None`: the machine's cores and memory.
     pub capacity: Option<Resources>,
+    /// The URL the control plane and other nodes reach this node at.
+    /// `None`: the listener's address (an unspecified IP becomes 127.0.0.1).
+    pub advertise_url: Option<String>,
 }
 
 impl NodeConfig {
@@ -66,6 +69,7 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             capacity: None,
+            advertise_url: None,
         }
     }
 }
@@ -415,8 +419,13 @@ pub fn start(listener: &tokio::net::TcpListener, config: NodeConfig) -> anyhow::
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let capacity = config.capacity.unwrap_or_else(machine_capacity);
+    let url = match &config.advertise_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
     Ok(Arc::new(Node {
-        url: format!("http://{addr}"),
+        url,
         client: Client::new(Some(config.token.clone())),
         config,
         runtime,

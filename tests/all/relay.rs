@@ -1,0 +1,364 @@
+//! A small HTTP/1.1 relay put between a node and the node it talks to, for
+//! tests that need to see or disturb a migration on the wire: it reads each
+//! request head and its body, so it knows which protocol step a request is,
+//! and by configuration it "dies" at the Nth request of a step (the
+//! connection is dropped without forwarding it, and every later connection
+//! is refused, like a machine that lost power), flips one byte in the middle
+//! of the first `/pages` body, or holds the first request of a step until
+//! the test releases it (a migration caught in the middle, on purpose).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Runs when the relay reaches its fatal request, before it dies.
+pub type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// At the `nth` (1-based) request whose path ends with `suffix`: drop
+    /// the connection without forwarding the request, and refuse every
+    /// later connection.
+    DieAt { suffix: &'static str, nth: usize },
+    /// Flip one byte in the middle of the body of the first `/pages` request.
+    CorruptFirstPages,
+    /// Hold the first request whose path ends with `suffix` until
+    /// [`Relay::release`]; [`Relay::wait_held`] returns once it is held.
+    HoldAt { suffix: &'static str },
+}
+
+/// One request the relay saw, and the status the target answered.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub body_len: usize,
+    /// `None`: never forwarded (the relay died on it) or never answered.
+    pub status: Option<u16>,
+    /// The relay damaged this body.
+    pub tampered: bool,
+}
+
+struct RelayState {
+    upstream: SocketAddr,
+    fault: Fault,
+    hook: Mutex<Option<Hook>>,
+    matched: Mutex<usize>,
+    fired: AtomicBool,
+    seen: Mutex<Vec<Exchange>>,
+    dead: watch::Sender<bool>,
+    /// `HoldAt`: the request is being held.
+    held: watch::Sender<bool>,
+    /// `HoldAt`: let it go.
+    released: watch::Sender<bool>,
+}
+
+pub struct Relay {
+    pub url: String,
+    state: Arc<RelayState>,
+}
+
+impl Relay {
+    pub async fn start(target_url: &str, fault: Fault, hook: Option<Hook>) -> Relay {
+        let upstream: SocketAddr = target_url
+            .strip_prefix("http://")
+            .expect("http URL")
+            .parse()
+            .expect("target address");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (dead, _) = watch::channel(false);
+        let state = Arc::new(RelayState {
+            upstream,
+            fault,
+            hook: Mutex::new(hook),
+            matched: Mutex::new(0),
+            fired: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+            dead,
+            held: watch::channel(false).0,
+            released: watch::channel(false).0,
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            let mut dead = st.dead.subscribe();
+            loop {
+                tokio::select! {
+                    // Dead: the listener is dropped, later connects are refused.
+                    _ = dead.wait_for(|d| *d) => break,
+                    accepted = listener.accept() => {
+                        let Ok((down, _)) = accepted else { continue };
+                        let st = st.clone();
+                        tokio::spawn(async move {
+                            let mut dead = st.dead.subscribe();
+                            tokio::select! {
+                                r = relay_connection(down, &st) => {
+                                    if let Err(e) = r {
+                                        eprintln!("relay: connection ended: {e}");
+                                    }
+                                }
+                                // Dead: every open connection is cut too.
+                                _ = dead.wait_for(|d| *d) => {}
+                            }
+                        });
+                    }
+                }
+            }
+        });
+        Relay { url, state }
+    }
+
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        *self.state.dead.borrow()
+    }
+
+    /// `HoldAt`: returns once the relay holds its request.
+    pub async fn wait_held(&self) {
+        let mut rx = self.state.held.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// `HoldAt`: forwards the held request (and every later one).
+    pub fn release(&self) {
+        let _ = self.state.released.send(true);
+    }
+}
+
+/// Relays one client connection, request by request (HTTP/1.1 without
+/// pipelining, as hyper's client speaks it).
+async fn relay_connection(mut down: TcpStream, st: &RelayState) -> std::io::Result<()> {
+    let mut up = TcpStream::connect(st.upstream).await?;
+    down.set_nodelay(true)?;
+    up.set_nodelay(true)?;
+    let (mut dbuf, mut ubuf) = (Vec::new(), Vec::new());
+    loop {
+        let Some(mut req) = read_message(&mut down, &mut dbuf, None).await? else {
+            return Ok(());
+        };
+        let (method, path) = request_line(&req.head)?;
+        let mut ex = Exchange {
+            method: method.clone(),
+            path: path.clone(),
+            body_len: req.body.len(),
+            status: None,
+            tampered: false,
+        };
+        match st.fault {
+            Fault::DieAt { suffix, nth } if path.ends_with(suffix) => {
+                let n = {
+                    let mut m = st.matched.lock().unwrap();
+                    *m += 1;
+                    *m
+                };
+                if n == nth {
+                    st.seen.lock().unwrap().push(ex);
+                    let hook = st.hook.lock().unwrap().take();
+                    if let Some(h) = hook {
+                        h().await;
+                    }
+                    let _ = st.dead.send(true);
+                    return Ok(());
+                }
+            }
+            Fault::HoldAt { suffix }
+                if path.ends_with(suffix) && !st.fired.swap(true, Ordering::SeqCst) =>
+            {
+                let mut released = st.released.subscribe();
+                let _ = st.held.send(true);
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Fault::CorruptFirstPages
+                if path.ends_with("/pages") && !st.fired.swap(true, Ordering::SeqCst) =>
+            {
+                assert!(!req.chunked, "the relay damages Content-Length bodies only");
+                let mid = req.body.len() / 2;
+                req.body[mid] ^= 0x5a;
+                ex.tampered = true;
+            }
+            _ => {}
+        }
+        up.write_all(&req.head).await?;
+        up.write_all(&req.body).await?;
+        let Some(resp) = read_message(&mut up, &mut ubuf, Some(&method)).await? else {
+            st.seen.lock().unwrap().push(ex);
+            return Ok(());
+        };
+        ex.status = Some(status_code(&resp.head)?);
+        st.seen.lock().unwrap().push(ex);
+        down.write_all(&resp.head).await?;
+        down.write_all(&resp.body).await?;
+    }
+}
+
+struct Message {
+    /// Start line and headers, with the blank line.
+    head: Vec<u8>,
+    /// The body as it was on the wire.
+    body: Vec<u8>,
+    chunked: bool,
+}
+
+fn bad(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
+}
+
+async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.reserve(want.clamp(16 << 10, 4 << 20));
+    s.read_buf(buf).await
+}
+
+/// Reads one request (`response_to: None`) or one response to a request
+/// with this method. `Ok(None)`: the peer closed between messages.
+async fn read_message(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    response_to: Option<&str>,
+) -> std::io::Result<Option<Message>> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 << 10 {
+            return Err(bad("message head larger than 64 KiB"));
+        }
+        if read_more(s, buf, 0).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(bad("connection closed inside a message head"))
+            };
+        }
+    };
+    let head: Vec<u8> = buf.drain(..head_end).collect();
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let start = lines.next().unwrap_or("").to_string();
+    let (mut length, mut chunked) = (None, false);
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => {
+                    length = Some(
+                        v.trim()
+                            .parse::<usize>()
+                            .map_err(|_| bad("bad Content-Length"))?,
+                    )
+                }
+                "transfer-encoding" => chunked = v.to_ascii_lowercase().contains("chunked"),
+                _ => {}
+            }
+        }
+    }
+    let no_body = match response_to {
+        None => false,
+        Some(method) => {
+            let code = start
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0);
+            method == "HEAD" || (100..200).contains(&code) || code == 204 || code == 304
+        }
+    };
+    let body = if no_body {
+        Vec::new()
+    } else if chunked {
+        read_chunked(s, buf).await?
+    } else {
+        let n = match (length, response_to) {
+            (Some(n), _) => n,
+            (None, None) => 0,
+            (None, Some(_)) => {
+                return Err(bad("response without Content-Length or chunked encoding"))
+            }
+        };
+        while buf.len() < n {
+            if read_more(s, buf, n - buf.len()).await? == 0 {
+                return Err(bad("connection closed inside a body"));
+            }
+        }
+        buf.drain(..n).collect()
+    };
+    Ok(Some(Message {
+        head,
+        body,
+        chunked,
+    }))
+}
+
+/// A chunked body, raw (framing included).
+async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i + 2;
+            }
+            if read_more(s, buf, 0).await? == 0 {
+                return Err(bad("connection closed inside a chunk size"));
+            }
+        };
+        let line: Vec<u8> = buf.drain(..line_end).collect();
+        let size_text = String::from_utf8_lossy(&line);
+        let size =
+            usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+        raw.extend_from_slice(&line);
+        if size == 0 {
+            // Trailers, up to the blank line.
+            loop {
+                let end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i + 2;
+                    }
+                    if read_more(s, buf, 0).await? == 0 {
+                        return Err(bad("connection closed inside trailers"));
+                    }
+                };
+                let l: Vec<u8> = buf.drain(..end).collect();
+                raw.extend_from_slice(&l);
+                if l == b"\r\n" {
+                    return Ok(raw);
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            if read_more(s, buf, size + 2 - buf.len()).await? == 0 {
+                return Err(bad("connection closed inside a chunk"));
+            }
+        }
+        raw.extend(buf.drain(..size + 2));
+    }
+}
+
+fn request_line(head: &[u8]) -> std::io::Result<(String, String)> {
+    let text = String::from_utf8_lossy(head);
+    let mut parts = text.split("\r\n").next().unwrap_or("").split_whitespace();
+    let method = parts.next().ok_or_else(|| bad("no method"))?.to_string();
+    let target = parts.next().ok_or_else(|| bad("no request target"))?;
+    // Origin form (`/v1/...`) or absolute form (`http://host/v1/...`).
+    let path = match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
+        None => target,
+    };
+    let path = path.split('?').next().unwrap_or(path).to_string();
+    Ok((method, path))
+}
+
+fn status_code(head: &[u8]) -> std::io::Result<u16> {
+    String::from_utf8_lossy(head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status code"))
+}
