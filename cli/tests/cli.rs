@@ -529,3 +529,204 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
     );
     assert_eq!(out["node"], "second");
 }
+
+/// The lines of the fenced code block that follows the line starting with
+/// `marker` in README.md, and the block's language.
+fn readme_block(marker: &str) -> (String, Vec<String>) {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut lines = readme
+        .lines()
+        .skip_while(|l| !l.starts_with(marker))
+        .skip(1);
+    let fence = lines
+        .next()
+        .unwrap_or_else(|| panic!("README.md has no `{marker}` followed by a block"));
+    assert!(
+        fence.starts_with("```"),
+        "`{marker}` is not followed by a fenced block: {fence}"
+    );
+    let body = lines
+        .take_while(|l| !l.starts_with("```"))
+        .map(str::to_string)
+        .collect();
+    (fence.trim_start_matches('`').to_string(), body)
+}
+
+/// A directory laid out like the repository's root for the paths README.md
+/// uses (`target/tern-guests/...`, `scheduler/testdata/...`), so its
+/// commands run as written without writing into the repository. The guests
+/// are wherever this build put them (`tern_artifacts`), which is
+/// `target/tern-guests` unless CARGO_TARGET_DIR says otherwise.
+fn readme_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let guests = Path::new(tern_artifacts::KV)
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "tern-guests"))
+        .expect("tern_artifacts::KV is under a tern-guests directory");
+    std::fs::create_dir(dir.path().join("target")).unwrap();
+    std::os::unix::fs::symlink(guests, dir.path().join("target/tern-guests")).unwrap();
+    std::os::unix::fs::symlink(root().join("scheduler"), dir.path().join("scheduler")).unwrap();
+    dir
+}
+
+/// Runs one README line with bash, `tern` (this build) first on PATH; it
+/// must succeed. Returns its stdout.
+fn run_readme_line(line: &str, cwd: &Path, env: &[(&str, &str)]) -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_tern")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", line])
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env_remove("TERN_TOKEN")
+        .env_remove("TERN_CONTROL")
+        .env_remove("TERN_DATA_DIR")
+        .env(
+            "TERN_CACHE_DIR",
+            std::env::temp_dir().join("tern-cli-test-cache"),
+        )
+        .envs(env.iter().copied())
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "README line failed ({}):\n  {line}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+type Check = (&'static str, fn(&str));
+
+/// Runs every line of a README block in order and checks each one's output
+/// with the check whose prefix it starts with; every line needs a check and
+/// every check a line, so the block and this test change together.
+fn run_readme_block(
+    lines: &[String],
+    skip: &str,
+    checks: &[Check],
+    cwd: &Path,
+    env: &[(&str, &str)],
+) {
+    let mut used = vec![false; checks.len()];
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        if !skip.is_empty() && line.starts_with(skip) {
+            continue;
+        }
+        let i = checks
+            .iter()
+            .position(|(prefix, _)| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no check for this README line; add one:\n  {line}"));
+        let stdout = run_readme_line(line, cwd, env);
+        (checks[i].1)(&stdout);
+        used[i] = true;
+    }
+    for ((prefix, _), used) in checks.iter().zip(used) {
+        assert!(used, "no README line starts with `{prefix}` any more");
+    }
+}
+
+#[test]
+fn readme_tour_runs_as_written() {
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "the README tour uses curl, which is not installed here: install it (Debian: apt-get install curl)"
+    );
+    let (lang, lines) = readme_block("<!-- tour:");
+    assert_eq!(lang, "sh");
+    // `tern up &` starts a cluster on 127.0.0.1:7070 with its state in the
+    // default data dir; this test starts the same cluster itself, on a free
+    // loopback port with a data dir of its own, and skips only that line.
+    // The other lines find it as the README says: the control plane from
+    // TERN_CONTROL, the token from the token file in TERN_DATA_DIR.
+    assert!(
+        lines[0].starts_with("tern up &"),
+        "the tour starts with `tern up &`: {lines:?}"
+    );
+    let cluster = Cluster::up(3);
+    let data_dir = cluster.dir.path().display().to_string();
+    let env = [
+        ("TERN_CONTROL", cluster.control.as_str()),
+        ("TERN_DATA_DIR", data_dir.as_str()),
+    ];
+    let checks: &[Check] = &[
+        ("tern deploy", |out| {
+            assert!(out.contains("deployed kv on node-1"), "{out}")
+        }),
+        ("tern call", |out| {
+            assert_eq!(out, "", "a PUT answers no body")
+        }),
+        ("curl", |out| assert_eq!(out.trim(), "hello")),
+        ("tern migrate", |out| {
+            assert!(
+                out.contains("migrated kv from node-1 to node-2 (hot"),
+                "{out}"
+            );
+            for word in ["downtime", "total", "sent", "rounds"] {
+                assert!(out.contains(word), "no {word}: {out}");
+            }
+        }),
+        ("tern ps", |out| {
+            let kv: Vec<&str> = out
+                .lines()
+                .find(|l| l.starts_with("kv "))
+                .unwrap_or_else(|| panic!("no kv in tern ps: {out}"))
+                .split_whitespace()
+                .collect();
+            assert_eq!(kv[..4], ["kv", "node-2", "running", "2"], "{out}");
+        }),
+        ("tern sim", |out| {
+            for policy in ["requests", "cost", "learned"] {
+                assert!(
+                    out.lines().any(|l| l.starts_with(policy)),
+                    "no row for {policy}: {out}"
+                );
+            }
+            assert!(out.contains("predictor"), "{out}");
+        }),
+    ];
+    let cwd = readme_root();
+    run_readme_block(&lines, "tern up &", checks, cwd.path(), &env);
+}
+
+#[test]
+fn readme_snapshot_block_runs_as_written() {
+    let (lang, lines) = readme_block("<!-- snapshot:");
+    assert_eq!(lang, "sh");
+    let checks: &[Check] = &[
+        ("tern run", |out| assert_eq!(out.trim(), "5")),
+        ("tern resume", |out| {
+            assert_eq!(out.lines().collect::<Vec<_>>(), ["6", "6"])
+        }),
+        ("tern inspect", |out| {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("checksum"))
+                .unwrap_or_else(|| panic!("no checksum line: {out}"));
+            assert!(line.ends_with(" ok"), "{out}");
+        }),
+    ];
+    let cwd = readme_root();
+    run_readme_block(&lines, "", checks, cwd.path(), &[]);
+}
+
+#[test]
+fn readme_sdk_example_is_the_counter_example() {
+    let (lang, lines) = readme_block("<!-- sdk-example: examples/counter/src/lib.rs");
+    assert_eq!(lang, "rust");
+    let file = std::fs::read_to_string(root().join("examples/counter/src/lib.rs")).unwrap();
+    let app = &file[..file
+        .find("#[cfg(test)]")
+        .expect("the counter example has unit tests")];
+    assert_eq!(
+        lines.join("\n"),
+        app.trim_end(),
+        "README's SDK example differs from examples/counter/src/lib.rs (without its tests): copy it over"
+    );
+}
