@@ -364,25 +364,6 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
     assert_eq!(app["generation"], 4);
     let doc = json(&cluster.tern(&["invoke", "counter", "get", "--json"]));
     assert_eq!(doc["results"][0], 60);
-    // Mistakes get messages that say what to do.
-    let out = cluster.tern(&["invoke", "nope", "get"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tern ps"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["ps"])
-        .env("TERN_CONTROL", &cluster.control)
-        .env("TERN_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("token"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A child process killed (SIGKILL, like a machine dying) on drop.
@@ -528,6 +509,105 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
         "the app came back with its checkpointed state"
     );
     assert_eq!(out["node"], "second");
+}
+
+/// What a common mistake prints: one `error:` line that says what to do.
+struct Mistake {
+    what: &'static str,
+    args: Vec<String>,
+    /// The control plane to use instead of the cluster's.
+    control: Option<String>,
+    /// Words of the remedy the message must give.
+    remedy: &'static [&'static str],
+}
+
+#[test]
+fn common_mistakes_each_get_one_line_that_says_what_to_do() {
+    let cluster = Cluster::up(1);
+    json(&cluster.tern(&[
+        "deploy",
+        tern_artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--json",
+    ]));
+    let scratch = tempfile::tempdir().unwrap();
+    let garbage = scratch.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not a module, just bytes\x00\xff\x13").unwrap();
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mistakes = [
+        Mistake {
+            what: "the control plane is not running",
+            args: strs(&["ps"]),
+            control: Some(nobody),
+            remedy: &["start one with `tern up`", "TERN_CONTROL"],
+        },
+        Mistake {
+            what: "a wrong token",
+            args: strs(&["ps", "--token", "wrong"]),
+            control: None,
+            remedy: &["use the cluster's token", "`token` file"],
+        },
+        Mistake {
+            what: "an unknown app",
+            args: strs(&["invoke", "nope", "get"]),
+            control: None,
+            remedy: &["no app named nope", "`tern ps`"],
+        },
+        Mistake {
+            what: "a module that does not validate",
+            args: vec![
+                "deploy".into(),
+                garbage.display().to_string(),
+                "--name".into(),
+                "junk".into(),
+            ],
+            control: None,
+            remedy: &["not a WebAssembly binary", "compile it"],
+        },
+        Mistake {
+            what: "a node that is not there",
+            args: strs(&["migrate", "counter", "--to", "no-such-node"]),
+            control: None,
+            remedy: &["no node named no-such-node", "`tern nodes`"],
+        },
+    ];
+    for m in mistakes {
+        let token = std::fs::read_to_string(cluster.dir.path().join("token")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(&m.args)
+            .env(
+                "TERN_CONTROL",
+                m.control.as_deref().unwrap_or(&cluster.control),
+            )
+            .env("TERN_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{}: tern {:?} succeeded",
+            m.what,
+            m.args
+        );
+        assert!(out.stdout.is_empty(), "{}: printed on stdout", m.what);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{}: not one line:\n{err}", m.what);
+        let line = lines[0];
+        assert!(
+            line.starts_with("error: ") && line.len() > "error: ".len() + 10,
+            "{}: {line}",
+            m.what
+        );
+        for word in m.remedy {
+            assert!(
+                line.contains(word),
+                "{}: `{word}` missing from: {line}",
+                m.what
+            );
+        }
+    }
 }
 
 /// The lines of the fenced code block that follows the line starting with
