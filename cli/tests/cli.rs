@@ -366,13 +366,16 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
     assert_eq!(doc["results"][0], 60);
 }
 
-/// A child process killed (SIGKILL, like a machine dying) on drop.
+/// A child process killed (SIGKILL, like a machine dying) on drop, unless
+/// it has already been waited for (its pid may belong to another by then).
 struct Proc(std::process::Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        unsafe { libc_kill(self.0.id() as i32, 9) };
-        let _ = self.0.wait();
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc_kill(self.0.id() as i32, 9) };
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -809,4 +812,214 @@ fn readme_sdk_example_is_the_counter_example() {
         app.trim_end(),
         "README's SDK example differs from examples/counter/src/lib.rs (without its tests): copy it over"
     );
+}
+
+#[test]
+fn up_prints_the_dashboard_address() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args([
+                "up",
+                "--nodes",
+                "0",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // It prints its report once it listens; a closed stdout ends the read.
+    let stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("dashboard: "))
+        .expect("tern up prints a dashboard line");
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    assert_eq!(
+        line,
+        format!("dashboard: http://127.0.0.1:{port}/#token={}", token.trim())
+    );
+}
+
+/// Lines of a child's pipe, as they come, over a channel.
+fn line_channel(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn demo_json_reports_every_move_and_the_dashboard() {
+    let out = tern(&["demo", "--json"]);
+    let doc = json(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "--json shows no story and no bars: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dashboard = doc["dashboard"].as_str().unwrap();
+    let (addr, token) = dashboard
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.split_once("/#token="))
+        .unwrap_or_else(|| panic!("not a loopback dashboard address: {dashboard}"));
+    assert!(addr.parse::<u16>().is_ok(), "{dashboard}");
+    assert!(
+        token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{dashboard}"
+    );
+    let modes: Vec<&str> = doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["hot", "cold", "hybrid"]);
+    for m in doc["migrations"].as_array().unwrap() {
+        for field in [
+            "from",
+            "to",
+            "downtime_ms",
+            "total_ms",
+            "bytes_sent",
+            "requests_served",
+        ] {
+            assert!(!m[field].is_null(), "migration lacks {field}: {m}");
+        }
+        assert_ne!(m["from"], m["to"], "{m}");
+        assert_eq!(m["requests_failed"], 0, "{m}");
+        assert!(m["bytes_sent"].as_u64().unwrap() > 0, "{m}");
+    }
+    let placements = doc["placements"].as_array().unwrap();
+    assert_eq!(placements.len(), 2);
+    assert!(placements.iter().all(|p| p["policy"] == "learned"), "{doc}");
+    assert!(doc["requests_served"].as_u64().unwrap() > 0);
+    assert_eq!(doc["requests_failed"], 0);
+}
+
+#[test]
+fn demo_keep_tells_its_story_and_serves_until_sigterm() {
+    let port = free_port();
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["demo", "--keep", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = line_channel(child.0.stdout.take().unwrap());
+    let stderr = line_channel(child.0.stderr.take().unwrap());
+    // The story, line by line (stderr is a pipe here: no bars), up to the
+    // line that says the cluster keeps running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut story = Vec::new();
+    while !story
+        .last()
+        .is_some_and(|l: &String| l.contains("keeps running"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(line) => story.push(line),
+            Err(e) => panic!("no `keeps running` line ({e}); so far: {story:#?}"),
+        }
+    }
+    let text = story.join("\n");
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal codes when stderr is not a terminal:\n{text}"
+    );
+    let dashboard_prefix = format!("▶ dashboard: http://127.0.0.1:{port}/#token=");
+    let token = story
+        .iter()
+        .find_map(|l| l.strip_prefix(&dashboard_prefix))
+        .unwrap_or_else(|| panic!("no dashboard line for port {port}:\n{text}"))
+        .to_string();
+    for needle in [
+        "▶ local cluster: control plane at",
+        "▶ deployed counter",
+        "▶ deployed kv",
+        "▶ serving load",
+        "▶ waiting for counter's first checkpoint",
+        "▶ moved counter hot",
+        "▶ moved kv cold",
+        "▶ moved counter hybrid",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in the story:\n{text}");
+    }
+    // The summary went to stdout before that line went to stderr.
+    let mut summary = Vec::new();
+    while !summary
+        .last()
+        .is_some_and(|l: &String| l.contains("requests served during the demo"))
+    {
+        match stdout.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => summary.push(line),
+            Err(e) => panic!("no summary on stdout ({e}): {summary:#?}"),
+        }
+    }
+    assert!(
+        summary.last().unwrap().ends_with(", 0 failed."),
+        "{summary:#?}"
+    );
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.starts_with("app ") && l.contains("downtime")),
+        "the summary table: {summary:#?}"
+    );
+    // Kept: the control plane answers with the dashboard's token, and the
+    // load goes on.
+    let ps = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["ps", "--json"])
+            .env("TERN_CONTROL", format!("http://127.0.0.1:{port}"))
+            .env("TERN_TOKEN", &token)
+            .output()
+            .unwrap();
+        let doc = json(&out);
+        let served = |name: &str| {
+            let app = doc
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == name)
+                .unwrap();
+            assert_eq!(app["state"], "running", "{app}");
+            app["requests_served"].as_u64().unwrap()
+        };
+        (served("counter"), served("kv"))
+    };
+    let before = ps();
+    wait_for(30, "the kept demo's load to go on", || {
+        let now = ps();
+        (now.0 > before.0 && now.1 > before.1).then_some(())
+    });
+    let data_dir = text
+        .split("(data in ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .map(PathBuf::from)
+        .expect("the story says where the data is");
+    assert!(data_dir.exists());
+    unsafe { libc_kill(child.0.id() as i32, 15) };
+    let status = wait_for(30, "tern demo --keep to stop on SIGTERM", || {
+        child.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    assert!(!data_dir.exists(), "the demo removes its data dir");
 }
