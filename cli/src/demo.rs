@@ -1,25 +1,43 @@
 //! `tern demo`: a local cluster, example apps under load, moved hot, cold
 //! and hybrid while they serve, placed by the learned scheduler.
+//!
+//! On a terminal each phase shows a progress bar on stderr; elsewhere (CI
+//! logs, pipes) the same story comes as plain lines; `--json` prints one
+//! document and nothing else.
 
+use std::future::Future;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tern_api::client::Client;
 use tern_api::types::{DeployRequest, MigrationReport};
 
-use crate::util::print_json;
+use crate::util::{dashboard_url, print_json};
 
 #[derive(Args)]
+#[command(after_help = "More examples:\n  \
+    tern demo --keep                          # then open the dashboard URL it prints; Ctrl-C stops\n  \
+    tern demo --keep --listen 127.0.0.1:7080  # the dashboard at a fixed address\n  \
+    tern demo --json                          # one JSON document, no progress bars")]
 pub struct DemoArgs {
-    /// Print one JSON document instead of the story.
+    /// Print one JSON document instead of the story (and no progress bars).
     #[arg(long)]
     json: bool,
+    /// After the summary, keep the cluster running and the load going until
+    /// Ctrl-C or SIGTERM, to watch it on the dashboard.
+    #[arg(long)]
+    keep: bool,
+    /// Where the demo's control plane, and so its dashboard, listens
+    /// (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: String,
 }
 
 #[derive(Serialize)]
@@ -46,23 +64,103 @@ struct Placement {
 
 #[derive(Serialize)]
 struct DemoReport {
+    dashboard: String,
     migrations: Vec<DemoMigration>,
     placements: Vec<Placement>,
     requests_served: u64,
     requests_failed: u64,
 }
 
+/// What the person sees while the demo works: on a terminal a progress bar
+/// per phase (stderr) with the story's lines above them; otherwise the
+/// story's lines alone; with `--json` nothing.
+struct Story {
+    multi: MultiProgress,
+    lines: bool,
+}
+
+impl Story {
+    fn new(json: bool) -> Story {
+        // `stderr()` hides itself when stderr is not a terminal.
+        let target = if json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let lines = !json && multi.is_hidden();
+        Story { multi, lines }
+    }
+
+    /// A line of the story.
+    fn say(&self, line: &str) {
+        if self.lines {
+            eprintln!("{line}");
+        } else {
+            // Above the bars on a terminal; nothing when hidden (--json).
+            let _ = self.multi.println(line);
+        }
+    }
+
+    /// A line only the plain story needs: on a terminal a bar says it.
+    fn note(&self, line: &str) {
+        if self.lines {
+            eprintln!("{line}");
+        }
+    }
+
+    /// A spinner with a message and the time it has been running.
+    fn spinner(&self, msg: impl Into<String>) -> ProgressBar {
+        self.add(
+            ProgressBar::new_spinner(),
+            "{spinner:.cyan} {msg} {elapsed:.dim}",
+            msg,
+        )
+    }
+
+    /// A bar counting `len` steps.
+    fn bar(&self, len: u64, msg: impl Into<String>) -> ProgressBar {
+        self.add(
+            ProgressBar::new(len),
+            "{spinner:.cyan} {msg} [{bar:20.cyan/blue}] {pos}/{len} {elapsed:.dim}",
+            msg,
+        )
+    }
+
+    fn add(&self, pb: ProgressBar, template: &str, msg: impl Into<String>) -> ProgressBar {
+        let pb = self.multi.add(pb);
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            pb.set_style(style);
+        }
+        pb.set_message(msg.into());
+        if !self.multi.is_hidden() {
+            pb.enable_steady_tick(Duration::from_millis(100));
+        }
+        pb
+    }
+}
+
 /// Load on one app through a node's ingress: served and failed counts.
+#[derive(Clone)]
 struct Load {
     served: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
 }
 
 fn start_load(method: hyper::Method, url: String, body: &'static str) -> Load {
     let served = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
     tokio::spawn(async move {
         let c = Client::new(None).with_timeout(Duration::from_secs(10));
@@ -93,6 +191,54 @@ fn start_load(method: hyper::Method, url: String, body: &'static str) -> Load {
     }
 }
 
+/// The load's counts as one line: per app served, and failed in all.
+fn load_line(loads: &[Load; 2]) -> String {
+    format!(
+        "load: counter {} · kv {} requests served, {} failed",
+        loads[0].served(),
+        loads[1].served(),
+        loads[0].failed() + loads[1].failed()
+    )
+}
+
+/// Runs `fut` while `pb` shows `label` and, ten times a second, what `load`
+/// served since it started.
+async fn with_live_count<F: Future>(
+    pb: &ProgressBar,
+    label: &str,
+    load: &Load,
+    fut: F,
+) -> F::Output {
+    let s0 = load.served();
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => pb.set_message(format!("{label}: {} requests served meanwhile", load.served() - s0)),
+        }
+    }
+}
+
+/// Waits (at most `secs`) until `load` has served `n` more requests.
+async fn served_more(load: &Load, n: u64, secs: u64) -> bool {
+    let target = load.served() + n;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while load.served() < target {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// What goes on running after the summary with `--keep`.
+struct Running {
+    loads: [Load; 2],
+    stop_tx: tokio::sync::watch::Sender<bool>,
+}
+
 pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("tern-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -100,15 +246,16 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let say = |s: &str| {
-        if !a.json {
-            eprintln!("{s}");
-        }
-    };
+    let story = Story::new(a.json);
     let result = rt.block_on(async {
         // 1. A control plane (learned placement) and three nodes on loopback.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let control = format!("http://{}", listener.local_addr()?);
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| {
+            format!("cannot listen on {}: choose another address with --listen (e.g. 127.0.0.1:0 for any free port)", a.listen)
+        })?;
+        let addr = listener.local_addr()?;
+        let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+        let control = format!("http://{}", std::net::SocketAddr::new(host, addr.port()));
+        let dashboard = dashboard_url(&control, &token);
         let mut cfg = tern_control::ControlConfig::new(dir.clone(), token.clone());
         cfg.policy = tern_scheduler::Policy::Learned;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -123,12 +270,16 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             nc.control_url = Some(control.clone());
             tokio::spawn(tern_runtime::node::run(l, nc, stopped(stop_rx.clone())));
         }
-        say(&format!("▶ local cluster: control plane at {control}, 3 nodes (data in {})", dir.display()));
+        story.say(&format!("▶ local cluster: control plane at {control}, 3 nodes (data in {})", dir.display()));
+        story.say(&format!("▶ dashboard: {dashboard}"));
         let c = Client::new(Some(token.clone()));
+        let pb = story.bar(3, "cluster starting: nodes registered");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let nodes: Vec<tern_api::types::NodeView> = c.get_json(&format!("{control}/v1/nodes")).await.unwrap_or_default();
-            if nodes.iter().filter(|n| n.state == "ready").count() == 3 {
+            let ready = nodes.iter().filter(|n| n.state == "ready").count();
+            pb.set_position(ready as u64);
+            if ready == 3 {
                 break;
             }
             if Instant::now() > deadline {
@@ -136,19 +287,24 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        pb.finish_and_clear();
 
         // 2. Deploy two example apps; the learned scheduler places them.
         let mut placements = Vec::new();
+        let pb = story.bar(2, "deploying the examples");
         for (name, path) in [("counter", tern_artifacts::COUNTER), ("kv", tern_artifacts::KV)] {
+            pb.set_message(format!("deploying {name}"));
             let bytes = std::fs::read(path).with_context(|| format!("example {name} not built at {path}: run `cargo build --release` first"))?;
             let sha = hex::encode(tern_runtime::sha256(&bytes));
             c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes)).await?;
             let req = DeployRequest { name: name.into(), module_sha256: sha, ..Default::default() };
             let resp: serde_json::Value = c.post_json(&format!("{control}/v1/apps"), &req).await?;
             let node = resp["app"]["node"].as_str().unwrap_or("?").to_string();
-            say(&format!("▶ deployed {name}: placed on {node} by the learned policy"));
+            pb.inc(1);
+            story.say(&format!("▶ deployed {name}: placed on {node} by the learned policy"));
             placements.push(Placement { app: name.into(), node, policy: "learned".into(), candidates: resp["decision"]["candidates"].clone() });
         }
+        pb.finish_and_clear();
         let nodes: Vec<tern_api::types::NodeView> = c.get_json(&format!("{control}/v1/nodes")).await?;
         let entry = nodes.iter().find(|n| n.name == "node-1").map(|n| n.url.clone()).unwrap_or_default();
 
@@ -157,36 +313,65 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             start_load(hyper::Method::POST, format!("{entry}/apps/counter/"), "1"),
             start_load(hyper::Method::PUT, format!("{entry}/apps/kv/kv/demo"), "hello"),
         ];
-        say("▶ serving load on both apps through node-1");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pb = story.spinner("serving load on both apps through node-1");
+        for (load, app) in loads.iter().zip(["counter", "kv"]) {
+            if !served_more(load, 10, 30).await {
+                bail!("{app} served no load through node-1 within 30 s ({} requests failed); TERN_DEMO_DEBUG=1 shows why", load.failed());
+            }
+        }
+        pb.finish_and_clear();
+        story.say("▶ serving load on both apps through node-1");
+        // The load's live counts, at the bottom while the apps move.
+        let load_bar = story.spinner(load_line(&loads));
+        let load_ticker = {
+            let bar = load_bar.clone();
+            let counts = loads.clone();
+            tokio::spawn(async move {
+                loop {
+                    bar.set_message(load_line(&counts));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
 
         // 4. Move them while they serve: hot, cold, then hybrid from a checkpoint.
         let mut migrations = Vec::new();
-        let checkpoint_ready = || async {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if c.send(hyper::Method::GET, &format!("{control}/v1/checkpoints/counter"), "application/json", Bytes::new()).await.is_ok() {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            false
-        };
         for (app, mode) in [("counter", "hot"), ("kv", "cold"), ("counter", "hybrid")] {
             if mode == "hybrid" {
-                say("▶ waiting for counter's first checkpoint (taken every 10 s) for the hybrid move");
-                if !checkpoint_ready().await {
-                    bail!("no checkpoint of counter within 30 s");
+                story.note("▶ waiting for counter's first checkpoint (taken every 10 s) for the hybrid move");
+                let pb = story.spinner("waiting for counter's first checkpoint (taken every 10 s) for the hybrid move");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if c.send(hyper::Method::GET, &format!("{control}/v1/checkpoints/counter"), "application/json", Bytes::new()).await.is_ok() {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("no checkpoint of counter within 30 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                pb.finish_and_clear();
             }
             let apps: Vec<tern_api::types::AppView> = c.get_json(&format!("{control}/v1/apps")).await?;
             let from = apps.iter().find(|v| v.name == app).and_then(|v| v.node.clone()).unwrap_or_default();
             let to = ["node-1", "node-2", "node-3"].into_iter().find(|n| *n != from).unwrap();
             let load = &loads[if app == "counter" { 0 } else { 1 }];
-            let (s0, f0) = (load.served.load(Ordering::Relaxed), load.failed.load(Ordering::Relaxed));
-            let r: MigrationReport = c.post_json(&format!("{control}/v1/apps/{app}/migrate"), &serde_json::json!({ "to": to, "mode": mode })).await?;
-            let (s1, f1) = (load.served.load(Ordering::Relaxed), load.failed.load(Ordering::Relaxed));
-            say(&format!("▶ moved {app} {mode} {} → {}: downtime {:.2} ms, total {:.1} ms, {} sent, {} rounds", r.from, r.to, r.downtime_ms, r.total_ms, crate::util::human_bytes(r.bytes_sent), r.rounds));
+            let label = format!("moving {app} {mode} {from} → {to}");
+            let pb = story.spinner(label.clone());
+            let (s0, f0) = (load.served(), load.failed());
+            let (url, body) = (format!("{control}/v1/apps/{app}/migrate"), serde_json::json!({ "to": to, "mode": mode }));
+            let r: MigrationReport = with_live_count(&pb, &label, load, c.post_json(&url, &body)).await?;
+            let (s1, f1) = (load.served(), load.failed());
+            pb.set_message(format!("{app} serving on {to}"));
+            // The app serves again from its new node before the next move.
+            if !served_more(load, 5, 30).await {
+                bail!("{app} served nothing on {to} within 30 s of its {mode} move ({} requests failed)", load.failed());
+            }
+            pb.finish_and_clear();
+            story.say(&format!(
+                "▶ moved {app} {mode} {} → {}: downtime {:.2} ms, total {:.1} ms, {} sent, {} rounds, {} requests served meanwhile",
+                r.from, r.to, r.downtime_ms, r.total_ms, crate::util::human_bytes(r.bytes_sent), r.rounds, s1 - s0
+            ));
             migrations.push(DemoMigration {
                 app: app.into(),
                 mode: r.mode,
@@ -199,49 +384,95 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
                 requests_served: s1 - s0,
                 requests_failed: f1 - f0,
             });
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        for l in &loads {
-            l.stop.store(true, Ordering::Relaxed);
+        load_ticker.abort();
+        load_bar.finish_and_clear();
+        if !a.keep {
+            for l in &loads {
+                l.stop.store(true, Ordering::Relaxed);
+            }
         }
-        let served = loads.iter().map(|l| l.served.load(Ordering::Relaxed)).sum();
-        let failed = loads.iter().map(|l| l.failed.load(Ordering::Relaxed)).sum();
-        let _ = stop_tx.send(true);
-        Ok::<_, anyhow::Error>(DemoReport { migrations, placements, requests_served: served, requests_failed: failed })
+        let served = loads.iter().map(Load::served).sum();
+        let failed = loads.iter().map(Load::failed).sum();
+        let report = DemoReport { dashboard, migrations, placements, requests_served: served, requests_failed: failed };
+        Ok::<_, anyhow::Error>((report, Running { loads, stop_tx }))
     });
-    let _ = std::fs::remove_dir_all(&dir);
-    let report = result?;
+    let (report, running) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = story.multi.clear();
+            drop(rt);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     if a.json {
         print_json(&report)?;
     } else {
-        println!();
-        println!(
-            "{:<8} {:<7} {:<7} {:<7} {:>11} {:>10} {:>10} {:>6} {:>8} {:>7}",
-            "app", "mode", "from", "to", "downtime", "total", "bytes", "rounds", "served", "failed"
-        );
-        for m in &report.migrations {
-            println!(
-                "{:<8} {:<7} {:<7} {:<7} {:>8.2} ms {:>7.1} ms {:>10} {:>6} {:>8} {:>7}",
-                m.app,
-                m.mode,
-                m.from,
-                m.to,
-                m.downtime_ms,
-                m.total_ms,
-                crate::util::human_bytes(m.bytes_sent),
-                m.rounds,
-                m.requests_served,
-                m.requests_failed
-            );
-        }
-        println!(
-            "\n{} requests served during the demo, {} failed.",
-            report.requests_served, report.requests_failed
-        );
+        print_summary(&report);
     }
+    if a.keep {
+        let line = format!(
+            "▶ the cluster keeps running with the load on: watch it at {}; Ctrl-C stops it",
+            report.dashboard
+        );
+        if a.json {
+            // Not part of the story: without it a waiting `--json --keep` is a mystery.
+            eprintln!("{line}");
+        } else {
+            story.say(&line);
+        }
+        rt.block_on(async {
+            let pb = story.spinner(load_line(&running.loads));
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let stop = crate::cluster::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tick.tick() => pb.set_message(load_line(&running.loads)),
+                }
+            }
+            pb.finish_and_clear();
+        });
+        story.say(&format!("▶ stopping; {}", load_line(&running.loads)));
+    }
+    for l in &running.loads {
+        l.stop.store(true, Ordering::Relaxed);
+    }
+    let _ = running.stop_tx.send(true);
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(if report.requests_failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn print_summary(report: &DemoReport) {
+    println!();
+    println!(
+        "{:<8} {:<7} {:<7} {:<7} {:>11} {:>10} {:>10} {:>6} {:>8} {:>7}",
+        "app", "mode", "from", "to", "downtime", "total", "bytes", "rounds", "served", "failed"
+    );
+    for m in &report.migrations {
+        println!(
+            "{:<8} {:<7} {:<7} {:<7} {:>8.2} ms {:>7.1} ms {:>10} {:>6} {:>8} {:>7}",
+            m.app,
+            m.mode,
+            m.from,
+            m.to,
+            m.downtime_ms,
+            m.total_ms,
+            crate::util::human_bytes(m.bytes_sent),
+            m.rounds,
+            m.requests_served,
+            m.requests_failed
+        );
+    }
+    println!(
+        "\n{} requests served during the demo, {} failed.",
+        report.requests_served, report.requests_failed
+    );
 }

@@ -41,6 +41,8 @@ pub struct UpArgs {
 #[derive(Serialize)]
 struct UpReport {
     control_url: String,
+    /// The dashboard, with the token in the fragment: open it in a browser.
+    dashboard: String,
     data_dir: String,
     token_file: String,
     nodes: Vec<NodeReport>,
@@ -86,6 +88,7 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
 
         let mut report = UpReport {
             control_url: control_url.clone(),
+            dashboard: crate::util::dashboard_url(&control_url, &token),
             data_dir: data_dir.display().to_string(),
             token_file: data_dir.join("token").display().to_string(),
             nodes: Vec::new(),
@@ -150,6 +153,7 @@ fn print_report(r: &UpReport, data_dir: &std::path::Path) {
     for n in &r.nodes {
         println!("  {:<13}  {}", n.name, n.url);
     }
+    println!("dashboard: {}", r.dashboard);
     let default_dir = default_data_dir();
     let same_dir = default_dir.canonicalize().unwrap_or(default_dir) == data_dir;
     if !same_dir || r.control_url != crate::cluster::DEFAULT_CONTROL {

@@ -58,6 +58,21 @@ pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     }
 }
 
+/// The address of a control plane's dashboard, which the page at `/` reads
+/// the cluster token from: `http://HOST:PORT/#token=TOKEN`. The token stays
+/// in the fragment, which browsers do not send to the server.
+pub fn dashboard_url(control_url: &str, token: &str) -> String {
+    let mut t = String::with_capacity(token.len());
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            t.push(b as char);
+        } else {
+            t.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{}/#token={t}", control_url.trim_end_matches('/'))
+}
+
 /// Bytes in human units.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -92,5 +107,17 @@ mod tests {
         for s in ["", "MiB", "12XB", "-1", "99999999999999GiB"] {
             assert!(parse_size(s).is_err(), "{s} should be refused");
         }
+    }
+
+    #[test]
+    fn dashboard_urls() {
+        assert_eq!(
+            dashboard_url("http://127.0.0.1:7070", "0123abcdef"),
+            "http://127.0.0.1:7070/#token=0123abcdef"
+        );
+        assert_eq!(
+            dashboard_url("http://127.0.0.1:7070/", "a b&c=d"),
+            "http://127.0.0.1:7070/#token=a%20b%26c%3Dd"
+        );
     }
 }

@@ -364,34 +364,18 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
     assert_eq!(app["generation"], 4);
     let doc = json(&cluster.tern(&["invoke", "counter", "get", "--json"]));
     assert_eq!(doc["results"][0], 60);
-    // Mistakes get messages that say what to do.
-    let out = cluster.tern(&["invoke", "nope", "get"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("tern ps"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["ps"])
-        .env("TERN_CONTROL", &cluster.control)
-        .env("TERN_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("token"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
-/// A child process killed (SIGKILL, like a machine dying) on drop.
+/// A child process killed (SIGKILL, like a machine dying) on drop, unless
+/// it has already been waited for (its pid may belong to another by then).
 struct Proc(std::process::Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        unsafe { libc_kill(self.0.id() as i32, 9) };
-        let _ = self.0.wait();
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc_kill(self.0.id() as i32, 9) };
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -528,4 +512,514 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
         "the app came back with its checkpointed state"
     );
     assert_eq!(out["node"], "second");
+}
+
+/// What a common mistake prints: one `error:` line that says what to do.
+struct Mistake {
+    what: &'static str,
+    args: Vec<String>,
+    /// The control plane to use instead of the cluster's.
+    control: Option<String>,
+    /// Words of the remedy the message must give.
+    remedy: &'static [&'static str],
+}
+
+#[test]
+fn common_mistakes_each_get_one_line_that_says_what_to_do() {
+    let cluster = Cluster::up(1);
+    json(&cluster.tern(&[
+        "deploy",
+        tern_artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--json",
+    ]));
+    let scratch = tempfile::tempdir().unwrap();
+    let garbage = scratch.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not a module, just bytes\x00\xff\x13").unwrap();
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mistakes = [
+        Mistake {
+            what: "the control plane is not running",
+            args: strs(&["ps"]),
+            control: Some(nobody),
+            remedy: &["start one with `tern up`", "TERN_CONTROL"],
+        },
+        Mistake {
+            what: "a wrong token",
+            args: strs(&["ps", "--token", "wrong"]),
+            control: None,
+            remedy: &["use the cluster's token", "`token` file"],
+        },
+        Mistake {
+            what: "an unknown app",
+            args: strs(&["invoke", "nope", "get"]),
+            control: None,
+            remedy: &["no app named nope", "`tern ps`"],
+        },
+        Mistake {
+            what: "a module that does not validate",
+            args: vec![
+                "deploy".into(),
+                garbage.display().to_string(),
+                "--name".into(),
+                "junk".into(),
+            ],
+            control: None,
+            remedy: &["not a WebAssembly binary", "compile it"],
+        },
+        Mistake {
+            what: "a node that is not there",
+            args: strs(&["migrate", "counter", "--to", "no-such-node"]),
+            control: None,
+            remedy: &["no node named no-such-node", "`tern nodes`"],
+        },
+    ];
+    for m in mistakes {
+        let token = std::fs::read_to_string(cluster.dir.path().join("token")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(&m.args)
+            .env(
+                "TERN_CONTROL",
+                m.control.as_deref().unwrap_or(&cluster.control),
+            )
+            .env("TERN_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{}: tern {:?} succeeded",
+            m.what,
+            m.args
+        );
+        assert!(out.stdout.is_empty(), "{}: printed on stdout", m.what);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{}: not one line:\n{err}", m.what);
+        let line = lines[0];
+        assert!(
+            line.starts_with("error: ") && line.len() > "error: ".len() + 10,
+            "{}: {line}",
+            m.what
+        );
+        for word in m.remedy {
+            assert!(
+                line.contains(word),
+                "{}: `{word}` missing from: {line}",
+                m.what
+            );
+        }
+    }
+}
+
+/// The lines of the fenced code block that follows the line starting with
+/// `marker` in README.md, and the block's language.
+fn readme_block(marker: &str) -> (String, Vec<String>) {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut lines = readme
+        .lines()
+        .skip_while(|l| !l.starts_with(marker))
+        .skip(1);
+    let fence = lines
+        .next()
+        .unwrap_or_else(|| panic!("README.md has no `{marker}` followed by a block"));
+    assert!(
+        fence.starts_with("```"),
+        "`{marker}` is not followed by a fenced block: {fence}"
+    );
+    let body = lines
+        .take_while(|l| !l.starts_with("```"))
+        .map(str::to_string)
+        .collect();
+    (fence.trim_start_matches('`').to_string(), body)
+}
+
+/// A directory laid out like the repository's root for the paths README.md
+/// uses (`target/tern-guests/...`, `scheduler/testdata/...`), so its
+/// commands run as written without writing into the repository. The guests
+/// are wherever this build put them (`tern_artifacts`), which is
+/// `target/tern-guests` unless CARGO_TARGET_DIR says otherwise.
+fn readme_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let guests = Path::new(tern_artifacts::KV)
+        .ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "tern-guests"))
+        .expect("tern_artifacts::KV is under a tern-guests directory");
+    std::fs::create_dir(dir.path().join("target")).unwrap();
+    std::os::unix::fs::symlink(guests, dir.path().join("target/tern-guests")).unwrap();
+    std::os::unix::fs::symlink(root().join("scheduler"), dir.path().join("scheduler")).unwrap();
+    dir
+}
+
+/// Runs one README line with bash, `tern` (this build) first on PATH; it
+/// must succeed. Returns its stdout.
+fn run_readme_line(line: &str, cwd: &Path, env: &[(&str, &str)]) -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_tern")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", line])
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env_remove("TERN_TOKEN")
+        .env_remove("TERN_CONTROL")
+        .env_remove("TERN_DATA_DIR")
+        .env(
+            "TERN_CACHE_DIR",
+            std::env::temp_dir().join("tern-cli-test-cache"),
+        )
+        .envs(env.iter().copied())
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "README line failed ({}):\n  {line}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+type Check = (&'static str, fn(&str));
+
+/// Runs every line of a README block in order and checks each one's output
+/// with the check whose prefix it starts with; every line needs a check and
+/// every check a line, so the block and this test change together.
+fn run_readme_block(
+    lines: &[String],
+    skip: &str,
+    checks: &[Check],
+    cwd: &Path,
+    env: &[(&str, &str)],
+) {
+    let mut used = vec![false; checks.len()];
+    for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+        if !skip.is_empty() && line.starts_with(skip) {
+            continue;
+        }
+        let i = checks
+            .iter()
+            .position(|(prefix, _)| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no check for this README line; add one:\n  {line}"));
+        let stdout = run_readme_line(line, cwd, env);
+        (checks[i].1)(&stdout);
+        used[i] = true;
+    }
+    for ((prefix, _), used) in checks.iter().zip(used) {
+        assert!(used, "no README line starts with `{prefix}` any more");
+    }
+}
+
+#[test]
+fn readme_tour_runs_as_written() {
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success()),
+        "the README tour uses curl, which is not installed here: install it (Debian: apt-get install curl)"
+    );
+    let (lang, lines) = readme_block("<!-- tour:");
+    assert_eq!(lang, "sh");
+    // `tern up &` starts a cluster on 127.0.0.1:7070 with its state in the
+    // default data dir; this test starts the same cluster itself, on a free
+    // loopback port with a data dir of its own, and skips only that line.
+    // The other lines find it as the README says: the control plane from
+    // TERN_CONTROL, the token from the token file in TERN_DATA_DIR.
+    assert!(
+        lines[0].starts_with("tern up &"),
+        "the tour starts with `tern up &`: {lines:?}"
+    );
+    let cluster = Cluster::up(3);
+    let data_dir = cluster.dir.path().display().to_string();
+    let env = [
+        ("TERN_CONTROL", cluster.control.as_str()),
+        ("TERN_DATA_DIR", data_dir.as_str()),
+    ];
+    let checks: &[Check] = &[
+        ("tern deploy", |out| {
+            assert!(out.contains("deployed kv on node-1"), "{out}")
+        }),
+        ("tern call", |out| {
+            assert_eq!(out, "", "a PUT answers no body")
+        }),
+        ("curl", |out| assert_eq!(out.trim(), "hello")),
+        ("tern migrate", |out| {
+            assert!(
+                out.contains("migrated kv from node-1 to node-2 (hot"),
+                "{out}"
+            );
+            for word in ["downtime", "total", "sent", "rounds"] {
+                assert!(out.contains(word), "no {word}: {out}");
+            }
+        }),
+        ("tern ps", |out| {
+            let kv: Vec<&str> = out
+                .lines()
+                .find(|l| l.starts_with("kv "))
+                .unwrap_or_else(|| panic!("no kv in tern ps: {out}"))
+                .split_whitespace()
+                .collect();
+            assert_eq!(kv[..4], ["kv", "node-2", "running", "2"], "{out}");
+        }),
+        ("tern sim", |out| {
+            for policy in ["requests", "cost", "learned"] {
+                assert!(
+                    out.lines().any(|l| l.starts_with(policy)),
+                    "no row for {policy}: {out}"
+                );
+            }
+            assert!(out.contains("predictor"), "{out}");
+        }),
+    ];
+    let cwd = readme_root();
+    run_readme_block(&lines, "tern up &", checks, cwd.path(), &env);
+}
+
+#[test]
+fn readme_snapshot_block_runs_as_written() {
+    let (lang, lines) = readme_block("<!-- snapshot:");
+    assert_eq!(lang, "sh");
+    let checks: &[Check] = &[
+        ("tern run", |out| assert_eq!(out.trim(), "5")),
+        ("tern resume", |out| {
+            assert_eq!(out.lines().collect::<Vec<_>>(), ["6", "6"])
+        }),
+        ("tern inspect", |out| {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("checksum"))
+                .unwrap_or_else(|| panic!("no checksum line: {out}"));
+            assert!(line.ends_with(" ok"), "{out}");
+        }),
+    ];
+    let cwd = readme_root();
+    run_readme_block(&lines, "", checks, cwd.path(), &[]);
+}
+
+#[test]
+fn readme_sdk_example_is_the_counter_example() {
+    let (lang, lines) = readme_block("<!-- sdk-example: examples/counter/src/lib.rs");
+    assert_eq!(lang, "rust");
+    let file = std::fs::read_to_string(root().join("examples/counter/src/lib.rs")).unwrap();
+    let app = &file[..file
+        .find("#[cfg(test)]")
+        .expect("the counter example has unit tests")];
+    assert_eq!(
+        lines.join("\n"),
+        app.trim_end(),
+        "README's SDK example differs from examples/counter/src/lib.rs (without its tests): copy it over"
+    );
+}
+
+#[test]
+fn up_prints_the_dashboard_address() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args([
+                "up",
+                "--nodes",
+                "0",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // It prints its report once it listens; a closed stdout ends the read.
+    let stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("dashboard: "))
+        .expect("tern up prints a dashboard line");
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    assert_eq!(
+        line,
+        format!("dashboard: http://127.0.0.1:{port}/#token={}", token.trim())
+    );
+}
+
+/// Lines of a child's pipe, as they come, over a channel.
+fn line_channel(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn demo_json_reports_every_move_and_the_dashboard() {
+    let out = tern(&["demo", "--json"]);
+    let doc = json(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "--json shows no story and no bars: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dashboard = doc["dashboard"].as_str().unwrap();
+    let (addr, token) = dashboard
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.split_once("/#token="))
+        .unwrap_or_else(|| panic!("not a loopback dashboard address: {dashboard}"));
+    assert!(addr.parse::<u16>().is_ok(), "{dashboard}");
+    assert!(
+        token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+        "{dashboard}"
+    );
+    let modes: Vec<&str> = doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["hot", "cold", "hybrid"]);
+    for m in doc["migrations"].as_array().unwrap() {
+        for field in [
+            "from",
+            "to",
+            "downtime_ms",
+            "total_ms",
+            "bytes_sent",
+            "requests_served",
+        ] {
+            assert!(!m[field].is_null(), "migration lacks {field}: {m}");
+        }
+        assert_ne!(m["from"], m["to"], "{m}");
+        assert_eq!(m["requests_failed"], 0, "{m}");
+        assert!(m["bytes_sent"].as_u64().unwrap() > 0, "{m}");
+    }
+    let placements = doc["placements"].as_array().unwrap();
+    assert_eq!(placements.len(), 2);
+    assert!(placements.iter().all(|p| p["policy"] == "learned"), "{doc}");
+    assert!(doc["requests_served"].as_u64().unwrap() > 0);
+    assert_eq!(doc["requests_failed"], 0);
+}
+
+#[test]
+fn demo_keep_tells_its_story_and_serves_until_sigterm() {
+    let port = free_port();
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["demo", "--keep", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = line_channel(child.0.stdout.take().unwrap());
+    let stderr = line_channel(child.0.stderr.take().unwrap());
+    // The story, line by line (stderr is a pipe here: no bars), up to the
+    // line that says the cluster keeps running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut story = Vec::new();
+    while !story
+        .last()
+        .is_some_and(|l: &String| l.contains("keeps running"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(line) => story.push(line),
+            Err(e) => panic!("no `keeps running` line ({e}); so far: {story:#?}"),
+        }
+    }
+    let text = story.join("\n");
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal codes when stderr is not a terminal:\n{text}"
+    );
+    let dashboard_prefix = format!("▶ dashboard: http://127.0.0.1:{port}/#token=");
+    let token = story
+        .iter()
+        .find_map(|l| l.strip_prefix(&dashboard_prefix))
+        .unwrap_or_else(|| panic!("no dashboard line for port {port}:\n{text}"))
+        .to_string();
+    for needle in [
+        "▶ local cluster: control plane at",
+        "▶ deployed counter",
+        "▶ deployed kv",
+        "▶ serving load",
+        "▶ waiting for counter's first checkpoint",
+        "▶ moved counter hot",
+        "▶ moved kv cold",
+        "▶ moved counter hybrid",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in the story:\n{text}");
+    }
+    // The summary went to stdout before that line went to stderr.
+    let mut summary = Vec::new();
+    while !summary
+        .last()
+        .is_some_and(|l: &String| l.contains("requests served during the demo"))
+    {
+        match stdout.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => summary.push(line),
+            Err(e) => panic!("no summary on stdout ({e}): {summary:#?}"),
+        }
+    }
+    assert!(
+        summary.last().unwrap().ends_with(", 0 failed."),
+        "{summary:#?}"
+    );
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.starts_with("app ") && l.contains("downtime")),
+        "the summary table: {summary:#?}"
+    );
+    // Kept: the control plane answers with the dashboard's token, and the
+    // load goes on.
+    let ps = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["ps", "--json"])
+            .env("TERN_CONTROL", format!("http://127.0.0.1:{port}"))
+            .env("TERN_TOKEN", &token)
+            .output()
+            .unwrap();
+        let doc = json(&out);
+        let served = |name: &str| {
+            let app = doc
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == name)
+                .unwrap();
+            assert_eq!(app["state"], "running", "{app}");
+            app["requests_served"].as_u64().unwrap()
+        };
+        (served("counter"), served("kv"))
+    };
+    let before = ps();
+    wait_for(30, "the kept demo's load to go on", || {
+        let now = ps();
+        (now.0 > before.0 && now.1 > before.1).then_some(())
+    });
+    let data_dir = text
+        .split("(data in ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .map(PathBuf::from)
+        .expect("the story says where the data is");
+    assert!(data_dir.exists());
+    unsafe { libc_kill(child.0.id() as i32, 15) };
+    let status = wait_for(30, "tern demo --keep to stop on SIGTERM", || {
+        child.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    assert!(!data_dir.exists(), "the demo removes its data dir");
 }
