@@ -208,6 +208,14 @@ impl Ctl {
                 file.display()
             );
         }
+        // The same check a node makes, here, so the message names the file.
+        if let Err(e) = tern_runtime::rewrite::rewrite(&bytes) {
+            bail!(
+                "{} cannot run on tern: {e}: rebuild it for wasm32-wasip1 (`tern run {}` shows the problem locally)",
+                file.display(),
+                file.display()
+            );
+        }
         let sha = hex::encode(Sha256::digest(&bytes));
         let len = bytes.len() as u64;
         let path = format!("/v1/modules/{sha}");

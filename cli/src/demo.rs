@@ -258,6 +258,19 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         let dashboard = dashboard_url(&control, &token);
         let mut cfg = tern_control::ControlConfig::new(dir.clone(), token.clone());
         cfg.policy = tern_scheduler::Policy::Learned;
+        // A short demo: one usage sample per second and a small model,
+        // refitted often, so the dashboard's demand plot shows forecasts
+        // within seconds (a real cluster samples once a minute).
+        cfg.sample_period = Duration::from_secs(1);
+        cfg.refit_interval = Duration::from_secs(5);
+        cfg.predictor = tern_scheduler::PredictorConfig {
+            lags: 3,
+            window: 3,
+            median_window: 3,
+            long_window: 10,
+            min_history: 20,
+            ..tern_scheduler::PredictorConfig::default()
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

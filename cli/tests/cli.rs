@@ -537,6 +537,9 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
     let scratch = tempfile::tempdir().unwrap();
     let garbage = scratch.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not a module, just bytes\x00\xff\x13").unwrap();
+    // A module header, then a section that ends too soon.
+    let invalid = scratch.path().join("invalid.wasm");
+    std::fs::write(&invalid, b"\0asm\x01\0\0\0\x01\x7f\x00").unwrap();
     let nobody = format!("http://127.0.0.1:{}", free_port());
     let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mistakes = [
@@ -559,7 +562,7 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
             remedy: &["no app named nope", "`tern ps`"],
         },
         Mistake {
-            what: "a module that does not validate",
+            what: "a file that is not a module",
             args: vec![
                 "deploy".into(),
                 garbage.display().to_string(),
@@ -568,6 +571,17 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
             ],
             control: None,
             remedy: &["not a WebAssembly binary", "compile it"],
+        },
+        Mistake {
+            what: "a module that does not validate",
+            args: vec![
+                "deploy".into(),
+                invalid.display().to_string(),
+                "--name".into(),
+                "junk".into(),
+            ],
+            control: None,
+            remedy: &["invalid.wasm cannot run on tern", "rebuild it", "tern run"],
         },
         Mistake {
             what: "a node that is not there",

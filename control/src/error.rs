@@ -62,7 +62,7 @@ impl ApiError {
         match e {
             ClientError::Unreachable { reason, .. } => ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                format!("node {node} at {url} does not answer: is it running? ({reason})"),
+                format!("node {node} at {url} does not answer ({reason}): start it again, or choose another node (`tern nodes`)"),
             ),
             ClientError::Timeout { secs, .. } => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
