@@ -106,7 +106,7 @@ impl fmt::Display for MoveReason {
             } => {
                 write!(
                     f,
-                    "source expected at {expected_cpu_milli}m of {capacity_cpu_milli}m CPU, {} of {} MiB",
+                    "overload: source expected at {expected_cpu_milli}m of {capacity_cpu_milli}m CPU, {} of {} MiB",
                     expected_memory_bytes >> 20,
                     capacity_memory_bytes >> 20
                 )

@@ -649,7 +649,7 @@ fn rebalancer_moves_the_cheapest_app_that_fixes_an_overload() {
     assert!(m
         .reason
         .to_string()
-        .starts_with("source expected at 4300m of 4000m CPU"));
+        .starts_with("overload: source expected at 4300m of 4000m CPU"));
 
     // `tiny` moved recently: cool-down; `small` fixes it next.
     let last = BTreeMap::from([("tiny".to_string(), 95)]);

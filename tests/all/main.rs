@@ -10,5 +10,6 @@ mod faults;
 mod invariants;
 mod limits;
 mod nodes;
+mod rebalance;
 mod relay;
 mod support;

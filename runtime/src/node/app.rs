@@ -51,7 +51,9 @@ pub(crate) enum Cmd {
     /// and the state (or, for cold, a whole snapshot).
     Freeze {
         cold: bool,
-        reply: oneshot::Sender<Result<FreezeResult, ApiErr>>,
+        /// With the instant the app stopped serving (the actor took the
+        /// command: a call in progress finishes first, as it would anyway).
+        reply: oneshot::Sender<Result<(Instant, FreezeResult), ApiErr>>,
     },
     /// The move failed: go on serving here, held calls first.
     Unfreeze(oneshot::Sender<()>),
@@ -724,7 +726,8 @@ impl Actor {
         Ok(chunks)
     }
 
-    fn freeze(&mut self, cold: bool) -> Result<FreezeResult, ApiErr> {
+    fn freeze(&mut self, cold: bool) -> Result<(Instant, FreezeResult), ApiErr> {
+        let at = Instant::now();
         let served = self.served().to_string();
         if self.inst.is_none() {
             return Err(self.not_running());
@@ -755,7 +758,7 @@ impl Actor {
         if result.is_err() {
             self.frozen = false;
         }
-        result
+        result.map(|r| (at, r))
     }
 }
 

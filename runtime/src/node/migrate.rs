@@ -202,14 +202,14 @@ pub(crate) async fn migrate_out(
     let mut paused_at: Option<Instant> = None;
     let outcome = async {
         if mode == Mode::Cold {
-            let t_pause = Instant::now();
-            paused_at = Some(t_pause);
-            let frozen = handle
+            paused_at = Some(Instant::now());
+            let (t_pause, frozen) = handle
                 .ask(|tx| Cmd::Freeze {
                     cold: true,
                     reply: tx,
                 })
                 .await??;
+            paused_at = Some(t_pause);
             let FreezeResult::Cold(snap) = frozen else {
                 return Err(err(500, "unexpected freeze result"));
             };
@@ -254,14 +254,14 @@ pub(crate) async fn migrate_out(
                 break;
             }
         }
-        let t_pause = Instant::now();
-        paused_at = Some(t_pause);
-        let frozen = handle
+        paused_at = Some(Instant::now());
+        let (t_pause, frozen) = handle
             .ask(|tx| Cmd::Freeze {
                 cold: false,
                 reply: tx,
             })
             .await??;
+        paused_at = Some(t_pause);
         let FreezeResult::Final(last) = frozen else {
             return Err(err(500, "unexpected freeze result"));
         };
