@@ -30,8 +30,9 @@ pub struct DemoArgs {
     /// Print one JSON document instead of the story (and no progress bars).
     #[arg(long)]
     json: bool,
-    /// After the summary, keep the cluster running and the load going until
-    /// Ctrl-C or SIGTERM, to watch it on the dashboard.
+    /// After the summary, keep the cluster running and the load going, and
+    /// move `counter` hot to the next node every 10 s, until Ctrl-C or
+    /// SIGTERM: something to watch on the dashboard.
     #[arg(long)]
     keep: bool,
     /// Where the demo's control plane, and so its dashboard, listens
@@ -237,6 +238,31 @@ async fn served_more(load: &Load, n: u64, secs: u64) -> bool {
 struct Running {
     loads: [Load; 2],
     stop_tx: tokio::sync::watch::Sender<bool>,
+    client: Client,
+    control: String,
+}
+
+/// How often `--keep` moves `counter`.
+const KEEP_MOVE_EVERY: Duration = Duration::from_secs(10);
+
+/// `--keep`: moves `counter` hot to the node after the one it is on.
+async fn move_counter_on(r: &Running) -> Result<MigrationReport> {
+    let apps: Vec<tern_api::types::AppView> =
+        r.client.get_json(&format!("{}/v1/apps", r.control)).await?;
+    let from = apps
+        .iter()
+        .find(|v| v.name == "counter")
+        .and_then(|v| v.node.clone())
+        .unwrap_or_default();
+    let next = match from.as_str() {
+        "node-1" => "node-2",
+        "node-2" => "node-3",
+        _ => "node-1",
+    };
+    let body = serde_json::json!({ "to": next, "mode": "hot" });
+    Ok(r.client
+        .post_json(&format!("{}/v1/apps/counter/migrate", r.control), &body)
+        .await?)
 }
 
 pub fn demo(a: DemoArgs) -> Result<ExitCode> {
@@ -408,7 +434,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         let served = loads.iter().map(Load::served).sum();
         let failed = loads.iter().map(Load::failed).sum();
         let report = DemoReport { dashboard, migrations, placements, requests_served: served, requests_failed: failed };
-        Ok::<_, anyhow::Error>((report, Running { loads, stop_tx }))
+        Ok::<_, anyhow::Error>((report, Running { loads, stop_tx, client: c.clone(), control: control.clone() }))
     });
     let (report, running) = match result {
         Ok(r) => r,
@@ -426,7 +452,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     }
     if a.keep {
         let line = format!(
-            "▶ the cluster keeps running with the load on: watch it at {}; Ctrl-C stops it",
+            "▶ the cluster keeps running with the load on, counter moves hot every 10 s: watch it at {}; Ctrl-C stops it",
             report.dashboard
         );
         if a.json {
@@ -438,12 +464,20 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         rt.block_on(async {
             let pb = story.spinner(load_line(&running.loads));
             let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut moves = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_MOVE_EVERY, KEEP_MOVE_EVERY);
             let stop = crate::cluster::shutdown_signal();
             tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tick.tick() => pb.set_message(load_line(&running.loads)),
+                    _ = moves.tick() => {
+                        let line = match move_counter_on(&running).await {
+                            Ok(r) => format!("▶ moved counter hot {} → {}: downtime {:.2} ms, total {:.1} ms", r.from, r.to, r.downtime_ms, r.total_ms),
+                            Err(e) => format!("▶ moving counter failed: {e:#}"),
+                        };
+                        if a.json { eprintln!("{line}") } else { story.say(&line) }
+                    }
                 }
             }
             pb.finish_and_clear();

@@ -1013,7 +1013,11 @@ fn demo_keep_tells_its_story_and_serves_until_sigterm() {
                 .iter()
                 .find(|a| a["name"] == name)
                 .unwrap();
-            assert_eq!(app["state"], "running", "{app}");
+            // `--keep` moves counter every 10 s: it may be on its way.
+            assert!(
+                app["state"] == "running" || app["state"] == "migrating",
+                "{app}"
+            );
             app["requests_served"].as_u64().unwrap()
         };
         (served("counter"), served("kv"))
@@ -1023,6 +1027,20 @@ fn demo_keep_tells_its_story_and_serves_until_sigterm() {
         let now = ps();
         (now.0 > before.0 && now.1 > before.1).then_some(())
     });
+    // And counter keeps moving between nodes, hot, every 10 s.
+    let line = loop {
+        match stderr.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(l)
+                if l.starts_with("▶ moved counter hot")
+                    || l.starts_with("▶ moving counter failed") =>
+            {
+                break l
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the kept demo never moved counter ({e})"),
+        }
+    };
+    assert!(line.starts_with("▶ moved counter hot node-"), "{line}");
     let data_dir = text
         .split("(data in ")
         .nth(1)
