@@ -12,9 +12,11 @@
 //!   `InstancePre::instantiate` + drop) on the same module.
 //!
 //! Two reference rows show what first-touch page faults cost (memcpy into a
-//! new `Vec`, and into a fresh `MADV_HUGEPAGE` mapping); "of which" rows split
-//! a capture into `capture_memory` and `Snapshot::encode`, and a copy-on-write
-//! restore into `Snapshot::open` and `Instance::restore`.
+//! new `Vec`, and into a fresh `MADV_HUGEPAGE` mapping); two rows under a
+//! capture time the path it replaced (`capture_memory` into an image of its
+//! own, then `Snapshot::encode` copying it into the file: `Instance::snapshot`
+//! now captures straight into the file's buffer); "of which" rows split a
+//! copy-on-write restore into `Snapshot::open` and `Instance::restore`.
 //!
 //! Cases: 1, 16, 64 and 256 MiB fully touched (random data); 64 and 256 MiB
 //! with 1 page in 10 touched (zero pages skipped); 64 MiB of heap-like,
@@ -382,14 +384,14 @@ fn bench_case(
                 "encoding is deterministic"
             );
             drop(s);
-            // Its first part alone: zero-page scan, copy and hash into the
-            // image (what `Instance::snapshot` does before `Snapshot::encode`).
+            // The two-step path it replaced, for comparison: zero-page scan,
+            // copy and hash into an image of its own ...
             let src = inst.memory_data(0).unwrap();
             let resident = residency(src);
             let t = Instant::now();
             let cap = tern_runtime::snapshot::capture_memory(0, src, resident.as_deref(), false);
             t_capture_memory.push(secs(t));
-            // Its second part alone: laying out the file (`Snapshot::encode`).
+            // ... then laying out the file, copying the image again.
             let parts = SnapshotParts {
                 meta: Meta::default(),
                 limits: LimitsState::default(),
@@ -546,7 +548,7 @@ fn bench_case(
     );
     let t = median(t_capture_memory);
     push(
-        "  of which capture_memory (scan, copy + hash)",
+        "  old path, step 1: capture_memory (scan, copy + page hashes)",
         t,
         Some(tbu),
         bw_ratio(memcpy, t),
@@ -555,7 +557,7 @@ fn bench_case(
     );
     let t = median(t_encode);
     push(
-        "  of which Snapshot::encode (copy into the file, image hash)",
+        "  old path, step 2: Snapshot::encode (copy into the file, image hash)",
         t,
         Some(tbu),
         bw_ratio(memcpy, t),

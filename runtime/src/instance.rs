@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::memory::{self, ImageMapping};
 use crate::rewrite::{GlobalKind, RESERVED_PREFIX};
 use crate::snapshot::{
-    capture_memory, GlobalState, LimitsState, Meta, Preopen, Snapshot, SnapshotParts, TableState,
-    Value, WasiState, PAGE_SIZE,
+    GlobalState, LimitsState, Meta, Preopen, Snapshot, SnapshotParts, TableState, Value, WasiState,
+    PAGE_SIZE,
 };
 use crate::wasi::{build_ctx, GuestClock, Stdio};
 
@@ -419,8 +419,14 @@ impl Instance {
     /// (which `&mut self` guarantees).
     pub fn snapshot(&mut self, opts: SnapshotOptions) -> Result<Snapshot> {
         self.run_snapshot_hook(opts.hooks)?;
-        let parts = self.capture_parts(opts)?;
-        Ok(Snapshot::encode(parts))
+        let module_len = if opts.embed_module {
+            self.module.original.len()
+        } else {
+            0
+        };
+        let mut images = Snapshot::image_writer(module_len);
+        let (parts, states) = self.capture_parts(opts, Some(&mut images))?;
+        Ok(Snapshot::encode_captured(parts, states, images))
     }
 
     /// Runs `tern_on_snapshot` (if asked and exported); the instance then
@@ -437,27 +443,28 @@ impl Instance {
     /// and each memory's size. The stop-and-copy of a live migration sends
     /// this with the last dirty pages.
     pub fn snapshot_state_only(&mut self) -> Result<Snapshot> {
-        let mut parts = self.capture_parts_inner(
+        let (parts, states) = self.capture_parts(
             SnapshotOptions {
                 embed_module: false,
                 compress: false,
                 hooks: false,
             },
-            false,
+            None,
         )?;
-        parts.memories.iter_mut().for_each(|m| m.image.clear());
-        Ok(Snapshot::encode(parts))
+        Ok(Snapshot::encode_captured(
+            parts,
+            states,
+            Snapshot::image_writer(0),
+        ))
     }
 
-    fn capture_parts(&mut self, opts: SnapshotOptions) -> Result<SnapshotParts> {
-        self.capture_parts_inner(opts, true)
-    }
-
-    fn capture_parts_inner(
+    /// Everything but the memory images, and each memory's state; with
+    /// `images`, the memories' pages are captured into it.
+    fn capture_parts(
         &mut self,
         opts: SnapshotOptions,
-        with_pages: bool,
-    ) -> Result<SnapshotParts> {
+        mut images: Option<&mut crate::snapshot::ImageWriter>,
+    ) -> Result<(SnapshotParts, Vec<crate::snapshot::MemoryState>)> {
         let info = self.module.info.clone();
         // Globals.
         let mut globals = Vec::with_capacity(info.mutable_globals.len());
@@ -543,31 +550,28 @@ impl Instance {
         let mut memories = Vec::new();
         for (i, m) in self.memories()?.into_iter().enumerate() {
             let data = m.data(&self.store);
-            if !with_pages {
-                memories.push(crate::snapshot::MemoryCapture {
-                    state: crate::snapshot::MemoryState {
-                        index: info.memories[i],
-                        byte_size: data.len() as u64,
-                        runs: vec![],
-                        page_hashes: vec![],
-                    },
-                    image: vec![],
+            let Some(images) = images.as_deref_mut() else {
+                memories.push(crate::snapshot::MemoryState {
+                    index: info.memories[i],
+                    byte_size: data.len() as u64,
+                    runs: vec![],
+                    page_hashes: vec![],
                 });
                 continue;
-            }
+            };
             let resident = if self.anonymous.get(i).copied().unwrap_or(false) {
                 memory::residency(data.as_ptr(), data.len())
             } else {
                 None
             };
-            memories.push(capture_memory(
+            memories.push(images.capture(
                 info.memories[i],
                 data,
                 resident.as_deref(),
                 opts.compress,
             ));
         }
-        Ok(SnapshotParts {
+        let parts = SnapshotParts {
             meta: Meta {
                 module_sha256: self.module.sha256,
                 tern_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -580,12 +584,13 @@ impl Instance {
             wasi: wasi_state(&self.config, self.clock.observed()),
             globals,
             tables,
-            memories,
             module: opts
                 .embed_module
                 .then(|| self.module.original.as_ref().clone()),
             files: Vec::new(),
-        })
+            memories: Vec::new(),
+        };
+        Ok((parts, memories))
     }
 
     /// Restores an app from a snapshot. `module` may be given (it must be the

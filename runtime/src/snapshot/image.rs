@@ -11,7 +11,7 @@
 use std::mem::MaybeUninit;
 
 use super::{Encoding, MemoryState, Run};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// The granularity of memory capture, dirty tracking and copy-on-write restore.
 pub const PAGE_SIZE: usize = 4096;
@@ -78,65 +78,146 @@ pub fn capture_memory(
     resident: Option<&[u8]>,
     compress: bool,
 ) -> MemoryCapture {
-    assert!(
-        mem.len().is_multiple_of(PAGE_SIZE),
-        "memory size must be a multiple of 4 KiB"
-    );
-    let spans = find_spans(mem, resident);
-    let (image, page_hashes, runs) = if compress {
-        store_compressed(mem, &spans)
-    } else {
-        store_raw(mem, &spans)
-    };
+    let mut w = ImageWriter::new(0, false);
+    let state = w.capture(index, mem, resident, compress);
     MemoryCapture {
-        state: MemoryState {
+        state,
+        image: w.out,
+    }
+}
+
+/// Memory images written straight into the buffer a snapshot is encoded
+/// in: `lead` bytes of room for what precedes the image (the header), then
+/// each memory's image back to back, with the whole image's xxh3-128
+/// computed as the bytes are written (while they are in cache), so that
+/// encoding the snapshot neither copies nor reads the image again.
+pub(crate) struct ImageWriter {
+    pub(crate) out: Vec<u8>,
+    lead: usize,
+    hasher: Option<Xxh3>,
+    /// Bytes that will follow the image (the body), reserved up front so
+    /// that appending them never moves the image.
+    pub(crate) tail: usize,
+}
+
+impl ImageWriter {
+    /// `hash`: keep the image's running xxh3-128.
+    pub(crate) fn new(lead: usize, hash: bool) -> ImageWriter {
+        ImageWriter {
+            out: vec![0; lead],
+            lead,
+            hasher: hash.then(Xxh3::new),
+            tail: 0,
+        }
+    }
+
+    /// The image's length so far.
+    pub(crate) fn image_len(&self) -> u64 {
+        (self.out.len() - self.lead) as u64
+    }
+
+    /// The buffer and the xxh3-128 of the image in it.
+    pub(crate) fn finish(self) -> (Vec<u8>, u128) {
+        let hash = self.hasher.map_or_else(
+            || xxhash_rust::xxh3::xxh3_128(&self.out[self.lead..]),
+            |h| h.digest128(),
+        );
+        (self.out, hash)
+    }
+
+    /// Appends `bytes` (an image made elsewhere) and hashes them.
+    pub(crate) fn append(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+        if let Some(h) = &mut self.hasher {
+            h.update(bytes);
+        }
+    }
+
+    /// Captures one memory (see [`capture_memory`]) into the image. The
+    /// runs' offsets are relative to the image's start.
+    pub(crate) fn capture(
+        &mut self,
+        index: u32,
+        mem: &[u8],
+        resident: Option<&[u8]>,
+        compress: bool,
+    ) -> MemoryState {
+        assert!(
+            mem.len().is_multiple_of(PAGE_SIZE),
+            "memory size must be a multiple of 4 KiB"
+        );
+        let base = self.image_len();
+        let spans = find_spans(mem, resident);
+        let (mut runs, page_hashes) = if compress {
+            let (image, hashes, runs) = store_compressed(mem, &spans);
+            self.append(&image);
+            (runs, hashes)
+        } else {
+            self.store_raw(mem, &spans)
+        };
+        for r in &mut runs {
+            r.image_offset += base;
+        }
+        MemoryState {
             index,
             byte_size: mem.len() as u64,
             runs,
             page_hashes,
-        },
-        image,
+        }
     }
-}
 
-/// Raw runs only: the image is the runs' pages back to back (a raw run is a
-/// whole number of pages, so every run stays 4096-aligned with no padding).
-fn store_raw(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
-    let stored: usize = spans.iter().map(|(a, b)| (b - a) as usize).sum();
-    let total = stored * PAGE_SIZE;
-    let mut runs = Vec::with_capacity(spans.len());
-    let mut offset = 0u64;
-    for &(first, end) in spans {
-        let len = (end - first) * PAGE_SIZE as u64;
-        runs.push(Run {
-            first_page: first,
-            pages: end - first,
-            encoding: Encoding::Raw,
-            image_offset: offset,
-            stored_len: len,
-        });
-        offset += len;
+    /// Raw runs only: the runs' pages back to back (a raw run is a whole
+    /// number of pages, so every run stays 4096-aligned with no padding).
+    fn store_raw(&mut self, mem: &[u8], spans: &[(u64, u64)]) -> (Vec<Run>, Vec<u64>) {
+        let stored: usize = spans.iter().map(|(a, b)| (b - a) as usize).sum();
+        let total = stored * PAGE_SIZE;
+        let mut runs = Vec::with_capacity(spans.len());
+        let mut offset = 0u64;
+        for &(first, end) in spans {
+            let len = (end - first) * PAGE_SIZE as u64;
+            runs.push(Run {
+                first_page: first,
+                pages: end - first,
+                encoding: Encoding::Raw,
+                image_offset: offset,
+                stored_len: len,
+            });
+            offset += len;
+        }
+        let fresh = self.out.capacity() - self.out.len() < total;
+        // The body holds 8 bytes of hash per stored page, and more.
+        self.out
+            .reserve_exact(total + stored * 8 + self.tail + (64 << 10));
+        if fresh && total >= HUGE_PAGE_MIN_BYTES {
+            // SAFETY: the spare capacity is at least `total` bytes.
+            advise_huge_pages(unsafe { self.out.as_mut_ptr().add(self.out.len()) }, total);
+        }
+        let mut page_hashes = vec![0u64; stored];
+        let at = self.out.len();
+        copy_pages(
+            mem,
+            spans,
+            &mut self.out.spare_capacity_mut()[..total],
+            &mut page_hashes,
+            self.hasher.as_mut(),
+        );
+        // SAFETY: `copy_pages` wrote every one of the `total` bytes: the
+        // spans hold exactly `stored` pages and it copied each of them.
+        unsafe { self.out.set_len(at + total) };
+        (runs, page_hashes)
     }
-    let mut image: Vec<u8> = Vec::with_capacity(total);
-    if total >= HUGE_PAGE_MIN_BYTES {
-        advise_huge_pages(image.as_mut_ptr(), total);
-    }
-    let mut page_hashes = vec![0u64; stored];
-    copy_pages(
-        mem,
-        spans,
-        &mut image.spare_capacity_mut()[..total],
-        &mut page_hashes,
-    );
-    // SAFETY: `copy_pages` wrote every one of the `total` bytes: the spans
-    // hold exactly `stored` pages and it copied each of them.
-    unsafe { image.set_len(total) };
-    (image, page_hashes, runs)
 }
 
 /// Copies the spans' pages back to back into `dst` and hashes each page
 /// into `hashes` (one slot per page).
-fn copy_pages(mem: &[u8], spans: &[(u64, u64)], dst: &mut [MaybeUninit<u8>], hashes: &mut [u64]) {
+/// With `image_hash`, also feeds the copied bytes to it, in order.
+fn copy_pages(
+    mem: &[u8],
+    spans: &[(u64, u64)],
+    dst: &mut [MaybeUninit<u8>],
+    hashes: &mut [u64],
+    mut image_hash: Option<&mut Xxh3>,
+) {
     let mut k = 0usize; // pages written so far
     for &(first, end) in spans {
         let mut p = first as usize;
@@ -157,6 +238,9 @@ fn copy_pages(mem: &[u8], spans: &[(u64, u64)], dst: &mut [MaybeUninit<u8>], has
             // Hash the source pages while they are still in cache.
             for (h, page) in hashes[k..k + n].iter_mut().zip(src.chunks_exact(PAGE_SIZE)) {
                 *h = xxh3_64(page);
+            }
+            if let Some(ih) = image_hash.as_deref_mut() {
+                ih.update(src);
             }
             k += n;
             p += n;

@@ -32,6 +32,7 @@ mod delta;
 mod image;
 
 pub use delta::PageChunk;
+pub(crate) use image::ImageWriter;
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 
 use serde::{Deserialize, Serialize};
@@ -254,27 +255,49 @@ impl Snapshot {
     /// Lays out and encodes the parts into the file format.
     pub fn encode(parts: SnapshotParts) -> Snapshot {
         let image_len: usize = parts.memories.iter().map(|m| m.image.len()).sum();
-        let mut out = Vec::with_capacity(IMAGE_OFFSET as usize + image_len + 4096);
-        out.resize(IMAGE_OFFSET as usize, 0);
-        let mut memories = Vec::with_capacity(parts.memories.len());
-        for cap in parts.memories {
-            let base = out.len() as u64 - IMAGE_OFFSET;
-            out.extend_from_slice(&cap.image);
+        let mut images = ImageWriter::new(IMAGE_OFFSET as usize, true);
+        images.out.reserve_exact(image_len + 4096);
+        let mut parts = parts;
+        let mut states = Vec::with_capacity(parts.memories.len());
+        for cap in std::mem::take(&mut parts.memories) {
+            let base = images.image_len();
+            images.append(&cap.image);
             let mut state = cap.state;
             for run in &mut state.runs {
                 run.image_offset += base;
             }
-            memories.push(state);
+            states.push(state);
         }
-        let image_end = out.len();
-        let image_hash = xxh3_128(&out[IMAGE_OFFSET as usize..image_end]);
+        Self::encode_captured(parts, states, images)
+    }
+
+    /// A buffer for [`Snapshot::encode_captured`] to capture memories into;
+    /// `tail`: bytes the body will need beyond the page hashes (an
+    /// embedded module, say).
+    pub(crate) fn image_writer(tail: usize) -> ImageWriter {
+        let mut w = ImageWriter::new(IMAGE_OFFSET as usize, true);
+        w.tail = tail;
+        w
+    }
+
+    /// Encodes a snapshot whose memory images were captured straight into
+    /// `images` (see [`Snapshot::image_writer`]); `states` describe them,
+    /// and `parts.memories` is ignored. The image is neither copied nor read
+    /// again: only the body is appended and the header written.
+    pub(crate) fn encode_captured(
+        parts: SnapshotParts,
+        states: Vec<MemoryState>,
+        images: ImageWriter,
+    ) -> Snapshot {
+        let image_len = images.image_len();
+        let (mut out, image_hash) = images.finish();
         let body = Body {
             meta: parts.meta,
             limits: parts.limits,
             wasi: parts.wasi,
             globals: parts.globals,
             tables: parts.tables,
-            memories,
+            memories: states,
             module: parts.module,
             files: parts
                 .files
@@ -287,7 +310,6 @@ impl Snapshot {
         let body_bytes =
             postcard::to_stdvec(&body).expect("postcard encoding into a Vec cannot fail");
         out.extend_from_slice(&body_bytes);
-        let image_len = image_end as u64 - IMAGE_OFFSET;
         write_header(
             &mut out[..HEADER_LEN],
             image_len,

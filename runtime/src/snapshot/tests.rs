@@ -208,3 +208,43 @@ fn fuzz_corpus_never_panics() {
     }
     assert!(n > 0, "empty fuzz corpus at {}", dir.display());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..ProptestConfig::default() })]
+
+    /// Capturing straight into the snapshot's buffer (what an instance
+    /// does) gives the same bytes as capturing apart and encoding, for one
+    /// memory or two, raw or compressed.
+    #[test]
+    fn capture_into_the_buffer_equals_encode(
+        wasm_pages in 1usize..4,
+        writes in proptest::collection::vec((0usize..64, 1u8..=255), 0..30),
+        second in proptest::option::of(1usize..3),
+        compress in any::<bool>(),
+    ) {
+        // Memories are whole Wasm pages (16 × 4 KiB).
+        let mems: Vec<Vec<u8>> = std::iter::once(memory_with(wasm_pages * 16, &writes))
+            .chain(second.map(|p| memory_with(p * 16, &writes[..writes.len() / 2])))
+            .collect();
+        let mut apart = parts(&mems[0], compress, vec![]);
+        apart.memories = mems
+            .iter()
+            .enumerate()
+            .map(|(i, m)| capture_memory(i as u32, m, None, compress))
+            .collect();
+        let expected = Snapshot::encode(apart);
+
+        let mut images = Snapshot::image_writer(0);
+        let states: Vec<MemoryState> = mems
+            .iter()
+            .enumerate()
+            .map(|(i, m)| images.capture(i as u32, m, None, compress))
+            .collect();
+        let mut rest = parts(&mems[0], compress, vec![]);
+        rest.memories.clear();
+        let got = Snapshot::encode_captured(rest, states, images);
+        prop_assert!(got.as_bytes() == expected.as_bytes());
+        let decoded = Snapshot::from_bytes(got.as_bytes().to_vec());
+        prop_assert!(decoded.is_ok(), "{:?}", decoded.err());
+    }
+}
