@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -95,25 +95,38 @@ pub fn unauthorized() -> Response<Body> {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is larger than {limit} bytes"),
-                ))
-            } else {
-                Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read request body: {e}"),
-                ))
+pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    use hyper::body::Body as _;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
+    // One buffer sized from Content-Length, each chunk appended and then
+    // dropped: a large body (a snapshot) is copied once and its chunks'
+    // memory is reused, instead of all chunks kept and then concatenated.
+    let hint = body.size_hint();
+    let expected = hint.exact().unwrap_or(hint.lower());
+    if expected > limit as u64 {
+        return Err(too_large());
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(expected as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
             }
+            buf.extend_from_slice(&data);
         }
     }
+    Ok(Bytes::from(buf))
 }
 
 /// Reads and parses a JSON body.
