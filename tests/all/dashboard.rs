@@ -7,8 +7,6 @@
 //! shows the predictor's forecasts against what the app used. Screenshots
 //! are kept in `target/test-artifacts/`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +17,7 @@ use tern_scheduler::PredictorConfig;
 use tokio::task::block_in_place;
 
 use crate::browser::{artifact_dir, Browser};
-use crate::nodes::{client, TestNode, TOKEN};
+use crate::nodes::{client, Load, TestNode, TOKEN};
 use crate::relay::{Fault, Relay};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -57,52 +55,6 @@ fn js_attr(sel: &str, attr: &str) -> String {
     format!("(() => {{ const e = document.querySelector({sel:?}); return e ? e.getAttribute({attr:?}) : null; }})()")
 }
 
-/// Requests against an app through a node's ingress until stopped.
-struct Load {
-    served: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn start_load(url: String) -> Load {
-    let (served, failed, stop) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let c = Client::new(None).with_timeout(Duration::from_secs(30));
-        // Paced, so that the rest of the test suite keeps some CPU.
-        let mut pace = tokio::time::interval(Duration::from_millis(2));
-        while !st.load(Ordering::Relaxed) {
-            pace.tick().await;
-            let r = c
-                .send(
-                    hyper::Method::POST,
-                    &url,
-                    "text/plain",
-                    Bytes::from_static(b"1"),
-                )
-                .await;
-            match r {
-                Ok(_) => s.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    eprintln!("load: {e}");
-                    f.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-        }
-    });
-    Load {
-        served,
-        failed,
-        stop,
-        task,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_a_migration_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +88,12 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
         .post_json(&format!("{control}/v1/apps"), &req)
         .await
         .unwrap();
-    let load = start_load(format!("{}/apps/counter/", node1.url));
+    // Paced, so that the rest of the test suite keeps some CPU.
+    let load = Load::start(
+        format!("{}/apps/counter/", node1.url),
+        b"1",
+        Some(Duration::from_millis(2)),
+    );
 
     let page = format!("{control}/#token={TOKEN}");
     let mut b = block_in_place(Browser::start);
@@ -176,7 +133,7 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
     tokio::time::timeout(WAIT, relay.wait_held())
         .await
         .expect("the migration never reached the target's first copy");
-    let served_before = load.served.load(Ordering::Relaxed);
+    let served_before = load.served();
     block_in_place(|| {
         b.wait_for(
             "the migration as running",
@@ -203,7 +160,7 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
     });
     // The app kept serving on node-1 while its move was held.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while load.served.load(Ordering::Relaxed) < served_before + 20 {
+    while load.served() < served_before + 20 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the app stopped serving during the first copy"
@@ -270,13 +227,7 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
         assert_eq!(b.eval("document.getElementById('main').hidden"), true);
     });
 
-    load.stop.store(true, Ordering::Relaxed);
-    load.task.await.unwrap();
-    assert_eq!(
-        load.failed.load(Ordering::Relaxed),
-        0,
-        "requests failed during the move"
-    );
+    assert_eq!(load.stop().await, 0, "requests failed during the move");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

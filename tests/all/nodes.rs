@@ -287,3 +287,68 @@ async fn the_api_requires_the_token() {
         .unwrap();
     assert_eq!(ok["name"], "t1");
 }
+
+/// POSTs `body` to `url` (an app's ingress) one request at a time until
+/// stopped, counting successes (2xx) and failures; `pace`: at most one
+/// request per this interval.
+pub struct Load {
+    pub served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    pub fn start(url: String, body: &'static [u8], pace: Option<std::time::Duration>) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let served = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let c = Client::new(None).with_timeout(std::time::Duration::from_secs(30));
+            let mut pace = pace.map(tokio::time::interval);
+            while !st.load(Ordering::Relaxed) {
+                if let Some(p) = &mut pace {
+                    p.tick().await;
+                }
+                let r = c
+                    .send(
+                        hyper::Method::POST,
+                        &url,
+                        "text/plain",
+                        Bytes::from_static(body),
+                    )
+                    .await;
+                match r {
+                    Ok((status, _)) if status.is_success() => s.fetch_add(1, Ordering::Relaxed),
+                    Ok((status, b)) => {
+                        eprintln!("load: {status} {}", String::from_utf8_lossy(&b));
+                        f.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(e) => {
+                        eprintln!("load: {e}");
+                        f.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        });
+        Load {
+            served,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the load and returns how many requests failed.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -4,61 +4,16 @@
 //! relieves it by moving an app hot to the big node while the load goes on
 //! through the small node's ingress, without a failed request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tern_api::client::Client;
 use tern_api::types::{AppView, DeployRequest, MigrationReport, Resources};
 use tern_scheduler::{PredictorConfig, RebalanceConfig};
 
-use crate::nodes::{client, TestNode, TOKEN};
+use crate::nodes::{client, Load, TestNode, TOKEN};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// CPU-bound requests at one app until stopped.
-struct Load {
-    served: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn hammer(url: String) -> Load {
-    let (served, failed, stop) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
-    let task = tokio::spawn(async move {
-        let c = Client::new(None).with_timeout(Duration::from_secs(30));
-        while !st.load(Ordering::Relaxed) {
-            match c
-                .send(hyper::Method::POST, &url, "text/plain", Bytes::new())
-                .await
-            {
-                Ok((status, _)) if status.is_success() => s.fetch_add(1, Ordering::Relaxed),
-                Ok((status, body)) => {
-                    eprintln!("load: {status} {}", String::from_utf8_lossy(&body));
-                    f.fetch_add(1, Ordering::Relaxed)
-                }
-                Err(e) => {
-                    eprintln!("load: {e}");
-                    f.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-        }
-    });
-    Load {
-        served,
-        failed,
-        stop,
-        task,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_overloaded_node_is_relieved_by_hot_migrations() {
@@ -133,7 +88,7 @@ async fn an_overloaded_node_is_relieved_by_hot_migrations() {
     }
     let loads: Vec<Load> = ["life-a", "life-b"]
         .iter()
-        .map(|a| hammer(format!("{}/apps/{a}/step?n=20", small.url)))
+        .map(|a| Load::start(format!("{}/apps/{a}/step?n=20", small.url), b"", None))
         .collect();
 
     // The rebalancer moves one of them off the small node, hot.
@@ -179,9 +134,9 @@ async fn an_overloaded_node_is_relieved_by_hot_migrations() {
     let on = |n: &str| apps.iter().filter(|a| a.node.as_deref() == Some(n)).count();
     assert!(on("big") >= 1, "{apps:?}");
     let load = &loads[if moved.app == "life-a" { 0 } else { 1 }];
-    let after = load.served.load(Ordering::Relaxed);
+    let after = load.served();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while load.served.load(Ordering::Relaxed) < after + 5 {
+    while load.served() < after + 5 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} stopped serving after its move",
@@ -189,11 +144,7 @@ async fn an_overloaded_node_is_relieved_by_hot_migrations() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for l in &loads {
-        l.stop.store(true, Ordering::Relaxed);
-    }
     for l in loads {
-        l.task.await.unwrap();
-        assert_eq!(l.failed.load(Ordering::Relaxed), 0, "requests failed");
+        assert_eq!(l.stop().await, 0, "requests failed");
     }
 }
