@@ -42,6 +42,9 @@ pub struct AppConfig {
     pub generation: u64,
     /// A fixed seed for the app's random source, for reproducible runs.
     pub random_seed: Option<u64>,
+    /// A host directory whose files travel inside the app's snapshots (a
+    /// node's per-app directory; see [`crate::carry`]).
+    pub carry_dir: Option<std::path::PathBuf>,
 }
 
 /// Options for a capture.
@@ -79,6 +82,9 @@ pub struct RestoreOptions {
     /// Limits to run under instead of the snapshot's.
     pub limits_override: Option<LimitsState>,
     pub stdio: Stdio,
+    /// Write the snapshot's carried files here, replacing what the
+    /// directory holds, and carry it in later snapshots.
+    pub carry_dir: Option<std::path::PathBuf>,
 }
 
 /// One instantiated app.
@@ -587,7 +593,10 @@ impl Instance {
             module: opts
                 .embed_module
                 .then(|| self.module.original.as_ref().clone()),
-            files: Vec::new(),
+            files: match &self.config.carry_dir {
+                Some(dir) => crate::carry::read_files(dir)?,
+                None => Vec::new(),
+            },
             memories: Vec::new(),
         };
         Ok((parts, memories))
@@ -637,6 +646,7 @@ impl Instance {
             app: body.meta.app.clone(),
             generation: body.meta.generation,
             random_seed: wasi.random_seed,
+            carry_dir: opts.carry_dir.clone(),
         };
         if let Some(limit) = config.limits.memory_bytes {
             let total: u64 = body.memories.iter().map(|m| m.byte_size).sum();
@@ -682,6 +692,11 @@ impl Instance {
         inst.restore_memories(snap, cow)?;
         inst.restore_globals(snap)?;
         inst.restore_tables(snap)?;
+        // The app's files, once everything else checked out (a failed
+        // restore leaves the directory as it was).
+        if let Some(dir) = &inst.config.carry_dir {
+            crate::carry::write_files(dir, &body.files)?;
+        }
         if opts.hooks && inst.has_export("tern_on_restore") {
             inst.call_raw("tern_on_restore", &[])?;
         }
@@ -971,6 +986,9 @@ impl Instance {
         self.calls = state.body.meta.calls;
         self.config.generation = state.body.meta.generation;
         self.extra_meta = state.body.meta.extra.clone();
+        if let Some(dir) = &self.config.carry_dir {
+            crate::carry::write_files(dir, &state.body.files)?;
+        }
         Ok(())
     }
 

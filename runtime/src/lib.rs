@@ -12,6 +12,7 @@
 //! - [`sdk`]: the host side of the guest ABI (requests, ticks, hooks);
 //! - [`values`]: numeric arguments and results as text and JSON.
 
+pub mod carry;
 pub mod dirty;
 pub mod engine;
 pub mod error;

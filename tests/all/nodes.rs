@@ -352,3 +352,64 @@ impl Load {
         self.failed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// An app's own directory (`/data`) moves with it: hot, hybrid (from a
+/// checkpoint older than the last writes) and cold, and the node it lands
+/// on ends up with exactly the app's files, not what an earlier stay left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_files_move_with_it() {
+    let nodes = [
+        TestNode::start("f1").await,
+        TestNode::start("f2").await,
+        TestNode::start("f3").await,
+    ];
+    let c = client();
+    deploy(&c, &nodes[0], tern_artifacts::HEAPSTATE, "notes").await;
+    let call = |node: usize, export: &'static str, arg: Option<i64>| {
+        let c = c.clone();
+        let url = nodes[node].url.clone();
+        async move {
+            let args: Vec<String> = arg.iter().map(|a| a.to_string()).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let r = invoke(&c, &url, "notes", export, &args).await;
+            r.results[0].as_i64().unwrap()
+        }
+    };
+    for n in 1..=3 {
+        assert!(call(0, "file_write", Some(n)).await > 0);
+    }
+    let on_first = call(0, "file_sum", None).await;
+    assert!(on_first > 0);
+
+    migrate(&c, &nodes[0], &nodes[1], "notes", Mode::Hot, 2)
+        .await
+        .unwrap();
+    assert_eq!(call(1, "file_sum", None).await, on_first, "hot");
+    assert_eq!(call(1, "file_remove", Some(1)).await, 0);
+    assert!(call(1, "file_write", Some(4)).await > 0);
+    let _: serde_json::Value = c
+        .post_json(
+            &format!("{}/v1/apps/notes/checkpoint", nodes[1].url),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert!(call(1, "file_write", Some(5)).await > 0);
+    let on_second = call(1, "file_sum", None).await;
+
+    migrate(&c, &nodes[1], &nodes[2], "notes", Mode::Hybrid, 3)
+        .await
+        .unwrap();
+    assert_eq!(call(2, "file_sum", None).await, on_second, "hybrid");
+
+    // Back to the first node, whose directory still holds 1.txt from before.
+    migrate(&c, &nodes[2], &nodes[0], "notes", Mode::Cold, 4)
+        .await
+        .unwrap();
+    assert_eq!(call(0, "file_sum", None).await, on_second, "cold");
+    assert_eq!(
+        call(0, "file_remove", Some(1)).await,
+        -1,
+        "a stale file came back"
+    );
+}

@@ -357,6 +357,9 @@ impl Actor {
             app: Some(self.spec.name.clone()),
             generation: self.spec.generation,
             random_seed: None,
+            carry_dir: Some(std::path::PathBuf::from(
+                app_dir(&self.data_dir, &self.spec.name).host,
+            )),
         }
     }
 

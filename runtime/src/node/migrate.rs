@@ -621,8 +621,11 @@ pub(crate) fn restore_options(
     copy_on_write: bool,
 ) -> RestoreOptions {
     let mut wasi = snap.body.wasi.clone();
-    wasi.preopens = vec![super::app::app_dir(&node.config.data_dir, app)];
+    let dir = super::app::app_dir(&node.config.data_dir, app);
+    let carry_dir = Some(std::path::PathBuf::from(&dir.host));
+    wasi.preopens = vec![dir];
     RestoreOptions {
+        carry_dir,
         copy_on_write,
         hooks,
         wasi_override: Some(wasi),

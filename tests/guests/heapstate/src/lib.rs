@@ -15,6 +15,9 @@
 //! | `memory_pages() -> i64` | `memory.size` in 64 KiB pages |
 //! | `panic_after_push(v) -> i64` | pushes `v`, then panics (traps): state changed by a call that failed |
 //! | `spin_forever() -> i64` | never returns (for timeouts) |
+//! | `file_write(n) -> i64` | writes `/data/notes/n.txt` (n as text, n times); returns its length, -1 on error |
+//! | `file_remove(n) -> i64` | removes `/data/notes/n.txt`; 0, or -1 on error |
+//! | `file_sum() -> i64` | a hash of every file in `/data/notes` (names and contents); -1 if it cannot read them |
 //!
 //! The state lives in a plain global, not a `RefCell`, so a trap cannot leave
 //! it locked.
@@ -209,6 +212,45 @@ pub extern "C" fn buffer_pages() -> i64 {
         .buffer
         .as_ref()
         .map_or(0, |b| (b.len / HOST_PAGE) as i64)
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn file_write(n: i64) -> i64 {
+    let text = n.to_string().repeat(n.clamp(0, 1000) as usize);
+    let dir = std::path::Path::new("/data/notes");
+    match std::fs::create_dir_all(dir).and_then(|_| std::fs::write(dir.join(format!("{n}.txt")), &text)) {
+        Ok(()) => text.len() as i64,
+        Err(_) => -1,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn file_remove(n: i64) -> i64 {
+    match std::fs::remove_file(format!("/data/notes/{n}.txt")) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn file_sum() -> i64 {
+    let Ok(entries) = std::fs::read_dir("/data/notes") else {
+        return -1;
+    };
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in entries {
+        let Ok(e) = e else { return -1 };
+        let Ok(bytes) = std::fs::read(e.path()) else { return -1 };
+        files.push((e.file_name().to_string_lossy().into_owned(), bytes));
+    }
+    files.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, bytes) in &files {
+        for b in name.bytes().chain(bytes.iter().copied()) {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    (h >> 1) as i64
 }
 
 #[unsafe(no_mangle)]
