@@ -6,7 +6,8 @@
 //!
 //! - [`UffdTracker`]: userfaultfd write-protection in *async* mode plus the
 //!   `PAGEMAP_SCAN` ioctl on `/proc/self/pagemap` (Linux >= 6.7). The kernel
-//!   write-protects every page of the reservation; a guest's first write to a
+//!   write-protects every accessible page (and pages made accessible later,
+//!   when a collect first sees them); a guest's first write to a
 //!   protected page is resolved by the kernel itself (no handler thread, no
 //!   signal: about a microsecond) and leaves the page marked written. A
 //!   `collect` asks the kernel for the written pages and re-protects exactly
@@ -227,18 +228,21 @@ impl DirtyTracker for HashTracker {
 // ---------------------------------------------------------------------------
 
 /// userfaultfd write-protect in async mode + the `PAGEMAP_SCAN` ioctl
-/// (Linux >= 6.7). Registers the WHOLE reservation `[base, base+reserved)` so
-/// pages added by `memory.grow` are covered.
+/// (Linux >= 6.7). Registers the WHOLE reservation `[base, base+reserved)`
+/// and write-protects its accessible prefix; a collect that finds the memory
+/// grown reports the pages of the new part that hold anything (present and
+/// not the shared zero page, or swapped) and arms that part too.
 ///
 /// Kernel needs: `userfaultfd(2)` permitted (root, `CAP_SYS_PTRACE`,
 /// `vm.unprivileged_userfaultfd=1`, or access to `/dev/userfaultfd`), the
 /// features `UFFD_FEATURE_WP_ASYNC` and `UFFD_FEATURE_WP_UNPOPULATED`, and
 /// `PAGEMAP_SCAN`; the system page size must be [`PAGE`].
 ///
-/// Costs (Linux 6.18, measured): `start` write-protects the whole reservation,
-/// which installs a marker in every never-populated page table entry: 20-40 ms
-/// and 8 MiB of page tables for a 4 GiB reservation (the page tables stay
-/// until the memory is unmapped); a `collect` costs O(written pages), well
+/// Costs (Linux 6.18, measured): write-protecting installs a marker in every
+/// never-populated page table entry of the range, so `start` costs in
+/// proportion to the accessible size (protecting a whole 4 GiB reservation
+/// took 20-40 ms and 8 MiB of page tables, which is why only the accessible
+/// prefix is protected); a `collect` costs O(written pages), well
 /// under a millisecond for thousands of pages; the guest's first write to a
 /// protected page costs about 1 µs more than an unarmed write. Dropping the
 /// tracker unregisters the range, clears the protection (~10-20 ms for
@@ -403,6 +407,9 @@ mod sys {
     const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
     const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
     const PAGE_IS_WRITTEN: u64 = 1 << 1;
+    const PAGE_IS_PRESENT: u64 = 1 << 3;
+    const PAGE_IS_SWAPPED: u64 = 1 << 4;
+    const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
     /// `struct pm_scan_arg`
     #[repr(C)]
@@ -517,6 +524,9 @@ mod sys {
         pagemap: OwnedFd,
         base: u64,
         reserved: u64,
+        /// Bytes from `base` write-protected so far: the accessible size at
+        /// start, extended when a collect sees the memory grown.
+        protected: u64,
         features: u64,
         regions: Vec<PageRegion>,
     }
@@ -586,6 +596,7 @@ mod sys {
                 pagemap,
                 base: base as u64,
                 reserved: reserved as u64,
+                protected: 0,
                 features: WANTED_FEATURES,
                 regions: vec![PageRegion::default(); REGIONS_PER_SCAN],
             };
@@ -595,23 +606,17 @@ mod sys {
                     format!("uffd dirty tracker: UFFDIO_REGISTER: range does not support UFFDIO_WRITEPROTECT (ioctls {:#x})", reg.ioctls),
                 ));
             }
-            // Protect the whole reservation, not only the accessible prefix.
-            // PAGEMAP_SCAN counts every entry that is not write-protected as
-            // written, an empty (never-populated) one included; protecting
-            // puts a uffd-wp marker in every empty entry (WP_UNPOPULATED), so
-            // untouched pages, pages only read (the zero page inherits the
-            // marker) and pages made accessible later by growth are all
-            // armed, and a page discarded with MADV_DONTNEED (which drops the
-            // marker) is reported.
-            let mut wp = UffdioWriteprotect {
-                range,
-                mode: UFFDIO_WRITEPROTECT_MODE_WP,
-            };
-            if ioctl(&me.uffd, UFFDIO_WRITEPROTECT, &mut wp) < 0 {
-                return Err(os_err(&format!(
-                    "UFFDIO_WRITEPROTECT of {reserved} bytes at {base:#x}"
-                )));
-            }
+            // Protect the accessible prefix. PAGEMAP_SCAN counts every entry
+            // that is not write-protected as written, an empty
+            // (never-populated) one included; protecting puts a uffd-wp
+            // marker in every empty entry (WP_UNPOPULATED), so untouched
+            // pages and pages only read (the zero page inherits the marker)
+            // are armed, and a page discarded with MADV_DONTNEED (which drops
+            // the marker) is reported. Pages made accessible later by growth
+            // are armed by the collect that first sees them (`arm_growth`):
+            // protecting the whole 4 GiB reservation up front would cost
+            // 20-40 ms and 8 MiB of page tables, inside the app's pause.
+            me.protect(size)?;
             // One scan now: checks that PAGEMAP_SCAN exists and that every VMA
             // of the memory accepted async write-protection. Nothing was
             // written since the protection above, so nothing is lost.
@@ -640,25 +645,101 @@ mod sys {
             self.scan(size)
         }
 
+        /// Write-protects `[base+protected, base+size)` (rounded up to whole
+        /// pages) and extends `protected` to it.
+        fn protect(&mut self, size: usize) -> io::Result<()> {
+            let end = (size.div_ceil(PAGE) * PAGE) as u64;
+            if end <= self.protected {
+                return Ok(());
+            }
+            let mut wp = UffdioWriteprotect {
+                range: UffdioRange {
+                    start: self.base + self.protected,
+                    len: end - self.protected,
+                },
+                mode: UFFDIO_WRITEPROTECT_MODE_WP,
+            };
+            if ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut wp) < 0 {
+                return Err(os_err(&format!(
+                    "UFFDIO_WRITEPROTECT of [{:#x}, {:#x})",
+                    wp.range.start,
+                    wp.range.start + wp.range.len
+                )));
+            }
+            self.protected = end;
+            Ok(())
+        }
+
+        /// The memory grew to `size` since the last look: the pages of the
+        /// new part that hold anything (present and not the shared zero
+        /// page, or swapped out) count as written; then the new part is
+        /// armed like the rest. The guest does not run during a collect (the
+        /// app's actor calls it between two calls), so no write falls
+        /// between the look and the protection.
+        fn arm_growth(&mut self, size: usize) -> io::Result<Vec<u64>> {
+            let end = self.base + (size.div_ceil(PAGE) * PAGE) as u64;
+            let start = self.base + self.protected;
+            if end <= start {
+                return Ok(Vec::new());
+            }
+            let written = self.pagemap_scan(
+                start,
+                end,
+                0,
+                PAGE_IS_PFNZERO,
+                PAGE_IS_PFNZERO,
+                PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                "the grown part",
+            )?;
+            self.protect(size)?;
+            Ok(written)
+        }
+
         /// Reports the written pages of `[base, base+size)` and re-protects them.
         fn scan(&mut self, size: usize) -> io::Result<Vec<u64>> {
-            let end = self.base + (size.div_ceil(PAGE) * PAGE) as u64;
+            let old_end = self.base + self.protected;
+            let end = (self.base + (size.div_ceil(PAGE) * PAGE) as u64).min(old_end);
+            let mut dirty = self.pagemap_scan(
+                self.base,
+                end,
+                PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                0,
+                PAGE_IS_WRITTEN,
+                0,
+                "the memory",
+            )?;
+            dirty.extend(self.arm_growth(size)?);
+            Ok(dirty)
+        }
+
+        /// Pages of `[start, end)` matching the categories, as page indices
+        /// from `base` (see PAGEMAP_SCAN in the kernel's pagemap docs).
+        #[allow(clippy::too_many_arguments)]
+        fn pagemap_scan(
+            &mut self,
+            mut start: u64,
+            end: u64,
+            flags: u64,
+            category_inverted: u64,
+            category_mask: u64,
+            category_anyof_mask: u64,
+            what: &str,
+        ) -> io::Result<Vec<u64>> {
             let mut dirty = Vec::new();
-            let mut start = self.base;
             while start < end {
                 let mut arg = PmScanArg {
                     size: std::mem::size_of::<PmScanArg>() as u64,
-                    flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                    flags,
                     start,
                     end,
                     walk_end: 0,
                     vec: self.regions.as_mut_ptr() as u64,
                     vec_len: self.regions.len() as u64,
                     max_pages: 0,
-                    category_inverted: 0,
-                    category_mask: PAGE_IS_WRITTEN,
-                    category_anyof_mask: 0,
-                    return_mask: PAGE_IS_WRITTEN,
+                    category_inverted,
+                    category_mask,
+                    category_anyof_mask,
+                    return_mask: category_mask | category_anyof_mask,
                 };
                 let n = ioctl(&self.pagemap, PAGEMAP_SCAN, &mut arg);
                 if n < 0 {
@@ -673,7 +754,7 @@ mod sys {
                     return Err(io::Error::new(
                         e.kind(),
                         format!(
-                            "uffd dirty tracker: PAGEMAP_SCAN of [{start:#x}, {end:#x}): {e}{why}"
+                            "uffd dirty tracker: PAGEMAP_SCAN of {what} [{start:#x}, {end:#x}): {e}{why}"
                         ),
                     ));
                 }
@@ -1028,6 +1109,22 @@ mod tests {
                 4,
                 &[],
                 vec![Grow(8), W(7), W(2), c(&[2, 7])],
+            ),
+            sc(
+                "growth: pages of the grown part only read are not written",
+                64,
+                8,
+                &[],
+                vec![
+                    Grow(16),
+                    R(12),
+                    W(10),
+                    c(&[10]),
+                    R(13),
+                    c(&[]),
+                    W(12),
+                    c(&[12]),
+                ],
             ),
             sc(
                 "discarded pages (MADV_DONTNEED) read as zero: reported",

@@ -351,6 +351,9 @@ async fn a_corrupted_page_chunk_is_refused_and_the_app_stays() {
 async fn a_big_busy_app_moves_hot_with_every_byte() {
     const GROW_PAGES: i64 = 1024; // x 64 KiB = 64 MiB
     const TOUCH: i64 = 16; // 4 KiB pages written per call
+                           // The call that grows the memory: soon after the move starts (it starts
+                           // after 20 calls and its first copy takes dozens of calls' time).
+    const GROW_AT: i64 = 25;
     let src = TestNode::start("src").await;
     let dst = TestNode::start("dst").await;
     let c = client();
@@ -363,7 +366,8 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
 
     // One writer, so the order of its calls is known: touch(TOUCH, seed)
     // for seed = 1, 2, 3..., through the source (which forwards once the
-    // app has moved).
+    // app has moved), but call GROW_AT is grow(1), so the memory also grows
+    // while it moves (pages the tracker must arm late).
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, mut done) = watch::channel(0u64);
     let entry = src.url.clone();
@@ -373,15 +377,12 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
         let mut failures = Vec::new();
         while !*stop_rx.borrow() {
             seed += 1;
-            match invoke(
-                &c,
-                &entry,
-                "heap",
-                "touch",
-                &[TOUCH.to_string(), seed.to_string()],
-            )
-            .await
-            {
+            let (export, args) = if seed == GROW_AT {
+                ("grow", vec!["1".to_string()])
+            } else {
+                ("touch", vec![TOUCH.to_string(), seed.to_string()])
+            };
+            match invoke(&c, &entry, "heap", export, &args).await {
                 Ok(r) if r.results[0].as_i64().is_some_and(|n| n > 0) => {}
                 Ok(r) => failures.push(format!("touch #{seed}: {r:?}")),
                 Err(e) => failures.push(format!("touch #{seed}: {e}")),
@@ -425,9 +426,13 @@ async fn a_big_busy_app_moves_hot_with_every_byte() {
     use tern_runtime::Val;
     reference.call("grow", &[Val::I64(GROW_PAGES)]).unwrap();
     for seed in 1..=calls {
-        reference
-            .call("touch", &[Val::I64(TOUCH), Val::I64(seed)])
-            .unwrap();
+        if seed == GROW_AT {
+            reference.call("grow", &[Val::I64(1)]).unwrap();
+        } else {
+            reference
+                .call("touch", &[Val::I64(TOUCH), Val::I64(seed)])
+                .unwrap();
+        }
     }
     let d_reference = match reference.call("digest", &[]).unwrap()[0] {
         Val::I64(d) => d,
