@@ -907,6 +907,34 @@ impl Instance {
         })
     }
 
+    /// The pages of `[first, end)` of a memory that are not all zero (a
+    /// range past the memory's end is cut short).
+    pub fn read_nonzero_pages(
+        &mut self,
+        memory: u32,
+        first: u64,
+        end: u64,
+    ) -> Result<crate::snapshot::PageChunk> {
+        let m = self.memory_by_index(memory)?;
+        let data = m.data(&self.store);
+        let end = end.min((data.len() / PAGE_SIZE) as u64);
+        let mut pages = Vec::new();
+        let mut out = Vec::new();
+        for p in first..end {
+            let page = &data[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE];
+            if !crate::snapshot::is_zero_page(page) {
+                out.extend_from_slice(page);
+                pages.push(p);
+            }
+        }
+        Ok(crate::snapshot::PageChunk {
+            memory,
+            byte_size: data.len() as u64,
+            pages,
+            data: out,
+        })
+    }
+
     /// Every page of a memory whose content differs from a checkpoint's
     /// (by the checkpoint's per-page hashes; pages it did not store are zero).
     pub fn pages_differing_from(

@@ -39,14 +39,24 @@ pub(crate) enum Cmd {
     Snapshot(oneshot::Sender<Result<Snapshot, ApiErr>>),
     Stop(oneshot::Sender<Result<(), ApiErr>>),
     Start(oneshot::Sender<Result<(), ApiErr>>),
-    /// Start tracking written pages and capture the first full copy: a whole
-    /// snapshot (hot), or the pages that differ from a checkpoint (hybrid).
+    /// Start tracking written pages and begin the first copy: the state
+    /// without pages (hot; the pages follow in slices), or the pages that
+    /// differ from a checkpoint (hybrid).
     PrecopyStart(
         Option<Arc<Snapshot>>,
         oneshot::Sender<Result<PrecopyFirst, ApiErr>>,
     ),
     /// The pages written since the last round.
     PrecopyRound(oneshot::Sender<Result<Vec<PageChunk>, ApiErr>>),
+    /// One slice of the first copy (hot, without a checkpoint): the
+    /// non-zero pages of `[first, end)` of one memory. Between two slices
+    /// the app goes on serving; what it writes meanwhile is dirty.
+    PrecopySlice {
+        memory: u32,
+        first: u64,
+        end: u64,
+        reply: oneshot::Sender<Result<PageChunk, ApiErr>>,
+    },
     /// Pause: hold new calls, run the snapshot hook, capture the last pages
     /// and the state (or, for cold, a whole snapshot).
     Freeze {
@@ -64,7 +74,13 @@ pub(crate) enum Cmd {
 
 /// The first copy of a pre-copy.
 pub(crate) enum PrecopyFirst {
-    Full(Snapshot),
+    /// Hot: the state without pages, and each memory's page count at the
+    /// start; the pages follow in slices (`Cmd::PrecopySlice`).
+    Sliced {
+        state: Snapshot,
+        memories: Vec<(u32, u64)>,
+    },
+    /// Hybrid: the pages that differ from the checkpoint.
     Delta(Vec<PageChunk>),
 }
 
@@ -591,6 +607,20 @@ impl Actor {
                 let r = self.collect_dirty();
                 let _ = reply.send(r);
             }
+            Cmd::PrecopySlice {
+                memory,
+                first,
+                end,
+                reply,
+            } => {
+                let r = match self.inst.as_mut() {
+                    Some(inst) => inst
+                        .read_nonzero_pages(memory, first, end)
+                        .map_err(|e| (500, e.to_string())),
+                    None => Err(self.not_running()),
+                };
+                let _ = reply.send(r);
+            }
             Cmd::Freeze { cold, reply } => {
                 let r = self.freeze(cold);
                 let _ = reply.send(r);
@@ -687,14 +717,17 @@ impl Actor {
             .unwrap_or_else(|e| e.into_inner()) =
             kinds.first().cloned().unwrap_or_else(|| "none".into());
         let first = match base {
-            None => PrecopyFirst::Full(
-                inst.snapshot(SnapshotOptions {
-                    embed_module: false,
-                    compress: false,
-                    hooks: false,
-                })
-                .map_err(|e| (500, e.to_string()))?,
-            ),
+            None => PrecopyFirst::Sliced {
+                state: inst
+                    .snapshot_state_only()
+                    .map_err(|e| (500, e.to_string()))?,
+                memories: inst
+                    .memory_regions()
+                    .map_err(|e| (500, e.to_string()))?
+                    .into_iter()
+                    .map(|r| (r.index, (r.size / crate::snapshot::PAGE_SIZE) as u64))
+                    .collect(),
+            },
             Some(cp) => PrecopyFirst::Delta(
                 inst.pages_differing_from(&cp)
                     .map_err(|e| (500, e.to_string()))?,

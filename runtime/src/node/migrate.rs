@@ -222,13 +222,18 @@ pub(crate) async fn migrate_out(
         let first = handle.ask(|tx| Cmd::PrecopyStart(base, tx)).await??;
         tracking = handle.tracking_kind();
         match first {
-            PrecopyFirst::Full(snap) => {
-                bytes_sent += snap.as_bytes().len() as u64;
-                pages_sent += snap.stored_pages();
+            PrecopyFirst::Sliced { state, memories } => {
+                // The target starts from the state with zeroed memories...
+                bytes_sent += state.as_bytes().len() as u64;
                 node.client
-                    .post_bytes(&format!("{session}/base"), snapshot_body(snap))
+                    .post_bytes(&format!("{session}/base"), snapshot_body(state))
                     .await
                     .map_err(|e| client_err("sending the first copy", e))?;
+                // ...and the pages follow in slices, the next one read from
+                // the app while this one is on the wire.
+                let (b, p) = send_slices(&node, &handle, &session, &memories).await?;
+                bytes_sent += b;
+                pages_sent += p;
             }
             PrecopyFirst::Delta(chunks) => {
                 let (b, p) = send_chunks(&node, &session, &chunks).await?;
@@ -369,6 +374,68 @@ async fn send_chunks(
             .post_bytes(&format!("{session}/pages"), Bytes::from(body))
             .await
             .map_err(|e| client_err("sending pages", e))?;
+    }
+    Ok((bytes, pages))
+}
+
+/// Pages per slice of a hot move's first copy (4 MiB): small enough that
+/// the app is never held for long, large enough to keep the wire busy.
+const SLICE_PAGES: u64 = 1024;
+
+/// The first copy of a hot move: every memory's non-zero pages, read from
+/// the app slice by slice (between two slices it serves calls) and sent as
+/// page chunks, reading slice k+1 while slice k is sent.
+async fn send_slices(
+    node: &Node,
+    handle: &AppHandle,
+    session: &str,
+    memories: &[(u32, u64)],
+) -> Result<(u64, u64), ApiErr> {
+    let slices: Vec<(u32, u64, u64)> = memories
+        .iter()
+        .flat_map(|&(memory, pages)| {
+            (0..pages.div_ceil(SLICE_PAGES).max(1))
+                .map(move |k| (memory, k * SLICE_PAGES, ((k + 1) * SLICE_PAGES).min(pages)))
+        })
+        .collect();
+    let read = |(memory, first, end): (u32, u64, u64)| {
+        handle.ask(move |reply| Cmd::PrecopySlice {
+            memory,
+            first,
+            end,
+            reply,
+        })
+    };
+    let (mut bytes, mut pages) = (0, 0);
+    let Some(&first) = slices.first() else {
+        return Ok((0, 0));
+    };
+    let mut current = read(first).await??;
+    for k in 0..slices.len() {
+        let chunk = current;
+        let send = async {
+            // All-zero slices are skipped, but the first of each memory
+            // always goes, so the target learns every memory's size.
+            if chunk.pages.is_empty() && slices[k].1 != 0 {
+                return Ok((0, 0));
+            }
+            send_chunks(node, session, std::slice::from_ref(&chunk)).await
+        };
+        let sent = match slices.get(k + 1) {
+            Some(&s) => {
+                let (sent, next) = tokio::join!(send, read(s));
+                current = next??;
+                sent
+            }
+            None => {
+                let sent = send.await;
+                current = PageChunk::default();
+                sent
+            }
+        };
+        let (b, p) = sent?;
+        bytes += b;
+        pages += p;
     }
     Ok((bytes, pages))
 }

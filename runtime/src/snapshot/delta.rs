@@ -16,7 +16,7 @@ const CHUNK_VERSION: u32 = 1;
 const CHUNK_HEADER: usize = 8 + 4 + 4 + 8 + 4;
 
 /// Pages of one memory, as a migration sends them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PageChunk {
     pub memory: u32,
     /// The memory's size when the pages were read (the receiver grows to it).

@@ -32,8 +32,8 @@ mod delta;
 mod image;
 
 pub use delta::PageChunk;
-pub(crate) use image::ImageWriter;
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
+pub(crate) use image::{is_zero_page, ImageWriter};
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
