@@ -386,7 +386,7 @@ unsafe impl LinearMemory for TernMemory {
 ///
 /// Only meaningful for anonymous memory: a page never touched is zero.
 pub(crate) fn residency(base: *const u8, len: usize) -> Option<Vec<u8>> {
-    if len == 0 || (base as usize) % PAGE_SIZE != 0 {
+    if len == 0 || !(base as usize).is_multiple_of(PAGE_SIZE) {
         return None;
     }
     let mut vec = vec![0u8; len.div_ceil(PAGE_SIZE)];

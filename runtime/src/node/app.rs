@@ -77,7 +77,7 @@ pub(crate) enum PrecopyFirst {
     /// Hot: the state without pages, and each memory's page count at the
     /// start; the pages follow in slices (`Cmd::PrecopySlice`).
     Sliced {
-        state: Snapshot,
+        state: Box<Snapshot>,
         memories: Vec<(u32, u64)>,
     },
     /// Hybrid: the pages that differ from the checkpoint.
@@ -718,9 +718,10 @@ impl Actor {
             kinds.first().cloned().unwrap_or_else(|| "none".into());
         let first = match base {
             None => PrecopyFirst::Sliced {
-                state: inst
-                    .snapshot_state_only()
-                    .map_err(|e| (500, e.to_string()))?,
+                state: Box::new(
+                    inst.snapshot_state_only()
+                        .map_err(|e| (500, e.to_string()))?,
+                ),
                 memories: inst
                     .memory_regions()
                     .map_err(|e| (500, e.to_string()))?

@@ -316,6 +316,8 @@ fn parse_sha(s: &str) -> Option<[u8; 32]> {
     hex::decode(s).ok()?.try_into().ok()
 }
 
+// The error is the response itself, built once where the lookup fails.
+#[allow(clippy::result_large_err)]
 fn local(node: &Node, name: &str) -> Result<AppHandle, Resp> {
     node.local(name).ok_or_else(|| {
         error(

@@ -5,8 +5,9 @@
 //! 2. open a session on the target (`POST /v1/migrations`); for hybrid the
 //!    target first restores the checkpoint it holds (or fetches it);
 //! 3. start dirty-page tracking and send the first copy while the app
-//!    serves: a whole snapshot (hot) or the pages that differ from the
-//!    checkpoint (hybrid);
+//!    serves: the state without pages, then every non-zero page in 4 MiB
+//!    slices read between the app's calls (hot), or the pages that differ
+//!    from the checkpoint (hybrid);
 //! 4. rounds: send the pages written since the last round, until few are
 //!    left or the rounds stop converging;
 //! 5. stop-and-copy: the app's actor holds new calls, runs the snapshot hook,
@@ -14,6 +15,7 @@
 //!    verifies them, puts them in place, resumes the app and acknowledges;
 //! 6. handover: routing flips to the target, the held calls are replayed
 //!    there in order, and only then does the source drop its copy.
+//!
 //! Cold skips 3–4: it freezes, sends one whole snapshot, and hands over.
 //! Any failure before the acknowledgement and the source resumes the app
 //! itself, held calls first: nothing is lost or run twice, and generation
@@ -226,7 +228,7 @@ pub(crate) async fn migrate_out(
                 // The target starts from the state with zeroed memories...
                 bytes_sent += state.as_bytes().len() as u64;
                 node.client
-                    .post_bytes(&format!("{session}/base"), snapshot_body(state))
+                    .post_bytes(&format!("{session}/base"), snapshot_body(*state))
                     .await
                     .map_err(|e| client_err("sending the first copy", e))?;
                 // ...and the pages follow in slices, the next one read from
@@ -245,7 +247,7 @@ pub(crate) async fn migrate_out(
         let mut previous = u64::MAX;
         let mut stalled = 0;
         loop {
-            let chunks = handle.ask(|tx| Cmd::PrecopyRound(tx)).await??;
+            let chunks = handle.ask(Cmd::PrecopyRound).await??;
             let dirty: u64 = chunks.iter().map(|c| c.pages.len() as u64).sum();
             let (b, p) = send_chunks(&node, &session, &chunks).await?;
             bytes_sent += b;
