@@ -86,7 +86,12 @@ pub(crate) enum PrecopyFirst {
 
 pub(crate) enum FreezeResult {
     Final(FinalCapture),
-    Cold(Snapshot),
+    /// Cold: the state without pages and each memory's page count; the
+    /// pages follow in slices read from the frozen app.
+    Cold {
+        state: Box<Snapshot>,
+        memories: Vec<(u32, u64)>,
+    },
 }
 
 struct Shared {
@@ -774,14 +779,21 @@ impl Actor {
             let inst = self.inst.as_mut().expect("checked");
             set_extra(inst, SERVED_KEY, served);
             if cold {
-                let snap = inst
-                    .snapshot(SnapshotOptions {
-                        embed_module: false,
-                        compress: false,
-                        hooks: true,
-                    })
+                inst.run_snapshot_hook(true)
                     .map_err(|e| (500, e.to_string()))?;
-                return Ok(FreezeResult::Cold(snap));
+                let state = inst
+                    .snapshot_state_only()
+                    .map_err(|e| (500, e.to_string()))?;
+                let memories = inst
+                    .memory_regions()
+                    .map_err(|e| (500, e.to_string()))?
+                    .into_iter()
+                    .map(|r| (r.index, (r.size / crate::snapshot::PAGE_SIZE) as u64))
+                    .collect();
+                return Ok(FreezeResult::Cold {
+                    state: Box::new(state),
+                    memories,
+                });
             }
             inst.run_snapshot_hook(true)
                 .map_err(|e| (500, e.to_string()))?;

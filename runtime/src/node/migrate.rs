@@ -16,7 +16,9 @@
 //! 6. handover: routing flips to the target, the held calls are replayed
 //!    there in order, and only then does the source drop its copy.
 //!
-//! Cold skips 3–4: it freezes, sends one whole snapshot, and hands over.
+//! Cold freezes first and then sends the same way, with the app frozen all
+//! along: the state, the pages in slices, the commit; then it hands over.
+//! (`/cold`, one whole snapshot in one request, is still accepted.)
 //! Any failure before the acknowledgement and the source resumes the app
 //! itself, held calls first: nothing is lost or run twice, and generation
 //! numbers fence any stale copy.
@@ -212,12 +214,22 @@ pub(crate) async fn migrate_out(
                 })
                 .await??;
             paused_at = Some(t_pause);
-            let FreezeResult::Cold(snap) = frozen else {
+            let FreezeResult::Cold { state, memories } = frozen else {
                 return Err(err(500, "unexpected freeze result"));
             };
-            bytes_sent += snap.as_bytes().len() as u64;
-            pages_sent += snap.stored_pages();
-            let ack = post_ack(&node, &format!("{session}/cold"), snapshot_body(snap)).await?;
+            // The same steps as a hot move's first copy and commit, with the
+            // app frozen all along: the state, the pages in slices (read,
+            // sent and applied in a pipeline), then the state again to commit.
+            let commit = encode_commit(&[], &state);
+            bytes_sent += (state.as_bytes().len() + commit.len()) as u64;
+            node.client
+                .post_bytes(&format!("{session}/base"), snapshot_body(*state))
+                .await
+                .map_err(|e| client_err("sending the state", e))?;
+            let (b, p) = send_slices(&node, &handle, &session, &memories).await?;
+            bytes_sent += b;
+            pages_sent += p;
+            let ack = post_ack(&node, &format!("{session}/commit"), Bytes::from(commit)).await?;
             return Ok((t_pause, ack));
         }
         let base = checkpoint.as_ref().map(|c| c.1.clone());
