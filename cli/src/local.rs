@@ -369,7 +369,15 @@ struct InspectReport {
     tables: Vec<InspectTable>,
     wasi: InspectWasi,
     limits: LimitsState,
+    /// Files of the app's own directory carried in the snapshot.
+    files: Vec<InspectFile>,
     checksum: String,
+}
+
+#[derive(Serialize)]
+struct InspectFile {
+    path: String,
+    bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -481,6 +489,14 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
             monotonic_ns: b.wasi.monotonic_ns,
         },
         limits: b.limits.clone(),
+        files: b
+            .files
+            .iter()
+            .map(|(p, bytes)| InspectFile {
+                path: p.clone(),
+                bytes: bytes.len() as u64,
+            })
+            .collect(),
         checksum: checksum.clone(),
     };
     if a.json {
@@ -546,5 +562,26 @@ fn print_inspect(r: &InspectReport) {
         println!("dir            {p}");
     }
     println!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6);
+    if !r.files.is_empty() {
+        let total: u64 = r.files.iter().map(|f| f.bytes).sum();
+        println!(
+            "files          {} carried from the app's directory, {}",
+            r.files.len(),
+            crate::util::human_bytes(total)
+        );
+        for f in r.files.iter().take(20) {
+            println!(
+                "  /data/{:<30} {}",
+                f.path,
+                crate::util::human_bytes(f.bytes)
+            );
+        }
+        if r.files.len() > 20 {
+            println!(
+                "  … and {} more (--json lists them all)",
+                r.files.len() - 20
+            );
+        }
+    }
     println!("checksum       {}", r.checksum);
 }

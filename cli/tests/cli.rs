@@ -1055,3 +1055,68 @@ fn demo_keep_tells_its_story_and_serves_until_sigterm() {
     assert!(status.success(), "{status}");
     assert!(!data_dir.exists(), "the demo removes its data dir");
 }
+
+/// A snapshot taken from a cluster carries the app's /data files (`tern
+/// inspect` lists them), and `tern restore` under another name brings them
+/// back in that app's own directory.
+#[test]
+fn a_cluster_snapshot_carries_the_apps_files() {
+    let cluster = Cluster::up(1);
+    json(&cluster.tern(&[
+        "deploy",
+        tern_artifacts::HEAPSTATE,
+        "--name",
+        "notes",
+        "--json",
+    ]));
+    for n in ["3", "5"] {
+        let out = cluster.tern(&["invoke", "notes", "file_write", n]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sum = json(&cluster.tern(&["invoke", "notes", "file_sum", "--json"]))["results"][0].clone();
+    let scratch = tempfile::tempdir().unwrap();
+    let snap = scratch.path().join("notes.snap");
+    let out = cluster.tern(&["snapshot", "notes", "-o", snap.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let doc = json(&cluster.tern(&["inspect", snap.to_str().unwrap(), "--json"]));
+    let files: Vec<(String, u64)> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("notes/3.txt".to_string(), 3),
+            ("notes/5.txt".to_string(), 5)
+        ]
+    );
+    let text = String::from_utf8_lossy(&cluster.tern(&["inspect", snap.to_str().unwrap()]).stdout)
+        .to_string();
+    assert!(text.contains("files          2 carried"), "{text}");
+
+    let out = cluster.tern(&["restore", snap.to_str().unwrap(), "--name", "notes-copy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy =
+        json(&cluster.tern(&["invoke", "notes-copy", "file_sum", "--json"]))["results"][0].clone();
+    assert_eq!(copy, sum, "the restored app reads the same files");
+}
