@@ -85,7 +85,7 @@ pub(crate) enum PrecopyFirst {
 }
 
 pub(crate) enum FreezeResult {
-    Final(FinalCapture),
+    Final(Box<FinalCapture>),
     /// Cold: the state without pages and each memory's page count; the
     /// pages follow in slices read from the frozen app.
     Cold {
@@ -802,7 +802,10 @@ impl Actor {
             let state = inst
                 .snapshot_state_only()
                 .map_err(|e| (500, e.to_string()))?;
-            Ok(FreezeResult::Final(FinalCapture { chunks, state }))
+            Ok(FreezeResult::Final(Box::new(FinalCapture {
+                chunks,
+                state,
+            })))
         })();
         if result.is_err() {
             self.frozen = false;
