@@ -96,6 +96,10 @@ pub struct ResumeArgs {
     /// Copy memory instead of mapping the snapshot copy-on-write.
     #[arg(long)]
     copy: bool,
+    /// For a snapshot taken on a node: an empty (or new) directory to give
+    /// the app as `/data`, filled with the files the snapshot carries.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -243,12 +247,31 @@ pub fn resume(a: ResumeArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let opts = RestoreOptions {
+    let mut opts = RestoreOptions {
         copy_on_write: !a.copy,
         hooks: true,
         stdio: Stdio::Inherit,
         ..Default::default()
     };
+    if let Some(dir) = &a.data_dir {
+        // The directory is made to hold exactly the carried files: refuse
+        // one that holds anything, rather than replace what is there.
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            bail!(
+                "--data-dir {} is not empty: give an empty or new directory (the snapshot's files are written there)",
+                dir.display()
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut wasi = snap.body.wasi.clone();
+        wasi.preopens = vec![Preopen {
+            host: dir.display().to_string(),
+            guest: "/data".into(),
+            read_only: false,
+        }];
+        opts.wasi_override = Some(wasi);
+        opts.carry_dir = Some(dir.clone());
+    }
     let mut inst = Instance::restore(&rt, &snap, module, opts)
         .with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
     finish(&mut inst, &a.calls)

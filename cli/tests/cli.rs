@@ -1119,4 +1119,31 @@ fn a_cluster_snapshot_carries_the_apps_files() {
     let copy =
         json(&cluster.tern(&["invoke", "notes-copy", "file_sum", "--json"]))["results"][0].clone();
     assert_eq!(copy, sum, "the restored app reads the same files");
+
+    // Locally too: `tern resume --data-dir` gives the app its files as /data.
+    let data = scratch.path().join("data");
+    let resumed = json(&cluster.tern(&[
+        "resume",
+        snap.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--invoke",
+        "file_sum",
+        "--json",
+    ]));
+    assert_eq!(resumed["calls"][0]["results"][0], sum, "{resumed}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("notes/5.txt")).unwrap(),
+        "55555"
+    );
+    // A directory that holds anything is refused, and left alone.
+    let out = cluster.tern(&[
+        "resume",
+        snap.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
+    assert!(data.join("notes/3.txt").exists());
 }
