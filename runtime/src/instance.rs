@@ -908,31 +908,29 @@ impl Instance {
     }
 
     /// The pages of `[first, end)` of a memory that are not all zero (a
-    /// range past the memory's end is cut short).
-    pub fn read_nonzero_pages(
+    /// range past the memory's end is cut short), encoded as a page chunk
+    /// straight from the memory; and how many pages it holds.
+    pub fn encode_nonzero_pages(
         &mut self,
         memory: u32,
         first: u64,
         end: u64,
-    ) -> Result<crate::snapshot::PageChunk> {
+    ) -> Result<(Vec<u8>, u64)> {
         let m = self.memory_by_index(memory)?;
         let data = m.data(&self.store);
         let end = end.min((data.len() / PAGE_SIZE) as u64);
-        let mut pages = Vec::new();
-        let mut out = Vec::new();
-        for p in first..end {
-            let page = &data[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE];
-            if !crate::snapshot::is_zero_page(page) {
-                out.extend_from_slice(page);
-                pages.push(p);
-            }
-        }
-        Ok(crate::snapshot::PageChunk {
-            memory,
-            byte_size: data.len() as u64,
-            pages,
-            data: out,
-        })
+        let pages: Vec<u64> = (first..end)
+            .filter(|&p| {
+                !crate::snapshot::is_zero_page(
+                    &data[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE],
+                )
+            })
+            .collect();
+        let n = pages.len() as u64;
+        Ok((
+            crate::snapshot::PageChunk::encode_from(memory, data, &pages),
+            n,
+        ))
     }
 
     /// Every page of a memory whose content differs from a checkpoint's
@@ -971,22 +969,36 @@ impl Instance {
 
     /// Writes a chunk's pages (growing the memory to the chunk's size first).
     pub fn apply_chunk(&mut self, chunk: &crate::snapshot::PageChunk) -> Result<()> {
-        let m = self.memory_by_index(chunk.memory)?;
+        self.apply_pages(chunk.memory, chunk.byte_size, &chunk.pages, &chunk.data)
+    }
+
+    /// [`Instance::apply_chunk`] for a chunk decoded in place.
+    pub fn apply_chunk_ref(&mut self, chunk: &crate::snapshot::PageChunkRef<'_>) -> Result<()> {
+        self.apply_pages(chunk.memory, chunk.byte_size, &chunk.pages, chunk.data)
+    }
+
+    fn apply_pages(
+        &mut self,
+        memory: u32,
+        byte_size: u64,
+        pages: &[u64],
+        bytes: &[u8],
+    ) -> Result<()> {
+        let m = self.memory_by_index(memory)?;
         let cur = m.data_size(&self.store) as u64;
-        if chunk.byte_size > cur {
-            m.grow(&mut self.store, (chunk.byte_size - cur) / WASM_PAGE)
+        if byte_size > cur {
+            m.grow(&mut self.store, (byte_size - cur) / WASM_PAGE)
                 .map_err(|e| {
                     Error::MemoryLimit(format!(
-                        "cannot grow memory {} to {} bytes: {e}",
-                        chunk.memory, chunk.byte_size
+                        "cannot grow memory {memory} to {byte_size} bytes: {e}"
                     ))
                 })?;
         }
         let data = m.data_mut(&mut self.store);
-        for (k, &p) in chunk.pages.iter().enumerate() {
+        for (k, &p) in pages.iter().enumerate() {
             let start = p as usize * PAGE_SIZE;
             data[start..start + PAGE_SIZE]
-                .copy_from_slice(&chunk.data[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+                .copy_from_slice(&bytes[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
         }
         Ok(())
     }

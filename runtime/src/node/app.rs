@@ -55,7 +55,8 @@ pub(crate) enum Cmd {
         memory: u32,
         first: u64,
         end: u64,
-        reply: oneshot::Sender<Result<PageChunk, ApiErr>>,
+        /// The slice encoded as a page chunk, and its page count.
+        reply: oneshot::Sender<Result<(Vec<u8>, u64), ApiErr>>,
     },
     /// Pause: hold new calls, run the snapshot hook, capture the last pages
     /// and the state (or, for cold, a whole snapshot).
@@ -620,7 +621,7 @@ impl Actor {
             } => {
                 let r = match self.inst.as_mut() {
                     Some(inst) => inst
-                        .read_nonzero_pages(memory, first, end)
+                        .encode_nonzero_pages(memory, first, end)
                         .map_err(|e| (500, e.to_string())),
                     None => Err(self.not_running()),
                 };

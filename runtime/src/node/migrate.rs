@@ -36,7 +36,7 @@ use super::app::{ApiErr, AppHandle, Cmd, FreezeResult, PrecopyFirst};
 use super::{Node, Slot};
 use crate::engine::LoadedModule;
 use crate::instance::{Instance, RestoreOptions};
-use crate::snapshot::{PageChunk, Snapshot};
+use crate::snapshot::{PageChunk, PageChunkRef, Snapshot};
 
 /// Stop pre-copy when a round has at most this many dirty pages (1 MiB).
 const CONVERGED_PAGES: u64 = 256;
@@ -426,14 +426,19 @@ async fn send_slices(
     };
     let mut current = read(first).await??;
     for k in 0..slices.len() {
-        let chunk = current;
+        let (body, n) = std::mem::take(&mut current);
         let send = async {
             // All-zero slices are skipped, but the first of each memory
             // always goes, so the target learns every memory's size.
-            if chunk.pages.is_empty() && slices[k].1 != 0 {
-                return Ok((0, 0));
+            if n == 0 && slices[k].1 != 0 {
+                return Ok(0);
             }
-            send_chunks(node, session, std::slice::from_ref(&chunk)).await
+            let len = body.len() as u64;
+            node.client
+                .post_bytes(&format!("{session}/pages"), Bytes::from(body))
+                .await
+                .map_err(|e| client_err("sending pages", e))?;
+            Ok::<_, ApiErr>(len)
         };
         let sent = match slices.get(k + 1) {
             Some(&s) => {
@@ -441,15 +446,13 @@ async fn send_slices(
                 current = next??;
                 sent
             }
-            None => {
-                let sent = send.await;
-                current = PageChunk::default();
-                sent
-            }
+            None => send.await,
         };
-        let (b, p) = sent?;
-        bytes += b;
-        pages += p;
+        let b = sent?;
+        if b > 0 {
+            bytes += b;
+            pages += n;
+        }
     }
     Ok((bytes, pages))
 }
@@ -614,13 +617,13 @@ pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Re
 pub(crate) async fn receive_pages(node: Arc<Node>, id: String, body: Bytes) -> Result<(), ApiErr> {
     let s = session(&node, &id)?;
     tokio::task::spawn_blocking(move || {
-        let chunk =
-            PageChunk::decode(&body).map_err(|e| err(400, format!("page chunk rejected: {e}")))?;
+        let chunk = PageChunkRef::decode(&body)
+            .map_err(|e| err(400, format!("page chunk rejected: {e}")))?;
         let mut g = s.inst.lock().unwrap_or_else(|e| e.into_inner());
         let inst = g
             .as_mut()
             .ok_or_else(|| err(409, "pages before the first copy"))?;
-        inst.apply_chunk(&chunk)
+        inst.apply_chunk_ref(&chunk)
             .map_err(|e| err(400, e.to_string()))
     })
     .await

@@ -44,7 +44,51 @@ impl PageChunk {
         out
     }
 
+    /// Encodes the pages `pages` (ascending) of a whole memory `mem`
+    /// straight from it: the same bytes as building a chunk and encoding
+    /// it, with one copy of the pages instead of two.
+    pub fn encode_from(memory: u32, mem: &[u8], pages: &[u64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CHUNK_HEADER + pages.len() * (8 + PAGE_SIZE) + 8);
+        out.extend_from_slice(CHUNK_MAGIC);
+        out.extend_from_slice(&CHUNK_VERSION.to_le_bytes());
+        out.extend_from_slice(&memory.to_le_bytes());
+        out.extend_from_slice(&(mem.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        for p in pages {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+        for &p in pages {
+            out.extend_from_slice(&mem[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE]);
+        }
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<PageChunk, SnapshotError> {
+        let r = PageChunkRef::decode(bytes)?;
+        Ok(PageChunk {
+            memory: r.memory,
+            byte_size: r.byte_size,
+            pages: r.pages,
+            data: r.data.to_vec(),
+        })
+    }
+}
+
+/// A decoded chunk whose page bytes stay in the buffer it came in (the
+/// receiver copies them once, into the memory).
+#[derive(Debug)]
+pub struct PageChunkRef<'a> {
+    pub memory: u32,
+    pub byte_size: u64,
+    pub pages: Vec<u64>,
+    pub data: &'a [u8],
+}
+
+impl<'a> PageChunkRef<'a> {
+    /// Checks and decodes a chunk (see [`PageChunk::encode`]).
+    pub fn decode(bytes: &'a [u8]) -> Result<PageChunkRef<'a>, SnapshotError> {
         if bytes.len() < CHUNK_HEADER + 8 {
             return Err(SnapshotError::Truncated {
                 expected: (CHUNK_HEADER + 8) as u64,
@@ -90,14 +134,16 @@ impl PageChunk {
                 "page chunk indices are unsorted or outside the memory",
             ));
         }
-        Ok(PageChunk {
+        Ok(PageChunkRef {
             memory,
             byte_size,
             pages,
-            data: bytes[idx_end..body_end].to_vec(),
+            data: &bytes[idx_end..body_end],
         })
     }
+}
 
+impl PageChunk {
     /// Bytes this chunk takes on the wire.
     pub fn wire_len(&self) -> u64 {
         (CHUNK_HEADER + self.pages.len() * (8 + PAGE_SIZE) + 8) as u64
@@ -128,5 +174,37 @@ mod tests {
             PageChunk::decode(&bytes[..bytes.len() - 1]),
             Err(SnapshotError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn encoding_straight_from_memory_gives_the_same_bytes() {
+        let mem: Vec<u8> = (0..16 * 4096).map(|i| (i * 7 % 251) as u8).collect();
+        let pages = [0u64, 3, 4, 15];
+        let chunk = PageChunk {
+            memory: 2,
+            byte_size: mem.len() as u64,
+            pages: pages.to_vec(),
+            data: pages
+                .iter()
+                .flat_map(|&p| mem[p as usize * 4096..(p as usize + 1) * 4096].to_vec())
+                .collect(),
+        };
+        let direct = PageChunk::encode_from(2, &mem, &pages);
+        assert_eq!(direct, chunk.encode());
+        let r = PageChunkRef::decode(&direct).unwrap();
+        assert_eq!(
+            (r.memory, r.byte_size, r.pages.as_slice(), r.data),
+            (2, chunk.byte_size, &pages[..], &chunk.data[..])
+        );
+        assert_eq!(
+            PageChunk::encode_from(0, &mem, &[]),
+            PageChunk {
+                memory: 0,
+                byte_size: mem.len() as u64,
+                pages: vec![],
+                data: vec![]
+            }
+            .encode()
+        );
     }
 }

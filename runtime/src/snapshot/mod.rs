@@ -31,7 +31,7 @@
 mod delta;
 mod image;
 
-pub use delta::PageChunk;
+pub use delta::{PageChunk, PageChunkRef};
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
 
