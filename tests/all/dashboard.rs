@@ -13,42 +13,13 @@ use bytes::Bytes;
 use serde_json::Value;
 use tern_api::client::Client;
 use tern_api::types::{DeployRequest, MigrationReport};
-use tern_scheduler::PredictorConfig;
 use tokio::task::block_in_place;
 
 use crate::browser::{artifact_dir, Browser};
-use crate::nodes::{client, Load, TestNode, TOKEN};
+use crate::nodes::{client, start_control, Load, TestNode, TOKEN};
 use crate::relay::{Fault, Relay};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A control plane in this process, sampling usage every 500 ms (each
-/// heartbeat) with a predictor small enough to fit after a few seconds.
-async fn start_control(dir: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let mut cfg = tern_control::ControlConfig::new(dir, TOKEN);
-    cfg.sample_period = Duration::from_millis(500);
-    cfg.refit_interval = Duration::from_secs(1);
-    cfg.rebalance_interval = Duration::from_secs(3600);
-    cfg.predictor = PredictorConfig {
-        lags: 2,
-        window: 3,
-        median_window: 3,
-        long_window: 6,
-        min_history: 8,
-        ..PredictorConfig::default()
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tern_control::run(listener, cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap()
-    });
-    (url, tx)
-}
 
 /// `document.querySelector(sel)`'s attribute or text, as a JS expression.
 fn js_attr(sel: &str, attr: &str) -> String {
@@ -58,7 +29,10 @@ fn js_attr(sel: &str, attr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_shows_a_migration_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (control, _stop_control) = start_control(dir.path()).await;
+    let (control, _stop_control) = start_control(dir.path(), |c| {
+        c.rebalance_interval = Duration::from_secs(3600)
+    })
+    .await;
     let node1 = TestNode::start_with("node-1", |c| c.control_url = Some(control.clone())).await;
     // node-2 is known to the cluster by the relay's address, and the relay
     // holds the first copy of the first migration to it.
@@ -233,7 +207,10 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_page_is_self_contained_and_its_data_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let (control, _stop) = start_control(dir.path()).await;
+    let (control, _stop) = start_control(dir.path(), |c| {
+        c.rebalance_interval = Duration::from_secs(3600)
+    })
+    .await;
     let raw = Client::new(None);
     for (path, kind) in [
         ("/", "text/html"),

@@ -413,3 +413,35 @@ async fn the_apps_files_move_with_it() {
         "a stale file came back"
     );
 }
+
+/// A control plane in this process on a free port, sampling usage every
+/// 500 ms (each heartbeat) with a predictor small enough to fit after a few
+/// seconds; `setup` adjusts the rest. Dropping the sender stops it.
+pub async fn start_control(
+    dir: &std::path::Path,
+    setup: impl FnOnce(&mut tern_control::ControlConfig),
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = tern_control::ControlConfig::new(dir, TOKEN);
+    cfg.sample_period = std::time::Duration::from_millis(500);
+    cfg.refit_interval = std::time::Duration::from_secs(1);
+    cfg.predictor = tern_scheduler::PredictorConfig {
+        lags: 2,
+        window: 3,
+        median_window: 3,
+        long_window: 6,
+        min_history: 8,
+        ..tern_scheduler::PredictorConfig::default()
+    };
+    setup(&mut cfg);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tern_control::run(listener, cfg, async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap()
+    });
+    (url, tx)
+}

@@ -9,43 +9,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use tern_api::types::{AppView, DeployRequest, MigrationReport, Resources};
-use tern_scheduler::{PredictorConfig, RebalanceConfig};
+use tern_scheduler::RebalanceConfig;
 
-use crate::nodes::{client, Load, TestNode, TOKEN};
+use crate::nodes::{client, start_control, Load, TestNode};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_overloaded_node_is_relieved_by_hot_migrations() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = format!("http://{}", listener.local_addr().unwrap());
-    let mut cfg = tern_control::ControlConfig::new(dir.path(), TOKEN);
-    cfg.policy = tern_scheduler::Policy::Learned;
-    cfg.sample_period = Duration::from_millis(500);
-    cfg.refit_interval = Duration::from_secs(1);
-    cfg.rebalance_interval = Duration::from_millis(500);
-    cfg.rebalance = RebalanceConfig {
-        max_moves: 1,
-        cooldown: 30,
-        ..RebalanceConfig::default()
-    };
-    cfg.predictor = PredictorConfig {
-        lags: 2,
-        window: 3,
-        median_window: 3,
-        long_window: 6,
-        min_history: 8,
-        ..PredictorConfig::default()
-    };
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tern_control::run(listener, cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap()
-    });
+    let (control, _stop) = start_control(dir.path(), |cfg| {
+        cfg.policy = tern_scheduler::Policy::Learned;
+        cfg.rebalance_interval = Duration::from_millis(500);
+        cfg.rebalance = RebalanceConfig {
+            max_moves: 1,
+            cooldown: 30,
+            ..RebalanceConfig::default()
+        };
+    })
+    .await;
     // A small node and a big one.
     let gib = 1u64 << 30;
     let small = TestNode::start_with("small", |c| {
