@@ -227,6 +227,15 @@ impl Shared {
     }
 }
 
+/// A copy of the app's record, if no other operation holds it.
+fn idle_app(st: &State, name: &str) -> Result<AppRec> {
+    let app = st.apps.get(name).ok_or_else(|| ApiError::no_app(name))?;
+    if st.busy.contains(name) {
+        return Err(ApiError::busy(name));
+    }
+    Ok(app.clone())
+}
+
 /// A path and query as typed, with the characters a URI cannot hold
 /// (spaces, quotes, non-ASCII...) percent-encoded; `%`, `?`, `&`, `=`
 /// and `/` keep their meaning.
@@ -465,14 +474,7 @@ pub async fn remove(sh: &Arc<Shared>, name: &str) -> Result<()> {
     let now = now_ms();
     let (app, node, node_down, guard) = {
         let mut st = sh.lock();
-        let app = st
-            .apps
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::no_app(name))?;
-        if st.busy.contains(name) {
-            return Err(ApiError::busy(name));
-        }
+        let app = idle_app(&st, name)?;
         let node = app.node.as_deref().and_then(|n| sh.node_ref(&st, n).ok());
         let node_down = app
             .node
@@ -535,14 +537,7 @@ pub async fn migrate(
     let now = now_ms();
     let (app, from, target, generation, guard) = {
         let mut st = sh.lock();
-        let app = st
-            .apps
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::no_app(name))?;
-        if st.busy.contains(name) {
-            return Err(ApiError::busy(name));
-        }
+        let app = idle_app(&st, name)?;
         let from_name = app.node.clone().ok_or_else(|| {
             ApiError::conflict(format!("app {name} has no node right now: see `tern ps`"))
         })?;
@@ -840,14 +835,7 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
     let now = now_ms();
     let (app, target, generation, checkpoint, guard) = {
         let mut st = sh.lock();
-        let app = st
-            .apps
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::no_app(name))?;
-        if st.busy.contains(name) {
-            return Err(ApiError::busy(name));
-        }
+        let app = idle_app(&st, name)?;
         let target = sh.live_node(&st, to, now)?;
         let checkpoint = st.checkpoints.get(name).copied();
         let generation = sh.next_generation(&mut st, name)?;

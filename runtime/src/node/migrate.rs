@@ -206,14 +206,7 @@ pub(crate) async fn migrate_out(
     let mut paused_at: Option<Instant> = None;
     let outcome = async {
         if mode == Mode::Cold {
-            paused_at = Some(Instant::now());
-            let (t_pause, frozen) = handle
-                .ask(|tx| Cmd::Freeze {
-                    cold: true,
-                    reply: tx,
-                })
-                .await??;
-            paused_at = Some(t_pause);
+            let (t_pause, frozen) = freeze(&handle, true, &mut paused_at).await?;
             let FreezeResult::Cold { state, memories } = frozen else {
                 return Err(err(500, "unexpected freeze result"));
             };
@@ -273,14 +266,7 @@ pub(crate) async fn migrate_out(
                 break;
             }
         }
-        paused_at = Some(Instant::now());
-        let (t_pause, frozen) = handle
-            .ask(|tx| Cmd::Freeze {
-                cold: false,
-                reply: tx,
-            })
-            .await??;
-        paused_at = Some(t_pause);
+        let (t_pause, frozen) = freeze(&handle, false, &mut paused_at).await?;
         let FreezeResult::Final(last) = frozen else {
             return Err(err(500, "unexpected freeze result"));
         };
@@ -390,6 +376,20 @@ async fn send_chunks(
             .map_err(|e| client_err("sending pages", e))?;
     }
     Ok((bytes, pages))
+}
+
+/// Freezes the app (`cold`: for a whole copy). `paused_at` is set before
+/// asking (so a failure after it checks whether the target took over) and
+/// then to the moment the actor actually stopped serving.
+async fn freeze(
+    handle: &AppHandle,
+    cold: bool,
+    paused_at: &mut Option<Instant>,
+) -> Result<(Instant, FreezeResult), ApiErr> {
+    *paused_at = Some(Instant::now());
+    let (at, frozen) = handle.ask(|reply| Cmd::Freeze { cold, reply }).await??;
+    *paused_at = Some(at);
+    Ok((at, frozen))
 }
 
 /// Pages per slice of a hot move's first copy (4 MiB): small enough that
