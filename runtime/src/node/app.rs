@@ -178,12 +178,20 @@ impl AppHandle {
         used.saturating_mul(1000) / elapsed
     }
 
-    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), ApiErr> {
+    /// Queues a command for the actor; gives it back, untouched, when the
+    /// actor has ended (the app was deleted, or handed over to another node:
+    /// the caller then looks up where it went).
+    fn try_send(&self, cmd: Cmd) -> Result<(), Cmd> {
         self.shared
             .tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(cmd)
+            .map_err(|e| e.0)
+    }
+
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), ApiErr> {
+        self.try_send(cmd)
             .map_err(|_| (503, format!("app {} is shutting down", self.shared.name)))
     }
 
@@ -201,14 +209,38 @@ impl AppHandle {
         })
     }
 
-    pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResponse, ApiErr> {
-        self.ask(|tx| Cmd::Invoke(req, tx)).await?
+    /// Runs an HTTP request here, or gives it back unrun when the actor has
+    /// ended (a request that races a handover is then forwarded, not lost).
+    pub(crate) async fn request_here(&self, req: Request) -> Result<Response, Request> {
+        let (tx, rx) = oneshot::channel();
+        match self.try_send(Cmd::Http(req, tx)) {
+            Ok(()) => Ok(rx.await.unwrap_or_else(|_| {
+                Response::text(
+                    503,
+                    format!("app {} stopped before answering", self.shared.name),
+                )
+            })),
+            Err(Cmd::Http(req, _)) => Err(req),
+            Err(_) => unreachable!("try_send gives back what it was given"),
+        }
     }
 
-    pub async fn request(&self, req: Request) -> Response {
-        match self.ask(|tx| Cmd::Http(req, tx)).await {
-            Ok(r) => r,
-            Err((status, msg)) => Response::text(status, msg),
+    /// Like [`AppHandle::invoke`], giving the call back unrun when the
+    /// actor has ended.
+    pub(crate) async fn invoke_here(
+        &self,
+        req: InvokeRequest,
+    ) -> Result<Result<InvokeResponse, ApiErr>, InvokeRequest> {
+        let (tx, rx) = oneshot::channel();
+        match self.try_send(Cmd::Invoke(req, tx)) {
+            Ok(()) => Ok(rx.await.unwrap_or_else(|_| {
+                Err((
+                    503,
+                    format!("app {} stopped before answering", self.shared.name),
+                ))
+            })),
+            Err(Cmd::Invoke(req, _)) => Err(req),
+            Err(_) => unreachable!("try_send gives back what it was given"),
         }
     }
 
@@ -462,6 +494,11 @@ impl Actor {
             match rx.recv_timeout(wait) {
                 Ok(Cmd::Shutdown) => break,
                 Ok(Cmd::Release(reply)) => {
+                    // Close the door first: once the sender is swapped no
+                    // call can reach this queue, so the drain below takes
+                    // every call that did. Later ones come back to their
+                    // callers unrun and follow the app to its new node.
+                    self.close();
                     let mut held = std::mem::take(&mut self.held);
                     held.extend(rx.try_iter());
                     let _ = reply.send(held);
@@ -482,7 +519,15 @@ impl Actor {
                 }
             }
         }
+        self.close();
         self.trackers.clear();
+    }
+
+    /// Replaces the handles' sender with one whose receiver is gone, so
+    /// sending to this actor fails at once from now on.
+    fn close(&self) {
+        let (dead, _) = channel();
+        *self.shared.tx.lock().unwrap_or_else(|e| e.into_inner()) = dead;
     }
 
     fn timed<T>(&mut self, f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
@@ -830,4 +875,58 @@ fn set_extra(inst: &mut Instance, key: &str, value: String) {
     let extra = inst.extra_meta_mut();
     extra.retain(|(k, _)| k != key);
     extra.push((key.to_string(), value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::RuntimeConfig;
+
+    /// A call that reaches an app's handle after the app was handed over
+    /// comes back to its caller unrun (to follow the app), never as an
+    /// error answered on the app's behalf.
+    #[tokio::test]
+    async fn calls_after_a_handover_come_back_unrun() {
+        let runtime = Runtime::new(RuntimeConfig { cache_dir: None }).unwrap();
+        let module = runtime
+            .load(
+                wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "f")))"#)
+                    .unwrap(),
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StartApp {
+            name: "a".into(),
+            generation: 1,
+            ..StartApp::default()
+        };
+        let handle = AppHandle::spawn(runtime, module, spec, dir.path().to_path_buf(), None);
+        let held = handle.ask(Cmd::Release).await.expect("the actor answers");
+        assert!(held.is_empty());
+
+        let req = Request {
+            method: "POST".into(),
+            path: "/x".into(),
+            query: String::new(),
+            headers: vec![],
+            body: b"payload".to_vec(),
+        };
+        let back = handle.request_here(req).await.expect_err("given back");
+        assert_eq!(
+            (back.path.as_str(), &back.body[..]),
+            ("/x", &b"payload"[..])
+        );
+        let inv = InvokeRequest {
+            export: "f".into(),
+            args: vec![],
+        };
+        let back = handle
+            .invoke_here(inv.clone())
+            .await
+            .expect_err("given back");
+        assert_eq!(back, inv);
+        // Anything else is refused at once.
+        let e = handle.ask(Cmd::Snapshot).await.err().expect("refused");
+        assert_eq!(e.0, 503, "{e:?}");
+    }
 }

@@ -97,24 +97,37 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, Resp> {
             Ok(json(StatusCode::OK, &local(&node, name)?.status()))
         }
         (Method::POST, ["v1", "apps", name, "invoke"]) => {
-            let inv: InvokeRequest = read_json(req.into_body()).await?;
-            if let Some(url) = moved_to(&node, name) {
-                let r: tern_api::types::InvokeResponse = node
-                    .client
-                    .post_json(&format!("{url}/v1/apps/{name}/invoke"), &inv)
-                    .await
-                    .map_err(|e| {
-                        error(
-                            StatusCode::from_u16(e.status().unwrap_or(502))
-                                .unwrap_or(StatusCode::BAD_GATEWAY),
-                            e.to_string(),
-                        )
-                    })?;
-                return Ok(json(StatusCode::OK, &r));
+            let mut inv: InvokeRequest = read_json(req.into_body()).await?;
+            if moved_to(&node, name).is_none() {
+                let h = local(&node, name)?;
+                match h.invoke_here(inv).await {
+                    Ok(r) => {
+                        let mut r = r.map_err(from_err)?;
+                        r.node = node.name().to_string();
+                        return Ok(json(StatusCode::OK, &r));
+                    }
+                    // Handed over between the lookup and the call: the call
+                    // did not run here; it follows the app.
+                    Err(back) => inv = back,
+                }
             }
-            let h = local(&node, name)?;
-            let mut r = h.invoke(inv).await.map_err(from_err)?;
-            r.node = node.name().to_string();
+            let Some(url) = moved_to(&node, name) else {
+                return Err(error(
+                    StatusCode::NOT_FOUND,
+                    format!("no app named {name} on this node"),
+                ));
+            };
+            let r: tern_api::types::InvokeResponse = node
+                .client
+                .post_json(&format!("{url}/v1/apps/{name}/invoke"), &inv)
+                .await
+                .map_err(|e| {
+                    error(
+                        StatusCode::from_u16(e.status().unwrap_or(502))
+                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        e.to_string(),
+                    )
+                })?;
             Ok(json(StatusCode::OK, &r))
         }
         (Method::POST, ["v1", "apps", name, "stop"]) => {
@@ -473,7 +486,15 @@ async fn ingress(node: Arc<Node>, req: Request<Incoming>) -> Resp {
         .get(&name)
         .cloned();
     let resp = match slot {
-        Some(Slot::Local(h)) => h.request(app_req).await,
+        Some(Slot::Local(h)) => match h.request_here(app_req).await {
+            Ok(r) => r,
+            // The app was handed over (or deleted) between the lookup and
+            // the call: the request did not run; follow the app.
+            Err(app_req) => match moved_to(&node, &name) {
+                Some(url) => forward_request(&node, &url, &name, app_req).await,
+                None => tern_sdk::Response::text(404, format!("no app named {name}\n")),
+            },
+        },
         Some(Slot::Moved { url }) => forward_request(&node, &url, &name, app_req).await,
         None => match resolve(&node, &name).await {
             Some(url) if url != node.url => forward_request(&node, &url, &name, app_req).await,
