@@ -181,13 +181,13 @@ impl AppHandle {
     /// Queues a command for the actor; gives it back, untouched, when the
     /// actor has ended (the app was deleted, or handed over to another node:
     /// the caller then looks up where it went).
-    fn try_send(&self, cmd: Cmd) -> Result<(), Cmd> {
+    fn try_send(&self, cmd: Cmd) -> Result<(), Box<Cmd>> {
         self.shared
             .tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(cmd)
-            .map_err(|e| e.0)
+            .map_err(|e| Box::new(e.0))
     }
 
     pub(crate) fn send(&self, cmd: Cmd) -> Result<(), ApiErr> {
@@ -220,8 +220,10 @@ impl AppHandle {
                     format!("app {} stopped before answering", self.shared.name),
                 )
             })),
-            Err(Cmd::Http(req, _)) => Err(req),
-            Err(_) => unreachable!("try_send gives back what it was given"),
+            Err(cmd) => match *cmd {
+                Cmd::Http(req, _) => Err(req),
+                _ => unreachable!("try_send gives back what it was given"),
+            },
         }
     }
 
@@ -239,8 +241,10 @@ impl AppHandle {
                     format!("app {} stopped before answering", self.shared.name),
                 ))
             })),
-            Err(Cmd::Invoke(req, _)) => Err(req),
-            Err(_) => unreachable!("try_send gives back what it was given"),
+            Err(cmd) => match *cmd {
+                Cmd::Invoke(req, _) => Err(req),
+                _ => unreachable!("try_send gives back what it was given"),
+            },
         }
     }
 
@@ -926,7 +930,9 @@ mod tests {
             .expect_err("given back");
         assert_eq!(back, inv);
         // Anything else is refused at once.
-        let e = handle.ask(Cmd::Snapshot).await.err().expect("refused");
+        let Err(e) = handle.ask(Cmd::Snapshot).await else {
+            panic!("a snapshot of a handed-over app")
+        };
         assert_eq!(e.0, 503, "{e:?}");
     }
 }
