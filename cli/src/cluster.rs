@@ -1037,7 +1037,9 @@ pub struct ControlArgs {
     /// Where the state lives (default: $TERN_DATA_DIR, $XDG_DATA_HOME/tern or ~/.local/share/tern).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// The state store: `redb` (embedded, the default) or `etcd://HOST:PORT`.
+    /// The state store: `redb` (embedded, the default) or
+    /// `etcd://HOST:PORT[/PREFIX]` (shared by several control planes, of
+    /// which one leads and the others stand by).
     #[arg(long, value_name = "STORE", default_value = "redb")]
     store: String,
     /// The cluster token (default: DATA_DIR/token, created if missing).
@@ -1073,19 +1075,25 @@ pub fn control_config(
 }
 
 pub fn control(a: ControlArgs) -> Result<ExitCode> {
-    match a.store.as_str() {
-        "redb" => {}
-        s if s.starts_with("etcd://") => bail!(
-            "the etcd store is not supported yet: run with --store redb (the default; state in DATA_DIR/control.redb)"
-        ),
-        s => bail!("unknown store `{s}`: use redb (the default) or etcd://HOST:PORT"),
-    }
+    let store: tern_control::StoreConfig = a.store.parse().map_err(|e: String| anyhow!(e))?;
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let token = match a.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-        Some(t) => t.to_string(),
-        None => tern_control::load_or_create_token(&data_dir)?,
+    let given = a.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let token = match (&store, given) {
+        (tern_control::StoreConfig::Redb, Some(t)) => t.to_string(),
+        (tern_control::StoreConfig::Redb, None) => tern_control::load_or_create_token(&data_dir)?,
+        // Control planes sharing an etcd share its token: the first one's,
+        // kept in DATA_DIR/token too so that client commands find it.
+        (tern_control::StoreConfig::Etcd(url), given) => {
+            let t = tern_control::etcd_token(url, given, || {
+                tern_control::load_or_create_token(&data_dir)
+            })?;
+            if given.is_none() {
+                tern_control::write_token(&data_dir.join("token"), &t)?;
+            }
+            t
+        }
     };
     let mut cfg = control_config(
         &data_dir,
@@ -1095,6 +1103,7 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
         &a.rebalance_interval,
     )?;
     cfg.advertise_url = a.advertise.clone();
+    cfg.store = store;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1110,7 +1119,15 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
             })?;
         let addr = listener.local_addr()?;
         println!("control plane listening on http://{addr}");
-        println!("  state  {}", data_dir.join("control.redb").display());
+        match &cfg.store {
+            tern_control::StoreConfig::Redb => {
+                println!("  state  {}", data_dir.join("control.redb").display())
+            }
+            tern_control::StoreConfig::Etcd(url) => println!(
+                "  state  {url} (this control plane leads, or stands by while another does)\n  blobs  {}",
+                data_dir.display()
+            ),
+        }
         if a.token.is_none() {
             println!("  token  {}", data_dir.join("token").display());
         }

@@ -58,6 +58,10 @@ enum Command {
     /// Run a control plane (the cluster's state, placement, rebalancing).
     ///
     /// Example: tern control --listen 0.0.0.0:7070 --data-dir /var/lib/tern
+    ///
+    /// Two control planes sharing an etcd store, one leading:
+    ///   tern control --listen 127.0.0.1:7070 --store etcd://127.0.0.1:2379
+    ///   tern control --listen 127.0.0.1:7071 --store etcd://127.0.0.1:2379
     Control(cluster::ControlArgs),
     /// List the nodes: address, labels, capacity, usage, apps, state.
     ///

@@ -14,8 +14,9 @@ pub struct NodeArgs {
     /// Address to serve the node API and app ingress on.
     #[arg(long, value_name = "ADDR")]
     listen: String,
-    /// The control plane to register with.
-    #[arg(long, value_name = "URL")]
+    /// The control plane to register with; several, comma-separated, when
+    /// control planes share an etcd store (the node follows the leader).
+    #[arg(long, value_name = "URL[,URL...]")]
     control: String,
     /// The node's name (default: the host name and port).
     #[arg(long)]

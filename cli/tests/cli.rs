@@ -387,6 +387,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `tern node NAME` on a free port, reporting to `control`, its data in `dir`.
+fn node_proc(control: &str, name: &str, dir: &Path, token: &str) -> Proc {
+    let p = free_port();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["node", "--listen", &format!("127.0.0.1:{p}")])
+            .args(["--control", control, "--name", name, "--data-dir"])
+            .arg(dir)
+            .env("TERN_TOKEN", token)
+            .env(
+                "TERN_CACHE_DIR",
+                std::env::temp_dir().join("tern-cli-test-cache"),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Polls `check` until it returns Some, for at most `secs` seconds.
 fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -427,29 +447,11 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
             .unwrap(),
     );
     let node = |name: &str| {
-        let p = free_port();
-        Proc(
-            Command::new(env!("CARGO_BIN_EXE_tern"))
-                .args([
-                    "node",
-                    "--listen",
-                    &format!("127.0.0.1:{p}"),
-                    "--control",
-                    &control,
-                    "--name",
-                    name,
-                    "--data-dir",
-                ])
-                .arg(dir.path().join(name))
-                .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
-                .env(
-                    "TERN_CACHE_DIR",
-                    std::env::temp_dir().join("tern-cli-test-cache"),
-                )
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
+        node_proc(
+            &control,
+            name,
+            &dir.path().join(name),
+            "restart-test-token-0123456789abcdef",
         )
     };
     let first = node("first");
@@ -582,6 +584,26 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
             ],
             control: None,
             remedy: &["invalid.wasm cannot run on tern", "rebuild it", "tern run"],
+        },
+        Mistake {
+            what: "an etcd store that is not running",
+            args: vec![
+                "control".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                scratch.path().join("c").display().to_string(),
+                "--store".into(),
+                format!("etcd://127.0.0.1:{}", free_port()),
+            ],
+            control: None,
+            remedy: &["cannot use the etcd store", "is etcd running there?"],
+        },
+        Mistake {
+            what: "a store address without a port",
+            args: strs(&["control", "--listen", "127.0.0.1:0", "--store", "etcd://db"]),
+            control: None,
+            remedy: &["etcd://HOST:PORT"],
         },
         Mistake {
             what: "a node that is not there",
@@ -1146,4 +1168,103 @@ fn a_cluster_snapshot_carries_the_apps_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not empty"));
     assert!(data.join("notes/3.txt").exists());
+}
+
+/// Two `tern control` processes on one etcd (Debian's `etcd-server`): the
+/// second takes the cluster token from etcd and stands by; a node given
+/// both follows the leader; when the leader is SIGKILLed the standby leads
+/// within the lease, with the app and its state, and the client commands
+/// work against it.
+#[test]
+fn control_planes_on_etcd_survive_the_leader_being_killed() {
+    let etcd = tern_artifacts::tools::Etcd::start();
+    let store = etcd.store_url("cli");
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (
+        format!("http://127.0.0.1:{pa}"),
+        format!("http://127.0.0.1:{pb}"),
+    );
+    let control = |port: u16, name: &str| {
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_tern"))
+                .args(["control", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--store", &store, "--data-dir"])
+                .arg(dir.path().join(name))
+                .env_remove("TERN_TOKEN")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let leader = control(pa, "a");
+    let token_of = |name: &str| {
+        let path = dir.path().join(name).join("token");
+        wait_for(30, "a token file", || std::fs::read_to_string(&path).ok())
+    };
+    let token = token_of("a");
+    let tern = |control: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .env("TERN_CONTROL", control)
+            .env("TERN_TOKEN", token.trim())
+            .output()
+            .unwrap()
+    };
+    wait_for(30, "the first control plane to lead", || {
+        tern(&a, &["nodes", "--json"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let _standby = control(pb, "b");
+    assert_eq!(token_of("b"), token, "the standby took the cluster's token");
+    let _node = node_proc(
+        &format!("{a},{b}"),
+        "n1",
+        &dir.path().join("n1"),
+        token.trim(),
+    );
+    wait_for(30, "a ready node", || {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&tern(&a, &["nodes", "--json"]).stdout).ok()?;
+        (doc.as_array()?.len() == 1 && doc[0]["state"] == "ready").then_some(())
+    });
+    json(&tern(
+        &a,
+        &[
+            "deploy",
+            tern_artifacts::COUNTER,
+            "--name",
+            "counter",
+            "--json",
+        ],
+    ));
+    json(&tern(&a, &["invoke", "counter", "add", "41", "--json"]));
+    // The standby says who leads.
+    let out = tern(&b, &["ps"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stands by") && err.contains(&a), "{err}");
+
+    drop(leader);
+    let doc = wait_for(30, "the standby to lead", || {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&tern(&b, &["ps", "--json"]).stdout).ok()?;
+        doc.as_array()?.first().cloned()
+    });
+    assert_eq!(
+        (doc["name"].as_str(), doc["node"].as_str()),
+        (Some("counter"), Some("n1")),
+        "{doc}"
+    );
+    let out = json(&tern(&b, &["invoke", "counter", "get", "--json"]));
+    assert_eq!(out["results"][0], 41, "{out}");
+    wait_for(30, "the node to report to the new leader", || {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&tern(&b, &["nodes", "--json"]).stdout).ok()?;
+        (doc[0]["state"] == "ready" && doc[0]["last_heartbeat_ms_ago"].as_u64()? < 2000)
+            .then_some(())
+    });
 }

@@ -132,10 +132,10 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             }
         }
         (&Method::GET, ["v1", "modules", sha]) => {
-            if !sh.lock().modules.contains_key(*sha) {
+            let Some(size) = sh.lock().modules.get(*sha).copied() else {
                 return Err(ApiError::not_found(format!("no module {sha}: upload it with PUT /v1/modules/{sha}")).into());
-            }
-            let bytes = tokio::fs::read(sh.store.module_path(sha)).await.map_err(|e| ApiError::internal(format!("cannot read module {sha}: {e}")))?;
+            };
+            let bytes = sh.store.module_bytes(sha, size).map_err(|e| ApiError::internal(format!("{e:#}")))?;
             Ok(server::bytes(StatusCode::OK, "application/wasm", bytes))
         }
         // Apps.

@@ -1,14 +1,18 @@
 //! tern's control plane: the node registry, the app table, modules and
-//! checkpoints in an embedded redb store, placement and rebalancing through
-//! the (pure) scheduler, and the proxy that sends each client command to the
-//! node that runs the app.
+//! checkpoints in a store (embedded redb, or etcd shared by several control
+//! planes of which one leads), placement and rebalancing through the (pure)
+//! scheduler, and the proxy that sends each client command to the node that
+//! runs the app.
 //!
 //! [`run`] serves the control API listed in `tern_api` on an already-bound
 //! listener until a shutdown future resolves, so tests and `tern up` can run
 //! it next to nodes in one process.
 //!
 //! # Modules
-//! - `store`: redb tables and the files beside them (`modules/`, `checkpoints/`).
+//! - `store`: the records (redb tables, or etcd keys written under a
+//!   leadership lease) and the files beside them (`modules/`, `checkpoints/`).
+//! - `replicated`: several control planes on one etcd: the election, the
+//!   standby's answers, taking over and stepping down.
 //! - `state`: the records (nodes, apps, checkpoints), the in-memory state
 //!   that mirrors the store, and the cluster view handed to the scheduler.
 //! - `http`: routing and the handlers of the control API.
@@ -28,12 +32,16 @@
 //! - At most one operation that moves or replaces an app (deploy, migrate,
 //!   restore, restart, rm) runs per app at a time (the app is *busy*).
 //! - The in-memory lock is never held across an `.await`.
+//! - With etcd, only the leader acts (serves the API, runs the scheduler
+//!   loop) and every write it makes is conditional on its leadership: a
+//!   control plane that lost it writes nothing more.
 
 mod dashboard;
 mod error;
 mod heartbeat;
 mod http;
 mod ops;
+mod replicated;
 mod state;
 mod store;
 mod tick;
@@ -48,12 +56,53 @@ use anyhow::Context;
 use tern_scheduler::{CostWeights, LatencyTable, Policy, PredictorConfig, RebalanceConfig};
 
 pub use error::ApiError;
+pub use store::EtcdUrl;
+
+/// Where the control plane keeps its records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `DATA_DIR/control.redb`: one control plane.
+    #[default]
+    Redb,
+    /// etcd, shared by the control planes of one cluster; one leads.
+    Etcd(EtcdUrl),
+}
+
+impl std::str::FromStr for StoreConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StoreConfig, String> {
+        match s {
+            "redb" => Ok(StoreConfig::Redb),
+            s if s.starts_with("etcd://") => Ok(StoreConfig::Etcd(s.parse()?)),
+            s => Err(format!(
+                "unknown store `{s}`: use redb (the default) or etcd://HOST:PORT[/PREFIX]"
+            )),
+        }
+    }
+}
+
+/// The cluster token of an etcd store: `given` if it is the one etcd holds
+/// (or etcd holds none yet), else etcd's, else `fallback`'s. Also checks
+/// that the keys there are in this tern's layout.
+pub fn etcd_token(
+    url: &EtcdUrl,
+    given: Option<&str>,
+    fallback: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    store::prepare_etcd(url, given, fallback)
+}
 
 /// How a control plane runs.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
     /// Where `control.redb`, `modules/` and `checkpoints/` live.
     pub data_dir: PathBuf,
+    /// Where the records live (default: redb in `data_dir`).
+    pub store: StoreConfig,
+    /// With etcd: how long the leadership outlives its last renewal (a
+    /// standby takes over at most this long after the leader vanished).
+    pub lease_ttl: Duration,
     /// The cluster token every API call (and every node) must present.
     pub token: String,
     /// Placement policy of apps that do not name one.
@@ -99,6 +148,8 @@ impl ControlConfig {
         };
         ControlConfig {
             data_dir: data_dir.into(),
+            store: StoreConfig::Redb,
+            lease_ttl: Duration::from_secs(5),
             token: token.into(),
             policy: Policy::Requests,
             weights: CostWeights::default(),
@@ -123,7 +174,9 @@ impl ControlConfig {
 /// Serves the control API on `listener` until `shutdown` resolves, with
 /// the scheduler loop running beside it. The state is loaded from (and kept
 /// in) `config.data_dir`; the store is closed before this returns, so
-/// another control plane may open the same directory right after.
+/// another control plane may open the same directory right after. With an
+/// etcd store, the control plane leads or stands by (see `replicated`), and
+/// resigns before this returns.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ControlConfig,
@@ -148,6 +201,9 @@ pub async fn run(
             format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
         }
     };
+    if let StoreConfig::Etcd(url) = config.store.clone() {
+        return replicated::run(listener, config, url, advertise, shutdown).await;
+    }
     let store = store::Store::open(&config.data_dir)?;
     let loaded = store.load()?;
     let shared = Arc::new(state::Shared::new(config, store, loaded, advertise));

@@ -162,13 +162,15 @@ impl Shared {
         if self.client.exists(&url).await.map_err(|e| node.err(e))? {
             return Ok(());
         }
-        let path = self.store.module_path(sha256);
-        let bytes = tokio::fs::read(&path).await.map_err(|e| {
-            ApiError::internal(format!(
-                "module {sha256} is missing from {}: {e}; upload it again (`tern deploy` does)",
-                path.display()
+        let size = self.lock().modules.get(sha256).copied().ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no module {sha256}: upload it again (`tern deploy` does)"
             ))
         })?;
+        let bytes = self
+            .store
+            .module_bytes(sha256, size)
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         self.long_client
             .put_bytes(&url, bytes.into())
             .await

@@ -43,39 +43,12 @@ pub fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("TERN_CHROMIUM") {
         return p.into();
     }
-    let found = || {
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-    };
-    if let Some(p) = found() {
-        return p;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if root && Path::new("/usr/bin/apt-get").exists() {
-        eprintln!("installing chromium (apt-get) for the dashboard test");
-        let apt = |args: &[&str]| {
-            Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !apt(&["install", "-y", "-qq", "chromium"]) {
-            let _ = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium"]);
-        }
-    }
-    found().unwrap_or_else(|| {
-        panic!(
-            "the dashboard test needs Chromium: install Debian's `chromium` package \
-             (`apt-get install -y chromium`; .ci/run does this) or set TERN_CHROMIUM"
-        )
-    })
+    tern_artifacts::tools::debian_tool(
+        &["/usr/bin/chromium", "/usr/bin/chromium-browser"],
+        "chromium",
+        "the dashboard test needs Chromium: install Debian's `chromium` package \
+         (`apt-get install -y chromium`; .ci/run does this) or set TERN_CHROMIUM",
+    )
 }
 
 impl Browser {

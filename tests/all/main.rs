@@ -5,6 +5,7 @@ mod browser;
 mod c_guest;
 mod dashboard;
 mod differential;
+mod etcd;
 mod examples;
 mod faults;
 mod invariants;

@@ -25,6 +25,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+#[path = "src/apt.rs"]
+mod apt;
+
 const TARGET: &str = "wasm32-wasip1";
 
 /// Variables the outer cargo sets (or a user sets for the host build) that
@@ -122,6 +125,7 @@ fn main() {
     // Sources only, not the built modules: they are written while this script
     // runs, so cargo would find them newer than its run and run it again.
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/apt.rs");
     watch(&sdk.join("Cargo.toml"));
     watch(&sdk.join("src"));
     watch(&wat_dir);
@@ -384,27 +388,9 @@ fn ensure_c_packages() {
     if have_clang && have_libc && have_ld {
         return;
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root || !Path::new("/usr/bin/apt-get").exists() {
-        return;
-    }
-    println!("cargo:warning=installing the C toolchain for the test guests: {C_PACKAGES}");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let mut install = vec!["install", "-y", "-qq"];
-    install.extend(C_PACKAGES.split(' '));
-    if !apt(&install) {
-        let _ = apt(&["update", "-qq"]) && apt(&install);
-    }
+    let packages: Vec<&str> = C_PACKAGES.split(' ').collect();
+    println!("cargo:warning=installing the C toolchain for the test guests (if root, with apt-get): {C_PACKAGES}");
+    apt::install(&packages);
 }
 
 /// Finds clang and the WASI sysroot and checks, by building a small reactor

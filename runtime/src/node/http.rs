@@ -530,12 +530,18 @@ async fn resolve(node: &Node, app: &str) -> Option<String> {
     {
         return Some(u);
     }
-    let control = node.config.control_url.as_ref()?;
-    let view: tern_api::types::AppView = node
+    let control = node.control()?;
+    let view: tern_api::types::AppView = match node
         .client
         .get_json(&format!("{control}/v1/apps/{app}"))
         .await
-        .ok()?;
+    {
+        Ok(v) => v,
+        Err(e) => {
+            node.control_failed(&control, &e);
+            return None;
+        }
+    };
     let owner: tern_api::types::NodeView = node
         .client
         .get_json(&format!("{control}/v1/nodes/{}", view.node?))

@@ -42,7 +42,9 @@ pub use app::AppHandle;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub name: String,
-    /// The control plane to register with and report to (`None`: standalone).
+    /// The control plane to register with and report to (`None`:
+    /// standalone). Several, comma-separated, when control planes share an
+    /// etcd store: the node reports to whichever answers as the leader.
     pub control_url: Option<String>,
     /// The cluster token: required on every API call, sent on every call out.
     pub token: String,
@@ -105,6 +107,10 @@ pub struct Node {
     pub(crate) routes: Mutex<HashMap<String, String>>,
     pub(crate) capacity: Resources,
     pub(crate) session_counter: std::sync::atomic::AtomicU64,
+    /// The control planes (`NodeConfig::control_url`, split) and which of
+    /// them the node talks to now.
+    controls: Vec<String>,
+    control_at: std::sync::atomic::AtomicUsize,
     /// The latest checkpoint of each local app: (digest, snapshot).
     pub(crate) checkpoints: Mutex<HashMap<String, (String, Arc<Snapshot>)>>,
 }
@@ -116,6 +122,26 @@ impl Node {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The control plane the node talks to now (`None`: standalone).
+    pub(crate) fn control(&self) -> Option<String> {
+        let i = self.control_at.load(std::sync::atomic::Ordering::Relaxed);
+        self.controls.get(i % self.controls.len().max(1)).cloned()
+    }
+
+    /// `url` did not answer as the leading control plane: the next call
+    /// goes to the next one (when several are configured).
+    pub(crate) fn control_failed(&self, url: &str, e: &tern_api::client::ClientError) {
+        if self.controls.len() < 2 || self.control().as_deref() != Some(url) {
+            return;
+        }
+        // A standby answers 503; a stopped one does not answer at all.
+        if matches!(e.status(), None | Some(503)) {
+            self.control_at
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(from = url, to = ?self.control(), "trying another control plane");
+        }
     }
 
     pub(crate) fn module_path(&self, sha: &str) -> PathBuf {
@@ -184,15 +210,17 @@ impl Node {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(_) => {
-                let control =
-                    self.config.control_url.as_ref().ok_or_else(|| {
-                        format!("module {hex} is not on this node: upload it first")
-                    })?;
+                let control = self
+                    .control()
+                    .ok_or_else(|| format!("module {hex} is not on this node: upload it first"))?;
                 let b = self
                     .client
                     .send(hyper::Method::GET, &format!("{control}/v1/modules/{hex}"), "application/octet-stream", bytes::Bytes::new())
                     .await
-                    .map_err(|e| format!("module {hex} is not on this node and the control plane cannot give it: {e}"))?
+                    .map_err(|e| {
+                        self.control_failed(&control, &e);
+                        format!("module {hex} is not on this node and the control plane cannot give it: {e}")
+                    })?
                     .1
                     .to_vec();
                 if crate::sha256(&b) != *sha {
@@ -314,13 +342,14 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .insert(app.clone(), (digest.clone(), snap.clone()));
         let generation = handle.spec().generation;
-        if let Some(control) = &self.config.control_url {
+        if let Some(control) = self.control() {
             let url = format!("{control}/v1/checkpoints/{app}?generation={generation}");
             if let Err(e) = self
                 .client
                 .put_bytes(&url, bytes::Bytes::from(snap.as_bytes().to_vec()))
                 .await
             {
+                self.control_failed(&control, &e);
                 handle.logs().line(&format!(
                     "WARN tern: checkpoint not sent to the control plane: {e}"
                 ));
@@ -405,6 +434,14 @@ pub async fn run(
 
 /// Prepares a node (directories, runtime) for a listener.
 pub fn start(listener: &tokio::net::TcpListener, config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+    let controls = config
+        .control_url
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
     for sub in ["modules", "checkpoints", "apps"] {
         std::fs::create_dir_all(config.data_dir.join(sub)).map_err(|e| {
             anyhow::anyhow!("cannot create {}: {e}", config.data_dir.join(sub).display())
@@ -435,6 +472,8 @@ pub fn start(listener: &tokio::net::TcpListener, config: NodeConfig) -> anyhow::
         routes: Mutex::new(HashMap::new()),
         capacity,
         session_counter: std::sync::atomic::AtomicU64::new(0),
+        controls,
+        control_at: std::sync::atomic::AtomicUsize::new(0),
         checkpoints: Mutex::new(HashMap::new()),
     }))
 }
@@ -473,17 +512,23 @@ pub async fn serve(
 /// Registers with the control plane, then sends heartbeats; re-registers
 /// when the control plane forgets the node (it restarted).
 async fn report_loop(node: Arc<Node>) {
-    let Some(control) = node.config.control_url.clone() else {
+    if node.control().is_none() {
         return;
-    };
+    }
     let mut registered = false;
     loop {
+        let Some(control) = node.control() else {
+            return;
+        };
         if !registered {
-            registered = node
+            match node
                 .client
                 .post_json::<_, serde_json::Value>(&format!("{control}/v1/nodes"), &node.info())
                 .await
-                .is_ok();
+            {
+                Ok(_) => registered = true,
+                Err(e) => node.control_failed(&control, &e),
+            }
         }
         if registered {
             let hb = node.heartbeat();
@@ -496,6 +541,7 @@ async fn report_loop(node: Arc<Node>) {
                 if e.status() == Some(404) {
                     registered = false;
                 }
+                node.control_failed(&control, &e);
             }
         }
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;

@@ -9,8 +9,13 @@
 //! ...), each `.wat` one named after its file (`RAW_ABI_WAT`, ...), each C
 //! guest one named after its harness (`ZLIB_GUEST`), all absolute paths;
 //! `EXAMPLES`, `GUESTS`, `C_GUESTS` and `WATS` list them as `(name, path)`.
+//!
+//! [`tools`] holds the outside programs tests run (Chromium, etcd).
 
 include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+
+mod apt;
+pub mod tools;
 
 #[cfg(test)]
 mod tests {

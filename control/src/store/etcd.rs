@@ -1,0 +1,764 @@
+//! The etcd backend: the same records as the redb backend, kept as keys
+//! under one prefix in etcd (its v3 API, through the JSON gateway every
+//! etcd ≥ 3.4 serves), so that several control planes can share them.
+//!
+//! Only one of them acts at a time. Each asks for the leadership by
+//! creating the key `PREFIX/leader`, bound to a lease it keeps alive; the
+//! others wait as standbys, watching that key, and ask again when it goes
+//! (the leader resigned, or its lease expired). Every write of the leader
+//! is a transaction conditional on the leader key still being the one it
+//! created, so a control plane that lost its lease without noticing yet
+//! cannot overwrite what its successor wrote.
+//!
+//! Layout (`P` is the prefix, `/tern` by default):
+//! - `P/schema` — the layout version; `P/token` — the cluster token;
+//!   `P/leader` — the leader's URL;
+//! - `P/nodes/NAME`, `P/apps/NAME`, `P/checkpoints/NAME` — JSON records;
+//! - `P/generations/NAME`, `P/modules/SHA256` — decimal numbers;
+//! - `P/module-blobs/SHA256/NNNNNN` — the module's bytes in 512 KiB chunks
+//!   (etcd refuses values past ~1.5 MiB);
+//! - `P/migrations/SEQ` and `P/history/APP/INDEX` (`[cpu, memory]`), with
+//!   20-digit numbers so that key order is numeric order.
+//!
+//! Checkpoint *blobs* stay in the data directory of the control plane that
+//! received them (etcd is meant for small values): after a fail-over the
+//! new leader knows the records but holds no blob until the apps' nodes
+//! send their next checkpoint (every 10 s).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde_json::{json, Value};
+use tern_api::types::MigrationReport;
+
+use super::{decode, Loaded};
+use crate::state::{AppRec, CheckpointRec, NodeRec};
+
+/// The layout version of the keys; a prefix written by another layout is
+/// refused, never misread.
+const SCHEMA: &str = "1";
+/// Bytes of a module per etcd value.
+const BLOB_CHUNK: usize = 512 << 10;
+/// Keys per page when reading a range.
+const PAGE: i64 = 256;
+/// Largest etcd answer read.
+const MAX_ANSWER: u64 = 256 << 20;
+/// Operations per transaction (etcd's default limit is 128).
+const MAX_OPS: usize = 100;
+
+/// Where an etcd store is: `etcd://HOST:PORT[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUrl {
+    /// `http://HOST:PORT`.
+    pub endpoint: String,
+    /// `/PREFIX` (default `/tern`): several clusters can share one etcd.
+    pub prefix: String,
+}
+
+impl std::str::FromStr for EtcdUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<EtcdUrl, String> {
+        let usage = "an etcd store is etcd://HOST:PORT or etcd://HOST:PORT/PREFIX";
+        let rest = s
+            .strip_prefix("etcd://")
+            .ok_or_else(|| format!("`{s}`: {usage}"))?;
+        let (host_port, prefix) = match rest.split_once('/') {
+            Some((h, p)) => (h, p.trim_matches('/')),
+            None => (rest, "tern"),
+        };
+        let port_ok = host_port
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok {
+            return Err(format!("`{s}`: no HOST:PORT; {usage}"));
+        }
+        let prefix_ok = !prefix.is_empty()
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            && !prefix
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..");
+        if !prefix_ok {
+            return Err(format!(
+                "`{s}`: the prefix may hold letters, digits, `-`, `_`, `.` and `/` between names"
+            ));
+        }
+        Ok(EtcdUrl {
+            endpoint: format!("http://{host_port}"),
+            prefix: format!("/{prefix}"),
+        })
+    }
+}
+
+impl std::fmt::Display for EtcdUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self.endpoint.trim_start_matches("http://");
+        write!(f, "etcd://{host}{}", self.prefix)
+    }
+}
+
+/// One key and its value as etcd gives them.
+pub(crate) struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+}
+
+/// Calls to etcd's v3 JSON gateway (blocking: the store's callers are).
+#[derive(Clone)]
+pub(crate) struct Etcd {
+    agent: ureq::Agent,
+    endpoint: String,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+fn unb64(v: &Value) -> anyhow::Result<Vec<u8>> {
+    match v.as_str() {
+        None => Ok(Vec::new()),
+        Some(s) => B64
+            .decode(s)
+            .map_err(|e| anyhow!("etcd answered a value that is not base64: {e}")),
+    }
+}
+
+/// etcd's 64-bit numbers come as JSON strings; zero values are left out.
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn op_put(key: &[u8], value: &[u8]) -> Value {
+    json!({"request_put": {"key": b64(key), "value": b64(value)}})
+}
+
+fn op_delete(key: &[u8]) -> Value {
+    json!({"request_delete_range": {"key": b64(key)}})
+}
+
+fn op_delete_range(from: &[u8], to: &[u8]) -> Value {
+    json!({"request_delete_range": {"key": b64(from), "range_end": b64(to)}})
+}
+
+fn op_get(key: &[u8]) -> Value {
+    json!({"request_range": {"key": b64(key)}})
+}
+
+/// Holds when `key` does not exist.
+fn cmp_absent(key: &[u8]) -> Value {
+    json!({"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"})
+}
+
+/// Holds when `key` was created at `revision` (and not deleted since).
+fn cmp_created_at(key: &[u8], revision: i64) -> Value {
+    json!({"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": revision.to_string()})
+}
+
+impl Etcd {
+    pub fn new(endpoint: &str, timeout: Duration) -> Etcd {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        Etcd {
+            agent,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let bytes = serde_json::to_vec(body)?;
+        let mut resp = self
+            .agent
+            .post(format!("{}{path}", self.endpoint))
+            .header("content-type", "application/json")
+            .send(&bytes[..])
+            .map_err(|e| anyhow!("cannot reach etcd at {}: {e}", self.endpoint))?;
+        let status = resp.status().as_u16();
+        let answer = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(|e| anyhow!("etcd at {} broke off its answer: {e}", self.endpoint))?;
+        let v: Value = serde_json::from_slice(&answer).map_err(|_| {
+            anyhow!(
+                "{} answered {path} with something else than etcd's JSON (is it etcd ≥ 3.4?)",
+                self.endpoint
+            )
+        })?;
+        if status >= 300 {
+            let msg = v["message"].as_str().or(v["error"].as_str()).unwrap_or("");
+            bail!("etcd at {} refused {path} ({status}): {msg}", self.endpoint);
+        }
+        Ok(v)
+    }
+
+    fn kvs(v: &Value) -> anyhow::Result<Vec<Kv>> {
+        let Some(list) = v["kvs"].as_array() else {
+            return Ok(Vec::new());
+        };
+        list.iter()
+            .map(|kv| {
+                Ok(Kv {
+                    key: unb64(&kv["key"])?,
+                    value: unb64(&kv["value"])?,
+                    create_revision: int(&kv["create_revision"]),
+                })
+            })
+            .collect()
+    }
+
+    pub fn get(&self, key: &[u8]) -> anyhow::Result<Option<Kv>> {
+        let v = self.post("/v3/kv/range", &json!({"key": b64(key)}))?;
+        Ok(Self::kvs(&v)?.into_iter().next())
+    }
+
+    /// Every key that starts with `prefix`, in key order (read in pages).
+    pub fn scan(&self, prefix: &[u8]) -> anyhow::Result<Vec<Kv>> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.to_vec();
+        let mut out = Vec::new();
+        loop {
+            let v = self.post(
+                "/v3/kv/range",
+                &json!({"key": b64(&from), "range_end": b64(&end), "limit": PAGE.to_string()}),
+            )?;
+            let page = Self::kvs(&v)?;
+            let more = v["more"].as_bool().unwrap_or(false);
+            if let Some(last) = page.last() {
+                from = last.key.clone();
+                from.push(0);
+            }
+            let done = page.is_empty() || !more;
+            out.extend(page);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A transaction: `(succeeded, the answer)`.
+    fn txn(
+        &self,
+        compare: Vec<Value>,
+        success: Vec<Value>,
+        failure: Vec<Value>,
+    ) -> anyhow::Result<(bool, Value)> {
+        let v = self.post(
+            "/v3/kv/txn",
+            &json!({"compare": compare, "success": success, "failure": failure}),
+        )?;
+        Ok((v["succeeded"].as_bool().unwrap_or(false), v))
+    }
+
+    fn grant(&self, ttl: Duration) -> anyhow::Result<i64> {
+        let v = self.post(
+            "/v3/lease/grant",
+            &json!({"TTL": ttl.as_secs().max(1).to_string()}),
+        )?;
+        match int(&v["ID"]) {
+            0 => bail!("etcd granted no lease: {v}"),
+            id => Ok(id),
+        }
+    }
+
+    /// Renews a lease; its remaining TTL in seconds (0: it has expired).
+    fn keepalive(&self, lease: i64) -> anyhow::Result<i64> {
+        let v = self.post("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))?;
+        Ok(int(&v["result"]["TTL"]))
+    }
+
+    fn revoke(&self, lease: i64) -> anyhow::Result<()> {
+        self.post("/v3/lease/revoke", &json!({"ID": lease.to_string()}))?;
+        Ok(())
+    }
+
+    /// Waits until `key` is deleted at a revision after `revision`, or
+    /// `wait` passed (the caller looks again either way).
+    fn watch_deletion(&self, key: &[u8], revision: i64, wait: Duration) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        let body = json!({"create_request": {"key": b64(key), "start_revision": (revision + 1).to_string()}});
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(wait))
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let resp = agent
+            .post(format!("{}/v3/watch", self.endpoint))
+            .header("content-type", "application/json")
+            .send(&serde_json::to_vec(&body)?[..]);
+        let Ok(resp) = resp else {
+            return Ok(());
+        };
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        // The gateway streams one JSON object per line; a timeout ends the
+        // stream with an error, which is the end of the wait.
+        for line in reader.lines() {
+            let Ok(line) = line else {
+                return Ok(());
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let deleted = v["result"]["events"]
+                .as_array()
+                .is_some_and(|evs| evs.iter().any(|e| e["type"] == "DELETE"));
+            if deleted || v["result"]["canceled"].as_bool() == Some(true) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys of one cluster.
+#[derive(Clone)]
+struct Keys(String);
+
+impl Keys {
+    fn key(&self, rel: &str) -> Vec<u8> {
+        format!("{}/{rel}", self.0).into_bytes()
+    }
+    fn numbered(&self, dir: &str, n: u64) -> Vec<u8> {
+        self.key(&format!("{dir}/{n:020}"))
+    }
+}
+
+/// Prepares a prefix for this tern: checks (or writes) its layout version
+/// and agrees on the cluster token. With `given`, that token must be the
+/// one etcd holds (or becomes it); without, etcd's is used, or `fallback`'s
+/// when etcd holds none yet. Returns the token.
+pub fn prepare(
+    url: &EtcdUrl,
+    given: Option<&str>,
+    fallback: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+    let keys = Keys(url.prefix.clone());
+    let schema_key = keys.key("schema");
+    let (_, v) = etcd
+        .txn(
+            vec![cmp_absent(&schema_key)],
+            vec![op_put(&schema_key, SCHEMA.as_bytes())],
+            vec![op_get(&schema_key)],
+        )
+        .with_context(|| format!("cannot use the etcd store {url}: is etcd running there?"))?;
+    if let Some(found) = v["responses"][0]["response_range"]["kvs"][0]["value"].as_str() {
+        let found = String::from_utf8_lossy(&unb64(&json!(found))?).into_owned();
+        if found != SCHEMA {
+            bail!("{url} was written with store layout {found}, this tern reads layout {SCHEMA}: use the tern that wrote it, or another prefix (etcd://HOST:PORT/PREFIX)");
+        }
+    }
+    let token_key = keys.key("token");
+    let held = etcd.get(&token_key)?;
+    let held = held.map(|kv| String::from_utf8_lossy(&kv.value).trim().to_string());
+    match (given, held) {
+        (Some(t), Some(h)) if t == h => Ok(h),
+        (Some(_), Some(_)) => bail!(
+            "{url} holds another cluster token than the one given: give the cluster's token (`--token` or TERN_TOKEN), or start without one to use it"
+        ),
+        (None, Some(h)) if !h.is_empty() => Ok(h),
+        (given, _) => {
+            let token = match given {
+                Some(t) => t.to_string(),
+                None => fallback()?,
+            };
+            let (won, v) = etcd.txn(
+                vec![cmp_absent(&token_key)],
+                vec![op_put(&token_key, token.as_bytes())],
+                vec![op_get(&token_key)],
+            )?;
+            if won {
+                return Ok(token);
+            }
+            // Another control plane wrote it first: use that one.
+            let kv = &v["responses"][0]["response_range"]["kvs"][0];
+            Ok(String::from_utf8_lossy(&unb64(&kv["value"])?)
+                .trim()
+                .to_string())
+        }
+    }
+}
+
+/// What a control plane learns when it asks for the leadership.
+pub enum Campaign {
+    Won(Leadership),
+    /// Another control plane leads, at `leader` (its URL), as of etcd's
+    /// `revision`.
+    Lost {
+        leader: String,
+        revision: i64,
+    },
+}
+
+/// This control plane's leadership: a lease it keeps alive and the
+/// revision at which it created the leader key. Every write is conditional
+/// on that key (so, on the leadership) being still its own.
+pub struct Leadership {
+    etcd: Etcd,
+    keys: Keys,
+    url: EtcdUrl,
+    lease: i64,
+    revision: i64,
+    lost: AtomicBool,
+}
+
+impl Leadership {
+    /// Asks for the leadership, advertising `me`; the lease lasts `ttl`
+    /// without renewal.
+    pub fn campaign(url: &EtcdUrl, me: &str, ttl: Duration) -> anyhow::Result<Campaign> {
+        let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+        let keys = Keys(url.prefix.clone());
+        let leader = keys.key("leader");
+        let lease = etcd.grant(ttl)?;
+        let put = json!({"request_put": {"key": b64(&leader), "value": b64(me.as_bytes()), "lease": lease.to_string()}});
+        let (won, v) = etcd.txn(vec![cmp_absent(&leader)], vec![put], vec![op_get(&leader)])?;
+        if won {
+            return Ok(Campaign::Won(Leadership {
+                etcd,
+                keys,
+                url: url.clone(),
+                lease,
+                revision: int(&v["header"]["revision"]),
+                lost: AtomicBool::new(false),
+            }));
+        }
+        let _ = etcd.revoke(lease);
+        let kv = &v["responses"][0]["response_range"]["kvs"][0];
+        Ok(Campaign::Lost {
+            leader: String::from_utf8_lossy(&unb64(&kv["value"])?).into_owned(),
+            revision: int(&v["header"]["revision"]),
+        })
+    }
+
+    /// Waits (at most `wait`) until the leader key at `revision` goes.
+    pub fn wait_for_vacancy(url: &EtcdUrl, revision: i64, wait: Duration) -> anyhow::Result<()> {
+        let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+        let key = Keys(url.prefix.clone()).key("leader");
+        etcd.watch_deletion(&key, revision, wait)
+    }
+
+    /// Renews the lease and checks that the leader key is still the one
+    /// this control plane created; false once the leadership is lost.
+    pub fn keepalive(&self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        let held = self.etcd.keepalive(self.lease).and_then(|ttl| {
+            let key = self.etcd.get(&self.keys.key("leader"))?;
+            Ok(ttl > 0 && key.is_some_and(|k| k.create_revision == self.revision))
+        });
+        match held {
+            Ok(true) => true,
+            Ok(false) => {
+                self.lost.store(true, Ordering::SeqCst);
+                false
+            }
+            // etcd unreachable: the lease may still run; the next renewal
+            // (or a refused write) tells.
+            Err(e) => {
+                tracing::warn!("cannot renew the leadership lease: {e}");
+                true
+            }
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Gives the leadership up at once (a standby takes over without
+    /// waiting for the lease to expire).
+    pub fn resign(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        let _ = self.etcd.revoke(self.lease);
+    }
+
+    pub fn url(&self) -> &EtcdUrl {
+        &self.url
+    }
+
+    /// Applies `ops` if this control plane still leads.
+    fn write(&self, ops: Vec<Value>) -> anyhow::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if self.is_lost() {
+            bail!(
+                "this control plane no longer leads (etcd {}): it writes nothing",
+                self.url
+            );
+        }
+        let fence = cmp_created_at(&self.keys.key("leader"), self.revision);
+        let (ok, _) = self.etcd.txn(vec![fence], ops, vec![])?;
+        if !ok {
+            self.lost.store(true, Ordering::SeqCst);
+            bail!(
+                "this control plane lost the leadership (etcd {}): another one leads now",
+                self.url
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies `ops` in transactions of at most [`MAX_OPS`].
+    fn write_all(&self, ops: Vec<Value>) -> anyhow::Result<()> {
+        let mut ops = ops;
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(MAX_OPS));
+            self.write(ops)?;
+            ops = rest;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ records
+
+    fn suffix<'a>(&self, dir: &str, key: &'a [u8]) -> anyhow::Result<&'a str> {
+        let head = self.keys.key(dir).len() + 1;
+        std::str::from_utf8(key.get(head..).unwrap_or_default())
+            .map_err(|_| anyhow!("a key under {}/{dir} is not UTF-8", self.keys.0))
+    }
+
+    fn number(bytes: &[u8], what: &str) -> anyhow::Result<u64> {
+        std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| anyhow!("the store's {what} is not a number"))
+    }
+
+    fn dir(&self, dir: &str) -> anyhow::Result<Vec<Kv>> {
+        let mut p = self.keys.key(dir);
+        p.push(b'/');
+        self.etcd.scan(&p)
+    }
+
+    pub(super) fn load(&self) -> anyhow::Result<Loaded> {
+        let mut out = Loaded::default();
+        for kv in self.dir("nodes")? {
+            out.nodes
+                .push(decode(self.suffix("nodes", &kv.key)?, &kv.value)?);
+        }
+        for kv in self.dir("apps")? {
+            out.apps
+                .push(decode(self.suffix("apps", &kv.key)?, &kv.value)?);
+        }
+        for kv in self.dir("modules")? {
+            let sha = self.suffix("modules", &kv.key)?.to_string();
+            out.modules
+                .insert(sha, Self::number(&kv.value, "module size")?);
+        }
+        for kv in self.dir("checkpoints")? {
+            let app = self.suffix("checkpoints", &kv.key)?;
+            out.checkpoints
+                .insert(app.to_string(), decode(app, &kv.value)?);
+        }
+        for kv in self.dir("generations")? {
+            let app = self.suffix("generations", &kv.key)?.to_string();
+            out.generations
+                .insert(app, Self::number(&kv.value, "generation")?);
+        }
+        for kv in self.dir("migrations")? {
+            let seq = Self::number(
+                self.suffix("migrations", &kv.key)?.as_bytes(),
+                "migration key",
+            )?;
+            out.migrations.push((seq, decode("migration", &kv.value)?));
+        }
+        for kv in self.dir("history")? {
+            let rest = self.suffix("history", &kv.key)?;
+            let (app, idx) = rest
+                .rsplit_once('/')
+                .ok_or_else(|| anyhow!("a usage sample's key is malformed: {rest}"))?;
+            let idx = Self::number(idx.as_bytes(), "sample index")?;
+            let (cpu, mem): (u64, u64) = decode("usage sample", &kv.value)?;
+            out.history
+                .entry(app.to_string())
+                .or_default()
+                .push((idx, cpu, mem));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn put_node(&self, n: &NodeRec) -> anyhow::Result<()> {
+        let v = serde_json::to_vec(n)?;
+        self.write(vec![op_put(
+            &self.keys.key(&format!("nodes/{}", n.info.name)),
+            &v,
+        )])
+    }
+
+    pub(super) fn put_apps(&self, apps: &[&AppRec]) -> anyhow::Result<()> {
+        let ops = apps
+            .iter()
+            .map(|a| {
+                Ok(op_put(
+                    &self.keys.key(&format!("apps/{}", a.name)),
+                    &serde_json::to_vec(a)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.write_all(ops)
+    }
+
+    pub(super) fn remove_app(&self, name: &str) -> anyhow::Result<()> {
+        let history = self.keys.key(&format!("history/{name}/"));
+        self.write(vec![
+            op_delete(&self.keys.key(&format!("apps/{name}"))),
+            op_delete(&self.keys.key(&format!("checkpoints/{name}"))),
+            op_delete_range(&history, &prefix_end(&history)),
+        ])
+    }
+
+    pub(super) fn put_generation(&self, name: &str, generation: u64) -> anyhow::Result<()> {
+        self.write(vec![op_put(
+            &self.keys.key(&format!("generations/{name}")),
+            generation.to_string().as_bytes(),
+        )])
+    }
+
+    /// Stores a module's bytes (in chunks), then its record: a module
+    /// listed is a module whole.
+    pub(super) fn put_module(&self, sha256: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        for (i, chunk) in bytes.chunks(BLOB_CHUNK).enumerate() {
+            let key = self
+                .keys
+                .numbered(&format!("module-blobs/{sha256}"), i as u64);
+            self.write(vec![op_put(&key, chunk)])?;
+        }
+        self.write(vec![op_put(
+            &self.keys.key(&format!("modules/{sha256}")),
+            bytes.len().to_string().as_bytes(),
+        )])
+    }
+
+    /// A module's bytes, as stored by [`Leadership::put_module`].
+    pub(super) fn module_bytes(&self, sha256: &str, size: u64) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(size as usize);
+        for i in 0..(size as usize).div_ceil(BLOB_CHUNK) {
+            let key = self
+                .keys
+                .numbered(&format!("module-blobs/{sha256}"), i as u64);
+            let kv = self.etcd.get(&key)?.ok_or_else(|| {
+                anyhow!(
+                    "module {sha256} is listed in {} but part {i} of it is missing",
+                    self.url
+                )
+            })?;
+            out.extend_from_slice(&kv.value);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn put_checkpoint(&self, app: &str, c: &CheckpointRec) -> anyhow::Result<()> {
+        let v = serde_json::to_vec(c)?;
+        self.write(vec![op_put(
+            &self.keys.key(&format!("checkpoints/{app}")),
+            &v,
+        )])
+    }
+
+    pub(super) fn push_migration(
+        &self,
+        seq: u64,
+        report: &MigrationReport,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        let v = serde_json::to_vec(report)?;
+        let mut ops = vec![op_put(&self.keys.numbered("migrations", seq), &v)];
+        let cutoff = seq.saturating_add(1).saturating_sub(keep as u64);
+        if cutoff > 0 {
+            ops.push(op_delete_range(
+                &self.keys.numbered("migrations", 0),
+                &self.keys.numbered("migrations", cutoff),
+            ));
+        }
+        self.write(ops)
+    }
+
+    pub(super) fn push_samples(
+        &self,
+        samples: &[(String, u64, u64, u64)],
+        keep: u64,
+    ) -> anyhow::Result<()> {
+        let mut ops = Vec::new();
+        for (app, idx, cpu, mem) in samples {
+            let dir = format!("history/{app}");
+            ops.push(op_put(
+                &self.keys.numbered(&dir, *idx),
+                &serde_json::to_vec(&(cpu, mem))?,
+            ));
+            let cutoff = idx.saturating_sub(keep);
+            if cutoff > 0 {
+                ops.push(op_delete_range(
+                    &self.keys.numbered(&dir, 0),
+                    &self.keys.numbered(&dir, cutoff),
+                ));
+            }
+        }
+        self.write_all(ops)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_are_parsed_or_refused_with_the_form() {
+        let u: EtcdUrl = "etcd://127.0.0.1:2379".parse().unwrap();
+        assert_eq!(u.endpoint, "http://127.0.0.1:2379");
+        assert_eq!(u.prefix, "/tern");
+        assert_eq!(u.to_string(), "etcd://127.0.0.1:2379/tern");
+        let u: EtcdUrl = "etcd://db.local:2379/prod/eu-1/".parse().unwrap();
+        assert_eq!(
+            (u.endpoint.as_str(), u.prefix.as_str()),
+            ("http://db.local:2379", "/prod/eu-1")
+        );
+        for bad in [
+            "etcd://",
+            "etcd://host",
+            "etcd://host:0",
+            "etcd://host:99999",
+            "etcd://:2379",
+            "http://host:2379",
+            "etcd://host:2379/a//b",
+            "etcd://host:2379/../x",
+            "etcd://host:2379/a b",
+        ] {
+            let e = bad.parse::<EtcdUrl>().unwrap_err();
+            assert!(e.contains("etcd://") || e.contains("prefix"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"/tern/apps/"), b"/tern/apps0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
+}

@@ -1,0 +1,363 @@
+//! The control plane's state: records in a store, blobs beside it in the
+//! data directory (`modules/SHA256.wasm`, `checkpoints/NAME.snap`, each
+//! written to a temporary name and renamed).
+//!
+//! Two backends keep the records: `redb` (embedded, one control plane: the
+//! default) and `etcd` (shared by several control planes, one of which
+//! leads; see `etcd`). Both hold the same records and are checked by the
+//! same tests.
+
+mod etcd;
+mod redb;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tern_api::types::MigrationReport;
+
+pub use etcd::{prepare as prepare_etcd, Campaign, EtcdUrl, Leadership};
+
+use crate::state::{AppRec, CheckpointRec, NodeRec};
+
+/// What a store holds, read once at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub nodes: Vec<NodeRec>,
+    pub apps: Vec<AppRec>,
+    pub modules: HashMap<String, u64>,
+    pub checkpoints: HashMap<String, CheckpointRec>,
+    pub generations: HashMap<String, u64>,
+    /// (sequence, report), oldest first.
+    pub migrations: Vec<(u64, MigrationReport)>,
+    /// Per app: (sample index, cpu milli, memory bytes), oldest first.
+    pub history: BTreeMap<String, Vec<(u64, u64, u64)>>,
+}
+
+enum Backend {
+    Redb(redb::Redb),
+    Etcd(Arc<Leadership>),
+}
+
+/// The records and the directory of blobs beside them.
+pub struct Store {
+    dir: PathBuf,
+    backend: Backend,
+}
+
+fn blob_dirs(dir: &Path) -> anyhow::Result<()> {
+    for sub in ["modules", "checkpoints"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the embedded store in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Store> {
+        blob_dirs(dir)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            backend: Backend::Redb(redb::Redb::open(dir)?),
+        })
+    }
+
+    /// The records in etcd, written under `leadership`; blobs in `dir`.
+    pub fn etcd(dir: &Path, leadership: Arc<Leadership>) -> anyhow::Result<Store> {
+        blob_dirs(dir)?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            backend: Backend::Etcd(leadership),
+        })
+    }
+
+    pub fn module_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("modules").join(format!("{sha256}.wasm"))
+    }
+
+    pub fn checkpoint_path(&self, app: &str) -> PathBuf {
+        self.dir.join("checkpoints").join(format!("{app}.snap"))
+    }
+
+    /// A module's bytes: from the data directory, or (etcd) from the store,
+    /// kept in the data directory from then on. `size` is its recorded size.
+    pub fn module_bytes(&self, sha256: &str, size: u64) -> anyhow::Result<Vec<u8>> {
+        let path = self.module_path(sha256);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) => match &self.backend {
+                Backend::Redb(_) => Err(e).with_context(|| {
+                    format!(
+                        "module {sha256} is missing from {}; upload it again (`tern deploy` does)",
+                        path.display()
+                    )
+                }),
+                Backend::Etcd(l) => {
+                    let bytes = l.module_bytes(sha256, size)?;
+                    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                    if actual != sha256 {
+                        anyhow::bail!("module {sha256} in {} is damaged (its bytes hash to {actual}): upload it again", l.url());
+                    }
+                    write_atomic(&path, &bytes)
+                        .with_context(|| format!("cannot keep module {sha256}"))?;
+                    Ok(bytes)
+                }
+            },
+        }
+    }
+
+    /// Reads every record. With etcd, checkpoint records whose blob is not
+    /// in this control plane's directory are left out (another control
+    /// plane received it; the app's node sends a new one soon).
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        match &self.backend {
+            Backend::Redb(db) => db.load(),
+            Backend::Etcd(l) => {
+                let mut loaded = l.load()?;
+                loaded.checkpoints.retain(|app, _| {
+                    let here = self.checkpoint_path(app).exists();
+                    if !here {
+                        tracing::warn!(%app, "its latest checkpoint is on another control plane's disk; waiting for the next one");
+                    }
+                    here
+                });
+                Ok(loaded)
+            }
+        }
+    }
+
+    /// `durable`: on disk when this returns (redb; etcd always is).
+    pub fn put_node(&self, n: &NodeRec, durable: bool) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_node(n, durable),
+            Backend::Etcd(l) => l.put_node(n),
+        }
+    }
+
+    /// Stores several apps (in one transaction where the backend can).
+    pub fn put_apps(&self, apps: &[&AppRec], durable: bool) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_apps(apps, durable),
+            Backend::Etcd(l) => l.put_apps(apps),
+        }
+    }
+
+    pub fn put_app(&self, a: &AppRec) -> anyhow::Result<()> {
+        self.put_apps(&[a], true)
+    }
+
+    /// Forgets an app: its row, its checkpoint record, its usage history
+    /// (its highest generation stays, to fence copies left on nodes).
+    pub fn remove_app(&self, name: &str) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.remove_app(name),
+            Backend::Etcd(l) => l.remove_app(name),
+        }
+    }
+
+    pub fn put_generation(&self, name: &str, generation: u64) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_generation(name, generation),
+            Backend::Etcd(l) => l.put_generation(name, generation),
+        }
+    }
+
+    /// Records a module whose bytes are already at [`Store::module_path`].
+    pub fn put_module(&self, sha256: &str, size: u64) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_module(sha256, size),
+            Backend::Etcd(l) => {
+                let bytes = std::fs::read(self.module_path(sha256))
+                    .with_context(|| format!("cannot read module {sha256} back"))?;
+                l.put_module(sha256, &bytes)
+            }
+        }
+    }
+
+    pub fn put_checkpoint(&self, app: &str, c: &CheckpointRec) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_checkpoint(app, c),
+            Backend::Etcd(l) => l.put_checkpoint(app, c),
+        }
+    }
+
+    /// Appends a migration report and drops the oldest beyond `keep`.
+    pub fn push_migration(
+        &self,
+        seq: u64,
+        report: &MigrationReport,
+        keep: usize,
+    ) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.push_migration(seq, report, keep),
+            Backend::Etcd(l) => l.push_migration(seq, report, keep),
+        }
+    }
+
+    /// Records usage samples `(app, index, cpu milli, memory bytes)` and
+    /// drops each app's samples older than `keep` indexes.
+    pub fn push_samples(
+        &self,
+        samples: &[(String, u64, u64, u64)],
+        keep: u64,
+    ) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.push_samples(samples, keep),
+            Backend::Etcd(l) => l.push_samples(samples, keep),
+        }
+    }
+
+    /// Closes the store: later writes fail; everything written so far is
+    /// on disk (redb), and the leadership is given up (etcd).
+    pub fn close(&self) {
+        match &self.backend {
+            Backend::Redb(db) => db.close(),
+            Backend::Etcd(l) => l.resign(),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("the store's record for {what} is unreadable"))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// and a rename, so readers see the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut suffix = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut suffix);
+    }
+    let tmp = dir.join(format!(".{name}.{}.tmp", hex::encode(suffix)));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, generation: u64) -> AppRec {
+        AppRec {
+            name: name.into(),
+            module_sha256: "ab".repeat(32),
+            node: Some("node-1".into()),
+            generation,
+            state: "running".into(),
+            ..AppRec::default()
+        }
+    }
+
+    #[test]
+    fn every_table_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut n = NodeRec::default();
+            n.info.name = "node-1".into();
+            n.info.url = "http://127.0.0.1:1".into();
+            n.draining = true;
+            s.put_node(&n, true).unwrap();
+            s.put_apps(&[&app("a", 3), &app("b", 1)], false).unwrap();
+            s.put_generation("a", 3).unwrap();
+            s.put_generation("gone", 7).unwrap();
+            s.put_module(&"ab".repeat(32), 123).unwrap();
+            s.put_checkpoint(
+                "a",
+                &CheckpointRec {
+                    generation: 3,
+                    bytes: 10,
+                    unix_ms: 5,
+                },
+            )
+            .unwrap();
+            for seq in 0..5 {
+                let r = MigrationReport {
+                    app: format!("m{seq}"),
+                    ..MigrationReport::default()
+                };
+                s.push_migration(seq, &r, 3).unwrap();
+            }
+            let samples: Vec<_> = (0..10)
+                .map(|i| ("a".to_string(), i, i * 10, 1 << 20))
+                .collect();
+            s.push_samples(&samples, 4).unwrap();
+            s.push_samples(&[("b".into(), 1, 1, 1)], 4).unwrap();
+            s.close();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.nodes.len(), 1);
+        assert!(l.nodes[0].draining);
+        let mut names: Vec<_> = l
+            .apps
+            .iter()
+            .map(|a| (a.name.as_str(), a.generation))
+            .collect();
+        names.sort();
+        assert_eq!(names, [("a", 3), ("b", 1)]);
+        assert_eq!(l.generations.get("gone"), Some(&7));
+        assert_eq!(l.modules.get(&"ab".repeat(32)), Some(&123));
+        assert_eq!(l.checkpoints["a"].generation, 3);
+        // Bounded: the newest three migrations, oldest first.
+        let kept: Vec<_> = l.migrations.iter().map(|(_, r)| r.app.as_str()).collect();
+        assert_eq!(kept, ["m2", "m3", "m4"]);
+        // Bounded per app: the last `keep` indexes before the newest and the newest.
+        let idx: Vec<u64> = l.history["a"].iter().map(|s| s.0).collect();
+        assert_eq!(idx, [5, 6, 7, 8, 9]);
+        assert_eq!(l.history["b"], [(1, 1, 1)]);
+
+        s.remove_app("a").unwrap();
+        let l = s.load().unwrap();
+        assert!(l.apps.iter().all(|a| a.name != "a"));
+        assert!(!l.checkpoints.contains_key("a"));
+        assert!(!l.history.contains_key("a"));
+        assert_eq!(
+            l.generations.get("a"),
+            Some(&3),
+            "generations outlive the app (fencing)"
+        );
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = Store::open(dir.path()).unwrap();
+        let e = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(
+            e.to_string().contains("in use by another control plane"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn atomic_writes_leave_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.snap");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

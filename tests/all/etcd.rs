@@ -1,0 +1,294 @@
+//! Control planes sharing a real etcd (Debian's `etcd-server`, started by
+//! the test on loopback ports): one leads, the other stands by and names
+//! it; the records survive the leader, which a standby replaces at once
+//! when it resigns and within the lease when it dies; nodes given both
+//! control planes follow the leader; a leader whose lease is gone writes
+//! nothing more.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tern_api::types::{AppView, DeployRequest, MigrationReport, NodeInfo, NodeView};
+use tern_artifacts::tools::Etcd;
+use tern_control::StoreConfig;
+
+use crate::nodes::{client, start_control, Load, TestNode};
+
+const WAIT: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(2);
+
+/// What the tests ask of etcd beyond starting it.
+trait EtcdExt {
+    fn store(&self, prefix: &str) -> StoreConfig;
+    fn get(&self, key: &str) -> Option<String>;
+    fn grant(&self, ttl_s: u64) -> String;
+    fn usurp(&self, key: &str, value: &str, lease: &str);
+    fn revoke(&self, lease: &str);
+}
+
+impl EtcdExt for Etcd {
+    fn store(&self, prefix: &str) -> StoreConfig {
+        self.store_url(prefix).parse().unwrap()
+    }
+
+    /// A key's value, straight from etcd.
+    fn get(&self, key: &str) -> Option<String> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = json!({"key": b64.encode(key)}).to_string();
+        let (_, answer) = self.http("POST", "/v3/kv/range", &body)?;
+        let v: Value = serde_json::from_str(&answer).ok()?;
+        let kv = &v["kvs"][0];
+        let value = b64.decode(kv["value"].as_str()?).ok()?;
+        Some(String::from_utf8_lossy(&value).into_owned())
+    }
+
+    fn grant(&self, ttl_s: u64) -> String {
+        let body = json!({"TTL": ttl_s.to_string()}).to_string();
+        let (_, answer) = self.http("POST", "/v3/lease/grant", &body).unwrap();
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        v["ID"].as_str().expect("a lease").to_string()
+    }
+
+    /// Takes the leader key over as a rival control plane would: ends the
+    /// holder's lease (the key goes with it), then creates the key anew
+    /// under `lease` (again, if the holder was quicker to win it back).
+    fn usurp(&self, key: &str, value: &str, lease: &str) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for _ in 0..20 {
+            let body = json!({"key": b64.encode(key)}).to_string();
+            let (_, answer) = self.http("POST", "/v3/kv/range", &body).unwrap();
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            if let Some(held) = v["kvs"][0]["lease"].as_str() {
+                self.revoke(held);
+            }
+            let body = json!({
+                "compare": [{"key": b64.encode(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": {"key": b64.encode(key), "value": b64.encode(value), "lease": lease}}]
+            })
+            .to_string();
+            let (status, answer) = self.http("POST", "/v3/kv/txn", &body).unwrap();
+            assert_eq!(status, 200, "{answer}");
+            if answer.contains("\"succeeded\":true") {
+                return;
+            }
+        }
+        panic!("could not take {key} over");
+    }
+
+    fn revoke(&self, lease: &str) {
+        let body = json!({"ID": lease}).to_string();
+        let (status, answer) = self.http("POST", "/v3/lease/revoke", &body).unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// A control plane on the etcd store, with a short lease.
+async fn control(
+    etcd: &Etcd,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let store = etcd.store(prefix);
+    start_control(dir, move |cfg| {
+        cfg.store = store;
+        cfg.lease_ttl = LEASE;
+        cfg.heartbeat_timeout = Duration::from_secs(10);
+    })
+    .await
+}
+
+/// Waits until `url` answers its health with `role` ("control" when it
+/// leads, "standby" naming the leader); returns the health document.
+async fn role(url: &str, role: &str) -> Value {
+    let c = client();
+    let t0 = Instant::now();
+    loop {
+        if let Ok(h) = c.get_json::<Value>(&format!("{url}/v1/health")).await {
+            // A standby is told which control plane leads once it asked.
+            if h["role"] == role && (role != "standby" || h["leader"].is_string()) {
+                return h;
+            }
+        }
+        assert!(t0.elapsed() < WAIT, "{url} never became {role}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(t0.elapsed() < WAIT, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(c: &tern_api::client::Client, ingress: &str) -> i64 {
+    let (_, body) = c
+        .send(
+            hyper::Method::POST,
+            &format!("{ingress}/apps/counter/"),
+            "text/plain",
+            Bytes::from_static(b"0"),
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&body).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_planes_on_etcd_fail_over_and_keep_the_cluster() {
+    let etcd = Etcd::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, stop_a) = control(&etcd, "ha", dir_a.path()).await;
+    role(&a, "control").await;
+    let (b, _stop_b) = control(&etcd, "ha", dir_b.path()).await;
+    let h = role(&b, "standby").await;
+    assert_eq!(h["leader"], a.as_str(), "{h}");
+    let c = client();
+    // A standby answers 503 and names the leader.
+    let e = c
+        .get_json::<Value>(&format!("{b}/v1/apps"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert!(e.to_string().contains(&a), "{e}");
+
+    // Two nodes that know both control planes.
+    let both = format!("{a},{b}");
+    let n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
+    let _n2 = TestNode::start_with("n2", |cfg| cfg.control_url = Some(both.clone())).await;
+    eventually("both nodes registered with the leader", async || {
+        let ns: Vec<NodeView> = c.get_json(&format!("{a}/v1/nodes")).await.ok()?;
+        (ns.len() == 2).then_some(())
+    })
+    .await;
+
+    // An app deployed and moved through the leader.
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{a}/v1/modules/{sha}"), Bytes::from(bytes.clone()))
+        .await
+        .unwrap();
+    let req = DeployRequest {
+        name: "counter".into(),
+        module_sha256: sha.clone(),
+        node: Some("n1".into()),
+        restart: Some("always".into()),
+        ..Default::default()
+    };
+    let _: Value = c.post_json(&format!("{a}/v1/apps"), &req).await.unwrap();
+    let load = Load::start(format!("{}/apps/counter/", n1.url), b"1", None);
+    let r: MigrationReport = c
+        .post_json(
+            &format!("{a}/v1/apps/counter/migrate"),
+            &json!({"to": "n2", "mode": "hot"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.from.as_str(), r.to.as_str()), ("n1", "n2"));
+
+    // The leader resigns: the standby leads at once, with every record.
+    let t0 = Instant::now();
+    drop(stop_a);
+    role(&b, "control").await;
+    let takeover = t0.elapsed();
+    eprintln!("the standby led {takeover:?} after the leader resigned");
+    assert!(
+        takeover < LEASE,
+        "a resignation needs no lease expiry: {takeover:?}"
+    );
+    let apps: Vec<AppView> = c.get_json(&format!("{b}/v1/apps")).await.unwrap();
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    assert_eq!(
+        (apps[0].node.as_deref(), apps[0].generation),
+        (Some("n2"), 2),
+        "{apps:?}"
+    );
+    let moves: Vec<MigrationReport> = c.get_json(&format!("{b}/v1/migrations")).await.unwrap();
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    // The module comes from etcd: this control plane never received it.
+    let (_, got) = c
+        .send(
+            hyper::Method::GET,
+            &format!("{b}/v1/modules/{sha}"),
+            "application/wasm",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(got == bytes, "the module from etcd differs");
+    // The nodes report to the new leader.
+    eventually("the nodes heartbeat to the new leader", async || {
+        let ns: Vec<NodeView> = c.get_json(&format!("{b}/v1/nodes")).await.ok()?;
+        ns.iter()
+            .all(|n| n.state == "ready" && n.last_heartbeat_ms_ago.is_some_and(|ms| ms < 1500))
+            .then_some(())
+    })
+    .await;
+    // And it runs the cluster: a move back, state kept, nothing failed.
+    let r: MigrationReport = c
+        .post_json(
+            &format!("{b}/v1/apps/counter/migrate"),
+            &json!({"to": "n1", "mode": "hot"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.from.as_str(), r.to.as_str()), ("n2", "n1"));
+    let served = load.served.clone();
+    assert_eq!(load.stop().await, 0, "requests failed");
+    let served = served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(served > 0);
+    assert_eq!(count(&c, &n1.url).await, served as i64, "every write once");
+
+    // The old leader comes back as a standby.
+    let (a2, _stop_a2) = control(&etcd, "ha", dir_a.path()).await;
+    let h = role(&a2, "standby").await;
+    assert_eq!(h["leader"], b.as_str(), "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leader_writes_nothing_and_stands_by() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _stop_a) = control(&etcd, "fence", dir.path()).await;
+    role(&a, "control").await;
+    let leader = etcd.get("/fence/leader").expect("a leader key");
+    assert_eq!(leader, a);
+    // Another takes the leader key over (as when this one was cut off from
+    // etcd past its lease and a standby won): this one must stop writing.
+    let usurper = "http://127.0.0.1:9";
+    let lease = etcd.grant(60);
+    etcd.usurp("/fence/leader", usurper, &lease);
+    let c = client();
+    let node = NodeInfo {
+        name: "ghost".into(),
+        url: "http://127.0.0.1:9".into(),
+        arch: "x86_64".into(),
+        ..NodeInfo::default()
+    };
+    let e = c
+        .post_json::<_, Value>(&format!("{a}/v1/nodes"), &node)
+        .await
+        .expect_err("a write without the leadership");
+    assert!(
+        e.to_string().contains("lost the leadership") || e.status() == Some(503),
+        "{e}"
+    );
+    assert!(
+        etcd.get("/fence/nodes/ghost").is_none(),
+        "a deposed leader wrote"
+    );
+    let h = role(&a, "standby").await;
+    assert_eq!(h["leader"], usurper, "{h}");
+    // The other's lease ends: this one leads again, and writes.
+    etcd.revoke(&lease);
+    role(&a, "control").await;
+    let _: Value = c.post_json(&format!("{a}/v1/nodes"), &node).await.unwrap();
+    assert!(etcd.get("/fence/nodes/ghost").is_some());
+}

@@ -1,0 +1,119 @@
+//! Outside programs the tests run, from Debian's packages: found where the
+//! package puts them, installed with apt-get when missing (as root), or a
+//! panic that says what to install. `.ci/run` installs them up front.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The first of `paths` that exists, else Debian's `package` installed with
+/// apt-get (as root), else a panic saying `how`.
+pub fn debian_tool(paths: &[&str], package: &str, how: &str) -> PathBuf {
+    let found = || paths.iter().map(PathBuf::from).find(|p| p.exists());
+    if let Some(p) = found() {
+        return p;
+    }
+    eprintln!("{package} is missing: installing it (if root, with apt-get) for the tests");
+    crate::apt::install(&[package]);
+    found().unwrap_or_else(|| panic!("{how}"))
+}
+
+/// An etcd server (Debian's `etcd-server`) on two free loopback ports, its
+/// data in a temporary directory; killed when dropped.
+pub struct Etcd {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy (a leader elected).
+    pub fn start() -> Etcd {
+        let bin = debian_tool(
+            &["/usr/bin/etcd"],
+            "etcd-server",
+            "these tests need etcd: install Debian's `etcd-server` package \
+             (`apt-get install -y etcd-server`; .ci/run does this)",
+        );
+        let dir =
+            std::env::temp_dir().join(format!("tern-etcd-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("etcd's directory");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd's log");
+        let child = Command::new(bin)
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd {
+            endpoint,
+            child,
+            dir,
+        };
+        let t0 = Instant::now();
+        while !etcd
+            .http("GET", "/health", "")
+            .is_some_and(|(s, b)| s == 200 && b.contains("true"))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "etcd did not come up: {}",
+                std::fs::read_to_string(etcd.dir.join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+
+    /// `etcd://127.0.0.1:PORT/PREFIX`, as `tern control --store` takes it.
+    pub fn store_url(&self, prefix: &str) -> String {
+        format!(
+            "etcd://{}/{prefix}",
+            self.endpoint.trim_start_matches("http://")
+        )
+    }
+
+    /// A plain HTTP/1.0 exchange with etcd's JSON gateway: status and body.
+    pub fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split(' ').nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
