@@ -274,6 +274,10 @@ pub struct NodeView {
     /// `ready`, `down` or `draining`.
     pub state: String,
     pub last_heartbeat_ms_ago: Option<u64>,
+    /// The node's CPU architecture (`x86_64`, `aarch64`...): apps move
+    /// between architectures as they are.
+    #[serde(default)]
+    pub arch: String,
 }
 
 /// Log lines from sequence number `from` on.

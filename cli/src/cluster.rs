@@ -274,6 +274,7 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
                 n.name.clone(),
                 n.state.clone(),
                 n.url.clone(),
+                n.arch.clone(),
                 format!("{}m / {}m", n.usage.cpu_milli, n.capacity.cpu_milli),
                 format!(
                     "{} / {}",
@@ -298,6 +299,7 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
                 "NAME",
                 "STATE",
                 "ADDRESS",
+                "ARCH",
                 "CPU",
                 "MEMORY",
                 "APPS",

@@ -1268,3 +1268,297 @@ fn control_planes_on_etcd_survive_the_leader_being_killed() {
             .then_some(())
     });
 }
+
+/// `tern` built for aarch64 and run under qemu-user: the other CPU
+/// architecture of these tests.
+struct Aarch64 {
+    tern: PathBuf,
+    qemu: PathBuf,
+}
+
+impl Aarch64 {
+    /// Cross-compiles `tern` for aarch64-unknown-linux-gnu once per target
+    /// directory (into `TARGET/cross`), with Debian's cross gcc as linker;
+    /// the target, the cross gcc and qemu-user are installed when missing.
+    fn get() -> &'static Aarch64 {
+        static ONCE: std::sync::OnceLock<Aarch64> = std::sync::OnceLock::new();
+        ONCE.get_or_init(|| {
+            use tern_artifacts::tools::debian_tool;
+            let qemu = debian_tool(
+                &["/usr/bin/qemu-aarch64-static", "/usr/bin/qemu-aarch64"],
+                "qemu-user-static",
+                "the cross-architecture tests need qemu-user: install Debian's \
+                 `qemu-user-static` (.ci/run does this)",
+            );
+            let gcc = debian_tool(
+                &["/usr/bin/aarch64-linux-gnu-gcc"],
+                "gcc-aarch64-linux-gnu",
+                "the cross-architecture tests need an aarch64 linker: install Debian's \
+                 `gcc-aarch64-linux-gnu` (.ci/run does this)",
+            );
+            const TARGET: &str = "aarch64-unknown-linux-gnu";
+            let added = Command::new("rustup")
+                .args(["target", "add", TARGET])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                added,
+                "cannot add the {TARGET} target: `rustup target add {TARGET}`"
+            );
+            // TARGET_DIR/release/tern → TARGET_DIR/cross
+            let target_dir = Path::new(env!("CARGO_BIN_EXE_tern"))
+                .parent()
+                .and_then(Path::parent)
+                .unwrap()
+                .join("cross");
+            let cargo = option_env!("CARGO").unwrap_or("cargo");
+            let out = Command::new(cargo)
+                .args(["build", "--release", "-p", "tern", "--target", TARGET])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .current_dir(root())
+                .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER", gcc)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "cross-compiling tern for {TARGET} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Aarch64 {
+                tern: target_dir.join(TARGET).join("release").join("tern"),
+                qemu,
+            }
+        })
+    }
+
+    /// The aarch64 `tern ARGS` under qemu (its libraries from Debian's cross
+    /// sysroot).
+    fn tern(&self) -> Command {
+        let mut c = Command::new(&self.qemu);
+        c.args(["-L", "/usr/aarch64-linux-gnu"])
+            .arg(&self.tern)
+            .env(
+                "TERN_CACHE_DIR",
+                std::env::temp_dir().join("tern-cli-test-cache-aarch64"),
+            );
+        c
+    }
+}
+
+/// `--invoke EXPORT ARGS...` for each call.
+fn invoke_args(calls: &[(&str, &[i64])]) -> Vec<String> {
+    calls
+        .iter()
+        .flat_map(|(export, args)| {
+            ["--invoke".to_string(), export.to_string()]
+                .into_iter()
+                .chain(args.iter().map(i64::to_string))
+        })
+        .collect()
+}
+
+fn results(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    doc["calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no calls in {doc}"))
+        .iter()
+        .map(|c| c["results"].clone())
+        .collect()
+}
+
+/// An app's state moves between CPU architectures: each guest runs its
+/// calls straight on this machine (x86_64), and again split in three,
+/// snapshot and resume between the parts, the middle part on aarch64 (or
+/// the first and last, the other way round); every result is the same.
+#[test]
+fn snapshots_resume_on_another_cpu_architecture() {
+    let arm = Aarch64::get();
+    let zlib: &[(&str, &[i64])] = &[
+        ("init", &[6]),
+        ("feed", &[50_000, 1]),
+        ("flush", &[]),
+        ("drain", &[]),
+        ("feed", &[200_000, 3]),
+        ("out_crc", &[]),
+        ("roundtrip_ok", &[]),
+        ("feed", &[90_000, 5]),
+        ("finish", &[]),
+        ("roundtrip_ok", &[]),
+        ("out_len", &[]),
+        ("out_crc", &[]),
+    ];
+    let heap: &[(&str, &[i64])] = &[
+        ("push", &[3]),
+        ("push", &[9]),
+        ("touch", &[300, 7]),
+        ("digest", &[]),
+        ("grow", &[16]),
+        ("touch", &[200, 3]),
+        ("push", &[-4]),
+        ("digest", &[]),
+        ("sum", &[]),
+        ("len", &[]),
+        ("memory_pages", &[]),
+        ("digest", &[]),
+    ];
+    let count: &[(&str, &[i64])] = &[
+        ("add", &[5]),
+        ("add", &[-2]),
+        ("get", &[]),
+        ("add", &[40]),
+        ("get", &[]),
+        ("get", &[]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, module, calls) in [
+        ("zlib", tern_artifacts::ZLIB_GUEST, zlib),
+        ("heapstate", tern_artifacts::HEAPSTATE, heap),
+        ("counter", tern_artifacts::COUNTER, count),
+    ] {
+        let straight = json(&tern(
+            &[
+                &["run", module, "--json"][..],
+                &invoke_args(calls)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            ]
+            .concat(),
+        ));
+        let want = results(&straight);
+        let third = calls.len() / 3;
+        let parts = [
+            &calls[..third],
+            &calls[third..2 * third],
+            &calls[2 * third..],
+        ];
+        for arm_in_the_middle in [true, false] {
+            let mut got = Vec::new();
+            let mut snap: Option<PathBuf> = None;
+            for (k, part) in parts.iter().enumerate() {
+                let on_arm = (k == 1) == arm_in_the_middle;
+                let out_snap = dir
+                    .path()
+                    .join(format!("{name}-{arm_in_the_middle}-{k}.snap"));
+                let mut args: Vec<String> = match &snap {
+                    None => vec!["run".into(), module.into()],
+                    Some(s) => vec!["resume".into(), s.display().to_string()],
+                };
+                args.extend(invoke_args(part));
+                args.extend([
+                    "--snapshot-out".into(),
+                    out_snap.display().to_string(),
+                    "--json".into(),
+                ]);
+                let out = if on_arm {
+                    arm.tern().args(&args).output().unwrap()
+                } else {
+                    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                    tern(&a)
+                };
+                got.extend(results(&json(&out)));
+                snap = Some(out_snap);
+            }
+            assert_eq!(
+                got, want,
+                "{name}: the calls split across x86_64 and aarch64 (aarch64 in the middle: {arm_in_the_middle}) answered differently"
+            );
+        }
+    }
+}
+
+/// A live cluster with nodes of two CPU architectures: the aarch64 node
+/// (under qemu) registers with its architecture, and an app moves to it
+/// hot, back hot, and to it cold while a client calls it; every call runs
+/// once, in order.
+#[test]
+fn an_app_moves_between_nodes_of_different_cpu_architectures() {
+    let arm = Aarch64::get();
+    let cluster = Cluster::up(1);
+    let token = std::fs::read_to_string(cluster.dir.path().join("token")).unwrap();
+    let port = free_port();
+    let _arm_node = Proc(
+        arm.tern()
+            .args(["node", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--control", &cluster.control, "--name", "arm", "--data-dir"])
+            .arg(cluster.dir.path().join("arm"))
+            .env("TERN_TOKEN", token.trim())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let nodes = wait_for(120, "the aarch64 node to register", || {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&cluster.tern(&["nodes", "--json"]).stdout).ok()?;
+        (doc.as_array()?.len() == 2 && doc.as_array()?.iter().all(|n| n["state"] == "ready"))
+            .then_some(doc)
+    });
+    let arch = |name: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["arch"].clone())
+    };
+    assert_eq!(arch("arm"), Some("aarch64".into()), "{nodes}");
+    assert_eq!(
+        arch("node-1"),
+        Some(std::env::consts::ARCH.into()),
+        "{nodes}"
+    );
+
+    json(&cluster.tern(&[
+        "deploy",
+        tern_artifacts::COUNTER,
+        "--name",
+        "counter",
+        "--node",
+        "node-1",
+        "--json",
+    ]));
+    let writer = {
+        let control = cluster.control.clone();
+        let token = token.clone();
+        std::thread::spawn(move || {
+            (0..30)
+                .map(|_| {
+                    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+                        .args(["invoke", "counter", "add", "1", "--json"])
+                        .env("TERN_CONTROL", &control)
+                        .env("TERN_TOKEN", token.trim())
+                        .output()
+                        .unwrap();
+                    json(&out)["results"][0].as_i64().unwrap()
+                })
+                .collect::<Vec<i64>>()
+        })
+    };
+    for (to, mode) in [("arm", "hot"), ("node-1", "hot"), ("arm", "cold")] {
+        let doc =
+            json(&cluster.tern(&["migrate", "counter", "--to", to, "--mode", mode, "--json"]));
+        assert_eq!(
+            (doc["to"].as_str(), doc["mode"].as_str()),
+            (Some(to), Some(mode)),
+            "{doc}"
+        );
+        eprintln!(
+            "{mode} to {to}: downtime {} ms, total {} ms, tracker {}",
+            doc["downtime_ms"], doc["total_ms"], doc["dirty_tracking"]
+        );
+    }
+    let totals = writer.join().unwrap();
+    assert_eq!(
+        totals,
+        (1..=30).collect::<Vec<i64>>(),
+        "each call ran exactly once, in order"
+    );
+    let doc = json(&cluster.tern(&["invoke", "counter", "get", "--json"]));
+    assert_eq!(
+        (doc["results"][0].as_i64(), doc["node"].as_str()),
+        (Some(30), Some("arm")),
+        "{doc}"
+    );
+}

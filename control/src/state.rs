@@ -269,6 +269,7 @@ impl Shared {
             apps,
             state: self.node_state(n, now).to_string(),
             last_heartbeat_ms_ago: n.last_heartbeat_unix_ms.map(|t| now.saturating_sub(t)),
+            arch: n.info.arch.clone(),
         }
     }
 
