@@ -395,16 +395,21 @@ async fn freeze(
 /// Pages per slice of a hot move's first copy (4 MiB): small enough that
 /// the app is never held for long, large enough to keep the wire busy.
 const SLICE_PAGES: u64 = 1024;
+/// Slices on the wire at once: while the target applies one, the next is
+/// already arriving, and the source reads the one after.
+const SLICES_IN_FLIGHT: usize = 2;
 
-/// The first copy of a hot move: every memory's non-zero pages, read from
-/// the app slice by slice (between two slices it serves calls) and sent as
-/// page chunks, reading slice k+1 while slice k is sent.
+/// The first copy of a hot move (or the pages of a cold one): every
+/// memory's non-zero pages, read from the app slice by slice (between two
+/// slices a running app serves calls) and sent as page chunks, up to
+/// [`SLICES_IN_FLIGHT`] at once while the next is read.
 async fn send_slices(
     node: &Node,
     handle: &AppHandle,
     session: &str,
     memories: &[(u32, u64)],
 ) -> Result<(u64, u64), ApiErr> {
+    type Send = tokio::task::JoinHandle<Result<(u64, u64), ApiErr>>;
     let slices: Vec<(u32, u64, u64)> = memories
         .iter()
         .flat_map(|&(memory, pages)| {
@@ -412,49 +417,53 @@ async fn send_slices(
                 .map(move |k| (memory, k * SLICE_PAGES, ((k + 1) * SLICE_PAGES).min(pages)))
         })
         .collect();
-    let read = |(memory, first, end): (u32, u64, u64)| {
-        handle.ask(move |reply| Cmd::PrecopySlice {
-            memory,
-            first,
-            end,
-            reply,
-        })
-    };
+    let url = format!("{session}/pages");
     let (mut bytes, mut pages) = (0, 0);
-    let Some(&first) = slices.first() else {
-        return Ok((0, 0));
-    };
-    let mut current = read(first).await??;
-    for k in 0..slices.len() {
-        let (body, n) = std::mem::take(&mut current);
-        let send = async {
+    let mut in_flight: std::collections::VecDeque<Send> = std::collections::VecDeque::new();
+    let outcome = async {
+        for &(memory, first, end) in &slices {
+            let (body, n) = handle
+                .ask(move |reply| Cmd::PrecopySlice {
+                    memory,
+                    first,
+                    end,
+                    reply,
+                })
+                .await??;
             // All-zero slices are skipped, but the first of each memory
             // always goes, so the target learns every memory's size.
-            if n == 0 && slices[k].1 != 0 {
-                return Ok(0);
+            if n == 0 && first != 0 {
+                continue;
             }
-            let len = body.len() as u64;
-            node.client
-                .post_bytes(&format!("{session}/pages"), Bytes::from(body))
-                .await
-                .map_err(|e| client_err("sending pages", e))?;
-            Ok::<_, ApiErr>(len)
-        };
-        let sent = match slices.get(k + 1) {
-            Some(&s) => {
-                let (sent, next) = tokio::join!(send, read(s));
-                current = next??;
-                sent
+            if in_flight.len() >= SLICES_IN_FLIGHT {
+                if let Some(done) = in_flight.pop_front() {
+                    let (b, p) = done.await.map_err(|e| err(500, e.to_string()))??;
+                    bytes += b;
+                    pages += p;
+                }
             }
-            None => send.await,
-        };
-        let b = sent?;
-        if b > 0 {
-            bytes += b;
-            pages += n;
+            let (client, url) = (node.client.clone(), url.clone());
+            in_flight.push_back(tokio::spawn(async move {
+                let len = body.len() as u64;
+                client
+                    .post_bytes(&url, Bytes::from(body))
+                    .await
+                    .map_err(|e| client_err("sending pages", e))?;
+                Ok((len, n))
+            }));
         }
+        while let Some(done) = in_flight.pop_front() {
+            let (b, p) = done.await.map_err(|e| err(500, e.to_string()))??;
+            bytes += b;
+            pages += p;
+        }
+        Ok::<_, ApiErr>(())
     }
-    Ok((bytes, pages))
+    .await;
+    for send in in_flight {
+        send.abort();
+    }
+    outcome.map(|()| (bytes, pages))
 }
 
 /// Sends the last message and reads the acknowledgement.
