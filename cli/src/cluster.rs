@@ -73,8 +73,9 @@ pub async fn shutdown_signal() {
 /// Options every client command takes.
 #[derive(Args, Clone, Debug)]
 pub struct Conn {
-    /// The control plane's URL.
-    #[arg(long, value_name = "URL", env = "TERN_CONTROL", default_value = DEFAULT_CONTROL)]
+    /// The control plane's URL; several, comma-separated, for control
+    /// planes sharing an etcd store (the one that leads answers).
+    #[arg(long, value_name = "URL[,URL...]", env = "TERN_CONTROL", default_value = DEFAULT_CONTROL)]
     control: String,
     /// The cluster token (default: the token file `tern up` wrote in the data dir).
     #[arg(long, value_name = "TOKEN", env = "TERN_TOKEN", hide_env_values = true)]
@@ -99,13 +100,25 @@ struct Ctl {
 
 impl Conn {
     fn connect(&self) -> Result<Ctl> {
-        let mut base = self.control.trim().trim_end_matches('/').to_string();
-        if !base.contains("://") {
-            base = format!("http://{base}");
-        }
-        if !base.starts_with("http://") {
-            bail!("--control {base}: only http:// control planes are supported");
-        }
+        let bases = self
+            .control
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let mut base = b.trim_end_matches('/').to_string();
+                if !base.contains("://") {
+                    base = format!("http://{base}");
+                }
+                if !base.starts_with("http://") {
+                    bail!("--control {base}: only http:// control planes are supported");
+                }
+                Ok(base)
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let Some(first) = bases.first().cloned() else {
+            bail!("--control is empty: give the control plane's URL");
+        };
         let (token, from) = match self
             .token
             .as_deref()
@@ -123,12 +136,30 @@ impl Conn {
                 }
             }
         };
-        Ok(Ctl {
-            client: Client::new(token),
-            base,
-            from,
-        })
+        let client = Client::new(token);
+        let base = if bases.len() > 1 {
+            leader(&client, &bases)?.unwrap_or(first)
+        } else {
+            first
+        };
+        Ok(Ctl { client, base, from })
     }
+}
+
+/// The first of `bases` that answers as the leading control plane (a
+/// standby's health says `standby`; one that is down does not answer).
+fn leader(client: &Client, bases: &[String]) -> Result<Option<String>> {
+    let probe = client.clone().with_timeout(Duration::from_secs(3));
+    Ok(runtime()?.block_on(async {
+        for base in bases {
+            if let Ok(h) = probe.get_json::<Value>(&format!("{base}/v1/health")).await {
+                if h["role"] == "control" {
+                    return Some(base.clone());
+                }
+            }
+        }
+        None
+    }))
 }
 
 impl Ctl {

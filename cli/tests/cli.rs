@@ -1173,8 +1173,8 @@ fn a_cluster_snapshot_carries_the_apps_files() {
 /// Two `tern control` processes on one etcd (Debian's `etcd-server`): the
 /// second takes the cluster token from etcd and stands by; a node given
 /// both follows the leader; when the leader is SIGKILLed the standby leads
-/// within the lease, with the app and its state, and the client commands
-/// work against it.
+/// within the lease, with the app and its state, and client commands given
+/// both control planes work against whichever leads.
 #[test]
 fn control_planes_on_etcd_survive_the_leader_being_killed() {
     let etcd = tern_artifacts::tools::Etcd::start();
@@ -1248,10 +1248,13 @@ fn control_planes_on_etcd_survive_the_leader_being_killed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stands by") && err.contains(&a), "{err}");
 
+    // Given both, the client commands talk to whichever leads.
+    let both = format!("{a},{b}");
+    assert!(tern(&both, &["ps"]).status.success());
     drop(leader);
     let doc = wait_for(30, "the standby to lead", || {
         let doc: serde_json::Value =
-            serde_json::from_slice(&tern(&b, &["ps", "--json"]).stdout).ok()?;
+            serde_json::from_slice(&tern(&both, &["ps", "--json"]).stdout).ok()?;
         doc.as_array()?.first().cloned()
     });
     assert_eq!(
