@@ -42,6 +42,10 @@ use crate::snapshot::{PageChunk, PageChunkRef, Snapshot};
 const CONVERGED_PAGES: u64 = 256;
 /// Never more rounds than this.
 const MAX_ROUNDS: u32 = 30;
+/// Rounds may re-send at most this many times the app's memory: an app that
+/// writes pages faster than they move never converges, and more rounds only
+/// cost bandwidth and time (the pause takes the rest).
+const ROUND_BUDGET: u64 = 2;
 
 fn err(status: u16, msg: impl Into<String>) -> ApiErr {
     (status, msg.into())
@@ -228,8 +232,11 @@ pub(crate) async fn migrate_out(
         let base = checkpoint.as_ref().map(|c| c.1.clone());
         let first = handle.ask(|tx| Cmd::PrecopyStart(base, tx)).await??;
         tracking = handle.tracking_kind();
+        // The app's memory, which bounds what the rounds may send again.
+        let mut memory_bytes = handle.status().memory_bytes;
         match first {
             PrecopyFirst::Sliced { state, memories } => {
+                memory_bytes = memories.iter().map(|&(_, pages)| pages * 4096).sum();
                 // The target starts from the state with zeroed memories...
                 bytes_sent += state.as_bytes().len() as u64;
                 node.client
@@ -251,18 +258,34 @@ pub(crate) async fn migrate_out(
         rounds = 1;
         let mut previous = u64::MAX;
         let mut stalled = 0;
+        let budget = ROUND_BUDGET * memory_bytes.max(16 << 20);
+        let mut resent = 0u64;
         loop {
             let chunks = handle.ask(Cmd::PrecopyRound).await??;
             let dirty: u64 = chunks.iter().map(|c| c.pages.len() as u64).sum();
             let (b, p) = send_chunks(&node, &session, &chunks).await?;
             bytes_sent += b;
             pages_sent += p;
+            resent += b;
             rounds += 1;
             if dirty >= previous {
                 stalled += 1;
             }
             previous = dirty;
-            if dirty <= CONVERGED_PAGES || rounds >= MAX_ROUNDS || stalled >= 3 {
+            if dirty <= CONVERGED_PAGES {
+                break;
+            }
+            if rounds >= MAX_ROUNDS || stalled >= 3 || resent >= budget {
+                let why = format!(
+                    "pre-copy did not converge (the app writes pages about as fast as they move): \
+                     stopped after {rounds} rounds and {} MiB sent again ({dirty} pages dirty in the last round); \
+                     what was still dirty moved in the pause",
+                    resent >> 20
+                );
+                note = Some(match note.take() {
+                    Some(n) => format!("{n}; {why}"),
+                    None => why,
+                });
                 break;
             }
         }
