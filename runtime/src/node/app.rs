@@ -66,6 +66,10 @@ pub(crate) enum Cmd {
         /// command: a call in progress finishes first, as it would anyway).
         reply: oneshot::Sender<Result<(Instant, FreezeResult), ApiErr>>,
     },
+    /// Slow the app down while pre-copy cannot keep up with its writes:
+    /// after each call, pause this many times the call's duration (0: off;
+    /// freezing or unfreezing turns it off).
+    Throttle(u32),
     /// The move failed: go on serving here, held calls first.
     Unfreeze(oneshot::Sender<()>),
     /// The move succeeded: hand over the held calls and end.
@@ -305,6 +309,7 @@ impl AppHandle {
             frozen: false,
             held: Vec::new(),
             trackers: Vec::new(),
+            throttle: 0,
             next_tick: Instant::now() + TICK_INTERVAL,
             failures: 0,
             retry_at: None,
@@ -331,6 +336,8 @@ struct Actor {
     frozen: bool,
     held: Vec<Cmd>,
     trackers: Vec<(u32, Box<dyn DirtyTracker>)>,
+    /// See [`Cmd::Throttle`].
+    throttle: u32,
     next_tick: Instant,
     failures: u32,
     retry_at: Option<Instant>,
@@ -338,6 +345,8 @@ struct Actor {
 
 /// Requests served so far are kept in the snapshot's metadata.
 const SERVED_KEY: &str = "requests_served";
+/// The longest pause a throttled app takes after one call.
+const MAX_THROTTLE_PAUSE: Duration = Duration::from_millis(50);
 
 impl Actor {
     fn set_state(&self, state: AppState, error: Option<String>) {
@@ -600,6 +609,15 @@ impl Actor {
                 _ => {}
             }
         }
+        let started = Instant::now();
+        let call = matches!(cmd, Cmd::Invoke(..) | Cmd::Http(..));
+        self.run_command(cmd);
+        if call && self.throttle > 0 {
+            std::thread::sleep((started.elapsed() * self.throttle).min(MAX_THROTTLE_PAUSE));
+        }
+    }
+
+    fn run_command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Invoke(req, reply) => {
                 let result = self.invoke(req);
@@ -676,11 +694,14 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
+            Cmd::Throttle(factor) => self.throttle = factor,
             Cmd::Freeze { cold, reply } => {
+                self.throttle = 0;
                 let r = self.freeze(cold);
                 let _ = reply.send(r);
             }
             Cmd::Unfreeze(reply) => {
+                self.throttle = 0;
                 self.frozen = false;
                 self.trackers.clear();
                 self.set_state(AppState::Running, None);

@@ -46,6 +46,9 @@ const MAX_ROUNDS: u32 = 30;
 /// writes pages faster than they move never converges, and more rounds only
 /// cost bandwidth and time (the pause takes the rest).
 const ROUND_BUDGET: u64 = 2;
+/// The most a move slows an app that outruns it: after each call, a pause
+/// of this many times the call (the app runs 1/16 of the time).
+const MAX_THROTTLE: u32 = 15;
 
 fn err(status: u16, msg: impl Into<String>) -> ApiErr {
     (status, msg.into())
@@ -256,10 +259,11 @@ pub(crate) async fn migrate_out(
             }
         }
         rounds = 1;
-        let mut previous = u64::MAX;
+        let mut previous = pages_sent.max(1);
         let mut stalled = 0;
         let budget = ROUND_BUDGET * memory_bytes.max(16 << 20);
         let mut resent = 0u64;
+        let mut throttle = 0u32;
         loop {
             let chunks = handle.ask(Cmd::PrecopyRound).await??;
             let dirty: u64 = chunks.iter().map(|c| c.pages.len() as u64).sum();
@@ -271,14 +275,27 @@ pub(crate) async fn migrate_out(
             if dirty >= previous {
                 stalled += 1;
             }
-            previous = dirty;
             if dirty <= CONVERGED_PAGES {
                 break;
             }
+            // Not shrinking by a quarter a round: the app writes about as
+            // fast as pages move. Slow it down, more each round (it runs
+            // 1/2, 1/4, 1/8, then 1/16 of the time), so that the rounds
+            // catch up and the pause stays short.
+            if dirty * 4 > previous * 3 && throttle < MAX_THROTTLE {
+                throttle = throttle * 4 + 3;
+                let _ = handle.send(Cmd::Throttle(throttle));
+            }
+            previous = dirty;
             if rounds >= MAX_ROUNDS || stalled >= 3 || resent >= budget {
+                let slowed = if throttle > 0 {
+                    format!(", the app slowed to 1/{} of its pace", throttle + 1)
+                } else {
+                    String::new()
+                };
                 let why = format!(
                     "pre-copy did not converge (the app writes pages about as fast as they move): \
-                     stopped after {rounds} rounds and {} MiB sent again ({dirty} pages dirty in the last round); \
+                     stopped after {rounds} rounds and {} MiB sent again ({dirty} pages dirty in the last round{slowed}); \
                      what was still dirty moved in the pause",
                     resent >> 20
                 );
