@@ -912,6 +912,34 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
     out
 }
 
+/// Asks the node of every running app this control plane holds no
+/// checkpoint of to take one now (it arrives through the usual upload), so
+/// that a control plane that just took over can restart those apps from
+/// their state soon rather than after the nodes' next periodic checkpoint.
+pub async fn refresh_missing_checkpoints(sh: &Arc<Shared>) {
+    let targets: Vec<(String, NodeRef)> = {
+        let st = sh.lock();
+        st.apps
+            .values()
+            .filter(|a| a.state == "running" && !st.checkpoints.contains_key(&a.name))
+            .filter_map(|a| {
+                let node = a.node.as_deref()?;
+                Some((a.name.clone(), sh.node_ref(&st, node).ok()?))
+            })
+            .collect()
+    };
+    for (app, node) in targets {
+        let url = node.url(&format!("/v1/apps/{app}/checkpoint"));
+        if let Err(e) = sh
+            .short_client
+            .post_json::<_, serde_json::Value>(&url, &serde_json::json!({}))
+            .await
+        {
+            tracing::warn!(%app, node = %node.name, "no fresh checkpoint: {}", node.err(e).message);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::uri_safe;

@@ -147,6 +147,12 @@ async fn lead(
     };
     let sh = Arc::new(Shared::new(cfg.clone(), store, loaded, me.to_string()));
     let _ticker = AbortOnDrop(tokio::spawn(tick::run(sh.clone())));
+    // Checkpoint blobs stay with the control plane that received them: ask
+    // the nodes for fresh ones of the apps this one has none of.
+    let _refresh = AbortOnDrop(tokio::spawn({
+        let sh = sh.clone();
+        async move { crate::ops::refresh_missing_checkpoints(&sh).await }
+    }));
     set(role, Role::Leader(sh));
     tracing::info!(store = %leadership.url(), "this control plane leads");
     loop {
@@ -169,6 +175,13 @@ fn standby_answer(
     leader: Option<String>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<server::Body> {
+    // The page itself holds no data: it loads here too, and says what the
+    // data endpoint answers.
+    if req.method() == Method::GET {
+        if let Some(page) = crate::dashboard::asset(req.uri().path()) {
+            return page;
+        }
+    }
     if !server::authorized(&req, token) {
         return server::unauthorized();
     }

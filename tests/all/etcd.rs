@@ -158,6 +158,20 @@ async fn control_planes_on_etcd_fail_over_and_keep_the_cluster() {
         .unwrap_err();
     assert_eq!(e.status(), Some(503), "{e}");
     assert!(e.to_string().contains(&a), "{e}");
+    // Its dashboard page loads (the data it polls says it stands by).
+    let (status, page) = tern_api::client::Client::new(None)
+        .send(
+            hyper::Method::GET,
+            &format!("{b}/"),
+            "text/plain",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        status.is_success() && String::from_utf8_lossy(&page).contains("<html"),
+        "{status}"
+    );
 
     // Two nodes that know both control planes.
     let both = format!("{a},{b}");
@@ -212,6 +226,25 @@ async fn control_planes_on_etcd_fail_over_and_keep_the_cluster() {
     );
     let moves: Vec<MigrationReport> = c.get_json(&format!("{b}/v1/migrations")).await.unwrap();
     assert_eq!(moves.len(), 1, "{moves:?}");
+    // It holds no checkpoint blob of counter (those stay with the control
+    // plane that received them), so it asks counter's node for one at once
+    // rather than waiting for the node's next periodic one (every 10 s).
+    let t0 = Instant::now();
+    eventually(
+        "a fresh checkpoint of counter on the new leader",
+        async || {
+            c.send(
+                hyper::Method::GET,
+                &format!("{b}/v1/checkpoints/counter"),
+                "text/plain",
+                Bytes::new(),
+            )
+            .await
+            .ok()
+        },
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     // The module comes from etcd: this control plane never received it.
     let (_, got) = c
         .send(

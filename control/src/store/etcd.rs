@@ -21,9 +21,10 @@
 //!   20-digit numbers so that key order is numeric order.
 //!
 //! Checkpoint *blobs* stay in the data directory of the control plane that
-//! received them (etcd is meant for small values): after a fail-over the
-//! new leader knows the records but holds no blob until the apps' nodes
-//! send their next checkpoint (every 10 s).
+//! received them (etcd is meant for small values): a control plane that
+//! takes over asks the nodes of the apps it holds no blob of for a fresh
+//! checkpoint at once. An app whose node is lost together with the leader
+//! restarts from its module.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

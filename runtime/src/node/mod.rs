@@ -342,17 +342,28 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .insert(app.clone(), (digest.clone(), snap.clone()));
         let generation = handle.spec().generation;
-        if let Some(control) = self.control() {
+        // To the control plane that leads: the next one is tried when the
+        // current one does not answer or stands by.
+        for _ in 0..self.controls.len() {
+            let Some(control) = self.control() else {
+                break;
+            };
             let url = format!("{control}/v1/checkpoints/{app}?generation={generation}");
-            if let Err(e) = self
+            match self
                 .client
                 .put_bytes(&url, bytes::Bytes::from(snap.as_bytes().to_vec()))
                 .await
             {
-                self.control_failed(&control, &e);
-                handle.logs().line(&format!(
-                    "WARN tern: checkpoint not sent to the control plane: {e}"
-                ));
+                Ok(_) => break,
+                Err(e) => {
+                    self.control_failed(&control, &e);
+                    handle.logs().line(&format!(
+                        "WARN tern: checkpoint not sent to the control plane at {control}: {e}"
+                    ));
+                    if self.control().as_deref() == Some(control.as_str()) {
+                        break;
+                    }
+                }
             }
         }
         Ok((digest, snap.as_bytes().len() as u64))
