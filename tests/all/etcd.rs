@@ -16,7 +16,7 @@ use tern_control::StoreConfig;
 use crate::nodes::{client, start_control, Load, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
-const LEASE: Duration = Duration::from_secs(2);
+const LEASE: Duration = Duration::from_secs(5);
 
 /// What the tests ask of etcd beyond starting it.
 trait EtcdExt {
