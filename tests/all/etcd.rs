@@ -325,3 +325,32 @@ async fn a_deposed_leader_writes_nothing_and_stands_by() {
     let _: Value = c.post_json(&format!("{a}/v1/nodes"), &node).await.unwrap();
     assert!(etcd.get("/fence/nodes/ghost").is_some());
 }
+
+/// A leader that cannot reach etcd for longer than its lease gives the
+/// leadership up (another may hold it by then) and acts no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_etcd_stands_by_after_its_lease() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = etcd.store("cut");
+    let (a, _stop) = start_control(dir.path(), move |cfg| {
+        cfg.store = store;
+        cfg.lease_ttl = Duration::from_secs(2);
+    })
+    .await;
+    role(&a, "control").await;
+    drop(etcd);
+    let t0 = Instant::now();
+    let c = client();
+    eventually("the cut-off leader to stand by", async || {
+        let h: Value = c.get_json(&format!("{a}/v1/health")).await.ok()?;
+        (h["role"] == "standby").then_some(())
+    })
+    .await;
+    eprintln!("stood by {:?} after etcd went away", t0.elapsed());
+    let e = c
+        .get_json::<Value>(&format!("{a}/v1/apps"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e}");
+}

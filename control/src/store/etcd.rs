@@ -426,6 +426,10 @@ pub struct Leadership {
     lease: i64,
     revision: i64,
     lost: AtomicBool,
+    ttl: Duration,
+    /// When the lease was last renewed: past `ttl` without a renewal the
+    /// lease may have ended, so the leadership is given up.
+    renewed: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Leadership {
@@ -446,6 +450,8 @@ impl Leadership {
                 lease,
                 revision: int(&v["header"]["revision"]),
                 lost: AtomicBool::new(false),
+                ttl,
+                renewed: std::sync::Mutex::new(std::time::Instant::now()),
             }));
         }
         let _ = etcd.revoke(lease);
@@ -473,17 +479,26 @@ impl Leadership {
             let key = self.etcd.get(&self.keys.key("leader"))?;
             Ok(ttl > 0 && key.is_some_and(|k| k.create_revision == self.revision))
         });
+        let mut renewed = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
         match held {
-            Ok(true) => true,
+            Ok(true) => {
+                *renewed = std::time::Instant::now();
+                true
+            }
             Ok(false) => {
                 self.lost.store(true, Ordering::SeqCst);
                 false
             }
-            // etcd unreachable: the lease may still run; the next renewal
-            // (or a refused write) tells.
-            Err(e) => {
+            // etcd unreachable: the lease may still run, until its TTL
+            // passes without a renewal.
+            Err(e) if renewed.elapsed() < self.ttl => {
                 tracing::warn!("cannot renew the leadership lease: {e}");
                 true
+            }
+            Err(e) => {
+                tracing::warn!("no renewal of the leadership lease for its whole TTL ({e}): giving the leadership up");
+                self.lost.store(true, Ordering::SeqCst);
+                false
             }
         }
     }
