@@ -269,6 +269,26 @@ impl Cluster {
         }
     }
 
+    /// A client thread calling `tern invoke counter add 1` `calls` times,
+    /// one after the other; the totals it got back.
+    fn counter_writer(&self, calls: usize) -> std::thread::JoinHandle<Vec<i64>> {
+        let control = self.control.clone();
+        let token = std::fs::read_to_string(self.dir.path().join("token")).unwrap();
+        std::thread::spawn(move || {
+            (0..calls)
+                .map(|_| {
+                    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+                        .args(["invoke", "counter", "add", "1", "--json"])
+                        .env("TERN_CONTROL", &control)
+                        .env("TERN_TOKEN", token.trim())
+                        .output()
+                        .unwrap();
+                    json(&out)["results"][0].as_i64().unwrap()
+                })
+                .collect()
+        })
+    }
+
     fn tern(&self, args: &[&str]) -> Output {
         let token = std::fs::read_to_string(self.dir.path().join("token")).unwrap_or_default();
         Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -307,29 +327,7 @@ fn a_real_cluster_moves_an_app_while_it_serves() {
     ]));
     assert_eq!(doc["app"]["node"], "node-1", "{doc}");
     // A writer adds 1 through the cluster while the app moves hot, cold, hot.
-    let writer = {
-        let control = cluster.control.clone();
-        let token = std::fs::read_to_string(cluster.dir.path().join("token")).unwrap();
-        std::thread::spawn(move || {
-            let mut totals = Vec::new();
-            for _ in 0..60 {
-                let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-                    .args(["invoke", "counter", "add", "1", "--json"])
-                    .env("TERN_CONTROL", &control)
-                    .env("TERN_TOKEN", token.trim())
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "invoke failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                totals.push(doc["results"][0].as_i64().unwrap());
-            }
-            totals
-        })
-    };
+    let writer = cluster.counter_writer(60);
     for (to, mode) in [("node-2", "hot"), ("node-3", "cold"), ("node-1", "hot")] {
         let doc =
             json(&cluster.tern(&["migrate", "counter", "--to", to, "--mode", mode, "--json"]));
@@ -1522,23 +1520,7 @@ fn an_app_moves_between_nodes_of_different_cpu_architectures() {
         "node-1",
         "--json",
     ]));
-    let writer = {
-        let control = cluster.control.clone();
-        let token = token.clone();
-        std::thread::spawn(move || {
-            (0..30)
-                .map(|_| {
-                    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-                        .args(["invoke", "counter", "add", "1", "--json"])
-                        .env("TERN_CONTROL", &control)
-                        .env("TERN_TOKEN", token.trim())
-                        .output()
-                        .unwrap();
-                    json(&out)["results"][0].as_i64().unwrap()
-                })
-                .collect::<Vec<i64>>()
-        })
-    };
+    let writer = cluster.counter_writer(30);
     for (to, mode) in [("arm", "hot"), ("node-1", "hot"), ("arm", "cold")] {
         let doc =
             json(&cluster.tern(&["migrate", "counter", "--to", to, "--mode", mode, "--json"]));

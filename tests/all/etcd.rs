@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tern_api::types::{AppView, DeployRequest, MigrationReport, NodeInfo, NodeView};
@@ -34,13 +36,11 @@ impl EtcdExt for Etcd {
 
     /// A key's value, straight from etcd.
     fn get(&self, key: &str) -> Option<String> {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let body = json!({"key": b64.encode(key)}).to_string();
+        let body = json!({"key": B64.encode(key)}).to_string();
         let (_, answer) = self.http("POST", "/v3/kv/range", &body)?;
         let v: Value = serde_json::from_str(&answer).ok()?;
         let kv = &v["kvs"][0];
-        let value = b64.decode(kv["value"].as_str()?).ok()?;
+        let value = B64.decode(kv["value"].as_str()?).ok()?;
         Some(String::from_utf8_lossy(&value).into_owned())
     }
 
@@ -55,18 +55,16 @@ impl EtcdExt for Etcd {
     /// holder's lease (the key goes with it), then creates the key anew
     /// under `lease` (again, if the holder was quicker to win it back).
     fn usurp(&self, key: &str, value: &str, lease: &str) {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
         for _ in 0..20 {
-            let body = json!({"key": b64.encode(key)}).to_string();
+            let body = json!({"key": B64.encode(key)}).to_string();
             let (_, answer) = self.http("POST", "/v3/kv/range", &body).unwrap();
             let v: Value = serde_json::from_str(&answer).unwrap();
             if let Some(held) = v["kvs"][0]["lease"].as_str() {
                 self.revoke(held);
             }
             let body = json!({
-                "compare": [{"key": b64.encode(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
-                "success": [{"request_put": {"key": b64.encode(key), "value": b64.encode(value), "lease": lease}}]
+                "compare": [{"key": B64.encode(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+                "success": [{"request_put": {"key": B64.encode(key), "value": B64.encode(value), "lease": lease}}]
             })
             .to_string();
             let (status, answer) = self.http("POST", "/v3/kv/txn", &body).unwrap();
