@@ -305,9 +305,9 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         for i in 1..=3 {
             let name = format!("node-{i}");
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let mut nc = tern_runtime::node::NodeConfig::new(name.clone(), token.clone(), dir.join("nodes").join(&name));
+            let mut nc = tern_node::NodeConfig::new(name.clone(), token.clone(), dir.join("nodes").join(&name));
             nc.control_url = Some(control.clone());
-            tokio::spawn(tern_runtime::node::run(l, nc, stopped(stop_rx.clone())));
+            tokio::spawn(tern_node::run(l, nc, stopped(stop_rx.clone())));
         }
         story.say(&format!("▶ local cluster: control plane at {control}, 3 nodes (data in {})", dir.display()));
         story.say(&format!("▶ dashboard: {dashboard}"));

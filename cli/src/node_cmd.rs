@@ -62,7 +62,7 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         let data_dir = a
             .data_dir
             .unwrap_or_else(|| default_data_dir().join("nodes").join(&name));
-        let mut config = tern_runtime::node::NodeConfig::new(name.clone(), token, data_dir);
+        let mut config = tern_node::NodeConfig::new(name.clone(), token, data_dir);
         config.control_url = Some(a.control.trim_end_matches('/').to_string());
         config.labels = labels;
         config.advertise_url = a.advertise;
@@ -70,7 +70,7 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
             "node {name} serving on http://{addr}, reporting to {}",
             a.control
         );
-        tern_runtime::node::run(listener, config, shutdown_signal()).await
+        tern_node::run(listener, config, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -99,10 +99,10 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for a node")?;
             let url = format!("http://{}", listener.local_addr()?);
             let dir = data_dir.join("nodes").join(&name);
-            let mut cfg = tern_runtime::node::NodeConfig::new(name.clone(), token.clone(), dir.clone());
+            let mut cfg = tern_node::NodeConfig::new(name.clone(), token.clone(), dir.clone());
             cfg.control_url = Some(control_url.clone());
             report.nodes.push(NodeReport { name: name.clone(), url, data_dir: dir.display().to_string() });
-            nodes.push((name, tokio::spawn(tern_runtime::node::run(listener, cfg, stopped(stop_rx.clone())))));
+            nodes.push((name, tokio::spawn(tern_node::run(listener, cfg, stopped(stop_rx.clone())))));
         }
 
         if a.json {

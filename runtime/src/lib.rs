@@ -1,7 +1,8 @@
-//! tern's node runtime: everything that touches wasmtime.
+//! tern's engine: everything that touches wasmtime. It runs apps, captures
+//! and restores their whole state, and tracks the pages they write; it knows
+//! nothing of HTTP (the node agent, `tern-node`, drives it).
 //!
 //! - [`engine`]: the [`Runtime`] (engine, linker, module cache, epoch ticker);
-//! - [`node`]: the node agent (HTTP API, app actors, migrations);
 //! - [`rewrite`]: the migratability rewrite applied to every module at load;
 //! - [`instance`]: a running app, calls under limits, capture and restore;
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
@@ -18,7 +19,6 @@ pub mod engine;
 pub mod error;
 pub mod instance;
 pub mod memory;
-pub mod node;
 pub mod rewrite;
 pub mod sdk;
 pub mod snapshot;

@@ -43,11 +43,40 @@ fn only_the_runtime_links_wasmtime() {
 }
 
 #[test]
+fn the_engine_knows_nothing_of_http() {
+    assert!(
+        depends_on("tern-node", "hyper"),
+        "the check itself must see hyper under tern-node"
+    );
+    for dep in [
+        "hyper",
+        "hyper-util",
+        "http",
+        "tern-api",
+        "tern-node",
+        "ureq",
+    ] {
+        assert!(
+            !depends_on("tern-runtime", dep),
+            "tern-runtime must not depend on {dep}: HTTP belongs to the node agent"
+        );
+    }
+}
+
+#[test]
 fn the_snapshot_format_is_owned_by_one_module() {
     // The magic bytes appear in the snapshot module and nowhere else in code.
     let mut offenders = Vec::new();
     let owner = workspace_root().join("runtime/src/snapshot");
-    for dir in ["runtime/src", "scheduler/src", "cli/src", "sdk/src"] {
+    for dir in [
+        "runtime/src",
+        "node/src",
+        "control/src",
+        "api/src",
+        "scheduler/src",
+        "cli/src",
+        "sdk/src",
+    ] {
         visit(&workspace_root().join(dir), &mut |p| {
             if p.extension().is_some_and(|e| e == "rs") && !p.starts_with(&owner) {
                 let text = std::fs::read_to_string(p).unwrap();

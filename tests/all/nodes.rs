@@ -10,7 +10,7 @@ use tern_api::client::Client;
 use tern_api::types::{
     InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
 };
-use tern_runtime::node::{run, NodeConfig};
+use tern_node::{run, NodeConfig};
 
 pub const TOKEN: &str = "test-token-0123456789";
 

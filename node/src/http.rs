@@ -14,8 +14,8 @@ use tern_api::types::{
 
 use super::app::{AppHandle, Cmd};
 use super::{migrate, Node, Slot};
-use crate::instance::Instance;
-use crate::snapshot::Snapshot;
+use tern_runtime::instance::Instance;
+use tern_runtime::snapshot::Snapshot;
 
 type Resp = Response<Body>;
 
@@ -63,7 +63,7 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> Result<Resp, Resp> {
             let want = parse_sha(sha)
                 .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad sha256 in path"))?;
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
-            if crate::sha256(&body) != want {
+            if tern_runtime::sha256(&body) != want {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
                     "module bytes do not hash to the sha256 in the path",
@@ -417,7 +417,7 @@ async fn restore_app(
         node.module_path(&module.hash_hex()),
         module.original.as_slice(),
     );
-    let logs = crate::wasi::LogBuffer::new();
+    let logs = tern_runtime::wasi::LogBuffer::new();
     let opts = migrate::restore_options(node, &name, &snap, &logs, true, false);
     let rt = node.runtime.clone();
     let m = module.clone();

@@ -1,6 +1,6 @@
-//! The node agent (`tern node`): runs apps, serves the node API and app
-//! ingress over HTTP (hyper on tokio), and moves apps to and from other
-//! nodes.
+//! tern's node agent (`tern node`): runs apps on the engine
+//! (`tern-runtime`), serves the node API and app ingress over HTTP (hyper on
+//! tokio), and moves apps to and from other nodes.
 //!
 //! # How guest calls meet the async runtime
 //! Each app has an actor: one OS thread that owns the app's `Instance` and
@@ -33,8 +33,8 @@ use std::time::Duration;
 use tern_api::client::Client;
 use tern_api::types::{Heartbeat, NodeInfo, Resources};
 
-use crate::engine::{LoadedModule, Runtime, RuntimeConfig};
-use crate::snapshot::Snapshot;
+use tern_runtime::engine::{LoadedModule, Runtime, RuntimeConfig};
+use tern_runtime::snapshot::Snapshot;
 
 pub use app::AppHandle;
 
@@ -223,7 +223,7 @@ impl Node {
                     })?
                     .1
                     .to_vec();
-                if crate::sha256(&b) != *sha {
+                if tern_runtime::sha256(&b) != *sha {
                     return Err(format!(
                         "the control plane's copy of module {hex} does not match its hash"
                     ));

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tern_api::types::{AppState, AppStatus, InvokeRequest, InvokeResponse, StartApp};
 use tokio::sync::oneshot;
 
-use crate::dirty::{start_tracking, DirtyTracker};
-use crate::engine::{LoadedModule, Runtime};
-use crate::error::Error;
-use crate::instance::{AppConfig, Instance, SnapshotOptions};
-use crate::sdk::{self, Request, Response};
-use crate::snapshot::{LimitsState, PageChunk, Preopen, Snapshot};
-use crate::values::to_json;
-use crate::wasi::{LogBuffer, Stdio};
+use tern_runtime::dirty::{start_tracking, DirtyTracker};
+use tern_runtime::engine::{LoadedModule, Runtime};
+use tern_runtime::error::Error;
+use tern_runtime::instance::{AppConfig, Instance, SnapshotOptions};
+use tern_runtime::sdk::{self, Request, Response};
+use tern_runtime::snapshot::{LimitsState, PageChunk, Preopen, Snapshot};
+use tern_runtime::values::to_json;
+use tern_runtime::wasi::{LogBuffer, Stdio};
 
 use super::TICK_INTERVAL;
 
@@ -722,7 +722,7 @@ impl Actor {
         }
         let Some(result) = self.timed(|inst| {
             let (params, _) = inst.func_type(&req.export)?;
-            let vals = crate::values::parse_args(&req.export, &params, &req.args)?;
+            let vals = tern_runtime::values::parse_args(&req.export, &params, &req.args)?;
             let results = inst.call(&req.export, &vals)?;
             Ok::<_, Error>((vals, results))
         }) else {
@@ -802,7 +802,7 @@ impl Actor {
                     .memory_regions()
                     .map_err(|e| (500, e.to_string()))?
                     .into_iter()
-                    .map(|r| (r.index, (r.size / crate::snapshot::PAGE_SIZE) as u64))
+                    .map(|r| (r.index, (r.size / tern_runtime::snapshot::PAGE_SIZE) as u64))
                     .collect(),
             },
             Some(cp) => PrecopyFirst::Delta(
@@ -829,7 +829,7 @@ impl Actor {
             let pages = match tracker.collect(r.base, r.size) {
                 Ok(p) => p,
                 // A tracker that lost track: every page is dirty.
-                Err(_) => (0..(r.size / crate::snapshot::PAGE_SIZE) as u64).collect(),
+                Err(_) => (0..(r.size / tern_runtime::snapshot::PAGE_SIZE) as u64).collect(),
             };
             chunks.push(
                 inst.read_pages(*index, &pages)
@@ -859,7 +859,7 @@ impl Actor {
                     .memory_regions()
                     .map_err(|e| (500, e.to_string()))?
                     .into_iter()
-                    .map(|r| (r.index, (r.size / crate::snapshot::PAGE_SIZE) as u64))
+                    .map(|r| (r.index, (r.size / tern_runtime::snapshot::PAGE_SIZE) as u64))
                     .collect();
                 return Ok(FreezeResult::Cold {
                     state: Box::new(state),
@@ -905,7 +905,7 @@ fn set_extra(inst: &mut Instance, key: &str, value: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::RuntimeConfig;
+    use tern_runtime::engine::RuntimeConfig;
 
     /// A call that reaches an app's handle after the app was handed over
     /// comes back to its caller unrun (to follow the app), never as an

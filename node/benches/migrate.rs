@@ -6,7 +6,7 @@
 //! the same number of bytes over the same loopback (a plain tokio TCP
 //! sender and receiver), measured right after it in the same run.
 //!
-//! Run with `cargo bench -p tern-runtime --bench migrate`.
+//! Run with `cargo bench -p tern-node --bench migrate`.
 //!
 //! Dirty rates are fractions of the app's 4 KiB pages written per 10 ms: a
 //! background task calls the guest's `dirty(n)` (n pseudo-random pages)
@@ -35,7 +35,7 @@ use tern_api::client::Client;
 use tern_api::types::{
     InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
 };
-use tern_runtime::node::{run, NodeConfig};
+use tern_node::{run, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -34,9 +34,9 @@ use tern_api::types::{
 
 use super::app::{ApiErr, AppHandle, Cmd, FreezeResult, PrecopyFirst};
 use super::{Node, Slot};
-use crate::engine::LoadedModule;
-use crate::instance::{Instance, RestoreOptions};
-use crate::snapshot::{PageChunk, PageChunkRef, Snapshot};
+use tern_runtime::engine::LoadedModule;
+use tern_runtime::instance::{Instance, RestoreOptions};
+use tern_runtime::snapshot::{PageChunk, PageChunkRef, Snapshot};
 
 /// Stop pre-copy when a round has at most this many dirty pages (1 MiB).
 const CONVERGED_PAGES: u64 = 256;
@@ -557,7 +557,7 @@ pub(crate) async fn forward(node: &Node, url: &str, app: &str, cmd: Cmd) {
 /// A migration arriving on this node.
 pub(crate) struct TargetSession {
     pub app: String,
-    pub logs: Arc<crate::wasi::LogBuffer>,
+    pub logs: Arc<tern_runtime::wasi::LogBuffer>,
     pub spec: StartApp,
     pub module: Arc<LoadedModule>,
     pub inst: Mutex<Option<Instance>>,
@@ -590,7 +590,7 @@ pub(crate) async fn open_session(
     let module = node.module(&sha).await.map_err(|m| err(409, m))?;
     let mut fetched = 0;
     let mut inst = None;
-    let logs = crate::wasi::LogBuffer::new();
+    let logs = tern_runtime::wasi::LogBuffer::new();
     if open.mode == Mode::Hybrid {
         let digest = open
             .checkpoint_digest
@@ -749,7 +749,7 @@ pub(crate) fn restore_options(
     node: &Node,
     app: &str,
     snap: &Snapshot,
-    logs: &Arc<crate::wasi::LogBuffer>,
+    logs: &Arc<tern_runtime::wasi::LogBuffer>,
     hooks: bool,
     copy_on_write: bool,
 ) -> RestoreOptions {
@@ -763,6 +763,6 @@ pub(crate) fn restore_options(
         hooks,
         wasi_override: Some(wasi),
         limits_override: None,
-        stdio: crate::wasi::Stdio::Capture(logs.clone()),
+        stdio: tern_runtime::wasi::Stdio::Capture(logs.clone()),
     }
 }
