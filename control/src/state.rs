@@ -372,12 +372,7 @@ pub fn natural_key(s: &str) -> (String, u64, String) {
     (head.to_string(), tail.parse().unwrap_or(0), s.to_string())
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use tern_util::now_unix_ms as now_ms;
 
 /// Clears an app's busy mark when dropped (also when the operation fails
 /// half-way or its future is dropped).

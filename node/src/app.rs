@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tern_api::types::{AppState, AppStatus, InvokeRequest, InvokeResponse, StartApp};
 use tokio::sync::oneshot;
@@ -117,12 +117,7 @@ pub struct AppHandle {
     shared: Arc<Shared>,
 }
 
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use tern_util::now_unix_ms;
 
 impl AppHandle {
     pub fn name(&self) -> &str {

@@ -178,8 +178,16 @@ impl Node {
                 "app {app} generation {generation} is older than generation {seen} this node has seen: refusing a stale copy"
             ));
         }
-        g.insert(app.to_string(), generation);
-        persist_generations(&self.config.data_dir, &g);
+        if seen == generation {
+            return Ok(());
+        }
+        let mut next = g.clone();
+        next.insert(app.to_string(), generation);
+        // Durable before it counts: a fence that a crash can undo is none.
+        persist_generations(&self.config.data_dir, &next).map_err(|e| {
+            format!("cannot record generation {generation} of app {app} on this node's disk: {e}")
+        })?;
+        *g = next;
         Ok(())
     }
 
@@ -292,9 +300,7 @@ impl Node {
             return Err((409, format!("the checkpoint of {app} at {url} is not the one the source holds (it changed meanwhile)")));
         }
         let n = bytes.len() as u64;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        tern_util::write_atomic(&path, &bytes)
             .map_err(|e| (500, format!("cannot keep the checkpoint: {e}")))?;
         let s = Snapshot::open(&path, true)
             .map_err(|e| (409, format!("the fetched checkpoint is damaged: {e}")))?;
@@ -405,13 +411,9 @@ fn generations_path(dir: &std::path::Path) -> PathBuf {
     dir.join("generations.json")
 }
 
-fn persist_generations(dir: &std::path::Path, g: &HashMap<String, u64>) {
-    if let Ok(bytes) = serde_json::to_vec(g) {
-        let tmp = dir.join("generations.json.tmp");
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(tmp, generations_path(dir));
-        }
-    }
+fn persist_generations(dir: &std::path::Path, g: &HashMap<String, u64>) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(g).map_err(std::io::Error::other)?;
+    tern_util::write_atomic(&generations_path(dir), &bytes)
 }
 
 fn machine_capacity() -> Resources {

@@ -24,7 +24,7 @@
 //! numbers fence any stale copy.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tern_api::types::{
@@ -114,12 +114,7 @@ fn release<T: Send + 'static>(value: T) {
     tokio::task::spawn_blocking(move || drop(value));
 }
 
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use tern_util::now_unix_ms;
 
 /// Makes sure a node holds a module, uploading it if not.
 pub(crate) async fn ensure_module(

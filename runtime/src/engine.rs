@@ -211,8 +211,8 @@ impl Runtime {
             let bytes = module
                 .serialize()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            write_atomically(&cwasm, &bytes)?;
-            write_atomically(
+            tern_util::write_atomic(&cwasm, &bytes)?;
+            tern_util::write_atomic(
                 &info_path,
                 &postcard::to_stdvec(info).map_err(std::io::Error::other)?,
             )
@@ -221,12 +221,6 @@ impl Runtime {
             tracing::warn!("cannot cache compiled module in {}: {e}", cwasm.display());
         }
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// One thread per process advances the epoch of every engine it was given.

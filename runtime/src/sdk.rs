@@ -6,10 +6,9 @@ use wasmtime::Val;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 
+/// The guest ABI version this runtime speaks: the SDK's, by definition.
+pub use tern_sdk::ABI_VERSION;
 pub use tern_sdk::{Request, Response};
-
-/// The guest ABI version this runtime speaks.
-pub const ABI_VERSION: i32 = 1;
 
 /// Whether a module is an SDK app, and which version it speaks.
 pub fn abi_version(inst: &mut Instance) -> Result<Option<i32>> {

@@ -448,26 +448,10 @@ impl Snapshot {
         self.backing.as_slice()
     }
 
-    /// Writes the snapshot to a file (atomically: a temporary file renamed).
+    /// Writes the snapshot to a file, atomically and durably, owner-only
+    /// (it holds the app's memory and environment).
     pub fn write_file(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("snapshot"),
-            std::process::id()
-        ));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(self.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
+        tern_util::write_atomic(path, self.as_bytes())
     }
 
     /// The stored bytes of the image section.
