@@ -1,7 +1,9 @@
 //! The snapshot: an app's whole state between two calls, and its byte format.
 //!
-//! This module is the only place that knows the snapshot bytes. Everything
-//! else builds a [`Snapshot`] value (capture) or reads one back (restore).
+//! This module is the only place that knows the snapshot bytes, and the
+//! bytes of the migration wire formats built from them (page chunks in
+//! `delta.rs`, the stop-and-copy frame in `commit.rs`). Everything else
+//! builds a [`Snapshot`] value (capture) or reads one back (restore).
 //!
 //! # File layout (format version 1)
 //!
@@ -28,9 +30,11 @@
 //! [`SnapshotError`], never a misread. Encoding is deterministic: the same
 //! state gives the same bytes.
 
+mod commit;
 mod delta;
 mod image;
 
+pub use commit::{CommitFrame, MAX_COMMIT_CHUNKS};
 pub use delta::{PageChunk, PageChunkRef};
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};

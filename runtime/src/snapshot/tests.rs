@@ -248,3 +248,129 @@ proptest! {
         prop_assert!(decoded.is_ok(), "{:?}", decoded.err());
     }
 }
+
+/// A commit frame: a chunk per memory and a state snapshot without pages.
+fn commit_frame(pages: &[u64], globals: usize) -> (Vec<PageChunk>, Snapshot) {
+    let mem = memory_with(32, &[(1, 9), (7, 200)]);
+    let chunks = vec![
+        PageChunk::decode(&PageChunk::encode_from(0, &mem, pages)).unwrap(),
+        PageChunk::decode(&PageChunk::encode_from(1, &mem[..16 * PAGE_SIZE], &[])).unwrap(),
+    ];
+    let mut state = parts(&[], false, vec![]);
+    state.memories.clear();
+    state.module = None;
+    state.globals = (0..globals)
+        .map(|i| GlobalState {
+            index: i as u32,
+            value: super::Value::I64(i as i64 * 3),
+        })
+        .collect();
+    (chunks, Snapshot::encode(state))
+}
+
+#[test]
+fn commit_fuzz_corpus_never_panics() {
+    // The cargo-fuzz corpus of the commit-frame decoder runs here too.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/commit_decode");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz corpus dir") {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = CommitFrame::decode(&bytes);
+        // The seeds written as whole frames must be valid, or the fuzzer
+        // never gets past the header.
+        if path.ends_with("seed-two-chunks") || path.ends_with("seed-no-chunks") {
+            let frame = decoded.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(frame.chunks.len() <= 2);
+        }
+        n += 1;
+    }
+    assert!(n > 0, "empty fuzz corpus at {}", dir.display());
+}
+
+#[test]
+fn page_chunk_fuzz_corpus_never_panics() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/page_chunk_decode");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz corpus dir") {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = PageChunkRef::decode(&bytes);
+        if path.ends_with("seed-three-pages") {
+            assert_eq!(decoded.expect("a valid seed").pages, vec![1, 5, 9]);
+        }
+        n += 1;
+    }
+    assert!(n > 0, "empty fuzz corpus at {}", dir.display());
+}
+
+#[test]
+fn commit_frames_say_what_is_wrong() {
+    let (chunks, state) = commit_frame(&[1, 7], 2);
+    let bytes = CommitFrame::encode(&chunks, &state);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "truncated"),
+        (
+            "not a frame",
+            b"TERNSNAP\x01\0\0\0\0\0\0\0".to_vec(),
+            "not a stop-and-copy frame",
+        ),
+        (
+            "newer version",
+            [&bytes[..8], &9u32.to_le_bytes(), &bytes[12..]].concat(),
+            "version 9",
+        ),
+        (
+            "too many chunks",
+            [&bytes[..12], &u32::MAX.to_le_bytes(), &bytes[16..]].concat(),
+            "page chunks",
+        ),
+        (
+            "chunk longer than the frame",
+            [&bytes[..16], &u64::MAX.to_le_bytes(), &bytes[24..]].concat(),
+            "",
+        ),
+        ("cut in the state", bytes[..bytes.len() - 3].to_vec(), ""),
+    ];
+    for (what, input, says) in cases {
+        let e = CommitFrame::decode(&input).expect_err(what).to_string();
+        assert!(e.contains(says), "{what}: {e}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, rng_seed: proptest::test_runner::RngSeed::Fixed(11), ..ProptestConfig::default() })]
+
+    /// A frame decodes to the parts it was made of, and encodes again to the
+    /// same bytes.
+    #[test]
+    fn commit_round_trip(pages in proptest::collection::btree_set(0u64..32, 0..12), globals in 0usize..6) {
+        let pages: Vec<u64> = pages.into_iter().collect();
+        let (chunks, state) = commit_frame(&pages, globals);
+        let bytes = CommitFrame::encode(&chunks, &state);
+        let back = CommitFrame::decode(&bytes).unwrap();
+        prop_assert_eq!(&back.chunks, &chunks);
+        prop_assert_eq!(&back.state.body, &state.body);
+        prop_assert!(CommitFrame::encode(&back.chunks, &back.state) == bytes);
+    }
+
+    /// Any flipped bit is refused or (in the state's padding, which no
+    /// checksum covers) decodes to exactly the same parts; any cut is
+    /// refused; garbage never panics.
+    #[test]
+    fn commit_damage_is_refused(pos in any::<proptest::sample::Index>(), bit in 0u8..8, cut in any::<proptest::sample::Index>(),
+                                garbage in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let (chunks, state) = commit_frame(&[0, 3, 31], 3);
+        let bytes = CommitFrame::encode(&chunks, &state);
+        let mut flipped = bytes.clone();
+        flipped[pos.index(bytes.len())] ^= 1 << bit;
+        if let Ok(back) = CommitFrame::decode(&flipped) {
+            prop_assert_eq!(&back.chunks, &chunks);
+            prop_assert_eq!(&back.state.body, &state.body);
+        }
+        let cut = cut.index(bytes.len());
+        prop_assert!(CommitFrame::decode(&bytes[..cut]).is_err());
+        let _ = CommitFrame::decode(&garbage);
+    }
+}
