@@ -41,6 +41,14 @@ impl ClientError {
     }
 }
 
+/// An answer passed through as it came.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
 /// An API client holding the cluster token.
 #[derive(Clone)]
 pub struct Client {
@@ -75,19 +83,27 @@ impl Client {
         self.token.as_deref()
     }
 
-    /// Sends a request; returns the status and body of a 2xx answer, or the
-    /// error message of any other.
-    pub async fn send(
+    /// The same client without the token: for calls that must not carry
+    /// it, such as requests passed through to an app's ingress.
+    pub fn without_token(mut self) -> Client {
+        self.token = None;
+        self
+    }
+
+    /// Sends a request and hands back the answer as it came, whatever its
+    /// status (for requests passed through to an app). Fails only when no
+    /// answer came: unreachable, connection lost, or the timeout.
+    pub async fn send_raw(
         &self,
         method: Method,
         url: &str,
-        content_type: &str,
+        content_type: Option<&str>,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("content-type", content_type);
+    ) -> Result<RawResponse, ClientError> {
+        let mut req = Request::builder().method(method).uri(url);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
         if let Some(t) = &self.token {
             req = req.header(crate::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -111,6 +127,11 @@ impl Client {
                 }
             })?;
             let status = resp.status();
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let body = resp
                 .into_body()
                 .collect()
@@ -120,14 +141,31 @@ impl Client {
                     reason: format!("connection lost: {e}"),
                 })?
                 .to_bytes();
-            Ok::<_, ClientError>((status, body))
+            Ok::<_, ClientError>(RawResponse {
+                status,
+                content_type,
+                body,
+            })
         };
-        let (status, body) = tokio::time::timeout(self.timeout, fut)
+        tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| ClientError::Timeout {
                 url: url.into(),
                 secs: self.timeout.as_secs(),
-            })??;
+            })?
+    }
+
+    /// Sends a request; returns the status and body of a 2xx answer, or the
+    /// error message of any other.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let RawResponse { status, body, .. } =
+            self.send_raw(method, url, Some(content_type), body).await?;
         if status.is_success() {
             return Ok((status, body));
         }

@@ -22,16 +22,12 @@ use tern_scheduler::Resources;
 
 use crate::error::ApiError;
 use crate::ops::state_word;
-use crate::state::{now_ms, valid_name, NodeRec, Shared};
+use crate::state::{now_ms, NodeRec, Shared};
 
 /// `POST /v1/nodes`.
 pub fn register(sh: &Shared, info: NodeInfo) -> Result<(), ApiError> {
-    if !valid_name(&info.name) {
-        return Err(ApiError::bad_request(format!(
-            "`{}` is not a valid node name: use 1 to 63 letters, digits, `.`, `_` or `-`",
-            info.name
-        )));
-    }
+    tern_api::names::check_node_name(&info.name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !(info.url.starts_with("http://") || info.url.starts_with("https://")) {
         return Err(ApiError::bad_request(format!(
             "node URL `{}` must start with http:// (it is where the control plane calls the node)",

@@ -85,7 +85,8 @@ pub struct Shared {
     /// Fire-and-forget calls (fencing), 10 s.
     pub short_client: Client,
     /// App ingress, passed through as is.
-    pub raw: crate::ops::RawClient,
+    /// For requests passed through to apps: no token, any status back.
+    pub raw: Client,
     /// This control plane's URL as nodes see it.
     pub advertise_url: String,
     pub started_unix_ms: u64,
@@ -214,8 +215,11 @@ impl Shared {
             store,
             long_client: client.clone().with_timeout(Duration::from_secs(600)),
             short_client: client.clone().with_timeout(Duration::from_secs(10)),
+            raw: client
+                .clone()
+                .with_timeout(Duration::from_secs(120))
+                .without_token(),
             client,
-            raw: crate::ops::RawClient::new(),
             advertise_url,
             started_unix_ms: now_ms(),
             state: Mutex::new(st),
@@ -400,22 +404,7 @@ impl Drop for BusyGuard {
     }
 }
 
-/// A name for an app or a node: 1 to 63 of `A-Z a-z 0-9 . _ -`, not
-/// starting with a dot or a dash (names become file names and URL segments).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
-pub fn valid_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-}
+pub use tern_api::names::is_valid_sha256 as valid_sha256;
 
 #[cfg(test)]
 mod tests {
@@ -426,15 +415,5 @@ mod tests {
         let mut v = vec!["node-10", "node-2", "node-1", "edge"];
         v.sort_by_key(|s| natural_key(s));
         assert_eq!(v, ["edge", "node-1", "node-2", "node-10"]);
-    }
-
-    #[test]
-    fn names() {
-        for ok in ["a", "counter", "my-app_2.v1"] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", "..", &"x".repeat(64)] {
-            assert!(!valid_name(bad), "{bad}");
-        }
     }
 }

@@ -1,23 +1,28 @@
-//! Operations that talk to nodes: deploy, the proxied commands, migrate,
-//! restore and restart. Each checks and reserves under the lock, talks to
-//! nodes without it, then records the outcome under the lock again.
+//! Operations that talk to nodes: deploy and the proxied commands here,
+//! moves in `migrate.rs`, restores and restarts in `restore.rs`. Each checks
+//! and reserves under the lock, talks to nodes without it, then records the
+//! outcome under the lock again.
+
+mod migrate;
+mod restore;
+
+pub use migrate::migrate;
+pub use restore::{refresh_missing_checkpoints, restart, restore};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
 use tern_api::types::{
     AppState, AppStatus, AppView, DeployRequest, InvokeRequest, InvokeResponse, LogsResponse,
-    MigrateRequest, MigrationReport, Mode, StartApp,
+    StartApp,
 };
 use tern_scheduler::{place, Decision, Policy, RestartPolicy};
 
 use crate::error::ApiError;
 use crate::state::{
-    now_ms, spec_of, valid_name, valid_sha256, AppRec, BusyGuard, CheckpointRec, InFlight, Shared,
-    State,
+    now_ms, spec_of, valid_sha256, AppRec, BusyGuard, CheckpointRec, Shared, State,
 };
 use crate::store::write_atomic;
 
@@ -40,79 +45,7 @@ impl NodeRef {
     }
 }
 
-/// An HTTP client that hands back any status, headers and body as they
-/// came (app ingress is passed through, not interpreted).
-pub struct RawClient {
-    inner: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
-}
-
-/// An app's answer, passed through.
-pub struct RawResponse {
-    pub status: StatusCode,
-    pub content_type: Option<String>,
-    pub body: Bytes,
-}
-
-impl RawClient {
-    pub fn new() -> RawClient {
-        let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
-        c.set_nodelay(true);
-        c.set_connect_timeout(Some(Duration::from_secs(3)));
-        let inner =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(c);
-        RawClient { inner }
-    }
-
-    pub async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        content_type: Option<&str>,
-        body: Bytes,
-        timeout: Duration,
-    ) -> std::result::Result<RawResponse, String> {
-        let mut req = hyper::Request::builder().method(method).uri(url);
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let fut = async {
-            let resp = self.inner.request(req).await.map_err(|e| {
-                let mut reason = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    reason = s.to_string();
-                    src = s.source();
-                }
-                reason
-            })?;
-            let status = resp.status();
-            let content_type = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("connection lost: {e}"))?
-                .to_bytes();
-            Ok(RawResponse {
-                status,
-                content_type,
-                body,
-            })
-        };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-    }
-}
+pub use tern_api::client::RawResponse;
 
 impl Shared {
     fn node_ref(&self, st: &State, name: &str) -> Result<NodeRef> {
@@ -269,12 +202,7 @@ pub async fn deploy(
     req: DeployRequest,
     dry_run: bool,
 ) -> Result<(Option<AppView>, Option<Decision>)> {
-    if !valid_name(&req.name) {
-        return Err(ApiError::bad_request(format!(
-            "`{}` is not a valid app name: use 1 to 63 letters, digits, `.`, `_` or `-`",
-            req.name
-        )));
-    }
+    tern_api::names::check_app_name(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !valid_sha256(&req.module_sha256) {
         return Err(ApiError::bad_request(
             "module_sha256 must be 64 lowercase hex digits",
@@ -418,7 +346,7 @@ pub async fn call(
     };
     let url = node.url(&format!("/apps/{name}{}", uri_safe(&path)));
     sh.raw
-        .send(method, &url, content_type, body, Duration::from_secs(120))
+        .send_raw(method, &url, content_type, body)
         .await
         .map_err(|reason| {
             ApiError::new(
@@ -526,418 +454,6 @@ pub async fn logs(sh: &Shared, name: &str, from: u64, wait_ms: u64) -> Result<Lo
         )))
         .await
         .map_err(|e| node.err(e))
-}
-
-/// `POST /v1/apps/NAME/migrate`, and every move the rebalancer plans.
-pub async fn migrate(
-    sh: &Arc<Shared>,
-    name: &str,
-    to: &str,
-    mode: Mode,
-    reason: &str,
-) -> Result<MigrationReport> {
-    let now = now_ms();
-    let (app, from, target, generation, guard) = {
-        let mut st = sh.lock();
-        let app = idle_app(&st, name)?;
-        let from_name = app.node.clone().ok_or_else(|| {
-            ApiError::conflict(format!("app {name} has no node right now: see `tern ps`"))
-        })?;
-        if from_name == to {
-            return Err(ApiError::bad_request(format!(
-                "app {name} already runs on {to}: choose another node (`tern nodes`)"
-            )));
-        }
-        let target = sh.live_node(&st, to, now)?;
-        if st.nodes[to].draining {
-            return Err(ApiError::conflict(format!(
-                "node {to} is draining: choose another node (`tern nodes`)"
-            )));
-        }
-        let from = sh.live_node(&st, &from_name, now).map_err(|e| {
-            ApiError::new(e.status, format!("cannot migrate {name}: its node {from_name} is down; `tern restore` it from a snapshot instead"))
-        })?;
-        if app.state != "running" {
-            return Err(ApiError::conflict(format!(
-                "app {name} is {}, not running: only a running app migrates (`tern start {name}` first)",
-                app.state
-            )));
-        }
-        if mode == Mode::Hybrid && !st.checkpoints.contains_key(name) {
-            return Err(ApiError::conflict(format!(
-                "app {name} has no checkpoint yet (its node sends one every few seconds while it runs): wait a moment, or use --mode hot"
-            )));
-        }
-        let generation = sh.next_generation(&mut st, name)?;
-        let guard = BusyGuard::take(sh, &mut st, name);
-        if let Some(a) = st.apps.get_mut(name) {
-            a.state = "migrating".into();
-        }
-        st.in_flight.insert(
-            name.to_string(),
-            InFlight {
-                app: name.to_string(),
-                from: from_name.clone(),
-                to: to.to_string(),
-                mode: mode.to_string(),
-                generation,
-                started_unix_ms: now,
-                reason: reason.to_string(),
-            },
-        );
-        (app, from, target, generation, guard)
-    };
-
-    let result = async {
-        sh.ensure_module(&target, &app.module_sha256).await?;
-        let checkpoint_url =
-            (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
-        let req = MigrateRequest {
-            to_name: target.name.clone(),
-            to_url: target.url.clone(),
-            mode,
-            generation,
-            checkpoint_url,
-        };
-        sh.long_client
-            .post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req)
-            .await
-            .map_err(|e| from.err(e))
-    }
-    .await;
-
-    let mut st = sh.lock();
-    match result {
-        Ok(mut report) => {
-            let done = now_ms();
-            if report.app.is_empty() {
-                report.app = name.to_string();
-            }
-            if report.from.is_empty() {
-                report.from = from.name.clone();
-            }
-            if report.to.is_empty() {
-                report.to = target.name.clone();
-            }
-            if report.mode.is_empty() {
-                report.mode = mode.to_string();
-            }
-            if report.generation == 0 {
-                report.generation = generation;
-            }
-            report.reason = Some(reason.to_string());
-            if let Some(a) = st.apps.get_mut(name) {
-                a.node = Some(target.name.clone());
-                a.generation = generation;
-                a.state = "running".into();
-                a.placed_unix_ms = done;
-                a.last_moved_unix_ms = Some(done);
-                let a = a.clone();
-                sh.store.put_app(&a)?;
-            }
-            st.cpu_prev.remove(name);
-            let seq = st.migrations.back().map_or(0, |(s, _)| s + 1);
-            sh.store
-                .push_migration(seq, &report, sh.cfg.max_migrations)?;
-            st.migrations.push_back((seq, report.clone()));
-            while st.migrations.len() > sh.cfg.max_migrations {
-                st.migrations.pop_front();
-            }
-            drop(st);
-            drop(guard);
-            tracing::info!(app = %name, from = %from.name, to = %target.name, %mode, downtime_ms = report.downtime_ms, "migrated");
-            Ok(report)
-        }
-        Err(e) => {
-            // The source resumes the app itself when a move fails; its next
-            // heartbeat says where the app really is.
-            if let Some(a) = st.apps.get_mut(name) {
-                if a.state == "migrating" {
-                    a.state = app.state.clone();
-                }
-            }
-            drop(st);
-            drop(guard);
-            Err(e)
-        }
-    }
-}
-
-/// `POST /v1/restore?name=N&node=NODE[&restart=R][&module=SHA256]`.
-pub async fn restore(
-    sh: &Arc<Shared>,
-    name: &str,
-    node: Option<&str>,
-    restart: Option<&str>,
-    module: Option<&str>,
-    bytes: Bytes,
-) -> Result<AppView> {
-    if !valid_name(name) {
-        return Err(ApiError::bad_request(format!(
-            "`{name}` is not a valid app name: use 1 to 63 letters, digits, `.`, `_` or `-`"
-        )));
-    }
-    if bytes.is_empty() {
-        return Err(ApiError::bad_request(
-            "the snapshot is empty: send the snapshot file's bytes as the body",
-        ));
-    }
-    let restart = match restart {
-        Some(r) => Some(r.parse::<RestartPolicy>()?.to_string()),
-        None => None,
-    };
-    if let Some(m) = module {
-        if !valid_sha256(m) {
-            return Err(ApiError::bad_request(
-                "module must be 64 lowercase hex digits",
-            ));
-        }
-    }
-    let now = now_ms();
-    let (existing, old_node, target, generation, guard) = {
-        let mut st = sh.lock();
-        if st.busy.contains(name) {
-            return Err(ApiError::busy(name));
-        }
-        let existing = st.apps.get(name).cloned();
-        let old_node = existing
-            .as_ref()
-            .and_then(|a| a.node.as_deref())
-            .and_then(|n| sh.node_ref(&st, n).ok());
-        let target = match node {
-            Some(n) => sh.live_node(&st, n, now)?,
-            None => match old_node.as_ref().filter(|n| {
-                st.nodes
-                    .get(&n.name)
-                    .is_some_and(|r| !sh.is_down(r, now) && !r.draining)
-            }) {
-                Some(n) => n.clone(),
-                None => {
-                    let mut rec = existing.clone().unwrap_or_else(|| AppRec {
-                        name: name.to_string(),
-                        ..AppRec::default()
-                    });
-                    if existing.is_none() {
-                        rec.requests = sh.cfg.default_requests;
-                    }
-                    let mut cluster = sh.cluster_view(&st, now);
-                    cluster.unbind(name);
-                    let policy = rec
-                        .policy
-                        .as_deref()
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(sh.cfg.policy);
-                    let d = place(
-                        &cluster,
-                        &spec_of(&rec),
-                        policy,
-                        &sh.placement_ctx(&st, name),
-                    )?;
-                    sh.node_ref(&st, &d.node)?
-                }
-            },
-        };
-        let generation = sh.next_generation(&mut st, name)?;
-        let guard = BusyGuard::take(sh, &mut st, name);
-        (existing, old_node, target, generation, guard)
-    };
-
-    // On another node, the old copy goes first (on the same node, the
-    // restored copy replaces it).
-    if let (Some(old), Some(app)) = (
-        old_node.as_ref().filter(|o| o.name != target.name),
-        &existing,
-    ) {
-        let url = old.url(&format!("/v1/apps/{name}?generation={}", app.generation));
-        match sh.short_client.delete(&url).await {
-            Ok(()) => {}
-            Err(e) if e.status() == Some(404) || e.is_unreachable() => {}
-            Err(e) => return Err(old.err(e)),
-        }
-    }
-    let module = existing
-        .as_ref()
-        .map(|a| a.module_sha256.clone())
-        .or(module.map(str::to_string));
-    if let Some(m) = &module {
-        if sh.lock().modules.contains_key(m) {
-            sh.ensure_module(&target, m).await?;
-        }
-    }
-    let restart_word = restart
-        .clone()
-        .or(existing.as_ref().map(|a| a.restart.clone()))
-        .unwrap_or_else(|| "never".into());
-    let url = target.url(&format!(
-        "/v1/restore?name={name}&generation={generation}&restart={restart_word}"
-    ));
-    let result = sh
-        .long_client
-        .post_bytes(&url, bytes.clone())
-        .await
-        .map_err(|e| target.err(e));
-    let status: AppStatus = match result {
-        Ok(body) => serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "node {} answered a restore with something else than an app status: {e}",
-                    target.name
-                ),
-            )
-        })?,
-        Err(e) => {
-            if existing.is_some() {
-                let mut st = sh.lock();
-                if let Some(a) = st.apps.get_mut(name) {
-                    a.state = "lost".into();
-                    a.last_error = Some(format!("restore failed: {}", e.message));
-                }
-            }
-            return Err(e);
-        }
-    };
-    let done = now_ms();
-    let view = {
-        let mut st = sh.lock();
-        let mut a = existing.clone().unwrap_or_else(|| AppRec {
-            name: name.to_string(),
-            module_sha256: status.module_sha256.clone(),
-            requests: sh.cfg.default_requests,
-            created_unix_ms: done,
-            ..AppRec::default()
-        });
-        a.node = Some(target.name.clone());
-        a.generation = generation;
-        a.restart = restart_word;
-        a.placed_unix_ms = done;
-        a.operator_stopped = false;
-        a.restarts = 0;
-        if !status.module_sha256.is_empty() {
-            a.module_sha256 = status.module_sha256.clone();
-        }
-        Shared::apply_status(&mut a, &status);
-        sh.store.put_app(&a)?;
-        st.apps.insert(name.to_string(), a.clone());
-        st.cpu_prev.remove(name);
-        sh.app_view(&st, &a, done)
-    };
-    drop(guard);
-    if let Err(e) = sh.save_checkpoint(name, generation, &bytes).await {
-        tracing::warn!(app = %name, "restored snapshot not kept as checkpoint: {e}");
-    }
-    tracing::info!(app = %name, node = %target.name, generation, "restored");
-    Ok(view)
-}
-
-/// Starts `name` again on `to` after its node was lost: from its latest
-/// checkpoint if there is one, else afresh; one generation up, so a copy
-/// left on the lost node is fenced when it comes back.
-pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Result<()> {
-    let now = now_ms();
-    let (app, target, generation, checkpoint, guard) = {
-        let mut st = sh.lock();
-        let app = idle_app(&st, name)?;
-        let target = sh.live_node(&st, to, now)?;
-        let checkpoint = st.checkpoints.get(name).copied();
-        let generation = sh.next_generation(&mut st, name)?;
-        let guard = BusyGuard::take(sh, &mut st, name);
-        if let Some(a) = st.apps.get_mut(name) {
-            a.state = "restoring".into();
-        }
-        (app, target, generation, checkpoint, guard)
-    };
-    let result: Result<(AppStatus, String)> = async {
-        sh.ensure_module(&target, &app.module_sha256).await?;
-        match checkpoint {
-            Some(c) => {
-                let path = sh.store.checkpoint_path(name);
-                let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
-                let url = target.url(&format!("/v1/restore?name={name}&generation={generation}&restart={}", app.restart));
-                let body = sh.long_client.post_bytes(&url, bytes.into()).await.map_err(|e| target.err(e))?;
-                let status: AppStatus = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("node {} answered a restore with something else than an app status: {e}", target.name)))?;
-                Ok((status, format!("from its checkpoint of generation {}", c.generation)))
-            }
-            None => {
-                let start = StartApp {
-                    name: name.to_string(),
-                    module_sha256: app.module_sha256.clone(),
-                    generation,
-                    env: app.env.clone(),
-                    args: app.args.clone(),
-                    memory_limit: app.memory_limit,
-                    timeout_ms: app.timeout_ms,
-                    fuel: app.fuel,
-                    restart: app.restart.clone(),
-                    start_at_unix_ms: app.start_at_unix_ms.filter(|t| *t > now_ms()),
-                };
-                let status: AppStatus = sh.client.post_json(&target.url("/v1/apps"), &start).await.map_err(|e| target.err(e))?;
-                Ok((status, "afresh (it has no checkpoint)".to_string()))
-            }
-        }
-    }
-    .await;
-    let mut st = sh.lock();
-    let out = match result {
-        Ok((status, how)) => {
-            if let Some(a) = st.apps.get_mut(name) {
-                a.node = Some(target.name.clone());
-                a.generation = generation;
-                a.placed_unix_ms = now_ms();
-                a.restarts = 0;
-                Shared::apply_status(a, &status);
-                let a = a.clone();
-                sh.store.put_app(&a)?;
-            }
-            st.cpu_prev.remove(name);
-            st.restart_not_before.remove(name);
-            tracing::info!(app = %name, node = %target.name, generation, "restarted {how} ({why})");
-            Ok(())
-        }
-        Err(e) => {
-            if let Some(a) = st.apps.get_mut(name) {
-                a.state = "lost".into();
-                a.restarts = a.restarts.saturating_add(1);
-                a.last_error = Some(format!("restart on {} failed: {}", target.name, e.message));
-                let backoff = tern_scheduler::backoff_ms(a.restarts).max(1000);
-                st.restart_not_before
-                    .insert(name.to_string(), now_ms() + backoff);
-            }
-            Err(e)
-        }
-    };
-    drop(st);
-    drop(guard);
-    out
-}
-
-/// Asks the node of every running app this control plane holds no
-/// checkpoint of to take one now (it arrives through the usual upload), so
-/// that a control plane that just took over can restart those apps from
-/// their state soon rather than after the nodes' next periodic checkpoint.
-pub async fn refresh_missing_checkpoints(sh: &Arc<Shared>) {
-    let targets: Vec<(String, NodeRef)> = {
-        let st = sh.lock();
-        st.apps
-            .values()
-            .filter(|a| a.state == "running" && !st.checkpoints.contains_key(&a.name))
-            .filter_map(|a| {
-                let node = a.node.as_deref()?;
-                Some((a.name.clone(), sh.node_ref(&st, node).ok()?))
-            })
-            .collect()
-    };
-    for (app, node) in targets {
-        let url = node.url(&format!("/v1/apps/{app}/checkpoint"));
-        if let Err(e) = sh
-            .short_client
-            .post_json::<_, serde_json::Value>(&url, &serde_json::json!({}))
-            .await
-        {
-            tracing::warn!(%app, node = %node.name, "no fresh checkpoint: {}", node.err(e).message);
-        }
-    }
 }
 
 #[cfg(test)]

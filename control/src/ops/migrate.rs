@@ -1,0 +1,146 @@
+//! `tern migrate` and the rebalancer's moves: the control plane picks the
+//! generation, asks the source node to drive the move, and records where
+//! the app went and what the move took.
+
+use std::sync::Arc;
+
+use tern_api::types::{MigrateRequest, MigrationReport, Mode};
+
+use super::{idle_app, Result};
+use crate::error::ApiError;
+use crate::state::{now_ms, BusyGuard, InFlight, Shared};
+
+/// `POST /v1/apps/NAME/migrate`, and every move the rebalancer plans.
+pub async fn migrate(
+    sh: &Arc<Shared>,
+    name: &str,
+    to: &str,
+    mode: Mode,
+    reason: &str,
+) -> Result<MigrationReport> {
+    let now = now_ms();
+    let (app, from, target, generation, guard) = {
+        let mut st = sh.lock();
+        let app = idle_app(&st, name)?;
+        let from_name = app.node.clone().ok_or_else(|| {
+            ApiError::conflict(format!("app {name} has no node right now: see `tern ps`"))
+        })?;
+        if from_name == to {
+            return Err(ApiError::bad_request(format!(
+                "app {name} already runs on {to}: choose another node (`tern nodes`)"
+            )));
+        }
+        let target = sh.live_node(&st, to, now)?;
+        if st.nodes[to].draining {
+            return Err(ApiError::conflict(format!(
+                "node {to} is draining: choose another node (`tern nodes`)"
+            )));
+        }
+        let from = sh.live_node(&st, &from_name, now).map_err(|e| {
+            ApiError::new(e.status, format!("cannot migrate {name}: its node {from_name} is down; `tern restore` it from a snapshot instead"))
+        })?;
+        if app.state != "running" {
+            return Err(ApiError::conflict(format!(
+                "app {name} is {}, not running: only a running app migrates (`tern start {name}` first)",
+                app.state
+            )));
+        }
+        if mode == Mode::Hybrid && !st.checkpoints.contains_key(name) {
+            return Err(ApiError::conflict(format!(
+                "app {name} has no checkpoint yet (its node sends one every few seconds while it runs): wait a moment, or use --mode hot"
+            )));
+        }
+        let generation = sh.next_generation(&mut st, name)?;
+        let guard = BusyGuard::take(sh, &mut st, name);
+        if let Some(a) = st.apps.get_mut(name) {
+            a.state = "migrating".into();
+        }
+        st.in_flight.insert(
+            name.to_string(),
+            InFlight {
+                app: name.to_string(),
+                from: from_name.clone(),
+                to: to.to_string(),
+                mode: mode.to_string(),
+                generation,
+                started_unix_ms: now,
+                reason: reason.to_string(),
+            },
+        );
+        (app, from, target, generation, guard)
+    };
+
+    let result = async {
+        sh.ensure_module(&target, &app.module_sha256).await?;
+        let checkpoint_url =
+            (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
+        let req = MigrateRequest {
+            to_name: target.name.clone(),
+            to_url: target.url.clone(),
+            mode,
+            generation,
+            checkpoint_url,
+        };
+        sh.long_client
+            .post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req)
+            .await
+            .map_err(|e| from.err(e))
+    }
+    .await;
+
+    let mut st = sh.lock();
+    match result {
+        Ok(mut report) => {
+            let done = now_ms();
+            if report.app.is_empty() {
+                report.app = name.to_string();
+            }
+            if report.from.is_empty() {
+                report.from = from.name.clone();
+            }
+            if report.to.is_empty() {
+                report.to = target.name.clone();
+            }
+            if report.mode.is_empty() {
+                report.mode = mode.to_string();
+            }
+            if report.generation == 0 {
+                report.generation = generation;
+            }
+            report.reason = Some(reason.to_string());
+            if let Some(a) = st.apps.get_mut(name) {
+                a.node = Some(target.name.clone());
+                a.generation = generation;
+                a.state = "running".into();
+                a.placed_unix_ms = done;
+                a.last_moved_unix_ms = Some(done);
+                let a = a.clone();
+                sh.store.put_app(&a)?;
+            }
+            st.cpu_prev.remove(name);
+            let seq = st.migrations.back().map_or(0, |(s, _)| s + 1);
+            sh.store
+                .push_migration(seq, &report, sh.cfg.max_migrations)?;
+            st.migrations.push_back((seq, report.clone()));
+            while st.migrations.len() > sh.cfg.max_migrations {
+                st.migrations.pop_front();
+            }
+            drop(st);
+            drop(guard);
+            tracing::info!(app = %name, from = %from.name, to = %target.name, %mode, downtime_ms = report.downtime_ms, "migrated");
+            Ok(report)
+        }
+        Err(e) => {
+            // The source resumes the app itself when a move fails; its next
+            // heartbeat says where the app really is.
+            if let Some(a) = st.apps.get_mut(name) {
+                if a.state == "migrating" {
+                    a.state = app.state.clone();
+                }
+            }
+            drop(st);
+            drop(guard);
+            Err(e)
+        }
+    }
+}
