@@ -1,0 +1,460 @@
+//! The source's driver: it moves a local app to another node, step by step
+//! (see the protocol in `mod.rs`), and reports what the move took.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_api::types::{
+    AppStatus, MigrateRequest, MigrationAck, MigrationOpen, MigrationOpened, MigrationReport, Mode,
+    StartApp,
+};
+use tern_runtime::engine::LoadedModule;
+use tern_runtime::snapshot::{CommitFrame, PageChunk, Snapshot};
+use tern_util::now_unix_ms;
+
+use super::replay::replay_held;
+use crate::app::{AppHandle, Cmd, FreezeResult, PrecopyFirst};
+use crate::checkpoint::snapshot_body;
+use crate::error::{NodeError, Result};
+use crate::node::Node;
+
+/// Stop pre-copy when a round has at most this many dirty pages (1 MiB).
+const CONVERGED_PAGES: u64 = 256;
+/// Never more rounds than this.
+const MAX_ROUNDS: u32 = 30;
+/// Rounds may re-send at most this many times the app's memory: an app that
+/// writes pages faster than they move never converges, and more rounds only
+/// cost bandwidth and time (the pause takes the rest).
+const ROUND_BUDGET: u64 = 2;
+/// The most a move slows an app that outruns it: after each call, a pause
+/// of this many times the call (the app runs 1/16 of the time).
+const MAX_THROTTLE: u32 = 15;
+/// Pages per slice of a first copy (4 MiB): small enough that the app is
+/// never held for long, large enough to keep the wire busy.
+const SLICE_PAGES: u64 = 1024;
+/// Slices on the wire at once: while the target applies one, the next is
+/// already arriving, and the source reads the one after.
+const SLICES_IN_FLIGHT: usize = 2;
+
+/// Moves a local app to another node and reports what it took.
+pub(crate) async fn migrate_out(
+    node: Arc<Node>,
+    app: String,
+    req: MigrateRequest,
+) -> Result<MigrationReport> {
+    let handle = node.local(&app).ok_or_else(|| {
+        NodeError::not_found(format!("app {app} does not run on node {}", node.name()))
+    })?;
+    let spec = handle.spec();
+    if req.generation <= spec.generation {
+        return Err(NodeError::conflict(format!(
+            "the new generation {} must be newer than {}",
+            req.generation, spec.generation
+        )));
+    }
+    let started_unix_ms = now_unix_ms();
+    let t0 = Instant::now();
+    let module = node
+        .runtime
+        .loaded(&handle.module_sha())
+        .ok_or_else(|| NodeError::internal("the app's module is not loaded on this node"))?;
+    let module_bytes = ensure_module(&node, &req.to_url, &module).await?;
+
+    // Hybrid starts from the checkpoint the target holds or can fetch.
+    let mut mode = req.mode;
+    let mut note = None;
+    let mut checkpoint = None;
+    if mode == Mode::Hybrid {
+        match node.latest_checkpoint(&app) {
+            Some(cp) => checkpoint = Some(cp),
+            None => {
+                mode = Mode::Hot;
+                note =
+                    Some("no checkpoint of the app yet: moved hot instead of hybrid".to_string());
+            }
+        }
+    }
+    let open = MigrationOpen {
+        app: app.clone(),
+        from: node.name().to_string(),
+        mode,
+        spec: StartApp {
+            generation: req.generation,
+            ..spec
+        },
+        checkpoint_digest: checkpoint.as_ref().map(|c| c.0.clone()),
+        checkpoint_url: req.checkpoint_url.clone(),
+    };
+    let opened: MigrationOpened = node
+        .client
+        .post_json(&format!("{}/v1/migrations", req.to_url), &open)
+        .await
+        .map_err(|e| NodeError::peer("the target refused the migration", e))?;
+
+    let mut mv = Move {
+        session: format!("{}/v1/migrations/{}", req.to_url, opened.id),
+        node,
+        handle,
+        app,
+        to_url: req.to_url.clone(),
+        bytes_sent: module_bytes,
+        pages_sent: 0,
+        rounds: 0,
+        tracking: "none".to_string(),
+        note,
+        paused_at: None,
+    };
+    let outcome = match mode {
+        Mode::Cold => mv.cold().await,
+        _ => mv.live(checkpoint.map(|c| c.1)).await,
+    };
+    let t_pause = match outcome {
+        Ok(t) => t,
+        Err(e) => mv.rollback(e, req.generation).await?,
+    };
+    let downtime = t_pause.elapsed();
+    let requests_held = mv.handover().await;
+    Ok(MigrationReport {
+        app: mv.app,
+        mode: mode.to_string(),
+        from: mv.node.name().to_string(),
+        to: req.to_name,
+        downtime_ms: downtime.as_secs_f64() * 1e3,
+        total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        bytes_sent: mv.bytes_sent,
+        rounds: mv.rounds,
+        pages_sent: mv.pages_sent,
+        requests_held,
+        dirty_tracking: mv.tracking,
+        generation: req.generation,
+        started_unix_ms,
+        checkpoint_bytes_fetched: opened.checkpoint_bytes_fetched,
+        note: mv.note,
+        reason: None,
+    })
+}
+
+/// Makes sure a node holds a module, uploading it if not; the bytes sent.
+async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<u64> {
+    let murl = format!("{url}/v1/modules/{}", module.hash_hex());
+    if node
+        .client
+        .exists(&murl)
+        .await
+        .map_err(|e| NodeError::peer("target node", e))?
+    {
+        return Ok(0);
+    }
+    let bytes = Bytes::from(module.original.as_ref().clone());
+    let n = bytes.len() as u64;
+    node.client
+        .put_bytes(&murl, bytes)
+        .await
+        .map_err(|e| NodeError::peer("cannot upload the module to the target", e))?;
+    Ok(n)
+}
+
+/// A move in progress on the source: where it goes and what it sent.
+struct Move {
+    node: Arc<Node>,
+    handle: AppHandle,
+    app: String,
+    to_url: String,
+    /// The target's session (`.../v1/migrations/ID`).
+    session: String,
+    bytes_sent: u64,
+    pages_sent: u64,
+    rounds: u32,
+    tracking: String,
+    note: Option<String>,
+    /// Set when the app is asked to freeze: from then on a failure must ask
+    /// the target whether it took over before resuming the app here.
+    paused_at: Option<Instant>,
+}
+
+impl Move {
+    /// Cold: freeze, then the state, the pages in slices (read, sent and
+    /// applied in a pipeline) and the commit, with the app frozen all along.
+    /// Returns when the app stopped serving.
+    async fn cold(&mut self) -> Result<Instant> {
+        let (t_pause, frozen) = self.freeze(true).await?;
+        let FreezeResult::Cold { state, memories } = frozen else {
+            return Err(NodeError::internal("unexpected freeze result"));
+        };
+        let commit = CommitFrame::encode(&[], &state);
+        self.bytes_sent += (state.as_bytes().len() + commit.len()) as u64;
+        self.post(&format!("{}/base", self.session), owned_body(*state))
+            .await
+            .map_err(|e| NodeError::peer("sending the state", e))?;
+        self.send_slices(&memories).await?;
+        self.commit(Bytes::from(commit)).await?;
+        Ok(t_pause)
+    }
+
+    /// Hot and hybrid: the first copy and the rounds while the app serves,
+    /// then the stop-and-copy. Returns when the app stopped serving.
+    async fn live(&mut self, checkpoint: Option<Arc<Snapshot>>) -> Result<Instant> {
+        let memory_bytes = self.first_copy(checkpoint).await?;
+        self.rounds(memory_bytes).await?;
+        self.stop_and_copy().await
+    }
+
+    /// Starts dirty tracking and sends the first copy: the state with
+    /// zeroed memories, then every non-zero page in slices (hot), or the
+    /// pages that differ from the checkpoint the target restored (hybrid).
+    /// Returns the app's memory size, which bounds what the rounds resend.
+    async fn first_copy(&mut self, checkpoint: Option<Arc<Snapshot>>) -> Result<u64> {
+        let first = self
+            .handle
+            .ask(|tx| Cmd::PrecopyStart(checkpoint, tx))
+            .await??;
+        self.tracking = self.handle.tracking_kind();
+        let mut memory_bytes = self.handle.status().memory_bytes;
+        match first {
+            PrecopyFirst::Sliced { state, memories } => {
+                memory_bytes = memories.iter().map(|&(_, pages)| pages * 4096).sum();
+                self.bytes_sent += state.as_bytes().len() as u64;
+                self.post(&format!("{}/base", self.session), owned_body(*state))
+                    .await
+                    .map_err(|e| NodeError::peer("sending the first copy", e))?;
+                self.send_slices(&memories).await?;
+            }
+            PrecopyFirst::Delta(chunks) => self.send_chunks(&chunks).await?,
+        }
+        self.rounds = 1;
+        Ok(memory_bytes)
+    }
+
+    /// Rounds of the pages written since the last one, until few are left
+    /// or they stop converging (then the app is slowed, and the pause takes
+    /// what is left).
+    async fn rounds(&mut self, memory_bytes: u64) -> Result<()> {
+        let mut previous = self.pages_sent.max(1);
+        let mut stalled = 0;
+        let budget = ROUND_BUDGET * memory_bytes.max(16 << 20);
+        let mut resent = 0u64;
+        let mut throttle = 0u32;
+        loop {
+            let chunks = self.handle.ask(Cmd::PrecopyRound).await??;
+            let dirty: u64 = chunks.iter().map(|c| c.pages.len() as u64).sum();
+            let before = self.bytes_sent;
+            self.send_chunks(&chunks).await?;
+            resent += self.bytes_sent - before;
+            self.rounds += 1;
+            if dirty >= previous {
+                stalled += 1;
+            }
+            if dirty <= CONVERGED_PAGES {
+                return Ok(());
+            }
+            // Not shrinking by a quarter a round: the app writes about as
+            // fast as pages move. Slow it down, more each round (it runs
+            // 1/2, 1/4, 1/8, then 1/16 of the time), so that the rounds
+            // catch up and the pause stays short.
+            if dirty * 4 > previous * 3 && throttle < MAX_THROTTLE {
+                throttle = throttle * 4 + 3;
+                let _ = self.handle.send(Cmd::Throttle(throttle));
+            }
+            previous = dirty;
+            if self.rounds >= MAX_ROUNDS || stalled >= 3 || resent >= budget {
+                let slowed = if throttle > 0 {
+                    format!(", the app slowed to 1/{} of its pace", throttle + 1)
+                } else {
+                    String::new()
+                };
+                let why = format!(
+                    "pre-copy did not converge (the app writes pages about as fast as they move): \
+                     stopped after {} rounds and {} MiB sent again ({dirty} pages dirty in the last round{slowed}); \
+                     what was still dirty moved in the pause",
+                    self.rounds,
+                    resent >> 20
+                );
+                self.note = Some(match self.note.take() {
+                    Some(n) => format!("{n}; {why}"),
+                    None => why,
+                });
+                return Ok(());
+            }
+        }
+    }
+
+    /// Freezes the app and sends the last dirty pages with its state; the
+    /// target resumes it and acknowledges. Returns when the app stopped.
+    async fn stop_and_copy(&mut self) -> Result<Instant> {
+        let (t_pause, frozen) = self.freeze(false).await?;
+        let FreezeResult::Final(last) = frozen else {
+            return Err(NodeError::internal("unexpected freeze result"));
+        };
+        let body = CommitFrame::encode(&last.chunks, &last.state);
+        self.bytes_sent += body.len() as u64;
+        self.pages_sent += last
+            .chunks
+            .iter()
+            .map(|c| c.pages.len() as u64)
+            .sum::<u64>();
+        self.commit(Bytes::from(body)).await?;
+        Ok(t_pause)
+    }
+
+    /// No acknowledgement came. If the answer was lost but the target did
+    /// take over, the app must not resume here too: the target is asked.
+    /// Otherwise the app goes on here, held calls first, the target's
+    /// session is deleted, and the move fails with `e`.
+    async fn rollback(&mut self, e: NodeError, generation: u64) -> Result<Instant> {
+        if let Some(paused_at) = self.paused_at {
+            if took_over(&self.node, &self.to_url, &self.app, generation).await {
+                return Ok(paused_at);
+            }
+        }
+        let _ = self.handle.ask(Cmd::Unfreeze).await;
+        let _ = self.node.client.delete(&self.session).await;
+        Err(e)
+    }
+
+    /// Routing flips to the target, the calls held during the pause are
+    /// replayed there in order, and only then is the copy here dropped.
+    /// Returns how many calls were held.
+    async fn handover(&mut self) -> u64 {
+        self.node.mark_moved(&self.app, &self.to_url);
+        let held = self.handle.ask(Cmd::Release).await.unwrap_or_default();
+        let n = held.len() as u64;
+        replay_held(&self.node, &self.to_url, &self.app, held).await;
+        self.node.forget_checkpoint(&self.app);
+        n
+    }
+
+    /// Freezes the app (`cold`: for a whole copy). `paused_at` is set
+    /// before asking (so a failure after it checks whether the target took
+    /// over) and then to the moment the actor actually stopped serving.
+    async fn freeze(&mut self, cold: bool) -> Result<(Instant, FreezeResult)> {
+        self.paused_at = Some(Instant::now());
+        let (at, frozen) = self
+            .handle
+            .ask(|reply| Cmd::Freeze { cold, reply })
+            .await??;
+        self.paused_at = Some(at);
+        Ok((at, frozen))
+    }
+
+    async fn post(&self, url: &str, body: Bytes) -> Result<Bytes, tern_api::client::ClientError> {
+        self.node.client.post_bytes(url, body).await
+    }
+
+    /// Sends the commit frame and reads the acknowledgement.
+    async fn commit(&self, body: Bytes) -> Result<MigrationAck> {
+        let answer = self
+            .post(&format!("{}/commit", self.session), body)
+            .await
+            .map_err(|e| NodeError::peer("the target did not take over", e))?;
+        serde_json::from_slice(&answer).map_err(|e| {
+            NodeError::new(
+                crate::ErrorKind::Peer(502),
+                format!("the target's acknowledgement is unreadable: {e}"),
+            )
+        })
+    }
+
+    async fn send_chunks(&mut self, chunks: &[PageChunk]) -> Result<()> {
+        let url = format!("{}/pages", self.session);
+        for c in chunks {
+            if c.pages.is_empty() && chunks.len() > 1 {
+                continue;
+            }
+            let body = c.encode();
+            self.bytes_sent += body.len() as u64;
+            self.pages_sent += c.pages.len() as u64;
+            self.post(&url, Bytes::from(body))
+                .await
+                .map_err(|e| NodeError::peer("sending pages", e))?;
+        }
+        Ok(())
+    }
+
+    /// Every memory's non-zero pages, read from the app slice by slice
+    /// (between two slices a running app serves calls) and sent as page
+    /// chunks, up to [`SLICES_IN_FLIGHT`] at once while the next is read.
+    async fn send_slices(&mut self, memories: &[(u32, u64)]) -> Result<()> {
+        type Send = tokio::task::JoinHandle<Result<(u64, u64)>>;
+        let slices: Vec<(u32, u64, u64)> = memories
+            .iter()
+            .flat_map(|&(memory, pages)| {
+                (0..pages.div_ceil(SLICE_PAGES).max(1))
+                    .map(move |k| (memory, k * SLICE_PAGES, ((k + 1) * SLICE_PAGES).min(pages)))
+            })
+            .collect();
+        let url = format!("{}/pages", self.session);
+        let (mut bytes, mut pages) = (0, 0);
+        let mut in_flight: VecDeque<Send> = VecDeque::new();
+        let outcome = async {
+            for &(memory, first, end) in &slices {
+                let (body, n) = self
+                    .handle
+                    .ask(move |reply| Cmd::PrecopySlice {
+                        memory,
+                        first,
+                        end,
+                        reply,
+                    })
+                    .await??;
+                // All-zero slices are skipped, but the first of each memory
+                // always goes, so the target learns every memory's size.
+                if n == 0 && first != 0 {
+                    continue;
+                }
+                if in_flight.len() >= SLICES_IN_FLIGHT {
+                    if let Some(done) = in_flight.pop_front() {
+                        let (b, p) = done.await??;
+                        bytes += b;
+                        pages += p;
+                    }
+                }
+                let (client, url) = (self.node.client.clone(), url.clone());
+                in_flight.push_back(tokio::spawn(async move {
+                    let len = body.len() as u64;
+                    client
+                        .post_bytes(&url, Bytes::from(body))
+                        .await
+                        .map_err(|e| NodeError::peer("sending pages", e))?;
+                    Ok((len, n))
+                }));
+            }
+            while let Some(done) = in_flight.pop_front() {
+                let (b, p) = done.await??;
+                bytes += b;
+                pages += p;
+            }
+            Ok::<_, NodeError>(())
+        }
+        .await;
+        for send in in_flight {
+            send.abort();
+        }
+        self.bytes_sent += bytes;
+        self.pages_sent += pages;
+        outcome
+    }
+}
+
+/// Whether the target runs the app at the new generation (asked a few
+/// times, in case the network hiccuped).
+async fn took_over(node: &Node, url: &str, app: &str, generation: u64) -> bool {
+    for attempt in 0..3 {
+        match node
+            .client
+            .get_json::<AppStatus>(&format!("{url}/v1/apps/{app}"))
+            .await
+        {
+            Ok(st) => return st.generation == generation,
+            Err(e) if e.status().is_some() => return false,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await,
+        }
+    }
+    false
+}
+
+/// A snapshot's encoded bytes as a request body, without copying them.
+fn owned_body(snap: Snapshot) -> Bytes {
+    snapshot_body(Arc::new(snap))
+}

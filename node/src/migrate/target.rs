@@ -1,0 +1,204 @@
+//! The target's sessions: a migration arriving on this node, from the
+//! opening (fencing, the module, a checkpoint for hybrid) through the first
+//! copy and the rounds to the commit that resumes the app here.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tern_api::types::{MigrationAck, MigrationOpen, MigrationOpened, Mode, StartApp};
+use tern_runtime::engine::LoadedModule;
+use tern_runtime::instance::Instance;
+use tern_runtime::snapshot::{CommitFrame, PageChunkRef, Snapshot};
+use tern_runtime::wasi::LogBuffer;
+
+use super::restore_options;
+use crate::app::AppHandle;
+use crate::error::{NodeError, Result};
+use crate::node::{lock, Node};
+
+/// A migration arriving on this node.
+pub(crate) struct TargetSession {
+    pub app: String,
+    pub logs: Arc<LogBuffer>,
+    pub spec: StartApp,
+    pub module: Arc<LoadedModule>,
+    pub inst: Mutex<Option<Instance>>,
+}
+
+/// Opens a target session: checks the name, fencing and the module, admits
+/// the new generation (durably, before any of the app's state or files land
+/// here), and for hybrid restores the checkpoint first.
+pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result<MigrationOpened> {
+    tern_api::names::check_app_name(&open.app)?;
+    if open.spec.name != open.app {
+        return Err(NodeError::bad_request(format!(
+            "the migration of {} carries the spec of {}",
+            open.app, open.spec.name
+        )));
+    }
+    node.check_generation(&open.app, open.spec.generation)?;
+    if let Some(h) = node.local(&open.app) {
+        if h.spec().generation >= open.spec.generation {
+            return Err(NodeError::conflict(format!(
+                "app {} already runs here at generation {}",
+                open.app,
+                h.spec().generation
+            )));
+        }
+    }
+    let sha = tern_api::names::parse_sha256(&open.spec.module_sha256)
+        .ok_or_else(|| NodeError::bad_request("bad module sha256"))?;
+    let module = node.module(&sha).await?;
+    node.admit_generation(&open.app, open.spec.generation)?;
+    let mut fetched = 0;
+    let mut inst = None;
+    let logs = LogBuffer::new();
+    if open.mode == Mode::Hybrid {
+        let digest = open.checkpoint_digest.clone().ok_or_else(|| {
+            NodeError::bad_request("hybrid migration without a checkpoint digest")
+        })?;
+        let (snap, n) = node
+            .checkpoint_for(&open.app, &digest, open.checkpoint_url.as_deref())
+            .await?;
+        fetched = n;
+        let rt = node.runtime.clone();
+        let m = module.clone();
+        let opts = restore_options(&node, &open.app, &snap, &logs, false, true)?;
+        let restored =
+            tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
+                .await?
+                .map_err(|e| NodeError::internal(format!("cannot restore the checkpoint: {e}")))?;
+        inst = Some(restored);
+    }
+    let id = format!(
+        "{}-{}",
+        open.app,
+        node.session_counter.fetch_add(1, Ordering::Relaxed)
+    );
+    let session = Arc::new(TargetSession {
+        app: open.app,
+        logs,
+        spec: open.spec,
+        module,
+        inst: Mutex::new(inst),
+    });
+    lock(&node.sessions).insert(id.clone(), session);
+    Ok(MigrationOpened {
+        id,
+        checkpoint_bytes_fetched: fetched,
+    })
+}
+
+fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>> {
+    lock(&node.sessions)
+        .get(id)
+        .cloned()
+        .ok_or_else(|| NodeError::not_found(format!("no migration session {id}")))
+}
+
+/// Ends a session whose move failed (the source resumed the app).
+pub(crate) fn delete_session(node: &Node, id: &str) {
+    lock(&node.sessions).remove(id);
+}
+
+/// The first copy (hot): the state, restored with zeroed memories.
+pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Result<()> {
+    let s = session(&node, &id)?;
+    let rt = node.runtime.clone();
+    let snap = tokio::task::spawn_blocking(move || {
+        // `Vec::from` takes the body's buffer over when it can (no copy).
+        let snap = Snapshot::from_bytes(Vec::from(body))
+            .map_err(|e| NodeError::bad_request(format!("first copy rejected: {e}")))?;
+        let opts = restore_options(&node, &s.app, &snap, &s.logs, false, false)?;
+        let inst = Instance::restore(&rt, &snap, Some(s.module.clone()), opts)
+            .map_err(|e| NodeError::bad_request(format!("first copy does not restore: {e}")))?;
+        *lock(&s.inst) = Some(inst);
+        Ok::<_, NodeError>(snap)
+    })
+    .await??;
+    release(snap);
+    Ok(())
+}
+
+/// A slice of the first copy, or a round of pages.
+pub(crate) async fn receive_pages(node: Arc<Node>, id: String, body: Bytes) -> Result<()> {
+    let s = session(&node, &id)?;
+    tokio::task::spawn_blocking(move || {
+        let chunk = PageChunkRef::decode(&body)
+            .map_err(|e| NodeError::bad_request(format!("page chunk rejected: {e}")))?;
+        let mut g = lock(&s.inst);
+        let inst = g
+            .as_mut()
+            .ok_or_else(|| NodeError::conflict("pages before the first copy"))?;
+        inst.apply_chunk_ref(&chunk)
+            .map_err(|e| NodeError::bad_request(e.to_string()))
+    })
+    .await?
+}
+
+/// Stop-and-copy (hot, hybrid) or the whole snapshot (cold): every part is
+/// decoded and checked, then put in place; the app resumes here, and the
+/// answer acknowledges.
+pub(crate) async fn receive_final(
+    node: Arc<Node>,
+    id: String,
+    body: Bytes,
+    cold: bool,
+) -> Result<MigrationAck> {
+    let s = session(&node, &id)?;
+    // Admitted when the session opened; refused if a newer copy came since.
+    node.check_generation(&s.app, s.spec.generation)?;
+    let t0 = Instant::now();
+    let rt = node.runtime.clone();
+    let s2 = s.clone();
+    let node2 = node.clone();
+    let (inst, spent) = tokio::task::spawn_blocking(move || {
+        if cold {
+            let snap = Snapshot::from_bytes(Vec::from(body))
+                .map_err(|e| NodeError::bad_request(format!("snapshot rejected: {e}")))?;
+            let opts = restore_options(&node2, &s2.app, &snap, &s2.logs, true, false)?;
+            let inst = Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
+                .map_err(|e| NodeError::bad_request(format!("snapshot does not restore: {e}")))?;
+            return Ok((inst, Some(snap)));
+        }
+        let frame = CommitFrame::decode(&body)
+            .map_err(|e| NodeError::bad_request(format!("stop-and-copy rejected: {e}")))?;
+        let mut inst = lock(&s2.inst)
+            .take()
+            .ok_or_else(|| NodeError::conflict("commit before the first copy"))?;
+        for c in &frame.chunks {
+            inst.apply_chunk(c)
+                .map_err(|e| NodeError::bad_request(e.to_string()))?;
+        }
+        inst.apply_state(&frame.state)
+            .map_err(|e| NodeError::bad_request(e.to_string()))?;
+        inst.run_restore_hook()
+            .map_err(|e| NodeError::internal(format!("the app's restore hook failed: {e}")))?;
+        Ok::<_, NodeError>((inst, None))
+    })
+    .await??;
+    delete_session(&node, &id);
+    let handle = AppHandle::spawn(
+        node.runtime.clone(),
+        s.module.clone(),
+        s.spec.clone(),
+        node.data_dir().clone(),
+        Some((inst, s.logs.clone())),
+    )?;
+    node.install(handle);
+    if let Some(snap) = spent {
+        release(snap);
+    }
+    Ok(MigrationAck {
+        generation: s.spec.generation,
+        resume_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Frees a large value (a snapshot of tens of MiB: unmapping it takes
+/// milliseconds) off the path that waits for the answer.
+fn release<T: Send + 'static>(value: T) {
+    tokio::task::spawn_blocking(move || drop(value));
+}

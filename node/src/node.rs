@@ -1,0 +1,258 @@
+//! The node's shared state: its apps (here or moved away), the routes it
+//! learned to apps elsewhere, migration sessions arriving, and the control
+//! planes it reports to.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tern_api::client::{Client, ClientError};
+use tern_api::types::{Heartbeat, NodeInfo, Resources};
+use tern_runtime::engine::{Runtime, RuntimeConfig};
+use tern_runtime::snapshot::Snapshot;
+
+use crate::app::AppHandle;
+use crate::error::{NodeError, Result};
+use crate::migrate::TargetSession;
+use crate::{fence, NodeConfig, CHECKPOINT_INTERVAL};
+
+/// Where an app the node knows of is.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Local(AppHandle),
+    /// Moved away; requests for it are forwarded there.
+    Moved {
+        url: String,
+    },
+}
+
+/// The node's shared state.
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) url: String,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) client: Client,
+    pub(crate) apps: Mutex<HashMap<String, Slot>>,
+    /// Highest generation seen per app: an older one is refused (fencing).
+    pub(crate) generations: Mutex<HashMap<String, u64>>,
+    pub(crate) sessions: Mutex<HashMap<String, Arc<TargetSession>>>,
+    /// Ingress routes learned from the control plane: app → node URL.
+    pub(crate) routes: Mutex<HashMap<String, String>>,
+    pub(crate) capacity: Resources,
+    pub(crate) session_counter: AtomicU64,
+    /// The control planes (`NodeConfig::control_url`, split) and which of
+    /// them the node talks to now.
+    controls: Vec<String>,
+    control_at: AtomicUsize,
+    /// The latest checkpoint of each local app: (digest, snapshot).
+    pub(crate) checkpoints: Mutex<HashMap<String, (String, Arc<Snapshot>)>>,
+}
+
+/// Locks a mutex, going on with its data if a holder panicked (every
+/// critical section here leaves the data consistent).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Node {
+    /// Opens a node's state in its data directory (created if missing).
+    pub(crate) fn open(config: NodeConfig, url: String) -> anyhow::Result<Arc<Node>> {
+        let controls = config
+            .control_url
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        for sub in ["modules", "checkpoints", "apps"] {
+            let dir = config.data_dir.join(sub);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("cache")),
+        })?;
+        let generations = fence::load(&config.data_dir);
+        let capacity = config.capacity.unwrap_or_else(machine_capacity);
+        Ok(Arc::new(Node {
+            url,
+            client: Client::new(Some(config.token.clone())),
+            config,
+            runtime,
+            apps: Mutex::new(HashMap::new()),
+            generations: Mutex::new(generations),
+            sessions: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            capacity,
+            session_counter: AtomicU64::new(0),
+            controls,
+            control_at: AtomicUsize::new(0),
+            checkpoints: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn data_dir(&self) -> &PathBuf {
+        &self.config.data_dir
+    }
+
+    /// The control plane the node talks to now (`None`: standalone).
+    pub(crate) fn control(&self) -> Option<String> {
+        let i = self.control_at.load(Ordering::Relaxed);
+        self.controls.get(i % self.controls.len().max(1)).cloned()
+    }
+
+    /// How many control planes the node knows of.
+    pub(crate) fn control_count(&self) -> usize {
+        self.controls.len()
+    }
+
+    /// `url` did not answer as the leading control plane: the next call
+    /// goes to the next one (when several are configured).
+    pub(crate) fn control_failed(&self, url: &str, e: &ClientError) {
+        if self.controls.len() < 2 || self.control().as_deref() != Some(url) {
+            return;
+        }
+        // A standby answers 503; a stopped one does not answer at all.
+        if matches!(e.status(), None | Some(503)) {
+            self.control_at.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(from = url, to = ?self.control(), "trying another control plane");
+        }
+    }
+
+    pub(crate) fn info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.config.name.clone(),
+            url: self.url.clone(),
+            labels: self.config.labels.clone(),
+            capacity: self.capacity,
+            arch: std::env::consts::ARCH.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The app's actor, if the app runs here.
+    pub(crate) fn local(&self, app: &str) -> Option<AppHandle> {
+        match lock(&self.apps).get(app) {
+            Some(Slot::Local(h)) => Some(h.clone()),
+            _ => None,
+        }
+    }
+
+    /// The app's actor, or an error naming this node.
+    pub(crate) fn local_or_404(&self, app: &str) -> Result<AppHandle> {
+        self.local(app).ok_or_else(|| {
+            NodeError::not_found(format!("no app named {app} on node {}", self.name()))
+        })
+    }
+
+    /// Where the app went, if it moved away from here.
+    pub(crate) fn moved_to(&self, app: &str) -> Option<String> {
+        match lock(&self.apps).get(app) {
+            Some(Slot::Moved { url }) => Some(url.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn slot(&self, app: &str) -> Option<Slot> {
+        lock(&self.apps).get(app).cloned()
+    }
+
+    /// Records that the app now runs at `url` (after a handover).
+    pub(crate) fn mark_moved(&self, app: &str, url: &str) {
+        lock(&self.apps).insert(
+            app.to_string(),
+            Slot::Moved {
+                url: url.to_string(),
+            },
+        );
+    }
+
+    /// Takes the app out of the node's table (its actor is the caller's).
+    pub(crate) fn remove_slot(&self, app: &str) -> Option<Slot> {
+        lock(&self.apps).remove(app)
+    }
+
+    /// Empties the app table, handing back every local actor.
+    pub(crate) fn take_all_local(&self) -> Vec<AppHandle> {
+        lock(&self.apps)
+            .drain()
+            .filter_map(|(_, s)| match s {
+                Slot::Local(h) => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn local_handles(&self) -> Vec<AppHandle> {
+        lock(&self.apps)
+            .values()
+            .filter_map(|s| match s {
+                Slot::Local(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Makes an app local (replacing any older copy) and checkpoints it periodically.
+    pub(crate) fn install(self: &Arc<Self>, handle: AppHandle) {
+        let old = lock(&self.apps).insert(handle.name().to_string(), Slot::Local(handle.clone()));
+        if let Some(Slot::Local(old)) = old {
+            old.shutdown();
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+                match node.local(handle.name()) {
+                    Some(h) if h.same(&handle) => {}
+                    _ => break,
+                }
+                let _ = node.checkpoint(&handle).await;
+            }
+        });
+    }
+
+    pub(crate) fn heartbeat(&self) -> Heartbeat {
+        let handles = self.local_handles();
+        let apps: Vec<_> = handles.iter().map(|h| h.status()).collect();
+        let memory: u64 = apps.iter().map(|a| a.memory_bytes).sum();
+        let cpu: u64 = handles.iter().map(|h| h.cpu_milli_recent()).sum();
+        Heartbeat {
+            name: self.config.name.clone(),
+            usage: Resources {
+                cpu_milli: cpu,
+                memory_bytes: memory,
+            },
+            apps,
+        }
+    }
+}
+
+fn machine_capacity() -> Resources {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(1 << 30);
+    Resources {
+        cpu_milli: cores * 1000,
+        memory_bytes: mem,
+    }
+}

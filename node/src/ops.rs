@@ -1,0 +1,204 @@
+//! What the node API does, one function per operation: the HTTP edge
+//! (`http.rs`) parses a request, calls one of these and maps its error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_api::types::{AppState, AppStatus, InvokeRequest, InvokeResponse, LogsResponse, StartApp};
+use tern_runtime::instance::Instance;
+use tern_runtime::snapshot::Snapshot;
+use tern_runtime::wasi::LogBuffer;
+
+use crate::app::{AppHandle, Cmd};
+use crate::checkpoint::snapshot_body;
+use crate::error::{NodeError, Result};
+use crate::migrate::restore_options;
+use crate::node::{Node, Slot};
+
+/// How long `POST /v1/apps` waits for the app's first start before it
+/// answers with the app still starting.
+const START_WAIT: Duration = Duration::from_secs(2);
+
+/// `POST /v1/apps`: starts an app here at its generation.
+pub(crate) async fn start_app(node: &Arc<Node>, spec: StartApp) -> Result<AppStatus> {
+    tern_api::names::check_app_name(&spec.name)?;
+    if let Some(h) = node.local(&spec.name) {
+        if h.spec().generation >= spec.generation {
+            return Err(NodeError::conflict(format!(
+                "app {} already runs here (generation {})",
+                spec.name,
+                h.spec().generation
+            )));
+        }
+    }
+    let sha = tern_api::names::parse_sha256(&spec.module_sha256)
+        .ok_or_else(|| NodeError::bad_request("bad module sha256"))?;
+    node.check_generation(&spec.name, spec.generation)?;
+    let module = node.module(&sha).await?;
+    node.admit_generation(&spec.name, spec.generation)?;
+    let rt = node.runtime.clone();
+    let dir = node.data_dir().clone();
+    let handle = tokio::task::spawn_blocking(move || AppHandle::spawn(rt, module, spec, dir, None))
+        .await??;
+    node.install(handle.clone());
+    // Answer once the first start attempt is over (or the app is pending).
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let st = handle.status();
+        if st.state != AppState::Pending || st.start_at_unix_ms.is_some() {
+            return Ok(st);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(handle.status())
+}
+
+/// `POST /v1/restore`: runs an app here from a snapshot, at `generation`.
+/// The snapshot is decoded and checked before the generation is admitted,
+/// so bytes that are not a snapshot fence nothing.
+pub(crate) async fn restore_app(
+    node: &Arc<Node>,
+    name: String,
+    generation: u64,
+    restart: String,
+    body: Bytes,
+) -> Result<AppStatus> {
+    tern_api::names::check_app_name(&name)?;
+    let snap = tokio::task::spawn_blocking(move || Snapshot::from_bytes(body.to_vec()))
+        .await?
+        .map_err(|e| NodeError::bad_request(e.to_string()))?;
+    node.check_generation(&name, generation)?;
+    let module = match node.module(&snap.body.meta.module_sha256).await {
+        Ok(m) => m,
+        Err(_) => {
+            let bytes = snap.body.module.clone().ok_or_else(|| {
+                NodeError::conflict("the snapshot does not carry its module and this node does not have it: upload the module first")
+            })?;
+            node.load_module(bytes).await?
+        }
+    };
+    let _ = node.keep_module(&module);
+    node.admit_generation(&name, generation)?;
+    let logs = LogBuffer::new();
+    let opts = restore_options(node, &name, &snap, &logs, true, false)?;
+    let rt = node.runtime.clone();
+    let m = module.clone();
+    let inst = tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
+        .await?
+        .map_err(|e| NodeError::bad_request(e.to_string()))?;
+    let spec = StartApp {
+        name,
+        module_sha256: module.hash_hex(),
+        generation,
+        restart,
+        ..Default::default()
+    };
+    let handle = AppHandle::spawn(
+        node.runtime.clone(),
+        module,
+        spec,
+        node.data_dir().clone(),
+        Some((inst, logs)),
+    )?;
+    node.install(handle.clone());
+    Ok(handle.status())
+}
+
+/// `DELETE /v1/apps/NAME[?generation=G]`: stops the app and forgets it.
+/// With a generation, only a copy at that generation or older goes
+/// (fencing a stale copy without touching a newer one).
+pub(crate) fn remove_app(node: &Node, name: &str, at_most: Option<u64>) -> Result<()> {
+    if let (Some(g), Some(h)) = (at_most, node.local(name)) {
+        if h.spec().generation > g {
+            return Err(NodeError::conflict(format!(
+                "app {name} runs here at generation {}, newer than {g}",
+                h.spec().generation
+            )));
+        }
+    }
+    match node.remove_slot(name) {
+        Some(Slot::Local(h)) => {
+            h.shutdown();
+            node.forget_checkpoint(name);
+            Ok(())
+        }
+        _ => Err(NodeError::not_found(format!(
+            "no app named {name} on this node"
+        ))),
+    }
+}
+
+/// `POST /v1/apps/NAME/invoke`: calls an export here, or where the app
+/// went (a call that races the app's handover follows it).
+pub(crate) async fn invoke(
+    node: &Node,
+    name: &str,
+    mut req: InvokeRequest,
+) -> Result<InvokeResponse> {
+    if node.moved_to(name).is_none() {
+        let h = node.local_or_404(name)?;
+        match h.invoke_here(req).await {
+            Ok(r) => {
+                let mut r = r?;
+                r.node = node.name().to_string();
+                return Ok(r);
+            }
+            // Handed over between the lookup and the call: the call did
+            // not run here; it follows the app.
+            Err(back) => req = back,
+        }
+    }
+    let url = node
+        .moved_to(name)
+        .ok_or_else(|| NodeError::not_found(format!("no app named {name} on this node")))?;
+    node.forward_invoke(&url, name, &req).await
+}
+
+/// `POST /v1/apps/NAME/stop` or `.../start`.
+pub(crate) async fn stop_or_start(node: &Node, name: &str, stop: bool) -> Result<AppStatus> {
+    let h = node.local_or_404(name)?;
+    if stop {
+        h.ask(Cmd::Stop).await??;
+    } else {
+        h.ask(Cmd::Start).await??;
+    }
+    Ok(h.status())
+}
+
+/// `GET /v1/apps/NAME/logs?from=N&wait_ms=M`: lines from `from` on,
+/// waiting up to `wait` (at most 30 s) for the first new one.
+pub(crate) async fn logs(
+    node: &Node,
+    name: &str,
+    from: u64,
+    wait: Duration,
+) -> Result<LogsResponse> {
+    let h = node.local_or_404(name)?;
+    let logs = h.logs().clone();
+    let wait = wait.min(Duration::from_secs(30));
+    let (next, lines) = tokio::task::spawn_blocking(move || logs.wait_since(from, wait)).await?;
+    Ok(LogsResponse { next, lines })
+}
+
+/// `POST /v1/apps/NAME/snapshot`: the app's snapshot now (it goes on).
+pub(crate) async fn snapshot(node: &Node, name: &str) -> Result<Bytes> {
+    let h = node.local_or_404(name)?;
+    let snap = h.ask(Cmd::Snapshot).await??;
+    Ok(snapshot_body(Arc::new(snap)))
+}
+
+/// `GET /v1/checkpoints/NAME`: the app's latest checkpoint held here.
+pub(crate) fn latest_checkpoint(node: &Node, name: &str) -> Result<Bytes> {
+    let (_, snap) = node
+        .latest_checkpoint(name)
+        .ok_or_else(|| NodeError::not_found(format!("no checkpoint of {name} on this node")))?;
+    Ok(snapshot_body(snap))
+}
+
+/// `POST /v1/apps/NAME/checkpoint`: a checkpoint now; its digest and size.
+pub(crate) async fn checkpoint_now(node: &Node, name: &str) -> Result<serde_json::Value> {
+    let h = node.local_or_404(name)?;
+    let (digest, bytes) = node.checkpoint(&h).await?;
+    Ok(serde_json::json!({ "digest": digest, "bytes": bytes, "generation": h.spec().generation }))
+}
