@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{Func, Ref, Store, StoreLimits, StoreLimitsBuilder, Val, ValType};
+use wasmtime::{Func, Ref, Store, StoreLimitsBuilder, Val, ValType};
 
 use crate::engine::{LoadedModule, Runtime, EPOCH_TICK};
 use crate::error::{Error, Result};
@@ -20,15 +20,11 @@ use crate::snapshot::{
 };
 use crate::wasi::{build_ctx, GuestClock, Stdio};
 
+pub use crate::wasi::HostState;
+
 const WASM_PAGE: u64 = 64 * 1024;
 /// Tables may not grow past this many elements.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-
-/// The data of a store: the app's WASI context and its limits.
-pub struct HostState {
-    pub(crate) wasi: wasmtime_wasi::p1::WasiP1Ctx,
-    limits: StoreLimits,
-}
 
 /// What an app is given and the limits it runs under.
 #[derive(Clone, Default)]
