@@ -4,7 +4,9 @@
 //!
 //! - [`engine`]: the [`Runtime`] (engine, linker, module cache, epoch ticker);
 //! - [`rewrite`]: the migratability rewrite applied to every module at load;
-//! - [`instance`]: a running app, calls under limits, capture and restore;
+//! - [`instance`]: a running app (`mod.rs`: the type, its config, its start),
+//!   calls under limits (`call.rs`), capture (`capture.rs`), restore
+//!   (`restore.rs`), page access for migration (`pages.rs`);
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
 //! - [`dirty`]: which pages a guest wrote since the last look (userfaultfd or hashing);
 //! - [`snapshot`]: the snapshot value and its byte format (the only module
