@@ -8,7 +8,9 @@
 //!   calls under limits (`call.rs`), capture (`capture.rs`), restore
 //!   (`restore.rs`), page access for migration (`pages.rs`);
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
-//! - [`dirty`]: which pages a guest wrote since the last look (userfaultfd or hashing);
+//! - [`dirty`]: which pages a guest wrote since the last look (`mod.rs`: the
+//!   tracker interface and the choice; `uffd.rs`: userfaultfd and
+//!   `PAGEMAP_SCAN`, over the raw bindings of `sys.rs`; `hash.rs`: hashing);
 //! - [`snapshot`]: the snapshot value and its byte format (the only module
 //!   that knows those bytes);
 //! - [`wasi`]: what an app is given, its clock, its logs;
