@@ -33,7 +33,8 @@ use kernel::Uffd;
 /// with its content.
 ///
 /// One tracker per memory: a second `start` on a tracked memory fails
-/// (`EBUSY`), and [`start_tracking`] then falls back to hashing.
+/// (`EBUSY`), and [`start_tracking`](super::start_tracking) then falls back
+/// to hashing.
 #[derive(Debug)]
 pub struct UffdTracker {
     inner: Uffd,
