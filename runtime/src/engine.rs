@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use sha2::Digest;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
 use crate::error::{Error, Result};
-use crate::instance::HostState;
 use crate::memory::TernMemoryCreator;
 use crate::rewrite::{rewrite, ModuleInfo};
+use crate::wasi::HostState;
+
+pub use crate::snapshot::sha256;
 
 /// Bumped whenever the rewrite's output changes, so cached artifacts of an
 /// older rewrite are not reused.
@@ -24,11 +25,6 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Guest stack bound (the host's own stack is never at risk).
 pub const MAX_WASM_STACK: usize = 1 << 20;
-
-/// sha256 of some bytes.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    sha2::Sha256::digest(bytes).into()
-}
 
 /// How the runtime is set up.
 #[derive(Debug, Clone, Default)]

@@ -4,14 +4,27 @@
 //!
 //! - [`engine`]: the [`Runtime`] (engine, linker, module cache, epoch ticker);
 //! - [`rewrite`]: the migratability rewrite applied to every module at load;
-//! - [`instance`]: a running app, calls under limits, capture and restore;
+//! - [`instance`]: a running app (`mod.rs`: the type, its config, its start),
+//!   calls under limits (`call.rs`), capture (`capture.rs`), restore
+//!   (`restore.rs`), page access for migration (`pages.rs`);
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
-//! - [`dirty`]: which pages a guest wrote since the last look (userfaultfd or hashing);
+//! - [`dirty`]: which pages a guest wrote since the last look (`mod.rs`: the
+//!   tracker interface and the choice; `uffd.rs`: userfaultfd and
+//!   `PAGEMAP_SCAN`, over the raw bindings of `sys.rs`; `hash.rs`: hashing);
 //! - [`snapshot`]: the snapshot value and its byte format (the only module
-//!   that knows those bytes);
-//! - [`wasi`]: what an app is given, its clock, its logs;
+//!   that knows those bytes), and [`sha256`], by which modules are named;
+//! - [`wasi`]: what an app is given, its clock, its logs, and the store's
+//!   data ([`HostState`](wasi::HostState));
+//! - [`carry`]: the app's own directory, carried inside its snapshots;
 //! - [`sdk`]: the host side of the guest ABI (requests, ticks, hooks);
-//! - [`values`]: numeric arguments and results as text and JSON.
+//! - [`values`]: numeric arguments and results as text and JSON;
+//! - [`error`]: the runtime's [`Error`], worded for people.
+//!
+//! Imports point one way. `rewrite`, `snapshot` and `dirty` use no other
+//! module; `error` uses `rewrite` and `snapshot`; `memory`, `wasi`, `carry`
+//! and `values` use nothing but those four; `engine` uses `memory` and
+//! `wasi` (and what they use); `instance` uses the engine and everything below it; `sdk`
+//! drives an `instance`. No module uses one that is above it.
 
 pub mod carry;
 pub mod dirty;

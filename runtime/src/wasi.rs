@@ -1,16 +1,24 @@
 //! The WASI side of an app: what it is given (nothing by default), its clock,
-//! and where its output goes.
+//! where its output goes, and the store's data that holds it ([`HostState`],
+//! shared by the engine's linker and every instance's store).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use wasmtime::StoreLimits;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::error::{Error, Result};
 use crate::snapshot::{Preopen, WasiState};
+
+/// The data of a store: the app's WASI context and its limits.
+pub struct HostState {
+    pub(crate) wasi: wasmtime_wasi::p1::WasiP1Ctx,
+    pub(crate) limits: StoreLimits,
+}
 
 fn process_start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();

@@ -1,5 +1,5 @@
 //! A real program not written for tern: zlib 1.2.13, vendored unmodified in
-//! tests/guests/c/zlib and compiled with clang for wasm32-wasi behind a thin
+//! vendor/zlib and compiled with clang for wasm32-wasi behind a thin
 //! harness (tests/guests/c/zlib_guest.c). Its deflate and inflate streams,
 //! their malloc'd windows and hash chains, and the realloc-grown buffers of
 //! everything fed and compressed stay in linear memory between calls, so a

@@ -11,9 +11,9 @@
 //! `crates/test-programs/artifacts/build.rs`.
 //!
 //! It also builds the C guests: each `tests/guests/c/<lib>_guest.c` (a thin
-//! harness) together with every `.c` file of the C library vendored in
-//! `tests/guests/c/<lib>/`, compiled with clang for wasm32-wasi as a reactor
-//! into `<outer target dir>/tern-guests/c/<lib>_guest.wasm`. That needs clang,
+//! harness) together with every `.c` file of the third-party C library
+//! vendored in `vendor/<lib>/`, compiled with clang for wasm32-wasi as a
+//! reactor into `<outer target dir>/tern-guests/c/<lib>_guest.wasm`. That needs clang,
 //! wasm-ld, the wasi-libc sysroot and compiler-rt's wasm32 builtins: on
 //! Debian the packages in [`C_PACKAGES`], which `.ci/run` installs. Without
 //! them this script fails and says so; it never skips the C guests.
@@ -157,9 +157,10 @@ fn main() {
 
     let c_dir = guests_ws.join("c");
     watch(&c_dir);
+    let vendor_dir = root.join("vendor");
     let c_out = guest_target_dir.join("c");
     fs::create_dir_all(&c_out).unwrap_or_else(|e| panic!("cannot create {}: {e}", c_out.display()));
-    let c_guests = c_guests(&c_dir, &c_out);
+    let c_guests = c_guests(&c_dir, &vendor_dir, &c_out);
     for g in &c_guests {
         watch(&g.harness);
         watch(&g.lib_dir);
@@ -322,13 +323,13 @@ fn build_workspace(cargo: &Path, ws: &Path, target_dir: &Path, jobs: Option<&str
     }
 }
 
-/// One C guest: a harness and the library vendored beside it.
+/// One C guest: a harness and the library it wraps.
 struct CGuest {
     /// The harness's file stem, e.g. `zlib_guest`.
     name: String,
     /// `tests/guests/c/<lib>_guest.c`.
     harness: PathBuf,
-    /// `tests/guests/c/<lib>/`: every `.c` in it is compiled in.
+    /// `vendor/<lib>/`: every `.c` in it is compiled in.
     lib_dir: PathBuf,
     /// Where the built module lands.
     wasm: PathBuf,
@@ -478,8 +479,9 @@ fn find_c_toolchain(out_dir: &Path) -> CToolchain {
     tc
 }
 
-/// The C guests in `dir`: every `<lib>_guest.c`, with its library in `<lib>/`.
-fn c_guests(dir: &Path, out: &Path) -> Vec<CGuest> {
+/// The C guests in `dir`: every `<lib>_guest.c`, with its library in
+/// `vendor_dir/<lib>/`.
+fn c_guests(dir: &Path, vendor_dir: &Path, out: &Path) -> Vec<CGuest> {
     let mut guests: Vec<CGuest> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
@@ -487,10 +489,10 @@ fn c_guests(dir: &Path, out: &Path) -> Vec<CGuest> {
         .filter_map(|harness| {
             let name = harness.file_stem()?.to_string_lossy().into_owned();
             let lib = name.strip_suffix("_guest")?.to_owned();
-            let lib_dir = dir.join(&lib);
+            let lib_dir = vendor_dir.join(&lib);
             assert!(
                 lib_dir.is_dir(),
-                "{} has no library beside it: expected its sources in {}",
+                "{} has no library: expected its sources in {}",
                 harness.display(),
                 lib_dir.display()
             );
@@ -591,7 +593,7 @@ fn generate(
     for g in c_guests {
         writeln!(
             s,
-            "/// The `{}` C test guest (tests/guests/c/{}.c and the library beside it), built with clang for {C_TARGET}.\npub const {}: &str = {:?};",
+            "/// The `{}` C test guest (tests/guests/c/{}.c and the library it wraps, in vendor/), built with clang for {C_TARGET}.\npub const {}: &str = {:?};",
             g.name,
             g.name,
             const_name(&g.name),

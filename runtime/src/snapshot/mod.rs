@@ -44,6 +44,13 @@ use std::path::Path;
 use std::sync::Arc;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
+/// sha256 of some bytes: how a snapshot names its module (the module's
+/// original bytes), and the key of the engine's module cache.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 /// The first eight bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"TERNSNAP";
 /// The format version this build writes (and the newest it reads).
@@ -433,7 +440,7 @@ impl Snapshot {
             });
         }
         if let Some(module) = &body.module {
-            let hash = crate::sha256(module);
+            let hash = sha256(module);
             if hash != body.meta.module_sha256 {
                 return Err(SnapshotError::corrupt(
                     "the embedded module does not match the module hash",

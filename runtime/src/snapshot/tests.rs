@@ -16,7 +16,7 @@ fn memory_with(pages: usize, writes: &[(usize, u8)]) -> Vec<u8> {
 fn parts(mem: &[u8], compress: bool, globals: Vec<GlobalState>) -> SnapshotParts {
     SnapshotParts {
         meta: Meta {
-            module_sha256: crate::sha256(b"module"),
+            module_sha256: sha256(b"module"),
             tern_version: "test".into(),
             ..Default::default()
         },

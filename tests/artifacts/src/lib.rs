@@ -1,9 +1,9 @@
 //! Where tern's guest programs are: the example apps (`examples/`) and the
 //! test guests (`tests/guests/`), compiled for wasm32-wasip1 by this crate's
 //! build script, plus the hand-written WAT guests (`tests/guests/wat/`),
-//! which the runtime compiles itself, and the C guests (`tests/guests/c/`:
-//! real C libraries behind a thin harness), compiled with clang for
-//! wasm32-wasi.
+//! which the runtime compiles itself, and the C guests (a thin harness in
+//! `tests/guests/c/` around a real C library vendored in `vendor/`),
+//! compiled with clang for wasm32-wasi.
 //!
 //! Each `.wasm` has a constant named after its crate (`COUNTER`, `HEAPSTATE`,
 //! ...), each `.wat` one named after its file (`RAW_ABI_WAT`, ...), each C

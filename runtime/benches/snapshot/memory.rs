@@ -1,31 +1,6 @@
-//! Runtime benchmarks: snapshot capture, restore (copying, copy-on-write,
-//! verified), encoded sizes, and instantiate latency.
-//!
-//! Run with `cargo bench -p tern-runtime --bench snapshot`.
-//!
-//! The machines are shared and noisy, so every figure is printed next to a
-//! baseline measured in the same run, interleaved with it repetition by
-//! repetition, and compared as a ratio:
-//! - moving memory (capture, restore) against a plain `copy_from_slice` of the
-//!   same bytes into a pre-faulted buffer;
-//! - instantiating against raw wasmtime (`Linker` + WASI p1 context +
-//!   `InstancePre::instantiate` + drop) on the same module.
-//!
-//! Two reference rows show what first-touch page faults cost (memcpy into a
-//! new `Vec`, and into a fresh `MADV_HUGEPAGE` mapping); two rows under a
-//! capture time the path it replaced (`capture_memory` into an image of its
-//! own, then `Snapshot::encode` copying it into the file: `Instance::snapshot`
-//! now captures straight into the file's buffer); "of which" rows split a
-//! copy-on-write restore into `Snapshot::open` and `Instance::restore`.
-//!
-//! Cases: 1, 16, 64 and 256 MiB fully touched (random data); 64 and 256 MiB
-//! with 1 page in 10 touched (zero pages skipped); 64 MiB of heap-like,
-//! compressible data; 1 GiB with 1 page in 6 touched (tens of thousands of
-//! runs). Every restored guest is checked against the original's digest.
-//!
-//! Times are medians of N repetitions (7; 5 at 256 MiB; 3 at 1 GiB). Knobs
-//! (for quick looks, not for the reported figures): `TERN_BENCH_SIZES=1,16`
-//! (MiB of the fully touched cases), `TERN_BENCH_REPS=3`.
+//! One guest memory measured: capture, the restores (copying, copy-on-write,
+//! verified), encoded and compressed sizes, each next to a memcpy of the
+//! same bytes measured in the same repetition.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -34,146 +9,26 @@ use std::time::Instant;
 
 use tern_runtime::snapshot::{Meta, SnapshotParts};
 use tern_runtime::{
-    AppConfig, Instance, LimitsState, LoadedModule, RestoreOptions, Runtime, RuntimeConfig,
-    Snapshot, SnapshotOptions, Val, WasiState,
+    AppConfig, Instance, LimitsState, LoadedModule, RestoreOptions, Runtime, Snapshot,
+    SnapshotOptions, Val, WasiState,
 };
 
-const MIB: usize = 1 << 20;
-const PAGE: usize = 4096;
-const WASM_PAGE: usize = 64 * 1024;
-
-/// The guest: grows its memory, fills pages, touches pages, digests memory.
-const GUEST: &str = r#"
-(module
-  (memory 1)
-  ;; Grows the memory to $pages Wasm pages; returns the old size or -1.
-  (func (export "grow_to") (param $pages i32) (result i32)
-    (local $cur i32)
-    (local.set $cur (memory.size))
-    (if (result i32) (i32.gt_u (local.get $pages) (local.get $cur))
-      (then (memory.grow (i32.sub (local.get $pages) (local.get $cur))))
-      (else (local.get $cur))))
-  ;; Fills every $stride-th 4 KiB page below page $n4k with xorshift64 words.
-  ;; $mode 0: every word random (incompressible); 1: one random word per
-  ;; 64 bytes, the other seven a fixed pattern (heap-like, compressible).
-  (func (export "fill") (param $n4k i32) (param $stride i32) (param $mode i32) (param $seed i64)
-    (local $p i32) (local $a i32) (local $end i32) (local $x i64) (local $w i64)
-    (local.set $x (local.get $seed))
-    (block $done
-      (loop $pages
-        (br_if $done (i32.ge_u (local.get $p) (local.get $n4k)))
-        (local.set $a (i32.shl (local.get $p) (i32.const 12)))
-        (local.set $end (i32.add (local.get $a) (i32.const 4096)))
-        (loop $words
-          (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
-          (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
-          (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
-          (local.set $w (local.get $x))
-          (if (i32.and (i32.ne (local.get $mode) (i32.const 0))
-                       (i32.ne (i32.and (local.get $a) (i32.const 63)) (i32.const 0)))
-            (then (local.set $w (i64.const 0x2d2d6b6f6f7b2022))))
-          (i64.store (local.get $a) (local.get $w))
-          (local.set $a (i32.add (local.get $a) (i32.const 8)))
-          (br_if $words (i32.lt_u (local.get $a) (local.get $end))))
-        (local.set $p (i32.add (local.get $p) (local.get $stride)))
-        (br $pages))))
-  ;; Writes one word in every $stride-th 4 KiB page below page $n4k.
-  (func (export "touch") (param $n4k i32) (param $stride i32)
-    (local $p i32) (local $a i32)
-    (block $done
-      (loop $pages
-        (br_if $done (i32.ge_u (local.get $p) (local.get $n4k)))
-        (local.set $a (i32.add (i32.shl (local.get $p) (i32.const 12)) (i32.const 8)))
-        (i64.store (local.get $a) (i64.add (i64.load (local.get $a)) (i64.const 1)))
-        (local.set $p (i32.add (local.get $p) (local.get $stride)))
-        (br $pages))))
-  ;; A position-sensitive digest of the whole memory.
-  (func (export "digest") (result i64)
-    (local $a i32) (local $end i32) (local $h i64)
-    (local.set $end (i32.shl (memory.size) (i32.const 16)))
-    (block $done
-      (loop $words
-        (br_if $done (i32.ge_u (local.get $a) (local.get $end)))
-        (local.set $h (i64.xor (i64.rotl (local.get $h) (i64.const 5)) (i64.load (local.get $a))))
-        (local.set $a (i32.add (local.get $a) (i32.const 8)))
-        (br $words)))
-    (local.get $h)))
-"#;
+use crate::report::{bw_ratio, fmt_bytes, fmt_time, median, secs, Row};
+use crate::{MIB, PAGE, WASM_PAGE};
 
 /// A guest memory to measure.
-struct Case {
-    name: &'static str,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
     /// Memory size.
-    mem_mib: usize,
+    pub(crate) mem_mib: usize,
     /// Every `stride`-th 4 KiB page is touched.
-    stride: usize,
+    pub(crate) stride: usize,
     /// Fill mode of the guest (0 random, 1 heap-like).
-    mode: i32,
+    pub(crate) mode: i32,
     /// Measure the restore rows.
-    restores: bool,
+    pub(crate) restores: bool,
     /// Measure `compress: true` rows.
-    compressed: bool,
-}
-
-struct Row {
-    what: String,
-    size: String,
-    /// Median time in seconds (None for size-only rows).
-    time: Option<f64>,
-    /// Bytes moved, for a bandwidth.
-    bytes: Option<u64>,
-    baseline: String,
-    ratio: String,
-    aim: String,
-    met: &'static str,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    assert!(!v.is_empty());
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn fmt_time(s: f64) -> String {
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else if s >= 1e-3 {
-        format!("{:.2} ms", s * 1e3)
-    } else {
-        format!("{:.1} µs", s * 1e6)
-    }
-}
-
-fn fmt_bw(bytes: u64, s: f64) -> String {
-    let gib = bytes as f64 / s / (1u64 << 30) as f64;
-    if gib >= 1.0 {
-        format!("{gib:.2} GiB/s")
-    } else {
-        format!("{:.0} MiB/s", gib * 1024.0)
-    }
-}
-
-fn fmt_bytes(b: u64) -> String {
-    if b >= MIB as u64 {
-        format!("{:.1} MiB", b as f64 / MIB as f64)
-    } else {
-        format!("{:.1} KiB", b as f64 / 1024.0)
-    }
-}
-
-fn secs(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
-}
-
-fn env_usize_list(name: &str) -> Option<Vec<usize>> {
-    std::env::var(name)
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+    pub(crate) compressed: bool,
 }
 
 fn guest(rt: &Arc<Runtime>, module: &Arc<LoadedModule>, case: &Case, seed: i64) -> Instance {
@@ -249,12 +104,7 @@ fn restore(rt: &Arc<Runtime>, snap: &Snapshot, module: &Arc<LoadedModule>, cow: 
     .expect("restore")
 }
 
-/// Ratio of bandwidths (same bytes): how fast this is relative to memcpy.
-fn bw_ratio(base: f64, t: f64) -> String {
-    format!("{:.2}× bw", base / t)
-}
-
-fn bench_case(
+pub(crate) fn bench_case(
     rt: &Arc<Runtime>,
     module: &Arc<LoadedModule>,
     dir: &Path,
@@ -720,240 +570,4 @@ fn bench_case(
         case.name,
         started.elapsed().as_secs_f64()
     );
-}
-
-/// Instantiate latency: tern's `Instance::start` against raw wasmtime.
-fn bench_instantiate(rt: &Arc<Runtime>, reps: usize, rows: &mut Vec<Row>) {
-    use wasmtime::{Config, Engine, Linker, Module, Store};
-    use wasmtime_wasi::p1::WasiP1Ctx;
-    use wasmtime_wasi::WasiCtxBuilder;
-
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests/wat/contract_counter.wat");
-    let wasm = wat::parse_file(&path).expect("contract_counter.wat");
-    let loaded = rt.load(wasm.clone()).expect("load");
-
-    // Raw wasmtime, default engine, the original module.
-    let engine = Engine::new(&Config::new()).unwrap();
-    let module = Module::new(&engine, &wasm).unwrap();
-    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
-    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |t| t).unwrap();
-    let pre = linker.instantiate_pre(&module).unwrap();
-
-    // Raw wasmtime on tern's engine (fuel, epochs, tern's memory creator) and
-    // the rewritten module: splits tern's overhead into engine and wrapper.
-    let mut tlinker: Linker<WasiP1Ctx> = Linker::new(rt.engine());
-    wasmtime_wasi::p1::add_to_linker_sync(&mut tlinker, |t| t).unwrap();
-    let tpre = tlinker.instantiate_pre(&loaded.module).unwrap();
-
-    const K: usize = 300;
-    let (mut raw, mut raw_tern, mut tern) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let t = Instant::now();
-        for _ in 0..K {
-            let mut store = Store::new(&engine, WasiCtxBuilder::new().build_p1());
-            let i = pre.instantiate(&mut store).unwrap();
-            black_box(i);
-            drop(store);
-        }
-        raw.push(secs(t) / K as f64);
-        let t = Instant::now();
-        for _ in 0..K {
-            let mut store = Store::new(rt.engine(), WasiCtxBuilder::new().build_p1());
-            let i = tpre.instantiate(&mut store).unwrap();
-            black_box(i);
-            drop(store);
-        }
-        raw_tern.push(secs(t) / K as f64);
-        let t = Instant::now();
-        for _ in 0..K {
-            let i = Instance::start(rt, &loaded, AppConfig::default()).unwrap();
-            drop(black_box(i));
-        }
-        tern.push(secs(t) / K as f64);
-    }
-    let raw = median(raw);
-    let raw_tern = median(raw_tern);
-    let tern = median(tern);
-    let base = format!("raw wasmtime {}", fmt_time(raw));
-    let size = "contract_counter".to_string();
-    let mut push = |what: &str, t: f64, aim: &str, met: &'static str| {
-        rows.push(Row {
-            what: what.into(),
-            size: size.clone(),
-            time: Some(t),
-            bytes: None,
-            baseline: base.clone(),
-            ratio: format!("{:.2}× time", t / raw),
-            aim: aim.into(),
-            met,
-        });
-    };
-    push(
-        "raw wasmtime: Store + WASI p1 + instantiate + drop (baseline)",
-        raw,
-        "",
-        "",
-    );
-    push(
-        "  same on tern's engine and rewritten module",
-        raw_tern,
-        "",
-        "",
-    );
-    push(
-        "Instance::start + drop",
-        tern,
-        "≤ 1.5× time",
-        if tern / raw <= 1.5 { "yes" } else { "no" },
-    );
-}
-
-fn main() {
-    let t0 = Instant::now();
-    let reps_override = env_usize_list("TERN_BENCH_REPS").and_then(|v| v.first().copied());
-    let sizes = env_usize_list("TERN_BENCH_SIZES").unwrap_or_else(|| vec![1, 16, 64, 256]);
-    let reps_for = |mib: usize| {
-        reps_override.unwrap_or(if mib >= 1024 {
-            3
-        } else if mib >= 256 {
-            5
-        } else {
-            7
-        })
-    };
-
-    let rt = Runtime::new(RuntimeConfig { cache_dir: None }).expect("runtime");
-    let module = rt
-        .load(wat::parse_str(GUEST).expect("guest WAT"))
-        .expect("load guest");
-    let dir = tempfile::tempdir().expect("temp dir");
-
-    let mut cases = Vec::new();
-    for &mib in &sizes {
-        cases.push(Case {
-            name: "full",
-            mem_mib: mib,
-            stride: 1,
-            mode: 0,
-            restores: true,
-            compressed: mib == 64,
-        });
-    }
-    for &mib in sizes.iter().filter(|&&m| m >= 64) {
-        cases.push(Case {
-            name: "sparse",
-            mem_mib: mib,
-            stride: 10,
-            mode: 0,
-            restores: true,
-            compressed: false,
-        });
-    }
-    if sizes.contains(&64) {
-        cases.push(Case {
-            name: "heap-like",
-            mem_mib: 64,
-            stride: 1,
-            mode: 1,
-            restores: false,
-            compressed: true,
-        });
-    }
-    if sizes.contains(&256) {
-        // 43 691 one-page runs: more mappings than vm.max_map_count allows
-        // if every run were mapped.
-        cases.push(Case {
-            name: "scattered",
-            mem_mib: 1024,
-            stride: 6,
-            mode: 0,
-            restores: true,
-            compressed: false,
-        });
-    }
-
-    eprintln!(
-        "tern runtime bench: {} cases (medians; baselines measured in the same run)",
-        cases.len()
-    );
-    let mut sections: Vec<(String, Vec<Row>)> = Vec::new();
-    for mut case in cases {
-        let mut rows = Vec::new();
-        let name = format!("{}-{}MiB", case.name, case.mem_mib);
-        case.name = Box::leak(name.clone().into_boxed_str());
-        bench_case(
-            &rt,
-            &module,
-            dir.path(),
-            &case,
-            reps_for(case.mem_mib),
-            &mut rows,
-        );
-        let title = match (case.mode, case.stride) {
-            (1, _) => format!(
-                "{} MiB, every page touched, heap-like (compressible) data",
-                case.mem_mib
-            ),
-            (_, 1) => format!("{} MiB, every page touched, random data", case.mem_mib),
-            (_, s) => format!("{} MiB, 1 page in {s} touched, random data", case.mem_mib),
-        };
-        sections.push((title, rows));
-    }
-    // Copy-on-write restore "flat in size": within 2× of the 1 MiB case.
-    let is_cow = |r: &Row| r.what.starts_with("copy-on-write restore") && r.aim == "flat in size";
-    let smallest = sections
-        .iter()
-        .flat_map(|(_, rows)| rows.iter())
-        .find(|r| is_cow(r))
-        .and_then(|r| r.time);
-    if let Some(t1) = smallest {
-        for r in sections
-            .iter_mut()
-            .flat_map(|(_, rows)| rows.iter_mut())
-            .filter(|r| is_cow(r))
-        {
-            let x = r.time.unwrap() / t1;
-            r.aim = format!("≤ 2× smallest ({x:.1}×)");
-            r.met = if x <= 2.0 { "yes" } else { "no" };
-        }
-    }
-    let mut rows = Vec::new();
-    bench_instantiate(&rt, reps_override.unwrap_or(15), &mut rows);
-    sections.push(("instantiate".into(), rows));
-
-    println!();
-    println!("| what | size | time | bandwidth | baseline (same run) | ratio | aim | met |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (title, rows) in &sections {
-        println!("| **{title}** | | | | | | | |");
-        for r in rows {
-            let time = r.time.map(fmt_time).unwrap_or_default();
-            let bw = match (r.time, r.bytes) {
-                (Some(t), Some(b)) => fmt_bw(b, t),
-                _ => String::new(),
-            };
-            println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.what, r.size, time, bw, r.baseline, r.ratio, r.aim, r.met
-            );
-        }
-    }
-    // Copy-on-write restore against memory size, in one line.
-    let cow: Vec<String> = sections
-        .iter()
-        .flat_map(|(_, rows)| rows.iter())
-        .filter(|r| r.what.starts_with("copy-on-write restore") && !r.size.contains("touched"))
-        .map(|r| format!("{}: {}", r.size, fmt_time(r.time.unwrap())))
-        .collect();
-    println!();
-    println!(
-        "copy-on-write restore by memory size (all pages touched): {}",
-        cow.join(", ")
-    );
-    println!(
-        "ratios: \"× bw\" = bandwidth relative to the memcpy baseline of the same bytes (higher is better); \
-         \"× time\" = time relative to raw wasmtime (lower is better)."
-    );
-    println!("total bench time: {:.1} s", t0.elapsed().as_secs_f64());
 }

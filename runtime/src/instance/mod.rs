@@ -1,0 +1,270 @@
+//! A running app: its store and instance, calls into it under limits, and
+//! capture and restore of its whole state at a safe point.
+//!
+//! A safe point is simply "no call in progress": every method here takes
+//! `&mut self`, so while one runs no guest frame can be on the stack.
+//!
+//! This file holds the [`Instance`] type, what an app is given
+//! ([`AppConfig`]), its start, and the accessors the other files share. The
+//! other methods of [`Instance`] live by role:
+//! - `call.rs`: calls under the app's per-call limits, and failed calls
+//!   classified into errors a user can act on;
+//! - `capture.rs`: the app's state into a [`Snapshot`](crate::Snapshot);
+//! - `restore.rs`: an app rebuilt from a snapshot, and a state-only snapshot
+//!   put in place on a running one;
+//! - `pages.rs`: memory by pages and bytes (the regions dirty tracking
+//!   watches, the pages a live migration reads and writes, the guest ABI's
+//!   byte access).
+
+mod call;
+mod capture;
+mod pages;
+mod restore;
+
+use std::sync::Arc;
+
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use crate::engine::{LoadedModule, Runtime};
+use crate::error::{Error, Result};
+use crate::memory;
+use crate::rewrite::RESERVED_PREFIX;
+use crate::snapshot::{LimitsState, Preopen, WasiState};
+use crate::wasi::{build_ctx, GuestClock, Stdio};
+
+pub use crate::wasi::HostState;
+pub use capture::SnapshotOptions;
+pub use pages::MemoryRegion;
+pub use restore::RestoreOptions;
+
+const WASM_PAGE: u64 = 64 * 1024;
+/// Tables may not grow past this many elements.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// What an app is given and the limits it runs under.
+#[derive(Clone, Default)]
+pub struct AppConfig {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub preopens: Vec<Preopen>,
+    pub limits: LimitsState,
+    pub stdio: Stdio,
+    pub app: Option<String>,
+    pub generation: u64,
+    /// A fixed seed for the app's random source, for reproducible runs.
+    pub random_seed: Option<u64>,
+    /// A host directory whose files travel inside the app's snapshots (a
+    /// node's per-app directory; see [`crate::carry`]).
+    pub carry_dir: Option<std::path::PathBuf>,
+}
+
+/// One instantiated app.
+pub struct Instance {
+    runtime: Arc<Runtime>,
+    module: Arc<LoadedModule>,
+    store: Store<HostState>,
+    instance: wasmtime::Instance,
+    config: AppConfig,
+    clock: GuestClock,
+    calls: u64,
+    exited: Option<i32>,
+    /// Per memory: whether all of it is anonymous (no snapshot image mapped),
+    /// so untouched pages are known to be zero.
+    anonymous: Vec<bool>,
+    extra_meta: Vec<(String, String)>,
+    /// A snapshot hook ran in this instance and it carries on: the next call
+    /// first runs `tern_on_restore` (sdk/ABI.md, section 3).
+    needs_on_restore: bool,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("module", &self.module.hash_hex())
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn new_store(
+    runtime: &Runtime,
+    config: &AppConfig,
+    wasi: &WasiState,
+    clock: &GuestClock,
+) -> Result<Store<HostState>> {
+    let ctx = build_ctx(wasi, &config.stdio, clock)?;
+    let mut limits = StoreLimitsBuilder::new()
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .instances(1)
+        .memories(16)
+        .tables(64);
+    if let Some(m) = config.limits.memory_bytes {
+        limits = limits.memory_size(m as usize);
+    }
+    let mut store = Store::new(
+        runtime.engine(),
+        HostState {
+            wasi: ctx,
+            limits: limits.build(),
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
+        .set_fuel(u64::MAX)
+        .map_err(|e| Error::Other(e.to_string()))?;
+    Ok(store)
+}
+
+fn wasi_state(config: &AppConfig, monotonic_ns: u64) -> WasiState {
+    WasiState {
+        args: config.args.clone(),
+        env: config.env.clone(),
+        preopens: config.preopens.clone(),
+        monotonic_ns,
+        random_seed: config.random_seed,
+    }
+}
+
+impl Instance {
+    /// Instantiates a module afresh and runs its initialisation: the start
+    /// function, then `_start` (a command) or `_initialize` (a reactor).
+    /// A command that exits with status 0 is a success.
+    pub fn start(
+        runtime: &Arc<Runtime>,
+        module: &Arc<LoadedModule>,
+        config: AppConfig,
+    ) -> Result<Instance> {
+        let mut inst = Self::instantiate_only(runtime, module, config)?;
+        if module.info.start.is_some() {
+            inst.call_raw(&format!("{RESERVED_PREFIX}start"), &[])?;
+        }
+        let init = if module.info.has_start_export {
+            Some("_start")
+        } else if module.info.has_initialize_export {
+            Some("_initialize")
+        } else {
+            None
+        };
+        if let Some(init) = init {
+            match inst.call_raw(init, &[]) {
+                Ok(_) => {}
+                Err(Error::Exit(0)) => inst.exited = Some(0),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(inst)
+    }
+
+    /// Instantiates without running any guest code.
+    pub fn instantiate_only(
+        runtime: &Arc<Runtime>,
+        module: &Arc<LoadedModule>,
+        config: AppConfig,
+    ) -> Result<Instance> {
+        let clock = GuestClock::starting_at(0);
+        let wasi = wasi_state(&config, 0);
+        let mut store = new_store(runtime, &config, &wasi, &clock)?;
+        memory::clear_pending_images();
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_error(e, &config))?;
+        let anonymous = vec![true; module.info.memories.len()];
+        Ok(Instance {
+            runtime: runtime.clone(),
+            module: module.clone(),
+            store,
+            instance,
+            config,
+            clock,
+            calls: 0,
+            exited: None,
+            anonymous,
+            extra_meta: Vec::new(),
+            needs_on_restore: false,
+        })
+    }
+
+    pub fn module(&self) -> &Arc<LoadedModule> {
+        &self.module
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// The runtime this instance belongs to.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Number of calls made into the guest so far (carried across restores).
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Exit status, if the app called `proc_exit`.
+    pub fn exited(&self) -> Option<i32> {
+        self.exited
+    }
+
+    /// Platform fields kept in snapshot metadata.
+    pub fn extra_meta_mut(&mut self) -> &mut Vec<(String, String)> {
+        &mut self.extra_meta
+    }
+
+    pub fn set_generation(&mut self, generation: u64) {
+        self.config.generation = generation;
+    }
+
+    /// Whether the app exports a function of this name.
+    pub fn has_export(&mut self, name: &str) -> bool {
+        self.instance.get_func(&mut self.store, name).is_some()
+    }
+
+    /// Total bytes of linear memory.
+    pub fn memory_bytes(&mut self) -> u64 {
+        let mut total = 0;
+        for idx in self.module.info.memories.clone() {
+            if let Some(m) = self
+                .instance
+                .get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{idx}"))
+            {
+                total += m.data_size(&self.store) as u64;
+            }
+        }
+        total
+    }
+
+    fn memories(&mut self) -> Result<Vec<wasmtime::Memory>> {
+        let mut out = Vec::new();
+        for idx in self.module.info.memories.clone() {
+            let m = self
+                .instance
+                .get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{idx}"))
+                .ok_or_else(|| {
+                    Error::Other(format!("rewritten module lacks memory export {idx}"))
+                })?;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    fn memory_by_index(&mut self, index: u32) -> Result<wasmtime::Memory> {
+        self.instance
+            .get_memory(&mut self.store, &format!("{RESERVED_PREFIX}memory_{index}"))
+            .ok_or_else(|| Error::Incompatible(format!("memory {index} is not in this module")))
+    }
+}
+
+fn instantiate_error(e: wasmtime::Error, config: &AppConfig) -> Error {
+    let msg = format!("{e:#}");
+    if msg.contains("memory") && config.limits.memory_bytes.is_some() && msg.contains("limit") {
+        return Error::MemoryLimit(format!(
+            "the module needs more memory than its limit: {msg}"
+        ));
+    }
+    Error::Link(msg)
+}

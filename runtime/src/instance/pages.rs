@@ -1,0 +1,192 @@
+//! Memory by pages and bytes: where each linear memory lives (for dirty-page
+//! tracking), the 4 KiB pages a live migration reads, encodes and writes,
+//! and the byte access to memory 0 the guest ABI uses.
+
+use std::collections::HashMap;
+
+use super::{Instance, WASM_PAGE};
+use crate::error::{Error, Result};
+use crate::memory;
+use crate::rewrite::RESERVED_PREFIX;
+use crate::snapshot::{Snapshot, PAGE_SIZE};
+
+/// Where one linear memory lives (for dirty-page tracking).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRegion {
+    pub index: u32,
+    pub base: *mut u8,
+    pub size: usize,
+    /// The whole reservation (the memory can grow up to it).
+    pub reserved: usize,
+}
+
+impl Instance {
+    /// Where each memory lives, for dirty-page tracking.
+    pub fn memory_regions(&mut self) -> Result<Vec<MemoryRegion>> {
+        let mut out = Vec::new();
+        for (i, m) in self.memories()?.into_iter().enumerate() {
+            let base = m.data_ptr(&self.store);
+            let size = m.data_size(&self.store);
+            let reserved = memory::reservation_of(base).unwrap_or(size);
+            out.push(MemoryRegion {
+                index: self.module.info.memories[i],
+                base,
+                size,
+                reserved,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Direct access to a memory's bytes (for dirty-page tracking).
+    pub fn memory_data(&mut self, index: usize) -> Option<&[u8]> {
+        let name = format!(
+            "{RESERVED_PREFIX}memory_{}",
+            self.module.info.memories.get(index)?
+        );
+        let m = self.instance.get_memory(&mut self.store, &name)?;
+        Some(m.data(&self.store))
+    }
+
+    /// Reads the given 4 KiB pages of a memory into a chunk.
+    pub fn read_pages(&mut self, memory: u32, pages: &[u64]) -> Result<crate::snapshot::PageChunk> {
+        let m = self.memory_by_index(memory)?;
+        let data = m.data(&self.store);
+        let mut out = Vec::with_capacity(pages.len() * PAGE_SIZE);
+        let mut kept = Vec::with_capacity(pages.len());
+        for &p in pages {
+            let start = p as usize * PAGE_SIZE;
+            if start + PAGE_SIZE <= data.len() {
+                out.extend_from_slice(&data[start..start + PAGE_SIZE]);
+                kept.push(p);
+            }
+        }
+        Ok(crate::snapshot::PageChunk {
+            memory,
+            byte_size: data.len() as u64,
+            pages: kept,
+            data: out,
+        })
+    }
+
+    /// The pages of `[first, end)` of a memory that are not all zero (a
+    /// range past the memory's end is cut short), encoded as a page chunk
+    /// straight from the memory; and how many pages it holds.
+    pub fn encode_nonzero_pages(
+        &mut self,
+        memory: u32,
+        first: u64,
+        end: u64,
+    ) -> Result<(Vec<u8>, u64)> {
+        let m = self.memory_by_index(memory)?;
+        let data = m.data(&self.store);
+        let end = end.min((data.len() / PAGE_SIZE) as u64);
+        let pages: Vec<u64> = (first..end)
+            .filter(|&p| {
+                !crate::snapshot::is_zero_page(
+                    &data[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE],
+                )
+            })
+            .collect();
+        let n = pages.len() as u64;
+        Ok((
+            crate::snapshot::PageChunk::encode_from(memory, data, &pages),
+            n,
+        ))
+    }
+
+    /// Every page of a memory whose content differs from a checkpoint's
+    /// (by the checkpoint's per-page hashes; pages it did not store are zero).
+    pub fn pages_differing_from(
+        &mut self,
+        checkpoint: &Snapshot,
+    ) -> Result<Vec<crate::snapshot::PageChunk>> {
+        let zero_hash = xxhash_rust::xxh3::xxh3_64(&[0u8; PAGE_SIZE]);
+        let mut chunks = Vec::new();
+        for ms in &checkpoint.body.memories {
+            let mut known: HashMap<u64, u64> = HashMap::new();
+            let mut hashes = ms.page_hashes.iter();
+            for run in &ms.runs {
+                for p in run.first_page..run.first_page + run.pages {
+                    if let Some(h) = hashes.next() {
+                        known.insert(p, *h);
+                    }
+                }
+            }
+            let m = self.memory_by_index(ms.index)?;
+            let data = m.data(&self.store);
+            let differing: Vec<u64> = data
+                .chunks_exact(PAGE_SIZE)
+                .enumerate()
+                .filter(|(p, page)| {
+                    let want = known.get(&(*p as u64)).copied().unwrap_or(zero_hash);
+                    xxhash_rust::xxh3::xxh3_64(page) != want
+                })
+                .map(|(p, _)| p as u64)
+                .collect();
+            chunks.push(self.read_pages(ms.index, &differing)?);
+        }
+        Ok(chunks)
+    }
+
+    /// Writes a chunk's pages (growing the memory to the chunk's size first).
+    pub fn apply_chunk(&mut self, chunk: &crate::snapshot::PageChunk) -> Result<()> {
+        self.apply_pages(chunk.memory, chunk.byte_size, &chunk.pages, &chunk.data)
+    }
+
+    /// [`Instance::apply_chunk`] for a chunk decoded in place.
+    pub fn apply_chunk_ref(&mut self, chunk: &crate::snapshot::PageChunkRef<'_>) -> Result<()> {
+        self.apply_pages(chunk.memory, chunk.byte_size, &chunk.pages, chunk.data)
+    }
+
+    fn apply_pages(
+        &mut self,
+        memory: u32,
+        byte_size: u64,
+        pages: &[u64],
+        bytes: &[u8],
+    ) -> Result<()> {
+        let m = self.memory_by_index(memory)?;
+        let cur = m.data_size(&self.store) as u64;
+        if byte_size > cur {
+            m.grow(&mut self.store, (byte_size - cur) / WASM_PAGE)
+                .map_err(|e| {
+                    Error::MemoryLimit(format!(
+                        "cannot grow memory {memory} to {byte_size} bytes: {e}"
+                    ))
+                })?;
+        }
+        let data = m.data_mut(&mut self.store);
+        for (k, &p) in pages.iter().enumerate() {
+            let start = p as usize * PAGE_SIZE;
+            data[start..start + PAGE_SIZE]
+                .copy_from_slice(&bytes[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+        }
+        Ok(())
+    }
+
+    /// Copies bytes into memory 0 (for the guest ABI).
+    pub fn write_memory(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let m = self.memory_by_index(0)?;
+        let data = m.data_mut(&mut self.store);
+        let start = offset as usize;
+        let end = start
+            .checked_add(bytes.len())
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| Error::Other("write outside memory".into()))?;
+        data[start..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Copies bytes out of memory 0 (for the guest ABI).
+    pub fn read_memory(&mut self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let m = self.memory_by_index(0)?;
+        let data = m.data(&self.store);
+        let start = offset as usize;
+        let end = start
+            .checked_add(len as usize)
+            .filter(|&e| e <= data.len())
+            .ok_or_else(|| Error::Other("read outside memory".into()))?;
+        Ok(data[start..end].to_vec())
+    }
+}
