@@ -2,17 +2,20 @@
 //! subcommand lives in a module of its own and renders its text and `--json`
 //! output from one value.
 
-mod cluster;
+mod client;
+mod commands;
 mod demo;
-mod local;
 mod node_cmd;
-mod sim;
 mod up;
 mod util;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use commands::{
+    control, deploy, inspect, invoke, lifecycle, logs, migrate, nodes, ps, run, sim, snapshot,
+};
 
 /// tern: run WebAssembly apps in a sandbox, snapshot them between two calls,
 /// and move them between nodes cold, hot or hybrid.
@@ -29,15 +32,15 @@ enum Command {
     /// Run a module locally, call its exports, optionally snapshot it.
     ///
     /// Example: tern run counter.wasm --invoke add 5 --invoke get --snapshot-out c.snap
-    Run(local::RunArgs),
+    Run(run::RunArgs),
     /// Resume a snapshot and go on exactly where it stopped.
     ///
     /// Example: tern resume c.snap --invoke add 1 --invoke get
-    Resume(local::ResumeArgs),
+    Resume(run::ResumeArgs),
     /// Show what a snapshot holds and whether its checksums hold.
     ///
     /// Example: tern inspect c.snap --json
-    Inspect(local::InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Run a node agent that registers with a control plane.
     ///
     /// Example: tern node --listen 127.0.0.1:7101 --control http://127.0.0.1:7070 --name edge-1 --label zone=eu
@@ -62,59 +65,59 @@ enum Command {
     /// Two control planes sharing an etcd store, one leading:
     ///   tern control --listen 127.0.0.1:7070 --store etcd://127.0.0.1:2379
     ///   tern control --listen 127.0.0.1:7071 --store etcd://127.0.0.1:2379
-    Control(cluster::ControlArgs),
+    Control(control::ControlArgs),
     /// List the nodes: address, labels, capacity, usage, apps, state.
     ///
     /// Example: tern nodes
-    Nodes(cluster::NodesArgs),
+    Nodes(nodes::NodesArgs),
     /// Upload a module and start it where the scheduler decides (or on --node).
     ///
     /// Example: tern deploy counter.wasm --name counter --memory 64MiB --restart always
-    Deploy(cluster::DeployArgs),
+    Deploy(deploy::DeployArgs),
     /// List the apps: node, state, generation, memory, requests served.
     ///
     /// Example: tern ps --json
-    Ps(cluster::PsArgs),
+    Ps(ps::PsArgs),
     /// Call an exported function of an app with numeric arguments.
     ///
     /// Example: tern invoke counter add -5
-    Invoke(cluster::InvokeArgs),
+    Invoke(invoke::InvokeArgs),
     /// Send a request to an SDK app's handler and print the response body.
     ///
     /// Example: tern call kv --path /kv/greeting --method PUT --data hello
-    Call(cluster::CallArgs),
+    Call(invoke::CallArgs),
     /// Move an app to another node: cold, hot (default) or hybrid.
     ///
     /// Example: tern migrate counter --to node-2 --mode hot
-    Migrate(cluster::MigrateArgs),
+    Migrate(migrate::MigrateArgs),
     /// Write a snapshot of a running app to a file (the app goes on).
     ///
     /// Example: tern snapshot counter -o counter.snap
-    Snapshot(cluster::SnapshotArgs),
+    Snapshot(snapshot::SnapshotArgs),
     /// Start an app from a snapshot file.
     ///
     /// Example: tern restore counter.snap --name counter2 --node node-3
-    Restore(cluster::RestoreArgs),
+    Restore(snapshot::RestoreArgs),
     /// Stop an app (its state is kept; `tern start` resumes it).
     ///
     /// Example: tern stop counter
-    Stop(cluster::AppArgs),
+    Stop(lifecycle::AppArgs),
     /// Start a stopped app again.
     ///
     /// Example: tern start counter
-    Start(cluster::AppArgs),
+    Start(lifecycle::AppArgs),
     /// Remove an app from the cluster.
     ///
     /// Example: tern rm counter
-    Rm(cluster::AppArgs),
+    Rm(lifecycle::AppArgs),
     /// Print an app's output (stdout and stderr).
     ///
     /// Example: tern logs counter --follow
-    Logs(cluster::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Drain a node: no new apps, and the rebalancer moves its apps away.
     ///
     /// Example: tern drain node-2   (undo: tern drain node-2 --undo)
-    Drain(cluster::DrainArgs),
+    Drain(nodes::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,31 +130,31 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(mut a) => {
             a.calls.group(sub.expect("subcommand matches"));
-            local::run(a)
+            run::run(a)
         }
         Command::Resume(mut a) => {
             a.calls.group(sub.expect("subcommand matches"));
-            local::resume(a)
+            run::resume(a)
         }
-        Command::Inspect(a) => local::inspect(a),
+        Command::Inspect(a) => inspect::inspect(a),
         Command::Node(a) => node_cmd::node(a),
         Command::Sim(a) => sim::sim(a),
         Command::Demo(a) => demo::demo(a),
         Command::Up(a) => up::up(a),
-        Command::Control(a) => cluster::control(a),
-        Command::Nodes(a) => cluster::nodes(a),
-        Command::Deploy(a) => cluster::deploy(a),
-        Command::Ps(a) => cluster::ps(a),
-        Command::Invoke(a) => cluster::invoke(a),
-        Command::Call(a) => cluster::call(a),
-        Command::Migrate(a) => cluster::migrate(a),
-        Command::Snapshot(a) => cluster::snapshot(a),
-        Command::Restore(a) => cluster::restore(a),
-        Command::Stop(a) => cluster::stop(a),
-        Command::Start(a) => cluster::start(a),
-        Command::Rm(a) => cluster::rm(a),
-        Command::Logs(a) => cluster::logs(a),
-        Command::Drain(a) => cluster::drain(a),
+        Command::Control(a) => control::control(a),
+        Command::Nodes(a) => nodes::nodes(a),
+        Command::Deploy(a) => deploy::deploy(a),
+        Command::Ps(a) => ps::ps(a),
+        Command::Invoke(a) => invoke::invoke(a),
+        Command::Call(a) => invoke::call(a),
+        Command::Migrate(a) => migrate::migrate(a),
+        Command::Snapshot(a) => snapshot::snapshot(a),
+        Command::Restore(a) => snapshot::restore(a),
+        Command::Stop(a) => lifecycle::stop(a),
+        Command::Start(a) => lifecycle::start(a),
+        Command::Rm(a) => lifecycle::rm(a),
+        Command::Logs(a) => logs::logs(a),
+        Command::Drain(a) => nodes::drain(a),
     };
     match result {
         Ok(code) => code,
