@@ -51,15 +51,11 @@ pub fn one_line(e: &anyhow::Error) -> String {
     out.replace('\n', " ")
 }
 
-/// Prints a value as one JSON document on stdout.
+/// Prints a value as one JSON document on stdout (through
+/// [`crate::output`]: a reader that stopped reading is not an error).
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    use std::io::Write;
     let text = serde_json::to_string_pretty(v)?;
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        // A reader that stopped reading (`| head`) is not an error of ours.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
+    crate::output::outln!("{text}")
 }
 
 /// The address of a control plane's dashboard, which the page at `/` reads

@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 
 use super::ok;
+use crate::output::outln;
 use crate::util::{default_data_dir, parse_duration, shutdown_signal};
 
 /// Where `tern up` and `tern control` listen by default.
@@ -102,22 +103,22 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
                 )
             })?;
         let addr = listener.local_addr()?;
-        println!("control plane listening on http://{addr}");
+        outln!("control plane listening on http://{addr}")?;
         match &cfg.store {
             tern_control::StoreConfig::Redb => {
-                println!("  state  {}", data_dir.join("control.redb").display())
+                outln!("  state  {}", data_dir.join("control.redb").display())?
             }
-            tern_control::StoreConfig::Etcd(url) => println!(
+            tern_control::StoreConfig::Etcd(url) => outln!(
                 "  state  {url} (this control plane leads, or stands by while another does)\n  blobs  {}",
                 data_dir.display()
-            ),
+            )?,
         }
         if a.token.is_none() {
-            println!("  token  {}", data_dir.join("token").display());
+            outln!("  token  {}", data_dir.join("token").display())?;
         }
-        println!("Ctrl-C stops it.");
+        outln!("Ctrl-C stops it.")?;
         tern_control::run(listener, cfg, shutdown_signal()).await
     })?;
-    println!("control plane stopped");
+    outln!("control plane stopped")?;
     ok()
 }

@@ -12,6 +12,7 @@ use tern_api::types::{AppView, DeployRequest};
 
 use super::ok;
 use crate::client::{runtime, Conn};
+use crate::output::{out, outln};
 use crate::util::{human_ms, parse_duration, parse_size, print_json, table};
 
 #[derive(Args)]
@@ -155,47 +156,49 @@ pub fn deploy(a: DeployArgs) -> Result<ExitCode> {
     }
     if a.dry_run {
         match answer["decision"]["node"].as_str() {
-            Some(n) => println!("{name} would go to {n} (dry run: nothing started)"),
-            None => println!(
+            Some(n) => outln!("{name} would go to {n} (dry run: nothing started)")?,
+            None => outln!(
                 "{name} would go to {} as asked (dry run: nothing started)",
                 a.node.as_deref().unwrap_or("?")
-            ),
+            )?,
         }
-        print_decision(&answer["decision"], a.node.as_deref());
+        print_decision(&answer["decision"], a.node.as_deref())?;
         return ok();
     }
     let app: AppView =
         serde_json::from_value(answer["app"].clone()).context("unexpected answer to a deploy")?;
     let node = app.node.as_deref().unwrap_or("?");
-    println!(
+    outln!(
         "deployed {} on {node} (generation {}, {})",
-        app.name, app.generation, app.state
-    );
+        app.name,
+        app.generation,
+        app.state
+    )?;
     if let Some(t) = start_at_unix_ms {
         let wait = t.saturating_sub(unix_ms(SystemTime::now()));
-        println!(
+        outln!(
             "starts at {} (in {})",
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(t)),
             human_ms(wait as f64)
-        );
+        )?;
     }
-    print_decision(&answer["decision"], a.node.as_deref());
+    print_decision(&answer["decision"], a.node.as_deref())?;
     ok()
 }
 
 /// The placement decision as a candidate table.
-fn print_decision(d: &Value, forced: Option<&str>) {
+fn print_decision(d: &Value, forced: Option<&str>) -> Result<()> {
     if let Some(n) = forced {
-        println!("placed on {n} as asked (--node)");
-        return;
+        outln!("placed on {n} as asked (--node)")?;
+        return Ok(());
     }
     let Some(cands) = d["candidates"].as_array() else {
-        return;
+        return Ok(());
     };
-    println!(
+    outln!(
         "placement by `{}` policy:",
         d["policy"].as_str().unwrap_or("?")
-    );
+    )?;
     let chosen = d["node"].as_str().unwrap_or("");
     let mut ranked: Vec<&Value> = cands.iter().collect();
     ranked.sort_by(|a, b| {
@@ -233,13 +236,13 @@ fn print_decision(d: &Value, forced: Option<&str>) {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         indent(
             &table(&["  NODE", "FITS", "SCORE", "TERMS / WHY NOT"], rows),
             "  "
         )
-    );
+    )
 }
 
 /// `K=V` into a pair.

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use tern_runtime::{LimitsState, Snapshot};
 
+use crate::output::outln;
 use crate::util::{human_bytes, print_json};
 
 #[derive(Args)]
@@ -171,7 +172,7 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&report)?;
     } else {
-        print_inspect(&report);
+        print_inspect(&report)?;
     }
     if checksum != "ok" {
         bail!("{}: {checksum}", a.snapshot.display());
@@ -179,13 +180,14 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_inspect(r: &InspectReport) {
-    println!("snapshot       {}", r.path);
-    println!(
+fn print_inspect(r: &InspectReport) -> Result<()> {
+    outln!("snapshot       {}", r.path)?;
+    outln!(
         "format         version {} (written by tern {})",
-        r.format_version, r.tern_version
-    );
-    println!(
+        r.format_version,
+        r.tern_version
+    )?;
+    outln!(
         "module         sha256 {}{}",
         r.module_sha256,
         if r.module_embedded {
@@ -193,18 +195,18 @@ fn print_inspect(r: &InspectReport) {
         } else {
             " (not embedded)"
         }
-    );
+    )?;
     if let Some(app) = &r.app {
-        println!("app            {app} (generation {})", r.generation);
+        outln!("app            {app} (generation {})", r.generation)?;
     }
-    println!("calls so far   {}", r.calls);
-    println!(
+    outln!("calls so far   {}", r.calls)?;
+    outln!(
         "size           {} file, {} memory image",
         human_bytes(r.file_bytes),
         human_bytes(r.image_bytes)
-    );
+    )?;
     for m in &r.memories {
-        println!(
+        outln!(
             "memory {}       {} ({} of {} 4-KiB pages stored, {} runs, {} compressed)",
             m.index,
             human_bytes(m.bytes),
@@ -212,45 +214,47 @@ fn print_inspect(r: &InspectReport) {
             m.pages_total,
             m.runs,
             m.compressed_runs
-        );
+        )?;
     }
     for g in &r.globals {
-        println!("global {:<7} {}", g.index, g.value);
+        outln!("global {:<7} {}", g.index, g.value)?;
     }
     for t in &r.tables {
-        println!(
+        outln!(
             "table {:<8} {} elements, {} set",
-            t.index, t.size, t.non_null
-        );
+            t.index,
+            t.size,
+            t.non_null
+        )?;
     }
-    println!("args           {:?}", r.wasi.args);
+    outln!("args           {:?}", r.wasi.args)?;
     if !r.wasi.env.is_empty() {
-        println!("env            {:?}", r.wasi.env);
+        outln!("env            {:?}", r.wasi.env)?;
     }
     for p in &r.wasi.preopens {
-        println!("dir            {p}");
+        outln!("dir            {p}")?;
     }
-    println!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6);
+    outln!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6)?;
     if !r.files.is_empty() {
         let total: u64 = r.files.iter().map(|f| f.bytes).sum();
-        println!(
+        outln!(
             "files          {} carried from the app's directory, {}",
             r.files.len(),
             crate::util::human_bytes(total)
-        );
+        )?;
         for f in r.files.iter().take(20) {
-            println!(
+            outln!(
                 "  /data/{:<30} {}",
                 f.path,
                 crate::util::human_bytes(f.bytes)
-            );
+            )?;
         }
         if r.files.len() > 20 {
-            println!(
+            outln!(
                 "  … and {} more (--json lists them all)",
                 r.files.len() - 20
-            );
+            )?;
         }
     }
-    println!("checksum       {}", r.checksum);
+    outln!("checksum       {}", r.checksum)
 }

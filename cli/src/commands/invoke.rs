@@ -1,7 +1,7 @@
 //! `tern invoke` calls an app's export with numeric arguments; `tern call`
 //! sends a request to an SDK app's handler and prints the response body.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
@@ -13,6 +13,7 @@ use tern_api::types::{InvokeRequest, InvokeResponse};
 
 use super::ok;
 use crate::client::{percent_encode, runtime, seg, Conn};
+use crate::output::{self, outln};
 use crate::util::print_json;
 
 #[derive(Args)]
@@ -39,14 +40,14 @@ pub fn invoke(a: InvokeArgs) -> Result<ExitCode> {
     if a.conn.json {
         print_json(&r)?;
     } else {
-        println!(
+        outln!(
             "{}",
             r.results
                 .iter()
                 .map(value_text)
                 .collect::<Vec<_>>()
                 .join(" ")
-        );
+        )?;
     }
     ok()
 }
@@ -133,12 +134,10 @@ pub fn call(a: CallArgs) -> Result<ExitCode> {
         })?;
         return ok();
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(&answer)?;
+    output::write(&answer)?;
     if std::io::stdout().is_terminal() && !answer.ends_with(b"\n") && !answer.is_empty() {
-        out.write_all(b"\n")?;
+        output::write(b"\n")?;
     }
-    out.flush()?;
     ok()
 }
 

@@ -8,6 +8,7 @@ use tern_api::types::AppView;
 
 use super::ok;
 use crate::client::{runtime, seg, Conn};
+use crate::output::outln;
 use crate::util::print_json;
 
 #[derive(Args)]
@@ -28,12 +29,12 @@ fn stop_or_start(a: AppArgs, verb: &str) -> Result<ExitCode> {
         print_json(&view)?;
     } else {
         let done = if verb == "stop" { "stopped" } else { "started" };
-        println!(
+        outln!(
             "{done} {} on {} ({})",
             view.name,
             view.node.as_deref().unwrap_or("?"),
             view.state
-        );
+        )?;
     }
     ok()
 }
@@ -57,7 +58,7 @@ pub fn rm(a: AppArgs) -> Result<ExitCode> {
     if a.conn.json {
         print_json(&serde_json::json!({"removed": a.name}))?;
     } else {
-        println!("removed {}", a.name);
+        outln!("removed {}", a.name)?;
     }
     ok()
 }

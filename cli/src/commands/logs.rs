@@ -1,6 +1,5 @@
 //! `tern logs`: an app's output (stdout and stderr), once or `--follow`.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -9,6 +8,7 @@ use tern_api::types::LogsResponse;
 
 use super::ok;
 use crate::client::{runtime, seg, Conn};
+use crate::output;
 use crate::util::{print_json, shutdown_signal};
 
 #[derive(Args)]
@@ -39,15 +39,16 @@ pub fn logs(a: LogsArgs) -> Result<ExitCode> {
         return ok();
     }
     let print = |r: &LogsResponse| -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut text = String::new();
         for l in &r.lines {
-            writeln!(out, "{l}")?;
+            text.push_str(l);
+            text.push('\n');
         }
-        out.flush()?;
-        Ok(())
+        output::write(text.as_bytes())
     };
     print(&first)?;
-    if !a.follow {
+    // Following is only worth it while someone reads.
+    if !a.follow || output::closed() {
         return ok();
     }
     let mut next = first.next;
@@ -61,6 +62,9 @@ pub fn logs(a: LogsArgs) -> Result<ExitCode> {
                 r = ctl.get::<LogsResponse>(&url) => {
                     let r = r?;
                     print(&r)?;
+                    if output::closed() {
+                        return Ok(());
+                    }
                     next = r.next;
                 }
             }

@@ -10,6 +10,7 @@ use tern_api::types::MigrationReport;
 
 use super::ok;
 use crate::client::{runtime, seg, Conn};
+use crate::output::outln;
 use crate::util::{human_bytes, human_ms, print_json};
 
 #[derive(Args)]
@@ -36,10 +37,14 @@ pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
         print_json(&r)?;
         return ok();
     }
-    println!(
+    outln!(
         "migrated {} from {} to {} ({}, generation {})",
-        r.app, r.from, r.to, r.mode, r.generation
-    );
+        r.app,
+        r.from,
+        r.to,
+        r.mode,
+        r.generation
+    )?;
     let rows = vec![
         vec!["downtime".into(), human_ms(r.downtime_ms)],
         vec!["total".into(), human_ms(r.total_ms)],
@@ -65,7 +70,7 @@ pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
         ],
     ];
     for row in rows {
-        println!("  {:<12} {}", row[0], row[1]);
+        outln!("  {:<12} {}", row[0], row[1])?;
     }
     ok()
 }

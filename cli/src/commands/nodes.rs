@@ -10,6 +10,7 @@ use tern_api::types::NodeView;
 
 use super::ok;
 use crate::client::{runtime, seg, Conn};
+use crate::output::{out, outln};
 use crate::util::{human_bytes, human_ms, print_json, table};
 
 #[derive(Args)]
@@ -26,10 +27,10 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
         return ok();
     }
     if nodes.is_empty() {
-        println!(
+        outln!(
             "no nodes yet: start some with `tern up` or `tern node --control {}`",
             ctl.base
-        );
+        )?;
         return ok();
     }
     let rows = nodes
@@ -57,7 +58,7 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -73,7 +74,7 @@ pub fn nodes(a: NodesArgs) -> Result<ExitCode> {
             ],
             rows
         )
-    );
+    )?;
     ok()
 }
 
@@ -97,13 +98,13 @@ pub fn drain(a: DrainArgs) -> Result<ExitCode> {
     if a.conn.json {
         print_json(&view)?;
     } else if a.undo {
-        println!("{} takes new apps again ({})", view.name, view.state);
+        outln!("{} takes new apps again ({})", view.name, view.state)?;
     } else {
-        println!(
+        outln!(
             "{} is draining: it takes no new apps, and the rebalancer moves its {} app(s) away",
             view.name,
             view.apps.len()
-        );
+        )?;
     }
     ok()
 }

@@ -8,6 +8,7 @@ use tern_api::types::AppView;
 
 use super::ok;
 use crate::client::{runtime, Conn};
+use crate::output::{out, outln};
 use crate::util::{human_bytes, print_json, table};
 
 #[derive(Args)]
@@ -24,7 +25,7 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
         return ok();
     }
     if apps.is_empty() {
-        println!("no apps: deploy one with `tern deploy FILE.wasm --name NAME`");
+        outln!("no apps: deploy one with `tern deploy FILE.wasm --name NAME`")?;
         return ok();
     }
     let rows = apps
@@ -42,7 +43,7 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(
             &[
@@ -57,6 +58,6 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
             ],
             rows
         )
-    );
+    )?;
     ok()
 }

@@ -15,6 +15,7 @@ use tern_runtime::{
     SnapshotOptions, Stdio,
 };
 
+use crate::output::{out, outln};
 use crate::util::{human_bytes, parse_duration, parse_size, print_json};
 
 #[derive(Args)]
@@ -279,7 +280,7 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
         let results = inst.call(export, &vals)?;
         if !c.json {
             let line: Vec<String> = results.iter().map(to_text).collect();
-            println!("{}", line.join(" "));
+            outln!("{}", line.join(" "))?;
         }
         calls.push(CallReport {
             export: export.clone(),
@@ -322,9 +323,9 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
             let resp = tern_runtime::sdk::handle(inst, &req);
             let text = String::from_utf8_lossy(&resp.body).into_owned();
             if !c.json {
-                print!("{text}");
+                out!("{text}")?;
                 if !text.ends_with('\n') {
-                    println!();
+                    outln!()?;
                 }
             }
             responses.push(ResponseReport {

@@ -12,6 +12,7 @@ use tern_api::types::AppView;
 
 use super::ok;
 use crate::client::{percent_encode, runtime, seg, Conn};
+use crate::output::outln;
 use crate::util::{human_bytes, print_json};
 
 #[derive(Args)]
@@ -45,12 +46,12 @@ pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     if a.conn.json {
         print_json(&out)?;
     } else {
-        println!(
+        outln!(
             "wrote {} ({}) from {}",
             out.file,
             human_bytes(out.bytes),
             out.app
-        );
+        )?;
     }
     ok()
 }
@@ -97,13 +98,13 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
     if a.conn.json {
         print_json(&view)?;
     } else {
-        println!(
+        outln!(
             "restored {} on {} (generation {}, {})",
             view.name,
             view.node.as_deref().unwrap_or("?"),
             view.generation,
             view.state
-        );
+        )?;
     }
     ok()
 }
