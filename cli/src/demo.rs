@@ -465,7 +465,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             let pb = story.spinner(load_line(&running.loads));
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             let mut moves = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_MOVE_EVERY, KEEP_MOVE_EVERY);
-            let stop = crate::cluster::shutdown_signal();
+            let stop = crate::util::shutdown_signal();
             tokio::pin!(stop);
             loop {
                 tokio::select! {

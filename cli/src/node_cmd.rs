@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::cluster::{default_data_dir, shutdown_signal};
+use crate::util::{default_data_dir, shutdown_signal};
 
 #[derive(Args)]
 pub struct NodeArgs {

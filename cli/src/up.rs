@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::cluster::{control_config, default_data_dir, shutdown_signal, DEFAULT_LISTEN};
+use crate::commands::control::{control_config, DEFAULT_LISTEN};
 use crate::util::print_json;
+use crate::util::{default_data_dir, shutdown_signal};
 
 #[derive(Args)]
 pub struct UpArgs {
@@ -156,9 +157,9 @@ fn print_report(r: &UpReport, data_dir: &std::path::Path) {
     println!("dashboard: {}", r.dashboard);
     let default_dir = default_data_dir();
     let same_dir = default_dir.canonicalize().unwrap_or(default_dir) == data_dir;
-    if !same_dir || r.control_url != crate::cluster::DEFAULT_CONTROL {
+    if !same_dir || r.control_url != crate::client::DEFAULT_CONTROL {
         println!("For the client commands in another shell:");
-        if r.control_url != crate::cluster::DEFAULT_CONTROL {
+        if r.control_url != crate::client::DEFAULT_CONTROL {
             println!("  export TERN_CONTROL={}", r.control_url);
         }
         if !same_dir {

@@ -1,4 +1,8 @@
-//! Small helpers shared by the subcommands: sizes, durations, output.
+//! Small helpers shared by the subcommands: sizes and durations as people
+//! type them, numbers and tables as people read them, where tern keeps its
+//! data, and the signal that stops a foreground command.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
@@ -47,15 +51,11 @@ pub fn one_line(e: &anyhow::Error) -> String {
     out.replace('\n', " ")
 }
 
-/// Prints a value as one JSON document on stdout.
+/// Prints a value as one JSON document on stdout (through
+/// [`crate::output`]: a reader that stopped reading is not an error).
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    use std::io::Write;
     let text = serde_json::to_string_pretty(v)?;
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        // A reader that stopped reading (`| head`) is not an error of ours.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
+    crate::output::outln!("{text}")
 }
 
 /// The address of a control plane's dashboard, which the page at `/` reads
@@ -89,6 +89,91 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `$TERN_DATA_DIR`, else `$XDG_DATA_HOME/tern`, else `~/.local/share/tern`.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = non_empty("TERN_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = non_empty("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("tern");
+    }
+    let home = non_empty("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local").join("share").join("tern")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Milliseconds in human units.
+pub fn human_ms(ms: f64) -> String {
+    if !ms.is_finite() {
+        "-".into()
+    } else if ms < 1.0 {
+        format!("{:.0} µs", ms * 1000.0)
+    } else if ms < 100.0 {
+        format!("{ms:.1} ms")
+    } else if ms < 10_000.0 {
+        format!("{:.2} s", ms / 1000.0).replace(".00 s", " s")
+    } else if ms < 120_000.0 {
+        format!("{:.0} s", ms / 1000.0)
+    } else {
+        format!("{:.0} min", ms / 60_000.0)
+    }
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            l.push_str(c);
+            if i < last {
+                l.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +192,23 @@ mod tests {
         for s in ["", "MiB", "12XB", "-1", "99999999999999GiB"] {
             assert!(parse_size(s).is_err(), "{s} should be refused");
         }
+    }
+
+    #[test]
+    fn tables_line_up() {
+        let t = table(
+            &["A", "BB"],
+            vec![vec!["long".into(), "x".into()], vec!["s".into(), "".into()]],
+        );
+        assert_eq!(t, "A     BB\nlong  x\ns\n");
+    }
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_ms(0.25), "250 µs");
+        assert_eq!(human_ms(12.34), "12.3 ms");
+        assert_eq!(human_ms(1500.0), "1.50 s");
+        assert_eq!(human_ms(30_000.0), "30 s");
     }
 
     #[test]

@@ -210,6 +210,95 @@ fn every_subcommand_has_help_with_an_example() {
     }
 }
 
+/// Runs `cmd` with its stdout a pipe whose reader is gone before it starts
+/// (as after `| head -0`), and checks that tern ends quietly: exit status
+/// 0, no panic, no `error:` line.
+fn runs_quietly_into_a_closed_pipe(mut cmd: Command) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let what = format!("{cmd:?}");
+    let out = cmd.stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked") && !stderr.contains("error:"),
+        "{what} with its stdout closed: {}\n{stderr}",
+        out.status
+    );
+    out
+}
+
+/// A reader that stops reading (`tern inspect c.snap | head -1`) ends
+/// tern's output, not its work: no panic, no error, and what was asked
+/// besides printing (a snapshot) is still done.
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("c.snap");
+    let snap = snap.to_str().unwrap();
+    let trace = root().join("scheduler/testdata/azure-functions-2019/10");
+    let trace = trace.to_str().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+        c.args(args).env(
+            "TERN_CACHE_DIR",
+            std::env::temp_dir().join("tern-cli-test-cache"),
+        );
+        c
+    };
+    let calls: Vec<String> = (0..200)
+        .flat_map(|_| ["--invoke", "add", "1"].map(String::from))
+        .collect();
+    let mut run = cmd(&["run", &counter(), "--snapshot-out", snap]);
+    run.args(&calls);
+    runs_quietly_into_a_closed_pipe(run);
+    let doc = json(&tern(&["resume", snap, "--invoke", "get", "--json"]));
+    assert_eq!(doc["calls"][0]["results"][0], 200, "every call ran");
+    for args in [
+        &["inspect", snap][..],
+        &["inspect", snap, "--json"],
+        &["resume", snap, "--invoke", "get"],
+        &["--help"],
+        &["inspect", "--help"],
+        &["sim", "--trace", trace, "--policy", "requests"],
+    ] {
+        runs_quietly_into_a_closed_pipe(cmd(args));
+    }
+}
+
+/// The cluster client commands, too, end quietly when their reader has gone
+/// (`tern ps | head -1`), and one that changes the cluster still does.
+#[test]
+fn cluster_commands_end_quietly_when_stdout_is_closed() {
+    let cluster = Cluster::up(1);
+    let counter = PathBuf::from(tern_artifacts::COUNTER);
+    for args in [&["nodes"][..], &["nodes", "--json"], &["ps"]] {
+        runs_quietly_into_a_closed_pipe(cluster.command(args));
+    }
+    runs_quietly_into_a_closed_pipe(cluster.command(&[
+        "deploy",
+        counter.to_str().unwrap(),
+        "--name",
+        "counter",
+    ]));
+    let doc = json(&cluster.tern(&["invoke", "counter", "add", "2", "--json"]));
+    assert_eq!(doc["results"][0], 2, "the deploy happened");
+    for args in [
+        &["ps"][..],
+        &["ps", "--json"],
+        &["invoke", "counter", "get"],
+        &["logs", "counter"],
+        &[
+            "deploy",
+            counter.to_str().unwrap(),
+            "--name",
+            "c2",
+            "--dry-run",
+        ],
+    ] {
+        runs_quietly_into_a_closed_pipe(cluster.command(args));
+    }
+}
+
 /// A `tern up` cluster in a child process, stopped (SIGTERM) on drop.
 struct Cluster {
     child: std::process::Child,
@@ -290,13 +379,17 @@ impl Cluster {
     }
 
     fn tern(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// `tern ARGS` as a client of this cluster, not started yet.
+    fn command(&self, args: &[&str]) -> Command {
         let token = std::fs::read_to_string(self.dir.path().join("token")).unwrap_or_default();
-        Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(args)
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+        c.args(args)
             .env("TERN_CONTROL", &self.control)
-            .env("TERN_TOKEN", token.trim())
-            .output()
-            .unwrap()
+            .env("TERN_TOKEN", token.trim());
+        c
     }
 }
 

@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tern_scheduler::{compare, parse_azure, plot_svg, render_table, Policy, SimConfig};
 
+use crate::output::{out, outln};
+
 #[derive(Args)]
 pub struct SimArgs {
     /// The trace: a prefix in the Azure Functions 2019 layout (`.../100` for
@@ -80,9 +82,9 @@ pub fn sim(a: SimArgs) -> Result<ExitCode> {
     if a.json {
         crate::util::print_json(&result)?;
     } else {
-        print!("{}", render_table(&result));
+        out!("{}", render_table(&result))?;
         if let Some(path) = &a.plot {
-            println!("plot: {}", path.display());
+            outln!("plot: {}", path.display())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,4 +1,6 @@
-//! `tern run`, `tern resume`, `tern inspect`: one module on this machine.
+//! `tern run` and `tern resume`: one module on this machine, started fresh
+//! or from a snapshot, then the calls and requests the command line asks
+//! for, and optionally a snapshot after the last one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,7 @@ use tern_runtime::{
     SnapshotOptions, Stdio,
 };
 
+use crate::output::{out, outln};
 use crate::util::{human_bytes, parse_duration, parse_size, print_json};
 
 #[derive(Args)]
@@ -100,15 +103,6 @@ pub struct ResumeArgs {
     /// the app as `/data`, filled with the files the snapshot carries.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-}
-
-#[derive(Args)]
-pub struct InspectArgs {
-    /// The snapshot file.
-    snapshot: PathBuf,
-    /// Print one JSON document instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Serialize)]
@@ -286,7 +280,7 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
         let results = inst.call(export, &vals)?;
         if !c.json {
             let line: Vec<String> = results.iter().map(to_text).collect();
-            println!("{}", line.join(" "));
+            outln!("{}", line.join(" "))?;
         }
         calls.push(CallReport {
             export: export.clone(),
@@ -329,9 +323,9 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
             let resp = tern_runtime::sdk::handle(inst, &req);
             let text = String::from_utf8_lossy(&resp.body).into_owned();
             if !c.json {
-                print!("{text}");
+                out!("{text}")?;
                 if !text.ends_with('\n') {
-                    println!();
+                    outln!()?;
                 }
             }
             responses.push(ResponseReport {
@@ -373,238 +367,4 @@ fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {
         })?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Serialize)]
-struct InspectReport {
-    path: String,
-    format_version: u32,
-    tern_version: String,
-    module_sha256: String,
-    module_embedded: bool,
-    app: Option<String>,
-    generation: u64,
-    calls: u64,
-    file_bytes: u64,
-    image_bytes: u64,
-    memories: Vec<InspectMemory>,
-    globals: Vec<InspectGlobal>,
-    tables: Vec<InspectTable>,
-    wasi: InspectWasi,
-    limits: LimitsState,
-    /// Files of the app's own directory carried in the snapshot.
-    files: Vec<InspectFile>,
-    checksum: String,
-}
-
-#[derive(Serialize)]
-struct InspectFile {
-    path: String,
-    bytes: u64,
-}
-
-#[derive(Serialize)]
-struct InspectMemory {
-    index: u32,
-    bytes: u64,
-    pages_total: u64,
-    pages_stored: u64,
-    runs: usize,
-    compressed_runs: usize,
-}
-
-#[derive(Serialize)]
-struct InspectGlobal {
-    index: u32,
-    value: String,
-}
-
-#[derive(Serialize)]
-struct InspectTable {
-    index: u32,
-    size: u32,
-    non_null: usize,
-}
-
-#[derive(Serialize)]
-struct InspectWasi {
-    args: Vec<String>,
-    env: Vec<String>,
-    preopens: Vec<String>,
-    monotonic_ns: u64,
-}
-
-pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let snap = Snapshot::open(&a.snapshot, false)
-        .with_context(|| format!("cannot inspect `{}`", a.snapshot.display()))?;
-    let checksum = match snap.verify_image() {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("FAILED: {e}"),
-    };
-    let b = &snap.body;
-    let report = InspectReport {
-        path: a.snapshot.display().to_string(),
-        format_version: tern_runtime::snapshot::FORMAT_VERSION,
-        tern_version: b.meta.tern_version.clone(),
-        module_sha256: hex::encode(b.meta.module_sha256),
-        module_embedded: b.module.is_some(),
-        app: b.meta.app.clone(),
-        generation: b.meta.generation,
-        calls: b.meta.calls,
-        file_bytes: snap.as_bytes().len() as u64,
-        image_bytes: snap.image().len() as u64,
-        memories: b
-            .memories
-            .iter()
-            .map(|m| InspectMemory {
-                index: m.index,
-                bytes: m.byte_size,
-                pages_total: m.byte_size / 4096,
-                pages_stored: m.runs.iter().map(|r| r.pages).sum(),
-                runs: m.runs.len(),
-                compressed_runs: m
-                    .runs
-                    .iter()
-                    .filter(|r| r.encoding == tern_runtime::snapshot::Encoding::Lz4)
-                    .count(),
-            })
-            .collect(),
-        globals: b
-            .globals
-            .iter()
-            .map(|g| InspectGlobal {
-                index: g.index,
-                value: match g.value {
-                    tern_runtime::snapshot::Value::I32(v) => format!("i32 {v}"),
-                    tern_runtime::snapshot::Value::I64(v) => format!("i64 {v}"),
-                    tern_runtime::snapshot::Value::F32(v) => format!("f32 {}", f32::from_bits(v)),
-                    tern_runtime::snapshot::Value::F64(v) => format!("f64 {}", f64::from_bits(v)),
-                    tern_runtime::snapshot::Value::V128(v) => format!("v128 {v:#x}"),
-                    tern_runtime::snapshot::Value::NullRef => "ref null".into(),
-                },
-            })
-            .collect(),
-        tables: b
-            .tables
-            .iter()
-            .map(|t| InspectTable {
-                index: t.index,
-                size: t.size,
-                non_null: t.runs.iter().map(|r| r.1.len()).sum(),
-            })
-            .collect(),
-        wasi: InspectWasi {
-            args: b.wasi.args.clone(),
-            env: b.wasi.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            preopens: b
-                .wasi
-                .preopens
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}:{}{}",
-                        p.host,
-                        p.guest,
-                        if p.read_only { " (ro)" } else { "" }
-                    )
-                })
-                .collect(),
-            monotonic_ns: b.wasi.monotonic_ns,
-        },
-        limits: b.limits.clone(),
-        files: b
-            .files
-            .iter()
-            .map(|(p, bytes)| InspectFile {
-                path: p.clone(),
-                bytes: bytes.len() as u64,
-            })
-            .collect(),
-        checksum: checksum.clone(),
-    };
-    if a.json {
-        print_json(&report)?;
-    } else {
-        print_inspect(&report);
-    }
-    if checksum != "ok" {
-        bail!("{}: {checksum}", a.snapshot.display());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn print_inspect(r: &InspectReport) {
-    println!("snapshot       {}", r.path);
-    println!(
-        "format         version {} (written by tern {})",
-        r.format_version, r.tern_version
-    );
-    println!(
-        "module         sha256 {}{}",
-        r.module_sha256,
-        if r.module_embedded {
-            " (embedded)"
-        } else {
-            " (not embedded)"
-        }
-    );
-    if let Some(app) = &r.app {
-        println!("app            {app} (generation {})", r.generation);
-    }
-    println!("calls so far   {}", r.calls);
-    println!(
-        "size           {} file, {} memory image",
-        human_bytes(r.file_bytes),
-        human_bytes(r.image_bytes)
-    );
-    for m in &r.memories {
-        println!(
-            "memory {}       {} ({} of {} 4-KiB pages stored, {} runs, {} compressed)",
-            m.index,
-            human_bytes(m.bytes),
-            m.pages_stored,
-            m.pages_total,
-            m.runs,
-            m.compressed_runs
-        );
-    }
-    for g in &r.globals {
-        println!("global {:<7} {}", g.index, g.value);
-    }
-    for t in &r.tables {
-        println!(
-            "table {:<8} {} elements, {} set",
-            t.index, t.size, t.non_null
-        );
-    }
-    println!("args           {:?}", r.wasi.args);
-    if !r.wasi.env.is_empty() {
-        println!("env            {:?}", r.wasi.env);
-    }
-    for p in &r.wasi.preopens {
-        println!("dir            {p}");
-    }
-    println!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6);
-    if !r.files.is_empty() {
-        let total: u64 = r.files.iter().map(|f| f.bytes).sum();
-        println!(
-            "files          {} carried from the app's directory, {}",
-            r.files.len(),
-            crate::util::human_bytes(total)
-        );
-        for f in r.files.iter().take(20) {
-            println!(
-                "  /data/{:<30} {}",
-                f.path,
-                crate::util::human_bytes(f.bytes)
-            );
-        }
-        if r.files.len() > 20 {
-            println!(
-                "  … and {} more (--json lists them all)",
-                r.files.len() - 20
-            );
-        }
-    }
-    println!("checksum       {}", r.checksum);
 }
