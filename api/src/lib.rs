@@ -47,6 +47,7 @@
 //! | `GET /v1/migrations` | → `[MigrationReport]`, newest last |
 
 pub mod client;
+pub mod local;
 pub mod names;
 pub mod server;
 pub mod types;

@@ -16,13 +16,13 @@
 mod app;
 mod client;
 mod commands;
-#[allow(clippy::print_stdout)] // still prints with println!
 mod demo;
+pub mod local_cluster;
 mod node_cmd;
 mod output;
-#[allow(clippy::print_stdout)] // still prints with println!
 mod up;
 mod util;
 
 pub use app::run;
+pub use local_cluster::LocalCluster;
 pub use util::one_line;

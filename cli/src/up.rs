@@ -10,6 +10,10 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::commands::control::{control_config, DEFAULT_LISTEN};
+use tern_api::local::Bound;
+
+use crate::local_cluster::LocalCluster;
+use crate::output::outln;
 use crate::util::print_json;
 use crate::util::{default_data_dir, shutdown_signal};
 
@@ -74,69 +78,45 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| {
+        let bound = Bound::at(&a.listen).await.with_context(|| {
             format!("cannot listen on {}: is a cluster already running there? (`tern nodes` asks it; or use --listen)", a.listen)
         })?;
-        let addr = listener.local_addr()?;
-        let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
-        let control_url = format!("http://{}", std::net::SocketAddr::new(host, addr.port()));
-
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let mut control = tokio::spawn(tern_control::run(listener, cfg, stopped(stop_rx.clone())));
-
-        let mut report = UpReport {
-            control_url: control_url.clone(),
-            dashboard: crate::util::dashboard_url(&control_url, &token),
+        let mut cluster = LocalCluster::start(bound, cfg, a.nodes).await?;
+        let report = UpReport {
+            control_url: cluster.control_url.clone(),
+            dashboard: crate::util::dashboard_url(&cluster.control_url, &token),
             data_dir: data_dir.display().to_string(),
             token_file: data_dir.join("token").display().to_string(),
-            nodes: Vec::new(),
+            nodes: cluster
+                .nodes
+                .iter()
+                .map(|n| NodeReport {
+                    name: n.name.clone(),
+                    url: n.url.clone(),
+                    data_dir: n.data_dir.display().to_string(),
+                })
+                .collect(),
         };
-        let mut nodes = Vec::new();
-        for i in 1..=a.nodes {
-            let name = format!("node-{i}");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for a node")?;
-            let url = format!("http://{}", listener.local_addr()?);
-            let dir = data_dir.join("nodes").join(&name);
-            let mut cfg = tern_node::NodeConfig::new(name.clone(), token.clone(), dir.clone());
-            cfg.control_url = Some(control_url.clone());
-            report.nodes.push(NodeReport { name: name.clone(), url, data_dir: dir.display().to_string() });
-            nodes.push((name, tokio::spawn(tern_node::run(listener, cfg, stopped(stop_rx.clone())))));
-        }
-
         if a.json {
             print_json(&report)?;
         } else {
-            print_report(&report, &data_dir);
+            print_report(&report, &data_dir)?;
         }
 
         let early = tokio::select! {
             _ = shutdown_signal() => None,
-            r = &mut control => Some(r),
+            r = cluster.control_ended() => Some(r),
         };
         if let Some(r) = early {
-            let _ = stop_tx.send(true);
-            r.context("the control plane task failed")??;
+            let _ = cluster.shut_down(Duration::from_secs(15)).await;
+            r?;
             anyhow::bail!("the control plane stopped by itself");
         }
         if !a.json {
             eprintln!("stopping…");
         }
-        let _ = stop_tx.send(true);
-        let deadline = Duration::from_secs(15);
-        for (name, task) in nodes {
-            match tokio::time::timeout(deadline, task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("warning: {name} stopped with an error: {e:#}"),
-                Ok(Err(e)) => eprintln!("warning: {name} failed: {e}"),
-                Err(_) => eprintln!("warning: {name} did not stop within {} s", deadline.as_secs()),
-            }
-        }
-        match tokio::time::timeout(deadline, control).await {
-            Ok(r) => r.context("the control plane task failed")??,
-            Err(_) => eprintln!("warning: the control plane did not stop within {} s", deadline.as_secs()),
+        for problem in cluster.shut_down(Duration::from_secs(15)).await {
+            eprintln!("warning: {problem}");
         }
         Ok::<_, anyhow::Error>(())
     })?;
@@ -146,27 +126,26 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(r: &UpReport, data_dir: &std::path::Path) {
-    println!("tern cluster up");
-    println!("  control plane  {}", r.control_url);
-    println!("  data           {}", r.data_dir);
-    println!("  token          {}", r.token_file);
+fn print_report(r: &UpReport, data_dir: &std::path::Path) -> Result<()> {
+    outln!("tern cluster up")?;
+    outln!("  control plane  {}", r.control_url)?;
+    outln!("  data           {}", r.data_dir)?;
+    outln!("  token          {}", r.token_file)?;
     for n in &r.nodes {
-        println!("  {:<13}  {}", n.name, n.url);
+        outln!("  {:<13}  {}", n.name, n.url)?;
     }
-    println!("dashboard: {}", r.dashboard);
+    outln!("dashboard: {}", r.dashboard)?;
     let default_dir = default_data_dir();
     let same_dir = default_dir.canonicalize().unwrap_or(default_dir) == data_dir;
     if !same_dir || r.control_url != crate::client::DEFAULT_CONTROL {
-        println!("For the client commands in another shell:");
+        outln!("For the client commands in another shell:")?;
         if r.control_url != crate::client::DEFAULT_CONTROL {
-            println!("  export TERN_CONTROL={}", r.control_url);
+            outln!("  export TERN_CONTROL={}", r.control_url)?;
         }
         if !same_dir {
-            println!("  export TERN_TOKEN=$(cat {})", r.token_file);
+            outln!("  export TERN_TOKEN=$(cat {})", r.token_file)?;
         }
     }
-    println!(
-        "Try: tern nodes, tern deploy APP.wasm --name APP, tern ps. Ctrl-C stops the cluster."
-    );
+    outln!("Try: tern nodes, tern deploy APP.wasm --name APP, tern ps. Ctrl-C stops the cluster.")?;
+    Ok(())
 }

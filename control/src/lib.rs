@@ -170,6 +170,17 @@ impl ControlConfig {
     }
 }
 
+/// Starts a control plane in this process on a bound listener; it serves
+/// until stopped (a failure to start shows in [`Served::ended`]).
+/// `tern up`, `tern demo` and the tests start their control planes this way.
+///
+/// [`Served::ended`]: tern_api::local::Served::ended
+pub fn spawn(bound: tern_api::local::Bound, config: ControlConfig) -> tern_api::local::Served {
+    tern_api::local::Served::spawn(bound, move |listener, shutdown| {
+        run(listener, config, shutdown)
+    })
+}
+
 /// Serves the control API on `listener` until `shutdown` resolves, with
 /// the scheduler loop running beside it. The state is loaded from (and kept
 /// in) `config.data_dir`; the store is closed before this returns, so

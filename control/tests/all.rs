@@ -18,24 +18,18 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// A control plane running in this test's runtime.
 struct Control {
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: tern_api::local::Served,
 }
 
 impl Control {
     async fn start(dir: &Path, tweak: impl FnOnce(&mut ControlConfig)) -> Control {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bound = tern_api::local::Bound::loopback().await.unwrap();
         let mut cfg = ControlConfig::new(dir, TOKEN);
         tweak(&mut cfg);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(tern_control::run(listener, cfg, async {
-            let _ = rx.await;
-        }));
+        let served = tern_control::spawn(bound, cfg);
         Control {
-            url,
-            stop: Some(tx),
-            task,
+            url: served.url.clone(),
+            served,
         }
     }
 
@@ -48,9 +42,11 @@ impl Control {
     }
 
     /// Stops the server and waits until its store is closed.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.served
+            .shut_down(Duration::from_secs(30))
+            .await
+            .unwrap();
     }
 }
 

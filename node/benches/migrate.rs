@@ -32,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tern_api::client::Client;
+use tern_api::local::{Bound, Served};
 use tern_api::types::{
     InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
 };
-use tern_node::{run, NodeConfig};
+use tern_node::NodeConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -109,27 +110,19 @@ struct Node {
     name: String,
     url: String,
     dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _served: Served,
 }
 
 async fn start_node(name: &str) -> Node {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bound = Bound::loopback().await.unwrap();
+    let url = bound.url.clone();
     let dir = tempfile::tempdir().unwrap();
-    let config = NodeConfig::new(name, TOKEN, dir.path());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        run(listener, config, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap()
-    });
+    let served = tern_node::spawn(bound, NodeConfig::new(name, TOKEN, dir.path())).unwrap();
     Node {
         name: name.into(),
         url,
         dir,
-        _stop: tx,
+        _served: served,
     }
 }
 

@@ -103,6 +103,21 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(1000);
 /// How often a running app is checkpointed (for restarts and hybrid moves).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Starts a node in this process on a bound listener: its directories and
+/// engine are ready when this returns (or the error says why not), and it
+/// serves until stopped. `tern up`, `tern demo`, the tests and the
+/// benchmarks start their nodes this way.
+pub fn spawn(
+    bound: tern_api::local::Bound,
+    config: NodeConfig,
+) -> anyhow::Result<tern_api::local::Served> {
+    let node = start(&bound.listener, config)?;
+    Ok(tern_api::local::Served::spawn(
+        bound,
+        move |listener, shutdown| serve(node, listener, shutdown),
+    ))
+}
+
 /// Runs a node on an already-bound listener until `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,

@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 use crate::error::{Error, Result};
 use crate::memory::TernMemoryCreator;
 use crate::rewrite::{rewrite, ModuleInfo};
+use crate::snapshot::{decode_record, encode_record};
 use crate::wasi::HostState;
 
 pub use crate::snapshot::sha256;
@@ -190,7 +191,7 @@ impl Runtime {
 
     fn load_artifact(&self, hash: &[u8; 32]) -> Option<(Module, ModuleInfo)> {
         let (cwasm, info_path) = self.artifact_paths(hash)?;
-        let info: ModuleInfo = postcard::from_bytes(&std::fs::read(&info_path).ok()?).ok()?;
+        let info: ModuleInfo = decode_record(&std::fs::read(&info_path).ok()?).ok()?;
         // SAFETY: artifacts in the cache directory are written only by this
         // code (`store_artifact`), from modules it compiled itself, and are
         // keyed by the engine's compatibility hash.
@@ -208,10 +209,7 @@ impl Runtime {
                 .serialize()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             tern_util::write_atomic(&cwasm, &bytes)?;
-            tern_util::write_atomic(
-                &info_path,
-                &postcard::to_stdvec(info).map_err(std::io::Error::other)?,
-            )
+            tern_util::write_atomic(&info_path, &encode_record(info))
         })();
         if let Err(e) = result {
             tracing::warn!("cannot cache compiled module in {}: {e}", cwasm.display());

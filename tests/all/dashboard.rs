@@ -39,12 +39,10 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
     let bound = TestNode::bind().await;
     let relay = Relay::start(&bound.url, Fault::HoldAt { suffix: "/base" }, None).await;
     let relay_url = relay.url.clone();
-    let _node2 = bound
-        .start("node-2", |c| {
-            c.control_url = Some(control.clone());
-            c.advertise_url = Some(relay_url);
-        })
-        .await;
+    let _node2 = TestNode::start_on(bound, "node-2", |c| {
+        c.control_url = Some(control.clone());
+        c.advertise_url = Some(relay_url);
+    });
 
     let c = client();
     let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();

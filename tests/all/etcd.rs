@@ -88,7 +88,7 @@ async fn control(
     etcd: &Etcd,
     prefix: &str,
     dir: &std::path::Path,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
+) -> (String, tern_api::local::Served) {
     let store = etcd.store(prefix);
     start_control(dir, move |cfg| {
         cfg.store = store;

@@ -7,17 +7,18 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tern_api::client::Client;
+use tern_api::local::{Bound, Served};
 use tern_api::types::{
     InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
 };
-use tern_node::{run, NodeConfig};
+use tern_node::NodeConfig;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
 pub struct TestNode {
     pub name: String,
     pub url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _served: Served,
     _dir: tempfile::TempDir,
 }
 
@@ -28,58 +29,27 @@ impl TestNode {
 
     /// A node whose configuration `setup` adjusts (control plane, URL...).
     pub async fn start_with(name: &str, setup: impl FnOnce(&mut NodeConfig)) -> TestNode {
-        TestNode::bind().await.start(name, setup).await
+        TestNode::start_on(TestNode::bind().await, name, setup)
     }
 
     /// A listener for a node started later (when something must know the
     /// node's address before the node starts).
     pub async fn bind() -> Bound {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        Bound { listener, url }
+        Bound::loopback().await.unwrap()
     }
-}
 
-/// A node's listener, bound, the node not started yet.
-pub struct Bound {
-    listener: tokio::net::TcpListener,
-    pub url: String,
-}
-
-impl Bound {
-    pub async fn start(self, name: &str, setup: impl FnOnce(&mut NodeConfig)) -> TestNode {
-        let Bound { listener, url } = self;
+    /// Starts a node on a listener bound before.
+    pub fn start_on(bound: Bound, name: &str, setup: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let url = bound.url.clone();
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::new(name, TOKEN, dir.path());
         setup(&mut config);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            run(listener, config, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-        });
         TestNode {
             name: name.into(),
             url,
-            stop: Some(tx),
+            _served: tern_node::spawn(bound, config).unwrap(),
             _dir: dir,
         }
-    }
-}
-
-impl TestNode {
-    pub fn kill(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -416,13 +386,11 @@ async fn the_apps_files_move_with_it() {
 
 /// A control plane in this process on a free port, sampling usage every
 /// 500 ms (each heartbeat) with a predictor small enough to fit after a few
-/// seconds; `setup` adjusts the rest. Dropping the sender stops it.
+/// seconds; `setup` adjusts the rest. Dropping the `Served` stops it.
 pub async fn start_control(
     dir: &std::path::Path,
     setup: impl FnOnce(&mut tern_control::ControlConfig),
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+) -> (String, Served) {
     let mut cfg = tern_control::ControlConfig::new(dir, TOKEN);
     cfg.sample_period = std::time::Duration::from_millis(500);
     cfg.refit_interval = std::time::Duration::from_secs(1);
@@ -435,13 +403,6 @@ pub async fn start_control(
         ..tern_scheduler::PredictorConfig::default()
     };
     setup(&mut cfg);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tern_control::run(listener, cfg, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap()
-    });
-    (url, tx)
+    let served = tern_control::spawn(Bound::loopback().await.unwrap(), cfg);
+    (served.url.clone(), served)
 }

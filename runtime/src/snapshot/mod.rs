@@ -2,7 +2,8 @@
 //!
 //! This module is the only place that knows the snapshot bytes, and the
 //! bytes of the migration wire formats built from them (page chunks in
-//! `delta.rs`, the stop-and-copy frame in `commit.rs`). Everything else
+//! `delta.rs`, the stop-and-copy frame in `commit.rs`) and of the small
+//! records kept beside them on disk (`record.rs`). Everything else
 //! builds a [`Snapshot`] value (capture) or reads one back (restore).
 //!
 //! # File layout (format version 1)
@@ -33,9 +34,11 @@
 mod commit;
 mod delta;
 mod image;
+mod record;
 
 pub use commit::{CommitFrame, MAX_COMMIT_CHUNKS};
 pub use delta::{PageChunk, PageChunkRef};
+pub use record::{decode_record, encode_record};
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
 

@@ -5,21 +5,32 @@
 //! logs, pipes) the same story comes as plain lines; `--json` prints one
 //! document and nothing else.
 
-use std::future::Future;
+mod load;
+mod story;
+
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tern_api::client::Client;
+use tern_api::local::Bound;
 use tern_api::types::{DeployRequest, MigrationReport};
 
+use crate::local_cluster::LocalCluster;
+use crate::output::outln;
 use crate::util::{dashboard_url, print_json};
+use load::{load_line, served_more, start_load, with_live_count, Load};
+use story::Story;
+
+/// The example apps the demo deploys, built for wasm32-wasip1 and embedded
+/// by the build script (`COUNTER`, `KV`).
+mod apps {
+    include!(concat!(env!("OUT_DIR"), "/demo_apps.rs"));
+}
 
 #[derive(Args)]
 #[command(after_help = "More examples:\n  \
@@ -72,172 +83,10 @@ struct DemoReport {
     requests_failed: u64,
 }
 
-/// What the person sees while the demo works: on a terminal a progress bar
-/// per phase (stderr) with the story's lines above them; otherwise the
-/// story's lines alone; with `--json` nothing.
-struct Story {
-    multi: MultiProgress,
-    lines: bool,
-}
-
-impl Story {
-    fn new(json: bool) -> Story {
-        // `stderr()` hides itself when stderr is not a terminal.
-        let target = if json {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        };
-        let multi = MultiProgress::with_draw_target(target);
-        let lines = !json && multi.is_hidden();
-        Story { multi, lines }
-    }
-
-    /// A line of the story.
-    fn say(&self, line: &str) {
-        if self.lines {
-            eprintln!("{line}");
-        } else {
-            // Above the bars on a terminal; nothing when hidden (--json).
-            let _ = self.multi.println(line);
-        }
-    }
-
-    /// A line only the plain story needs: on a terminal a bar says it.
-    fn note(&self, line: &str) {
-        if self.lines {
-            eprintln!("{line}");
-        }
-    }
-
-    /// A spinner with a message and the time it has been running.
-    fn spinner(&self, msg: impl Into<String>) -> ProgressBar {
-        self.add(
-            ProgressBar::new_spinner(),
-            "{spinner:.cyan} {msg} {elapsed:.dim}",
-            msg,
-        )
-    }
-
-    /// A bar counting `len` steps.
-    fn bar(&self, len: u64, msg: impl Into<String>) -> ProgressBar {
-        self.add(
-            ProgressBar::new(len),
-            "{spinner:.cyan} {msg} [{bar:20.cyan/blue}] {pos}/{len} {elapsed:.dim}",
-            msg,
-        )
-    }
-
-    fn add(&self, pb: ProgressBar, template: &str, msg: impl Into<String>) -> ProgressBar {
-        let pb = self.multi.add(pb);
-        if let Ok(style) = ProgressStyle::with_template(template) {
-            pb.set_style(style);
-        }
-        pb.set_message(msg.into());
-        if !self.multi.is_hidden() {
-            pb.enable_steady_tick(Duration::from_millis(100));
-        }
-        pb
-    }
-}
-
-/// Load on one app through a node's ingress: served and failed counts.
-#[derive(Clone)]
-struct Load {
-    served: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Load {
-    fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-    fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-}
-
-fn start_load(method: hyper::Method, url: String, body: &'static str) -> Load {
-    let served = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
-    tokio::spawn(async move {
-        let c = Client::new(None).with_timeout(Duration::from_secs(10));
-        while !st.load(Ordering::Relaxed) {
-            match c
-                .send(
-                    method.clone(),
-                    &url,
-                    "text/plain",
-                    Bytes::from_static(body.as_bytes()),
-                )
-                .await
-            {
-                Ok(_) => s.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    if std::env::var_os("TERN_DEMO_DEBUG").is_some() {
-                        eprintln!("load error on {url}: {e}");
-                    }
-                    f.fetch_add(1, Ordering::Relaxed)
-                }
-            };
-        }
-    });
-    Load {
-        served,
-        failed,
-        stop,
-    }
-}
-
-/// The load's counts as one line: per app served, and failed in all.
-fn load_line(loads: &[Load; 2]) -> String {
-    format!(
-        "load: counter {} · kv {} requests served, {} failed",
-        loads[0].served(),
-        loads[1].served(),
-        loads[0].failed() + loads[1].failed()
-    )
-}
-
-/// Runs `fut` while `pb` shows `label` and, ten times a second, what `load`
-/// served since it started.
-async fn with_live_count<F: Future>(
-    pb: &ProgressBar,
-    label: &str,
-    load: &Load,
-    fut: F,
-) -> F::Output {
-    let s0 = load.served();
-    tokio::pin!(fut);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            out = &mut fut => return out,
-            _ = tick.tick() => pb.set_message(format!("{label}: {} requests served meanwhile", load.served() - s0)),
-        }
-    }
-}
-
-/// Waits (at most `secs`) until `load` has served `n` more requests.
-async fn served_more(load: &Load, n: u64, secs: u64) -> bool {
-    let target = load.served() + n;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while load.served() < target {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
-
 /// What goes on running after the summary with `--keep`.
 struct Running {
     loads: [Load; 2],
-    stop_tx: tokio::sync::watch::Sender<bool>,
+    cluster: LocalCluster,
     client: Client,
     control: String,
 }
@@ -275,12 +124,10 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     let story = Story::new(a.json);
     let result = rt.block_on(async {
         // 1. A control plane (learned placement) and three nodes on loopback.
-        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| {
+        let bound = Bound::at(&a.listen).await.with_context(|| {
             format!("cannot listen on {}: choose another address with --listen (e.g. 127.0.0.1:0 for any free port)", a.listen)
         })?;
-        let addr = listener.local_addr()?;
-        let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
-        let control = format!("http://{}", std::net::SocketAddr::new(host, addr.port()));
+        let control = bound.url.clone();
         let dashboard = dashboard_url(&control, &token);
         let mut cfg = tern_control::ControlConfig::new(dir.clone(), token.clone());
         cfg.policy = tern_scheduler::Policy::Learned;
@@ -297,45 +144,24 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             min_history: 20,
             ..tern_scheduler::PredictorConfig::default()
         };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        tokio::spawn(tern_control::run(listener, cfg, stopped(stop_rx.clone())));
-        for i in 1..=3 {
-            let name = format!("node-{i}");
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let mut nc = tern_node::NodeConfig::new(name.clone(), token.clone(), dir.join("nodes").join(&name));
-            nc.control_url = Some(control.clone());
-            tokio::spawn(tern_node::run(l, nc, stopped(stop_rx.clone())));
-        }
+        let cluster = LocalCluster::start(bound, cfg, 3).await?;
         story.say(&format!("▶ local cluster: control plane at {control}, 3 nodes (data in {})", dir.display()));
         story.say(&format!("▶ dashboard: {dashboard}"));
-        let c = Client::new(Some(token.clone()));
+        let c = cluster.client();
         let pb = story.bar(3, "cluster starting: nodes registered");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let nodes: Vec<tern_api::types::NodeView> = c.get_json(&format!("{control}/v1/nodes")).await.unwrap_or_default();
-            let ready = nodes.iter().filter(|n| n.state == "ready").count();
-            pb.set_position(ready as u64);
-            if ready == 3 {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the demo cluster's nodes did not register within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cluster
+            .wait_ready(Duration::from_secs(30), |ready| pb.set_position(ready as u64))
+            .await
+            .context("the demo cluster did not start")?;
         pb.finish_and_clear();
 
         // 2. Deploy two example apps; the learned scheduler places them.
         let mut placements = Vec::new();
         let pb = story.bar(2, "deploying the examples");
-        for (name, path) in [("counter", tern_artifacts::COUNTER), ("kv", tern_artifacts::KV)] {
+        for (name, bytes) in [("counter", apps::COUNTER), ("kv", apps::KV)] {
             pb.set_message(format!("deploying {name}"));
-            let bytes = std::fs::read(path).with_context(|| format!("example {name} not built at {path}: run `cargo build --release` first"))?;
             let sha = hex::encode(tern_runtime::sha256(&bytes));
-            c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes)).await?;
+            c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from_static(bytes)).await?;
             let req = DeployRequest { name: name.into(), module_sha256: sha, ..Default::default() };
             let resp: serde_json::Value = c.post_json(&format!("{control}/v1/apps"), &req).await?;
             let node = resp["app"]["node"].as_str().unwrap_or("?").to_string();
@@ -434,7 +260,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         let served = loads.iter().map(Load::served).sum();
         let failed = loads.iter().map(Load::failed).sum();
         let report = DemoReport { dashboard, migrations, placements, requests_served: served, requests_failed: failed };
-        Ok::<_, anyhow::Error>((report, Running { loads, stop_tx, client: c.clone(), control: control.clone() }))
+        Ok::<_, anyhow::Error>((report, Running { loads, cluster, client: c.clone(), control: control.clone() }))
     });
     let (report, running) = match result {
         Ok(r) => r,
@@ -448,7 +274,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&report)?;
     } else {
-        print_summary(&report);
+        print_summary(&report)?;
     }
     if a.keep {
         let line = format!(
@@ -487,7 +313,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     for l in &running.loads {
         l.stop.store(true, Ordering::Relaxed);
     }
-    let _ = running.stop_tx.send(true);
+    rt.block_on(running.cluster.shut_down(Duration::from_secs(15)));
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(if report.requests_failed == 0 {
@@ -497,14 +323,23 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
     })
 }
 
-fn print_summary(report: &DemoReport) {
-    println!();
-    println!(
+fn print_summary(report: &DemoReport) -> Result<()> {
+    outln!()?;
+    outln!(
         "{:<8} {:<7} {:<7} {:<7} {:>11} {:>10} {:>10} {:>6} {:>8} {:>7}",
-        "app", "mode", "from", "to", "downtime", "total", "bytes", "rounds", "served", "failed"
-    );
+        "app",
+        "mode",
+        "from",
+        "to",
+        "downtime",
+        "total",
+        "bytes",
+        "rounds",
+        "served",
+        "failed"
+    )?;
     for m in &report.migrations {
-        println!(
+        outln!(
             "{:<8} {:<7} {:<7} {:<7} {:>8.2} ms {:>7.1} ms {:>10} {:>6} {:>8} {:>7}",
             m.app,
             m.mode,
@@ -516,10 +351,12 @@ fn print_summary(report: &DemoReport) {
             m.rounds,
             m.requests_served,
             m.requests_failed
-        );
+        )?;
     }
-    println!(
+    outln!(
         "\n{} requests served during the demo, {} failed.",
-        report.requests_served, report.requests_failed
-    );
+        report.requests_served,
+        report.requests_failed
+    )?;
+    Ok(())
 }
