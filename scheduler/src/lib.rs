@@ -6,8 +6,9 @@
 //! usage history) and executes what it decides.
 //!
 //! # Modules
-//! - [`cluster`]: [`Resources`], [`NodeState`], [`AppSpec`] and the
-//!   [`Cluster`] that binds apps to nodes and keeps per-node totals.
+//! - [`cluster`]: [`Resources`], [`NodeState`], [`AppSpec`] (with its
+//!   [`RestartPolicy`]) and the [`Cluster`] that binds apps to nodes and
+//!   keeps per-node totals.
 //! - [`placement`]: the three [`Policy`]s (`requests`, `cost`, `learned`)
 //!   and [`place`], which filters nodes, scores them and returns a
 //!   [`Decision`] listing every candidate with its verdict and score, the
@@ -22,7 +23,7 @@
 //! - [`rebalance`]: [`plan_rebalance`] picks the cheapest migrations when a
 //!   node would overload, drains, or an edge app's users moved, within a
 //!   move limit and a cool-down.
-//! - [`restart`]: [`RestartPolicy`] and [`decide_restart`] (auto start).
+//! - [`restart`]: [`decide_restart`] (auto start) by an app's [`RestartPolicy`].
 //! - [`trace`]: [`trace::parse_azure`] reads the Azure Functions 2019 trace
 //!   layout from text.
 //! - [`sim`]: [`sim::compare`] replays a trace against policies on
@@ -47,7 +48,7 @@ pub mod rng;
 pub mod sim;
 pub mod trace;
 
-pub use cluster::{AppSpec, Cluster, NodeState, PlacedApp, Resources};
+pub use cluster::{AppSpec, Cluster, NodeState, PlacedApp, Resources, RestartPolicy};
 pub use cost::{
     migration_cost, scheduling_cost, start_delay, Cost, CostWeights, LatencyTable, MigrationInput,
     MigrationWeights, SchedulingWeights, StartDelayWeights, StartInput, Terms,
@@ -59,6 +60,6 @@ pub use predict::{
     PredictorReport,
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
-pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision, RestartPolicy};
+pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};
 pub use sim::{compare, plot_svg, render_table, Comparison, PolicyResult, SimConfig};
 pub use trace::{parse_azure, Trace, TraceError};
