@@ -50,8 +50,9 @@ pub mod trace;
 
 pub use cluster::{AppSpec, Cluster, NodeState, PlacedApp, Resources, RestartPolicy};
 pub use cost::{
-    migration_cost, scheduling_cost, start_delay, Cost, CostWeights, LatencyTable, MigrationInput,
-    MigrationWeights, SchedulingWeights, StartDelayWeights, StartInput, Terms,
+    migration_cost, migration_seconds, scheduling_cost, start_delay, Cost, CostWeights,
+    LatencyTable, MigrationInput, MigrationWeights, SchedulingWeights, StartDelayWeights,
+    StartInput, Terms,
 };
 pub use error::ScheduleError;
 pub use placement::{place, Candidate, Decision, PlacementContext, Policy};
