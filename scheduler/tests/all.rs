@@ -149,6 +149,67 @@ fn trace_errors_name_the_file_and_line() {
     );
 }
 
+/// A trace of whole functions: `(invocations per minute, duration ms, memory MiB)`.
+fn toy_trace(functions: Vec<(Vec<u64>, f64, f64)>) -> Trace {
+    let minutes = functions.first().map_or(0, |f| f.0.len());
+    Trace {
+        minutes: (0..minutes as u64).collect(),
+        functions: functions
+            .into_iter()
+            .enumerate()
+            .map(
+                |(i, (invocations, avg_duration_ms, memory_mb))| trace::FunctionTrace {
+                    id: format!("fn{i:05}"),
+                    owner: "o".into(),
+                    app: "a".into(),
+                    trigger: "queue".into(),
+                    invocations,
+                    avg_duration_ms,
+                    memory_mb,
+                },
+            )
+            .collect(),
+    }
+}
+
+#[test]
+fn cpu_is_spread_over_each_invocations_execution_time() {
+    // (invocations per minute, duration ms) -> CPU per minute, millicores.
+    // One 150 s run from a random moment of minute 0: half of minute 0,
+    // all of minute 1, 7/8 of minute 2, 1/8 of minute 3.
+    // Ten 6 s runs: 1 core-minute, 5 % of it past the minute's end.
+    let cases: [(&[u64], f64, &[f64]); 4] = [
+        (
+            &[1, 0, 0, 0, 0, 0],
+            150_000.0,
+            &[500.0, 1000.0, 875.0, 125.0, 0.0, 0.0],
+        ),
+        (&[10, 0, 0], 6_000.0, &[950.0, 50.0, 0.0]),
+        (&[0, 2, 0, 0], 60_000.0, &[0.0, 1000.0, 1000.0, 0.0]),
+        (&[3, 3, 3], 0.0, &[0.0, 0.0, 0.0]),
+    ];
+    for (invocations, ms, want) in cases {
+        let t = toy_trace(vec![(invocations.to_vec(), ms, 64.0)]);
+        let got = t.functions[0].cpu_series();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{ms} ms, {invocations:?}: {got:?}");
+        }
+    }
+    // Mass is kept: the shares of a run add up to its length in minutes.
+    for ms in [1.0, 999.0, 60_000.0, 61_000.0, 146_627.0, 600_000.0] {
+        let w = trace::spread_kernel(ms);
+        assert!(
+            (w.iter().sum::<f64>() - ms / 60_000.0).abs() < 1e-9,
+            "{ms}: {w:?}"
+        );
+        assert!(
+            w.iter().all(|&x| (0.0..=1.0 + 1e-12).contains(&x)),
+            "{ms}: {w:?}"
+        );
+    }
+}
+
 // ------------------------------------------------- cluster and placement
 
 #[test]
