@@ -17,9 +17,12 @@
 //!   scheduling `C = α·T + β·R`, migration `C = α·S + β·B + γ·T`, start
 //!   delay `D = α·S + β·R + γ·T`; each returns its value and terms.
 //! - [`predict`]: the demand [`Predictor`] (linfa linear models on lagged
-//!   usage and time of day, fitted online; [`DemandPredictor`] pairs one for
-//!   CPU and one for memory) and [`backtest`], which measures it against
-//!   last-value and moving-average baselines on held-out data.
+//!   usage, the value one detected period ago and time of day, fitted
+//!   online; per app it forecasts with the model, the last value or the
+//!   seasonal value, whichever erred least recently; [`DemandPredictor`]
+//!   pairs one for CPU and one for memory) and [`backtest`] / [`evaluate`],
+//!   which measure forecasts against last-value, moving-average, seasonal
+//!   and exponential-smoothing [`Baselines`] on held-out data.
 //! - [`rebalance`]: [`plan_rebalance`] picks the cheapest migrations when a
 //!   node would overload, drains, or an edge app's users moved, within a
 //!   move limit and a cool-down.
@@ -57,8 +60,8 @@ pub use cost::{
 pub use error::ScheduleError;
 pub use placement::{place, Candidate, Decision, PlacementContext, Policy};
 pub use predict::{
-    backtest, Backtest, DemandForecast, DemandPredictor, Forecast, Predictor, PredictorConfig,
-    PredictorReport,
+    backtest, evaluate, forecast_online, Backtest, Baselines, DemandForecast, DemandPredictor,
+    Forecast, Predictor, PredictorConfig, PredictorReport,
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
 pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};

@@ -627,6 +627,38 @@ fn predictor_beats_both_baselines_on_both_shipped_traces() {
 }
 
 #[test]
+fn baselines_find_a_period_and_fit_their_smoothing_on_the_history() {
+    // A timer: 900 every 7th minute, 20 otherwise; and a level that steps
+    // up once and stays, which exponential smoothing follows.
+    let timer: Vec<f64> = (0..300)
+        .map(|m| if m % 7 == 0 { 900.0 } else { 20.0 })
+        .collect();
+    let level: Vec<f64> = (0..300)
+        .map(|m| if m < 100 { 50.0 } else { 400.0 })
+        .collect();
+    let series = vec![timer.clone(), level];
+    let b = Baselines::fit(&series, 200);
+    assert_eq!(b.periods, vec![7, 1]);
+    assert!(b.alphas.iter().all(|a| (0.0..=1.0).contains(a)), "{b:?}");
+    let cfg = PredictorConfig::default();
+    let f = b.forecasts(&cfg, 0, &timer, 200, 300);
+    assert_eq!(f[2], timer[200..].to_vec(), "seasonal repeats the period");
+    assert_eq!(f[0], timer[199..299].to_vec(), "last value");
+    // Perfect forecasts: no error, and seasonal is the baseline to beat.
+    let exact: Vec<Vec<Forecast>> = series
+        .iter()
+        .map(|s| s[200..].iter().map(|&v| Forecast::point(v)).collect())
+        .collect();
+    let r = evaluate(&cfg, &series, &exact, 200, "test");
+    assert_eq!((r.mae, r.points), (0.0, 200));
+    assert_eq!(
+        (r.seasonal_mae, r.best_baseline.as_str()),
+        (0.0, "seasonal")
+    );
+    assert!(r.last_value_mae > 0.0 && r.exp_smoothing_mae > 0.0);
+}
+
+#[test]
 fn backtest_forecasts_use_no_future_values() {
     let t = trace10();
     let series = cpu_series(t);
