@@ -25,7 +25,9 @@
 //!   and exponential-smoothing [`Baselines`] on held-out data.
 //! - [`rebalance`]: [`plan_rebalance`] picks the cheapest migrations when a
 //!   node would overload, drains, or an edge app's users moved, within a
-//!   move limit and a cool-down.
+//!   move limit and a cool-down; [`plan_predictive`] plans from forecasts
+//!   with their spread and triages an overflow the cluster cannot avoid;
+//!   [`capacity_advice`] says when the forecast needs more nodes.
 //! - [`restart`]: [`decide_restart`] (auto start) by an app's [`RestartPolicy`].
 //! - [`trace`]: [`trace::parse_azure`] reads the Azure Functions 2019 trace
 //!   layout from text.
@@ -62,6 +64,10 @@ pub use placement::{place, Candidate, Decision, PlacementContext, Policy};
 pub use predict::{
     backtest, evaluate, forecast_online, Backtest, Baselines, DemandForecast, DemandPredictor,
     Forecast, Predictor, PredictorConfig, PredictorReport,
+};
+pub use rebalance::predictive::{
+    capacity_advice, plan_predictive, AppForecast, CapacityAdvice, PredictiveConfig,
+    PredictiveInput,
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
 pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
+use tern_scheduler::rebalance::predictive;
 use tern_scheduler::*;
 
 const MIB: u64 = 1 << 20;
@@ -869,6 +870,260 @@ proptest! {
         }
         // Same input, same plan.
         prop_assert_eq!(moves, plan_rebalance(&c, &input, &cfg));
+    }
+}
+
+/// Nodes of 1000m and apps `(name, node, forecast CPU, variance)` with
+/// 64 MiB each and a request of 100m; exact when the variance is 0.
+fn forecast_fixture(
+    nodes: usize,
+    apps: &[(&str, usize, f64, f64)],
+) -> (Cluster, BTreeMap<String, AppForecast>) {
+    let mut c = Cluster::new(
+        (0..nodes)
+            .map(|i| node(&format!("n{i}"), 1000, 8))
+            .collect(),
+    );
+    let mut fc = BTreeMap::new();
+    for &(name, on, cpu, var) in apps {
+        c.bind(app(name, 100, 64), &format!("n{on}")).unwrap();
+        fc.insert(
+            name.to_string(),
+            AppForecast {
+                cpu_mean: cpu,
+                cpu_var: var,
+                memory_bytes: 64 * MIB,
+            },
+        );
+    }
+    (c, fc)
+}
+
+fn plan_for(c: &Cluster, fc: &BTreeMap<String, AppForecast>, cfg: &PredictiveConfig) -> Vec<Move> {
+    let input = PredictiveInput {
+        forecast: fc,
+        state_bytes: &BTreeMap::new(),
+        last_moved: &BTreeMap::new(),
+        now: 100,
+    };
+    plan_predictive(c, &input, cfg)
+}
+
+#[test]
+fn predictive_rebalancer_data_driven() {
+    let cfg = PredictiveConfig::default();
+    // (case, nodes, apps (name, node, cpu, variance), moves, nodes whose
+    // expected demand is over capacity after them, apps that must move)
+    type Case<'a> = (
+        &'a str,
+        usize,
+        Vec<(&'a str, usize, f64, f64)>,
+        usize,
+        usize,
+        Vec<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "nothing over: nothing moves",
+            2,
+            vec![
+                ("a", 0, 600.0, 0.0),
+                ("b", 0, 300.0, 0.0),
+                ("c", 1, 200.0, 0.0),
+            ],
+            0,
+            0,
+            vec![],
+        ),
+        (
+            // Only `b` fits next to `c`.
+            "a forecast overload moves the app that fixes it",
+            2,
+            vec![
+                ("a", 0, 700.0, 0.0),
+                ("b", 0, 400.0, 0.0),
+                ("c", 1, 500.0, 0.0),
+            ],
+            1,
+            0,
+            vec!["b"],
+        ),
+        (
+            // n1 has 150m of room, both apps of n0 are bigger: no move
+            // fits, a swap does.
+            "a swap where no move fits",
+            2,
+            vec![
+                ("big", 0, 600.0, 0.0),
+                ("mid", 0, 450.0, 0.0),
+                ("x", 1, 330.0, 0.0),
+                ("y", 1, 200.0, 0.0),
+                ("z", 1, 320.0, 0.0),
+            ],
+            2,
+            0,
+            vec![],
+        ),
+        (
+            // 2210m on 2000m: 210m cannot be served. Moving `s` (100m) off
+            // n1 leaves it exactly full and n0 with all the overflow: one
+            // overloaded node instead of two, the same CPU unserved.
+            "triage gathers an overflow that cannot be avoided",
+            2,
+            vec![
+                ("a", 0, 600.0, 0.0),
+                ("b", 0, 410.0, 0.0),
+                ("r", 0, 100.0, 0.0),
+                ("c", 1, 600.0, 0.0),
+                ("d", 1, 400.0, 0.0),
+                ("s", 1, 100.0, 0.0),
+            ],
+            1,
+            1,
+            vec!["s"],
+        ),
+        (
+            // n1 expects 800m, n0 300m, nothing is over; but n1's apps are
+            // uncertain (sd 200m each): splitting them makes an overload
+            // unlikely on both nodes.
+            "uncertain apps get room",
+            2,
+            vec![
+                ("a", 0, 200.0, 0.0),
+                ("b", 0, 100.0, 0.0),
+                ("u", 1, 500.0, 40_000.0),
+                ("v", 1, 300.0, 40_000.0),
+            ],
+            1,
+            0,
+            vec!["v"],
+        ),
+    ];
+    for (case, nodes, apps, n_moves, over_after, must_move) in cases {
+        let (c, fc) = forecast_fixture(nodes, &apps);
+        let moves = plan_for(&c, &fc, &cfg);
+        assert_eq!(moves.len(), n_moves, "{case}: {moves:?}");
+        let mut after = c.clone();
+        for m in &moves {
+            after.move_app(&m.app, &m.to).unwrap();
+        }
+        let over = after
+            .nodes
+            .iter()
+            .filter(|n| n.apps.iter().map(|a| fc[a].cpu_mean).sum::<f64>() > 1000.0)
+            .count();
+        assert_eq!(over, over_after, "{case}: {moves:?}");
+        for a in must_move {
+            assert!(
+                moves.iter().any(|m| m.app == a),
+                "{case}: {a} stays: {moves:?}"
+            );
+        }
+        if case.starts_with("triage") {
+            assert!(
+                matches!(moves[0].reason, MoveReason::Triage { .. }),
+                "{moves:?}"
+            );
+            let total: f64 = fc.values().map(|f| f.cpu_mean).sum();
+            assert_eq!(total - 2000.0, 210.0, "the same CPU goes unserved");
+        }
+    }
+}
+
+#[test]
+fn capacity_advice_asks_for_nodes_when_the_forecast_does_not_fit() {
+    // (apps' forecasts (cpu, variance), z) -> extra nodes of 1000m.
+    for (apps, z, want) in [
+        (vec![(900.0, 0.0), (800.0, 0.0)], 1.0, 0),
+        (vec![(900.0, 0.0), (900.0, 0.0), (300.0, 0.0)], 0.0, 1),
+        (vec![(900.0, 10_000.0), (1000.0, 0.0)], 0.0, 0),
+        (vec![(900.0, 10_000.0), (1000.0, 0.0)], 2.0, 1),
+        (vec![(2000.0, 0.0), (2100.0, 0.0)], 0.0, 3),
+    ] {
+        let named: Vec<(String, usize, f64, f64)> = apps
+            .iter()
+            .enumerate()
+            .map(|(i, &(cpu, var))| (format!("a{i}"), i % 2, cpu, var))
+            .collect();
+        let refs: Vec<(&str, usize, f64, f64)> = named
+            .iter()
+            .map(|(n, on, c, v)| (n.as_str(), *on, *c, *v))
+            .collect();
+        let (c, fc) = forecast_fixture(2, &refs);
+        let advice = capacity_advice(&c, &fc, z);
+        assert_eq!(advice.capacity_cpu_milli, 2000);
+        assert_eq!(advice.extra_nodes, want, "{apps:?} z={z}: {advice:?}");
+    }
+}
+
+/// An app for the planner's property test: (request, mean, sd, memory
+/// MiB, node, in a group, moved recently).
+type ArbApp = (u64, f64, f64, u64, usize, bool, bool);
+
+fn arb_forecast_cluster() -> impl Strategy<Value = (Vec<NodeState>, Vec<ArbApp>)> {
+    (
+        arb_nodes(),
+        prop::collection::vec(
+            (
+                0u64..1500,
+                0.0f64..2000.0,
+                0.0f64..400.0,
+                1u64..2048,
+                0usize..100,
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            1..40,
+        ),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn predictive_rebalancer_keeps_its_limits_and_lowers_the_cost(
+        (nodes, apps) in arb_forecast_cluster(),
+        max_moves in 0usize..6,
+        budget in 0.05f64..2.0,
+    ) {
+        let mut c = Cluster::new(nodes);
+        c.nodes[0].draining = true;
+        let n = c.nodes.len();
+        let (mut fc, mut last, mut state) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (i, &(req, mean, sd, mem, on, grouped, recent)) in apps.iter().enumerate() {
+            let name = format!("a{i}");
+            let mut spec = app(&name, req, mem);
+            spec.group = grouped.then(|| "g".to_string());
+            c.bind(spec, &c.nodes[on % n].name.clone()).unwrap();
+            fc.insert(name.clone(), AppForecast { cpu_mean: mean, cpu_var: sd * sd, memory_bytes: mem * MIB });
+            state.insert(name.clone(), mem * MIB);
+            if recent {
+                last.insert(name, 98u64);
+            }
+        }
+        let cfg = PredictiveConfig { max_moves, max_move_seconds: Some(budget), cooldown: 5, ..PredictiveConfig::default() };
+        let input = PredictiveInput { forecast: &fc, state_bytes: &state, last_moved: &last, now: 100 };
+        let moves = plan_predictive(&c, &input, &cfg);
+        prop_assert!(moves.len() <= max_moves);
+        let seconds: f64 = moves.iter().map(|m| m.terms["T_s"]).sum();
+        prop_assert!(seconds <= budget + 1e-9, "{seconds} s of moves on a {budget} s budget");
+        let mut after = c.clone();
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &moves {
+            prop_assert!(seen.insert(m.app.clone()), "{} moved twice", m.app);
+            prop_assert!(!last.contains_key(&m.app), "{} moved in its cool-down", m.app);
+            let to = after.node(&m.to).unwrap();
+            prop_assert!(to.schedulable());
+            let req = after.apps[&m.app].spec.requests;
+            prop_assert!((to.requested + req).fits_in(&to.capacity), "{} over-commits {}", m.app, m.to);
+            after.move_app(&m.app, &m.to).unwrap();
+        }
+        // Every step gained more than its migrations cost.
+        let before = predictive::expected_cost(&c, &input, &cfg);
+        let planned = predictive::expected_cost(&after, &input, &cfg);
+        prop_assert!(planned <= before + 1e-6, "{before} -> {planned}");
+        prop_assert_eq!(moves, plan_predictive(&c, &input, &cfg));
     }
 }
 

@@ -4,6 +4,17 @@
 //! It only plans; the control plane executes each [`Move`] as a hot
 //! migration and records the time of the move, which it passes back as
 //! `last_moved` so that an app is not moved again within the cool-down.
+//!
+//! Two planners share the [`Move`] they return and the limits they obey
+//! (a number of moves, seconds of migration time, a cool-down, declared
+//! requests never over-committed when asked): [`plan_rebalance`] acts on
+//! one expected demand per app (observed or predicted) and evens load out;
+//! [`predictive::plan_predictive`] acts on a forecast with its spread,
+//! moves and swaps apps to lower each node's chance of overload and its
+//! expected unserved CPU and, when the cluster cannot hold the forecast,
+//! gathers the overflow on as few nodes as it can.
+
+pub mod predictive;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -82,6 +93,17 @@ pub enum MoveReason {
         /// The source's memory capacity.
         capacity_memory_bytes: u64,
     },
+    /// The forecast says the cluster cannot hold its demand: the overflow
+    /// is gathered on as few nodes as possible instead of slowing them all.
+    Triage {
+        /// Expected CPU demand on the source before the move.
+        expected_cpu_milli: u64,
+        /// The source's CPU capacity.
+        capacity_cpu_milli: u64,
+    },
+    /// The other half of a swap: moved to make room for the app that took
+    /// its place.
+    Swap,
     /// The source node is draining.
     Draining,
     /// The app's users are much closer to the target.
@@ -111,6 +133,14 @@ impl fmt::Display for MoveReason {
                     capacity_memory_bytes >> 20
                 )
             }
+            MoveReason::Triage {
+                expected_cpu_milli,
+                capacity_cpu_milli,
+            } => write!(
+                f,
+                "triage: source expected at {expected_cpu_milli}m of {capacity_cpu_milli}m CPU and the cluster cannot hold the forecast; the overflow is gathered on few nodes"
+            ),
+            MoveReason::Swap => f.write_str("swap: makes room for the app taking its place"),
             MoveReason::Draining => f.write_str("source node is draining"),
             MoveReason::UsersMoved {
                 location,
