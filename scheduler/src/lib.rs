@@ -25,14 +25,18 @@
 //!   and exponential-smoothing [`Baselines`] on held-out data.
 //! - [`rebalance`]: [`plan_rebalance`] picks the cheapest migrations when a
 //!   node would overload, drains, or an edge app's users moved, within a
-//!   move limit and a cool-down; [`plan_predictive`] plans from forecasts
-//!   with their spread and triages an overflow the cluster cannot avoid;
-//!   [`capacity_advice`] says when the forecast needs more nodes.
+//!   move limit (a count and seconds of migration time) and a cool-down;
+//!   [`plan_predictive`] plans from forecasts with their spread and triages
+//!   an overflow the cluster cannot avoid; [`capacity_advice`] says when
+//!   the forecast needs more nodes.
 //! - [`restart`]: [`decide_restart`] (auto start) by an app's [`RestartPolicy`].
 //! - [`trace`]: [`trace::parse_azure`] reads the Azure Functions 2019 trace
 //!   layout from text.
-//! - [`sim`]: [`sim::compare`] replays a trace against policies on
-//!   identical clusters; [`sim::render_table`] and [`sim::plot_svg`] show it.
+//! - [`sim`]: [`sim::compare`] replays a trace against policies (and an
+//!   oracle) on identical clusters under identical rules, over several
+//!   seeds; [`sim::sweep`] does it at several fills; [`sim::render_table`],
+//!   [`sim::plot_svg`], [`sim::render_sweep`] and [`sim::plot_sweep_svg`]
+//!   show them.
 //!
 //! # Invariants
 //! - The scheduler never links wasmtime and does no IO.
@@ -71,5 +75,8 @@ pub use rebalance::predictive::{
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
 pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};
-pub use sim::{compare, plot_svg, render_table, Comparison, PolicyResult, SimConfig};
+pub use sim::{
+    compare, plot_svg, plot_sweep_svg, render_sweep, render_table, sweep, Comparison, PolicyResult,
+    PolicyRun, SimConfig, SimPolicy, Sweep,
+};
 pub use trace::{parse_azure, Trace, TraceError};

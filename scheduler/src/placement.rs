@@ -73,6 +73,10 @@ pub struct PlacementContext {
     /// How many of the best candidates get their score's terms (the chosen
     /// node always does); the others carry their score and verdict only.
     pub explain_top: usize,
+    /// Whether `learned` also keeps declared requests within a node's
+    /// capacity, as `requests` and `cost` always do (the simulator holds
+    /// every policy to that rule).
+    pub check_requests: bool,
 }
 
 impl Default for PlacementContext {
@@ -82,6 +86,7 @@ impl Default for PlacementContext {
             latency: LatencyTable::default(),
             predicted_demand: None,
             explain_top: 10,
+            check_requests: false,
         }
     }
 }
@@ -316,6 +321,13 @@ fn evaluate(
             }
         }
         Policy::Learned => {
+            if ctx.check_requests {
+                if let Some(reason) =
+                    fit_reason(&node.requested, &app.requests, &node.capacity, "requests")
+                {
+                    return Err(reason);
+                }
+            }
             let demand = ctx.predicted_demand.unwrap_or(app.requests);
             if let Some(reason) =
                 fit_reason(&node.expected, &demand, &node.capacity, "predicted demand")

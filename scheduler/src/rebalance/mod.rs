@@ -22,7 +22,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, NodeState, Resources};
-use crate::cost::{migration_cost, CostWeights, LatencyTable, MigrationInput, Terms};
+use crate::cost::{
+    migration_cost, migration_seconds, CostWeights, LatencyTable, MigrationInput, Terms,
+};
 
 /// Rebalancer tunables.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,10 @@ use crate::cost::{migration_cost, CostWeights, LatencyTable, MigrationInput, Ter
 pub struct RebalanceConfig {
     /// At most this many moves per call (per interval).
     pub max_moves: usize,
+    /// At most this many seconds of migration time per call, each move
+    /// counted at its estimated time (the migration cost's T); `None`: no
+    /// limit besides `max_moves`.
+    pub max_move_seconds: Option<f64>,
     /// An app moved at time `t` is not moved again before `t + cooldown`
     /// (same unit as [`RebalanceInput::now`]).
     pub cooldown: u64,
@@ -53,6 +59,7 @@ impl Default for RebalanceConfig {
     fn default() -> Self {
         RebalanceConfig {
             max_moves: 2,
+            max_move_seconds: None,
             cooldown: 10,
             target_utilization: 0.9,
             check_requests: true,
@@ -183,6 +190,8 @@ struct Plan<'a> {
     requested: Vec<Resources>,
     where_now: BTreeMap<&'a str, usize>,
     moves: Vec<Move>,
+    /// Migration seconds of the moves planned so far.
+    seconds: f64,
 }
 
 /// How much room a target must have.
@@ -211,7 +220,12 @@ impl<'a> Plan<'a> {
             .last_moved
             .get(app)
             .is_none_or(|t| self.input.now >= t.saturating_add(self.cfg.cooldown));
-        cooled && !self.moves.iter().any(|m| m.app == app)
+        cooled
+            && !self.moves.iter().any(|m| m.app == app)
+            && self.cfg.max_move_seconds.is_none_or(|budget| {
+                self.seconds + migration_seconds(&self.cfg.weights.migration, &self.state(app))
+                    <= budget
+            })
     }
 
     fn limit(&self, node: &NodeState) -> Resources {
@@ -265,20 +279,21 @@ impl<'a> Plan<'a> {
         best
     }
 
-    fn migration(&self, app: &str) -> crate::cost::Cost {
+    fn state(&self, app: &str) -> MigrationInput {
         let state = self
             .input
             .state_bytes
             .get(app)
             .copied()
             .unwrap_or(self.demand(app).memory_bytes);
-        migration_cost(
-            &self.cfg.weights.migration,
-            &MigrationInput {
-                state_bytes: state,
-                dirty_bytes_per_s: 0.0,
-            },
-        )
+        MigrationInput {
+            state_bytes: state,
+            dirty_bytes_per_s: 0.0,
+        }
+    }
+
+    fn migration(&self, app: &str) -> crate::cost::Cost {
+        migration_cost(&self.cfg.weights.migration, &self.state(app))
     }
 
     fn apply(&mut self, app: &'a str, from: usize, to: usize, target_c: f64, reason: MoveReason) {
@@ -290,6 +305,7 @@ impl<'a> Plan<'a> {
         self.requested[to] += spec.requests;
         self.where_now.insert(app, to);
         let cost = self.migration(app);
+        self.seconds += cost.terms["T_s"];
         let mut terms = cost.terms;
         terms.insert("target_C".into(), target_c);
         self.moves.push(Move {
@@ -312,6 +328,7 @@ impl<'a> Plan<'a> {
 
     fn full(&self) -> bool {
         self.moves.len() >= self.cfg.max_moves
+            || self.cfg.max_move_seconds.is_some_and(|b| self.seconds >= b)
     }
 
     /// One move off overloaded node `i`, if any helps: the cheapest move
@@ -356,7 +373,8 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Plans at most `cfg.max_moves` migrations.
+/// Plans at most `cfg.max_moves` migrations taking at most
+/// `cfg.max_move_seconds` in all.
 ///
 /// In order: apps on draining nodes; then, node by node from the most
 /// loaded, moves off every node whose expected demand exceeds
@@ -390,6 +408,7 @@ pub fn plan_rebalance(
         requested: cluster.nodes.iter().map(|n| n.requested).collect(),
         where_now,
         moves: Vec::new(),
+        seconds: 0.0,
     };
     let entries: Vec<(&str, usize)> = plan.where_now.iter().map(|(a, i)| (*a, *i)).collect();
     for (app, i) in entries {
