@@ -12,7 +12,8 @@
 //! - [`placement`]: the three [`Policy`]s (`requests`, `cost`, `learned`)
 //!   and [`place`], which filters nodes, scores them and returns a
 //!   [`Decision`] listing every candidate with its verdict and score, the
-//!   best ones with the terms of their score.
+//!   best ones with the terms of their score; [`PlacementIndex`] makes the
+//!   same choices for many apps at once without scoring every node.
 //! - [`cost`]: the cost models with their weights ([`CostWeights`]):
 //!   scheduling `C = α·T + β·R`, migration `C = α·S + β·B + γ·T`, start
 //!   delay `D = α·S + β·R + γ·T`; each returns its value and terms.
@@ -64,7 +65,7 @@ pub use cost::{
     StartInput, Terms,
 };
 pub use error::ScheduleError;
-pub use placement::{place, Candidate, Decision, PlacementContext, Policy};
+pub use placement::{place, Candidate, Choice, Decision, PlacementContext, PlacementIndex, Policy};
 pub use predict::{
     backtest, evaluate, forecast_online, Backtest, Baselines, DemandForecast, DemandPredictor,
     Forecast, Predictor, PredictorConfig, PredictorReport,

@@ -503,6 +503,95 @@ proptest! {
     }
 }
 
+/// A cluster of a few node shapes in a few zones (so that the index has
+/// classes of several nodes), some not ready, some draining, some aarch64.
+fn arb_shaped_nodes() -> impl Strategy<Value = Vec<NodeState>> {
+    prop::collection::vec((0usize..3, 0usize..3, 0u8..10), 1..40).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (shape, zone, state))| {
+                let (cpu, mem) = [(4000, 8), (8000, 16), (2000, 4)][shape];
+                let mut n =
+                    node(&format!("n{i}"), cpu, mem).with_label("zone", format!("zone-{zone}"));
+                n.ready = state != 0 || i == 0;
+                n.draining = state == 1 && i != 0;
+                if state == 2 {
+                    n = n.with_label("arch", "aarch64");
+                }
+                n
+            })
+            .collect()
+    })
+}
+
+/// (cpu request, memory MiB, predicted cpu, group, wants aarch64, users' zone, unbind an earlier app)
+type ArbPlaced = (u64, u64, u64, Option<u8>, bool, u8, Option<usize>);
+
+fn arb_placed_apps() -> impl Strategy<Value = Vec<ArbPlaced>> {
+    prop::collection::vec(
+        (
+            0u64..2500,
+            0u64..3000,
+            0u64..3000,
+            prop::option::of(0u8..3),
+            prop::bool::weighted(0.1),
+            0u8..3,
+            prop::option::weighted(0.1, 0usize..100),
+        ),
+        1..80,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn the_placement_index_chooses_as_place_does(
+        nodes in arb_shaped_nodes(),
+        apps in arb_placed_apps(),
+        policy in prop::sample::select(Policy::ALL.to_vec()),
+        check_requests in any::<bool>(),
+    ) {
+        let mut c = Cluster::new(nodes);
+        let latency = LatencyTable::default();
+        let mut index = PlacementIndex::new(&c, &latency);
+        let mut ctx = PlacementContext { check_requests, ..ctx() };
+        let mut bound: Vec<String> = Vec::new();
+        for (i, &(cpu, mem, predicted, group, arm, zone, unbind)) in apps.iter().enumerate() {
+            if let Some(k) = unbind.filter(|_| !bound.is_empty()) {
+                let gone = bound.remove(k % bound.len());
+                c.unbind(&gone);
+                index.unbind(&gone).unwrap();
+            }
+            let mut a = app(&format!("a{i}"), cpu, mem).with_user_location(format!("zone-{zone}"));
+            a.group = group.map(|g| format!("g{g}"));
+            if arm {
+                a = a.with_selector("arch", "aarch64");
+            }
+            let demand = Resources::new(predicted, mem * MIB);
+            ctx.predicted_demand = (policy == Policy::Learned).then_some(demand);
+            let full = place(&c, &a, policy, &ctx);
+            let fast = index.place(&a, policy, &ctx);
+            match (&full, &fast) {
+                (Ok(d), Ok(choice)) => {
+                    prop_assert_eq!(&d.node, &choice.node);
+                    prop_assert_eq!(d.chosen().score, choice.score);
+                    prop_assert_eq!(&d.chosen().terms, &choice.terms);
+                    let expected = ctx.predicted_demand;
+                    c.bind(a.clone(), &d.node).unwrap();
+                    if let Some(e) = expected {
+                        c.set_expected(&a.name, e).unwrap();
+                    }
+                    index.bind(&a, &choice.node, expected).unwrap();
+                    bound.push(a.name.clone());
+                }
+                (Err(e), Err(f)) => prop_assert_eq!(e, f),
+                _ => prop_assert!(false, "place: {:?}\nindex: {:?}", full.map(|d| d.node), fast),
+            }
+        }
+    }
+}
+
 // ------------------------------------------------------------ cost models
 
 #[test]

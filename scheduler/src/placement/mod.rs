@@ -11,6 +11,10 @@ use crate::cluster::{AppSpec, Cluster, NodeState, Resources};
 use crate::cost::{scheduling_cost, CostWeights, LatencyTable, Terms};
 use crate::ScheduleError;
 
+mod index;
+
+pub use index::{Choice, PlacementIndex};
+
 /// How the scheduler picks a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -368,9 +372,6 @@ pub fn place(
     policy: Policy,
     ctx: &PlacementContext,
 ) -> Result<Decision, ScheduleError> {
-    if cluster.nodes.is_empty() {
-        return Err(ScheduleError::NoNodes);
-    }
     let mut same: std::collections::HashMap<&str, usize> = Default::default();
     if let Some(g) = &app.group {
         for p in cluster.apps.values() {
@@ -384,9 +385,22 @@ pub fn place(
         here: same.get(n.name.as_str()).copied().unwrap_or(0),
         max,
     };
+    decide(&cluster.nodes, app, policy, ctx, group_of)
+}
+
+/// [`place`] on `nodes`, with the app's group mates counted by `group_of`.
+fn decide(
+    nodes: &[NodeState],
+    app: &AppSpec,
+    policy: Policy,
+    ctx: &PlacementContext,
+    group_of: impl Fn(&NodeState) -> GroupCount,
+) -> Result<Decision, ScheduleError> {
+    if nodes.is_empty() {
+        return Err(ScheduleError::NoNodes);
+    }
     // Score every node (cheap: no terms), then explain the best few.
-    let mut candidates: Vec<Candidate> = cluster
-        .nodes
+    let mut candidates: Vec<Candidate> = nodes
         .iter()
         .map(|n| {
             let (feasible, reason_if_not, score) =
@@ -426,7 +440,7 @@ pub fn place(
         }
     }
     for (_, i) in ranked {
-        let n = &cluster.nodes[i];
+        let n = &nodes[i];
         let _ = evaluate(
             n,
             app,
