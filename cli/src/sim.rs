@@ -19,7 +19,8 @@ pub struct SimArgs {
     #[arg(long, value_name = "FILE")]
     trace: PathBuf,
     /// A policy to compare (repeatable): requests, cost, learned, oracle
-    /// (learned told the next minute exactly). Default: all four.
+    /// (learned told the next minute exactly), observed (learned fed the
+    /// last minute's usage instead of its forecast). Default: the first four.
     #[arg(long = "policy", value_name = "POLICY")]
     policies: Vec<String>,
     /// Nodes in the simulated cluster.
@@ -36,6 +37,16 @@ pub struct SimArgs {
     /// The first seed (same seeds, same result).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Rule for every policy: moves per minute at most.
+    #[arg(long, value_name = "N")]
+    max_moves: Option<usize>,
+    /// Rule for every policy: seconds of migration per minute at most (each
+    /// move counted at its estimated time).
+    #[arg(long, value_name = "SECONDS")]
+    move_seconds: Option<f64>,
+    /// Rule for every policy: minutes before a moved app may move again.
+    #[arg(long, value_name = "MINUTES")]
+    cooldown: Option<u64>,
     /// Compare at several fills instead of one (comma-separated, default
     /// 0.6,0.7,0.8,0.85,0.9,0.95): overload and unserved CPU against
     /// utilisation, per policy.
@@ -103,6 +114,18 @@ pub fn sim(a: SimArgs) -> Result<ExitCode> {
             bail!("--nodes must be at least 1");
         }
         config.nodes = n;
+    }
+    if let Some(n) = a.max_moves {
+        config.max_moves_per_minute = n;
+    }
+    if let Some(s) = a.move_seconds {
+        if !(s >= 0.0 && s.is_finite()) {
+            bail!("--move-seconds must be a number of seconds, 0 or more; got {s}");
+        }
+        config.move_seconds_per_minute = s;
+    }
+    if let Some(m) = a.cooldown {
+        config.cooldown_minutes = m;
     }
 
     if let Some(list) = &a.sweep {

@@ -1627,15 +1627,20 @@ fn explicit_cluster_size_is_used_as_given() {
 
 #[test]
 fn policy_names_parse_with_the_oracle() {
-    for p in SimPolicy::ALL {
+    for p in SimPolicy::ALL.into_iter().chain([SimPolicy::Observed]) {
         assert_eq!(p.to_string().parse::<SimPolicy>().unwrap(), p);
     }
     assert_eq!("Learned".parse::<SimPolicy>().unwrap(), SimPolicy::Learned);
     assert_eq!(
         "psychic".parse::<SimPolicy>().unwrap_err().to_string(),
-        "unknown policy `psychic`: expected requests, cost, learned or oracle"
+        "unknown policy `psychic`: expected requests, cost, learned, oracle or observed"
     );
     assert_eq!(SimPolicy::Oracle.placement(), Policy::Learned);
+    assert_eq!(
+        "observed".parse::<SimPolicy>().unwrap(),
+        SimPolicy::Observed
+    );
+    assert!(!SimPolicy::ALL.contains(&SimPolicy::Observed));
 }
 
 // -------------------------------------------------------------- invariants

@@ -60,6 +60,9 @@
 //!   whose forecast fits no node is placed by its requests.
 //! - `oracle` is `learned` told the exact demand of the next minute (no
 //!   spread): it bounds what any predictor can buy this policy.
+//! - `observed` (on request) is `learned` fed the usage of the minute
+//!   before, with the spread of that guess's recent errors: between it and
+//!   `learned` lies what the predictor itself adds.
 //!
 //! # What is reported, per policy (mean and range over seeds)
 //! `overload_minutes` (node-minutes overloaded), `unserved_cpu` (core-
@@ -107,6 +110,10 @@ pub enum SimPolicy {
     Learned,
     /// `learned` with the exact next minute instead of a forecast.
     Oracle,
+    /// `learned` fed the usage observed in the minute before instead of the
+    /// predictor's forecast (its spread: the last hour's errors of that):
+    /// what the predictor adds to the planner. Not in [`SimPolicy::ALL`].
+    Observed,
 }
 
 impl SimPolicy {
@@ -125,6 +132,7 @@ impl SimPolicy {
             SimPolicy::Cost => "cost",
             SimPolicy::Learned => "learned",
             SimPolicy::Oracle => "oracle",
+            SimPolicy::Observed => "observed",
         }
     }
 
@@ -133,7 +141,7 @@ impl SimPolicy {
         match self {
             SimPolicy::Requests => Policy::Requests,
             SimPolicy::Cost => Policy::Cost,
-            SimPolicy::Learned | SimPolicy::Oracle => Policy::Learned,
+            SimPolicy::Learned | SimPolicy::Oracle | SimPolicy::Observed => Policy::Learned,
         }
     }
 }
@@ -159,6 +167,7 @@ impl FromStr for SimPolicy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "oracle" => Ok(SimPolicy::Oracle),
+            "observed" => Ok(SimPolicy::Observed),
             other => other
                 .parse::<Policy>()
                 .map(SimPolicy::from)

@@ -232,6 +232,7 @@ fn policy_color(p: SimPolicy) -> &'static str {
         SimPolicy::Cost => COLORS[1],
         SimPolicy::Learned => COLORS[2],
         SimPolicy::Oracle => COLORS[7],
+        SimPolicy::Observed => COLORS[4],
     }
 }
 

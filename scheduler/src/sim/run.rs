@@ -198,6 +198,15 @@ fn run_policy(
                 cpu_var: 0.0,
                 memory_bytes: memory(ri),
             },
+            SimPolicy::Observed => {
+                let f = data.last[reps[ri].function][t - data.history];
+                let share = reps[ri].share;
+                AppForecast {
+                    cpu_mean: f.mean * share,
+                    cpu_var: (f.std_dev * share).powi(2),
+                    memory_bytes: memory(ri),
+                }
+            }
         }
     };
     let as_resources = |f: &AppForecast| Resources::new(f.cpu_mean.round() as u64, f.memory_bytes);
@@ -224,8 +233,11 @@ fn run_policy(
         mean_latency_ms: 0.0,
         node_estimate_mae: 0.0,
         audit: RuleAudit::default(),
-        capacity: matches!(policy, SimPolicy::Learned | SimPolicy::Oracle)
-            .then(CapacityCheck::default),
+        capacity: matches!(
+            policy,
+            SimPolicy::Learned | SimPolicy::Oracle | SimPolicy::Observed
+        )
+        .then(CapacityCheck::default),
         node_load: vec![Vec::with_capacity(data.minutes - data.history); n_nodes],
     };
     let (mut util_sum, mut lat_sum, mut lat_n) = (0.0, 0.0, 0u64);
@@ -237,8 +249,11 @@ fn run_policy(
         let mut still = Vec::new();
         for &ri in &pending {
             let spec = &specs[ri];
-            ctx.predicted_demand = matches!(policy, SimPolicy::Learned | SimPolicy::Oracle)
-                .then(|| as_resources(&beliefs[ri]));
+            ctx.predicted_demand = matches!(
+                policy,
+                SimPolicy::Learned | SimPolicy::Oracle | SimPolicy::Observed
+            )
+            .then(|| as_resources(&beliefs[ri]));
             // An app whose forecast fits no node is placed by its requests
             // (the rebalancer takes it from there).
             let decision = place(&cluster, spec, policy.placement(), &ctx)
@@ -273,7 +288,7 @@ fn run_policy(
                 };
                 plan_rebalance(&cluster, &input, &reactive)
             }
-            SimPolicy::Learned | SimPolicy::Oracle => {
+            SimPolicy::Learned | SimPolicy::Oracle | SimPolicy::Observed => {
                 let fc: BTreeMap<String, AppForecast> = cluster
                     .apps
                     .keys()

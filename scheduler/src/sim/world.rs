@@ -2,6 +2,8 @@
 //! alone), the cluster and its apps (per fill), their users and arrival
 //! order (per seed).
 
+use std::collections::VecDeque;
+
 use crate::cluster::{AppSpec, NodeState, Resources};
 use crate::predict::{evaluate, forecast_online, Forecast, PredictorReport};
 use crate::rng::SplitMix64;
@@ -13,6 +15,21 @@ const GIB: u64 = 1 << 30;
 
 /// Minutes of past forecast errors that bound a forecast's spread from below.
 const ERROR_WINDOW: usize = 60;
+
+fn rms(errors: &VecDeque<f64>) -> f64 {
+    if errors.is_empty() {
+        0.0
+    } else {
+        (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt()
+    }
+}
+
+fn push_error(errors: &mut VecDeque<f64>, e: f64) {
+    errors.push_back(e);
+    if errors.len() > ERROR_WINDOW {
+        errors.pop_front();
+    }
+}
 
 /// Everything that depends on the trace only.
 pub(crate) struct TraceData {
@@ -26,6 +43,9 @@ pub(crate) struct TraceData {
     /// `forecast[f][t - history]`: the forecast of `demand[f][t]` made
     /// before minute `t`.
     pub forecast: Vec<Vec<Forecast>>,
+    /// `last[f][t - history]`: `demand[f][t - 1]`, with the root mean
+    /// square of that guess's errors over the last hour as its spread.
+    pub last: Vec<Vec<Forecast>>,
     pub report: PredictorReport,
 }
 
@@ -57,32 +77,39 @@ impl TraceData {
                 let first = if d > 0.0 { w[0] / d } else { 1.0 };
                 // The spread is at least the root mean square of the
                 // forecast's last errors (in millicores, known by then).
-                let mut recent: std::collections::VecDeque<f64> = Default::default();
+                let mut recent: VecDeque<f64> = VecDeque::new();
                 let mut out = Vec::with_capacity(minutes - history);
                 for t in history..minutes {
                     let running: f64 = (1..w.len().min(t + 1))
                         .map(|k| f.invocations[t - k] as f64 * w[k] * 1000.0)
                         .sum();
                     let s = started_fc[fi][t - history];
-                    let rms = if recent.is_empty() {
-                        0.0
-                    } else {
-                        (recent.iter().map(|e: &f64| e * e).sum::<f64>() / recent.len() as f64)
-                            .sqrt()
-                    };
                     let fc = Forecast {
                         median: running + first * s.median,
                         mean: running + first * s.mean,
-                        std_dev: (first * s.std_dev).max(rms),
+                        std_dev: (first * s.std_dev).max(rms(&recent)),
                         upper: running + first * s.upper,
                     };
-                    recent.push_back(demand[fi][t] - fc.mean);
-                    if recent.len() > ERROR_WINDOW {
-                        recent.pop_front();
-                    }
+                    push_error(&mut recent, demand[fi][t] - fc.mean);
                     out.push(fc);
                 }
                 out
+            })
+            .collect();
+        let last = demand
+            .iter()
+            .map(|d| {
+                let mut recent: VecDeque<f64> = VecDeque::new();
+                (history..minutes)
+                    .map(|t| {
+                        let fc = Forecast {
+                            std_dev: rms(&recent),
+                            ..Forecast::point(d[t - 1])
+                        };
+                        push_error(&mut recent, d[t] - d[t - 1]);
+                        fc
+                    })
+                    .collect()
             })
             .collect();
         let report = evaluate(
@@ -102,6 +129,7 @@ impl TraceData {
             memory: trace.functions.iter().map(|f| f.memory_bytes()).collect(),
             demand,
             forecast,
+            last,
             report,
         }
     }
