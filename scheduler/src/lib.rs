@@ -32,7 +32,8 @@
 //!   the forecast needs more nodes.
 //! - [`restart`]: [`decide_restart`] (auto start) by an app's [`RestartPolicy`].
 //! - [`trace`]: [`trace::parse_azure`] reads the Azure Functions 2019 trace
-//!   layout from text.
+//!   layout from text; a function's CPU demand is spread over the minutes
+//!   its invocations run in ([`trace::spread_kernel`]).
 //! - [`sim`]: [`sim::compare`] replays a trace against policies (and an
 //!   oracle) on identical clusters under identical rules, over several
 //!   seeds; [`sim::sweep`] does it at several fills; [`sim::render_table`],
@@ -42,8 +43,10 @@
 //! # Invariants
 //! - The scheduler never links wasmtime and does no IO.
 //! - The `requests` policy never over-commits declared requests.
-//! - The rebalancer never plans more moves than its limit and never moves
-//!   an app again within the cool-down.
+//! - Neither rebalancer plans more moves or more seconds of migration than
+//!   its limits, or moves an app again within the cool-down.
+//! - The simulator holds every policy to the same rules (move limits,
+//!   cool-down, declared requests within capacity) and the oracle too.
 
 #![warn(missing_docs)]
 

@@ -167,8 +167,10 @@ impl Fleet {
         let cpu_capacity = match config.node_capacity {
             Some(c) => c.cpu_milli,
             None => {
+                // In steps of 10m: coarser steps on nodes of a core or two
+                // would make neighbouring fills the same cluster.
                 let per_node = history_mean_total / (n_nodes as f64 * config.fill.clamp(0.05, 1.0));
-                ((per_node / 100.0).ceil() as u64 * 100).max(100)
+                ((per_node / 10.0).ceil() as u64 * 10).max(10)
             }
         };
         let replica_cpu = config.replica_cpu_milli.unwrap_or(cpu_capacity / 4).max(1);
