@@ -15,10 +15,10 @@
 //!
 //! # The cluster and the apps
 //! - `nodes` nodes; unless `node_capacity` is given their CPU is sized so
-//!   that the history's mean demand fills `fill` of the cluster (rounded
-//!   up to 10 millicores per node; so that
-//!   policies are compared at equal utilisation), their memory at twice
-//!   what the apps hold. Node `i` is in zone `i mod zones`.
+//!   that the history's mean demand fills `fill` of the cluster (rounded up
+//!   to 10 millicores per node), so that policies are compared at equal
+//!   utilisation; their memory at twice what the apps hold. Node `i` is in
+//!   zone `i mod zones`.
 //! - A function whose demand peaked above `replica_cpu_milli` (default a
 //!   quarter of a node) during the history runs as
 //!   `⌈peak / replica_cpu_milli⌉` replicas sharing its load evenly; the
