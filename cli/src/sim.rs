@@ -77,7 +77,7 @@ fn read(prefix: &Path, suffix: &str) -> Result<String> {
 }
 
 fn fill(f: f64, what: &str) -> Result<f64> {
-    if !(f > 0.0 && f <= 1.0) {
+    if f.is_nan() || f <= 0.0 || f > 1.0 {
         bail!("{what} must be a share of the cluster in (0, 1], e.g. 0.8; got {f}");
     }
     Ok(f)
@@ -119,7 +119,7 @@ pub fn sim(a: SimArgs) -> Result<ExitCode> {
         config.max_moves_per_minute = n;
     }
     if let Some(s) = a.move_seconds {
-        if !(s >= 0.0 && s.is_finite()) {
+        if !s.is_finite() || s < 0.0 {
             bail!("--move-seconds must be a number of seconds, 0 or more; got {s}");
         }
         config.move_seconds_per_minute = s;
