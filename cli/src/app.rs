@@ -41,9 +41,12 @@ enum Command {
     ///
     /// Example: tern node --listen 127.0.0.1:7101 --control http://127.0.0.1:7070 --name edge-1 --label zone=eu
     Node(node_cmd::NodeArgs),
-    /// Replay a usage trace against placement policies and compare them.
+    /// Replay a usage trace against placement policies (and an oracle that
+    /// knows the next minute) under the same rules, over several seeds.
     ///
-    /// Example: tern sim --trace scheduler/testdata/azure-functions-2019/100 --policy requests --policy cost --policy learned --plot load.svg
+    /// Example: tern sim --trace scheduler/testdata/azure-functions-2019/100 --fill 0.9 --plot load.svg
+    ///
+    /// Example: tern sim --trace scheduler/testdata/azure-functions-2019/100 --sweep --plot sweep.svg
     Sim(sim::SimArgs),
     /// The showcase: a local cluster, example apps under load, moved hot,
     /// cold and hybrid while they serve, placed by the learned scheduler.

@@ -1,8 +1,8 @@
 //! Replays the shipped Azure Functions samples with every policy and prints
 //! the comparison tables (`cargo run --release -p tern-scheduler --example sim`).
-//! With an argument `svg`, writes nothing but prints the 100-function plot.
+//! With an argument `svg`, prints nothing but the 100-function plot.
 
-use tern_scheduler::{compare, parse_azure, plot_svg, render_table, Policy, SimConfig};
+use tern_scheduler::{compare, parse_azure, plot_svg, render_table, SimConfig, SimPolicy};
 
 fn main() {
     let samples = [
@@ -23,7 +23,7 @@ fn main() {
     for (name, inv, dur, mem) in samples {
         let trace = parse_azure(inv, dur, mem).expect("shipped trace parses");
         let start = std::time::Instant::now();
-        let c = compare(&trace, &Policy::ALL, &SimConfig::default());
+        let c = compare(&trace, &SimPolicy::ALL, &SimConfig::default());
         if svg {
             if name == "100" {
                 print!("{}", plot_svg(&c));

@@ -1,10 +1,14 @@
-//! Sensitivity of the policy comparison to the simulator's cluster size and
-//! fill, summed over three seeds, on both shipped samples:
-//! `cargo run --release -p tern-scheduler --example sweep` (about a minute).
-//! The defaults of [`SimConfig`] are one point of this grid; this shows
-//! whether a conclusion holds away from it.
+//! Every policy on both shipped samples at several fills (5 seeds each),
+//! so that they are compared at equal utilisation:
+//! `cargo run --release -p tern-scheduler --example sweep` prints the
+//! tables; `... --example sweep -- svg 100` prints the 100-function sample's
+//! plot (overload and unserved CPU against utilisation) instead.
 
-use tern_scheduler::{compare, parse_azure, Policy, SimConfig, Trace};
+use tern_scheduler::{
+    parse_azure, plot_sweep_svg, render_sweep, sweep, SimConfig, SimPolicy, Trace,
+};
+
+const FILLS: [f64; 6] = [0.6, 0.7, 0.8, 0.85, 0.9, 0.95];
 
 fn sample(n: &str) -> Trace {
     let (inv, dur, mem) = match n {
@@ -23,38 +27,23 @@ fn sample(n: &str) -> Trace {
 }
 
 fn main() {
-    println!(
-        "sample nodes fill | overload node-min (requests cost learned) | migrations | mean util"
-    );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = SimConfig::default();
+    if args.first().map(String::as_str) == Some("svg") {
+        let name = args.get(1).map_or("100", String::as_str);
+        let s = sweep(&sample(name), &SimPolicy::ALL, &FILLS, &config);
+        print!("{}", plot_sweep_svg(&s));
+        return;
+    }
     for name in ["10", "100"] {
-        let trace = sample(name);
-        for nodes in [4, 8, 16] {
-            for fill in [0.7, 0.8, 0.9] {
-                let mut overloads = [0u64; 3];
-                let mut migrations = [0u64; 3];
-                let mut util = [0f64; 3];
-                for seed in 1..=3 {
-                    let c = compare(
-                        &trace,
-                        &Policy::ALL,
-                        &SimConfig {
-                            nodes,
-                            fill,
-                            seed,
-                            ..SimConfig::default()
-                        },
-                    );
-                    for (i, p) in c.policies.iter().enumerate() {
-                        overloads[i] += p.overload_minutes;
-                        migrations[i] += p.migrations;
-                        util[i] += p.mean_utilization / 3.0;
-                    }
-                }
-                println!(
-                    "{name:>6} {nodes:>5} {fill:>4} | {:>5} {:>5} {:>5} | {:>5} {:>5} {:>5} | {:.3} {:.3} {:.3}",
-                    overloads[0], overloads[1], overloads[2], migrations[0], migrations[1], migrations[2], util[0], util[1], util[2]
-                );
-            }
-        }
+        let start = std::time::Instant::now();
+        let s = sweep(&sample(name), &SimPolicy::ALL, &FILLS, &config);
+        println!(
+            "== {name}-function sample, {} seeds ({:.1} s)",
+            config.seeds,
+            start.elapsed().as_secs_f64()
+        );
+        print!("{}", render_sweep(&s));
+        println!();
     }
 }

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::{Add, AddAssign};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::restart::RestartPolicy;
 use crate::ScheduleError;
 
 /// An amount of CPU and memory: a capacity, a request, a usage or a demand.
@@ -202,6 +202,48 @@ impl NodeState {
     /// Whether the node carries every label of `selector` with the same value.
     pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
         selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// When an app that stopped is started again (from its latest checkpoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart it (the default: nothing happens that was not asked for).
+    #[default]
+    Never,
+    /// Restart it after a trap or when its node is lost, not after a clean exit.
+    OnFailure,
+    /// Restart it whenever it stops, unless an operator stopped it.
+    Always,
+}
+
+impl RestartPolicy {
+    /// The policy's name as the CLI spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RestartPolicy {
+    type Err = ScheduleError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "never" | "no" => Ok(RestartPolicy::Never),
+            "on-failure" | "onfailure" | "on_failure" => Ok(RestartPolicy::OnFailure),
+            "always" => Ok(RestartPolicy::Always),
+            _ => Err(ScheduleError::UnknownRestartPolicy(s.to_string())),
+        }
     }
 }
 

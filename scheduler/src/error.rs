@@ -34,6 +34,10 @@ pub enum ScheduleError {
     /// A policy name that is not `requests`, `cost` or `learned`.
     #[error("unknown placement policy `{0}`: expected requests, cost or learned")]
     UnknownPolicy(String),
+    /// A simulator policy name that is not `requests`, `cost`, `learned`,
+    /// `oracle` or `observed`.
+    #[error("unknown policy `{0}`: expected requests, cost, learned, oracle or observed")]
+    UnknownSimPolicy(String),
     /// A restart policy name that is not `never`, `on-failure` or `always`.
     #[error("unknown restart policy `{0}`: expected never, on-failure or always")]
     UnknownRestartPolicy(String),

@@ -6,33 +6,47 @@
 //! usage history) and executes what it decides.
 //!
 //! # Modules
-//! - [`cluster`]: [`Resources`], [`NodeState`], [`AppSpec`] and the
-//!   [`Cluster`] that binds apps to nodes and keeps per-node totals.
+//! - [`cluster`]: [`Resources`], [`NodeState`], [`AppSpec`] (with its
+//!   [`RestartPolicy`]) and the [`Cluster`] that binds apps to nodes and
+//!   keeps per-node totals.
 //! - [`placement`]: the three [`Policy`]s (`requests`, `cost`, `learned`)
 //!   and [`place`], which filters nodes, scores them and returns a
 //!   [`Decision`] listing every candidate with its verdict and score, the
-//!   best ones with the terms of their score.
+//!   best ones with the terms of their score; [`PlacementIndex`] makes the
+//!   same choices for many apps at once without scoring every node.
 //! - [`cost`]: the cost models with their weights ([`CostWeights`]):
 //!   scheduling `C = α·T + β·R`, migration `C = α·S + β·B + γ·T`, start
 //!   delay `D = α·S + β·R + γ·T`; each returns its value and terms.
 //! - [`predict`]: the demand [`Predictor`] (linfa linear models on lagged
-//!   usage and time of day, fitted online; [`DemandPredictor`] pairs one for
-//!   CPU and one for memory) and [`backtest`], which measures it against
-//!   last-value and moving-average baselines on held-out data.
+//!   usage, the value one detected period ago and time of day, fitted
+//!   online; per app it forecasts with the model, the last value or the
+//!   seasonal value, whichever erred least recently; [`DemandPredictor`]
+//!   pairs one for CPU and one for memory) and [`backtest`] / [`evaluate`],
+//!   which measure forecasts against last-value, moving-average, seasonal
+//!   and exponential-smoothing [`Baselines`] on held-out data.
 //! - [`rebalance`]: [`plan_rebalance`] picks the cheapest migrations when a
 //!   node would overload, drains, or an edge app's users moved, within a
-//!   move limit and a cool-down.
-//! - [`restart`]: [`RestartPolicy`] and [`decide_restart`] (auto start).
+//!   move limit (a count and seconds of migration time) and a cool-down;
+//!   [`plan_predictive`] plans from forecasts with their spread and triages
+//!   an overflow the cluster cannot avoid; [`capacity_advice`] says when
+//!   the forecast needs more nodes.
+//! - [`restart`]: [`decide_restart`] (auto start) by an app's [`RestartPolicy`].
 //! - [`trace`]: [`trace::parse_azure`] reads the Azure Functions 2019 trace
-//!   layout from text.
-//! - [`sim`]: [`sim::compare`] replays a trace against policies on
-//!   identical clusters; [`sim::render_table`] and [`sim::plot_svg`] show it.
+//!   layout from text; a function's CPU demand is spread over the minutes
+//!   its invocations run in ([`trace::spread_kernel`]).
+//! - [`sim`]: [`sim::compare`] replays a trace against policies (and an
+//!   oracle) on identical clusters under identical rules, over several
+//!   seeds; [`sim::sweep`] does it at several fills; [`sim::render_table`],
+//!   [`sim::plot_svg`], [`sim::render_sweep`] and [`sim::plot_sweep_svg`]
+//!   show them.
 //!
 //! # Invariants
 //! - The scheduler never links wasmtime and does no IO.
 //! - The `requests` policy never over-commits declared requests.
-//! - The rebalancer never plans more moves than its limit and never moves
-//!   an app again within the cool-down.
+//! - Neither rebalancer plans more moves or more seconds of migration than
+//!   its limits, or moves an app again within the cool-down.
+//! - The simulator holds every policy to the same rules (move limits,
+//!   cool-down, declared requests within capacity) and the oracle too.
 
 #![warn(missing_docs)]
 
@@ -47,18 +61,26 @@ pub mod rng;
 pub mod sim;
 pub mod trace;
 
-pub use cluster::{AppSpec, Cluster, NodeState, PlacedApp, Resources};
+pub use cluster::{AppSpec, Cluster, NodeState, PlacedApp, Resources, RestartPolicy};
 pub use cost::{
-    migration_cost, scheduling_cost, start_delay, Cost, CostWeights, LatencyTable, MigrationInput,
-    MigrationWeights, SchedulingWeights, StartDelayWeights, StartInput, Terms,
+    migration_cost, migration_seconds, scheduling_cost, start_delay, Cost, CostWeights,
+    LatencyTable, MigrationInput, MigrationWeights, SchedulingWeights, StartDelayWeights,
+    StartInput, Terms,
 };
 pub use error::ScheduleError;
-pub use placement::{place, Candidate, Decision, PlacementContext, Policy};
+pub use placement::{place, Candidate, Choice, Decision, PlacementContext, PlacementIndex, Policy};
 pub use predict::{
-    backtest, Backtest, DemandForecast, DemandPredictor, Forecast, Predictor, PredictorConfig,
-    PredictorReport,
+    backtest, evaluate, forecast_online, Backtest, Baselines, DemandForecast, DemandPredictor,
+    Forecast, Predictor, PredictorConfig, PredictorReport,
+};
+pub use rebalance::predictive::{
+    capacity_advice, plan_predictive, AppForecast, CapacityAdvice, PredictiveConfig,
+    PredictiveInput,
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
-pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision, RestartPolicy};
-pub use sim::{compare, plot_svg, render_table, Comparison, PolicyResult, SimConfig};
+pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};
+pub use sim::{
+    compare, plot_svg, plot_sweep_svg, render_sweep, render_table, sweep, Comparison, PolicyResult,
+    PolicyRun, SimConfig, SimPolicy, Sweep,
+};
 pub use trace::{parse_azure, Trace, TraceError};

@@ -63,6 +63,9 @@ pub struct PredictorConfig {
     pub baseline_window: usize,
     /// Intervals between refits when backtesting or simulating.
     pub refit_every: usize,
+    /// Longest period (in intervals) looked for in an app's history; the
+    /// value one period ago is a feature, and a candidate forecast.
+    pub max_period: usize,
 }
 
 impl Default for PredictorConfig {
@@ -80,6 +83,7 @@ impl Default for PredictorConfig {
             ridge: 1e-4,
             baseline_window: 5,
             refit_every: 60,
+            max_period: 240,
         }
     }
 }
@@ -91,14 +95,15 @@ impl PredictorConfig {
     }
 
     fn n_features(&self) -> usize {
-        // intercept, lags, mean, median, min, max, long mean, sin, cos
-        1 + self.lags + 4 + 1 + 2
+        // intercept, lags, mean, median, min, max, long mean, one period
+        // ago, sin, cos
+        1 + self.lags + 4 + 1 + 1 + 2
     }
 
     /// A one-line description of the model, for reports.
     pub fn describe(&self) -> String {
         format!(
-            "linfa OLS (IRLS median) per app on log1p(usage): lags 1..{}, mean/min/max {}, median {}, mean {}, time of day; spread from its recent errors",
+            "linfa OLS (IRLS median) per app on log1p(usage): lags 1..{}, mean/min/max {}, median {}, mean {}, the value one detected period ago, time of day; per app, the model, the last value or the value one period ago, whichever erred least in millicores recently; spread from that forecast's recent errors",
             self.lags, self.window, self.median_window, self.long_window
         )
     }
@@ -176,7 +181,7 @@ impl Forecast {
 
 /// Features for the value at `t` (minute-of-day `minute`) from `hist[..t]`
 /// (already log1p'd). `out` receives `n_features` values, intercept first.
-fn features(cfg: &PredictorConfig, hist: &[f64], minute: u64, out: &mut Vec<f64>) {
+fn features(cfg: &PredictorConfig, hist: &[f64], period: usize, minute: u64, out: &mut Vec<f64>) {
     let t = hist.len();
     out.clear();
     out.push(1.0);
@@ -197,6 +202,7 @@ fn features(cfg: &PredictorConfig, hist: &[f64], minute: u64, out: &mut Vec<f64>
     let long = &hist[t.saturating_sub(cfg.long_window.max(1))..];
     let long_mean = long.iter().sum::<f64>() / long.len() as f64;
     out.extend([mean, median, min, max, long_mean]);
+    out.push(hist[t.saturating_sub(period.max(1))]);
     let angle =
         2.0 * std::f64::consts::PI * (minute % MINUTES_PER_DAY) as f64 / MINUTES_PER_DAY as f64;
     out.extend([angle.sin(), angle.cos()]);
@@ -260,6 +266,59 @@ struct Series {
     /// The model's recent one-step errors (`actual − median forecast`, log
     /// space), measured as samples arrive: out-of-sample residuals.
     errors: std::collections::VecDeque<f64>,
+    /// The last value's errors on the same samples.
+    last_errors: std::collections::VecDeque<f64>,
+    /// The seasonal forecast's (one period ago) errors on the same samples.
+    season_errors: std::collections::VecDeque<f64>,
+    /// The period detected at the last fit (1: none).
+    period: usize,
+    /// The absolute errors, in the metric's own units, of the model's
+    /// median, the last value and the seasonal forecast on the same samples:
+    /// what chooses among them (placement adds demands up in those units).
+    raw_errors: [std::collections::VecDeque<f64>; 3],
+}
+
+/// Which forecast of an app is used: the one whose recent errors are lowest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Model,
+    LastValue,
+    Seasonal,
+}
+
+fn push_window(q: &mut std::collections::VecDeque<f64>, v: f64, window: usize) {
+    q.push_back(v);
+    while q.len() > window {
+        q.pop_front();
+    }
+}
+
+fn mean_abs(q: &std::collections::VecDeque<f64>) -> f64 {
+    q.iter().map(|e| e.abs()).sum::<f64>() / q.len().max(1) as f64
+}
+
+/// The period (in samples, from 2 up to `max`) whose value one period ago
+/// forecast `values` (log space) clearly better than the last value, on the
+/// same points; 1 when none does.
+fn detect_period_log(values: &[f64], max: usize) -> usize {
+    let max = (values.len() / 3).min(max);
+    if max < 2 {
+        return 1;
+    }
+    let err = |p: usize| {
+        (max..values.len())
+            .map(|t| (values[t] - values[t - p]).abs())
+            .sum::<f64>()
+    };
+    let last_value = err(1);
+    let mut best = (1, last_value);
+    for p in 2..=max {
+        let e = err(p);
+        if e < best.1 && e < 0.9 * last_value {
+            best = (p, e);
+        }
+    }
+    best.0
 }
 
 /// Online predictor of one metric (e.g. CPU) for many apps.
@@ -310,11 +369,16 @@ impl Predictor {
         if !s.values.is_empty() && minute == s.last_minute + 1 {
             if let Some(m) = self.median_log(app, s) {
                 let window = self.config.error_window;
+                let last = *s.values.last().expect("non-empty");
+                let season = s.values[s.values.len().saturating_sub(s.period.max(1))];
                 let s = self.series.get_mut(app).expect("inserted above");
-                s.errors.push_back(v - m);
-                while s.errors.len() > window {
-                    s.errors.pop_front();
-                }
+                push_window(&mut s.errors, v - m, window);
+                push_window(&mut s.last_errors, v - last, window);
+                push_window(&mut s.season_errors, v - season, window);
+                let x = v.exp_m1();
+                push_window(&mut s.raw_errors[0], (x - m.exp_m1()).abs(), window);
+                push_window(&mut s.raw_errors[1], (x - last.exp_m1()).abs(), window);
+                push_window(&mut s.raw_errors[2], (x - season.exp_m1()).abs(), window);
             }
         }
         let s = self.series.get_mut(app).expect("inserted above");
@@ -356,7 +420,13 @@ impl Predictor {
         let mut f = Vec::with_capacity(cfg.n_features());
         let mut rows = 0;
         for t in w..n {
-            features(cfg, &s.values[..t], first_minute + t as u64, &mut f);
+            features(
+                cfg,
+                &s.values[..t],
+                s.period,
+                first_minute + t as u64,
+                &mut f,
+            );
             x.extend_from_slice(&f);
             y.push(s.values[t]);
             rows += 1;
@@ -368,6 +438,10 @@ impl Predictor {
     /// at least `min_history` samples, and a pooled one if any app has less.
     /// Returns the number of models fitted.
     pub fn fit(&mut self) -> usize {
+        let max_period = self.config.max_period;
+        for s in self.series.values_mut() {
+            s.period = detect_period_log(&s.values, max_period);
+        }
         let cfg = &self.config;
         let p = cfg.n_features();
         let own = cfg.min_history.max(cfg.warmup() + p);
@@ -411,10 +485,34 @@ impl Predictor {
         let (Some(m), Some(model)) = (self.median_log(app, s), self.model_of(app)) else {
             return Some(Forecast::point(last.exp_m1()));
         };
-        // The spread: the model's own recent out-of-sample errors once
-        // there are enough of them, its training residuals before.
-        let residuals: Vec<f64> = if s.errors.len() >= MIN_ERRORS {
-            let mut r: Vec<f64> = s.errors.iter().copied().collect();
+        // The model, the last value or the value one period ago: whichever
+        // erred least on the recent samples, in the metric's own units (all
+        // three are scored on the same ones). Its spread: its own recent
+        // errors (log space) once there are enough of them, the model's
+        // training residuals before.
+        let source = if s.errors.len() >= MIN_ERRORS {
+            let scores = [
+                (Source::Model, mean_abs(&s.raw_errors[0])),
+                (Source::LastValue, mean_abs(&s.raw_errors[1])),
+                (Source::Seasonal, mean_abs(&s.raw_errors[2])),
+            ];
+            scores
+                .into_iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(Source::Model, |(src, _)| src)
+        } else {
+            Source::Model
+        };
+        let (m, errors) = match source {
+            Source::Model => (m, &s.errors),
+            Source::LastValue => (last, &s.last_errors),
+            Source::Seasonal => (
+                s.values[s.values.len().saturating_sub(s.period.max(1))],
+                &s.season_errors,
+            ),
+        };
+        let residuals: Vec<f64> = if errors.len() >= MIN_ERRORS {
+            let mut r: Vec<f64> = errors.iter().copied().collect();
             r.sort_by(f64::total_cmp);
             r
         } else {
@@ -451,7 +549,7 @@ impl Predictor {
             return None;
         }
         let mut f = Vec::with_capacity(self.config.n_features());
-        features(&self.config, &s.values, s.last_minute + 1, &mut f);
+        features(&self.config, &s.values, s.period, s.last_minute + 1, &mut f);
         // Never forecast far outside what the app has shown (a linear model
         // can extrapolate wildly on an unusual window).
         Some(model.median.predict(&f).clamp(0.0, s.max + 1.0))
@@ -540,6 +638,141 @@ impl DemandPredictor {
     }
 }
 
+/// The naive forecasts the model is judged against, each of one series'
+/// value at `t` from its values before `t`.
+///
+/// - last value: `y[t-1]`;
+/// - moving average: the mean of the last `baseline_window` values;
+/// - seasonal: `y[t-p]`, with the period `p` that forecast the history best
+///   (searched up to a third of the history, at most `max_period`; `p = 1`
+///   is the last value, so seasonal is never worse than it on the history);
+/// - exponential smoothing: `ŷ[t] = α·y[t-1] + (1-α)·ŷ[t-1]`, with the `α`
+///   that forecast the history best.
+///
+/// Periods and `α` are chosen on the history before the split only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Baselines {
+    /// Each series' detected period, minutes.
+    pub periods: Vec<usize>,
+    /// Each series' smoothing factor.
+    pub alphas: Vec<f64>,
+}
+
+/// The names of the baselines, in report order.
+pub const BASELINES: [&str; 4] = [
+    "last value",
+    "moving average",
+    "seasonal",
+    "exponential smoothing",
+];
+
+/// Longest period the seasonal baseline looks for (a day).
+const MAX_PERIOD: usize = MINUTES_PER_DAY as usize;
+
+fn log_mae(pairs: impl Iterator<Item = (f64, f64)>) -> f64 {
+    let (mut e, mut n) = (0.0, 0usize);
+    for (f, a) in pairs {
+        e += (f.max(0.0).ln_1p() - a.max(0.0).ln_1p()).abs();
+        n += 1;
+    }
+    if n == 0 {
+        f64::INFINITY
+    } else {
+        e / n as f64
+    }
+}
+
+fn detect_period(hist: &[f64]) -> usize {
+    let max = (hist.len() / 3).min(MAX_PERIOD);
+    if max < 2 {
+        return 1;
+    }
+    // Every period is scored on the same points, from `max` on.
+    let last_value = log_mae((max..hist.len()).map(|t| (hist[t - 1], hist[t])));
+    let mut best = (1, last_value);
+    for p in 2..=max {
+        let e = log_mae((max..hist.len()).map(|t| (hist[t - p], hist[t])));
+        // A period must clearly beat the last value.
+        if e < best.1 && e < 0.9 * last_value {
+            best = (p, e);
+        }
+    }
+    best.0
+}
+
+fn smooth(series: &[f64], alpha: f64, upto: usize, mut on: impl FnMut(usize, f64)) {
+    let Some(&first) = series.first() else {
+        return;
+    };
+    let mut level = first;
+    for (t, &v) in series.iter().enumerate().take(upto).skip(1) {
+        on(t, level);
+        level = alpha * v + (1.0 - alpha) * level;
+    }
+}
+
+fn fit_alpha(hist: &[f64]) -> f64 {
+    let mut best = (1.0, f64::INFINITY);
+    for k in 1..=20 {
+        let alpha = k as f64 * 0.05;
+        let (mut e, mut n) = (0.0, 0usize);
+        smooth(hist, alpha, hist.len(), |t, f| {
+            e += (f.max(0.0).ln_1p() - hist[t].max(0.0).ln_1p()).abs();
+            n += 1;
+        });
+        let e = if n == 0 { f64::INFINITY } else { e / n as f64 };
+        if e < best.1 {
+            best = (alpha, e);
+        }
+    }
+    best.0
+}
+
+impl Baselines {
+    /// Detects each series' period and smoothing factor on `series[..split]`.
+    pub fn fit(series: &[Vec<f64>], split: usize) -> Self {
+        fn hist(s: &[f64], split: usize) -> &[f64] {
+            &s[..split.min(s.len())]
+        }
+        Baselines {
+            periods: series
+                .iter()
+                .map(|s| detect_period(hist(s, split)))
+                .collect(),
+            alphas: series.iter().map(|s| fit_alpha(hist(s, split))).collect(),
+        }
+    }
+
+    /// Every baseline's forecast of `series[i][t]` for `t` in `from..to`,
+    /// in [`BASELINES`] order: `out[b][t - from]`.
+    pub fn forecasts(
+        &self,
+        config: &PredictorConfig,
+        i: usize,
+        series: &[f64],
+        from: usize,
+        to: usize,
+    ) -> [Vec<f64>; 4] {
+        let bw = config.baseline_window.max(1);
+        let p = self.periods[i];
+        let mut out: [Vec<f64>; 4] = Default::default();
+        for t in from..to {
+            let window = &series[t.saturating_sub(bw)..t];
+            out[0].push(series[t - 1]);
+            out[1].push(window.iter().sum::<f64>() / window.len() as f64);
+            out[2].push(series[t.saturating_sub(p)]);
+        }
+        let mut es = vec![0.0; to - from];
+        smooth(series, self.alphas[i], to, |t, f| {
+            if t >= from {
+                es[t - from] = f;
+            }
+        });
+        out[3] = es;
+        out
+    }
+}
+
 /// How the model did against the naive baselines on the same held-out points.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PredictorReport {
@@ -555,17 +788,29 @@ pub struct PredictorReport {
     pub last_value_mae: f64,
     /// Error of "next = mean of the last `baseline_window` values" (log1p units).
     pub moving_average_mae: f64,
+    /// Error of "next = the value one detected period ago" (log1p units).
+    pub seasonal_mae: f64,
+    /// Error of exponential smoothing with a fitted factor (log1p units).
+    pub exp_smoothing_mae: f64,
+    /// The baseline with the lowest error (log1p units): the one to beat.
+    pub best_baseline: String,
+    /// Its error (log1p units).
+    pub best_baseline_mae: f64,
     /// The model's R² on the held-out points (log1p units).
     pub r2: Option<f64>,
     /// Share of held-out points at or below the upper-quantile forecast
     /// (calibration: close to `upper_quantile` is right).
     pub upper_coverage: f64,
-    /// The same three errors in the metric's own units (e.g. millicores).
+    /// The model's error in the metric's own units (e.g. millicores).
     pub mae_raw: f64,
     /// Last-value error in the metric's own units.
     pub last_value_mae_raw: f64,
     /// Moving-average error in the metric's own units.
     pub moving_average_mae_raw: f64,
+    /// Seasonal error in the metric's own units.
+    pub seasonal_mae_raw: f64,
+    /// Exponential-smoothing error in the metric's own units.
+    pub exp_smoothing_mae_raw: f64,
 }
 
 /// Result of an online backtest: the report and every prediction made.
@@ -577,17 +822,17 @@ pub struct Backtest {
     pub forecasts: Vec<Vec<Forecast>>,
 }
 
-/// Online one-step-ahead backtest on `series` (one value per minute,
-/// `series[i][t]` at minute `first_minute + t`): the model sees only values
-/// before `split` when first fitted, is refitted every `refit_every`
-/// minutes on everything before the refit point, and each forecast of `t`
-/// uses values before `t` only. The baselines forecast the same points.
-pub fn backtest(
+/// Online one-step-ahead forecasts of `series` (one value per minute,
+/// `series[i][t]` at minute `first_minute + t`) for every `t` from `split`
+/// on: the model sees only values before `split` when first fitted, is
+/// refitted every `refit_every` minutes on everything before the refit
+/// point, and each forecast of `t` uses values before `t` only.
+pub fn forecast_online(
     config: &PredictorConfig,
     series: &[Vec<f64>],
     first_minute: u64,
     split: usize,
-) -> Backtest {
+) -> Vec<Vec<Forecast>> {
     let len = series.iter().map(Vec::len).min().unwrap_or(0);
     let split = split.clamp(1, len.max(1));
     let mut p = Predictor::new(config.clone());
@@ -598,59 +843,96 @@ pub fn backtest(
         }
     }
     let mut forecasts = vec![Vec::with_capacity(len - split); series.len()];
-    let mut covered = 0usize;
-    let (mut e_m, mut e_lv, mut e_ma) = (0.0, 0.0, 0.0);
-    let (mut r_m, mut r_lv, mut r_ma) = (0.0, 0.0, 0.0);
-    let mut actual_log = Vec::new();
-    let mut sq_res = 0.0;
-    let bw = config.baseline_window.max(1);
     for t in split..len {
         if (t - split) % config.refit_every.max(1) == 0 {
             p.fit();
         }
         for (i, s) in series.iter().enumerate() {
-            let fc = p.forecast(&names[i]).unwrap_or(Forecast::point(0.0));
-            let pred = fc.median;
+            forecasts[i].push(p.forecast(&names[i]).unwrap_or(Forecast::point(0.0)));
+            p.observe(&names[i], first_minute + t as u64, s[t]);
+        }
+    }
+    forecasts
+}
+
+/// Measures `forecasts` (`forecasts[i][t - split]` of `series[i][t]`)
+/// against the [`Baselines`] on the same points, from `split` on.
+pub fn evaluate(
+    config: &PredictorConfig,
+    series: &[Vec<f64>],
+    forecasts: &[Vec<Forecast>],
+    split: usize,
+    target: &str,
+) -> PredictorReport {
+    let len = series.iter().map(Vec::len).min().unwrap_or(0);
+    let split = split.clamp(1, len.max(1));
+    let baselines = Baselines::fit(series, split);
+    let mut e_m = 0.0;
+    let mut r_m = 0.0;
+    let mut e_b = [0.0; 4];
+    let mut r_b = [0.0; 4];
+    let mut covered = 0usize;
+    let mut actual_log = Vec::new();
+    let mut sq_res = 0.0;
+    for (i, s) in series.iter().enumerate() {
+        let base = baselines.forecasts(config, i, s, split, len);
+        for t in split..len {
+            let fc = forecasts[i][t - split];
             let actual = s[t].max(0.0);
-            let lv = s[t - 1].max(0.0);
-            let window = &s[t.saturating_sub(bw)..t];
-            let ma_log =
-                window.iter().map(|v| v.max(0.0).ln_1p()).sum::<f64>() / window.len() as f64;
-            let ma_raw = window.iter().map(|v| v.max(0.0)).sum::<f64>() / window.len() as f64;
             let a = actual.ln_1p();
-            e_m += (pred.ln_1p() - a).abs();
-            e_lv += (lv.ln_1p() - a).abs();
-            e_ma += (ma_log - a).abs();
-            r_m += (pred - actual).abs();
-            r_lv += (lv - actual).abs();
-            r_ma += (ma_raw - actual).abs();
-            sq_res += (pred.ln_1p() - a).powi(2);
+            e_m += (fc.median.max(0.0).ln_1p() - a).abs();
+            r_m += (fc.median - actual).abs();
+            sq_res += (fc.median.max(0.0).ln_1p() - a).powi(2);
+            for b in 0..4 {
+                let f = base[b][t - split].max(0.0);
+                e_b[b] += (f.ln_1p() - a).abs();
+                r_b[b] += (f - actual).abs();
+            }
             actual_log.push(a);
             covered += usize::from(actual <= fc.upper * (1.0 + 1e-9) + 1e-9);
-            forecasts[i].push(fc);
-            p.observe(&names[i], first_minute + t as u64, s[t]);
         }
     }
     let n = actual_log.len().max(1) as f64;
     let mean = actual_log.iter().sum::<f64>() / n;
     let ss_tot: f64 = actual_log.iter().map(|a| (a - mean).powi(2)).sum();
     let r2 = (ss_tot > 0.0).then(|| 1.0 - sq_res / ss_tot);
-    Backtest {
-        report: PredictorReport {
-            model: config.describe(),
-            target: format!(
-                "next-minute value; MAE in log1p units; baselines: last value, mean of last {bw}"
-            ),
-            points: actual_log.len(),
-            mae: e_m / n,
-            last_value_mae: e_lv / n,
-            moving_average_mae: e_ma / n,
-            r2,
-            upper_coverage: covered as f64 / n,
-            mae_raw: r_m / n,
-            last_value_mae_raw: r_lv / n,
-            moving_average_mae_raw: r_ma / n,
-        },
-        forecasts,
+    let e_b = e_b.map(|e| e / n);
+    let best = (0..4)
+        .min_by(|&a, &b| e_b[a].total_cmp(&e_b[b]))
+        .unwrap_or(0);
+    PredictorReport {
+        model: config.describe(),
+        target: format!(
+            "{target}; MAE in log1p units; baselines: last value, mean of last {}, seasonal (period detected on the history), exponential smoothing (factor fitted on the history)",
+            config.baseline_window.max(1)
+        ),
+        points: actual_log.len(),
+        mae: e_m / n,
+        last_value_mae: e_b[0],
+        moving_average_mae: e_b[1],
+        seasonal_mae: e_b[2],
+        exp_smoothing_mae: e_b[3],
+        best_baseline: BASELINES[best].to_string(),
+        best_baseline_mae: e_b[best],
+        r2,
+        upper_coverage: covered as f64 / n,
+        mae_raw: r_m / n,
+        last_value_mae_raw: r_b[0] / n,
+        moving_average_mae_raw: r_b[1] / n,
+        seasonal_mae_raw: r_b[2] / n,
+        exp_smoothing_mae_raw: r_b[3] / n,
     }
+}
+
+/// Online one-step-ahead backtest on `series` ([`forecast_online`]),
+/// measured against the baselines on the same points ([`evaluate`]).
+pub fn backtest(
+    config: &PredictorConfig,
+    series: &[Vec<f64>],
+    first_minute: u64,
+    split: usize,
+) -> Backtest {
+    let forecasts = forecast_online(config, series, first_minute, split);
+    let report = evaluate(config, series, &forecasts, split, "next-minute value");
+    Backtest { report, forecasts }
 }

@@ -1,56 +1,14 @@
-//! Auto start: restart policies and the pure decision of whether and where
-//! to restart an app after it stopped.
-
-use std::fmt;
-use std::str::FromStr;
+//! Auto start: the pure decision of whether and where to restart an app
+//! after it stopped, by its [`RestartPolicy`] (declared with the app, in
+//! [`crate::cluster`]; this module depends on the cluster model, never the
+//! other way round).
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cluster::RestartPolicy;
 use crate::cluster::{AppSpec, Cluster};
 use crate::placement::{place, Decision, PlacementContext, Policy};
 use crate::ScheduleError;
-
-/// When an app that stopped is started again (from its latest checkpoint).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Never restart it (the default: nothing happens that was not asked for).
-    #[default]
-    Never,
-    /// Restart it after a trap or when its node is lost, not after a clean exit.
-    OnFailure,
-    /// Restart it whenever it stops, unless an operator stopped it.
-    Always,
-}
-
-impl RestartPolicy {
-    /// The policy's name as the CLI spells it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RestartPolicy::Never => "never",
-            RestartPolicy::OnFailure => "on-failure",
-            RestartPolicy::Always => "always",
-        }
-    }
-}
-
-impl fmt::Display for RestartPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RestartPolicy {
-    type Err = ScheduleError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "never" | "no" => Ok(RestartPolicy::Never),
-            "on-failure" | "onfailure" | "on_failure" => Ok(RestartPolicy::OnFailure),
-            "always" => Ok(RestartPolicy::Always),
-            _ => Err(ScheduleError::UnknownRestartPolicy(s.to_string())),
-        }
-    }
-}
 
 /// How an app's last run ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

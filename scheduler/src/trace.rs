@@ -3,10 +3,14 @@
 //! Three CSV files describe one sample: per-minute invocation counts
 //! (`HashOwner,HashApp,HashFunction,Trigger,<minute>...`), execution-time
 //! statistics (`...,Average,...` in ms) and allocated memory
-//! (`...,AverageAllocatedMb,...`), joined on `HashFunction`. A function's
-//! demand in a minute is `invocations × average duration` CPU-ms (divided
-//! by 60 to get thousandths of a core busy over the minute) and its average
-//! allocated memory.
+//! (`...,AverageAllocatedMb,...`), joined on `HashFunction`.
+//!
+//! A function's CPU demand: each invocation keeps one core busy for the
+//! function's average duration, starting at a uniformly random moment of
+//! its minute, so a 5-minute run spreads its 5 core-minutes over the 6
+//! minutes it touches ([`spread_kernel`], [`FunctionTrace::cpu_series`]),
+//! not into the minute it started. Its memory is its average allocated
+//! memory.
 
 use std::collections::HashMap;
 
@@ -81,9 +85,30 @@ pub struct FunctionTrace {
 }
 
 impl FunctionTrace {
-    /// CPU demand in minute `i`, thousandths of a core (`invocations × duration / 60`).
+    /// CPU work *started* in minute `i`, in thousandths of a core over one
+    /// minute (`invocations × duration / 60`): what the invocations of that
+    /// minute will run in total, wherever it lands ([`Self::cpu_series`]).
     pub fn cpu_milli(&self, i: usize) -> f64 {
         self.invocations[i] as f64 * self.avg_duration_ms / 60.0
+    }
+
+    /// CPU demand of every minute of the trace, thousandths of a core, with
+    /// each invocation's CPU spread over its execution time
+    /// ([`spread_kernel`]). Work spilling past the trace's last minute is
+    /// dropped; work started before its first minute is unknown.
+    pub fn cpu_series(&self) -> Vec<f64> {
+        let w = spread_kernel(self.avg_duration_ms);
+        let n = self.invocations.len();
+        let mut out = vec![0.0; n];
+        for (t, &c) in self.invocations.iter().enumerate() {
+            if c == 0 {
+                continue;
+            }
+            for (k, wk) in w.iter().enumerate().take(n - t) {
+                out[t + k] += c as f64 * wk * 1000.0;
+            }
+        }
+        out
     }
 
     /// Memory demand, bytes.
@@ -95,6 +120,35 @@ impl FunctionTrace {
     pub fn demand(&self, i: usize) -> Resources {
         Resources::new(self.cpu_milli(i).round() as u64, self.memory_bytes())
     }
+}
+
+/// Where one invocation's CPU lands: `w[k]` is the core-minutes it runs in
+/// the `k`-th minute after the minute it started in (`w[0]`: that minute),
+/// for a run of `duration_ms` starting at a uniformly random moment of its
+/// minute. The shares add up to the run's length in minutes.
+///
+/// With `D` the run in minutes and `H` the integral of `clamp(x, 0, D)`
+/// (`H(z) = z²/2` up to `D`, `D²/2 + D·(z − D)` after), the time the run
+/// spends in minute `k` averaged over its start is
+/// `w[k] = H(k + 1) − 2·H(k) + H(k − 1)`.
+pub fn spread_kernel(duration_ms: f64) -> Vec<f64> {
+    let d = (duration_ms / 60_000.0).max(0.0);
+    let h = |z: f64| {
+        if z <= 0.0 {
+            0.0
+        } else if z <= d {
+            z * z / 2.0
+        } else {
+            d * d / 2.0 + d * (z - d)
+        }
+    };
+    let last = d.ceil() as usize;
+    (0..=last)
+        .map(|k| {
+            let k = k as f64;
+            (h(k + 1.0) - 2.0 * h(k) + h(k - 1.0)).max(0.0)
+        })
+        .collect()
 }
 
 /// A parsed trace: functions over a run of consecutive minutes.

@@ -11,6 +11,10 @@ use crate::cluster::{AppSpec, Cluster, NodeState, Resources};
 use crate::cost::{scheduling_cost, CostWeights, LatencyTable, Terms};
 use crate::ScheduleError;
 
+mod index;
+
+pub use index::{Choice, PlacementIndex};
+
 /// How the scheduler picks a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +77,10 @@ pub struct PlacementContext {
     /// How many of the best candidates get their score's terms (the chosen
     /// node always does); the others carry their score and verdict only.
     pub explain_top: usize,
+    /// Whether `learned` also keeps declared requests within a node's
+    /// capacity, as `requests` and `cost` always do (the simulator holds
+    /// every policy to that rule).
+    pub check_requests: bool,
 }
 
 impl Default for PlacementContext {
@@ -82,6 +90,7 @@ impl Default for PlacementContext {
             latency: LatencyTable::default(),
             predicted_demand: None,
             explain_top: 10,
+            check_requests: false,
         }
     }
 }
@@ -316,6 +325,13 @@ fn evaluate(
             }
         }
         Policy::Learned => {
+            if ctx.check_requests {
+                if let Some(reason) =
+                    fit_reason(&node.requested, &app.requests, &node.capacity, "requests")
+                {
+                    return Err(reason);
+                }
+            }
             let demand = ctx.predicted_demand.unwrap_or(app.requests);
             if let Some(reason) =
                 fit_reason(&node.expected, &demand, &node.capacity, "predicted demand")
@@ -356,9 +372,6 @@ pub fn place(
     policy: Policy,
     ctx: &PlacementContext,
 ) -> Result<Decision, ScheduleError> {
-    if cluster.nodes.is_empty() {
-        return Err(ScheduleError::NoNodes);
-    }
     let mut same: std::collections::HashMap<&str, usize> = Default::default();
     if let Some(g) = &app.group {
         for p in cluster.apps.values() {
@@ -372,9 +385,22 @@ pub fn place(
         here: same.get(n.name.as_str()).copied().unwrap_or(0),
         max,
     };
+    decide(&cluster.nodes, app, policy, ctx, group_of)
+}
+
+/// [`place`] on `nodes`, with the app's group mates counted by `group_of`.
+fn decide(
+    nodes: &[NodeState],
+    app: &AppSpec,
+    policy: Policy,
+    ctx: &PlacementContext,
+    group_of: impl Fn(&NodeState) -> GroupCount,
+) -> Result<Decision, ScheduleError> {
+    if nodes.is_empty() {
+        return Err(ScheduleError::NoNodes);
+    }
     // Score every node (cheap: no terms), then explain the best few.
-    let mut candidates: Vec<Candidate> = cluster
-        .nodes
+    let mut candidates: Vec<Candidate> = nodes
         .iter()
         .map(|n| {
             let (feasible, reason_if_not, score) =
@@ -414,7 +440,7 @@ pub fn place(
         }
     }
     for (_, i) in ranked {
-        let n = &cluster.nodes[i];
+        let n = &nodes[i];
         let _ = evaluate(
             n,
             app,

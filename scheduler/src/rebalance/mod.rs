@@ -4,6 +4,17 @@
 //! It only plans; the control plane executes each [`Move`] as a hot
 //! migration and records the time of the move, which it passes back as
 //! `last_moved` so that an app is not moved again within the cool-down.
+//!
+//! Two planners share the [`Move`] they return and the limits they obey
+//! (a number of moves, seconds of migration time, a cool-down, declared
+//! requests never over-committed when asked): [`plan_rebalance`] acts on
+//! one expected demand per app (observed or predicted) and evens load out;
+//! [`predictive::plan_predictive`] acts on a forecast with its spread,
+//! moves and swaps apps to lower each node's chance of overload and its
+//! expected unserved CPU and, when the cluster cannot hold the forecast,
+//! gathers the overflow on as few nodes as it can.
+
+pub mod predictive;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -11,7 +22,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, NodeState, Resources};
-use crate::cost::{migration_cost, CostWeights, LatencyTable, MigrationInput, Terms};
+use crate::cost::{
+    migration_cost, migration_seconds, CostWeights, LatencyTable, MigrationInput, Terms,
+};
 
 /// Rebalancer tunables.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +32,10 @@ use crate::cost::{migration_cost, CostWeights, LatencyTable, MigrationInput, Ter
 pub struct RebalanceConfig {
     /// At most this many moves per call (per interval).
     pub max_moves: usize,
+    /// At most this many seconds of migration time per call, each move
+    /// counted at its estimated time (the migration cost's T); `None`: no
+    /// limit besides `max_moves`.
+    pub max_move_seconds: Option<f64>,
     /// An app moved at time `t` is not moved again before `t + cooldown`
     /// (same unit as [`RebalanceInput::now`]).
     pub cooldown: u64,
@@ -42,6 +59,7 @@ impl Default for RebalanceConfig {
     fn default() -> Self {
         RebalanceConfig {
             max_moves: 2,
+            max_move_seconds: None,
             cooldown: 10,
             target_utilization: 0.9,
             check_requests: true,
@@ -82,6 +100,17 @@ pub enum MoveReason {
         /// The source's memory capacity.
         capacity_memory_bytes: u64,
     },
+    /// The forecast says the cluster cannot hold its demand: the overflow
+    /// is gathered on as few nodes as possible instead of slowing them all.
+    Triage {
+        /// Expected CPU demand on the source before the move.
+        expected_cpu_milli: u64,
+        /// The source's CPU capacity.
+        capacity_cpu_milli: u64,
+    },
+    /// The other half of a swap: moved to make room for the app that took
+    /// its place.
+    Swap,
     /// The source node is draining.
     Draining,
     /// The app's users are much closer to the target.
@@ -111,6 +140,14 @@ impl fmt::Display for MoveReason {
                     capacity_memory_bytes >> 20
                 )
             }
+            MoveReason::Triage {
+                expected_cpu_milli,
+                capacity_cpu_milli,
+            } => write!(
+                f,
+                "triage: source expected at {expected_cpu_milli}m of {capacity_cpu_milli}m CPU and the cluster cannot hold the forecast; the overflow is gathered on few nodes"
+            ),
+            MoveReason::Swap => f.write_str("swap: makes room for the app taking its place"),
             MoveReason::Draining => f.write_str("source node is draining"),
             MoveReason::UsersMoved {
                 location,
@@ -153,6 +190,8 @@ struct Plan<'a> {
     requested: Vec<Resources>,
     where_now: BTreeMap<&'a str, usize>,
     moves: Vec<Move>,
+    /// Migration seconds of the moves planned so far.
+    seconds: f64,
 }
 
 /// How much room a target must have.
@@ -181,7 +220,12 @@ impl<'a> Plan<'a> {
             .last_moved
             .get(app)
             .is_none_or(|t| self.input.now >= t.saturating_add(self.cfg.cooldown));
-        cooled && !self.moves.iter().any(|m| m.app == app)
+        cooled
+            && !self.moves.iter().any(|m| m.app == app)
+            && self.cfg.max_move_seconds.is_none_or(|budget| {
+                self.seconds + migration_seconds(&self.cfg.weights.migration, &self.state(app))
+                    <= budget
+            })
     }
 
     fn limit(&self, node: &NodeState) -> Resources {
@@ -235,20 +279,21 @@ impl<'a> Plan<'a> {
         best
     }
 
-    fn migration(&self, app: &str) -> crate::cost::Cost {
+    fn state(&self, app: &str) -> MigrationInput {
         let state = self
             .input
             .state_bytes
             .get(app)
             .copied()
             .unwrap_or(self.demand(app).memory_bytes);
-        migration_cost(
-            &self.cfg.weights.migration,
-            &MigrationInput {
-                state_bytes: state,
-                dirty_bytes_per_s: 0.0,
-            },
-        )
+        MigrationInput {
+            state_bytes: state,
+            dirty_bytes_per_s: 0.0,
+        }
+    }
+
+    fn migration(&self, app: &str) -> crate::cost::Cost {
+        migration_cost(&self.cfg.weights.migration, &self.state(app))
     }
 
     fn apply(&mut self, app: &'a str, from: usize, to: usize, target_c: f64, reason: MoveReason) {
@@ -260,6 +305,7 @@ impl<'a> Plan<'a> {
         self.requested[to] += spec.requests;
         self.where_now.insert(app, to);
         let cost = self.migration(app);
+        self.seconds += cost.terms["T_s"];
         let mut terms = cost.terms;
         terms.insert("target_C".into(), target_c);
         self.moves.push(Move {
@@ -282,6 +328,7 @@ impl<'a> Plan<'a> {
 
     fn full(&self) -> bool {
         self.moves.len() >= self.cfg.max_moves
+            || self.cfg.max_move_seconds.is_some_and(|b| self.seconds >= b)
     }
 
     /// One move off overloaded node `i`, if any helps: the cheapest move
@@ -326,7 +373,8 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Plans at most `cfg.max_moves` migrations.
+/// Plans at most `cfg.max_moves` migrations taking at most
+/// `cfg.max_move_seconds` in all.
 ///
 /// In order: apps on draining nodes; then, node by node from the most
 /// loaded, moves off every node whose expected demand exceeds
@@ -360,6 +408,7 @@ pub fn plan_rebalance(
         requested: cluster.nodes.iter().map(|n| n.requested).collect(),
         where_now,
         moves: Vec::new(),
+        seconds: 0.0,
     };
     let entries: Vec<(&str, usize)> = plan.where_now.iter().map(|(a, i)| (*a, *i)).collect();
     for (app, i) in entries {
