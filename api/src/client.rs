@@ -15,7 +15,12 @@ use crate::types::ErrorBody;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        url: String,
+        reason: String,
+        /// The connection was never made: the request was not delivered.
+        connect: bool,
+    },
     #[error("{url} did not answer within {secs} s")]
     Timeout { url: String, secs: u64 },
     #[error("{message}")]
@@ -32,6 +37,12 @@ impl ClientError {
         }
     }
 
+    /// Whether the request surely never reached the peer (the connection
+    /// could not be made), so that sending it elsewhere cannot run it twice.
+    pub fn never_delivered(&self) -> bool {
+        matches!(self, ClientError::Unreachable { connect: true, .. })
+    }
+
     /// Whether the peer could not be reached at all (connection refused...).
     pub fn is_unreachable(&self) -> bool {
         matches!(
@@ -46,6 +57,7 @@ impl ClientError {
 pub struct RawResponse {
     pub status: StatusCode,
     pub content_type: Option<String>,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -112,9 +124,11 @@ impl Client {
             .map_err(|e| ClientError::Unreachable {
                 url: url.into(),
                 reason: e.to_string(),
+                connect: true,
             })?;
         let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| {
+                let connect = e.is_connect();
                 let mut reason = e.to_string();
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
                 while let Some(s) = src {
@@ -124,11 +138,12 @@ impl Client {
                 ClientError::Unreachable {
                     url: url.into(),
                     reason,
+                    connect,
                 }
             })?;
             let status = resp.status();
-            let content_type = resp
-                .headers()
+            let headers = resp.headers().clone();
+            let content_type = headers
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
@@ -139,11 +154,13 @@ impl Client {
                 .map_err(|e| ClientError::Unreachable {
                     url: url.into(),
                     reason: format!("connection lost: {e}"),
+                    connect: false,
                 })?
                 .to_bytes();
             Ok::<_, ClientError>(RawResponse {
                 status,
                 content_type,
+                headers,
                 body,
             })
         };

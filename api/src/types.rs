@@ -94,6 +94,24 @@ pub struct Heartbeat {
     pub name: String,
     pub usage: Resources,
     pub apps: Vec<AppStatus>,
+    /// Migrations arriving on the node, not committed yet.
+    #[serde(default)]
+    pub migrations_in: Vec<IncomingMigration>,
+}
+
+/// A migration arriving on a node (a target session), as its status shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncomingMigration {
+    pub id: String,
+    pub app: String,
+    pub from: String,
+    pub mode: Mode,
+    pub generation: u64,
+    /// Since the session opened.
+    pub age_ms: u64,
+    /// Since its last step: a session idle for the node's time-to-live is
+    /// dropped with everything it holds.
+    pub idle_ms: u64,
 }
 
 /// An app as its node sees it.

@@ -274,6 +274,7 @@ async fn nodes_register_heartbeat_and_are_listed() {
             memory_bytes: 64 << 20,
         },
         apps: vec![],
+        migrations_in: Vec::new(),
     };
     client
         .post_json::<_, Value>(&c.url("/v1/nodes/node-1/heartbeat"), &hb)
@@ -642,6 +643,7 @@ async fn state_survives_a_restart_of_the_control_plane() {
                 memory_bytes: 9,
             },
             apps: vec![],
+            migrations_in: Vec::new(),
         };
         client
             .post_json::<_, Value>(&c.url("/v1/nodes/node-2/heartbeat"), &hb)

@@ -15,6 +15,9 @@ pub enum ErrorKind {
     Conflict,
     /// The app is going away (shut down, handed over): ask again.
     Unavailable,
+    /// Too much is waiting for the app: ask again after a moment (503 with
+    /// `Retry-After`).
+    Busy,
     /// Something failed on this node.
     Internal,
     /// Another node or the control plane answered with this status (502
@@ -56,6 +59,10 @@ impl NodeError {
         NodeError::new(ErrorKind::Unavailable, message)
     }
 
+    pub fn busy(message: impl Into<String>) -> NodeError {
+        NodeError::new(ErrorKind::Busy, message)
+    }
+
     pub fn internal(message: impl Into<String>) -> NodeError {
         NodeError::new(ErrorKind::Internal, message)
     }
@@ -80,7 +87,7 @@ impl NodeError {
             ErrorKind::BadRequest => 400,
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
-            ErrorKind::Unavailable => 503,
+            ErrorKind::Unavailable | ErrorKind::Busy => 503,
             ErrorKind::Internal => 500,
             ErrorKind::Peer(s) => s,
         }

@@ -1,6 +1,17 @@
 //! Reaching an app that runs on another node: the route to it (learned
 //! from a handover, or asked of the control plane and cached), and calls
 //! forwarded there.
+//!
+//! A route can go stale: the app moved on, or its node died and the app
+//! restarted elsewhere. A forward that could not be delivered (the node
+//! did not take the connection, or answered that it has no such app) drops
+//! the route, asks the control plane where the app is now, and tries there
+//! once. Only calls surely not delivered are sent again, so none runs
+//! twice. Unknown apps are remembered as unknown for a moment, so a stream
+//! of requests for them does not become a stream of control-plane lookups.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::Method;
@@ -8,14 +19,66 @@ use tern_api::client::ClientError;
 use tern_api::types::{AppView, InvokeRequest, InvokeResponse, NodeView};
 
 use crate::error::{NodeError, Result};
-use crate::node::{lock, Node};
+use crate::node::{lock, Node, Slot};
+
+/// The header a node's ingress sets when it answers for an app it does not
+/// have (rather than the app answering 404 itself).
+pub(crate) const NO_APP_HEADER: &str = "x-tern-no-app";
+/// How long an app the control plane does not know stays unknown here.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// Routes (and unknown apps) remembered at most; past that the cache starts
+/// over (it is only a cache).
+const MAX_ROUTES: usize = 4096;
+
+/// What the node knows of apps elsewhere.
+#[derive(Default)]
+pub(crate) struct Routes {
+    /// App → the URL of the node that runs it.
+    known: HashMap<String, String>,
+    /// Apps the control plane did not know, and when it said so.
+    unknown: HashMap<String, Instant>,
+}
+
+/// The outcome of one attempt to deliver a request to a node's ingress.
+enum Attempt {
+    Answered(tern_sdk::Response),
+    /// Surely not run there: the node has no such app.
+    NoApp,
+    /// Surely not run there: the connection could not be made.
+    Unreachable(String),
+}
 
 impl Node {
-    /// Asks the control plane where an app runs (cached).
+    /// Where an app runs, from the cache or the control plane.
     pub(crate) async fn resolve(&self, app: &str) -> Option<String> {
-        if let Some(u) = lock(&self.routes).get(app).cloned() {
-            return Some(u);
+        {
+            let mut routes = lock(&self.routes);
+            if let Some(u) = routes.known.get(app) {
+                return Some(u.clone());
+            }
+            match routes.unknown.get(app) {
+                Some(t) if t.elapsed() < NEGATIVE_TTL => return None,
+                Some(_) => {
+                    routes.unknown.remove(app);
+                }
+                None => {}
+            }
         }
+        let url = self.ask_control(app).await;
+        let mut routes = lock(&self.routes);
+        if routes.known.len() + routes.unknown.len() >= MAX_ROUTES {
+            routes.known.clear();
+            routes.unknown.clear();
+        }
+        match &url {
+            Some(u) => routes.known.insert(app.to_string(), u.clone()),
+            None => routes.unknown.insert(app.to_string(), Instant::now()).map(|_| String::new()),
+        };
+        url
+    }
+
+    /// Asks the control plane which node runs `app`.
+    async fn ask_control(&self, app: &str) -> Option<String> {
         let control = self.control()?;
         let view: AppView = match self
             .client
@@ -33,55 +96,95 @@ impl Node {
             .get_json(&format!("{control}/v1/nodes/{}", view.node?))
             .await
             .ok()?;
-        let url = owner.url;
-        lock(&self.routes).insert(app.to_string(), url.clone());
-        Some(url)
+        Some(owner.url)
     }
 
-    fn forget_route(&self, app: &str) {
-        lock(&self.routes).remove(app);
+    pub(crate) fn forget_route(&self, app: &str) {
+        let mut routes = lock(&self.routes);
+        routes.known.remove(app);
+        routes.unknown.remove(app);
     }
 
-    /// Sends an app request to another node's ingress.
+    /// Sends an app request to the node at `url`; when it cannot be
+    /// delivered there, to wherever the control plane says the app is now.
     pub(crate) async fn forward_request(
         &self,
         url: &str,
         app: &str,
         req: tern_sdk::Request,
     ) -> tern_sdk::Response {
-        let mut target = format!("{url}/apps/{app}{}", req.path);
+        let mut path = format!("/apps/{app}{}", req.path);
         if !req.query.is_empty() {
-            target.push('?');
-            target.push_str(&req.query);
+            path.push('?');
+            path.push_str(&req.query);
         }
         let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
         let ct = req
             .headers
             .iter()
             .find(|(k, _)| k == "content-type")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("application/octet-stream");
-        match self
-            .client
-            .send(method, &target, ct, Bytes::from(req.body))
-            .await
-        {
-            Ok((status, body)) => tern_sdk::Response::bytes(status.as_u16(), body.to_vec()),
-            Err(ClientError::Status { status, message }) => {
-                self.forget_route(app);
-                tern_sdk::Response::text(status, message)
-            }
-            Err(e) => {
-                self.forget_route(app);
-                tern_sdk::Response::text(
-                    502,
-                    format!("app {app} is on a node that does not answer: {e}\n"),
-                )
-            }
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "application/octet-stream".into());
+        let body = Bytes::from(req.body);
+        let first = self.deliver(url, &path, &method, &ct, body.clone()).await;
+        if let Attempt::Answered(r) = first {
+            return r;
+        }
+        self.forget_route(app);
+        let next = match self.ask_control(app).await {
+            Some(next) if next != url && next != self.url => next,
+            _ => return failed(app, first),
+        };
+        self.follow(app, &next);
+        match self.deliver(&next, &path, &method, &ct, body).await {
+            Attempt::Answered(r) => r,
+            again => failed(app, again),
         }
     }
 
-    /// Calls an export of an app on another node.
+    /// The app is at `url` now: the route, and a moved-away slot, say so.
+    fn follow(&self, app: &str, url: &str) {
+        if let Some(Slot::Moved { .. }) = self.slot(app) {
+            self.mark_moved(app, url);
+        }
+        let mut routes = lock(&self.routes);
+        routes.unknown.remove(app);
+        routes.known.insert(app.to_string(), url.to_string());
+    }
+
+    async fn deliver(
+        &self,
+        url: &str,
+        path: &str,
+        method: &Method,
+        content_type: &str,
+        body: Bytes,
+    ) -> Attempt {
+        let target = format!("{url}{path}");
+        match self
+            .client
+            .send_raw(method.clone(), &target, Some(content_type), body)
+            .await
+        {
+            Ok(r) if r.headers.contains_key(NO_APP_HEADER) => Attempt::NoApp,
+            Ok(r) => {
+                let mut resp = tern_sdk::Response::bytes(r.status.as_u16(), r.body.to_vec());
+                if let Some(ct) = r.content_type {
+                    resp.headers.retain(|(k, _)| k != "content-type");
+                    resp.headers.push(("content-type".into(), ct));
+                }
+                Attempt::Answered(resp)
+            }
+            Err(e) if e.never_delivered() => Attempt::Unreachable(e.to_string()),
+            Err(e) => Attempt::Answered(tern_sdk::Response::text(
+                502,
+                format!("app {} answered nothing: {e}\n", path),
+            )),
+        }
+    }
+
+    /// Calls an export of an app on another node (an invoke is retried
+    /// elsewhere only by its caller: it may have run).
     pub(crate) async fn forward_invoke(
         &self,
         url: &str,
@@ -91,6 +194,23 @@ impl Node {
         self.client
             .post_json(&format!("{url}/v1/apps/{app}/invoke"), req)
             .await
-            .map_err(NodeError::from_peer)
+            .map_err(|e: ClientError| NodeError::from_peer(e))
     }
+}
+
+/// The answer when a request could not be delivered anywhere.
+fn failed(app: &str, attempt: Attempt) -> tern_sdk::Response {
+    match attempt {
+        Attempt::Unreachable(why) => tern_sdk::Response::text(
+            502,
+            format!("app {app} is on a node that does not answer: {why}\n"),
+        ),
+        _ => no_app(app),
+    }
+}
+
+/// A node's answer for an app it does not know (marked, so that a
+/// forwarding node can tell it from the app's own 404).
+pub(crate) fn no_app(app: &str) -> tern_sdk::Response {
+    tern_sdk::Response::text(404, format!("no app named {app}\n")).with_header(NO_APP_HEADER, "1")
 }

@@ -22,10 +22,18 @@ type Resp = Response<Body>;
 
 /// The answer for a failed operation.
 fn failure(e: NodeError) -> Resp {
-    error(
+    let busy = e.kind == crate::ErrorKind::Busy;
+    let mut resp = error(
         StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         e.message,
-    )
+    );
+    if busy {
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(crate::app::RETRY_AFTER_SECS),
+        );
+    }
+    resp
 }
 
 fn ok<T: Serialize>(status: StatusCode, value: Result<T>) -> Resp {

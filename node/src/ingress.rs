@@ -52,7 +52,7 @@ pub(crate) async fn ingress(node: Arc<Node>, req: Request<Incoming>) -> Response
 
 /// Runs a request on the app, wherever it is.
 async fn request(node: &Node, name: &str, req: tern_sdk::Request) -> tern_sdk::Response {
-    let no_app = || tern_sdk::Response::text(404, format!("no app named {name}\n"));
+    let no_app = || crate::forward::no_app(name);
     match node.slot(name) {
         Some(Slot::Local(h)) => match h.request_here(req).await {
             Ok(r) => r,

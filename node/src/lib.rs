@@ -76,6 +76,9 @@ pub struct NodeConfig {
     /// The URL the control plane and other nodes reach this node at.
     /// `None`: the listener's address (an unspecified IP becomes 127.0.0.1).
     pub advertise_url: Option<String>,
+    /// A migration arriving here with no step for this long is dropped
+    /// with everything it holds (default 60 s).
+    pub session_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -92,6 +95,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             capacity: None,
             advertise_url: None,
+            session_ttl: migrate::SESSION_IDLE_TTL,
         }
     }
 }
@@ -147,6 +151,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(report::report_loop(node.clone()));
+    let reaper = tokio::spawn(reap_loop(node.clone()));
     let handler_node = node.clone();
     let handler: tern_api::server::Handler = Arc::new(move |req| {
         let n = handler_node.clone();
@@ -154,9 +159,21 @@ pub async fn serve(
     });
     tern_api::server::serve(listener, handler, shutdown).await;
     reporter.abort();
+    reaper.abort();
     // Stop every app's actor; their last checkpoints stay on disk.
     for h in node.take_all_local() {
         h.shutdown();
     }
     Ok(())
+}
+
+/// Drops migration sessions whose source went quiet (checked every few
+/// seconds, so a session lives at most a little past its time-to-live).
+async fn reap_loop(node: Arc<Node>) {
+    let ttl = node.config.session_ttl;
+    let every = (ttl / 12).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        migrate::reap_sessions(&node, ttl);
+    }
 }

@@ -1,5 +1,7 @@
 //! The node's module store: modules by sha256, loaded in the engine,
-//! kept on disk, or fetched from the control plane.
+//! kept on disk, or fetched from the control plane. A file on disk is
+//! written atomically and checked against its hash whenever it is read: a
+//! torn or damaged one is removed and fetched again, never used.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,9 +19,22 @@ impl Node {
             .join(format!("{sha_hex}.wasm"))
     }
 
-    /// Whether the node holds the module (loaded or on disk).
+    /// Whether the node holds the module (loaded, or on disk and intact).
     pub(crate) fn has_module(&self, sha: &[u8; 32]) -> bool {
-        self.runtime.loaded(sha).is_some() || self.module_path(&hex::encode(sha)).exists()
+        self.runtime.loaded(sha).is_some() || self.read_module_file(sha).is_some()
+    }
+
+    /// The module's bytes from disk, if the file is there and hashes right
+    /// (a damaged file is removed so that the module is fetched again).
+    fn read_module_file(&self, sha: &[u8; 32]) -> Option<Vec<u8>> {
+        let path = self.module_path(&hex::encode(sha));
+        let bytes = std::fs::read(&path).ok()?;
+        if tern_runtime::sha256(&bytes) == *sha {
+            return Some(bytes);
+        }
+        tracing::warn!(path = %path.display(), "a stored module does not match its hash: removed, it will be fetched again");
+        let _ = std::fs::remove_file(&path);
+        None
     }
 
     /// Loads a module in the engine (compiling it off the async workers).
@@ -58,9 +73,9 @@ impl Node {
         }
         let hex = hex::encode(sha);
         let path = self.module_path(&hex);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(_) => {
+        let bytes = match self.read_module_file(sha) {
+            Some(b) => b,
+            None => {
                 let control = self.control().ok_or_else(|| {
                     NodeError::conflict(format!(
                         "module {hex} is not on this node: upload it first"

@@ -37,8 +37,8 @@ pub struct Node {
     /// Highest generation seen per app: an older one is refused (fencing).
     pub(crate) generations: Mutex<HashMap<String, u64>>,
     pub(crate) sessions: Mutex<HashMap<String, Arc<TargetSession>>>,
-    /// Ingress routes learned from the control plane: app → node URL.
-    pub(crate) routes: Mutex<HashMap<String, String>>,
+    /// Routes to apps elsewhere, learned from the control plane.
+    pub(crate) routes: Mutex<crate::forward::Routes>,
     pub(crate) capacity: Resources,
     pub(crate) session_counter: AtomicU64,
     /// The control planes (`NodeConfig::control_url`, split) and which of
@@ -84,7 +84,7 @@ impl Node {
             apps: Mutex::new(HashMap::new()),
             generations: Mutex::new(generations),
             sessions: Mutex::new(HashMap::new()),
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(crate::forward::Routes::default()),
             capacity,
             session_counter: AtomicU64::new(0),
             controls,
@@ -234,6 +234,7 @@ impl Node {
                 memory_bytes: memory,
             },
             apps,
+            migrations_in: crate::migrate::incoming(self),
         }
     }
 }

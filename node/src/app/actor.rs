@@ -344,6 +344,13 @@ impl Actor {
                 _ => {}
             }
         }
+        // A call whose caller went away (its connection closed while the
+        // call waited) is not run: nobody would see its answer.
+        match &cmd {
+            Cmd::Invoke(_, reply) if reply.is_closed() => return,
+            Cmd::Http(_, reply) if reply.is_closed() => return,
+            _ => {}
+        }
         let started = Instant::now();
         let call = matches!(cmd, Cmd::Invoke(..) | Cmd::Http(..));
         self.run_command(cmd);
@@ -356,7 +363,7 @@ impl Actor {
         match cmd {
             Cmd::Invoke(req, reply) => {
                 let result = self.invoke(req);
-                let _ = reply.send(result);
+                reply.send(result);
             }
             Cmd::Http(req, reply) => {
                 let state = self.state();
@@ -375,7 +382,7 @@ impl Actor {
                     }
                 };
                 self.refresh_status();
-                let _ = reply.send(resp);
+                reply.send(resp);
             }
             Cmd::Snapshot(reply) => {
                 let served = self.served().to_string();

@@ -10,6 +10,7 @@
 
 mod actor;
 mod precopy;
+mod queue;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,9 @@ use tern_runtime::wasi::LogBuffer;
 use tokio::sync::oneshot;
 
 use crate::error::{NodeError, Result};
+use queue::Queue;
+pub(crate) use queue::Reply;
+pub(crate) use queue::RETRY_AFTER_SECS;
 
 /// The pages and state a stop-and-copy sends.
 pub(crate) struct FinalCapture {
@@ -35,8 +39,10 @@ pub(crate) struct FinalCapture {
 
 /// What an app's actor is asked to do.
 pub(crate) enum Cmd {
-    Invoke(InvokeRequest, oneshot::Sender<Result<InvokeResponse>>),
-    Http(Request, oneshot::Sender<Response>),
+    /// A call of an export; its reply holds the call's place in the queue.
+    Invoke(InvokeRequest, Reply<Result<InvokeResponse>>),
+    /// A request for the app's handler.
+    Http(Request, Reply<Response>),
     Snapshot(oneshot::Sender<Result<Snapshot>>),
     Stop(oneshot::Sender<Result<()>>),
     Start(oneshot::Sender<Result<()>>),
@@ -107,6 +113,8 @@ pub(super) struct Shared {
     pub(super) logs: Arc<LogBuffer>,
     pub(super) busy_ns: AtomicU64,
     pub(super) cpu_sample: Mutex<(Instant, u64)>,
+    /// Calls queued or held for the actor (bounded).
+    pub(super) queue: Arc<Queue>,
 }
 
 /// A handle on a running app's actor.
@@ -153,6 +161,11 @@ impl AppHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Calls queued or held for the app now.
+    pub fn queued(&self) -> u64 {
+        self.shared.queue.calls()
     }
 
     pub fn logs(&self) -> &Arc<LogBuffer> {
@@ -205,8 +218,20 @@ impl AppHandle {
     /// Runs an HTTP request here, or gives it back unrun when the actor has
     /// ended (a request that races a handover is then forwarded, not lost).
     pub(crate) async fn request_here(&self, req: Request) -> Result<Response, Request> {
+        let Some(ticket) = self.shared.queue.admit(req.body.len() as u64) else {
+            let mut busy = Response::text(
+                503,
+                format!(
+                    "app {} has too many requests waiting: try again in a moment\n",
+                    self.shared.name
+                ),
+            );
+            busy.headers
+                .push(("retry-after".into(), RETRY_AFTER_SECS.to_string()));
+            return Ok(busy);
+        };
         let (tx, rx) = oneshot::channel();
-        match self.try_send(Cmd::Http(req, tx)) {
+        match self.try_send(Cmd::Http(req, Reply::new(tx, ticket))) {
             Ok(()) => Ok(rx.await.unwrap_or_else(|_| {
                 Response::text(
                     503,
@@ -226,8 +251,15 @@ impl AppHandle {
         &self,
         req: InvokeRequest,
     ) -> Result<Result<InvokeResponse>, InvokeRequest> {
+        let bytes = req.args.iter().map(|a| a.len() as u64).sum::<u64>() + req.export.len() as u64;
+        let Some(ticket) = self.shared.queue.admit(bytes) else {
+            return Ok(Err(NodeError::busy(format!(
+                "app {} has too many calls waiting: try again in a moment",
+                self.shared.name
+            ))));
+        };
         let (tx, rx) = oneshot::channel();
-        match self.try_send(Cmd::Invoke(req, tx)) {
+        match self.try_send(Cmd::Invoke(req, Reply::new(tx, ticket))) {
             Ok(()) => Ok(rx.await.unwrap_or_else(|_| {
                 Err(NodeError::unavailable(format!(
                     "app {} stopped before answering",
@@ -285,6 +317,7 @@ impl AppHandle {
             logs,
             busy_ns: AtomicU64::new(0),
             cpu_sample: Mutex::new((Instant::now(), 0)),
+            queue: Arc::new(Queue::default()),
         });
         let handle = AppHandle {
             shared: shared.clone(),

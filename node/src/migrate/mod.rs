@@ -42,7 +42,8 @@ use tern_runtime::wasi::{LogBuffer, Stdio};
 
 pub(crate) use source::migrate_out;
 pub(crate) use target::{
-    delete_session, open_session, receive_base, receive_final, receive_pages, TargetSession,
+    delete_session, incoming, open_session, reap_sessions, receive_base, receive_final,
+    receive_pages, TargetSession, SESSION_IDLE_TTL,
 };
 
 use crate::app::app_dir;

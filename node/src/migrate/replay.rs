@@ -18,12 +18,11 @@ pub(crate) async fn replay_held(node: &Node, url: &str, app: &str, held: Vec<Cmd
 
 async fn replay(node: &Node, url: &str, app: &str, cmd: Cmd) {
     match cmd {
-        Cmd::Invoke(req, reply) => {
-            let _ = reply.send(node.forward_invoke(url, app, &req).await);
-        }
-        Cmd::Http(req, reply) => {
-            let _ = reply.send(node.forward_request(url, app, req).await);
-        }
+        // A held call whose caller went away is not replayed.
+        Cmd::Invoke(_, reply) if reply.is_closed() => {}
+        Cmd::Http(_, reply) if reply.is_closed() => {}
+        Cmd::Invoke(req, reply) => reply.send(node.forward_invoke(url, app, &req).await),
+        Cmd::Http(req, reply) => reply.send(node.forward_request(url, app, req).await),
         Cmd::Snapshot(reply) => {
             let r = node
                 .client

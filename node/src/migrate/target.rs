@@ -4,10 +4,12 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tern_api::types::{MigrationAck, MigrationOpen, MigrationOpened, Mode, StartApp};
+use tern_api::types::{
+    IncomingMigration, MigrationAck, MigrationOpen, MigrationOpened, Mode, StartApp,
+};
 use tern_runtime::engine::LoadedModule;
 use tern_runtime::instance::Instance;
 use tern_runtime::snapshot::{CommitFrame, PageChunkRef, Snapshot};
@@ -18,13 +20,73 @@ use crate::app::AppHandle;
 use crate::error::{NodeError, Result};
 use crate::node::{lock, Node};
 
+/// A session with no step for this long is dropped with everything it
+/// holds (its source died or gave up: nothing else would ever free it).
+pub(crate) const SESSION_IDLE_TTL: Duration = Duration::from_secs(60);
+/// Migrations arriving at once, at most: each may hold a whole app's memory.
+pub(crate) const MAX_SESSIONS: usize = 8;
+
 /// A migration arriving on this node.
 pub(crate) struct TargetSession {
     pub app: String,
+    pub from: String,
+    pub mode: Mode,
     pub logs: Arc<LogBuffer>,
     pub spec: StartApp,
     pub module: Arc<LoadedModule>,
     pub inst: Mutex<Option<Instance>>,
+    opened: Instant,
+    last_step: Mutex<Instant>,
+}
+
+impl TargetSession {
+    fn touch(&self) {
+        *lock(&self.last_step) = Instant::now();
+    }
+
+    fn idle(&self) -> Duration {
+        lock(&self.last_step).elapsed()
+    }
+}
+
+/// Drops the sessions idle for longer than `ttl`; how many it dropped.
+pub(crate) fn reap_sessions(node: &Node, ttl: Duration) -> usize {
+    let expired: Vec<(String, Arc<TargetSession>)> = {
+        let mut sessions = lock(&node.sessions);
+        let ids: Vec<String> = sessions
+            .iter()
+            .filter(|(_, s)| s.idle() > ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| sessions.remove(&id).map(|s| (id, s)))
+            .collect()
+    };
+    for (id, s) in &expired {
+        tracing::warn!(session = %id, app = %s.app, from = %s.from, "migration session expired: its source went quiet; dropped what it held");
+    }
+    let n = expired.len();
+    // The half-built instances are freed off the async workers.
+    release(expired);
+    n
+}
+
+/// The sessions open on this node, for its status.
+pub(crate) fn incoming(node: &Node) -> Vec<IncomingMigration> {
+    let mut v: Vec<IncomingMigration> = lock(&node.sessions)
+        .iter()
+        .map(|(id, s)| IncomingMigration {
+            id: id.clone(),
+            app: s.app.clone(),
+            from: s.from.clone(),
+            mode: s.mode,
+            generation: s.spec.generation,
+            age_ms: s.opened.elapsed().as_millis() as u64,
+            idle_ms: s.idle().as_millis() as u64,
+        })
+        .collect();
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
 }
 
 /// Opens a target session: checks the name, fencing and the module, admits
@@ -50,6 +112,16 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
     }
     let sha = tern_api::names::parse_sha256(&open.spec.module_sha256)
         .ok_or_else(|| NodeError::bad_request("bad module sha256"))?;
+    reap_sessions(&node, node.config.session_ttl);
+    {
+        let sessions = lock(&node.sessions);
+        if sessions.len() >= MAX_SESSIONS {
+            return Err(NodeError::busy(format!(
+                "{} migrations are arriving on this node already: try again when one is done",
+                sessions.len()
+            )));
+        }
+    }
     let module = node.module(&sha).await?;
     node.admit_generation(&open.app, open.spec.generation)?;
     let mut fetched = 0;
@@ -77,14 +149,31 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
         open.app,
         node.session_counter.fetch_add(1, Ordering::Relaxed)
     );
+    let now = Instant::now();
     let session = Arc::new(TargetSession {
         app: open.app,
+        from: open.from,
+        mode: open.mode,
         logs,
         spec: open.spec,
         module,
         inst: Mutex::new(inst),
+        opened: now,
+        last_step: Mutex::new(now),
     });
-    lock(&node.sessions).insert(id.clone(), session);
+    let replaced: Vec<Arc<TargetSession>> = {
+        let mut sessions = lock(&node.sessions);
+        // An older session of the same app was abandoned by its source.
+        let stale: Vec<String> = sessions
+            .iter()
+            .filter(|(_, s)| s.app == session.app)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let old = stale.iter().filter_map(|id| sessions.remove(id)).collect();
+        sessions.insert(id.clone(), session);
+        old
+    };
+    release(replaced);
     Ok(MigrationOpened {
         id,
         checkpoint_bytes_fetched: fetched,
@@ -92,15 +181,23 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
 }
 
 fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>> {
-    lock(&node.sessions)
+    let s = lock(&node.sessions)
         .get(id)
         .cloned()
-        .ok_or_else(|| NodeError::not_found(format!("no migration session {id}")))
+        .ok_or_else(|| {
+            NodeError::not_found(format!(
+                "no migration session {id} (it ended, or expired after {} ms without a step)",
+                node.config.session_ttl.as_millis()
+            ))
+        })?;
+    s.touch();
+    Ok(s)
 }
 
 /// Ends a session whose move failed (the source resumed the app).
 pub(crate) fn delete_session(node: &Node, id: &str) {
-    lock(&node.sessions).remove(id);
+    let s = lock(&node.sessions).remove(id);
+    release(s);
 }
 
 /// The first copy (hot): the state, restored with zeroed memories.

@@ -38,9 +38,9 @@ mod record;
 
 pub use commit::{CommitFrame, MAX_COMMIT_CHUNKS};
 pub use delta::{PageChunk, PageChunkRef};
-pub use record::{decode_record, encode_record};
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
+pub use record::{decode_record, encode_record};
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
