@@ -130,6 +130,63 @@ pub struct AppStatus {
     pub last_error: Option<String>,
     /// Unix ms of the start time, while pending.
     pub start_at_unix_ms: Option<u64>,
+    /// The limits the app runs under (its own, or the node's defaults).
+    #[serde(default)]
+    pub limits: AppLimits,
+    /// The app's latest checkpoint on its node, or why the last one failed.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointStatus>,
+    /// Calls waiting for the app (queued, or held during a move's pause).
+    #[serde(default)]
+    pub queued: u64,
+    /// How long the call running now has been running (none running: null).
+    #[serde(default)]
+    pub in_call_ms: Option<u64>,
+}
+
+/// The limits an app runs under. `None`: unbounded (a deployed app always
+/// gets the cluster's defaults for memory and time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppLimits {
+    /// All the app's linear memories together, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Wall time per call, in ms.
+    pub timeout_ms: Option<u64>,
+    /// Fuel per call.
+    pub fuel: Option<u64>,
+}
+
+impl AppLimits {
+    /// Each limit that is unset here taken from `defaults`.
+    pub fn or(self, defaults: AppLimits) -> AppLimits {
+        AppLimits {
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+            timeout_ms: self.timeout_ms.or(defaults.timeout_ms),
+            fuel: self.fuel.or(defaults.fuel),
+        }
+    }
+
+    /// The defaults a cluster gives apps that set none: 1 GiB of memory,
+    /// 30 s per call.
+    pub const DEFAULT: AppLimits = AppLimits {
+        memory_bytes: Some(1 << 30),
+        timeout_ms: Some(30_000),
+        fuel: None,
+    };
+}
+
+/// An app's latest checkpoint on its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CheckpointStatus {
+    /// When the latest good checkpoint was taken (Unix ms).
+    pub unix_ms: Option<u64>,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Why the last attempt failed, if it did (a full disk...): a restart
+    /// would start from an older state.
+    pub error: Option<String>,
 }
 
 /// Start an app on a node.
@@ -148,6 +205,26 @@ pub struct StartApp {
     pub restart: String,
     /// Start at this Unix time (ms) rather than now.
     pub start_at_unix_ms: Option<u64>,
+}
+
+impl StartApp {
+    /// The app's own limits.
+    pub fn limits(&self) -> AppLimits {
+        AppLimits {
+            memory_bytes: self.memory_limit,
+            timeout_ms: self.timeout_ms,
+            fuel: self.fuel,
+        }
+    }
+
+    /// Sets every limit the app left unset from `defaults`.
+    pub fn with_default_limits(mut self, defaults: AppLimits) -> StartApp {
+        let l = self.limits().or(defaults);
+        self.memory_limit = l.memory_bytes;
+        self.timeout_ms = l.timeout_ms;
+        self.fuel = l.fuel;
+        self
+    }
 }
 
 /// Call an exported function with numeric arguments.
@@ -278,6 +355,12 @@ pub struct AppView {
     pub module_sha256: String,
     pub restart: String,
     pub last_error: Option<String>,
+    /// The limits the app runs under.
+    #[serde(default)]
+    pub limits: AppLimits,
+    /// The app's latest checkpoint as its node reported it.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointStatus>,
 }
 
 /// The control plane's view of a node.

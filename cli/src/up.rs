@@ -62,7 +62,7 @@ struct NodeReport {
 
 pub fn up(a: UpArgs) -> Result<ExitCode> {
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
+    tern_util::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let token = tern_control::load_or_create_token(&data_dir)?;

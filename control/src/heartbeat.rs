@@ -126,6 +126,12 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         app.requests_served = app.requests_served.max(s.requests_served);
         app.last_error = s.last_error.clone();
         app.start_at_unix_ms = s.start_at_unix_ms;
+        if app.checkpoint != s.checkpoint {
+            if let Some(e) = s.checkpoint.as_ref().and_then(|c| c.error.as_ref()) {
+                tracing::warn!(app = %s.name, node = name, "checkpoint failed: {e}");
+            }
+            app.checkpoint = s.checkpoint.clone();
+        }
         let prev_cpu = app.cpu_ms;
         app.cpu_ms = s.cpu_ms;
         if before != (app.state.clone(), app.last_error.clone())

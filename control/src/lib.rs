@@ -136,6 +136,9 @@ pub struct ControlConfig {
     /// Requests of an app that does not declare them (CPU; memory defaults
     /// to the app's memory limit, else this).
     pub default_requests: tern_api::types::Resources,
+    /// Limits of an app that does not set them (`tern control
+    /// --default-memory/--default-timeout`): no deployed app runs unbounded.
+    pub default_limits: tern_api::types::AppLimits,
 }
 
 impl ControlConfig {
@@ -166,6 +169,7 @@ impl ControlConfig {
                 cpu_milli: 100,
                 memory_bytes: 64 << 20,
             },
+            default_limits: tern_api::types::AppLimits::DEFAULT,
         }
     }
 }
@@ -268,7 +272,8 @@ pub fn generate_token() -> anyhow::Result<String> {
 /// Writes a token file readable by its owner only.
 pub fn write_token(path: &Path, token: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        tern_util::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     tern_util::write_atomic(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))

@@ -63,6 +63,8 @@ pub struct AppRec {
     pub operator_stopped: bool,
     /// Failed restarts in a row (back-off).
     pub restarts: u32,
+    /// The app's latest checkpoint as its node reported it.
+    pub checkpoint: Option<api::CheckpointStatus>,
 }
 
 /// The latest checkpoint of an app (the bytes are `checkpoints/NAME.snap`).
@@ -298,6 +300,12 @@ impl Shared {
             module_sha256: a.module_sha256.clone(),
             restart: a.restart.clone(),
             last_error: a.last_error.clone(),
+            limits: api::AppLimits {
+                memory_bytes: a.memory_limit,
+                timeout_ms: a.timeout_ms,
+                fuel: a.fuel,
+            },
+            checkpoint: a.checkpoint.clone(),
         }
     }
 

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use tern_runtime::snapshot::Snapshot;
 
 use crate::app::{AppHandle, Cmd};
+use tern_api::types::CheckpointStatus;
+
 use crate::error::{NodeError, Result};
 use crate::node::{lock, Node};
 
@@ -99,20 +101,67 @@ impl Node {
         Ok((Arc::new(s), n))
     }
 
-    /// Takes a checkpoint of a local app now: kept on disk and in memory,
-    /// and sent to the control plane (restarts elsewhere come from it).
+    /// Takes a checkpoint of a local app now: written to disk (off the
+    /// async workers, durably), kept mapped from that file rather than in
+    /// memory, and sent to the control plane (restarts elsewhere come from
+    /// it). How it went is in the app's status and logs.
     pub(crate) async fn checkpoint(&self, handle: &AppHandle) -> Result<(String, u64)> {
+        let app = handle.name().to_string();
+        let outcome = self.take_checkpoint(handle).await;
+        let now = tern_util::now_unix_ms();
+        let previous = handle.status().checkpoint.unwrap_or_default();
+        match &outcome {
+            Ok((_, bytes, sent)) => handle.set_checkpoint(CheckpointStatus {
+                unix_ms: Some(now),
+                bytes: *bytes,
+                error: sent.clone().err(),
+            }),
+            Err(e) => {
+                handle
+                    .logs()
+                    .line(&format!("WARN tern: checkpoint of {app} failed: {e}"));
+                tracing::warn!(app = %app, "checkpoint failed: {e}");
+                handle.set_checkpoint(CheckpointStatus {
+                    error: Some(e.to_string()),
+                    ..previous
+                });
+            }
+        }
+        outcome.map(|(digest, bytes, _)| (digest, bytes))
+    }
+
+    /// The checkpoint itself: its digest, its size, and whether the control
+    /// plane got it.
+    async fn take_checkpoint(
+        &self,
+        handle: &AppHandle,
+    ) -> Result<(String, u64, std::result::Result<(), String>)> {
         let snap = handle.ask(Cmd::Snapshot).await??;
-        let digest = checkpoint_digest(snap.as_bytes());
         let app = handle.name().to_string();
         let path = self.checkpoint_path(&app);
-        snap.write_file(&path)
-            .map_err(|e| NodeError::internal(format!("cannot write checkpoint: {e}")))?;
-        let snap = Arc::new(snap);
-        lock(&self.checkpoints).insert(app.clone(), (digest.clone(), snap.clone()));
+        let (digest, mapped) = tokio::task::spawn_blocking(move || {
+            let digest = checkpoint_digest(snap.as_bytes());
+            snap.write_file(&path).map_err(|e| {
+                NodeError::internal(format!("cannot write checkpoint {}: {e}", path.display()))
+            })?;
+            drop(snap);
+            // Kept mapped from its file: the page cache holds it, not the
+            // node's heap, however large the app.
+            let mapped = Snapshot::open(&path, true).map_err(|e| {
+                NodeError::internal(format!(
+                    "cannot read back checkpoint {}: {e}",
+                    path.display()
+                ))
+            })?;
+            Ok::<_, NodeError>((digest, Arc::new(mapped)))
+        })
+        .await??;
+        let bytes = mapped.as_bytes().len() as u64;
+        lock(&self.checkpoints).insert(app.clone(), (digest.clone(), mapped.clone()));
         let generation = handle.spec().generation;
         // To the control plane that leads: the next one is tried when the
         // current one does not answer or stands by.
+        let mut sent = Ok(());
         for _ in 0..self.control_count() {
             let Some(control) = self.control() else {
                 break;
@@ -120,21 +169,47 @@ impl Node {
             let url = format!("{control}/v1/checkpoints/{app}?generation={generation}");
             match self
                 .client
-                .put_bytes(&url, snapshot_body(snap.clone()))
+                .put_bytes(&url, snapshot_body(mapped.clone()))
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => {
+                    sent = Ok(());
+                    break;
+                }
                 Err(e) => {
                     self.control_failed(&control, &e);
                     handle.logs().line(&format!(
                         "WARN tern: checkpoint not sent to the control plane at {control}: {e}"
                     ));
+                    sent = Err(format!("not sent to the control plane: {e}"));
                     if self.control().as_deref() == Some(control.as_str()) {
                         break;
                     }
                 }
             }
         }
-        Ok((digest, snap.as_bytes().len() as u64))
+        Ok((digest, bytes, sent))
+    }
+
+    /// Forgets every checkpoint of a removed app, in memory and on disk.
+    pub(crate) fn remove_checkpoints(&self, app: &str) {
+        self.forget_checkpoint(app);
+        let dir = self.data_dir().join("checkpoints");
+        let own = format!("{app}.snap");
+        let fetched = format!("{app}-");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let fetched_copy = name
+                    .strip_prefix(&fetched)
+                    .and_then(|rest| rest.strip_suffix(".snap"))
+                    .is_some_and(|digest| {
+                        digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit())
+                    });
+                if name == own || fetched_copy {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }

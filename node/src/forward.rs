@@ -72,7 +72,10 @@ impl Node {
         }
         match &url {
             Some(u) => routes.known.insert(app.to_string(), u.clone()),
-            None => routes.unknown.insert(app.to_string(), Instant::now()).map(|_| String::new()),
+            None => routes
+                .unknown
+                .insert(app.to_string(), Instant::now())
+                .map(|_| String::new()),
         };
         url
     }

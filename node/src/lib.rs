@@ -79,6 +79,8 @@ pub struct NodeConfig {
     /// A migration arriving here with no step for this long is dropped
     /// with everything it holds (default 60 s).
     pub session_ttl: Duration,
+    /// Limits of an app that sets none (default: 1 GiB, 30 s per call).
+    pub default_limits: tern_api::types::AppLimits,
 }
 
 impl NodeConfig {
@@ -96,6 +98,7 @@ impl NodeConfig {
             capacity: None,
             advertise_url: None,
             session_ttl: migrate::SESSION_IDLE_TTL,
+            default_limits: tern_api::types::AppLimits::DEFAULT,
         }
     }
 }

@@ -66,9 +66,19 @@ impl Node {
             .map(|u| u.trim().trim_end_matches('/').to_string())
             .filter(|u| !u.is_empty())
             .collect();
-        for sub in ["modules", "checkpoints", "apps"] {
-            let dir = config.data_dir.join(sub);
-            std::fs::create_dir_all(&dir)
+        if config.token.trim().is_empty() {
+            anyhow::bail!(
+                "a node needs the cluster token (an empty one would let anybody in): give --token or TERN_TOKEN"
+            );
+        }
+        // Owner-only: checkpoints hold apps' memory and environment.
+        for dir in [
+            config.data_dir.clone(),
+            config.data_dir.join("modules"),
+            config.data_dir.join("checkpoints"),
+            config.data_dir.join("apps"),
+        ] {
+            tern_util::create_private_dir(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
         let runtime = Runtime::new(RuntimeConfig {

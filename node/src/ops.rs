@@ -23,6 +23,7 @@ const START_WAIT: Duration = Duration::from_secs(2);
 /// `POST /v1/apps`: starts an app here at its generation.
 pub(crate) async fn start_app(node: &Arc<Node>, spec: StartApp) -> Result<AppStatus> {
     tern_api::names::check_app_name(&spec.name)?;
+    let spec = spec.with_default_limits(node.config.default_limits);
     if let Some(h) = node.local(&spec.name) {
         if h.spec().generation >= spec.generation {
             return Err(NodeError::conflict(format!(
@@ -80,20 +81,21 @@ pub(crate) async fn restore_app(
     };
     let _ = node.keep_module(&module);
     node.admit_generation(&name, generation)?;
-    let logs = LogBuffer::new();
-    let opts = restore_options(node, &name, &snap, &logs, true, false)?;
-    let rt = node.runtime.clone();
-    let m = module.clone();
-    let inst = tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
-        .await?
-        .map_err(|e| NodeError::bad_request(e.to_string()))?;
     let spec = StartApp {
         name,
         module_sha256: module.hash_hex(),
         generation,
         restart,
         ..Default::default()
-    };
+    }
+    .with_default_limits(node.config.default_limits);
+    let logs = LogBuffer::new();
+    let opts = restore_options(node, &spec, &snap, &logs, true, false)?;
+    let rt = node.runtime.clone();
+    let m = module.clone();
+    let inst = tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
+        .await?
+        .map_err(|e| NodeError::bad_request(e.to_string()))?;
     let handle = AppHandle::spawn(
         node.runtime.clone(),
         module,
@@ -120,7 +122,12 @@ pub(crate) fn remove_app(node: &Node, name: &str, at_most: Option<u64>) -> Resul
     match node.remove_slot(name) {
         Some(Slot::Local(h)) => {
             h.shutdown();
-            node.forget_checkpoint(name);
+            // A removed app leaves nothing behind: its checkpoints (which
+            // hold its memory and environment) and its own directory.
+            node.remove_checkpoints(name);
+            if let Ok(dir) = crate::app::app_dir(node.data_dir(), name) {
+                let _ = std::fs::remove_dir_all(&dir.host);
+            }
             Ok(())
         }
         _ => Err(NodeError::not_found(format!(

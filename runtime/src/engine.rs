@@ -204,7 +204,7 @@ impl Runtime {
             return;
         };
         let result = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(cwasm.parent().unwrap())?;
+            tern_util::create_private_dir(cwasm.parent().unwrap())?;
             let bytes = module
                 .serialize()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;

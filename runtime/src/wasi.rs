@@ -91,11 +91,16 @@ pub struct LogBuffer {
 #[derive(Default)]
 struct LogInner {
     lines: VecDeque<(u64, String)>,
+    /// The bytes of `lines`.
+    bytes: usize,
     partial: Vec<u8>,
     next_seq: u64,
 }
 
+/// Lines kept per app, at most...
 const LOG_LINES_KEPT: usize = 10_000;
+/// ...and bytes: an app that logs long lines keeps fewer of them.
+pub const LOG_BYTES_KEPT: usize = 4 << 20;
 const LOG_LINE_MAX: usize = 16 * 1024;
 
 impl LogBuffer {
@@ -112,9 +117,13 @@ impl LogBuffer {
                 g.partial.clear();
                 let seq = g.next_seq;
                 g.next_seq += 1;
+                g.bytes += line.len();
                 g.lines.push_back((seq, line));
-                if g.lines.len() > LOG_LINES_KEPT {
-                    g.lines.pop_front();
+                while g.lines.len() > LOG_LINES_KEPT || g.bytes > LOG_BYTES_KEPT {
+                    match g.lines.pop_front() {
+                        Some((_, old)) => g.bytes -= old.len(),
+                        None => break,
+                    }
                 }
                 if b == b'\n' {
                     continue;
@@ -256,5 +265,33 @@ impl std::fmt::Debug for Stdio {
             Stdio::Inherit => "Inherit",
             Stdio::Capture(_) => "Capture",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_bounded_in_lines_and_bytes() {
+        let logs = LogBuffer::new();
+        // 1,000 lines of 16 KiB: 16 MiB written, at most 4 MiB kept.
+        let line = vec![b'x'; LOG_LINE_MAX - 1];
+        for _ in 0..1_000 {
+            logs.write(&line);
+            logs.write(b"\n");
+        }
+        let (next, lines) = logs.wait_since(0, std::time::Duration::ZERO);
+        assert_eq!(next, 1_000);
+        let kept: usize = lines.iter().map(String::len).sum();
+        assert!(kept <= LOG_BYTES_KEPT, "{kept} bytes kept");
+        assert!(kept >= LOG_BYTES_KEPT - LOG_LINE_MAX, "{kept} bytes kept");
+        // Short lines: the line bound holds.
+        for i in 0..(LOG_LINES_KEPT + 10) {
+            logs.line(&format!("line {i}"));
+        }
+        let (_, lines) = logs.wait_since(0, std::time::Duration::ZERO);
+        assert_eq!(lines.len(), LOG_LINES_KEPT);
+        assert_eq!(lines.last().map(String::as_str), Some("line 10009"));
     }
 }

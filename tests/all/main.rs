@@ -8,6 +8,7 @@ mod differential;
 mod etcd;
 mod examples;
 mod faults;
+mod hardening;
 mod invariants;
 mod limits;
 mod nodes;

@@ -62,7 +62,7 @@ pub fn control_config(
 pub fn control(a: ControlArgs) -> Result<ExitCode> {
     let store: tern_control::StoreConfig = a.store.parse().map_err(|e: String| anyhow!(e))?;
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
+    tern_util::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let given = a.token.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let token = match (&store, given) {

@@ -83,7 +83,18 @@ impl Shared {
     /// Hands out the next generation of `name`, durably recorded first.
     fn next_generation(&self, st: &mut State, name: &str) -> Result<u64> {
         let current = st.apps.get(name).map_or(0, |a| a.generation);
-        let g = st.generations.get(name).copied().unwrap_or(0).max(current) + 1;
+        let g = st
+            .generations
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+            .max(current)
+            .checked_add(1)
+            .ok_or_else(|| {
+                ApiError::conflict(format!(
+                    "app {name} has used every generation: remove it and deploy it again"
+                ))
+            })?;
         self.store.put_generation(name, g)?;
         st.generations.insert(name.to_string(), g);
         Ok(g)
@@ -221,13 +232,19 @@ pub async fn deploy(
             .memory_limit
             .unwrap_or(sh.cfg.default_requests.memory_bytes),
     };
+    let limits = tern_api::types::AppLimits {
+        memory_bytes: req.memory_limit,
+        timeout_ms: req.timeout_ms,
+        fuel: req.fuel,
+    }
+    .or(sh.cfg.default_limits);
     let mut rec = AppRec {
         name: name.clone(),
         module_sha256: req.module_sha256.clone(),
         state: "deploying".into(),
-        memory_limit: req.memory_limit,
-        timeout_ms: req.timeout_ms,
-        fuel: req.fuel,
+        memory_limit: limits.memory_bytes,
+        timeout_ms: limits.timeout_ms,
+        fuel: limits.fuel,
         env: req.env.clone(),
         args: req.args.clone(),
         restart: restart.to_string(),
@@ -281,9 +298,9 @@ pub async fn deploy(
             generation: rec.generation,
             env: req.env.clone(),
             args: req.args.clone(),
-            memory_limit: req.memory_limit,
-            timeout_ms: req.timeout_ms,
-            fuel: req.fuel,
+            memory_limit: rec.memory_limit,
+            timeout_ms: rec.timeout_ms,
+            fuel: rec.fuel,
             restart: rec.restart.clone(),
             start_at_unix_ms: req.start_at_unix_ms,
         };

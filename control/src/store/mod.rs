@@ -46,10 +46,16 @@ pub struct Store {
     backend: Backend,
 }
 
+/// The data directory and its blob directories, owner-only (checkpoints
+/// hold apps' memory, the store their environment).
 fn blob_dirs(dir: &Path) -> anyhow::Result<()> {
-    for sub in ["modules", "checkpoints"] {
-        std::fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+    for d in [
+        dir.to_path_buf(),
+        dir.join("modules"),
+        dir.join("checkpoints"),
+    ] {
+        tern_util::create_private_dir(&d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
     }
     Ok(())
 }

@@ -51,6 +51,14 @@ impl Redb {
             ),
             Err(e) => return Err(e).with_context(|| format!("cannot open the control plane's store {}", path.display())),
         };
+        // The records hold apps' environment: owner-only, like every file
+        // tern writes.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tern_util::FILE_MODE))
+                .with_context(|| format!("cannot make {} owner-only", path.display()))?;
+        }
         let store = Redb {
             db: Mutex::new(Some(db)),
             last_flush: Mutex::new(Instant::now()),

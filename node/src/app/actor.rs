@@ -290,7 +290,11 @@ impl Actor {
     pub(super) fn timed<T>(&mut self, f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
         let inst = self.inst.as_mut()?;
         let t0 = Instant::now();
+        self.shared
+            .call_started_ms
+            .store(now_unix_ms().max(1), Ordering::Relaxed);
         let out = f(inst);
+        self.shared.call_started_ms.store(0, Ordering::Relaxed);
         self.shared
             .busy_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -115,6 +115,8 @@ pub(super) struct Shared {
     pub(super) cpu_sample: Mutex<(Instant, u64)>,
     /// Calls queued or held for the actor (bounded).
     pub(super) queue: Arc<Queue>,
+    /// When the call in progress started (Unix ms; 0: no call running).
+    pub(super) call_started_ms: AtomicU64,
 }
 
 /// A handle on a running app's actor.
@@ -156,11 +158,27 @@ impl AppHandle {
     }
 
     pub fn status(&self) -> AppStatus {
+        let mut s = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.queued = self.shared.queue.calls();
+        s.in_call_ms = match self.shared.call_started_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(tern_util::now_unix_ms().saturating_sub(t)),
+        };
+        s
+    }
+
+    /// Records how the latest checkpoint went, for the app's status.
+    pub(crate) fn set_checkpoint(&self, c: tern_api::types::CheckpointStatus) {
         self.shared
             .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .checkpoint = Some(c);
     }
 
     /// Calls queued or held for the app now.
@@ -306,6 +324,10 @@ impl AppHandle {
             restart: spec.restart.clone(),
             last_error: None,
             start_at_unix_ms: spec.start_at_unix_ms,
+            limits: spec.limits(),
+            checkpoint: None,
+            queued: 0,
+            in_call_ms: None,
         };
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
@@ -318,6 +340,7 @@ impl AppHandle {
             busy_ns: AtomicU64::new(0),
             cpu_sample: Mutex::new((Instant::now(), 0)),
             queue: Arc::new(Queue::default()),
+            call_started_ms: AtomicU64::new(0),
         });
         let handle = AppHandle {
             shared: shared.clone(),

@@ -36,8 +36,9 @@ mod target;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tern_api::types::StartApp;
 use tern_runtime::instance::RestoreOptions;
-use tern_runtime::snapshot::Snapshot;
+use tern_runtime::snapshot::{LimitsState, Snapshot};
 use tern_runtime::wasi::{LogBuffer, Stdio};
 
 pub(crate) use source::migrate_out;
@@ -51,17 +52,17 @@ use crate::error::Result;
 use crate::node::Node;
 
 /// How an app restores on this node: its logs here, its directory here, the
-/// limits it was deployed with.
+/// limits of its spec (never those a snapshot carries).
 pub(crate) fn restore_options(
     node: &Node,
-    app: &str,
+    spec: &StartApp,
     snap: &Snapshot,
     logs: &Arc<LogBuffer>,
     hooks: bool,
     copy_on_write: bool,
 ) -> Result<RestoreOptions> {
     let mut wasi = snap.body.wasi.clone();
-    let dir = app_dir(node.data_dir(), app)?;
+    let dir = app_dir(node.data_dir(), &spec.name)?;
     let carry_dir = Some(PathBuf::from(&dir.host));
     wasi.preopens = vec![dir];
     Ok(RestoreOptions {
@@ -69,7 +70,12 @@ pub(crate) fn restore_options(
         copy_on_write,
         hooks,
         wasi_override: Some(wasi),
-        limits_override: None,
+        // The spec's limits, never the snapshot's: a snapshot is data.
+        limits_override: Some(LimitsState {
+            memory_bytes: spec.memory_limit,
+            fuel_per_call: spec.fuel,
+            timeout_ms_per_call: spec.timeout_ms,
+        }),
         stdio: Stdio::Capture(logs.clone()),
     })
 }

@@ -101,6 +101,13 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
         )));
     }
     node.check_generation(&open.app, open.spec.generation)?;
+    let open = MigrationOpen {
+        spec: open
+            .spec
+            .clone()
+            .with_default_limits(node.config.default_limits),
+        ..open
+    };
     if let Some(h) = node.local(&open.app) {
         if h.spec().generation >= open.spec.generation {
             return Err(NodeError::conflict(format!(
@@ -137,7 +144,7 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
         fetched = n;
         let rt = node.runtime.clone();
         let m = module.clone();
-        let opts = restore_options(&node, &open.app, &snap, &logs, false, true)?;
+        let opts = restore_options(&node, &open.spec, &snap, &logs, false, true)?;
         let restored =
             tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))
                 .await?
@@ -181,15 +188,12 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
 }
 
 fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>> {
-    let s = lock(&node.sessions)
-        .get(id)
-        .cloned()
-        .ok_or_else(|| {
-            NodeError::not_found(format!(
-                "no migration session {id} (it ended, or expired after {} ms without a step)",
-                node.config.session_ttl.as_millis()
-            ))
-        })?;
+    let s = lock(&node.sessions).get(id).cloned().ok_or_else(|| {
+        NodeError::not_found(format!(
+            "no migration session {id} (it ended, or expired after {} ms without a step)",
+            node.config.session_ttl.as_millis()
+        ))
+    })?;
     s.touch();
     Ok(s)
 }
@@ -208,7 +212,7 @@ pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Re
         // `Vec::from` takes the body's buffer over when it can (no copy).
         let snap = Snapshot::from_bytes(Vec::from(body))
             .map_err(|e| NodeError::bad_request(format!("first copy rejected: {e}")))?;
-        let opts = restore_options(&node, &s.app, &snap, &s.logs, false, false)?;
+        let opts = restore_options(&node, &s.spec, &snap, &s.logs, false, false)?;
         let inst = Instance::restore(&rt, &snap, Some(s.module.clone()), opts)
             .map_err(|e| NodeError::bad_request(format!("first copy does not restore: {e}")))?;
         *lock(&s.inst) = Some(inst);
@@ -255,7 +259,7 @@ pub(crate) async fn receive_final(
         if cold {
             let snap = Snapshot::from_bytes(Vec::from(body))
                 .map_err(|e| NodeError::bad_request(format!("snapshot rejected: {e}")))?;
-            let opts = restore_options(&node2, &s2.app, &snap, &s2.logs, true, false)?;
+            let opts = restore_options(&node2, &s2.spec, &snap, &s2.logs, true, false)?;
             let inst = Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
                 .map_err(|e| NodeError::bad_request(format!("snapshot does not restore: {e}")))?;
             return Ok((inst, Some(snap)));
