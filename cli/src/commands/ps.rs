@@ -1,4 +1,5 @@
-//! `tern ps`: the apps, their node, state, generation, memory and requests.
+//! `tern ps`: the apps, their node, state, generation, memory, requests,
+//! limits, and what went wrong last (an error, or a failed checkpoint).
 
 use std::process::ExitCode;
 
@@ -39,7 +40,8 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
                 human_bytes(a.memory_bytes),
                 a.requests_served.to_string(),
                 a.restart.clone(),
-                a.last_error.clone().unwrap_or_default(),
+                limits(&a.limits),
+                problem(a),
             ]
         })
         .collect();
@@ -54,10 +56,47 @@ pub fn ps(a: PsArgs) -> Result<ExitCode> {
                 "MEMORY",
                 "REQUESTS",
                 "RESTART",
+                "LIMITS",
                 "LAST ERROR"
             ],
             rows
         )
     )?;
     ok()
+}
+
+/// `1.0 GiB · 30 s` (memory, time per call; fuel when set), `-` for none.
+fn limits(l: &tern_api::types::AppLimits) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = l.memory_bytes {
+        parts.push(human_bytes(m));
+    }
+    if let Some(t) = l.timeout_ms {
+        parts.push(if t % 1000 == 0 {
+            format!("{} s", t / 1000)
+        } else {
+            format!("{t} ms")
+        });
+    }
+    if let Some(f) = l.fuel {
+        parts.push(format!("{f} fuel"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" · ")
+    }
+}
+
+/// The app's last error, else a failed checkpoint (a restart would start
+/// from an older state).
+fn problem(a: &AppView) -> String {
+    match (
+        &a.last_error,
+        a.checkpoint.as_ref().and_then(|c| c.error.as_ref()),
+    ) {
+        (Some(e), _) => e.clone(),
+        (None, Some(e)) => format!("checkpoint failed: {e}"),
+        (None, None) => String::new(),
+    }
 }
