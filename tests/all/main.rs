@@ -8,6 +8,7 @@ mod differential;
 mod etcd;
 mod examples;
 mod faults;
+mod hardening_local;
 mod invariants;
 mod limits;
 mod nodes;

@@ -70,5 +70,6 @@ pub(crate) fn restore_options(
         wasi_override: Some(wasi),
         limits_override: None,
         stdio: Stdio::Capture(logs.clone()),
+        interrupt: None,
     })
 }
