@@ -27,13 +27,29 @@ struct Cli {
 enum Command {
     /// Run a module locally, call its exports, optionally snapshot it.
     ///
+    /// The app reads tern's stdin and writes to its stdout and stderr.
+    ///
+    /// Exit status: 0 when everything ran; the app's own when it exits
+    /// (`proc_exit`); 134 when a call traps (unreachable, out of bounds,
+    /// stack overflow, or stopped by --timeout or --fuel), as wasmtime
+    /// exits; 1 for any other error.
+    ///
     /// Example: tern run counter.wasm --invoke add 5 --invoke get --snapshot-out c.snap
     Run(run::RunArgs),
     /// Resume a snapshot and go on exactly where it stopped.
     ///
+    /// A snapshot is data, not authority: the app gets only the
+    /// directories, variables and arguments this command line gives
+    /// (--dir, --env, after --) and runs under its limits (or the
+    /// defaults), whatever the file asks for; each request not granted is
+    /// named in a warning. Exit status as for `tern run`.
+    ///
     /// Example: tern resume c.snap --invoke add 1 --invoke get
     Resume(run::ResumeArgs),
     /// Show what a snapshot holds and whether its checksums hold.
+    ///
+    /// Its directories, variables and limits are shown as requests: `tern
+    /// resume` grants only what its own command line gives.
     ///
     /// Example: tern inspect c.snap --json
     Inspect(inspect::InspectArgs),

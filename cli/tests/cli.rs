@@ -1640,3 +1640,313 @@ fn an_app_moves_between_nodes_of_different_cpu_architectures() {
         "{doc}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The local runner hardened (issue 11, items 2, 12 and 13): each probe as
+// the issue wrote it, and what tern answers now.
+
+/// Asks WASI what it was given: a directory at fd 3 (`prestat`: 0 or an
+/// errno), the file `secret` in it (`open_secret`: 0 or an errno).
+const WHAT_AM_I_GIVEN: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "secret")
+  (global $n (mut i32) (i32.const 0))
+  (func (export "prestat") (param i32) (result i32) (call $prestat (local.get 0) (i32.const 0)))
+  (func (export "open_secret") (result i32)
+    (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 6) (i32.const 0)
+      (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 200)))
+  (func (export "bump") (result i32)
+    (global.set $n (i32.add (global.get $n) (i32.const 1))) (global.get $n)))"#;
+
+fn write_wat(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn resume_grants_only_what_its_command_line_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = write_wat(dir.path(), "given.wat", WHAT_AM_I_GIVEN);
+    let host = dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("secret"), "the host's").unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let snap = dir.path().join("given.snap");
+    let snap = snap.to_str().unwrap();
+    // The probe: a snapshot whose app was given a directory as `/`.
+    let out = tern(&[
+        "run",
+        &guest,
+        "--dir",
+        &format!("{}::/", host.display()),
+        "--env",
+        "TOKEN=hunter2",
+        "--memory",
+        "1GiB",
+        "--invoke",
+        "open_secret",
+        "--snapshot-out",
+        snap,
+    ]);
+    assert_eq!(stdout_of(&out).trim(), "0", "{}", stderr_of(&out));
+
+    // (resume flags, what open_secret answers, warnings expected, not expected)
+    type Case<'a> = (Vec<&'a str>, &'a str, Vec<String>, Vec<&'a str>);
+    let o = format!("{}::/", other.display());
+    let cases: Vec<Case> = vec![
+        (
+            vec![],
+            "8", // EBADF: no directory at all
+            vec![
+                format!(
+                    "warning: the snapshot asks for directory {} as /; not granted (give it with --dir {}::/)",
+                    host.display(),
+                    host.display()
+                ),
+                "warning: the snapshot asks for environment variable TOKEN; not granted (give it with --env TOKEN=VALUE)".into(),
+                "warning: the snapshot asks for a memory limit of 1.0 GiB; running under 4.0 GiB (set it with --memory)".into(),
+            ],
+            vec!["hunter2"],
+        ),
+        (
+            vec!["--dir", &o, "--env", "TOKEN=other", "--memory", "1GiB"],
+            "44", // ENOENT: `/` is the command line's directory, not the file's
+            vec![],
+            vec!["warning", "hunter2"],
+        ),
+    ];
+    for (flags, answer, warnings, absent) in cases {
+        let mut args = vec!["resume", snap];
+        args.extend(&flags);
+        args.extend(["--invoke", "open_secret"]);
+        let out = tern(&args);
+        let err = stderr_of(&out);
+        assert!(out.status.success(), "{flags:?}: {err}");
+        assert_eq!(stdout_of(&out).trim(), answer, "{flags:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        for w in &warnings {
+            assert!(
+                lines.contains(&w.as_str()),
+                "{flags:?}: missing `{w}` in\n{err}"
+            );
+        }
+        for a in absent {
+            assert!(!err.contains(a), "{flags:?}: `{a}` in\n{err}");
+        }
+    }
+
+    // inspect shows the requests as requests, and no variable's value.
+    let out = tern(&["inspect", snap]);
+    let text = stdout_of(&out);
+    assert!(text.contains("requests, not grants"), "{text}");
+    assert!(
+        text.contains(&format!("dir          {} as /", host.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("TOKEN (names only)") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(text.contains("limits       memory 1.0 GiB"), "{text}");
+    let doc = json(&tern(&["inspect", snap, "--json"]));
+    assert_eq!(doc["requests"]["env"], serde_json::json!(["TOKEN"]));
+    assert_eq!(doc["requests"]["dirs"][0]["guest"], "/");
+    assert_eq!(doc["requests"]["limits"]["memory_bytes"], 1u64 << 30);
+    assert!(doc["requests"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("not grants"));
+    assert!(!doc.to_string().contains("hunter2"));
+}
+
+#[test]
+fn a_trap_exits_134_an_exit_keeps_its_status_and_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = |body: &str| {
+        format!(
+            r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") {body}))"#
+        )
+    };
+    let misbehave = root().join("tests/guests/wat/misbehave.wat");
+    let m = misbehave.to_str().unwrap();
+    let guests = [
+        ("trap.wat", command("unreachable")),
+        ("exit0.wat", command("(call $exit (i32.const 0))")),
+        ("exit1.wat", command("(call $exit (i32.const 1))")),
+        ("exit33.wat", command("(call $exit (i32.const 33))")),
+        ("exit200.wat", command("(call $exit (i32.const 200))")),
+    ];
+    for (name, text) in &guests {
+        write_wat(dir.path(), name, text);
+    }
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    // (command line, exit status, what stderr says: None = nothing at all)
+    let cases: Vec<(Vec<String>, i32, Option<&str>)> = vec![
+        (vec!["run".into(), p("trap.wat")], 134, Some("unreachable")),
+        (vec!["run".into(), p("exit0.wat")], 0, None),
+        (vec!["run".into(), p("exit1.wat")], 1, None),
+        (vec!["run".into(), p("exit33.wat")], 33, None),
+        (
+            vec!["run".into(), p("exit200.wat")],
+            1,
+            Some("exit with invalid exit status outside of [0..126)"),
+        ),
+        (
+            ["run", m, "--invoke", "trap"].map(String::from).to_vec(),
+            134,
+            Some("unreachable"),
+        ),
+        (
+            ["run", m, "--timeout", "50ms", "--invoke", "spin"]
+                .map(String::from)
+                .to_vec(),
+            134,
+            Some("time limit"),
+        ),
+        (
+            ["run", m, "--invoke", "recurse", "0"]
+                .map(String::from)
+                .to_vec(),
+            134,
+            Some("stack"),
+        ),
+        (
+            ["run", m, "--invoke", "nope"].map(String::from).to_vec(),
+            1,
+            Some("no exported function"),
+        ),
+    ];
+    for (args, status, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = tern(&args);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(status), "{args:?}: {err}");
+        match says {
+            None => assert!(err.is_empty(), "{args:?}: {err}"),
+            Some(needle) => {
+                assert!(
+                    err.starts_with("error: ") && err.contains(needle),
+                    "{args:?}: {err}"
+                );
+                assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            }
+        }
+    }
+    let help = stdout_of(&tern(&["run", "--help"]));
+    assert!(help.contains("134 when a call traps"), "{help}");
+}
+
+#[test]
+fn stdin_reaches_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    // Copies stdin to stdout until end of file.
+    let cat = write_wat(
+        dir.path(),
+        "cat.wat",
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $more
+      (i32.store (i32.const 0) (i32.const 64))
+      (i32.store (i32.const 4) (i32.const 4096))
+      (br_if 1 (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br_if 1 (i32.eqz (i32.load (i32.const 8))))
+      (i32.store (i32.const 4) (i32.load (i32.const 8)))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $more))))"#,
+    );
+    let input: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["run", &cat])
+        .env(
+            "TERN_CACHE_DIR",
+            std::env::temp_dir().join("tern-cli-test-cache"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = input.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(feed.as_bytes()).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out) == input,
+        "the guest saw other bytes than were piped"
+    );
+}
+
+#[test]
+fn dir_names_a_host_path_with_a_colon() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = write_wat(dir.path(), "given.wat", WHAT_AM_I_GIVEN);
+    for sub in ["a:b", "plain"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("secret"), "x").unwrap();
+    }
+    let d = |s: &str| format!("{}/{s}", dir.path().display());
+    // (--dir value, whether the app finds `secret` in the directory it got)
+    let cases = [
+        (format!("{}::/data", d("a:b")), true),
+        (d("a:b") + "::" + &d("a:b"), true),
+        (format!("{}:/data", d("plain")), true),
+        (d("plain"), true),
+    ];
+    for (spec, found) in cases {
+        let out = tern(&["run", &guest, "--dir", &spec, "--invoke", "open_secret"]);
+        assert!(out.status.success(), "--dir {spec}: {}", stderr_of(&out));
+        assert_eq!(stdout_of(&out).trim() == "0", found, "--dir {spec}");
+    }
+    // Without `::`, the first `:` separates, and the error says how to
+    // write such a path.
+    let out = tern(&["run", &guest, "--dir", &d("a:b")]);
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.starts_with("error: ") && err.contains("write HOST::GUEST"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inspect_and_resume_refuse_the_crafted_lz4_probe() {
+    let seed = root().join("runtime/fuzz/corpus/snapshot_decode/seed-lz4-run-declaring-8-mi-pages");
+    let seed = seed.to_str().unwrap();
+    for args in [
+        vec!["inspect", seed],
+        vec!["resume", seed, "--invoke", "get"],
+    ] {
+        let out = tern(&args);
+        let err = stderr_of(&out);
+        // An error with a status, not an abort by a signal.
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("a memory can hold"),
+            "{args:?}: {err}"
+        );
+    }
+}

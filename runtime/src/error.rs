@@ -22,6 +22,12 @@ pub enum Error {
     OutOfFuel { export: String, fuel: u64 },
     #[error("`{export}` overflowed its stack and was stopped")]
     StackOverflow { export: String },
+    #[error("`{export}` was interrupted: the app is being stopped")]
+    Interrupted { export: String },
+    #[error("a call into this app was interrupted mid-way, so its state may be half updated: it takes no more calls or snapshots; restore it from its last snapshot")]
+    Torn,
+    #[error("`{export}` failed: {message}")]
+    CallFailed { export: String, message: String },
     #[error("the app exited with status {0}")]
     Exit(i32),
     #[error("the app has exited (status {0}); it cannot be called any more")]
@@ -59,8 +65,8 @@ impl Error {
         }
     }
 
-    /// Whether the guest misbehaved (trap, timeout, fuel, stack) rather than
-    /// the host or the input.
+    /// Whether the guest misbehaved (trap, timeout, fuel, stack, a host
+    /// call it made wrongly, an exit) rather than the host or the input.
     pub fn is_guest_fault(&self) -> bool {
         matches!(
             self,
@@ -68,7 +74,23 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::OutOfFuel { .. }
                 | Error::StackOverflow { .. }
+                | Error::CallFailed { .. }
                 | Error::Exit(_)
+        )
+    }
+
+    /// Whether the engine stopped the call with a trap, as Wasm and
+    /// wasmtime count them: the guest's own (unreachable, out of bounds,
+    /// stack) or the platform's (time limit, fuel, an interrupt). `tern
+    /// run` exits 134 for these, as wasmtime does.
+    pub fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            Error::Trap { .. }
+                | Error::Timeout { .. }
+                | Error::OutOfFuel { .. }
+                | Error::StackOverflow { .. }
+                | Error::Interrupted { .. }
         )
     }
 }

@@ -8,6 +8,9 @@
 //!   calls under limits (`call.rs`), capture (`capture.rs`), restore
 //!   (`restore.rs`), page access for migration (`pages.rs`);
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
+//! - [`sandbox`]: what bounds a running app: one limiter over all its
+//!   memories and tables, the [`InterruptHandle`] that stops a call from
+//!   another thread, the default limits;
 //! - [`dirty`]: which pages a guest wrote since the last look (`mod.rs`: the
 //!   tracker interface and the choice; `uffd.rs`: userfaultfd and
 //!   `PAGEMAP_SCAN`, over the raw bindings of `sys.rs`; `hash.rs`: hashing);
@@ -21,10 +24,11 @@
 //! - [`error`]: the runtime's [`Error`], worded for people.
 //!
 //! Imports point one way. `rewrite`, `snapshot` and `dirty` use no other
-//! module; `error` uses `rewrite` and `snapshot`; `memory`, `wasi`, `carry`
-//! and `values` use nothing but those four; `engine` uses `memory` and
-//! `wasi` (and what they use); `instance` uses the engine and everything below it; `sdk`
-//! drives an `instance`. No module uses one that is above it.
+//! module; `error` uses `rewrite` and `snapshot`; `memory`, `carry` and
+//! `values` use nothing but those four; `sandbox` uses `memory` (and what
+//! it uses); `wasi` uses `sandbox`; `engine` uses `memory` and `wasi` (and
+//! what they use); `instance` uses the engine and everything below it;
+//! `sdk` drives an `instance`. No module uses one that is above it.
 
 pub mod carry;
 pub mod dirty;
@@ -33,6 +37,7 @@ pub mod error;
 pub mod instance;
 pub mod memory;
 pub mod rewrite;
+pub mod sandbox;
 pub mod sdk;
 pub mod snapshot;
 pub mod values;
@@ -41,6 +46,7 @@ pub mod wasi;
 pub use engine::{sha256, LoadedModule, Runtime, RuntimeConfig};
 pub use error::{Error, Result};
 pub use instance::{AppConfig, Instance, MemoryRegion, RestoreOptions, SnapshotOptions};
+pub use sandbox::InterruptHandle;
 pub use snapshot::{LimitsState, Preopen, Snapshot, SnapshotError, WasiState};
 pub use wasi::{LogBuffer, Stdio};
 

@@ -19,6 +19,7 @@
 //! readable and writable as the memory grows.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
@@ -36,6 +37,40 @@ thread_local! {
     /// Images for the memories the next instantiation on this thread creates,
     /// in memory index order. Set by restore, consumed by the creator.
     static PENDING: RefCell<Vec<Option<ImageMapping>>> = const { RefCell::new(Vec::new()) };
+    /// The account the memories of the next instantiation on this thread
+    /// report their sizes to (one per store: see [`MemoryAccount`]).
+    static PENDING_ACCOUNT: RefCell<Option<MemoryAccount>> = const { RefCell::new(None) };
+}
+
+/// The bytes of linear memory one store's memories hold, all together: each
+/// [`TernMemory`] adds what it is given and takes it back when dropped, so
+/// the store's limiter can bound the app's total, not each memory.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct MemoryAccount(Arc<AtomicU64>);
+
+impl MemoryAccount {
+    /// Bytes held now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::AcqRel);
+    }
+
+    fn sub(&self, n: usize) {
+        self.0.fetch_sub(n as u64, Ordering::AcqRel);
+    }
+}
+
+/// Makes the memories the next instantiation on this thread creates report
+/// to `account` (until [`clear_pending_images`]).
+pub(crate) fn set_pending_account(account: MemoryAccount) {
+    PENDING_ACCOUNT.with(|p| *p.borrow_mut() = Some(account));
+}
+
+fn pending_account() -> Option<MemoryAccount> {
+    PENDING_ACCOUNT.with(|p| p.borrow().clone())
 }
 
 /// Arms the next instantiation on this thread with images for its memories.
@@ -43,9 +78,10 @@ pub(crate) fn set_pending_images(images: Vec<Option<ImageMapping>>) {
     PENDING.with(|p| *p.borrow_mut() = images.into_iter().rev().collect());
 }
 
-/// Disarms (after an instantiation, whatever happened).
+/// Disarms (after an instantiation, whatever happened): no images, no account.
 pub(crate) fn clear_pending_images() {
     PENDING.with(|p| p.borrow_mut().clear());
+    PENDING_ACCOUNT.with(|p| p.borrow_mut().take());
 }
 
 fn take_pending_image() -> Option<ImageMapping> {
@@ -166,6 +202,8 @@ pub struct TernMemory {
     copies: Vec<(usize, usize, usize)>,
     /// Mappings taken from the process-wide budget (given back on drop).
     mapped_runs: usize,
+    /// Where this memory's size counts towards its store's total.
+    account: Option<MemoryAccount>,
 }
 
 // SAFETY: the memory is used by one store at a time; the raw pointer is only
@@ -231,6 +269,7 @@ impl TernMemory {
             image: None,
             copies: Vec::new(),
             mapped_runs: 0,
+            account: pending_account(),
         };
         if let Some(image) = image {
             use std::os::fd::AsRawFd;
@@ -315,6 +354,9 @@ impl TernMemory {
                 return Err(std::io::Error::last_os_error());
             }
             self.copy_runs(self.size.div_ceil(PAGE_SIZE) * PAGE_SIZE, end);
+            if let Some(account) = &self.account {
+                account.add(new_size - self.size);
+            }
         }
         self.size = new_size;
         Ok(())
@@ -344,6 +386,9 @@ impl TernMemory {
 
 impl Drop for TernMemory {
     fn drop(&mut self) {
+        if let Some(account) = &self.account {
+            account.sub(self.size);
+        }
         RESERVATIONS
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -69,7 +69,8 @@ pub fn init(inst: &mut Instance) -> Result<()> {
 
 /// Sends one request through the app's handler. Never fails: a trap, a
 /// timeout or a malformed answer becomes a 500 or 502 response, and the app
-/// stays usable.
+/// stays usable. An interrupt ([`crate::sandbox`]) is a 500 too, but an
+/// app whose handler was cut off takes no more requests.
 pub fn handle(inst: &mut Instance, req: &Request) -> Response {
     match try_handle(inst, req) {
         Ok(resp) => resp,

@@ -7,17 +7,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use wasmtime::StoreLimits;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::error::{Error, Result};
+use crate::sandbox::{AppLimiter, InterruptHandle};
 use crate::snapshot::{Preopen, WasiState};
 
-/// The data of a store: the app's WASI context and its limits.
+/// The data of a store: the app's WASI context, its limiter, and what the
+/// engine's epoch callback checks during a call (an interrupt, a deadline).
 pub struct HostState {
     pub(crate) wasi: wasmtime_wasi::p1::WasiP1Ctx,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: AppLimiter,
+    pub(crate) interrupt: InterruptHandle,
+    /// When the call in progress must end (its time limit), if it has one.
+    pub(crate) deadline: Option<Instant>,
 }
 
 fn process_start() -> Instant {
@@ -205,10 +209,85 @@ pub enum Stdio {
     /// Discarded.
     #[default]
     Null,
-    /// The host process's own stdout and stderr (for `tern run`).
+    /// The host process's own stdin, stdout and stderr (for `tern run`).
     Inherit,
     /// Into a log buffer (apps on a node).
     Capture(Arc<LogBuffer>),
+}
+
+/// Something a snapshot records as given to its app that a restore does
+/// not give again (see [`regrant`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotGranted {
+    /// A directory: the host path the snapshot names, and the guest path.
+    Dir { host: String, guest: String },
+    /// A directory the snapshot had read-write, given read-only.
+    DirWritable { guest: String },
+    /// An environment variable, by name (its value is not repeated: it may
+    /// be a secret).
+    Env(String),
+    /// The arguments after the program name.
+    Args(Vec<String>),
+}
+
+impl std::fmt::Display for NotGranted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotGranted::Dir { host, guest } => write!(f, "directory {host} as {guest}"),
+            NotGranted::DirWritable { guest } => write!(f, "directory {guest} read-write"),
+            NotGranted::Env(name) => write!(f, "environment variable {name}"),
+            NotGranted::Args(args) => write!(f, "arguments {args:?}"),
+        }
+    }
+}
+
+/// What an app restored from a snapshot that is data, not authority, is
+/// given: the arguments, variables and directories of `grant` and nothing
+/// else, with the snapshot's clock reading and random seed (which grant
+/// nothing). Directories the snapshot also names come first, in its order,
+/// so that they keep their file descriptors. Returns, beside it, what the
+/// snapshot asked for and does not get.
+pub fn regrant(asked: &WasiState, grant: &WasiState) -> (WasiState, Vec<NotGranted>) {
+    let position = |guest: &str| {
+        asked
+            .preopens
+            .iter()
+            .position(|p| p.guest == guest)
+            .unwrap_or(usize::MAX)
+    };
+    let mut preopens = grant.preopens.clone();
+    preopens.sort_by_key(|p| position(&p.guest));
+    let mut missing = Vec::new();
+    for p in &asked.preopens {
+        match grant.preopens.iter().find(|g| g.guest == p.guest) {
+            None => missing.push(NotGranted::Dir {
+                host: p.host.clone(),
+                guest: p.guest.clone(),
+            }),
+            Some(g) if g.read_only && !p.read_only => missing.push(NotGranted::DirWritable {
+                guest: p.guest.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (k, _) in &asked.env {
+        if !grant.env.iter().any(|(g, _)| g == k) {
+            missing.push(NotGranted::Env(k.clone()));
+        }
+    }
+    let asked_args = asked.args.get(1..).unwrap_or_default();
+    let given_args = grant.args.get(1..).unwrap_or_default();
+    if !asked_args.is_empty() && asked_args != given_args {
+        missing.push(NotGranted::Args(asked_args.to_vec()));
+    }
+    let wasi = WasiState {
+        args: grant.args.clone(),
+        env: grant.env.clone(),
+        preopens,
+        monotonic_ns: asked.monotonic_ns,
+        random_seed: asked.random_seed,
+    };
+    (wasi, missing)
 }
 
 /// Builds the WASI context an app gets: only what it was given.
@@ -248,7 +327,7 @@ pub(crate) fn build_ctx(
     match stdio {
         Stdio::Null => {}
         Stdio::Inherit => {
-            b.inherit_stdout().inherit_stderr();
+            b.inherit_stdin().inherit_stdout().inherit_stderr();
         }
         Stdio::Capture(buf) => {
             b.stdout(LogStream(buf.clone()))

@@ -9,6 +9,7 @@ mod etcd;
 mod examples;
 mod faults;
 mod hardening;
+mod hardening_local;
 mod invariants;
 mod limits;
 mod nodes;

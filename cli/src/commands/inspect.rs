@@ -1,5 +1,7 @@
 //! `tern inspect`: what a snapshot holds (format, module, memories,
-//! globals, tables, WASI state, carried files) and whether its checksums
+//! globals, tables, carried files), what it asks for (directories,
+//! variables by name, arguments, limits: requests that `tern resume`
+//! grants only when its own command line does) and whether its checksums
 //! hold.
 
 use std::path::PathBuf;
@@ -39,6 +41,8 @@ struct InspectReport {
     tables: Vec<InspectTable>,
     wasi: InspectWasi,
     limits: LimitsState,
+    /// What the snapshot asks to be given on resume: requests, not grants.
+    requests: InspectRequests,
     /// Files of the app's own directory carried in the snapshot.
     files: Vec<InspectFile>,
     checksum: String,
@@ -76,10 +80,29 @@ struct InspectTable {
 #[derive(Serialize)]
 struct InspectWasi {
     args: Vec<String>,
+    /// Variable names only: values may be secrets.
     env: Vec<String>,
     preopens: Vec<String>,
     monotonic_ns: u64,
 }
+
+#[derive(Serialize)]
+struct InspectRequests {
+    note: &'static str,
+    dirs: Vec<InspectDir>,
+    env: Vec<String>,
+    args: Vec<String>,
+    limits: LimitsState,
+}
+
+#[derive(Serialize)]
+struct InspectDir {
+    host: String,
+    guest: String,
+    read_only: bool,
+}
+
+const REQUESTS_NOTE: &str = "requests, not grants: tern resume gives only the --dir, --env, arguments and limits of its own command line";
 
 pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     let snap = Snapshot::open(&a.snapshot, false)
@@ -107,7 +130,7 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
                 index: m.index,
                 bytes: m.byte_size,
                 pages_total: m.byte_size / 4096,
-                pages_stored: m.runs.iter().map(|r| r.pages).sum(),
+                pages_stored: m.runs.iter().fold(0u64, |n, r| n.saturating_add(r.pages)),
                 runs: m.runs.len(),
                 compressed_runs: m
                     .runs
@@ -142,7 +165,7 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
             .collect(),
         wasi: InspectWasi {
             args: b.wasi.args.clone(),
-            env: b.wasi.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env: b.wasi.env.iter().map(|(k, _)| k.clone()).collect(),
             preopens: b
                 .wasi
                 .preopens
@@ -159,6 +182,22 @@ pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
             monotonic_ns: b.wasi.monotonic_ns,
         },
         limits: b.limits.clone(),
+        requests: InspectRequests {
+            note: REQUESTS_NOTE,
+            dirs: b
+                .wasi
+                .preopens
+                .iter()
+                .map(|p| InspectDir {
+                    host: p.host.clone(),
+                    guest: p.guest.clone(),
+                    read_only: p.read_only,
+                })
+                .collect(),
+            env: b.wasi.env.iter().map(|(k, _)| k.clone()).collect(),
+            args: b.wasi.args.iter().skip(1).cloned().collect(),
+            limits: b.limits.clone(),
+        },
         files: b
             .files
             .iter()
@@ -227,16 +266,30 @@ fn print_inspect(r: &InspectReport) -> Result<()> {
             t.non_null
         )?;
     }
-    outln!("args           {:?}", r.wasi.args)?;
-    if !r.wasi.env.is_empty() {
-        outln!("env            {:?}", r.wasi.env)?;
-    }
-    for p in &r.wasi.preopens {
-        outln!("dir            {p}")?;
-    }
     outln!("clock          {:.3} ms", r.wasi.monotonic_ns as f64 / 1e6)?;
+    let q = &r.requests;
+    outln!("requests       ({})", q.note)?;
+    outln!("  args         {:?}", q.args)?;
+    if !q.env.is_empty() {
+        outln!("  env          {} (names only)", q.env.join(" "))?;
+    }
+    for d in &q.dirs {
+        outln!(
+            "  dir          {} as {}{}",
+            d.host,
+            d.guest,
+            if d.read_only { " (read-only)" } else { "" }
+        )?;
+    }
+    let show = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or("none".to_string(), f);
+    outln!(
+        "  limits       memory {}, time per call {}, fuel per call {}",
+        show(q.limits.memory_bytes, &human_bytes),
+        show(q.limits.timeout_ms_per_call, &|ms| format!("{ms} ms")),
+        show(q.limits.fuel_per_call, &|n| n.to_string())
+    )?;
     if !r.files.is_empty() {
-        let total: u64 = r.files.iter().map(|f| f.bytes).sum();
+        let total = r.files.iter().fold(0u64, |n, f| n.saturating_add(f.bytes));
         outln!(
             "files          {} carried from the app's directory, {}",
             r.files.len(),

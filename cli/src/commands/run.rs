@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use tern_runtime::values::{to_json, to_text, JsonValue};
+use tern_runtime::wasi::{regrant, NotGranted};
 use tern_runtime::{
     AppConfig, Instance, LimitsState, Preopen, RestoreOptions, Runtime, RuntimeConfig, Snapshot,
-    SnapshotOptions, Stdio,
+    SnapshotOptions, Stdio, WasiState,
 };
 
 use crate::output::{out, outln};
@@ -64,16 +65,27 @@ pub struct RunArgs {
     file: PathBuf,
     #[command(flatten)]
     pub calls: CallArgs,
+    #[command(flatten)]
+    grant: GrantArgs,
+}
+
+/// What the app is given and the limits it runs under: the same flags for
+/// a fresh run and a resume (a snapshot grants nothing by itself).
+#[derive(Args)]
+struct GrantArgs {
     /// An environment variable for the app (repeatable). Nothing is inherited.
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
-    /// Give the app a host directory, as GUEST inside (default: same path).
-    #[arg(long = "dir", value_name = "HOST[:GUEST]")]
+    /// Give the app a host directory, as GUEST inside (default: the same
+    /// path). `HOST::GUEST` also separates them, for a HOST with a `:` in
+    /// it (`--dir 'a:b::/data'`); with no `::`, the first `:` does.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
-    /// Give the app a host directory read-only.
-    #[arg(long = "dir-ro", value_name = "HOST[:GUEST]")]
+    /// Give the app a host directory read-only (same form as --dir).
+    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
     dirs_ro: Vec<String>,
-    /// Memory limit (e.g. 64MiB); growth past it fails as Wasm says.
+    /// Memory limit for all the app's memories together (e.g. 64MiB;
+    /// default 4GiB); growth past it fails as Wasm says.
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
     /// Fuel per call (instructions, roughly); a call that runs out is stopped.
@@ -87,12 +99,58 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
+impl GrantArgs {
+    /// What the command line gives: `program` as the first argument, the
+    /// arguments after `--`, the variables and the directories.
+    fn wasi(&self, program: String) -> Result<WasiState> {
+        let mut env = Vec::new();
+        for kv in &self.env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--env {kv}: expected K=V"))?;
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut preopens = Vec::new();
+        for d in &self.dirs {
+            preopens.push(parse_dir(d, false)?);
+        }
+        for d in &self.dirs_ro {
+            preopens.push(parse_dir(d, true)?);
+        }
+        let mut args = vec![program];
+        args.extend(self.args.iter().cloned());
+        Ok(WasiState {
+            args,
+            env,
+            preopens,
+            ..Default::default()
+        })
+    }
+
+    /// The command line's limits; what it leaves out, the local defaults.
+    fn limits(&self) -> Result<LimitsState> {
+        let given = LimitsState {
+            memory_bytes: self.memory.as_deref().map(parse_size).transpose()?,
+            fuel_per_call: self.fuel,
+            timeout_ms_per_call: self
+                .timeout
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .map(|d| d.as_millis().max(1) as u64),
+        };
+        Ok(given.or_defaults(&LimitsState::LOCAL_DEFAULTS))
+    }
+}
+
 #[derive(Args)]
 pub struct ResumeArgs {
     /// The snapshot file.
     snapshot: PathBuf,
     #[command(flatten)]
     pub calls: CallArgs,
+    #[command(flatten)]
+    grant: GrantArgs,
     /// The module, when the snapshot does not carry it.
     #[arg(long, value_name = "FILE")]
     module: Option<PathBuf>,
@@ -144,66 +202,85 @@ fn runtime() -> Result<Arc<Runtime>> {
     })?)
 }
 
+/// Splits `--dir HOST[::GUEST]` (or `HOST:GUEST`, when HOST has no `:`).
+fn split_dir(spec: &str) -> (&str, &str) {
+    match spec.split_once("::") {
+        Some((h, g)) => (h, g),
+        None => spec.split_once(':').unwrap_or((spec, spec)),
+    }
+}
+
 fn parse_dir(spec: &str, read_only: bool) -> Result<Preopen> {
-    let (host, guest) = match spec.split_once(':') {
-        Some((h, g)) => (h.to_string(), g.to_string()),
-        None => (spec.to_string(), spec.to_string()),
-    };
-    let meta =
-        std::fs::metadata(&host).with_context(|| format!("--dir {spec}: cannot use `{host}`"))?;
+    let (host, guest) = split_dir(spec);
+    if host.is_empty() || guest.is_empty() {
+        bail!("--dir {spec}: expected HOST, HOST::GUEST or HOST:GUEST");
+    }
+    let meta = std::fs::metadata(host).with_context(|| {
+        let hint = if spec.contains(':') && !spec.contains("::") {
+            " (for a host path with a `:` in it, write HOST::GUEST)"
+        } else {
+            ""
+        };
+        format!("--dir {spec}: cannot use `{host}`{hint}")
+    })?;
     if !meta.is_dir() {
         bail!("--dir {spec}: `{host}` is not a directory");
     }
     // Stored absolute, so a resume from elsewhere finds the same directory.
-    let host = std::fs::canonicalize(&host)?.to_string_lossy().into_owned();
+    let host = std::fs::canonicalize(host)?.to_string_lossy().into_owned();
     Ok(Preopen {
         host,
-        guest,
+        guest: guest.to_string(),
         read_only,
     })
 }
 
+/// The exit status for a failed command: a trap (the guest's, or a limit
+/// or interrupt that stopped it) exits 134 as wasmtime does, a `proc_exit`
+/// in a call exits with its status; anything else is an ordinary error.
+fn outcome(result: Result<ExitCode>) -> Result<ExitCode> {
+    let err = match result {
+        Ok(code) => return Ok(code),
+        Err(e) => e,
+    };
+    match err.downcast_ref::<tern_runtime::Error>() {
+        Some(e) if e.is_trap() => {
+            eprintln!("error: {}", crate::util::one_line(&err));
+            Ok(ExitCode::from(TRAP_EXIT_STATUS))
+        }
+        Some(tern_runtime::Error::Exit(code)) => Ok(exit_status(*code)),
+        _ => Err(err),
+    }
+}
+
+/// What `tern run` exits with when a call traps: 128 + SIGABRT, as
+/// wasmtime (and a native program that aborts).
+pub const TRAP_EXIT_STATUS: u8 = 134;
+
+fn exit_status(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 pub fn run(a: RunArgs) -> Result<ExitCode> {
+    outcome(run_inner(a))
+}
+
+fn run_inner(a: RunArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     let module = rt
         .load_file(&a.file)
         .with_context(|| format!("cannot load `{}`", a.file.display()))?;
-    let mut env = Vec::new();
-    for kv in &a.env {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--env {kv}: expected K=V"))?;
-        env.push((k.to_string(), v.to_string()));
-    }
-    let mut preopens = Vec::new();
-    for d in &a.dirs {
-        preopens.push(parse_dir(d, false)?);
-    }
-    for d in &a.dirs_ro {
-        preopens.push(parse_dir(d, true)?);
-    }
-    let limits = LimitsState {
-        memory_bytes: a.memory.as_deref().map(parse_size).transpose()?,
-        fuel_per_call: a.fuel,
-        timeout_ms_per_call: a
-            .timeout
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?
-            .map(|d| d.as_millis().max(1) as u64),
-    };
     let name = a
         .file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "app.wasm".into());
-    let mut args = vec![name];
-    args.extend(a.args.iter().cloned());
+    let wasi = a.grant.wasi(name)?;
     let config = AppConfig {
-        args,
-        env,
-        preopens,
-        limits,
+        args: wasi.args,
+        env: wasi.env,
+        preopens: wasi.preopens,
+        limits: a.grant.limits()?,
         stdio: Stdio::Inherit,
         ..Default::default()
     };
@@ -220,7 +297,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
                     snapshot: None,
                 })?;
             }
-            return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+            return Ok(exit_status(code.max(1)));
         }
         Err(e) => return Err(e.into()),
     };
@@ -231,6 +308,10 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
 }
 
 pub fn resume(a: ResumeArgs) -> Result<ExitCode> {
+    outcome(resume_inner(a))
+}
+
+fn resume_inner(a: ResumeArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     let snap = Snapshot::open(&a.snapshot, true)
         .with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
@@ -241,12 +322,15 @@ pub fn resume(a: ResumeArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let mut opts = RestoreOptions {
-        copy_on_write: !a.copy,
-        hooks: true,
-        stdio: Stdio::Inherit,
-        ..Default::default()
-    };
+    // The snapshot is data, not authority: the app gets what this command
+    // line gives and runs under its limits, whatever the file says.
+    let program = a
+        .snapshot
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app.wasm".into());
+    let mut grant = a.grant.wasi(program)?;
+    let mut carry_dir = None;
     if let Some(dir) = &a.data_dir {
         // The directory is made to hold exactly the carried files: refuse
         // one that holds anything, rather than replace what is there.
@@ -257,18 +341,93 @@ pub fn resume(a: ResumeArgs) -> Result<ExitCode> {
             );
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut wasi = snap.body.wasi.clone();
-        wasi.preopens = vec![Preopen {
-            host: dir.display().to_string(),
+        let host = std::fs::canonicalize(dir)?.to_string_lossy().into_owned();
+        grant.preopens.retain(|p| p.guest != "/data");
+        grant.preopens.push(Preopen {
+            host,
             guest: "/data".into(),
             read_only: false,
-        }];
-        opts.wasi_override = Some(wasi);
-        opts.carry_dir = Some(dir.clone());
+        });
+        carry_dir = Some(dir.clone());
     }
+    let (wasi, missing) = regrant(&snap.body.wasi, &grant);
+    for m in &missing {
+        let hint = match m {
+            NotGranted::Dir { host, guest } => format!("give it with --dir {host}::{guest}"),
+            NotGranted::DirWritable { guest } => {
+                format!("it is read-only; give it with --dir HOST::{guest}")
+            }
+            NotGranted::Env(name) => format!("give it with --env {name}=VALUE"),
+            NotGranted::Args(_) => "pass them after --".into(),
+        };
+        eprintln!("warning: the snapshot asks for {m}; not granted ({hint})");
+    }
+    let limits = a.grant.limits()?;
+    for line in limit_differences(&snap.body.limits, &limits) {
+        eprintln!("warning: {line}");
+    }
+    let opts = RestoreOptions {
+        copy_on_write: !a.copy,
+        hooks: true,
+        stdio: Stdio::Inherit,
+        wasi_override: Some(wasi),
+        limits_override: Some(limits),
+        carry_dir,
+        ..Default::default()
+    };
     let mut inst = Instance::restore(&rt, &snap, module, opts)
         .with_context(|| format!("cannot resume `{}`", a.snapshot.display()))?;
     finish(&mut inst, &a.calls)
+}
+
+/// One limit as `limit_differences` words it.
+struct Limit {
+    what: &'static str,
+    flag: &'static str,
+    asked: Option<u64>,
+    applied: Option<u64>,
+    show: fn(u64) -> String,
+}
+
+/// One line per limit the snapshot records that this run does not apply.
+fn limit_differences(asked: &LimitsState, applied: &LimitsState) -> Vec<String> {
+    let limits = [
+        Limit {
+            what: "memory limit",
+            flag: "--memory",
+            asked: asked.memory_bytes,
+            applied: applied.memory_bytes,
+            show: human_bytes,
+        },
+        Limit {
+            what: "time limit per call",
+            flag: "--timeout",
+            asked: asked.timeout_ms_per_call,
+            applied: applied.timeout_ms_per_call,
+            show: |ms| format!("{ms} ms"),
+        },
+        Limit {
+            what: "fuel limit per call",
+            flag: "--fuel",
+            asked: asked.fuel_per_call,
+            applied: applied.fuel_per_call,
+            show: |n| n.to_string(),
+        },
+    ];
+    let mut out = Vec::new();
+    for l in limits.iter().filter(|l| l.asked != l.applied) {
+        let asks = l.asked.map_or(format!("no {}", l.what), |v| {
+            format!("a {} of {}", l.what, (l.show)(v))
+        });
+        let runs = l.applied.map_or("running without one".into(), |v| {
+            format!("running under {}", (l.show)(v))
+        });
+        out.push(format!(
+            "the snapshot asks for {asks}; {runs} (set it with {})",
+            l.flag
+        ));
+    }
+    out
 }
 
 fn finish(inst: &mut Instance, c: &CallArgs) -> Result<ExitCode> {

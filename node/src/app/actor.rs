@@ -163,6 +163,7 @@ impl Actor {
             app: Some(self.spec.name.clone()),
             generation: self.spec.generation,
             random_seed: None,
+            interrupt: None,
         })
     }
 

@@ -77,5 +77,6 @@ pub(crate) fn restore_options(
             timeout_ms_per_call: spec.timeout_ms,
         }),
         stdio: Stdio::Capture(logs.clone()),
+        interrupt: None,
     })
 }

@@ -4,14 +4,14 @@
 //! the call, and a failed call classified into an error a user can act on
 //! (trap, timeout, fuel, stack overflow, exit).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Func, Val, ValType};
 
 use super::Instance;
-use crate::engine::EPOCH_TICK;
 use crate::error::{Error, Result};
 use crate::rewrite::RESERVED_PREFIX;
+use crate::sandbox::Stopped;
 use crate::snapshot::LimitsState;
 
 impl Instance {
@@ -71,6 +71,14 @@ impl Instance {
     }
 
     pub(crate) fn call_raw(&mut self, export: &str, args: &[Val]) -> Result<Vec<Val>> {
+        if self.torn {
+            return Err(Error::Torn);
+        }
+        if self.store.data().interrupt.is_interrupted() {
+            return Err(Error::Interrupted {
+                export: export.into(),
+            });
+        }
         if let Some(code) = self.exited {
             return Err(Error::Exited(code));
         }
@@ -102,16 +110,12 @@ impl Instance {
         self.store
             .set_fuel(fuel)
             .map_err(|e| Error::Other(e.to_string()))?;
-        match limits.timeout_ms_per_call {
-            Some(ms) => {
-                let ticks = Duration::from_millis(ms)
-                    .as_nanos()
-                    .div_ceil(EPOCH_TICK.as_nanos())
-                    .max(1) as u64;
-                self.store.set_epoch_deadline(ticks);
-            }
-            None => self.store.set_epoch_deadline(u64::MAX / 2),
-        }
+        // The epoch callback runs at every tick of the call: it ends the
+        // call once it is interrupted or past this deadline.
+        self.store.data_mut().deadline = limits
+            .timeout_ms_per_call
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        self.store.set_epoch_deadline(1);
         self.calls += 1;
         let sp = self.module.info.stack_pointer.and_then(|g| {
             let global = self
@@ -120,13 +124,17 @@ impl Instance {
             Some((global, global.get(&mut self.store)))
         });
         let outcome = f.call(&mut self.store, args, &mut results);
-        self.store.set_epoch_deadline(u64::MAX / 2);
+        self.store.data_mut().deadline = None;
         match outcome {
             Ok(()) => Ok(results),
             Err(e) => {
                 let err = classify(export, e, &limits);
                 if let Error::Exit(code) = err {
                     self.exited = Some(code);
+                } else if let Error::Interrupted { .. } = err {
+                    // Cut off mid-way: nothing of this guest can be trusted
+                    // to be consistent any more (see crate::sandbox).
+                    self.torn = true;
                 } else if let Some((global, value)) = sp {
                     // A trapped call never popped its shadow-stack frame.
                     let _ = global.set(&mut self.store, value);
@@ -141,6 +149,17 @@ impl Instance {
 fn classify(export: &str, e: wasmtime::Error, limits: &LimitsState) -> Error {
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return Error::Exit(exit.0);
+    }
+    if let Some(stopped) = e.downcast_ref::<Stopped>() {
+        return match stopped {
+            Stopped::Interrupted => Error::Interrupted {
+                export: export.into(),
+            },
+            Stopped::TimedOut => Error::Timeout {
+                export: export.into(),
+                limit_ms: limits.timeout_ms_per_call.unwrap_or(0),
+            },
+        };
     }
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         match trap {
@@ -164,16 +183,27 @@ fn classify(export: &str, e: wasmtime::Error, limits: &LimitsState) -> Error {
             _ => {}
         }
     }
-    let message = format!("{e:#}").lines().next().unwrap_or("").to_string();
-    let detail = e
-        .chain()
-        .map(|c| c.to_string())
-        .find(|s| {
-            s.starts_with("wasm trap") || s.contains("unreachable") || s.contains("out of bounds")
-        })
-        .unwrap_or(message);
-    Error::Trap {
+    if e.downcast_ref::<wasmtime::Trap>().is_some() {
+        let message = format!("{e:#}").lines().next().unwrap_or("").to_string();
+        let detail = e
+            .chain()
+            .map(|c| c.to_string())
+            .find(|s| {
+                s.starts_with("wasm trap")
+                    || s.contains("unreachable")
+                    || s.contains("out of bounds")
+            })
+            .unwrap_or(message);
+        return Error::Trap {
+            export: export.into(),
+            message: detail,
+        };
+    }
+    // Not a trap: a host function the guest called failed (`proc_exit`
+    // with a status WASI does not allow, say). The reason is the error's
+    // root; what wraps it is a backtrace.
+    Error::CallFailed {
         export: export.into(),
-        message: detail,
+        message: e.root_cause().to_string(),
     }
 }

@@ -86,6 +86,10 @@ impl Instance {
         opts: SnapshotOptions,
         mut images: Option<&mut crate::snapshot::ImageWriter>,
     ) -> Result<(SnapshotParts, Vec<crate::snapshot::MemoryState>)> {
+        if self.torn {
+            // Not a safe point: a call was cut off in the middle.
+            return Err(Error::Torn);
+        }
         let info = self.module.info.clone();
         // Globals.
         let mut globals = Vec::with_capacity(info.mutable_globals.len());

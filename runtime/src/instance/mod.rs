@@ -23,12 +23,13 @@ mod restore;
 
 use std::sync::Arc;
 
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::{Store, UpdateDeadline};
 
 use crate::engine::{LoadedModule, Runtime};
 use crate::error::{Error, Result};
-use crate::memory;
+use crate::memory::{self, ImageMapping, MemoryAccount};
 use crate::rewrite::RESERVED_PREFIX;
+use crate::sandbox::{check_call, AppLimiter, InterruptHandle};
 use crate::snapshot::{LimitsState, Preopen, WasiState};
 use crate::wasi::{build_ctx, GuestClock, Stdio};
 
@@ -38,8 +39,6 @@ pub use pages::MemoryRegion;
 pub use restore::RestoreOptions;
 
 const WASM_PAGE: u64 = 64 * 1024;
-/// Tables may not grow past this many elements.
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// What an app is given and the limits it runs under.
 #[derive(Clone, Default)]
@@ -56,6 +55,10 @@ pub struct AppConfig {
     /// A host directory whose files travel inside the app's snapshots (a
     /// node's per-app directory; see [`crate::carry`]).
     pub carry_dir: Option<std::path::PathBuf>,
+    /// The handle that stops this app's calls, from its start on; `None`
+    /// gives the instance a handle of its own
+    /// ([`Instance::interrupt_handle`]). See [`crate::sandbox`].
+    pub interrupt: Option<InterruptHandle>,
 }
 
 /// One instantiated app.
@@ -75,6 +78,9 @@ pub struct Instance {
     /// A snapshot hook ran in this instance and it carries on: the next call
     /// first runs `tern_on_restore` (sdk/ABI.md, section 3).
     needs_on_restore: bool,
+    /// A call was interrupted mid-way: the guest's state may be half
+    /// updated, so the instance takes no more calls and no captures.
+    torn: bool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -86,35 +92,55 @@ impl std::fmt::Debug for Instance {
     }
 }
 
+/// A store for one app: its WASI context, its limiter (with the account
+/// its memories report to), and the epoch callback that, at every tick of
+/// a call, ends the call if it was interrupted or ran past its deadline.
 fn new_store(
     runtime: &Runtime,
     config: &AppConfig,
     wasi: &WasiState,
     clock: &GuestClock,
-) -> Result<Store<HostState>> {
+) -> Result<(Store<HostState>, MemoryAccount)> {
     let ctx = build_ctx(wasi, &config.stdio, clock)?;
-    let mut limits = StoreLimitsBuilder::new()
-        .table_elements(MAX_TABLE_ELEMENTS)
-        .instances(1)
-        .memories(16)
-        .tables(64);
-    if let Some(m) = config.limits.memory_bytes {
-        limits = limits.memory_size(m as usize);
-    }
+    let account = MemoryAccount::default();
     let mut store = Store::new(
         runtime.engine(),
         HostState {
             wasi: ctx,
-            limits: limits.build(),
+            limits: AppLimiter::new(&config.limits, account.clone()),
+            interrupt: config.interrupt.clone().unwrap_or_default(),
+            deadline: None,
         },
     );
     store.limiter(|s| &mut s.limits);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(u64::MAX / 2);
+    store.epoch_deadline_callback(|ctx| {
+        let s = ctx.data();
+        match check_call(&s.interrupt, s.deadline) {
+            Some(stopped) => Err(wasmtime::Error::new(stopped)),
+            None => Ok(UpdateDeadline::Continue(1)),
+        }
+    });
+    store.set_epoch_deadline(1);
     store
         .set_fuel(u64::MAX)
         .map_err(|e| Error::Other(e.to_string()))?;
-    Ok(store)
+    Ok((store, account))
+}
+
+/// Instantiates `module` in `store`, its memories created over `images`
+/// (a copy-on-write restore; empty otherwise) and counted in `account`.
+fn instantiate(
+    module: &LoadedModule,
+    store: &mut Store<HostState>,
+    account: MemoryAccount,
+    images: Vec<Option<ImageMapping>>,
+    config: &AppConfig,
+) -> Result<wasmtime::Instance> {
+    memory::set_pending_images(images);
+    memory::set_pending_account(account);
+    let instantiated = module.pre.instantiate(&mut *store);
+    memory::clear_pending_images();
+    instantiated.map_err(|e| instantiate_error(e, config))
 }
 
 fn wasi_state(config: &AppConfig, monotonic_ns: u64) -> WasiState {
@@ -165,12 +191,8 @@ impl Instance {
     ) -> Result<Instance> {
         let clock = GuestClock::starting_at(0);
         let wasi = wasi_state(&config, 0);
-        let mut store = new_store(runtime, &config, &wasi, &clock)?;
-        memory::clear_pending_images();
-        let instance = module
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| instantiate_error(e, &config))?;
+        let (mut store, account) = new_store(runtime, &config, &wasi, &clock)?;
+        let instance = instantiate(module, &mut store, account, Vec::new(), &config)?;
         let anonymous = vec![true; module.info.memories.len()];
         Ok(Instance {
             runtime: runtime.clone(),
@@ -184,6 +206,7 @@ impl Instance {
             anonymous,
             extra_meta: Vec::new(),
             needs_on_restore: false,
+            torn: false,
         })
     }
 
@@ -208,6 +231,18 @@ impl Instance {
     /// Exit status, if the app called `proc_exit`.
     pub fn exited(&self) -> Option<i32> {
         self.exited
+    }
+
+    /// The handle that stops this instance's calls from another thread
+    /// (see [`crate::sandbox`]).
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        self.store.data().interrupt.clone()
+    }
+
+    /// Whether a call was interrupted mid-way: the instance then takes no
+    /// more calls or captures (drop it; restore the app from a snapshot).
+    pub fn is_torn(&self) -> bool {
+        self.torn
     }
 
     /// Platform fields kept in snapshot metadata.
@@ -261,9 +296,16 @@ impl Instance {
 
 fn instantiate_error(e: wasmtime::Error, config: &AppConfig) -> Error {
     let msg = format!("{e:#}");
-    if msg.contains("memory") && config.limits.memory_bytes.is_some() && msg.contains("limit") {
+    if msg.contains("memory minimum size") {
+        let limit = match config.limits.memory_bytes {
+            Some(n) => format!("its limit of {n} bytes for all its memories together"),
+            None => format!(
+                "what tern gives one memory ({} bytes)",
+                crate::sandbox::MAX_MEMORY_BYTES
+            ),
+        };
         return Error::MemoryLimit(format!(
-            "the module needs more memory than its limit: {msg}"
+            "the module's initial memories need more than {limit}: {msg}"
         ));
     }
     Error::Link(msg)

@@ -9,15 +9,25 @@ use std::sync::Arc;
 
 use wasmtime::{Func, Ref, Val, ValType};
 
-use super::{instantiate_error, new_store, AppConfig, Instance, WASM_PAGE};
+use super::{instantiate, new_store, AppConfig, Instance, WASM_PAGE};
 use crate::engine::{LoadedModule, Runtime};
 use crate::error::{Error, Result};
 use crate::memory::{self, ImageMapping};
 use crate::rewrite::{GlobalKind, RESERVED_PREFIX};
+use crate::sandbox::InterruptHandle;
 use crate::snapshot::{LimitsState, Snapshot, Value, WasiState, PAGE_SIZE};
 use crate::wasi::{GuestClock, Stdio};
 
 /// Options for a restore.
+///
+/// A snapshot records what its app was given (arguments, environment,
+/// directories) and the limits it ran under. That record is authority only
+/// where the platform wrote the snapshot itself and trusts it (a node's own
+/// checkpoint, a migration from a peer node of the same cluster): there
+/// `None` in the overrides below keeps it. A snapshot from anywhere else is
+/// data: give both overrides, built from what the caller grants
+/// ([`crate::wasi::regrant`]) and the caller's limits (or
+/// [`LimitsState::LOCAL_DEFAULTS`]), as `tern resume` does.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Map raw page runs of a file-backed snapshot copy-on-write instead of
@@ -25,14 +35,17 @@ pub struct RestoreOptions {
     pub copy_on_write: bool,
     /// Call the SDK's `tern_on_restore` hook after, if the app has one.
     pub hooks: bool,
-    /// Replace what the app is given (directories move with the app).
+    /// What the app is given instead of what the snapshot records.
     pub wasi_override: Option<WasiState>,
-    /// Limits to run under instead of the snapshot's.
+    /// Limits to run under instead of the ones the snapshot records.
     pub limits_override: Option<LimitsState>,
     pub stdio: Stdio,
     /// Write the snapshot's carried files here, replacing what the
     /// directory holds, and carry it in later snapshots.
     pub carry_dir: Option<std::path::PathBuf>,
+    /// The handle that stops the restored app's calls (its restore hook
+    /// included); `None` gives it one of its own.
+    pub interrupt: Option<InterruptHandle>,
 }
 
 impl Instance {
@@ -81,17 +94,19 @@ impl Instance {
             generation: body.meta.generation,
             random_seed: wasi.random_seed,
             carry_dir: opts.carry_dir.clone(),
+            interrupt: opts.interrupt.clone(),
         };
         if let Some(limit) = config.limits.memory_bytes {
+            // The same total the limiter bounds: all memories together.
             let total: u64 = body.memories.iter().map(|m| m.byte_size).sum();
             if total > limit {
                 return Err(Error::MemoryLimit(format!(
-                    "the snapshot holds {total} bytes of memory, more than the limit of {limit} bytes: raise --memory"
+                    "the snapshot holds {total} bytes of memory in all, more than the limit of {limit} bytes: raise --memory"
                 )));
             }
         }
         let clock = GuestClock::starting_at(body.wasi.monotonic_ns);
-        let mut store = new_store(runtime, &config, &wasi, &clock)?;
+        let (mut store, account) = new_store(runtime, &config, &wasi, &clock)?;
 
         // Copy-on-write only when every memory can be mapped and the module's
         // data segments are known (they are written again at instantiation).
@@ -105,10 +120,13 @@ impl Instance {
                 None
             };
         let cow = images.is_some();
-        memory::set_pending_images(images.unwrap_or_default());
-        let instantiated = module.pre.instantiate(&mut store);
-        memory::clear_pending_images();
-        let instance = instantiated.map_err(|e| instantiate_error(e, &config))?;
+        let instance = instantiate(
+            &module,
+            &mut store,
+            account,
+            images.unwrap_or_default(),
+            &config,
+        )?;
 
         let mut inst = Instance {
             runtime: runtime.clone(),
@@ -122,6 +140,7 @@ impl Instance {
             anonymous: vec![!cow; module.info.memories.len()],
             extra_meta: body.meta.extra.clone(),
             needs_on_restore: false,
+            torn: false,
         };
         inst.restore_memories(snap, cow)?;
         inst.restore_globals(snap)?;

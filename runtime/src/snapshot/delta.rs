@@ -128,6 +128,11 @@ impl<'a> PageChunkRef<'a> {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
+        if byte_size > super::MAX_MEMORY_BYTES {
+            return Err(SnapshotError::corrupt(format!(
+                "page chunk names a memory of {byte_size} bytes, more than a memory can hold"
+            )));
+        }
         let max_page = byte_size / PAGE_SIZE as u64;
         if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p >= max_page) {
             return Err(SnapshotError::corrupt(

@@ -63,6 +63,19 @@ pub const IMAGE_OFFSET: u64 = 4096;
 const HEADER_LEN: usize = 64;
 /// A body larger than this is refused rather than allocated.
 const MAX_BODY_LEN: u64 = 1 << 30;
+/// The largest linear memory tern runs (and so the largest a snapshot may
+/// describe): 4 GiB, all a 32-bit memory can address. The engine's limiter
+/// refuses to grow a memory past it, so every memory tern captures fits.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 32;
+/// The most elements a table may hold, over all of an app's tables (the
+/// engine's limiter enforces the same bound), and so the largest table a
+/// snapshot may describe.
+pub const MAX_TABLE_ELEMENTS: u64 = 1 << 20;
+/// How much an LZ4 block can expand: a match of length L costs at least
+/// L / 255 bytes, so no block decodes to more than 255 times its size. A
+/// compressed run declaring more pages than that is a lie, refused before
+/// any buffer for it is allocated.
+const LZ4_MAX_RATIO: u64 = 255;
 
 /// Why a snapshot could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -478,14 +491,25 @@ impl Snapshot {
         &self.image()[run.image_offset as usize..(run.image_offset + run.stored_len) as usize]
     }
 
-    /// The page bytes of a run, decompressed if needed.
+    /// The page bytes of a run, decompressed if needed. A compressed run's
+    /// buffer is allocated fallibly: a run the machine cannot hold is an
+    /// error, not an abort (its size was bounded by the decoder already).
     pub fn run_data(&self, run: &Run) -> Result<std::borrow::Cow<'_, [u8]>, SnapshotError> {
         let stored = self.run_bytes(run);
         match run.encoding {
             Encoding::Raw => Ok(std::borrow::Cow::Borrowed(stored)),
             Encoding::Lz4 => {
-                let len = (run.pages * PAGE_SIZE as u64) as usize;
-                let mut out = vec![0u8; len];
+                let len = run
+                    .pages
+                    .checked_mul(PAGE_SIZE as u64)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| SnapshotError::corrupt("compressed run is too large"))?;
+                let mut out = zeroed_buffer(len).ok_or_else(|| {
+                    SnapshotError::corrupt(format!(
+                        "compressed run at page {} needs {len} bytes, which cannot be allocated",
+                        run.first_page
+                    ))
+                })?;
                 let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| {
                     SnapshotError::corrupt(format!(
                         "compressed run at page {} does not decode: {e}",
@@ -567,7 +591,22 @@ fn header_checksum(header48: &[u8], body: &[u8]) -> u128 {
 /// Checks that every run lies inside the image and inside its memory, that
 /// runs are sorted and disjoint, and that page hashes match the page count.
 fn validate_body(body: &Body, image_len: u64) -> Result<(), SnapshotError> {
+    let mut table_elements = 0u64;
+    for t in &body.tables {
+        table_elements += u64::from(t.size);
+        if table_elements > MAX_TABLE_ELEMENTS {
+            return Err(SnapshotError::corrupt(format!(
+                "tables hold more than {MAX_TABLE_ELEMENTS} elements in all"
+            )));
+        }
+    }
     for mem in &body.memories {
+        if mem.byte_size > MAX_MEMORY_BYTES {
+            return Err(SnapshotError::corrupt(format!(
+                "memory {} is {} bytes, more than the {MAX_MEMORY_BYTES} a memory can hold",
+                mem.index, mem.byte_size
+            )));
+        }
         if mem.byte_size % (64 * 1024) != 0 {
             return Err(SnapshotError::corrupt(format!(
                 "memory {} size {} is not a whole number of Wasm pages",
@@ -608,6 +647,14 @@ fn validate_body(body: &Body, image_len: u64) -> Result<(), SnapshotError> {
                     mem.index, run.first_page
                 )));
             }
+            if run.encoding == Encoding::Lz4
+                && run.pages * PAGE_SIZE as u64 > run.stored_len.saturating_mul(LZ4_MAX_RATIO)
+            {
+                return Err(SnapshotError::corrupt(format!(
+                    "memory {} compressed run at page {} declares {} pages, more than its {} bytes can hold",
+                    mem.index, run.first_page, run.pages, run.stored_len
+                )));
+            }
             total += run.pages;
         }
         if total != mem.page_hashes.len() as u64 {
@@ -630,6 +677,26 @@ fn validate_body(body: &Body, image_len: u64) -> Result<(), SnapshotError> {
         }
     }
     Ok(())
+}
+
+/// A zero-filled buffer of `len` bytes, or `None` if it cannot be
+/// allocated. Large buffers come zeroed from the kernel, so pages a
+/// decoder never writes are never touched.
+fn zeroed_buffer(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size; a non-null result is a zeroed
+    // allocation of exactly `len` bytes with `u8`'s alignment, from the
+    // global allocator, which is what `Vec<u8>` frees it with.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout);
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(ptr, len, len))
+    }
 }
 
 /// A file mapped read-only into memory.

@@ -203,7 +203,15 @@ fn fuzz_corpus_never_panics() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("fuzz corpus dir") {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        let _ = Snapshot::from_bytes(bytes);
+        // What the fuzz target does with what it decodes.
+        if let Ok(snap) = Snapshot::from_bytes(bytes) {
+            let _ = snap.verify_image();
+            for m in &snap.body.memories {
+                for r in &m.runs {
+                    let _ = snap.run_data(r);
+                }
+            }
+        }
         n += 1;
     }
     assert!(n > 0, "empty fuzz corpus at {}", dir.display());
@@ -372,5 +380,240 @@ proptest! {
         let cut = cut.index(bytes.len());
         prop_assert!(CommitFrame::decode(&bytes[..cut]).is_err());
         let _ = CommitFrame::decode(&garbage);
+    }
+}
+
+/// The probe of issue 11 (item 12): a compressed run that declares 8 Mi
+/// pages (32 GiB) for a memory of that size, with a page hash for each,
+/// and one real page of LZ4 behind it. Every check a decoder made before
+/// sizes were bounded passes (checksums, run inside memory, hash count);
+/// decompressing it asked for 32 GiB at once and aborted `tern inspect`.
+fn lz4_bomb() -> Vec<u8> {
+    const PAGES: u64 = 8 << 20;
+    let packed = lz4_flex::block::compress(&[0x5a; PAGE_SIZE]);
+    let mut p = parts(&[], false, vec![]);
+    p.tables.clear();
+    p.memories = vec![MemoryCapture {
+        state: MemoryState {
+            index: 0,
+            byte_size: PAGES * PAGE_SIZE as u64,
+            runs: vec![Run {
+                first_page: 0,
+                pages: PAGES,
+                encoding: Encoding::Lz4,
+                image_offset: 0,
+                stored_len: packed.len() as u64,
+            }],
+            page_hashes: vec![0; PAGES as usize],
+        },
+        image: packed,
+    }];
+    Snapshot::encode(p).as_bytes().to_vec()
+}
+
+const BOMB_SEED: &str = "fuzz/corpus/snapshot_decode/seed-lz4-run-declaring-8-mi-pages";
+
+#[test]
+fn a_compressed_run_declaring_8_mi_pages_is_refused_before_any_allocation() {
+    let bytes = lz4_bomb();
+    let e = Snapshot::from_bytes(bytes.clone()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("more than the 4294967296 a memory can hold"),
+        "{e}"
+    );
+    // The same probe is a seed of the decoder's fuzz corpus. Regenerate it
+    // with TERN_WRITE_SEEDS=1 if the format changes.
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(BOMB_SEED);
+    if std::env::var_os("TERN_WRITE_SEEDS").is_some() {
+        std::fs::write(&seed, &bytes).unwrap();
+    }
+    let committed = std::fs::read(&seed).expect("the crafted seed is in the corpus");
+    assert!(
+        committed == bytes,
+        "{} is not the probe any more",
+        seed.display()
+    );
+}
+
+/// Encodes `body` over `snap`'s image with a valid header and checksum, so
+/// that only the decoder's own checks stand between it and the bytes.
+fn with_body(snap: &Snapshot, body: &Body) -> Vec<u8> {
+    let image = snap.image();
+    let body_bytes = postcard::to_stdvec(body).unwrap();
+    let mut out = vec![0u8; IMAGE_OFFSET as usize];
+    out.extend_from_slice(image);
+    let body_offset = out.len() as u64;
+    out.extend_from_slice(&body_bytes);
+    write_header(
+        &mut out[..HEADER_LEN],
+        image.len() as u64,
+        body_offset,
+        body_bytes.len() as u64,
+        &body_bytes,
+    );
+    out
+}
+
+/// Each size a snapshot body declares, set to a lie, with checksums made
+/// valid again: refused with a message, or (where the lie is harmless)
+/// accepted and then decoded without asking for more memory than the run
+/// can really hold.
+#[test]
+fn sizes_that_lie_are_refused_with_a_message() {
+    let mut mem = memory_with(64, &[(1, 9), (2, 8)]);
+    mem[10 * PAGE_SIZE..20 * PAGE_SIZE].fill(0x33); // compresses well
+    let snap = Snapshot::encode(parts(&mem, true, vec![]));
+    assert!(snap.body.memories[0]
+        .runs
+        .iter()
+        .any(|r| r.encoding == Encoding::Lz4));
+    type Lie = fn(&mut Body);
+    let cases: Vec<(&str, Lie, &str)> = vec![
+        (
+            "memory of 2^40 bytes",
+            |b| b.memories[0].byte_size = 1 << 40,
+            "a memory can hold",
+        ),
+        (
+            "memory of u64::MAX bytes",
+            |b| b.memories[0].byte_size = u64::MAX,
+            "a memory can hold",
+        ),
+        (
+            "compressed run of 1 Mi pages in a few bytes",
+            |b| {
+                b.memories[0].byte_size = 1 << 32;
+                let r = b.memories[0].runs.last_mut().unwrap();
+                assert_eq!(r.encoding, Encoding::Lz4);
+                r.pages = (1 << 20) - r.first_page;
+            },
+            "more than its",
+        ),
+        (
+            "run of u64::MAX pages",
+            |b| b.memories[0].runs[0].pages = u64::MAX,
+            "overflows",
+        ),
+        (
+            "run past the image",
+            |b| b.memories[0].runs[0].stored_len = u64::MAX / 2,
+            "outside the image",
+        ),
+        (
+            "table of u32::MAX elements",
+            |b| b.tables[0].size = u32::MAX,
+            "elements in all",
+        ),
+        (
+            "many tables adding up",
+            |b| {
+                let t = b.tables[0].clone();
+                b.tables = (0..5)
+                    .map(|i| TableState {
+                        index: i,
+                        size: 1 << 19,
+                        ..t.clone()
+                    })
+                    .collect();
+            },
+            "elements in all",
+        ),
+    ];
+    for (what, lie, says) in cases {
+        let mut body = snap.body.clone();
+        lie(&mut body);
+        let e = Snapshot::from_bytes(with_body(&snap, &body)).expect_err(what);
+        assert!(e.to_string().contains(says), "{what}: {e}");
+    }
+}
+
+#[test]
+fn a_long_run_of_one_repeated_page_still_decodes() {
+    // LZ4's best case (~255:1) stays within the decoder's bound.
+    let mut mem = vec![0u8; 1024 * PAGE_SIZE];
+    mem.fill(0x77);
+    let snap = Snapshot::encode(parts(&mem, true, vec![]));
+    let run = &snap.body.memories[0].runs[0];
+    assert_eq!(run.encoding, Encoding::Lz4);
+    assert!(
+        run.pages * PAGE_SIZE as u64 > run.stored_len * 200,
+        "{run:?}"
+    );
+    let back = Snapshot::from_bytes(snap.as_bytes().to_vec()).unwrap();
+    back.verify_image().unwrap();
+    assert_eq!(memory_of(&back), mem);
+}
+
+/// A number a mutation sets a size to: the edges and powers that break
+/// arithmetic and allocators, or anything.
+fn lying_size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        prop::sample::select(vec![
+            0,
+            1,
+            255,
+            4096,
+            65536,
+            1 << 20,
+            8 << 20,
+            1 << 32,
+            (1 << 32) + 65536,
+            u32::MAX as u64,
+            u64::MAX / 4096,
+            u64::MAX / 65536 * 65536,
+            u64::MAX,
+        ]),
+        any::<u64>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(12), ..ProptestConfig::default() })]
+
+    /// What the snapshot fuzz target does, on bodies whose sizes and counts
+    /// are mutated (the checksums made valid again, so the decoder's own
+    /// bounds are all that is tested): refuse, or accept and then verify
+    /// and decode every run without panicking, never allocating for a run
+    /// more than LZ4 can expand its bytes to.
+    #[test]
+    fn mutated_sizes_never_panic_or_over_allocate(
+        field in 0usize..9,
+        which in any::<prop::sample::Index>(),
+        size in lying_size(),
+        compress in any::<bool>(),
+    ) {
+        let mut mem = memory_with(32, &[(1, 9), (3, 7), (30, 1)]);
+        mem[8 * PAGE_SIZE..16 * PAGE_SIZE].fill(0x21);
+        let snap = Snapshot::encode(parts(&mem, compress, vec![]));
+        let mut body = snap.body.clone();
+        let m = &mut body.memories[0];
+        let k = which.index(m.runs.len());
+        match field {
+            0 => m.byte_size = size,
+            1 => m.runs[k].pages = size,
+            2 => m.runs[k].first_page = size,
+            3 => m.runs[k].stored_len = size,
+            4 => m.runs[k].image_offset = size,
+            5 => m.page_hashes.resize((size % 100_000) as usize, 0),
+            6 => body.tables[0].size = size as u32,
+            7 => body.tables[0].runs[0].0 = size as u32,
+            _ => {
+                m.byte_size = size.min(MAX_MEMORY_BYTES) / 65536 * 65536;
+                m.runs[k].pages = size;
+            }
+        }
+        if let Ok(back) = Snapshot::from_bytes(with_body(&snap, &body)) {
+            let _ = back.verify_image();
+            for mem in &back.body.memories {
+                prop_assert!(mem.byte_size <= MAX_MEMORY_BYTES);
+                for r in &mem.runs {
+                    if r.encoding == Encoding::Lz4 {
+                        prop_assert!(r.pages * PAGE_SIZE as u64 <= r.stored_len * LZ4_MAX_RATIO);
+                    }
+                    let _ = back.run_data(r);
+                }
+            }
+        }
     }
 }
