@@ -160,7 +160,7 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         let pb = story.bar(2, "deploying the examples");
         for (name, bytes) in [("counter", apps::COUNTER), ("kv", apps::KV)] {
             pb.set_message(format!("deploying {name}"));
-            let sha = hex::encode(tern_runtime::sha256(&bytes));
+            let sha = hex::encode(tern_runtime::sha256(bytes));
             c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from_static(bytes)).await?;
             let req = DeployRequest { name: name.into(), module_sha256: sha, ..Default::default() };
             let resp: serde_json::Value = c.post_json(&format!("{control}/v1/apps"), &req).await?;
