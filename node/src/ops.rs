@@ -166,6 +166,8 @@ pub(crate) async fn invoke(
 pub(crate) async fn stop_or_start(node: &Node, name: &str, stop: bool) -> Result<AppStatus> {
     let h = node.local_or_404(name)?;
     if stop {
+        // A stop does not wait for a call that may never end.
+        h.interrupt_call();
         h.ask(Cmd::Stop).await??;
     } else {
         h.ask(Cmd::Start).await??;

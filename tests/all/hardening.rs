@@ -694,3 +694,96 @@ async fn a_move_to_a_node_then_back_keeps_working_after_probes() {
     let r = invoke(&c, &a.url, "counter", "get", &[]).await.unwrap();
     assert_eq!(r.results, vec![json!(3)]);
 }
+
+/// Whether a thread named `name` runs in this process.
+fn thread_alive(name: &str) -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_in_an_endless_loop_is_stopped_and_removed_at_once() {
+    let node = TestNode::start("n1").await;
+    let c = client();
+    // The default limits: 30 s per call, far longer than this test waits.
+    let (bytes, sha) = sha_of(tern_artifacts::HEAPSTATE);
+    c.put_bytes(
+        &format!("{}/v1/modules/{sha}", node.url),
+        Bytes::from(bytes),
+    )
+    .await
+    .unwrap();
+    for name in ["loop-stop", "loop-rm"] {
+        let spec = StartApp {
+            name: name.into(),
+            module_sha256: sha.clone(),
+            generation: 1,
+            ..Default::default()
+        };
+        let st: Value = c
+            .post_json(&format!("{}/v1/apps", node.url), &spec)
+            .await
+            .unwrap();
+        assert_eq!(st["limits"]["timeout_ms"], 30_000);
+        invoke(&c, &node.url, name, "push", &["1"]).await.unwrap();
+    }
+    let spin = |name: &'static str| {
+        let (c, url) = (c.clone(), node.url.clone());
+        tokio::spawn(async move { invoke(&c, &url, name, "spin_forever", &[]).await })
+    };
+    let running = |name: &'static str| {
+        let (c, url) = (c.clone(), node.url.clone());
+        async move {
+            let st: Value = c.get_json(&format!("{url}/v1/apps/{name}")).await.unwrap();
+            st["in_call_ms"].is_u64()
+        }
+    };
+
+    // Stop: answered within a second, the looping call cut off.
+    let call = spin("loop-stop");
+    wait_until("loop-stop spins", || running("loop-stop")).await;
+    let t0 = Instant::now();
+    let st: Value = c
+        .post_json(&format!("{}/v1/apps/loop-stop/stop", node.url), &json!({}))
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(st["state"], "stopped");
+    let e = call.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("interrupted"), "{e}");
+    // Started again, it runs (afresh: the cut-off call tore its state).
+    let _: Value = c
+        .post_json(&format!("{}/v1/apps/loop-stop/start", node.url), &json!({}))
+        .await
+        .unwrap();
+    let r = invoke(&c, &node.url, "loop-stop", "len", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.results, vec![json!(0)]);
+
+    // Remove: the app's thread (and with it its instance) is gone within a
+    // second.
+    let call = spin("loop-rm");
+    wait_until("loop-rm spins", || running("loop-rm")).await;
+    assert!(thread_alive("app-loop-rm"));
+    let t0 = Instant::now();
+    c.delete(&format!("{}/v1/apps/loop-rm", node.url))
+        .await
+        .unwrap();
+    wait_until("the removed app's thread ends", || async {
+        !thread_alive("app-loop-rm")
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "the thread ended after {:?}",
+        t0.elapsed()
+    );
+    let _ = call.await.unwrap().unwrap_err();
+}

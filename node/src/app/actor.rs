@@ -140,9 +140,41 @@ impl Actor {
                 .unwrap_or_else(|e| e.into_inner())
                 .requests_served = n;
         }
-        self.inst = Some(inst);
+        self.set_instance(inst);
         self.set_state(AppState::Running, None);
         self.refresh_status();
+    }
+
+    /// The app's instance from now on; its interrupt handle is what stops
+    /// a call of it from another thread.
+    fn set_instance(&mut self, inst: Instance) {
+        *self
+            .shared
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(inst.interrupt_handle());
+        self.inst = Some(inst);
+    }
+
+    /// After a call: an instance whose call was cut off by an interrupt is
+    /// torn and is dropped at once (its memory goes back); the app is
+    /// stopped, and a start begins it afresh.
+    fn drop_if_torn(&mut self) {
+        if !self.inst.as_ref().is_some_and(|i| i.is_torn()) {
+            return;
+        }
+        self.inst = None;
+        *self
+            .shared
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        let msg = "a call was interrupted (the app was stopped or removed while it ran); \
+                   its state since then is lost: a start begins it afresh";
+        self.shared
+            .logs
+            .line(&format!("WARN tern: {}: {msg}", self.spec.name));
+        self.set_state(AppState::Stopped, Some(msg.to_string()));
     }
 
     fn config(&self) -> Result<AppConfig> {
@@ -189,7 +221,7 @@ impl Actor {
                     "INFO tern: {} started (generation {})",
                     self.spec.name, self.spec.generation
                 ));
-                self.inst = Some(inst);
+                self.set_instance(inst);
                 self.failures = 0;
                 self.set_state(AppState::Running, None);
             }
@@ -359,6 +391,7 @@ impl Actor {
         let started = Instant::now();
         let call = matches!(cmd, Cmd::Invoke(..) | Cmd::Http(..));
         self.run_command(cmd);
+        self.drop_if_torn();
         if call && self.throttle > 0 {
             std::thread::sleep((started.elapsed() * self.throttle).min(MAX_THROTTLE_PAUSE));
         }
@@ -406,11 +439,17 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Cmd::Stop(reply) => {
-                // The instance is kept (stopped apps keep their state).
+                // The instance is kept (stopped apps keep their state),
+                // unless a call of it was cut off to stop it.
+                self.drop_if_torn();
                 self.set_state(AppState::Stopped, None);
                 let _ = reply.send(Ok(()));
             }
             Cmd::Start(reply) => {
+                // An interrupt that found no call to cut ends with the stop.
+                if let Some(i) = self.inst.as_ref() {
+                    i.interrupt_handle().reset();
+                }
                 let state = self.state();
                 match (state, self.inst.is_some()) {
                     (AppState::Stopped, true) => self.set_state(AppState::Running, None),

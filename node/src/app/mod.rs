@@ -117,6 +117,8 @@ pub(super) struct Shared {
     pub(super) queue: Arc<Queue>,
     /// When the call in progress started (Unix ms; 0: no call running).
     pub(super) call_started_ms: AtomicU64,
+    /// Stops the running call of the app's instance from another thread.
+    pub(super) interrupt: Mutex<Option<tern_runtime::InterruptHandle>>,
 }
 
 /// A handle on a running app's actor.
@@ -291,8 +293,32 @@ impl AppHandle {
         }
     }
 
+    /// Ends the actor: the call running now is cut off (within a few
+    /// milliseconds, however long the guest meant to run), then the thread
+    /// ends and the instance's memory goes back.
     pub fn shutdown(&self) {
+        self.interrupt_any_call();
         let _ = self.send(Cmd::Shutdown);
+    }
+
+    /// Cuts off the call running now, if there is one (the instance is
+    /// then torn: the actor drops it). Between calls it does nothing.
+    pub(crate) fn interrupt_call(&self) {
+        if self.shared.call_started_ms.load(Ordering::Relaxed) != 0 {
+            self.interrupt_any_call();
+        }
+    }
+
+    fn interrupt_any_call(&self) {
+        if let Some(h) = self
+            .shared
+            .interrupt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            h.interrupt();
+        }
     }
 
     /// Starts an app's actor on a thread of its own. The app starts now, or
@@ -341,6 +367,7 @@ impl AppHandle {
             cpu_sample: Mutex::new((Instant::now(), 0)),
             queue: Arc::new(Queue::default()),
             call_started_ms: AtomicU64::new(0),
+            interrupt: Mutex::new(None),
         });
         let handle = AppHandle {
             shared: shared.clone(),
