@@ -20,20 +20,22 @@ pub async fn run(sh: Arc<Shared>) {
     let tick = (sh.cfg.heartbeat_timeout / 4)
         .min(sh.cfg.rebalance_interval)
         .clamp(Duration::from_millis(20), Duration::from_secs(5));
-    let mut last_rebalance = tokio::time::Instant::now();
-    let mut last_fit = tokio::time::Instant::now();
-    let mut interval = tokio::time::interval(tick);
+    let start = tokio::time::Instant::now();
+    let mut interval = tokio::time::interval_at(start, tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last_rebalance, mut last_fit) = (start, start);
     loop {
-        interval.tick().await;
+        // Measured from when ticks were due, not from when this task got
+        // to run: a late tick does not push the next rebalance a tick later.
+        let due = interval.tick().await;
         restart_lost(&sh).await;
-        if last_fit.elapsed() >= sh.cfg.refit_interval {
-            last_fit = tokio::time::Instant::now();
+        if due.duration_since(last_fit) >= sh.cfg.refit_interval {
+            last_fit = due;
             let models = sh.lock().predictor.fit();
             tracing::debug!(models, "predictor refitted");
         }
-        if last_rebalance.elapsed() >= sh.cfg.rebalance_interval {
-            last_rebalance = tokio::time::Instant::now();
+        if due.duration_since(last_rebalance) >= sh.cfg.rebalance_interval {
+            last_rebalance = due;
             rebalance(&sh).await;
         }
     }
