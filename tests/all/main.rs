@@ -11,6 +11,7 @@ mod faults;
 mod invariants;
 mod limits;
 mod nodes;
+mod predictive;
 mod rebalance;
 mod relay;
 mod support;
