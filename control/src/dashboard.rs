@@ -16,6 +16,7 @@ use serde::Serialize;
 use tern_api::server::{self, Body};
 use tern_api::types::{AppView, MigrationReport, NodeView};
 
+use crate::plan::Capacity;
 use crate::state::{now_ms, DemandPoint, InFlight, Shared};
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -69,6 +70,9 @@ pub struct DashboardView {
     pub migrations: Vec<MigrationReport>,
     /// Per app: CPU observed against CPU predicted, per sample period.
     pub demand: BTreeMap<String, Vec<DemandPoint>>,
+    /// Whether the forecast needs more nodes (as of the last rebalance;
+    /// `null` before the first).
+    pub capacity: Option<Capacity>,
 }
 
 pub fn view(sh: &Shared) -> DashboardView {
@@ -105,5 +109,6 @@ pub fn view(sh: &Shared) -> DashboardView {
         in_flight: st.in_flight.values().cloned().collect(),
         migrations,
         demand,
+        capacity: st.capacity.clone(),
     }
 }

@@ -24,6 +24,8 @@
 //!   it polls, `GET /v1/dashboard`.
 //! - `tick`: the scheduler loop (down nodes, restart policies, predictor,
 //!   rebalancer).
+//! - `plan`: the `learned` policy on the live cluster (forecasts with their
+//!   spread, the predictive planner, capacity advice).
 //!
 //! # Invariants
 //! - Generations only grow: every generation handed to a node is recorded
@@ -41,6 +43,7 @@ mod error;
 mod heartbeat;
 mod http;
 mod ops;
+mod plan;
 mod replicated;
 mod state;
 mod store;
@@ -114,10 +117,19 @@ pub struct ControlConfig {
     pub heartbeat_timeout: Duration,
     /// How often the rebalancer runs.
     pub rebalance_interval: Duration,
-    /// Rebalancer tunables: `max_moves` per interval, `cooldown` in
-    /// **seconds**, `target_utilization`. Its weights and latency table are
-    /// replaced by `weights` and `latency` above.
+    /// Rebalancer tunables: `max_moves` and `max_move_seconds` per
+    /// interval, `cooldown` in **seconds**, `check_requests` (the rules of
+    /// both rebalancers), `target_utilization` (the reactive one's). Its
+    /// weights and latency table are replaced by `weights` and `latency`
+    /// above.
     pub rebalance: RebalanceConfig,
+    /// The `learned` policy's rebalancer (`plan_predictive`): what an
+    /// overloaded node weighs against unserved CPU, as a share of its CPU
+    /// capacity (the simulator's `overload_weight`).
+    pub overload_weight: f64,
+    /// The capacity advice asks for more nodes when the apps' expected CPU
+    /// plus this many standard deviations exceeds the schedulable CPU.
+    pub capacity_z: f64,
     /// Demand predictor tunables.
     pub predictor: PredictorConfig,
     /// One usage sample per app and period feeds the predictor (the
@@ -159,6 +171,8 @@ impl ControlConfig {
             heartbeat_timeout: Duration::from_secs(10),
             rebalance_interval: Duration::from_secs(30),
             rebalance,
+            overload_weight: 0.1,
+            capacity_z: 1.0,
             predictor: PredictorConfig::default(),
             sample_period: Duration::from_secs(60),
             refit_interval: Duration::from_secs(600),

@@ -119,6 +119,8 @@ pub struct State {
     /// Per app, the last [`DEMAND_POINTS`] sample periods: CPU observed
     /// against CPU predicted for the period (memory only; the dashboard).
     pub demand: HashMap<String, VecDeque<DemandPoint>>,
+    /// The capacity the forecast asks for, as of the last rebalance.
+    pub capacity: Option<crate::plan::Capacity>,
 }
 
 /// Demand points kept per app for the dashboard.

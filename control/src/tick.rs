@@ -1,7 +1,10 @@
 //! The scheduler loop: every tick it restarts the apps of lost nodes
-//! (restart policies); every `rebalance_interval` it refits the predictor
-//! when due and carries out the moves the rebalancer plans, as hot
-//! migrations through the same path as `tern migrate`.
+//! (restart policies); it refits the predictor every `refit_interval`; and
+//! every `rebalance_interval` it brings the capacity advice up to date and
+//! carries out the moves the rebalancer plans, as hot migrations through
+//! the same path as `tern migrate`. With the `learned` policy that
+//! rebalancer is the simulator's `learned` one (see `plan`): forecasts with
+//! their spread, `plan_predictive`, the same rules.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,31 +12,33 @@ use std::time::Duration;
 
 use tern_api::types::Mode;
 use tern_scheduler::{
-    decide_restart, plan_rebalance, Exit, Policy, RebalanceInput, RestartDecision,
+    decide_restart, plan_rebalance, Exit, Move, Policy, RebalanceInput, Resources, RestartDecision,
 };
 
-use crate::ops;
 use crate::state::{now_ms, spec_of, Shared};
+use crate::{ops, plan};
 
 /// Runs until the task is aborted.
 pub async fn run(sh: Arc<Shared>) {
     let tick = (sh.cfg.heartbeat_timeout / 4)
         .min(sh.cfg.rebalance_interval)
         .clamp(Duration::from_millis(20), Duration::from_secs(5));
-    let mut last_rebalance = tokio::time::Instant::now();
-    let mut last_fit = tokio::time::Instant::now();
-    let mut interval = tokio::time::interval(tick);
+    let start = tokio::time::Instant::now();
+    let mut interval = tokio::time::interval_at(start, tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last_rebalance, mut last_fit) = (start, start);
     loop {
-        interval.tick().await;
+        // Measured from when ticks were due, not from when this task got
+        // to run: a late tick does not push the next rebalance a tick later.
+        let due = interval.tick().await;
         restart_lost(&sh).await;
-        if last_fit.elapsed() >= sh.cfg.refit_interval {
-            last_fit = tokio::time::Instant::now();
+        if due.duration_since(last_fit) >= sh.cfg.refit_interval {
+            last_fit = due;
             let models = sh.lock().predictor.fit();
             tracing::debug!(models, "predictor refitted");
         }
-        if last_rebalance.elapsed() >= sh.cfg.rebalance_interval {
-            last_rebalance = tokio::time::Instant::now();
+        if due.duration_since(last_rebalance) >= sh.cfg.rebalance_interval {
+            last_rebalance = due;
             rebalance(&sh).await;
         }
     }
@@ -98,24 +103,35 @@ pub async fn restart_lost(sh: &Arc<Shared>) {
     }
 }
 
-/// Plans moves for predicted overloads and draining nodes and carries
-/// them out as hot migrations.
+/// Plans moves and carries them out as hot migrations. With the `learned`
+/// policy: by each app's forecast with its spread (`plan::learned`);
+/// otherwise by its expected demand (`plan_rebalance`). Either way the
+/// capacity advice is brought up to date.
 pub async fn rebalance(sh: &Arc<Shared>) {
     let now = now_ms();
-    let moves = {
-        let st = sh.lock();
-        let cluster = sh.cluster_view(&st, now);
-        if cluster.nodes.iter().filter(|n| n.schedulable()).count() == 0 || cluster.apps.is_empty()
-        {
+    let moves: Vec<(Move, String)> = {
+        let mut guard = sh.lock();
+        let st = &mut *guard;
+        let cluster = sh.cluster_view(st, now);
+        if cluster.nodes.iter().filter(|n| n.schedulable()).count() == 0 {
+            return;
+        }
+        let forecast = plan::forecasts(st, &cluster);
+        plan::advise(&sh.cfg, st, &cluster, &forecast, now);
+        if cluster.apps.is_empty() {
             return;
         }
         let now_s = now / 1000;
+        let learned = sh.cfg.policy == Policy::Learned;
         let mut demand = BTreeMap::new();
         let mut state_bytes = BTreeMap::new();
         let mut last_moved = BTreeMap::new();
         for (name, placed) in &cluster.apps {
             let a = &st.apps[name];
-            if let Some(f) = st.predictor.predict(name) {
+            if let (true, Some(f)) = (learned, forecast.get(name)) {
+                let cpu = f.cpu_mean.max(0.0).round() as u64;
+                demand.insert(name.clone(), Resources::new(cpu, f.memory_bytes));
+            } else if let Some(f) = st.predictor.predict(name) {
                 demand.insert(name.clone(), f.plan);
             } else if let Some(u) = st.usage.get(name) {
                 demand.insert(name.clone(), *u);
@@ -148,19 +164,27 @@ pub async fn rebalance(sh: &Arc<Shared>) {
             last_moved: &last_moved,
             now: now_s,
         };
-        plan_rebalance(&cluster, &input, &cfg)
+        if learned {
+            plan::learned(&sh.cfg, &cluster, &forecast, &input, &cfg)
+                .into_iter()
+                .map(|m| {
+                    let why = plan::reason(&sh.cfg, st, &m, &forecast);
+                    (m, why)
+                })
+                .collect()
+        } else {
+            plan_rebalance(&cluster, &input, &cfg)
+                .into_iter()
+                .map(|m| {
+                    let why = format!("rebalance: {}", m.reason);
+                    (m, why)
+                })
+                .collect()
+        }
     };
-    for m in moves {
-        tracing::info!(app = %m.app, from = %m.from, to = %m.to, cost = m.cost, "rebalancing: {}", m.reason);
-        if let Err(e) = ops::migrate(
-            sh,
-            &m.app,
-            &m.to,
-            Mode::Hot,
-            &format!("rebalance: {}", m.reason),
-        )
-        .await
-        {
+    for (m, why) in moves {
+        tracing::info!(app = %m.app, from = %m.from, to = %m.to, cost = m.cost, "{why}");
+        if let Err(e) = ops::migrate(sh, &m.app, &m.to, Mode::Hot, &why).await {
             tracing::warn!(app = %m.app, to = %m.to, "planned move failed: {e}");
         }
     }

@@ -111,12 +111,26 @@ function render(v) {
   document.getElementById("main").hidden = false;
   document.getElementById("login").hidden = true;
   document.getElementById("policy").textContent = "policy: " + v.policy;
+  renderCapacity(v.capacity);
   document.getElementById("updated").textContent = "updated " + clock(v.now_unix_ms);
   const migrating = new Set(v.in_flight.map((m) => m.app));
   renderNodes(v.nodes, migrating);
   renderApps(v.apps);
   renderMigrations(v, migrating);
   renderDemand(v.demand);
+}
+
+// The capacity advice: whether the forecast needs more nodes.
+function renderCapacity(c) {
+  const span = document.getElementById("capacity");
+  if (!c) {
+    span.textContent = "";
+    return;
+  }
+  const cores = (m) => (m / 1000).toFixed(2);
+  span.textContent = "forecast " + cores(c.forecast_cpu_milli) + " of " + cores(c.capacity_cpu_milli) + " cores" +
+    (c.extra_nodes > 0 ? ": add " + c.extra_nodes + " node" + (c.extra_nodes > 1 ? "s" : "") : "");
+  span.classList.toggle("short", c.extra_nodes > 0);
 }
 
 // ---------------------------------------------------------------- nodes

@@ -53,6 +53,10 @@ pub struct PredictiveConfig {
     pub check_requests: bool,
     /// Migration cost weights (the cost and time of each move).
     pub weights: CostWeights,
+    /// Seconds the forecast interval lasts: a move's copying keeps a core
+    /// busy at both ends for T, which is `T / interval_seconds` of a core
+    /// over the interval (the simulator's minute: 60).
+    pub interval_seconds: f64,
 }
 
 impl Default for PredictiveConfig {
@@ -64,6 +68,7 @@ impl Default for PredictiveConfig {
             overload_weight: 0.1,
             check_requests: true,
             weights: CostWeights::default(),
+            interval_seconds: 60.0,
         }
     }
 }
@@ -257,7 +262,7 @@ impl<'a> Plan<'a> {
                 group,
                 requests: placed.spec.requests,
                 seconds,
-                price: 2.0 * seconds * 1000.0 / 60.0,
+                price: 2.0 * seconds * 1000.0 / cfg.interval_seconds.max(1e-3),
                 cost,
                 cooled,
                 moved: false,

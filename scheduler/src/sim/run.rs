@@ -164,6 +164,7 @@ fn run_policy(
         overload_weight: config.overload_weight,
         check_requests: true,
         weights: config.weights.clone(),
+        interval_seconds: 60.0,
     };
     let index: HashMap<&str, usize> = specs
         .iter()
