@@ -59,11 +59,17 @@ mod tests {
     fn records_round_trip_and_refuse_damage() {
         let value = (7u32, "module".to_string(), vec![1u64, 2, 3]);
         let bytes = encode_record(&value);
-        assert_eq!(decode_record::<(u32, String, Vec<u64>)>(&bytes).unwrap(), value);
+        assert_eq!(
+            decode_record::<(u32, String, Vec<u64>)>(&bytes).unwrap(),
+            value
+        );
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert!(decode_record::<(u32, String, Vec<u64>)>(&bad).is_err(), "flip at {i}");
+            assert!(
+                decode_record::<(u32, String, Vec<u64>)>(&bad).is_err(),
+                "flip at {i}"
+            );
         }
         assert!(decode_record::<(u32, String, Vec<u64>)>(&bytes[..bytes.len() - 1]).is_err());
     }
