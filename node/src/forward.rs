@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use hyper::Method;
 use tern_api::client::ClientError;
-use tern_api::types::{AppView, InvokeRequest, InvokeResponse, NodeView};
+use tern_api::types::{InvokeRequest, InvokeResponse};
 
 use crate::error::{NodeError, Result};
 use crate::node::{lock, Node};
@@ -17,9 +17,10 @@ impl Node {
             return Some(u);
         }
         let control = self.control()?;
-        let view: AppView = match self
+        // Only where it runs: a node's credential does not read other apps.
+        let route: serde_json::Value = match self
             .client
-            .get_json(&format!("{control}/v1/apps/{app}"))
+            .get_json(&format!("{control}/v1/routes/{app}"))
             .await
         {
             Ok(v) => v,
@@ -28,12 +29,7 @@ impl Node {
                 return None;
             }
         };
-        let owner: NodeView = self
-            .client
-            .get_json(&format!("{control}/v1/nodes/{}", view.node?))
-            .await
-            .ok()?;
-        let url = owner.url;
+        let url = route["url"].as_str()?.to_string();
         lock(&self.routes).insert(app.to_string(), url.clone());
         Some(url)
     }
