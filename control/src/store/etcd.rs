@@ -12,7 +12,8 @@
 //!
 //! Layout (`P` is the prefix, `/tern` by default):
 //! - `P/schema` — the layout version; `P/token` — the cluster token;
-//!   `P/leader` — the leader's URL;
+//!   `P/leader` — the leader's URL; `P/credentials` — the tokens, node
+//!   certificates and revocations (`credentials.rs`), and the snapshot key;
 //! - `P/nodes/NAME`, `P/apps/NAME`, `P/checkpoints/NAME` — JSON records;
 //! - `P/generations/NAME`, `P/modules/SHA256` — decimal numbers;
 //! - `P/module-blobs/SHA256/NNNNNN` — the module's bytes in 512 KiB chunks
@@ -50,13 +51,70 @@ const MAX_ANSWER: u64 = 256 << 20;
 /// Operations per transaction (etcd's default limit is 128).
 const MAX_OPS: usize = 100;
 
-/// Where an etcd store is: `etcd://HOST:PORT[/PREFIX]`.
+/// Where an etcd store is: `etcd://HOST:PORT[/PREFIX]` (plain HTTP to
+/// etcd), or `etcd+https://HOST:PORT[/PREFIX]` with [`EtcdUrl::tls`] set:
+/// etcd's certificate is checked against a CA and the control plane
+/// presents its client certificate (etcd's `--client-cert-auth`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdUrl {
-    /// `http://HOST:PORT`.
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
     pub endpoint: String,
     /// `/PREFIX` (default `/tern`): several clusters can share one etcd.
     pub prefix: String,
+    /// For `etcd+https://`: the CA that signed etcd's certificate and the
+    /// client certificate to present.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The PEM texts for TLS to etcd.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    /// Certificate and key presented to etcd (`None`: none).
+    pub client: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdUrl {
+    /// The same store reached over TLS with this material.
+    pub fn with_tls(mut self, tls: EtcdTls) -> EtcdUrl {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// An HTTP agent for this etcd (TLS as configured).
+    fn agent(&self, timeout: Duration) -> anyhow::Result<ureq::Agent> {
+        let mut cfg = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false);
+        if let Some(tls) = &self.tls {
+            use ureq::tls::{
+                Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider,
+            };
+            let roots = Certificate::from_pem(tls.ca_pem.as_bytes())
+                .map_err(|e| anyhow!("the CA for etcd is unreadable: {e}"))?;
+            let mut t = TlsConfig::builder()
+                .provider(TlsProvider::Rustls)
+                .unversioned_rustls_crypto_provider(tern_api::tls::provider())
+                .root_certs(RootCerts::new_with_certs(&[roots]));
+            if let Some((cert, key)) = &tls.client {
+                let cert = Certificate::from_pem(cert.as_bytes())
+                    .map_err(|e| anyhow!("the client certificate for etcd is unreadable: {e}"))?;
+                let key = PrivateKey::from_pem(key.as_bytes())
+                    .map_err(|e| anyhow!("the client key for etcd is unreadable: {e}"))?;
+                t = t.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
+            }
+            cfg = cfg.tls_config(t.build());
+        }
+        Ok(cfg.build().new_agent())
+    }
 }
 
 impl std::str::FromStr for EtcdUrl {
@@ -64,9 +122,15 @@ impl std::str::FromStr for EtcdUrl {
 
     fn from_str(s: &str) -> Result<EtcdUrl, String> {
         let usage = "an etcd store is etcd://HOST:PORT or etcd://HOST:PORT/PREFIX";
-        let rest = s
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("`{s}`: {usage}"))?;
+        let (scheme, rest) = if let Some(r) = s.strip_prefix("etcd+https://") {
+            ("https", r)
+        } else {
+            (
+                "http",
+                s.strip_prefix("etcd://")
+                    .ok_or_else(|| format!("`{s}`: {usage}"))?,
+            )
+        };
         let (host_port, prefix) = match rest.split_once('/') {
             Some((h, p)) => (h, p.trim_matches('/')),
             None => (rest, "tern"),
@@ -90,16 +154,22 @@ impl std::str::FromStr for EtcdUrl {
             ));
         }
         Ok(EtcdUrl {
-            endpoint: format!("http://{host_port}"),
+            endpoint: format!("{scheme}://{host_port}"),
             prefix: format!("/{prefix}"),
+            tls: None,
         })
     }
 }
 
 impl std::fmt::Display for EtcdUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let host = self.endpoint.trim_start_matches("http://");
-        write!(f, "etcd://{host}{}", self.prefix)
+        match self.endpoint.strip_prefix("https://") {
+            Some(host) => write!(f, "etcd+https://{host}{}", self.prefix),
+            None => {
+                let host = self.endpoint.trim_start_matches("http://");
+                write!(f, "etcd://{host}{}", self.prefix)
+            }
+        }
     }
 }
 
@@ -115,6 +185,7 @@ pub(crate) struct Kv {
 pub(crate) struct Etcd {
     agent: ureq::Agent,
     endpoint: String,
+    url: EtcdUrl,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -178,16 +249,12 @@ fn cmp_created_at(key: &[u8], revision: i64) -> Value {
 }
 
 impl Etcd {
-    pub fn new(endpoint: &str, timeout: Duration) -> Etcd {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        Etcd {
-            agent,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-        }
+    pub fn new(url: &EtcdUrl, timeout: Duration) -> anyhow::Result<Etcd> {
+        Ok(Etcd {
+            agent: url.agent(timeout)?,
+            endpoint: url.endpoint.trim_end_matches('/').to_string(),
+            url: url.clone(),
+        })
     }
 
     fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
@@ -303,11 +370,7 @@ impl Etcd {
     fn watch_deletion(&self, key: &[u8], revision: i64, wait: Duration) -> anyhow::Result<()> {
         use std::io::BufRead;
         let body = json!({"create_request": {"key": b64(key), "start_revision": (revision + 1).to_string()}});
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(wait))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = self.url.agent(wait)?;
         let resp = agent
             .post(format!("{}/v3/watch", self.endpoint))
             .header("content-type", "application/json")
@@ -358,7 +421,7 @@ pub fn prepare(
     given: Option<&str>,
     fallback: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<String> {
-    let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+    let etcd = Etcd::new(url, Duration::from_secs(10))?;
     let keys = Keys(url.prefix.clone());
     let schema_key = keys.key("schema");
     let (_, v) = etcd
@@ -406,6 +469,7 @@ pub fn prepare(
 }
 
 /// What a control plane learns when it asks for the leadership.
+#[allow(clippy::large_enum_variant)] // one per campaign, moved once
 pub enum Campaign {
     Won(Leadership),
     /// Another control plane leads, at `leader` (its URL), as of etcd's
@@ -436,7 +500,7 @@ impl Leadership {
     /// Asks for the leadership, advertising `me`; the lease lasts `ttl`
     /// without renewal.
     pub fn campaign(url: &EtcdUrl, me: &str, ttl: Duration) -> anyhow::Result<Campaign> {
-        let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+        let etcd = Etcd::new(url, Duration::from_secs(10))?;
         let keys = Keys(url.prefix.clone());
         let leader = keys.key("leader");
         let lease = etcd.grant(ttl)?;
@@ -464,7 +528,7 @@ impl Leadership {
 
     /// Waits (at most `wait`) until the leader key at `revision` goes.
     pub fn wait_for_vacancy(url: &EtcdUrl, revision: i64, wait: Duration) -> anyhow::Result<()> {
-        let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+        let etcd = Etcd::new(url, Duration::from_secs(10))?;
         let key = Keys(url.prefix.clone()).key("leader");
         etcd.watch_deletion(&key, revision, wait)
     }
@@ -605,6 +669,10 @@ impl Leadership {
             )?;
             out.migrations.push((seq, decode("migration", &kv.value)?));
         }
+        out.credentials = self
+            .etcd
+            .get(&self.keys.key("credentials"))?
+            .map(|kv| kv.value);
         for kv in self.dir("history")? {
             let rest = self.suffix("history", &kv.key)?;
             let (app, idx) = rest
@@ -618,6 +686,10 @@ impl Leadership {
                 .push((idx, cpu, mem));
         }
         Ok(out)
+    }
+
+    pub(super) fn put_credentials(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.write(vec![op_put(&self.keys.key("credentials"), bytes)])
     }
 
     pub(super) fn put_node(&self, n: &NodeRec) -> anyhow::Result<()> {
