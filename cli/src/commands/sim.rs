@@ -149,9 +149,9 @@ pub fn sim(a: SimArgs) -> Result<ExitCode> {
         if a.json {
             crate::util::print_json(&result)?;
         } else {
-            print!("{}", render_sweep(&result));
+            crate::output::out!("{}", render_sweep(&result))?;
             if let Some(path) = &a.plot {
-                println!("plot: {}", path.display());
+                crate::output::outln!("plot: {}", path.display())?;
             }
         }
         return Ok(ExitCode::SUCCESS);
