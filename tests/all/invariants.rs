@@ -149,7 +149,10 @@ fn no_source_file_is_a_warehouse() {
             }
         }
     }
-    assert!(big.is_empty(), "source files over {MAX_LINES} lines: {big:?}");
+    assert!(
+        big.is_empty(),
+        "source files over {MAX_LINES} lines: {big:?}"
+    );
 }
 
 #[test]

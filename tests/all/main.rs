@@ -13,4 +13,5 @@ mod limits;
 mod nodes;
 mod rebalance;
 mod relay;
+mod security;
 mod support;
