@@ -312,8 +312,9 @@ impl Ca {
         let params = Ca::params(role, hosts)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
         let cert = params.signed_by(&key, &issuer)?;
+        // The chain up to the CA: a browser pinned to the CA finds it.
         Ok(Identity {
-            cert_pem: cert.pem(),
+            cert_pem: format!("{}{}", cert.pem(), self.cert_pem),
             key_pem: key.serialize_pem(),
         })
     }
@@ -327,7 +328,8 @@ impl Ca {
             .map_err(|e| anyhow!("the certificate request is not valid: {e}"))?;
         let params = Ca::params(role, hosts)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
-        Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
+        let cert = params.signed_by(&csr.public_key, &issuer)?;
+        Ok(format!("{}{}", cert.pem(), self.cert_pem))
     }
 }
 
