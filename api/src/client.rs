@@ -1,11 +1,14 @@
 //! A small HTTP client for the API, with errors that say what to do.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -21,6 +24,10 @@ pub enum ClientError {
         /// The connection was never made: the request was not delivered.
         connect: bool,
     },
+    /// The server's certificate is not one the client trusts (or the
+    /// server did not accept the client's).
+    #[error("cannot trust {url}: {reason}")]
+    Certificate { url: String, reason: String },
     #[error("{url} did not answer within {secs} s")]
     Timeout { url: String, secs: u64 },
     #[error("{message}")]
@@ -64,25 +71,67 @@ pub struct RawResponse {
 /// An API client holding the cluster token.
 #[derive(Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    inner: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
     token: Option<String>,
     timeout: Duration,
+    /// Headers sent with every request.
+    headers: Vec<(String, String)>,
 }
 
 impl Client {
+    /// A client that trusts no certificate authority: plain `http://` only
+    /// (an `https://` server is refused as untrusted).
     pub fn new(token: Option<String>) -> Client {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Client::with_config(token, Arc::new(cfg))
+    }
+
+    /// A client that verifies `https://` servers against the cluster's CA
+    /// and presents the identity in `tls`, if any.
+    pub fn with_tls(token: Option<String>, tls: &crate::tls::Tls) -> anyhow::Result<Client> {
+        Ok(Client::with_config(token, tls.client_config()?))
+    }
+
+    /// A client with this TLS configuration (`http://` URLs stay plain).
+    pub fn with_config(token: Option<String>, tls: Arc<rustls::ClientConfig>) -> Client {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(3)));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        // Shorter than the servers' idle timeout, so that a pooled
+        // connection is not reused just as the server closes it.
         let inner =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(5))
+                .pool_timer(hyper_util::rt::TokioTimer::new())
                 .build(connector);
         Client {
             inner,
             token,
             timeout: Duration::from_secs(120),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same client, sending this header with every request too.
+    pub fn with_header(mut self, name: &str, value: &str) -> Client {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The same client with another token (or none).
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// The same client with another per-request timeout.
@@ -119,6 +168,9 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header(crate::AUTHORIZATION, format!("Bearer {t}"));
         }
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
         let req = req
             .body(Full::new(body))
             .map_err(|e| ClientError::Unreachable {
@@ -130,15 +182,38 @@ impl Client {
             let resp = self.inner.request(req).await.map_err(|e| {
                 let connect = e.is_connect();
                 let mut reason = e.to_string();
+                let mut certificate = false;
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
                 while let Some(s) = src {
                     reason = s.to_string();
+                    if let Some(re) = s.downcast_ref::<rustls::Error>() {
+                        certificate |= matches!(
+                            re,
+                            rustls::Error::InvalidCertificate(_)
+                                | rustls::Error::NoCertificatesPresented
+                                | rustls::Error::AlertReceived(
+                                    rustls::AlertDescription::BadCertificate
+                                        | rustls::AlertDescription::UnknownCA
+                                        | rustls::AlertDescription::CertificateRequired
+                                        | rustls::AlertDescription::CertificateRevoked
+                                        | rustls::AlertDescription::CertificateExpired
+                                )
+                        );
+                    }
+                    certificate |= reason.contains("invalid peer certificate");
                     src = s.source();
                 }
-                ClientError::Unreachable {
-                    url: url.into(),
-                    reason,
-                    connect,
+                if certificate {
+                    ClientError::Certificate {
+                        url: url.into(),
+                        reason,
+                    }
+                } else {
+                    ClientError::Unreachable {
+                        url: url.into(),
+                        reason,
+                        connect,
+                    }
                 }
             })?;
             let status = resp.status();

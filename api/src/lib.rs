@@ -50,6 +50,7 @@ pub mod client;
 pub mod local;
 pub mod names;
 pub mod server;
+pub mod tls;
 pub mod types;
 
 /// Header carrying the bearer token.

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 /// A listener, bound, its server not started yet.
 pub struct Bound {
     pub listener: TcpListener,
-    /// `http://ADDR`, with an unspecified address shown as 127.0.0.1.
+    /// `https://ADDR` (or `http://ADDR` after [`Bound::plain`]), with an
+    /// unspecified address shown as 127.0.0.1.
     pub url: String,
 }
 
@@ -36,8 +37,16 @@ impl Bound {
         } else {
             local.ip()
         };
-        let url = format!("http://{}", SocketAddr::new(host, local.port()));
+        let url = format!("https://{}", SocketAddr::new(host, local.port()));
         Ok(Bound { listener, url })
+    }
+
+    /// For a server that speaks plain HTTP (asked for explicitly).
+    pub fn plain(mut self) -> Bound {
+        if let Some(rest) = self.url.strip_prefix("https://") {
+            self.url = format!("http://{rest}");
+        }
+        self
     }
 }
 

@@ -394,6 +394,106 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// Control plane (or operator) to a target node: a migration of `app` from
+/// node `from`, at `generation`, is coming. The target refuses a migration
+/// that was not announced, or that comes from another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationExpect {
+    pub app: String,
+    pub from: String,
+    pub generation: u64,
+}
+
+/// A node asks to join (`POST /v1/join`, no credential but the token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The join token (`tern token create --scope join`).
+    pub token: String,
+    pub name: String,
+    /// The URL the node will serve at: its host goes into the certificate.
+    pub url: String,
+    /// A PKCS#10 certificate request (PEM) for the node's key.
+    pub csr_pem: String,
+}
+
+/// The control plane's answer to a join: the node's certificate and the
+/// cluster's CA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub cert_pem: String,
+    pub ca_pem: String,
+}
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Everything (client commands).
+    Operator,
+    /// Read the dashboard's data and the cluster's state; change nothing.
+    Dashboard,
+    /// Join one node, once.
+    Join,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scope, String> {
+        match s {
+            "operator" => Ok(Scope::Operator),
+            "dashboard" | "read" => Ok(Scope::Dashboard),
+            "join" => Ok(Scope::Join),
+            other => Err(format!(
+                "unknown scope `{other}` (use operator, dashboard or join)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Operator => "operator",
+            Scope::Dashboard => "dashboard",
+            Scope::Join => "join",
+        })
+    }
+}
+
+/// `POST /v1/tokens`: make a credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreate {
+    pub scope: Scope,
+    /// Seconds it stays valid (`None`: until revoked; join tokens default
+    /// to one hour).
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// The answer: the secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    pub scope: Scope,
+    pub token: String,
+    pub expires_unix_ms: Option<u64>,
+}
+
+/// A credential as `tern token list` shows it (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialView {
+    /// `tok-…` for a token, `node/NAME/SERIAL` for a node certificate, `cluster` for the cluster token.
+    pub id: String,
+    /// `operator`, `dashboard`, `join` or `node`.
+    pub scope: String,
+    pub created_unix_ms: u64,
+    pub expires_unix_ms: Option<u64>,
+    /// `active`, `used` (a join token), `expired` or `revoked`.
+    pub state: String,
+    pub note: Option<String>,
+}
+
 /// Decodes `bytes` as every body a tern server or client reads from the
 /// network, and checks each value it accepts survives a round trip; how
 /// many accepted. Never panics: the API fuzz target (`api/fuzz`) and its

@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
     control, deploy, inspect, invoke, lifecycle, logs, migrate, nodes, ps, run, sim, snapshot,
+    token,
 };
 use crate::{demo, node_cmd, up};
 
@@ -55,7 +56,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Run a node agent that registers with a control plane.
     ///
-    /// Example: tern node --listen 127.0.0.1:7101 --control http://127.0.0.1:7070 --name edge-1 --label zone=eu
+    /// Example: tern node --listen 127.0.0.1:7101 --control https://127.0.0.1:7070 --join K10…::tok-… --name edge-1 --label zone=eu
     Node(node_cmd::NodeArgs),
     /// Replay a usage trace against placement policies (and an oracle that
     /// knows the next minute) under the same rules, over several seeds.
@@ -133,6 +134,11 @@ enum Command {
     ///
     /// Example: tern drain node-2   (undo: tern drain node-2 --undo)
     Drain(nodes::DrainArgs),
+    /// Create, list and revoke credentials (operator, dashboard and join
+    /// tokens; node certificates), without a restart.
+    ///
+    /// Example: tern token create --scope join --ttl 1h
+    Token(token::TokenArgs),
 }
 
 /// Parses `args` (the program's name first) and runs the subcommand they
@@ -181,6 +187,7 @@ where
         Command::Rm(a) => lifecycle::rm(a),
         Command::Logs(a) => logs::logs(a),
         Command::Drain(a) => nodes::drain(a),
+        Command::Token(a) => token::token(a),
     }
 }
 

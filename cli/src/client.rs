@@ -1,7 +1,8 @@
 //! What every cluster client command shares: reaching the control plane.
 //!
 //! A client command finds the control plane from `--control`, else
-//! `TERN_CONTROL`, else `http://127.0.0.1:7070`; given several (control
+//! `TERN_CONTROL`, else `https://127.0.0.1:7070`; it trusts the cluster's
+//! CA from `--ca`, else `TERN_CA`, else `ca.pem` in the data dir; given several (control
 //! planes sharing an etcd store), it talks to the one whose health says it
 //! leads. It takes the token from `--token`, else `TERN_TOKEN`, else the
 //! token file in the default data dir (the one `tern up` writes). A failed
@@ -22,7 +23,7 @@ use tern_api::client::{Client, ClientError};
 use crate::util::default_data_dir;
 
 /// Where client commands look for the control plane by default.
-pub const DEFAULT_CONTROL: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_CONTROL: &str = "https://127.0.0.1:7070";
 
 /// Options every client command takes.
 #[derive(Args, Clone, Debug)]
@@ -34,6 +35,11 @@ pub struct Conn {
     /// The cluster token (default: the token file `tern up` wrote in the data dir).
     #[arg(long, value_name = "TOKEN", env = "TERN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The cluster's CA certificate, to check the control plane's
+    /// (default: ca.pem in the data dir, which `tern up` and `tern
+    /// control` write).
+    #[arg(long, value_name = "FILE", env = "TERN_CA")]
+    ca: Option<PathBuf>,
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
@@ -51,6 +57,8 @@ pub struct Ctl {
     /// The control plane's URL, without a trailing `/`.
     pub base: String,
     from: TokenFrom,
+    /// The CA file trusted (`None`: none found).
+    ca: Option<PathBuf>,
 }
 
 impl Conn {
@@ -64,10 +72,10 @@ impl Conn {
             .map(|b| {
                 let mut base = b.trim_end_matches('/').to_string();
                 if !base.contains("://") {
-                    base = format!("http://{base}");
+                    base = format!("https://{base}");
                 }
-                if !base.starts_with("http://") {
-                    bail!("--control {base}: only http:// control planes are supported");
+                if !base.starts_with("https://") && !base.starts_with("http://") {
+                    bail!("--control {base}: use an https:// URL");
                 }
                 Ok(base)
             })
@@ -92,13 +100,35 @@ impl Conn {
                 }
             }
         };
-        let client = Client::new(token);
+        let (ca_path, ca_from) = match &self.ca {
+            Some(p) => (p.clone(), "--ca/TERN_CA"),
+            None => (tern_api::tls::ca_path(&default_data_dir()), "the data dir"),
+        };
+        let client = match std::fs::read_to_string(&ca_path) {
+            Ok(pem) => {
+                let tls = tern_api::tls::Tls::new(pem, None)
+                    .with_context(|| format!("the CA file {} ({ca_from})", ca_path.display()))?;
+                Client::with_tls(token, &tls)?
+            }
+            Err(_) if self.ca.is_some() => bail!(
+                "cannot read the CA file {} given with --ca/TERN_CA",
+                ca_path.display()
+            ),
+            // No CA: plain http:// works; https:// fails with advice.
+            Err(_) => Client::new(token),
+        };
+        let ca = Some(ca_path).filter(|p| p.exists());
         let base = if bases.len() > 1 {
             leader(&client, &bases)?.unwrap_or(first)
         } else {
             first
         };
-        Ok(Ctl { client, base, from })
+        Ok(Ctl {
+            client,
+            base,
+            from,
+            ca,
+        })
     }
 }
 
@@ -133,6 +163,7 @@ impl Ctl {
             client: self.client.clone().with_timeout(t),
             base: self.base.clone(),
             from,
+            ca: self.ca.clone(),
         }
     }
 
@@ -142,6 +173,18 @@ impl Ctl {
         match e {
             ClientError::Unreachable { reason, .. } => anyhow!(
                 "cannot reach the control plane at {base}: start one with `tern up` (or point --control / TERN_CONTROL at a running one) ({reason})"
+            ),
+            ClientError::Certificate { reason, .. } => match &self.ca {
+                Some(p) => anyhow!(
+                    "the control plane at {base} is not certified by the CA in {} ({reason}): pass --ca FILE or set TERN_CA to that cluster's ca.pem (in the data dir of its `tern up`/`tern control`)",
+                    p.display()
+                ),
+                None => anyhow!(
+                    "cannot check the certificate of the control plane at {base}: no CA to trust ({reason}); pass --ca FILE or set TERN_CA to the cluster's ca.pem (in the data dir of its `tern up`/`tern control`)"
+                ),
+            },
+            ClientError::Status { status: 400, message, .. } if message.contains("speaks HTTPS only") => anyhow!(
+                "the control plane at {base} speaks HTTPS only: use https:// in --control / TERN_CONTROL"
             ),
             ClientError::Timeout { secs, .. } => anyhow!("the control plane at {base} did not answer within {secs} s"),
             ClientError::Status { status: 401, .. } => match &self.from {
@@ -175,14 +218,6 @@ impl Ctl {
         self.client
             .post_json(&self.url(path), body)
             .await
-            .map_err(|e| self.err(e))
-    }
-
-    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>> {
-        self.client
-            .post_bytes(&self.url(path), body.into())
-            .await
-            .map(|b| b.to_vec())
             .map_err(|e| self.err(e))
     }
 

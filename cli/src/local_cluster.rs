@@ -24,6 +24,8 @@ pub struct LocalNode {
 pub struct LocalCluster {
     pub control_url: String,
     pub token: String,
+    /// The cluster's TLS material (`None`: plain HTTP, asked for).
+    pub tls: Option<tern_control::ClusterTls>,
     /// The control plane's data directory; node `NAME` keeps its data in
     /// `nodes/NAME` under it.
     pub data_dir: PathBuf,
@@ -35,13 +37,20 @@ impl LocalCluster {
     /// Starts a control plane on `bound` with `config`, and `nodes` nodes
     /// on free loopback ports that report to it.
     pub async fn start(bound: Bound, config: ControlConfig, nodes: u16) -> Result<LocalCluster> {
+        let bound = if config.tls.is_some() {
+            bound
+        } else {
+            bound.plain()
+        };
         let control_url = bound.url.clone();
         let token = config.token.clone();
         let data_dir = config.data_dir.clone();
+        let tls = config.tls.clone();
         let control = tern_control::spawn(bound, config);
         let mut cluster = LocalCluster {
             control_url,
             token,
+            tls,
             data_dir,
             nodes: Vec::new(),
             control,
@@ -61,10 +70,19 @@ impl LocalCluster {
         let bound = Bound::loopback()
             .await
             .context("cannot bind a loopback port for a node")?;
-        let url = bound.url.clone();
         let dir = self.data_dir.join("nodes").join(name);
         let mut config = NodeConfig::new(name, self.token.clone(), dir.clone());
         config.control_url = Some(self.control_url.clone());
+        // Nodes of this process get their certificates from the cluster's
+        // CA directly (a node elsewhere joins with a token).
+        let bound = match &self.tls {
+            Some(t) => {
+                config.tls = Some(t.issue_node(name, &[])?);
+                bound
+            }
+            None => bound.plain(),
+        };
+        let url = bound.url.clone();
         setup(&mut config);
         let served =
             tern_node::spawn(bound, config).with_context(|| format!("cannot start node {name}"))?;
@@ -77,9 +95,19 @@ impl LocalCluster {
         Ok(self.nodes.last().expect("just pushed"))
     }
 
-    /// A client with the cluster's token.
+    /// A client with the cluster's token, trusting its CA.
     pub fn client(&self) -> Client {
-        Client::new(Some(self.token.clone()))
+        self.anonymous_client().with_token(Some(self.token.clone()))
+    }
+
+    /// A client without a token (app ingress), trusting the cluster's CA.
+    pub fn anonymous_client(&self) -> Client {
+        match &self.tls {
+            Some(t) => {
+                Client::with_tls(None, &t.client_trust()).unwrap_or_else(|_| Client::new(None))
+            }
+            None => Client::new(None),
+        }
     }
 
     /// Waits until every node has registered and reports ready, calling

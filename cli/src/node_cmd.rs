@@ -28,20 +28,37 @@ pub struct NodeArgs {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// The URL the control plane and other nodes reach this node at
-    /// (default: http:// and the listen address; 0.0.0.0 becomes 127.0.0.1).
+    /// (default: https:// and the listen address; 0.0.0.0 becomes 127.0.0.1).
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
-    /// The cluster token (else TERN_TOKEN, else the default token file).
+    /// A join token (`tern token create --scope join`): on first start the
+    /// node checks the control plane against the CA the token pins, and
+    /// gets a certificate naming it, kept in its data dir for later starts.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TERN_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    join: Option<String>,
+    /// An operator token this node also accepts, for operators who call it
+    /// directly (with --insecure-plain-http: the cluster token, required).
     #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve plain HTTP and talk to the control plane with the cluster
+    /// token, without TLS: nothing is encrypted (only on one trusted machine).
+    #[arg(long, conflicts_with = "join")]
+    insecure_plain_http: bool,
 }
 
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
-    let token = match a.token {
-        Some(t) => t,
-        None => std::fs::read_to_string(default_data_dir().join("token"))
+    let token = match (a.token.clone(), a.insecure_plain_http) {
+        (Some(t), _) => t,
+        (None, true) => std::fs::read_to_string(default_data_dir().join("token"))
             .map(|t| t.trim().to_string())
             .context("no cluster token: pass --token or set TERN_TOKEN (the token `tern up` or `tern control` wrote)")?,
+        // Over TLS the node's certificate is its credential.
+        (None, false) => String::new(),
     };
     let mut labels = BTreeMap::new();
     for kv in &a.labels {
@@ -62,14 +79,35 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         let data_dir = a
             .data_dir
             .unwrap_or_else(|| default_data_dir().join("nodes").join(&name));
+        let scheme = if a.insecure_plain_http { "http" } else { "https" };
+        let url = match &a.advertise {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None if addr.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", addr.port()),
+            None => format!("{scheme}://{addr}"),
+        };
+        let control = a.control.trim_end_matches('/').to_string();
+        let tls = if a.insecure_plain_http {
+            None
+        } else {
+            Some(match tern_node::join::load(&data_dir)? {
+                Some(tls) => tls,
+                None => {
+                    let join = a.join.as_deref().with_context(|| {
+                        format!("node {name} has no certificate in {} yet: join the cluster with --join TOKEN (make one with `tern token create --scope join`)", data_dir.display())
+                    })?;
+                    let first = control.split(',').next().unwrap_or("").trim();
+                    let tls = tern_node::join::join(first, join, &name, &url, &data_dir).await?;
+                    eprintln!("node {name} joined the cluster at {first}; its certificate is in {}", data_dir.display());
+                    tls
+                }
+            })
+        };
         let mut config = tern_node::NodeConfig::new(name.clone(), token, data_dir);
-        config.control_url = Some(a.control.trim_end_matches('/').to_string());
+        config.control_url = Some(control);
         config.labels = labels;
-        config.advertise_url = a.advertise;
-        eprintln!(
-            "node {name} serving on http://{addr}, reporting to {}",
-            a.control
-        );
+        config.advertise_url = Some(url.clone());
+        config.tls = tls;
+        eprintln!("node {name} serving on {url}, reporting to {}", a.control);
         tern_node::run(listener, config, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

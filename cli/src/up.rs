@@ -41,15 +41,22 @@ pub struct UpArgs {
     /// Print where everything is as one JSON document (then run as usual).
     #[arg(long)]
     json: bool,
+    /// Serve plain HTTP instead of HTTPS: nothing is encrypted (only for a
+    /// browser or tool on this machine that cannot be given the CA).
+    #[arg(long)]
+    insecure_plain_http: bool,
 }
 
 #[derive(Serialize)]
 struct UpReport {
     control_url: String,
-    /// The dashboard, with the token in the fragment: open it in a browser.
+    /// The dashboard, with a read-only token in the fragment: open it in a browser.
     dashboard: String,
     data_dir: String,
     token_file: String,
+    /// The cluster's CA: clients find it in the data dir; a browser
+    /// trusts the dashboard once this file is imported as an authority.
+    ca_file: Option<String>,
     nodes: Vec<NodeReport>,
 }
 
@@ -66,13 +73,17 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
     let token = tern_control::load_or_create_token(&data_dir)?;
-    let cfg = control_config(
+    let mut cfg = control_config(
         &data_dir,
         token.clone(),
         &a.policy,
         &a.heartbeat_timeout,
         &a.rebalance_interval,
     )?;
+    if !a.insecure_plain_http {
+        let hosts = crate::commands::control::cert_hosts(&a.listen, None);
+        cfg.tls = Some(tern_control::ClusterTls::load_or_create(&data_dir, &hosts)?);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,11 +93,19 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
             format!("cannot listen on {}: is a cluster already running there? (`tern nodes` asks it; or use --listen)", a.listen)
         })?;
         let mut cluster = LocalCluster::start(bound, cfg, a.nodes).await?;
+        let viewer = dashboard_token(&cluster, &data_dir).await.unwrap_or_else(|e| {
+            eprintln!("warning: no read-only token for the dashboard ({e:#}); it uses the cluster token");
+            token.clone()
+        });
         let report = UpReport {
             control_url: cluster.control_url.clone(),
-            dashboard: crate::util::dashboard_url(&cluster.control_url, &token),
+            dashboard: crate::util::dashboard_url(&cluster.control_url, &viewer),
             data_dir: data_dir.display().to_string(),
             token_file: data_dir.join("token").display().to_string(),
+            ca_file: cluster
+                .tls
+                .as_ref()
+                .map(|_| tern_api::tls::ca_path(&data_dir).display().to_string()),
             nodes: cluster
                 .nodes
                 .iter()
@@ -126,15 +145,60 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A read-only token for the dashboard's URL: the one kept in
+/// `DATA_DIR/dashboard-token` while the control plane accepts it, else a
+/// new one.
+async fn dashboard_token(cluster: &LocalCluster, data_dir: &std::path::Path) -> Result<String> {
+    cluster
+        .wait_ready(Duration::from_secs(10), |_| {})
+        .await
+        .ok();
+    let path = data_dir.join("dashboard-token");
+    let c = cluster
+        .anonymous_client()
+        .with_timeout(Duration::from_secs(10));
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        let probe = c.clone().with_token(Some(t.clone()));
+        if probe
+            .get_json::<serde_json::Value>(&format!("{}/v1/dashboard", cluster.control_url))
+            .await
+            .is_ok()
+        {
+            return Ok(t);
+        }
+    }
+    let req = tern_api::types::TokenCreate {
+        scope: tern_api::types::Scope::Dashboard,
+        ttl_secs: None,
+        note: Some("the dashboard of `tern up`".into()),
+    };
+    let made: tern_api::types::TokenCreated = cluster
+        .client()
+        .post_json(&format!("{}/v1/tokens", cluster.control_url), &req)
+        .await?;
+    tern_control::write_token(&path, &made.token)?;
+    Ok(made.token)
+}
+
 fn print_report(r: &UpReport, data_dir: &std::path::Path) -> Result<()> {
     outln!("tern cluster up")?;
     outln!("  control plane  {}", r.control_url)?;
     outln!("  data           {}", r.data_dir)?;
     outln!("  token          {}", r.token_file)?;
+    match &r.ca_file {
+        Some(ca) => outln!("  ca             {ca}")?,
+        None => outln!(
+            "  WARNING: plain HTTP (--insecure-plain-http): nothing on the wire is encrypted"
+        )?,
+    }
     for n in &r.nodes {
         outln!("  {:<13}  {}", n.name, n.url)?;
     }
     outln!("dashboard: {}", r.dashboard)?;
+    if let Some(ca) = &r.ca_file {
+        outln!("  (a read-only token; the browser trusts the page once {ca} is imported as a certificate authority)")?;
+    }
     let default_dir = default_data_dir();
     let same_dir = default_dir.canonicalize().unwrap_or(default_dir) == data_dir;
     if !same_dir || r.control_url != crate::client::DEFAULT_CONTROL {
@@ -144,6 +208,9 @@ fn print_report(r: &UpReport, data_dir: &std::path::Path) -> Result<()> {
         }
         if !same_dir {
             outln!("  export TERN_TOKEN=$(cat {})", r.token_file)?;
+            if let Some(ca) = &r.ca_file {
+                outln!("  export TERN_CA={ca}")?;
+            }
         }
     }
     outln!("Try: tern nodes, tern deploy APP.wasm --name APP, tern ps. Ctrl-C stops the cluster.")?;

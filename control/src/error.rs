@@ -24,6 +24,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
+    /// A credential that may not do this.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
@@ -63,6 +72,10 @@ impl ApiError {
             ClientError::Unreachable { reason, .. } => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 format!("node {node} at {url} does not answer ({reason}): start it again, or choose another node (`tern nodes`)"),
+            ),
+            ClientError::Certificate { reason, .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("node {node} at {url} is not the node the cluster's CA certified ({reason}): check its certificate, or join it again"),
             ),
             ClientError::Timeout { secs, .. } => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

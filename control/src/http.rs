@@ -8,12 +8,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tern_api::server::{self, query_param, read_body, read_json, segments, Body};
-use tern_api::types::{DeployRequest, Heartbeat, InvokeRequest, Mode, NodeInfo};
+use tern_api::types::{DeployRequest, Heartbeat, InvokeRequest, Mode, NodeInfo, TokenCreate};
 
 use crate::error::ApiError;
 use crate::state::{now_ms, valid_sha256, Shared};
 use crate::store::write_atomic;
-use crate::{dashboard, heartbeat, ops};
+use crate::{auth, dashboard, heartbeat, ops};
 
 type Reply = Result<Response<Body>, Fail>;
 
@@ -50,10 +50,30 @@ pub async fn handle(sh: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             return page;
         }
     }
-    if !server::authorized(&req, &sh.cfg.token) {
-        return server::unauthorized();
+    let segs = segments(&path);
+    let who = match auth::caller(&sh, &req) {
+        Ok(who) => who,
+        // Anyone may fetch the CA (a joining node checks it against its
+        // token's pin) and ask to join (the token is in the body).
+        Err(_)
+            if matches!(
+                (&method, segs.as_slice()),
+                (&Method::GET, ["v1", "ca"]) | (&Method::POST, ["v1", "join"])
+            ) =>
+        {
+            auth::Caller::Anonymous
+        }
+        Err(refusal) => return *refusal,
+    };
+    if let Err(e) = auth::permit(&sh, &who, &method, &segs) {
+        return e.into_response();
     }
-    match route(&sh, req).await {
+    let result = match who {
+        auth::Caller::Node(ref n) => node_route(&sh, n, req).await,
+        auth::Caller::Anonymous => anonymous_route(&sh, req).await,
+        auth::Caller::Operator | auth::Caller::Reader => route(&sh, req).await,
+    };
+    match result {
         Ok(r) => r,
         Err(Fail::Ready(r)) => *r,
         Err(Fail::Api(e)) => {
@@ -194,7 +214,11 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         }
         (&Method::POST, ["v1", "apps", name, "snapshot"]) => {
             let bytes = ops::snapshot(sh, name).await?;
-            Ok(server::bytes(StatusCode::OK, "application/octet-stream", bytes))
+            // The tag that lets this cluster trust the file when it comes back.
+            let mac = auth::snapshot_mac(sh, &bytes);
+            let mut resp = server::bytes(StatusCode::OK, "application/octet-stream", bytes);
+            resp.headers_mut().insert(auth::SNAPSHOT_MAC_HEADER, hyper::header::HeaderValue::from_str(&mac).expect("hex"));
+            Ok(resp)
         }
         (&Method::POST, ["v1", "apps", name, verb @ ("stop" | "start")]) => ok(&ops::stop_or_start(sh, name, *verb == "stop").await?),
         (&Method::GET, ["v1", "apps", name, "logs"]) => {
@@ -207,7 +231,12 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             let node = q("node").filter(|n| !n.is_empty());
             let restart = q("restart").filter(|n| !n.is_empty());
             let module = q("module").filter(|n| !n.is_empty());
+            let foreign = matches!(q("foreign").as_deref(), Some("1" | "true"));
+            let mac = req.headers().get(auth::SNAPSHOT_MAC_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = read_body(req.into_body(), sh.cfg.max_blob_bytes).await?;
+            if !foreign {
+                auth::check_snapshot_mac(sh, &body, mac.as_deref())?;
+            }
             let view = ops::restore(sh, &name, node.as_deref(), restart.as_deref(), module.as_deref(), body).await?;
             Ok(server::json(StatusCode::CREATED, &view))
         }
@@ -250,11 +279,144 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             let v: Vec<_> = st.migrations.iter().map(|(_, r)| r).collect();
             ok(&v)
         }
+        (&Method::GET, ["v1", "routes", name]) => ok(&route_of(sh, name)?),
+        (&Method::GET, ["v1", "ca"]) => ca_answer(sh),
+        (&Method::POST, ["v1", "join"]) => join(sh, req).await,
+        (&Method::POST, ["v1", "tokens"]) => {
+            let t: TokenCreate = read_json(req.into_body()).await?;
+            Ok(server::json(StatusCode::CREATED, &auth::create_token(sh, t)?))
+        }
+        (&Method::GET, ["v1", "tokens"]) => ok(&sh.creds().list(now_ms())),
+        (&Method::DELETE, ["v1", "tokens", ..]) => {
+            let id = segs[2..].join("/");
+            let revoked = sh.update_creds(|c| c.revoke(&id).map(|r| (r, true)))?;
+            tracing::info!(?revoked, "credentials revoked");
+            ok(&serde_json::json!({"revoked": revoked}))
+        }
         (_, ["v1", ..]) => Err(ApiError::not_found(format!(
             "no endpoint {method} {path} on the control plane (is the client the same tern version?)"
         )).into()),
         _ => Err(ApiError::not_found(format!("no endpoint {method} {path}: the API is under /v1/")).into()),
     }
+}
+
+/// What a node's certificate may ask of the control plane (`auth.rs`
+/// says which routes; here the checks that need the body or the state).
+async fn node_route(sh: &Arc<Shared>, me: &str, req: Request<Incoming>) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let segs = segments(&path);
+    match (&method, segs.as_slice()) {
+        (&Method::POST, ["v1", "nodes"]) => {
+            let info: NodeInfo = read_json(req.into_body()).await?;
+            if info.name != me {
+                return Err(ApiError::forbidden(format!(
+                    "node {me} cannot register as node {}",
+                    info.name
+                ))
+                .into());
+            }
+            heartbeat::register(sh, info)?;
+            ok(&registered(sh))
+        }
+        (&Method::PUT, ["v1", "checkpoints", name]) => {
+            if sh.lock().apps.get(*name).and_then(|a| a.node.as_deref()) != Some(me) {
+                return Err(ApiError::forbidden(format!(
+                    "node {me} does not run {name}: it cannot send its checkpoint"
+                ))
+                .into());
+            }
+            route(sh, req).await
+        }
+        (&Method::GET, ["v1", "checkpoints", name]) => {
+            let allowed = {
+                let st = sh.lock();
+                st.apps.get(*name).and_then(|a| a.node.as_deref()) == Some(me)
+                    || st.in_flight.get(*name).is_some_and(|m| m.to == me)
+            };
+            if !allowed {
+                return Err(ApiError::forbidden(format!(
+                    "node {me} neither runs {name} nor receives it"
+                ))
+                .into());
+            }
+            route(sh, req).await
+        }
+        (&Method::GET | &Method::HEAD, ["v1", "modules", sha]) => {
+            let allowed = {
+                let st = sh.lock();
+                st.apps.values().any(|a| {
+                    a.module_sha256 == *sha
+                        && (a.node.as_deref() == Some(me)
+                            || st.in_flight.get(&a.name).is_some_and(|m| m.to == me))
+                })
+            };
+            if !allowed {
+                return Err(
+                    ApiError::forbidden(format!("node {me} runs no app of module {sha}")).into(),
+                );
+            }
+            route(sh, req).await
+        }
+        _ => {
+            let _ = query;
+            route(sh, req).await
+        }
+    }
+}
+
+/// The routes anyone may call: the CA, and joining (with a join token).
+async fn anonymous_route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
+    route(sh, req).await
+}
+
+/// `GET /v1/ca`: the cluster's CA certificate (public).
+fn ca_answer(sh: &Shared) -> Reply {
+    match &sh.cfg.tls {
+        Some(t) => Ok(server::bytes(
+            StatusCode::OK,
+            "application/x-pem-file",
+            t.tls.ca_pem.clone(),
+        )),
+        None => Err(ApiError::not_found(
+            "this control plane serves plain HTTP (--insecure-plain-http): it has no CA",
+        )
+        .into()),
+    }
+}
+
+/// `POST /v1/join`: a node with a join token gets a certificate naming it.
+async fn join(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
+    let j: tern_api::types::JoinRequest = read_json(req.into_body()).await?;
+    let cert_pem = auth::join(sh, &j)?;
+    let ca_pem = sh
+        .cfg
+        .tls
+        .as_ref()
+        .map(|t| t.tls.ca_pem.clone())
+        .unwrap_or_default();
+    Ok(server::json(
+        StatusCode::OK,
+        &tern_api::types::JoinResponse { cert_pem, ca_pem },
+    ))
+}
+
+/// `GET /v1/routes/NAME`: where an app runs (what a node's ingress needs
+/// to forward a request, and nothing more).
+fn route_of(sh: &Shared, name: &str) -> Result<serde_json::Value, ApiError> {
+    let st = sh.lock();
+    let a = st.apps.get(name).ok_or_else(|| ApiError::no_app(name))?;
+    let node = a
+        .node
+        .clone()
+        .ok_or_else(|| ApiError::conflict(format!("app {name} has no node right now")))?;
+    let url = st
+        .nodes
+        .get(&node)
+        .map(|n| n.info.url.clone())
+        .ok_or_else(|| ApiError::no_node(&node))?;
+    Ok(serde_json::json!({"app": name, "node": node, "url": url}))
 }
 
 fn ok<T: serde::Serialize>(v: &T) -> Reply {
@@ -263,7 +425,8 @@ fn ok<T: serde::Serialize>(v: &T) -> Reply {
 
 /// The answer to a registration or a heartbeat.
 fn registered(sh: &Shared) -> serde_json::Value {
-    serde_json::json!({"ok": true, "heartbeat_timeout_ms": sh.cfg.heartbeat_timeout.as_millis() as u64})
+    let revoked = sh.creds().revoked_serials();
+    serde_json::json!({"ok": true, "heartbeat_timeout_ms": sh.cfg.heartbeat_timeout.as_millis() as u64, "revoked": revoked})
 }
 
 async fn put_module(sh: &Shared, sha: &str, body: Incoming) -> Reply {

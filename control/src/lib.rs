@@ -38,11 +38,14 @@
 //!   loop) and every write it makes is conditional on its leadership: a
 //!   control plane that lost it writes nothing more.
 
+mod auth;
+mod credentials;
 mod dashboard;
 mod error;
 mod heartbeat;
 mod http;
 mod ops;
+pub mod pki;
 mod plan;
 mod replicated;
 mod state;
@@ -58,7 +61,8 @@ use anyhow::Context;
 use tern_scheduler::{CostWeights, LatencyTable, Policy, PredictorConfig, RebalanceConfig};
 
 pub use error::ApiError;
-pub use store::EtcdUrl;
+pub use pki::ClusterTls;
+pub use store::{EtcdTls, EtcdUrl};
 
 /// Where the control plane keeps its records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -151,6 +155,12 @@ pub struct ControlConfig {
     /// Limits of an app that does not set them (`tern control
     /// --default-memory/--default-timeout`): no deployed app runs unbounded.
     pub default_limits: tern_api::types::AppLimits,
+    /// The cluster's CA and this control plane's certificate: it serves
+    /// HTTPS and talks to nodes with mutual TLS. `None`: plain HTTP, only
+    /// when the operator asked for it (`--insecure-plain-http`).
+    pub tls: Option<ClusterTls>,
+    /// Bounds of the listener (connections, timeouts).
+    pub max_connections: usize,
 }
 
 impl ControlConfig {
@@ -184,7 +194,19 @@ impl ControlConfig {
                 memory_bytes: 64 << 20,
             },
             default_limits: tern_api::types::AppLimits::DEFAULT,
+            tls: None,
+            max_connections: tern_api::server::DEFAULT_MAX_CONNECTIONS,
         }
+    }
+
+    /// How the listener serves (TLS unless plain HTTP was asked for).
+    pub fn serve_options(&self) -> anyhow::Result<tern_api::server::ServeOptions> {
+        let mut opts = match &self.tls {
+            Some(t) => tern_api::server::ServeOptions::tls(t.tls.server_config()?),
+            None => tern_api::server::ServeOptions::plain(),
+        };
+        opts.max_connections = self.max_connections;
+        Ok(opts)
     }
 }
 
@@ -226,7 +248,12 @@ pub async fn run(
             } else {
                 addr.ip()
             };
-            format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()))
         }
     };
     if let StoreConfig::Etcd(url) = config.store.clone() {
@@ -234,7 +261,8 @@ pub async fn run(
     }
     let store = store::Store::open(&config.data_dir)?;
     let loaded = store.load()?;
-    let shared = Arc::new(state::Shared::new(config, store, loaded, advertise));
+    let opts = config.serve_options()?;
+    let shared = Arc::new(state::Shared::new(config, store, loaded, advertise)?);
     tracing::info!(%addr, "control plane listening");
 
     let ticker = tokio::spawn(tick::run(shared.clone()));
@@ -245,7 +273,7 @@ pub async fn run(
             Box::pin(async move { http::handle(shared, req).await })
         })
     };
-    tern_api::server::serve(listener, handler, shutdown).await;
+    tern_api::server::serve(listener, opts, handler, shutdown).await;
 
     // The loop may be in the middle of a migration: the nodes finish it on
     // their own, and the next control plane learns the outcome from their

@@ -64,8 +64,9 @@ pub async fn run(
         })
     };
     tracing::info!(addr = %advertise, store = %url, "control plane listening (standby until it leads)");
+    let opts = config.serve_options()?;
     let elect = tokio::spawn(elect(role.clone(), config, url, advertise));
-    server::serve(listener, handler, shutdown).await;
+    server::serve(listener, opts, handler, shutdown).await;
     elect.abort();
     let _ = elect.await;
     let last = std::mem::replace(
@@ -145,7 +146,15 @@ async fn lead(
             return;
         }
     };
-    let sh = Arc::new(Shared::new(cfg.clone(), store, loaded, me.to_string()));
+    let sh = match Shared::new(cfg.clone(), store, loaded, me.to_string()) {
+        Ok(sh) => Arc::new(sh),
+        Err(e) => {
+            tracing::warn!("cannot lead: {e:#}");
+            leadership.resign();
+            tokio::time::sleep(ttl / 2).await;
+            return;
+        }
+    };
     let _ticker = AbortOnDrop(tokio::spawn(tick::run(sh.clone())));
     // Checkpoint blobs stay with the control plane that received them: ask
     // the nodes for fresh ones of the apps this one has none of.
@@ -182,7 +191,8 @@ fn standby_answer(
             return page;
         }
     }
-    if !server::authorized(&req, token) {
+    // A node (its certificate) learns that this one stands by, and moves on.
+    if !server::authorized(&req, token) && server::peer(&req).is_none() {
         return server::unauthorized();
     }
     if req.method() == Method::GET && req.uri().path() == "/v1/health" {

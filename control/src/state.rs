@@ -93,6 +93,8 @@ pub struct Shared {
     pub advertise_url: String,
     pub started_unix_ms: u64,
     state: Mutex<State>,
+    /// Tokens, node certificates, revocations (`credentials.rs`).
+    creds: Mutex<crate::credentials::Credentials>,
 }
 
 /// The in-memory state: the store's tables plus what only lives in memory.
@@ -188,9 +190,27 @@ impl State {
 }
 
 impl Shared {
-    pub fn new(cfg: ControlConfig, store: Store, loaded: Loaded, advertise_url: String) -> Shared {
-        let token = Some(cfg.token.clone());
-        let client = Client::new(token);
+    pub fn new(
+        cfg: ControlConfig,
+        store: Store,
+        loaded: Loaded,
+        advertise_url: String,
+    ) -> anyhow::Result<Shared> {
+        // Over TLS the control plane proves who it is to nodes with its
+        // certificate and never sends them a token.
+        let client = match &cfg.tls {
+            Some(t) => Client::with_tls(None, &t.tls)?,
+            None => Client::new(Some(cfg.token.clone())),
+        };
+        let mut creds: crate::credentials::Credentials = match &loaded.credentials {
+            Some(b) => serde_json::from_slice(b).map_err(|e| {
+                anyhow::anyhow!("the store's credentials record is unreadable: {e}")
+            })?,
+            None => Default::default(),
+        };
+        if creds.ensure_snapshot_key() {
+            store.put_credentials(&serde_json::to_vec(&creds)?)?;
+        }
         let mut st = State {
             predictor: DemandPredictor::new(cfg.predictor.clone()),
             modules: loaded.modules,
@@ -215,8 +235,9 @@ impl Shared {
         if !loaded.history.is_empty() {
             st.predictor.fit();
         }
-        Shared {
+        Ok(Shared {
             store,
+            creds: Mutex::new(creds),
             long_client: client.clone().with_timeout(Duration::from_secs(600)),
             short_client: client.clone().with_timeout(Duration::from_secs(10)),
             raw: client
@@ -228,7 +249,31 @@ impl Shared {
             started_unix_ms: now_ms(),
             state: Mutex::new(st),
             cfg,
+        })
+    }
+
+    /// The credentials, read.
+    pub fn creds(&self) -> MutexGuard<'_, crate::credentials::Credentials> {
+        self.creds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the credentials and stores them (durably) before the change
+    /// counts; when `f` says nothing changed (`Ok((r, false))`), nothing is
+    /// written.
+    pub fn update_creds<R>(
+        &self,
+        f: impl FnOnce(&mut crate::credentials::Credentials) -> Result<(R, bool), String>,
+    ) -> Result<R, crate::error::ApiError> {
+        let mut guard = self.creds();
+        let mut next = guard.clone();
+        let (r, changed) = f(&mut next).map_err(crate::error::ApiError::bad_request)?;
+        if changed {
+            let bytes = serde_json::to_vec(&next)
+                .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
+            self.store.put_credentials(&bytes)?;
+            *guard = next;
         }
+        Ok(r)
     }
 
     /// The state, even after a handler panicked while holding it.

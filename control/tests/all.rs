@@ -23,7 +23,7 @@ struct Control {
 
 impl Control {
     async fn start(dir: &Path, tweak: impl FnOnce(&mut ControlConfig)) -> Control {
-        let bound = tern_api::local::Bound::loopback().await.unwrap();
+        let bound = tern_api::local::Bound::loopback().await.unwrap().plain();
         let mut cfg = ControlConfig::new(dir, TOKEN);
         tweak(&mut cfg);
         let served = tern_control::spawn(bound, cfg);

@@ -113,11 +113,36 @@ struct Node {
     _served: Served,
 }
 
+/// `TERN_BENCH_TLS=1`: the nodes speak TLS with certificates of one CA
+/// (mutual TLS between them, as in a cluster); else plain HTTP.
+fn tls_mode() -> bool {
+    std::env::var("TERN_BENCH_TLS").is_ok_and(|v| v == "1")
+}
+
+fn bench_ca() -> &'static tern_api::tls::Ca {
+    static CA: std::sync::OnceLock<tern_api::tls::Ca> = std::sync::OnceLock::new();
+    CA.get_or_init(|| tern_api::tls::Ca::generate().unwrap())
+}
+
 async fn start_node(name: &str) -> Node {
     let bound = Bound::loopback().await.unwrap();
-    let url = bound.url.clone();
     let dir = tempfile::tempdir().unwrap();
-    let served = tern_node::spawn(bound, NodeConfig::new(name, TOKEN, dir.path())).unwrap();
+    let mut config = NodeConfig::new(name, TOKEN, dir.path());
+    let bound = if tls_mode() {
+        let ca = bench_ca();
+        let id = ca
+            .issue(
+                &tern_api::tls::Role::Node(name.into()),
+                &tern_api::tls::local_hosts(&[]),
+            )
+            .unwrap();
+        config.tls = Some(tern_api::tls::Tls::new(ca.cert_pem.clone(), Some(id)).unwrap());
+        bound
+    } else {
+        bound.plain()
+    };
+    let url = bound.url.clone();
+    let served = tern_node::spawn(bound, config).unwrap();
     Node {
         name: name.into(),
         url,
@@ -127,7 +152,25 @@ async fn start_node(name: &str) -> Node {
 }
 
 fn client() -> Client {
-    Client::new(Some(TOKEN.into()))
+    if tls_mode() {
+        let trust = tern_api::tls::Tls::new(bench_ca().cert_pem.clone(), None).unwrap();
+        Client::with_tls(Some(TOKEN.into()), &trust).unwrap()
+    } else {
+        Client::new(Some(TOKEN.into()))
+    }
+}
+
+/// Announces a move to its target, as the control plane does.
+async fn expect(c: &Client, to_url: &str, from: &str, generation: u64) {
+    let e = tern_api::types::MigrationExpect {
+        app: APP.into(),
+        from: from.into(),
+        generation,
+    };
+    let _: serde_json::Value = c
+        .post_json(&format!("{to_url}/v1/migrations/expect"), &e)
+        .await
+        .expect("announce the move");
 }
 
 async fn invoke(
@@ -457,6 +500,7 @@ async fn bench() {
                         generation,
                         checkpoint_url: Some(format!("{}/v1/checkpoints/{APP}", urls[from])),
                     };
+                    expect(&c, &urls[to], &nodes[from].name, generation).await;
                     let report: MigrationReport = c
                         .post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req)
                         .await
@@ -502,6 +546,7 @@ async fn bench() {
             generation,
             checkpoint_url: None,
         };
+        expect(&c, &urls[1 - from], &nodes[from].name, generation).await;
         let _: MigrationReport = c
             .post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req)
             .await

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 use tern_api::client::ClientError;
-use tern_api::types::{AppView, InvokeRequest, InvokeResponse, NodeView};
+use tern_api::types::{InvokeRequest, InvokeResponse};
 
 use crate::error::{NodeError, Result};
 use crate::node::{lock, Node, Slot};
@@ -83,9 +83,10 @@ impl Node {
     /// Asks the control plane which node runs `app`.
     async fn ask_control(&self, app: &str) -> Option<String> {
         let control = self.control()?;
-        let view: AppView = match self
+        // Only where it runs: a node's credential does not read other apps.
+        let route: serde_json::Value = match self
             .client
-            .get_json(&format!("{control}/v1/apps/{app}"))
+            .get_json(&format!("{control}/v1/routes/{app}"))
             .await
         {
             Ok(v) => v,
@@ -94,12 +95,7 @@ impl Node {
                 return None;
             }
         };
-        let owner: NodeView = self
-            .client
-            .get_json(&format!("{control}/v1/nodes/{}", view.node?))
-            .await
-            .ok()?;
-        Some(owner.url)
+        Some(route["url"].as_str()?.to_string())
     }
 
     pub(crate) fn forget_route(&self, app: &str) {

@@ -10,10 +10,11 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tern_api::server::{
-    self, authorized, error, json, query_param, read_body, read_json, segments, unauthorized, Body,
+    self, error, json, query_param, read_body, read_json, segments, unauthorized, Body,
 };
-use tern_api::types::{InvokeRequest, MigrateRequest, MigrationOpen, StartApp};
+use tern_api::types::{InvokeRequest, MigrateRequest, MigrationExpect, MigrationOpen, StartApp};
 
+use crate::auth::Caller;
 use crate::error::{NodeError, Result};
 use crate::node::Node;
 use crate::{ingress, migrate, ops};
@@ -56,23 +57,76 @@ pub(crate) async fn route(node: Arc<Node>, req: Request<Incoming>) -> Resp {
     if path == "/apps" || path.starts_with("/apps/") {
         return ingress::ingress(node, req).await;
     }
-    if !authorized(&req, &node.config.token) {
-        return unauthorized();
-    }
-    match api(node, req).await {
+    let caller = node
+        .auth
+        .caller(server::peer(&req), server::bearer(&req), &node.config.token);
+    let peer = match caller {
+        Caller::Operator => None,
+        Caller::Node(n) => Some(n),
+        Caller::Nobody(why) if server::peer(&req).is_some() => {
+            return error(StatusCode::FORBIDDEN, format!("refused: {why}"));
+        }
+        Caller::Nobody(_) => return unauthorized(),
+    };
+    match api(node, req, peer).await {
         Ok(r) | Err(r) => r,
+    }
+}
+
+/// What another node (`peer`) may call here: only its part of a
+/// migration announced to this node (see `auth.rs`). `Err`: the refusal.
+#[allow(clippy::result_large_err)] // the refusal is the answer itself
+fn node_may(
+    node: &Node,
+    peer: &str,
+    method: &Method,
+    seg: &[&str],
+) -> std::result::Result<(), Resp> {
+    let allowed = match (method, seg) {
+        // Opening is checked against the announcement with its body.
+        (&Method::POST, ["v1", "migrations"]) => true,
+        (_, ["v1", "migrations", id, ..]) => node.auth.owns_session(peer, id),
+        (&Method::HEAD | &Method::PUT, ["v1", "modules", _]) => node.auth.is_expected_source(peer),
+        // After a handover: did the target take over, and the calls held
+        // during the pause, replayed.
+        (&Method::GET, ["v1", "apps", app])
+        | (&Method::POST, ["v1", "apps", app, "invoke" | "snapshot"]) => {
+            node.auth.is_source_of(peer, app)
+        }
+        // A hybrid move's target fetches the checkpoint from its source.
+        (&Method::GET, ["v1", "checkpoints", app]) => node.auth.is_target_of(peer, app),
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node {peer} may not call {method} /{} on node {}: a node's certificate is good for the migrations the control plane asked for, nothing else",
+                seg.join("/"),
+                node.name()
+            ),
+        ))
     }
 }
 
 /// The node API. `Err` is an answer made before an operation ran (a body
 /// that could not be read).
-async fn api(node: Arc<Node>, req: Request<Incoming>) -> std::result::Result<Resp, Resp> {
+async fn api(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: Option<String>,
+) -> std::result::Result<Resp, Resp> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let q = |name: &str| query_param(query.as_deref(), name).map(str::to_string);
     let seg = segments(&path);
     let empty = serde_json::json!({});
+    if let Some(p) = &peer {
+        node_may(&node, p, &method, &seg)?;
+    }
     Ok(match (method.clone(), seg.as_slice()) {
         (Method::GET, ["v1", "health"]) => json(StatusCode::OK, &node.info()),
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &node.heartbeat()),
@@ -128,7 +182,9 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> std::result::Result<Res
         }
         (Method::POST, ["v1", "apps", name, "migrate"]) => {
             let m: MigrateRequest = read_json(req.into_body()).await?;
+            node.auth.moving_out(name, &m.to_name);
             let report = migrate::migrate_out(node.clone(), name.to_string(), m).await;
+            node.auth.moved_out(name);
             ok(StatusCode::OK, report)
         }
         (Method::GET, ["v1", "checkpoints", name]) => blob(ops::latest_checkpoint(&node, name)),
@@ -141,12 +197,41 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> std::result::Result<Res
             let restored = ops::restore_app(&node, name, generation, restart, body).await;
             ok(StatusCode::CREATED, restored)
         }
+        (Method::POST, ["v1", "migrations", "expect"]) => {
+            let e: MigrationExpect = read_json(req.into_body()).await?;
+            if let Err(bad) = tern_api::names::check_app_name(&e.app)
+                .and_then(|()| tern_api::names::check_node_name(&e.from))
+            {
+                return Err(error(StatusCode::BAD_REQUEST, bad.to_string()));
+            }
+            node.auth.expect(e);
+            json(StatusCode::OK, &empty)
+        }
         (Method::POST, ["v1", "migrations"]) => {
             let open: MigrationOpen = read_json(req.into_body()).await?;
-            ok(
-                StatusCode::CREATED,
-                migrate::open_session(node.clone(), open).await,
-            )
+            if let Some(p) = &peer {
+                if open.from != *p {
+                    return Err(error(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "node {p} cannot open a migration in the name of node {}",
+                            open.from
+                        ),
+                    ));
+                }
+                if let Err(why) = node.auth.may_open(p, &open.app, open.spec.generation) {
+                    return Err(error(
+                        StatusCode::FORBIDDEN,
+                        format!("migration refused: {why}"),
+                    ));
+                }
+            }
+            let (app, from) = (open.app.clone(), open.from.clone());
+            let opened = migrate::open_session(node.clone(), open).await;
+            if let Ok(o) = &opened {
+                node.auth.opened(&o.id, &app, &from);
+            }
+            ok(StatusCode::CREATED, opened)
         }
         (Method::POST, ["v1", "migrations", id, step @ ("base" | "pages" | "commit" | "cold")]) => {
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
@@ -168,6 +253,7 @@ async fn api(node: Arc<Node>, req: Request<Incoming>) -> std::result::Result<Res
         }
         (Method::DELETE, ["v1", "migrations", id]) => {
             migrate::delete_session(&node, id);
+            node.auth.session_ended(id);
             json(StatusCode::OK, &empty)
         }
         _ => error(

@@ -34,12 +34,14 @@
 //! - `error.rs` — [`NodeError`].
 
 mod app;
+mod auth;
 mod checkpoint;
 mod error;
 mod fence;
 mod forward;
 mod http;
 mod ingress;
+pub mod join;
 mod migrate;
 mod modules;
 mod node;
@@ -66,8 +68,15 @@ pub struct NodeConfig {
     /// standalone). Several, comma-separated, when control planes share an
     /// etcd store: the node reports to whichever answers as the leader.
     pub control_url: Option<String>,
-    /// The cluster token: required on every API call, sent on every call out.
+    /// The operator's token, accepted on every API call (empty: none is).
+    /// Over plain HTTP it is also what the node presents to the control
+    /// plane and to other nodes; over TLS the node presents its certificate
+    /// and never sends the token.
     pub token: String,
+    /// The cluster's CA and this node's certificate: the node serves
+    /// HTTPS and talks to its peers with mutual TLS. `None`: plain HTTP,
+    /// only when the operator asked for it (`--insecure-plain-http`).
+    pub tls: Option<tern_api::tls::Tls>,
     pub labels: BTreeMap<String, String>,
     /// Where modules, checkpoints and apps' files are kept.
     pub data_dir: PathBuf,
@@ -99,6 +108,7 @@ impl NodeConfig {
             advertise_url: None,
             session_ttl: migrate::SESSION_IDLE_TTL,
             default_limits: tern_api::types::AppLimits::DEFAULT,
+            tls: None,
         }
     }
 }
@@ -139,11 +149,27 @@ pub async fn run(
 pub fn start(listener: &tokio::net::TcpListener, config: NodeConfig) -> anyhow::Result<Arc<Node>> {
     tern_api::names::check_node_name(&config.name)?;
     let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = match &config.advertise_url {
         Some(u) => u.trim_end_matches('/').to_string(),
-        None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
-        None => format!("http://{addr}"),
+        None if addr.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", addr.port()),
+        None => format!("{scheme}://{addr}"),
     };
+    if let Some(tls) = &config.tls {
+        match tls.identity.as_ref().map(|i| i.info()).transpose()? {
+            Some(info) if info.role == Some(tern_api::tls::Role::Node(config.name.clone())) => {}
+            Some(info) => anyhow::bail!(
+                "the node's certificate names {}, not node {}: join again under that name, or use its name",
+                info.role.map_or("no tern role".to_string(), |r| r.to_string()),
+                config.name
+            ),
+            None => anyhow::bail!("a node serving TLS needs its certificate and key"),
+        }
+    }
     Node::open(config, url)
 }
 
@@ -160,7 +186,11 @@ pub async fn serve(
         let n = handler_node.clone();
         Box::pin(async move { http::route(n, req).await })
     });
-    tern_api::server::serve(listener, handler, shutdown).await;
+    let opts = match &node.config.tls {
+        Some(tls) => tern_api::server::ServeOptions::tls(tls.server_config()?),
+        None => tern_api::server::ServeOptions::plain(),
+    };
+    tern_api::server::serve(listener, opts, handler, shutdown).await;
     reporter.abort();
     reaper.abort();
     // Stop every app's actor; their last checkpoints stay on disk.

@@ -47,6 +47,8 @@ pub struct Node {
     control_at: AtomicUsize,
     /// The latest checkpoint of each local app: (digest, snapshot).
     pub(crate) checkpoints: Mutex<HashMap<String, (String, Arc<Snapshot>)>>,
+    /// Who may call what (`auth.rs`).
+    pub(crate) auth: crate::auth::Auth,
 }
 
 /// Locks a mutex, going on with its data if a holder panicked (every
@@ -86,9 +88,15 @@ impl Node {
         })?;
         let generations = fence::load(&config.data_dir);
         let capacity = config.capacity.unwrap_or_else(machine_capacity);
+        // Over TLS the node proves who it is with its certificate and never
+        // sends the operator's token; over plain HTTP the token is all it has.
+        let client = match &config.tls {
+            Some(tls) => Client::with_tls(None, tls)?,
+            None => Client::new(Some(config.token.clone())),
+        };
         Ok(Arc::new(Node {
             url,
-            client: Client::new(Some(config.token.clone())),
+            client,
             config,
             runtime,
             apps: Mutex::new(HashMap::new()),
@@ -100,6 +108,7 @@ impl Node {
             controls,
             control_at: AtomicUsize::new(0),
             checkpoints: Mutex::new(HashMap::new()),
+            auth: crate::auth::Auth::default(),
         }))
     }
 

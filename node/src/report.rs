@@ -29,15 +29,28 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
         if registered {
             let hb = node.heartbeat();
             let url = format!("{control}/v1/nodes/{}/heartbeat", node.name());
-            if let Err(e) = node
+            match node
                 .client
                 .post_json::<_, serde_json::Value>(&url, &hb)
                 .await
             {
-                if e.status() == Some(404) {
-                    registered = false;
+                // The answer lists the revoked certificates: their holders
+                // are refused here too from now on.
+                Ok(answer) => {
+                    if let Some(list) = answer["revoked"].as_array() {
+                        node.auth.set_revoked(
+                            list.iter()
+                                .filter_map(|s| s.as_str().map(str::to_string))
+                                .collect(),
+                        );
+                    }
                 }
-                node.control_failed(&control, &e);
+                Err(e) => {
+                    if e.status() == Some(404) {
+                        registered = false;
+                    }
+                    node.control_failed(&control, &e);
+                }
             }
         }
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;

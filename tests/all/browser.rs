@@ -52,11 +52,19 @@ pub fn chromium() -> PathBuf {
 }
 
 impl Browser {
-    /// Starts headless Chromium and attaches to its first tab.
+    /// Starts headless Chromium and attaches to its first tab. It trusts
+    /// the tests' cluster CA: a server whose chain holds that CA (by the
+    /// SHA-256 of its public key) is accepted, as a browser that imported
+    /// `ca.pem` would.
     pub fn start() -> Browser {
+        use base64::Engine;
+        let ca = crate::nodes::test_ca();
+        let spki = tern_api::tls::cert_info(ca.cert_der()).unwrap().spki_sha256;
+        let pin = base64::engine::general_purpose::STANDARD.encode(spki);
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new(chromium())
             .args(FLAGS)
+            .arg(format!("--ignore-certificate-errors-spki-list={pin}"))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())

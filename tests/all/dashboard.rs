@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tern_api::client::Client;
 use tern_api::types::{DeployRequest, MigrationReport};
 use tokio::task::block_in_place;
 
@@ -209,7 +208,7 @@ async fn the_dashboard_page_is_self_contained_and_its_data_needs_the_token() {
         c.rebalance_interval = Duration::from_secs(3600)
     })
     .await;
-    let raw = Client::new(None);
+    let raw = crate::nodes::anonymous();
     for (path, kind) in [
         ("/", "text/html"),
         ("/dashboard.js", "text/javascript"),

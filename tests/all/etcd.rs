@@ -157,7 +157,7 @@ async fn control_planes_on_etcd_fail_over_and_keep_the_cluster() {
     assert_eq!(e.status(), Some(503), "{e}");
     assert!(e.to_string().contains(&a), "{e}");
     // Its dashboard page loads (the data it polls says it stands by).
-    let (status, page) = tern_api::client::Client::new(None)
+    let (status, page) = crate::nodes::anonymous()
         .send(
             hyper::Method::GET,
             &format!("{b}/"),

@@ -511,7 +511,7 @@ async fn the_migration_endpoints_require_the_token() {
     };
     let wrong = format!("{TOKEN}x");
     for token in [None, Some("wrong"), Some(wrong.as_str()), Some("")] {
-        let c = Client::new(token.map(str::to_string));
+        let c = Client::with_tls(token.map(str::to_string), &crate::nodes::trust()).unwrap();
         let e = c
             .post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", node.url), &open)
             .await

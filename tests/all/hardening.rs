@@ -229,7 +229,7 @@ async fn a_flood_of_calls_is_bounded_and_answered_503_with_retry_after() {
     for _ in 0..400 {
         let url = format!("{}/v1/apps/busy/invoke", node.url);
         calls.push(tokio::spawn(async move {
-            let raw = Client::new(Some(crate::nodes::TOKEN.into()))
+            let raw = client()
                 .send_raw(
                     Method::POST,
                     &url,

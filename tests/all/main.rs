@@ -16,4 +16,5 @@ mod nodes;
 mod predictive;
 mod rebalance;
 mod relay;
+mod security;
 mod support;

@@ -15,6 +15,34 @@ use tern_node::NodeConfig;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// The test process's cluster CA (every node and control plane of the
+/// tests is certified by it, as in one cluster).
+pub fn test_ca() -> Arc<tern_api::tls::Ca> {
+    static CA: std::sync::OnceLock<Arc<tern_api::tls::Ca>> = std::sync::OnceLock::new();
+    CA.get_or_init(|| Arc::new(tern_api::tls::Ca::generate().unwrap()))
+        .clone()
+}
+
+/// What a client of the tests' cluster trusts (the CA, no identity).
+pub fn trust() -> tern_api::tls::Tls {
+    tern_api::tls::Tls::new(test_ca().cert_pem.clone(), None).unwrap()
+}
+
+/// The TLS material of `role`, certified by the test CA for loopback.
+pub fn identity(role: tern_api::tls::Role) -> tern_api::tls::Tls {
+    let ca = test_ca();
+    let id = ca.issue(&role, &tern_api::tls::local_hosts(&[])).unwrap();
+    tern_api::tls::Tls::new(ca.cert_pem.clone(), Some(id)).unwrap()
+}
+
+/// A control plane's TLS material, certified by the test CA.
+pub fn control_tls() -> tern_control::ClusterTls {
+    tern_control::ClusterTls {
+        tls: identity(tern_api::tls::Role::Control),
+        ca: Some(test_ca()),
+    }
+}
+
 pub struct TestNode {
     pub name: String,
     pub url: String,
@@ -43,6 +71,7 @@ impl TestNode {
         let url = bound.url.clone();
         let dir = tempfile::tempdir().unwrap();
         let mut config = NodeConfig::new(name, TOKEN, dir.path());
+        config.tls = Some(identity(tern_api::tls::Role::Node(name.to_string())));
         setup(&mut config);
         TestNode {
             name: name.into(),
@@ -53,8 +82,28 @@ impl TestNode {
     }
 }
 
+/// The operator's client: the token, trusting the test CA.
 pub fn client() -> Client {
-    Client::new(Some(TOKEN.into()))
+    Client::with_tls(Some(TOKEN.into()), &trust()).unwrap()
+}
+
+/// A client without a token (app ingress), trusting the test CA.
+pub fn anonymous() -> Client {
+    Client::with_tls(None, &trust()).unwrap()
+}
+
+/// Tells `to` that `from` will move `app` to it at `generation` (what the
+/// control plane does before it asks the source).
+pub async fn expect(c: &Client, to_url: &str, from: &str, app: &str, generation: u64) {
+    let e = tern_api::types::MigrationExpect {
+        app: app.into(),
+        from: from.into(),
+        generation,
+    };
+    let _: serde_json::Value = c
+        .post_json(&format!("{to_url}/v1/migrations/expect"), &e)
+        .await
+        .unwrap();
 }
 
 /// Uploads a module to a node and starts it as `name`.
@@ -88,6 +137,7 @@ pub async fn migrate(
     mode: Mode,
     generation: u64,
 ) -> Result<MigrationReport, String> {
+    expect(c, &to.url, &from.name, app, generation).await;
     let req = MigrateRequest {
         to_name: to.name.clone(),
         to_url: to.url.clone(),
@@ -244,7 +294,7 @@ async fn an_app_written_to_while_it_moves_loses_no_call() {
 async fn the_api_requires_the_token() {
     let node = TestNode::start("t1").await;
     for token in [None, Some("wrong".to_string())] {
-        let c = Client::new(token);
+        let c = Client::with_tls(token, &trust()).unwrap();
         let e = c
             .get_json::<serde_json::Value>(&format!("{}/v1/status", node.url))
             .await
@@ -276,7 +326,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
         let task = tokio::spawn(async move {
-            let c = Client::new(None).with_timeout(std::time::Duration::from_secs(30));
+            let c = anonymous().with_timeout(std::time::Duration::from_secs(30));
             let mut pace = pace.map(tokio::time::interval);
             while !st.load(Ordering::Relaxed) {
                 if let Some(p) = &mut pace {
@@ -392,6 +442,7 @@ pub async fn start_control(
     setup: impl FnOnce(&mut tern_control::ControlConfig),
 ) -> (String, Served) {
     let mut cfg = tern_control::ControlConfig::new(dir, TOKEN);
+    cfg.tls = Some(control_tls());
     cfg.sample_period = std::time::Duration::from_millis(500);
     cfg.refit_interval = std::time::Duration::from_secs(1);
     cfg.predictor = tern_scheduler::PredictorConfig {

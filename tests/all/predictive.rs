@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tern_api::client::Client;
 use tern_api::types::{AppView, DeployRequest, MigrationReport, Resources};
 use tern_scheduler::RebalanceConfig;
 
@@ -87,7 +86,7 @@ impl Wave {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
         let task = tokio::spawn(async move {
-            let c = Client::new(None).with_timeout(Duration::from_secs(30));
+            let c = crate::nodes::anonymous().with_timeout(Duration::from_secs(30));
             while !st.load(Ordering::Relaxed) {
                 let now = now_unix_ms();
                 if !in_peak(now) {

@@ -6,6 +6,13 @@
 //! is refused, like a machine that lost power), flips one byte in the middle
 //! of the first `/pages` body, or holds the first request of a step until
 //! the test releases it (a migration caught in the middle, on purpose).
+//!
+//! Between nodes that speak TLS (an `https://` target) the relay ends TLS
+//! on both sides: it presents a certificate of the tests' CA for its own
+//! address, and to the target the control plane's certificate (so what it
+//! forwards is allowed as the control plane's). [`Tap`] is the other kind:
+//! it relays TCP bytes as they are and records them, to show what a
+//! machine in the middle would see.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,15 +71,36 @@ pub struct Relay {
     state: Arc<RelayState>,
 }
 
+/// The relay's TLS ends: toward the client and toward the target.
+#[derive(Clone)]
+struct TlsEnds {
+    acceptor: tokio_rustls::TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+fn tls_ends() -> TlsEnds {
+    use tern_api::tls::Role;
+    // The relay poses as a node toward the source (any name: the source
+    // checks the CA and the address), and as the control plane toward the
+    // target.
+    let as_node = crate::nodes::identity(Role::Node("relay".into()));
+    let as_control = crate::nodes::identity(Role::Control);
+    TlsEnds {
+        acceptor: tokio_rustls::TlsAcceptor::from(as_node.server_config().unwrap()),
+        connector: tokio_rustls::TlsConnector::from(as_control.client_config().unwrap()),
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 impl Relay {
     pub async fn start(target_url: &str, fault: Fault, hook: Option<Hook>) -> Relay {
-        let upstream: SocketAddr = target_url
-            .strip_prefix("http://")
-            .expect("http URL")
-            .parse()
-            .expect("target address");
+        let (scheme, rest) = target_url.split_once("://").expect("a URL");
+        let upstream: SocketAddr = rest.parse().expect("target address");
+        let tls = (scheme == "https").then(tls_ends);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (dead, _) = watch::channel(false);
         let state = Arc::new(RelayState {
             upstream,
@@ -95,10 +123,11 @@ impl Relay {
                     accepted = listener.accept() => {
                         let Ok((down, _)) = accepted else { continue };
                         let st = st.clone();
+                        let tls = tls.clone();
                         tokio::spawn(async move {
                             let mut dead = st.dead.subscribe();
                             tokio::select! {
-                                r = relay_connection(down, &st) => {
+                                r = relay_connection(down, tls, &st) => {
                                     if let Err(e) = r {
                                         eprintln!("relay: connection ended: {e}");
                                     }
@@ -136,10 +165,23 @@ impl Relay {
 
 /// Relays one client connection, request by request (HTTP/1.1 without
 /// pipelining, as hyper's client speaks it).
-async fn relay_connection(mut down: TcpStream, st: &RelayState) -> std::io::Result<()> {
-    let mut up = TcpStream::connect(st.upstream).await?;
+async fn relay_connection(
+    down: TcpStream,
+    tls: Option<TlsEnds>,
+    st: &RelayState,
+) -> std::io::Result<()> {
+    let up = TcpStream::connect(st.upstream).await?;
     down.set_nodelay(true)?;
     up.set_nodelay(true)?;
+    let (mut down, mut up): (Box<dyn Stream>, Box<dyn Stream>) = match tls {
+        None => (Box::new(down), Box::new(up)),
+        Some(t) => {
+            let down = t.acceptor.accept(down).await?;
+            let name = rustls::pki_types::ServerName::IpAddress(st.upstream.ip().into());
+            let up = t.connector.connect(name, up).await?;
+            (Box::new(down), Box::new(up))
+        }
+    };
     let (mut dbuf, mut ubuf) = (Vec::new(), Vec::new());
     loop {
         let Some(mut req) = read_message(&mut down, &mut dbuf, None).await? else {
@@ -212,7 +254,11 @@ fn bad(msg: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
 }
 
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+async fn read_more(
+    s: &mut Box<dyn Stream>,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> std::io::Result<usize> {
     buf.reserve(want.clamp(16 << 10, 4 << 20));
     s.read_buf(buf).await
 }
@@ -220,7 +266,7 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io
 /// Reads one request (`response_to: None`) or one response to a request
 /// with this method. `Ok(None)`: the peer closed between messages.
 async fn read_message(
-    s: &mut TcpStream,
+    s: &mut Box<dyn Stream>,
     buf: &mut Vec<u8>,
     response_to: Option<&str>,
 ) -> std::io::Result<Option<Message>> {
@@ -297,7 +343,7 @@ async fn read_message(
 }
 
 /// A chunked body, raw (framing included).
-async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
+async fn read_chunked(s: &mut Box<dyn Stream>, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     loop {
         let line_end = loop {
@@ -347,7 +393,10 @@ fn request_line(head: &[u8]) -> std::io::Result<(String, String)> {
     let method = parts.next().ok_or_else(|| bad("no method"))?.to_string();
     let target = parts.next().ok_or_else(|| bad("no request target"))?;
     // Origin form (`/v1/...`) or absolute form (`http://host/v1/...`).
-    let path = match target.strip_prefix("http://") {
+    let path = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
         Some(rest) => rest.find('/').map(|i| &rest[i..]).unwrap_or("/"),
         None => target,
     };
@@ -361,4 +410,62 @@ fn status_code(head: &[u8]) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("no status code"))
+}
+
+/// A TCP relay that passes bytes through untouched (TLS stays end to end)
+/// and records every byte it sees, both ways.
+pub struct Tap {
+    pub url: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Tap {
+    pub async fn start(target_url: &str) -> Tap {
+        let (scheme, rest) = target_url.split_once("://").expect("a URL");
+        let upstream: SocketAddr = rest.parse().expect("target address");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut dr, mut dw) = down.into_split();
+                    let (mut ur, mut uw) = up.into_split();
+                    let (r1, r2) = (rec.clone(), rec);
+                    let a = async move {
+                        let mut b = vec![0u8; 64 << 10];
+                        while let Ok(n) = dr.read(&mut b).await {
+                            if n == 0 || uw.write_all(&b[..n]).await.is_err() {
+                                break;
+                            }
+                            r1.lock().unwrap().extend_from_slice(&b[..n]);
+                        }
+                        let _ = uw.shutdown().await;
+                    };
+                    let z = async move {
+                        let mut b = vec![0u8; 64 << 10];
+                        while let Ok(n) = ur.read(&mut b).await {
+                            if n == 0 || dw.write_all(&b[..n]).await.is_err() {
+                                break;
+                            }
+                            r2.lock().unwrap().extend_from_slice(&b[..n]);
+                        }
+                        let _ = dw.shutdown().await;
+                    };
+                    tokio::join!(a, z);
+                });
+            }
+        });
+        Tap { url, seen }
+    }
+
+    /// Every byte relayed so far, both directions interleaved.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.seen.lock().unwrap().clone()
+    }
 }

@@ -42,6 +42,106 @@ pub struct ControlArgs {
     /// The URL nodes reach this control plane at (default: the listen address).
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
+    #[command(flatten)]
+    tls: ControlTlsArgs,
+}
+
+/// How a control plane serves TLS (`tern control`, `tern up`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ControlTlsArgs {
+    /// Use this CA (certificate file) instead of the one made in the data
+    /// dir on first start; needs --ca-key. It is copied into the data dir.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Serve with this certificate (signed by the CA in --ca-cert, or in
+    /// DATA_DIR/ca.pem) instead of one signed here; needs --tls-key.
+    /// Without the CA's key, nodes cannot join through this control plane.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "ca_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP, without TLS: nothing on the wire is encrypted and
+    /// nodes cannot join (only for a cluster on one trusted machine).
+    #[arg(long, conflicts_with_all = ["ca_cert", "tls_cert"])]
+    pub insecure_plain_http: bool,
+    /// With an `etcd+https://` store: the CA of etcd's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// With an `etcd+https://` store: the client certificate to present.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl ControlTlsArgs {
+    /// The TLS material, made or read (`None`: plain HTTP, asked for).
+    /// `hosts`: the addresses the control plane's certificate names.
+    pub fn cluster_tls(
+        &self,
+        data_dir: &Path,
+        hosts: &[String],
+    ) -> Result<Option<tern_control::ClusterTls>> {
+        if self.insecure_plain_http {
+            return Ok(None);
+        }
+        Ok(Some(
+            match (&self.ca_cert, &self.ca_key, &self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k), _, _) => {
+                    tern_control::ClusterTls::from_ca_files(c, k, data_dir, hosts)?
+                }
+                (_, _, Some(c), Some(k)) => {
+                    let ca = self
+                        .ca_cert
+                        .clone()
+                        .unwrap_or_else(|| tern_api::tls::ca_path(data_dir));
+                    tern_control::ClusterTls::from_server_files(&ca, c, k)?
+                }
+                _ => tern_control::ClusterTls::load_or_create(data_dir, hosts)?,
+            },
+        ))
+    }
+
+    /// The etcd store's TLS material, for `etcd+https://`.
+    pub fn etcd_tls(&self) -> Result<Option<tern_control::EtcdTls>> {
+        let Some(ca) = &self.etcd_ca else {
+            return Ok(None);
+        };
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let client = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        Ok(Some(tern_control::EtcdTls {
+            ca_pem: read(ca)?,
+            client,
+        }))
+    }
+}
+
+/// The hosts a control plane's certificate names: the listen host and the
+/// advertised URL's host (loopback and `localhost` are always named).
+pub fn cert_hosts(listen: &str, advertise: Option<&str>) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if let Some(h) = tern_api::tls::url_host(listen) {
+        hosts.push(h);
+    }
+    if let Some(h) = advertise.and_then(tern_api::tls::url_host) {
+        hosts.push(h);
+    }
+    hosts
 }
 
 /// The control plane's configuration from `tern control` / `tern up` flags.
@@ -60,7 +160,15 @@ pub fn control_config(
 }
 
 pub fn control(a: ControlArgs) -> Result<ExitCode> {
-    let store: tern_control::StoreConfig = a.store.parse().map_err(|e: String| anyhow!(e))?;
+    let mut store: tern_control::StoreConfig = a.store.parse().map_err(|e: String| anyhow!(e))?;
+    if let tern_control::StoreConfig::Etcd(url) = &mut store {
+        match a.tls.etcd_tls()? {
+            Some(t) if url.endpoint.starts_with("https://") => *url = url.clone().with_tls(t),
+            Some(_) => anyhow::bail!("--etcd-ca is for an etcd+https:// store"),
+            None if url.endpoint.starts_with("https://") => anyhow::bail!("an etcd+https:// store needs --etcd-ca (and --etcd-cert/--etcd-key when etcd checks clients)"),
+            None => {}
+        }
+    }
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     tern_util::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -89,6 +197,10 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
     )?;
     cfg.advertise_url = a.advertise.clone();
     cfg.store = store;
+    cfg.tls = a
+        .tls
+        .cluster_tls(&data_dir, &cert_hosts(&a.listen, a.advertise.as_deref()))?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,7 +215,11 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
                 )
             })?;
         let addr = listener.local_addr()?;
-        outln!("control plane listening on http://{addr}")?;
+        outln!("control plane listening on {scheme}://{addr}")?;
+        match &cfg.tls {
+            Some(_) => outln!("  ca     {} (clients and browsers trust this file)", tern_api::tls::ca_path(&data_dir).display())?,
+            None => outln!("  WARNING: plain HTTP (--insecure-plain-http): tokens and apps' data cross the network unencrypted")?,
+        }
         match &cfg.store {
             tern_control::StoreConfig::Redb => {
                 outln!("  state  {}", data_dir.join("control.redb").display())?

@@ -24,6 +24,7 @@ pub mod ps;
 pub mod run;
 pub mod sim;
 pub mod snapshot;
+pub mod token;
 
 fn ok() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)

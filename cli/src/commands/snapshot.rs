@@ -35,8 +35,37 @@ struct SnapshotOutput {
 
 pub fn snapshot(a: SnapshotArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?.with_timeout(Duration::from_secs(600));
-    let bytes = runtime()?
-        .block_on(ctl.post_bytes(&format!("/v1/apps/{}/snapshot", seg(&a.name)), Vec::new()))?;
+    let raw = runtime()?.block_on(async {
+        ctl.client
+            .send_raw(
+                hyper::Method::POST,
+                &ctl.url(&format!("/v1/apps/{}/snapshot", seg(&a.name))),
+                Some("application/octet-stream"),
+                bytes::Bytes::new(),
+            )
+            .await
+            .map_err(|e| ctl.err(e))
+    })?;
+    if !raw.status.is_success() {
+        let msg = serde_json::from_slice::<tern_api::types::ErrorBody>(&raw.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("the control plane answered {}", raw.status));
+        return Err(anyhow!("{msg}"));
+    }
+    // The cluster's tag goes into the file, so that `tern restore` can
+    // tell this file, unchanged, from anything else.
+    let tag = raw
+        .headers
+        .get(SNAPSHOT_MAC_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|t| <[u8; 32]>::try_from(t).ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "the control plane sent the snapshot without its tag: is it the same tern version?"
+            )
+        })?;
+    let bytes = tern_runtime::snapshot::auth::seal(&raw.body, &tag);
     write_file_atomic(&a.output, &bytes)?;
     let out = SnapshotOutput {
         app: a.name.clone(),
@@ -72,13 +101,29 @@ pub struct RestoreArgs {
     /// The module, for a snapshot that does not carry it (uploaded first).
     #[arg(long, value_name = "FILE.wasm")]
     module: Option<PathBuf>,
+    /// Restore a snapshot this cluster did not make (no tag, or a tag that
+    /// does not check out). It still gets no more than a snapshot of this
+    /// cluster: the app's own directory, the limits of the cluster.
+    #[arg(long)]
+    accept_foreign: bool,
     #[command(flatten)]
     conn: Conn,
 }
 
+/// The header carrying a snapshot's tag.
+const SNAPSHOT_MAC_HEADER: &str = "x-tern-snapshot-mac";
+
 pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
-    let bytes =
+    let file =
         std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let (body, tag) = tern_runtime::snapshot::auth::unseal(&file);
+    if tag.is_none() && !a.accept_foreign {
+        return Err(anyhow!(
+            "{} carries no tag of a tern cluster (it was not written by `tern snapshot -o`, or was changed): restore it with --accept-foreign if you trust where it came from",
+            a.file.display()
+        ));
+    }
+    let bytes = body.to_vec();
     let ctl = a.conn.connect()?.with_timeout(Duration::from_secs(600));
     let view: AppView = runtime()?.block_on(async {
         let mut q = format!("/v1/restore?name={}", percent_encode(&a.name));
@@ -92,7 +137,22 @@ pub fn restore(a: RestoreArgs) -> Result<ExitCode> {
             let (sha, _) = ctl.upload_module(m).await?;
             q.push_str(&format!("&module={sha}"));
         }
-        let answer = ctl.post_bytes(&q, bytes).await?;
+        if a.accept_foreign {
+            q.push_str("&foreign=1");
+        }
+        let mut client = ctl.client.clone();
+        if let Some(t) = tag {
+            client = client.with_header(SNAPSHOT_MAC_HEADER, &hex::encode(t));
+        }
+        let (_, answer) = client
+            .send(
+                hyper::Method::POST,
+                &ctl.url(&q),
+                "application/octet-stream",
+                bytes.into(),
+            )
+            .await
+            .map_err(|e| ctl.err(e))?;
         serde_json::from_slice(&answer).context("unexpected answer to a restore")
     })?;
     if a.conn.json {

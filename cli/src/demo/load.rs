@@ -27,13 +27,18 @@ impl Load {
     }
 }
 
-pub(super) fn start_load(method: hyper::Method, url: String, body: &'static str) -> Load {
+pub(super) fn start_load(
+    client: Client,
+    method: hyper::Method,
+    url: String,
+    body: &'static str,
+) -> Load {
     let served = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (s, f, st) = (served.clone(), failed.clone(), stop.clone());
     tokio::spawn(async move {
-        let c = Client::new(None).with_timeout(Duration::from_secs(10));
+        let c = client.with_timeout(Duration::from_secs(10));
         while !st.load(Ordering::Relaxed) {
             match c
                 .send(

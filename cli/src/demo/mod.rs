@@ -50,6 +50,11 @@ pub struct DemoArgs {
     /// (port 0: any free port).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: String,
+    /// Serve plain HTTP instead of HTTPS (nothing encrypted, no
+    /// certificates: for a browser on this machine that will not import
+    /// the demo's CA).
+    #[arg(long)]
+    insecure_plain_http: bool,
 }
 
 #[derive(Serialize)]
@@ -127,9 +132,11 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
         let bound = Bound::at(&a.listen).await.with_context(|| {
             format!("cannot listen on {}: choose another address with --listen (e.g. 127.0.0.1:0 for any free port)", a.listen)
         })?;
-        let control = bound.url.clone();
-        let dashboard = dashboard_url(&control, &token);
         let mut cfg = tern_control::ControlConfig::new(dir.clone(), token.clone());
+        if !a.insecure_plain_http {
+            let host = a.listen.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default();
+            cfg.tls = Some(tern_control::ClusterTls::load_or_create(&dir, &[host])?);
+        }
         cfg.policy = tern_scheduler::Policy::Learned;
         // A short demo: one usage sample per second and a small model,
         // refitted often, so the dashboard's demand plot shows forecasts
@@ -145,8 +152,12 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
             ..tern_scheduler::PredictorConfig::default()
         };
         let cluster = LocalCluster::start(bound, cfg, 3).await?;
+        let (control, dashboard) = (cluster.control_url.clone(), dashboard_url(&cluster.control_url, &token));
         story.say(&format!("▶ local cluster: control plane at {control}, 3 nodes (data in {})", dir.display()));
         story.say(&format!("▶ dashboard: {dashboard}"));
+        if cluster.tls.is_some() {
+            story.say(&format!("  (HTTPS with the demo's own CA: import {} into the browser as an authority, or run with --insecure-plain-http)", tern_api::tls::ca_path(&dir).display()));
+        }
         let c = cluster.client();
         let pb = story.bar(3, "cluster starting: nodes registered");
         cluster
@@ -175,8 +186,8 @@ pub fn demo(a: DemoArgs) -> Result<ExitCode> {
 
         // 3. Load: clients hit both apps through node-1's ingress all along.
         let loads = [
-            start_load(hyper::Method::POST, format!("{entry}/apps/counter/"), "1"),
-            start_load(hyper::Method::PUT, format!("{entry}/apps/kv/kv/demo"), "hello"),
+            start_load(cluster.anonymous_client(), hyper::Method::POST, format!("{entry}/apps/counter/"), "1"),
+            start_load(cluster.anonymous_client(), hyper::Method::PUT, format!("{entry}/apps/kv/kv/demo"), "hello"),
         ];
         let pb = story.spinner("serving load on both apps through node-1");
         for (load, app) in loads.iter().zip(["counter", "kv"]) {

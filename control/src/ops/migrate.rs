@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tern_api::types::{MigrateRequest, MigrationReport, Mode};
+use tern_api::types::{MigrateRequest, MigrationExpect, MigrationReport, Mode};
 
 use super::{idle_app, Result};
 use crate::error::ApiError;
@@ -72,6 +72,17 @@ pub async fn migrate(
 
     let result = async {
         sh.ensure_module(&target, &app.module_sha256).await?;
+        // The target accepts this move only from this source, at this
+        // generation: it is told before the source is asked.
+        let expect = MigrationExpect {
+            app: name.to_string(),
+            from: from.name.clone(),
+            generation,
+        };
+        sh.client
+            .post_json::<_, serde_json::Value>(&target.url("/v1/migrations/expect"), &expect)
+            .await
+            .map_err(|e| target.err(e))?;
         let checkpoint_url =
             (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
         let req = MigrateRequest {

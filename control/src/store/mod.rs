@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tern_api::types::MigrationReport;
 
-pub use etcd::{prepare as prepare_etcd, Campaign, EtcdUrl, Leadership};
+pub use etcd::{prepare as prepare_etcd, Campaign, EtcdTls, EtcdUrl, Leadership};
 
 use crate::state::{AppRec, CheckpointRec, NodeRec};
 
@@ -33,6 +33,8 @@ pub struct Loaded {
     pub migrations: Vec<(u64, MigrationReport)>,
     /// Per app: (sample index, cpu milli, memory bytes), oldest first.
     pub history: BTreeMap<String, Vec<(u64, u64, u64)>>,
+    /// The credentials record (`credentials.rs`) as JSON, if written yet.
+    pub credentials: Option<Vec<u8>>,
 }
 
 enum Backend {
@@ -179,6 +181,14 @@ impl Store {
                     .with_context(|| format!("cannot read module {sha256} back"))?;
                 l.put_module(sha256, &bytes)
             }
+        }
+    }
+
+    /// Replaces the credentials record (always durable).
+    pub fn put_credentials(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.put_credentials(bytes),
+            Backend::Etcd(l) => l.put_credentials(bytes),
         }
     }
 

@@ -27,6 +27,8 @@ const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("generation
 const MIGRATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("migrations");
 /// (app, sample index) → (cpu milli, memory bytes).
 const HISTORY: TableDefinition<(&str, u64), (u64, u64)> = TableDefinition::new("history");
+/// The credentials record (`credentials.rs`), under the key `credentials`.
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 /// The layout version of the tables; a store written by another layout is
 /// refused, never misread.
@@ -77,6 +79,7 @@ impl Redb {
             tx.open_table(GENERATIONS)?;
             tx.open_table(MIGRATIONS)?;
             tx.open_table(HISTORY)?;
+            tx.open_table(SECRETS)?;
             Ok(found)
         })?;
         if let Some(v) = found.filter(|v| *v != SCHEMA) {
@@ -129,7 +132,17 @@ impl Redb {
                 .or_default()
                 .push((idx, cpu, mem));
         }
+        if let Some(v) = tx.open_table(SECRETS)?.get("credentials")? {
+            out.credentials = Some(v.value().to_vec());
+        }
         Ok(out)
+    }
+
+    pub(super) fn put_credentials(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.write(true, |tx| {
+            tx.open_table(SECRETS)?.insert("credentials", bytes)?;
+            Ok(())
+        })
     }
 
     /// Runs `f` in a write transaction; `durable` commits are on disk when

@@ -12,7 +12,8 @@
 //!
 //! Layout (`P` is the prefix, `/tern` by default):
 //! - `P/schema` — the layout version; `P/token` — the cluster token;
-//!   `P/leader` — the leader's URL;
+//!   `P/leader` — the leader's URL; `P/credentials` — the tokens, node
+//!   certificates and revocations (`credentials.rs`), and the snapshot key;
 //! - `P/nodes/NAME`, `P/apps/NAME`, `P/checkpoints/NAME` — JSON records;
 //! - `P/generations/NAME`, `P/modules/SHA256` — decimal numbers;
 //! - `P/module-blobs/SHA256/NNNNNN` — the module's bytes in 512 KiB chunks
@@ -30,10 +31,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use serde_json::{json, Value};
 use tern_api::types::MigrationReport;
+
+mod client;
+
+use client::*;
+pub use client::{EtcdTls, EtcdUrl};
 
 use super::{decode, Loaded};
 use crate::state::{AppRec, CheckpointRec, NodeRec};
@@ -49,292 +53,6 @@ const PAGE: i64 = 256;
 const MAX_ANSWER: u64 = 256 << 20;
 /// Operations per transaction (etcd's default limit is 128).
 const MAX_OPS: usize = 100;
-
-/// Where an etcd store is: `etcd://HOST:PORT[/PREFIX]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdUrl {
-    /// `http://HOST:PORT`.
-    pub endpoint: String,
-    /// `/PREFIX` (default `/tern`): several clusters can share one etcd.
-    pub prefix: String,
-}
-
-impl std::str::FromStr for EtcdUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<EtcdUrl, String> {
-        let usage = "an etcd store is etcd://HOST:PORT or etcd://HOST:PORT/PREFIX";
-        let rest = s
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("`{s}`: {usage}"))?;
-        let (host_port, prefix) = match rest.split_once('/') {
-            Some((h, p)) => (h, p.trim_matches('/')),
-            None => (rest, "tern"),
-        };
-        let port_ok = host_port
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !port_ok {
-            return Err(format!("`{s}`: no HOST:PORT; {usage}"));
-        }
-        let prefix_ok = !prefix.is_empty()
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
-            && !prefix
-                .split('/')
-                .any(|p| p.is_empty() || p == "." || p == "..");
-        if !prefix_ok {
-            return Err(format!(
-                "`{s}`: the prefix may hold letters, digits, `-`, `_`, `.` and `/` between names"
-            ));
-        }
-        Ok(EtcdUrl {
-            endpoint: format!("http://{host_port}"),
-            prefix: format!("/{prefix}"),
-        })
-    }
-}
-
-impl std::fmt::Display for EtcdUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let host = self.endpoint.trim_start_matches("http://");
-        write!(f, "etcd://{host}{}", self.prefix)
-    }
-}
-
-/// One key and its value as etcd gives them.
-pub(crate) struct Kv {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub create_revision: i64,
-}
-
-/// Calls to etcd's v3 JSON gateway (blocking: the store's callers are).
-#[derive(Clone)]
-pub(crate) struct Etcd {
-    agent: ureq::Agent,
-    endpoint: String,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    B64.encode(bytes)
-}
-
-fn unb64(v: &Value) -> anyhow::Result<Vec<u8>> {
-    match v.as_str() {
-        None => Ok(Vec::new()),
-        Some(s) => B64
-            .decode(s)
-            .map_err(|e| anyhow!("etcd answered a value that is not base64: {e}")),
-    }
-}
-
-/// etcd's 64-bit numbers come as JSON strings; zero values are left out.
-fn int(v: &Value) -> i64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-fn op_put(key: &[u8], value: &[u8]) -> Value {
-    json!({"request_put": {"key": b64(key), "value": b64(value)}})
-}
-
-fn op_delete(key: &[u8]) -> Value {
-    json!({"request_delete_range": {"key": b64(key)}})
-}
-
-fn op_delete_range(from: &[u8], to: &[u8]) -> Value {
-    json!({"request_delete_range": {"key": b64(from), "range_end": b64(to)}})
-}
-
-fn op_get(key: &[u8]) -> Value {
-    json!({"request_range": {"key": b64(key)}})
-}
-
-/// Holds when `key` does not exist.
-fn cmp_absent(key: &[u8]) -> Value {
-    json!({"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": "0"})
-}
-
-/// Holds when `key` was created at `revision` (and not deleted since).
-fn cmp_created_at(key: &[u8], revision: i64) -> Value {
-    json!({"key": b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": revision.to_string()})
-}
-
-impl Etcd {
-    pub fn new(endpoint: &str, timeout: Duration) -> Etcd {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        Etcd {
-            agent,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-        }
-    }
-
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let bytes = serde_json::to_vec(body)?;
-        let mut resp = self
-            .agent
-            .post(format!("{}{path}", self.endpoint))
-            .header("content-type", "application/json")
-            .send(&bytes[..])
-            .map_err(|e| anyhow!("cannot reach etcd at {}: {e}", self.endpoint))?;
-        let status = resp.status().as_u16();
-        let answer = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_ANSWER)
-            .read_to_vec()
-            .map_err(|e| anyhow!("etcd at {} broke off its answer: {e}", self.endpoint))?;
-        let v: Value = serde_json::from_slice(&answer).map_err(|_| {
-            anyhow!(
-                "{} answered {path} with something else than etcd's JSON (is it etcd ≥ 3.4?)",
-                self.endpoint
-            )
-        })?;
-        if status >= 300 {
-            let msg = v["message"].as_str().or(v["error"].as_str()).unwrap_or("");
-            bail!("etcd at {} refused {path} ({status}): {msg}", self.endpoint);
-        }
-        Ok(v)
-    }
-
-    fn kvs(v: &Value) -> anyhow::Result<Vec<Kv>> {
-        let Some(list) = v["kvs"].as_array() else {
-            return Ok(Vec::new());
-        };
-        list.iter()
-            .map(|kv| {
-                Ok(Kv {
-                    key: unb64(&kv["key"])?,
-                    value: unb64(&kv["value"])?,
-                    create_revision: int(&kv["create_revision"]),
-                })
-            })
-            .collect()
-    }
-
-    pub fn get(&self, key: &[u8]) -> anyhow::Result<Option<Kv>> {
-        let v = self.post("/v3/kv/range", &json!({"key": b64(key)}))?;
-        Ok(Self::kvs(&v)?.into_iter().next())
-    }
-
-    /// Every key that starts with `prefix`, in key order (read in pages).
-    pub fn scan(&self, prefix: &[u8]) -> anyhow::Result<Vec<Kv>> {
-        let end = prefix_end(prefix);
-        let mut from = prefix.to_vec();
-        let mut out = Vec::new();
-        loop {
-            let v = self.post(
-                "/v3/kv/range",
-                &json!({"key": b64(&from), "range_end": b64(&end), "limit": PAGE.to_string()}),
-            )?;
-            let page = Self::kvs(&v)?;
-            let more = v["more"].as_bool().unwrap_or(false);
-            if let Some(last) = page.last() {
-                from = last.key.clone();
-                from.push(0);
-            }
-            let done = page.is_empty() || !more;
-            out.extend(page);
-            if done {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// A transaction: `(succeeded, the answer)`.
-    fn txn(
-        &self,
-        compare: Vec<Value>,
-        success: Vec<Value>,
-        failure: Vec<Value>,
-    ) -> anyhow::Result<(bool, Value)> {
-        let v = self.post(
-            "/v3/kv/txn",
-            &json!({"compare": compare, "success": success, "failure": failure}),
-        )?;
-        Ok((v["succeeded"].as_bool().unwrap_or(false), v))
-    }
-
-    fn grant(&self, ttl: Duration) -> anyhow::Result<i64> {
-        let v = self.post(
-            "/v3/lease/grant",
-            &json!({"TTL": ttl.as_secs().max(1).to_string()}),
-        )?;
-        match int(&v["ID"]) {
-            0 => bail!("etcd granted no lease: {v}"),
-            id => Ok(id),
-        }
-    }
-
-    /// Renews a lease; its remaining TTL in seconds (0: it has expired).
-    fn keepalive(&self, lease: i64) -> anyhow::Result<i64> {
-        let v = self.post("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))?;
-        Ok(int(&v["result"]["TTL"]))
-    }
-
-    fn revoke(&self, lease: i64) -> anyhow::Result<()> {
-        self.post("/v3/lease/revoke", &json!({"ID": lease.to_string()}))?;
-        Ok(())
-    }
-
-    /// Waits until `key` is deleted at a revision after `revision`, or
-    /// `wait` passed (the caller looks again either way).
-    fn watch_deletion(&self, key: &[u8], revision: i64, wait: Duration) -> anyhow::Result<()> {
-        use std::io::BufRead;
-        let body = json!({"create_request": {"key": b64(key), "start_revision": (revision + 1).to_string()}});
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(wait))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        let resp = agent
-            .post(format!("{}/v3/watch", self.endpoint))
-            .header("content-type", "application/json")
-            .send(&serde_json::to_vec(&body)?[..]);
-        let Ok(resp) = resp else {
-            return Ok(());
-        };
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        // The gateway streams one JSON object per line; a timeout ends the
-        // stream with an error, which is the end of the wait.
-        for line in reader.lines() {
-            let Ok(line) = line else {
-                return Ok(());
-            };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            let deleted = v["result"]["events"]
-                .as_array()
-                .is_some_and(|evs| evs.iter().any(|e| e["type"] == "DELETE"));
-            if deleted || v["result"]["canceled"].as_bool() == Some(true) {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The keys of one cluster.
 #[derive(Clone)]
@@ -358,7 +76,7 @@ pub fn prepare(
     given: Option<&str>,
     fallback: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<String> {
-    let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+    let etcd = Etcd::new(url, Duration::from_secs(10))?;
     let keys = Keys(url.prefix.clone());
     let schema_key = keys.key("schema");
     let (_, v) = etcd
@@ -406,6 +124,7 @@ pub fn prepare(
 }
 
 /// What a control plane learns when it asks for the leadership.
+#[allow(clippy::large_enum_variant)] // one per campaign, moved once
 pub enum Campaign {
     Won(Leadership),
     /// Another control plane leads, at `leader` (its URL), as of etcd's
@@ -436,7 +155,7 @@ impl Leadership {
     /// Asks for the leadership, advertising `me`; the lease lasts `ttl`
     /// without renewal.
     pub fn campaign(url: &EtcdUrl, me: &str, ttl: Duration) -> anyhow::Result<Campaign> {
-        let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+        let etcd = Etcd::new(url, Duration::from_secs(10))?;
         let keys = Keys(url.prefix.clone());
         let leader = keys.key("leader");
         let lease = etcd.grant(ttl)?;
@@ -464,7 +183,7 @@ impl Leadership {
 
     /// Waits (at most `wait`) until the leader key at `revision` goes.
     pub fn wait_for_vacancy(url: &EtcdUrl, revision: i64, wait: Duration) -> anyhow::Result<()> {
-        let etcd = Etcd::new(&url.endpoint, Duration::from_secs(10));
+        let etcd = Etcd::new(url, Duration::from_secs(10))?;
         let key = Keys(url.prefix.clone()).key("leader");
         etcd.watch_deletion(&key, revision, wait)
     }
@@ -605,6 +324,10 @@ impl Leadership {
             )?;
             out.migrations.push((seq, decode("migration", &kv.value)?));
         }
+        out.credentials = self
+            .etcd
+            .get(&self.keys.key("credentials"))?
+            .map(|kv| kv.value);
         for kv in self.dir("history")? {
             let rest = self.suffix("history", &kv.key)?;
             let (app, idx) = rest
@@ -618,6 +341,10 @@ impl Leadership {
                 .push((idx, cpu, mem));
         }
         Ok(out)
+    }
+
+    pub(super) fn put_credentials(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.write(vec![op_put(&self.keys.key("credentials"), bytes)])
     }
 
     pub(super) fn put_node(&self, n: &NodeRec) -> anyhow::Result<()> {
