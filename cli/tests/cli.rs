@@ -313,7 +313,7 @@ impl Cluster {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let control = format!("http://127.0.0.1:{port}");
+        let control = format!("https://127.0.0.1:{port}");
         let child = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args([
                 "up",
@@ -363,12 +363,14 @@ impl Cluster {
     fn counter_writer(&self, calls: usize) -> std::thread::JoinHandle<Vec<i64>> {
         let control = self.control.clone();
         let token = std::fs::read_to_string(self.dir.path().join("token")).unwrap();
+        let ca = self.dir.path().join("ca.pem");
         std::thread::spawn(move || {
             (0..calls)
                 .map(|_| {
                     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
                         .args(["invoke", "counter", "add", "1", "--json"])
                         .env("TERN_CONTROL", &control)
+                        .env("TERN_CA", &ca)
                         .env("TERN_TOKEN", token.trim())
                         .output()
                         .unwrap();
@@ -388,6 +390,7 @@ impl Cluster {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
         c.args(args)
             .env("TERN_CONTROL", &self.control)
+            .env("TERN_CA", self.dir.path().join("ca.pem"))
             .env("TERN_TOKEN", token.trim());
         c
     }
@@ -478,15 +481,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `tern node NAME` on a free port, reporting to `control`, its data in `dir`.
-fn node_proc(control: &str, name: &str, dir: &Path, token: &str) -> Proc {
+/// `tern node NAME` on a free port, joining the control plane at `control`
+/// with the join token `join` (it gets its certificate that way), its data
+/// in `dir`.
+fn node_proc(control: &str, name: &str, dir: &Path, join: &str) -> Proc {
     let p = free_port();
     Proc(
         Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["node", "--listen", &format!("127.0.0.1:{p}")])
-            .args(["--control", control, "--name", name, "--data-dir"])
+            .args(["--control", control, "--name", name, "--join", join])
+            .arg("--data-dir")
             .arg(dir)
-            .env("TERN_TOKEN", token)
+            .env_remove("TERN_TOKEN")
             .env(
                 "TERN_CACHE_DIR",
                 std::env::temp_dir().join("tern-cli-test-cache"),
@@ -496,6 +502,15 @@ fn node_proc(control: &str, name: &str, dir: &Path, token: &str) -> Proc {
             .spawn()
             .unwrap(),
     )
+}
+
+/// A single-use join token from the control plane `tern` talks to.
+fn join_token(tern: impl Fn(&[&str]) -> Output) -> String {
+    let out = tern(&["token", "create", "--scope", "join", "--json"]);
+    json(&out)["token"]
+        .as_str()
+        .expect("a join token")
+        .to_string()
 }
 
 /// Polls `check` until it returns Some, for at most `secs` seconds.
@@ -517,7 +532,8 @@ fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T
 fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let control = format!("http://127.0.0.1:{port}");
+    let control = format!("https://127.0.0.1:{port}");
+    let ca = dir.path().join("control").join("ca.pem");
     let _control = Proc(
         Command::new(env!("CARGO_BIN_EXE_tern"))
             .args([
@@ -537,24 +553,22 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
             .spawn()
             .unwrap(),
     );
-    let node = |name: &str| {
-        node_proc(
-            &control,
-            name,
-            &dir.path().join(name),
-            "restart-test-token-0123456789abcdef",
-        )
-    };
-    let first = node("first");
-    let _second = node("second");
     let tern = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(args)
             .env("TERN_CONTROL", &control)
+            .env("TERN_CA", &ca)
             .env("TERN_TOKEN", "restart-test-token-0123456789abcdef")
             .output()
             .unwrap()
     };
+    wait_for(30, "the control plane", || {
+        tern(&["nodes", "--json"]).status.success().then_some(())
+    });
+    // Each node joins with a token of its own, as an operator would have it.
+    let node = |name: &str| node_proc(&control, name, &dir.path().join(name), &join_token(tern));
+    let first = node("first");
+    let _second = node("second");
     wait_for(60, "two ready nodes", || {
         let out = tern(&["nodes", "--json"]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -633,7 +647,29 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
     // A module header, then a section that ends too soon.
     let invalid = scratch.path().join("invalid.wasm");
     std::fs::write(&invalid, b"\0asm\x01\0\0\0\x01\x7f\x00").unwrap();
-    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let nobody = format!("https://127.0.0.1:{}", free_port());
+    // The CA of another cluster.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = other.path().join("ca.pem");
+    let made = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "up",
+            "--nodes",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(other.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let made = Proc(made);
+    wait_for(30, "another cluster's CA", || {
+        other_ca.exists().then_some(())
+    });
+    drop(made);
     let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mistakes = [
         Mistake {
@@ -641,6 +677,12 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
             args: strs(&["ps"]),
             control: Some(nobody),
             remedy: &["start one with `tern up`", "TERN_CONTROL"],
+        },
+        Mistake {
+            what: "a control plane certified by another cluster's CA",
+            args: strs(&["ps", "--ca", other_ca.to_str().unwrap()]),
+            control: None,
+            remedy: &["is not certified by the CA in", "TERN_CA", "ca.pem"],
         },
         Mistake {
             what: "a wrong token",
@@ -711,6 +753,7 @@ fn common_mistakes_each_get_one_line_that_says_what_to_do() {
                 "TERN_CONTROL",
                 m.control.as_deref().unwrap_or(&cluster.control),
             )
+            .env("TERN_CA", cluster.dir.path().join("ca.pem"))
             .env("TERN_TOKEN", token.trim())
             .output()
             .unwrap();
@@ -969,11 +1012,17 @@ fn up_prints_the_dashboard_address() {
         .map_while(Result::ok)
         .find(|l| l.starts_with("dashboard: "))
         .expect("tern up prints a dashboard line");
-    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    // The page's token is a read-only one, not the cluster's.
+    let token = std::fs::read_to_string(dir.path().join("dashboard-token")).unwrap();
+    let cluster_token = std::fs::read_to_string(dir.path().join("token")).unwrap();
     assert_eq!(
         line,
-        format!("dashboard: http://127.0.0.1:{port}/#token={}", token.trim())
+        format!(
+            "dashboard: https://127.0.0.1:{port}/#token={}",
+            token.trim()
+        )
     );
+    assert!(!line.contains(cluster_token.trim()));
 }
 
 /// Lines of a child's pipe, as they come, over a channel.
@@ -1001,7 +1050,7 @@ fn demo_json_reports_every_move_and_the_dashboard() {
     );
     let dashboard = doc["dashboard"].as_str().unwrap();
     let (addr, token) = dashboard
-        .strip_prefix("http://127.0.0.1:")
+        .strip_prefix("https://127.0.0.1:")
         .and_then(|rest| rest.split_once("/#token="))
         .unwrap_or_else(|| panic!("not a loopback dashboard address: {dashboard}"));
     assert!(addr.parse::<u16>().is_ok(), "{dashboard}");
@@ -1070,7 +1119,7 @@ fn demo_keep_tells_its_story_and_serves_until_sigterm() {
         !text.contains('\x1b'),
         "no terminal codes when stderr is not a terminal:\n{text}"
     );
-    let dashboard_prefix = format!("▶ dashboard: http://127.0.0.1:{port}/#token=");
+    let dashboard_prefix = format!("▶ dashboard: https://127.0.0.1:{port}/#token=");
     let token = story
         .iter()
         .find_map(|l| l.strip_prefix(&dashboard_prefix))
@@ -1111,10 +1160,18 @@ fn demo_keep_tells_its_story_and_serves_until_sigterm() {
     );
     // Kept: the control plane answers with the dashboard's token, and the
     // load goes on.
+    // The story names the demo's CA, which the client trusts.
+    let ca = text
+        .split("import ")
+        .nth(1)
+        .and_then(|rest| rest.split(" into the browser").next())
+        .unwrap_or_else(|| panic!("the story names no CA:\n{text}"))
+        .to_string();
     let ps = || {
         let out = Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(["ps", "--json"])
-            .env("TERN_CONTROL", format!("http://127.0.0.1:{port}"))
+            .env("TERN_CONTROL", format!("https://127.0.0.1:{port}"))
+            .env("TERN_CA", &ca)
             .env("TERN_TOKEN", &token)
             .output()
             .unwrap();
@@ -1273,16 +1330,22 @@ fn control_planes_on_etcd_survive_the_leader_being_killed() {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let (a, b) = (
-        format!("http://127.0.0.1:{pa}"),
-        format!("http://127.0.0.1:{pb}"),
+        format!("https://127.0.0.1:{pa}"),
+        format!("https://127.0.0.1:{pb}"),
     );
+    // The first control plane makes the cluster's CA; the operator gives
+    // it to the second, so that nodes and clients trust both.
+    let (ca, ca_key) = (dir.path().join("a/ca.pem"), dir.path().join("a/ca.key"));
     let control = |port: u16, name: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+        c.args(["control", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--store", &store, "--data-dir"])
+            .arg(dir.path().join(name));
+        if name != "a" {
+            c.arg("--ca-cert").arg(&ca).arg("--ca-key").arg(&ca_key);
+        }
         Proc(
-            Command::new(env!("CARGO_BIN_EXE_tern"))
-                .args(["control", "--listen", &format!("127.0.0.1:{port}")])
-                .args(["--store", &store, "--data-dir"])
-                .arg(dir.path().join(name))
-                .env_remove("TERN_TOKEN")
+            c.env_remove("TERN_TOKEN")
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -1299,6 +1362,7 @@ fn control_planes_on_etcd_survive_the_leader_being_killed() {
         Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(args)
             .env("TERN_CONTROL", control)
+            .env("TERN_CA", &ca)
             .env("TERN_TOKEN", token.trim())
             .output()
             .unwrap()
@@ -1315,7 +1379,7 @@ fn control_planes_on_etcd_survive_the_leader_being_killed() {
         &format!("{a},{b}"),
         "n1",
         &dir.path().join("n1"),
-        token.trim(),
+        &join_token(|args| tern(&a, args)),
     );
     wait_for(30, "a ready node", || {
         let doc: serde_json::Value =
@@ -1570,14 +1634,23 @@ fn snapshots_resume_on_another_cpu_architecture() {
 fn an_app_moves_between_nodes_of_different_cpu_architectures() {
     let arm = Aarch64::get();
     let cluster = Cluster::up(1);
-    let token = std::fs::read_to_string(cluster.dir.path().join("token")).unwrap();
+    // The aarch64 node joins the cluster as any node does.
+    let join = join_token(|args| cluster.tern(args));
     let port = free_port();
     let _arm_node = Proc(
         arm.tern()
             .args(["node", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--control", &cluster.control, "--name", "arm", "--data-dir"])
+            .args([
+                "--control",
+                &cluster.control,
+                "--name",
+                "arm",
+                "--join",
+                &join,
+            ])
+            .arg("--data-dir")
             .arg(cluster.dir.path().join("arm"))
-            .env("TERN_TOKEN", token.trim())
+            .env_remove("TERN_TOKEN")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -68,9 +68,12 @@ impl Node {
             .map(|u| u.trim().trim_end_matches('/').to_string())
             .filter(|u| !u.is_empty())
             .collect();
-        if config.token.trim().is_empty() {
+        // Without TLS the cluster token is the node's only credential (and
+        // an empty one would let anybody in); with TLS its certificate is,
+        // and a token is only one more credential it accepts.
+        if config.tls.is_none() && config.token.trim().is_empty() {
             anyhow::bail!(
-                "a node needs the cluster token (an empty one would let anybody in): give --token or TERN_TOKEN"
+                "a node without TLS needs the cluster token (an empty one would let anybody in): give --token or TERN_TOKEN"
             );
         }
         // Owner-only: checkpoints hold apps' memory and environment.
