@@ -234,10 +234,11 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             let foreign = matches!(q("foreign").as_deref(), Some("1" | "true"));
             let mac = req.headers().get(auth::SNAPSHOT_MAC_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = read_body(req.into_body(), sh.cfg.max_blob_bytes).await?;
-            if !foreign {
+            // An empty body is refused as such (below), before its tag is.
+            if !foreign && !body.is_empty() {
                 auth::check_snapshot_mac(sh, &body, mac.as_deref())?;
             }
-            let view = ops::restore(sh, &name, node.as_deref(), restart.as_deref(), module.as_deref(), body).await?;
+            let view = ops::restore(sh, &name, node.as_deref(), restart.as_deref(), module.as_deref(), foreign, body).await?;
             Ok(server::json(StatusCode::CREATED, &view))
         }
         // Checkpoints.

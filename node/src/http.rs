@@ -193,8 +193,9 @@ async fn api(
                 q("name").ok_or_else(|| error(StatusCode::BAD_REQUEST, "restore needs ?name="))?;
             let generation = q("generation").and_then(|g| g.parse().ok()).unwrap_or(1);
             let restart = q("restart").unwrap_or_else(|| "never".to_string());
+            let foreign = matches!(q("foreign").as_deref(), Some("1" | "true"));
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
-            let restored = ops::restore_app(&node, name, generation, restart, body).await;
+            let restored = ops::restore_app(&node, name, generation, restart, foreign, body).await;
             ok(StatusCode::CREATED, restored)
         }
         (Method::POST, ["v1", "migrations", "expect"]) => {

@@ -57,12 +57,16 @@ pub(crate) async fn start_app(node: &Arc<Node>, spec: StartApp) -> Result<AppSta
 
 /// `POST /v1/restore`: runs an app here from a snapshot, at `generation`.
 /// The snapshot is decoded and checked before the generation is admitted,
-/// so bytes that are not a snapshot fence nothing.
+/// so bytes that are not a snapshot fence nothing. The app gets its own
+/// directory and its spec's limits, never the file's; a `foreign` snapshot
+/// (one the cluster did not tag) also gets none of the environment or
+/// arguments it carries.
 pub(crate) async fn restore_app(
     node: &Arc<Node>,
     name: String,
     generation: u64,
     restart: String,
+    foreign: bool,
     body: Bytes,
 ) -> Result<AppStatus> {
     tern_api::names::check_app_name(&name)?;
@@ -90,7 +94,13 @@ pub(crate) async fn restore_app(
     }
     .with_default_limits(node.config.default_limits);
     let logs = LogBuffer::new();
-    let opts = restore_options(node, &spec, &snap, &logs, true, false)?;
+    let mut opts = restore_options(node, &spec, &snap, &logs, true, false)?;
+    if foreign {
+        if let Some(w) = opts.wasi_override.as_mut() {
+            w.env.clear();
+            w.args = vec![spec.name.clone()];
+        }
+    }
     let rt = node.runtime.clone();
     let m = module.clone();
     let inst = tokio::task::spawn_blocking(move || Instance::restore(&rt, &snap, Some(m), opts))

@@ -19,6 +19,7 @@ pub async fn restore(
     node: Option<&str>,
     restart: Option<&str>,
     module: Option<&str>,
+    foreign: bool,
     bytes: Bytes,
 ) -> Result<AppView> {
     tern_api::names::check_app_name(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -114,7 +115,8 @@ pub async fn restore(
         .or(existing.as_ref().map(|a| a.restart.clone()))
         .unwrap_or_else(|| "never".into());
     let url = target.url(&format!(
-        "/v1/restore?name={name}&generation={generation}&restart={restart_word}"
+        "/v1/restore?name={name}&generation={generation}&restart={restart_word}{}",
+        if foreign { "&foreign=1" } else { "" }
     ));
     let result = sh
         .long_client
