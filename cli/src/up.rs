@@ -38,6 +38,8 @@ pub struct UpArgs {
     /// How often the rebalancer runs.
     #[arg(long, value_name = "DUR", default_value = "30s")]
     rebalance_interval: String,
+    #[command(flatten)]
+    limits: crate::commands::control::DefaultLimits,
     /// Print where everything is as one JSON document (then run as usual).
     #[arg(long)]
     json: bool,
@@ -80,6 +82,7 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
         &a.heartbeat_timeout,
         &a.rebalance_interval,
     )?;
+    a.limits.apply(&mut cfg)?;
     if !a.insecure_plain_http {
         let hosts = crate::commands::control::cert_hosts(&a.listen, None);
         cfg.tls = Some(tern_control::ClusterTls::load_or_create(&data_dir, &hosts)?);

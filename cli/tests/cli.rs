@@ -308,6 +308,11 @@ struct Cluster {
 
 impl Cluster {
     fn up(nodes: u32) -> Cluster {
+        Cluster::up_with(nodes, &[])
+    }
+
+    /// `tern up` with these flags too.
+    fn up_with(nodes: u32, flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -324,6 +329,7 @@ impl Cluster {
                 "--data-dir",
             ])
             .arg(dir.path())
+            .args(flags)
             .env(
                 "TERN_CACHE_DIR",
                 std::env::temp_dir().join("tern-cli-test-cache"),
@@ -406,6 +412,45 @@ impl Drop for Cluster {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn an_operator_sets_the_limits_of_apps_that_set_none() {
+    let cluster = Cluster::up_with(1, &["--default-memory", "64MiB", "--default-timeout", "2s"]);
+    let plain = json(&cluster.tern(&[
+        "deploy",
+        tern_artifacts::COUNTER,
+        "--name",
+        "plain",
+        "--json",
+    ]));
+    assert_eq!(plain["app"]["limits"]["memory_bytes"], 64u64 << 20, "{plain}");
+    assert_eq!(plain["app"]["limits"]["timeout_ms"], 2000, "{plain}");
+    // An app's own limits win over the defaults.
+    let own = json(&cluster.tern(&[
+        "deploy",
+        tern_artifacts::COUNTER,
+        "--name",
+        "own",
+        "--memory",
+        "16MiB",
+        "--json",
+    ]));
+    assert_eq!(own["app"]["limits"]["memory_bytes"], 16u64 << 20, "{own}");
+    assert_eq!(own["app"]["limits"]["timeout_ms"], 2000, "{own}");
+
+    // Nonsense is refused before anything starts, saying which flag.
+    for (flag, value) in [("--default-memory", "0"), ("--default-timeout", "soon")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["up", "--nodes", "0", "--listen", "127.0.0.1:0", flag, value])
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("refused"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
 }
 
 #[test]

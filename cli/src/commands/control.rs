@@ -39,6 +39,8 @@ pub struct ControlArgs {
     /// How often the rebalancer runs.
     #[arg(long, value_name = "DUR", default_value = "30s")]
     rebalance_interval: String,
+    #[command(flatten)]
+    limits: DefaultLimits,
     /// The URL nodes reach this control plane at (default: the listen address).
     #[arg(long, value_name = "URL")]
     advertise: Option<String>,
@@ -144,6 +146,38 @@ pub fn cert_hosts(listen: &str, advertise: Option<&str>) -> Vec<String> {
     hosts
 }
 
+/// The limits an app that sets none gets (`tern control`, `tern up`).
+#[derive(Args)]
+pub struct DefaultLimits {
+    /// Memory of an app that does not set it: all its linear memories
+    /// together (`memory.grow` past it fails as Wasm says).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    default_memory: String,
+    /// Time per call of an app that does not set it; a call past it is
+    /// stopped and answered with an error, and the app goes on.
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    default_timeout: String,
+}
+
+impl DefaultLimits {
+    /// Sets the control plane's defaults from the flags.
+    pub fn apply(&self, cfg: &mut tern_control::ControlConfig) -> Result<()> {
+        let memory = crate::util::parse_size(&self.default_memory)
+            .with_context(|| format!("--default-memory {}", self.default_memory))?;
+        let timeout = parse_duration(&self.default_timeout)
+            .with_context(|| format!("--default-timeout {}", self.default_timeout))?;
+        if memory == 0 || timeout.is_zero() {
+            anyhow::bail!("--default-memory and --default-timeout must be more than 0");
+        }
+        cfg.default_limits = tern_api::types::AppLimits {
+            memory_bytes: Some(memory),
+            timeout_ms: Some(timeout.as_millis() as u64),
+            fuel: None,
+        };
+        Ok(())
+    }
+}
+
 /// The control plane's configuration from `tern control` / `tern up` flags.
 pub fn control_config(
     data_dir: &Path,
@@ -195,6 +229,7 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
         &a.heartbeat_timeout,
         &a.rebalance_interval,
     )?;
+    a.limits.apply(&mut cfg)?;
     cfg.advertise_url = a.advertise.clone();
     cfg.store = store;
     cfg.tls = a
