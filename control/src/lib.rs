@@ -80,9 +80,12 @@ impl std::str::FromStr for StoreConfig {
     fn from_str(s: &str) -> Result<StoreConfig, String> {
         match s {
             "redb" => Ok(StoreConfig::Redb),
-            s if s.starts_with("etcd://") => Ok(StoreConfig::Etcd(s.parse()?)),
+            s if s.starts_with("etcd://") || s.starts_with("etcd+https://") => {
+                Ok(StoreConfig::Etcd(s.parse()?))
+            }
             s => Err(format!(
-                "unknown store `{s}`: use redb (the default) or etcd://HOST:PORT[/PREFIX]"
+                "unknown store `{s}`: use redb (the default), etcd://HOST:PORT[/PREFIX] \
+                 or etcd+https://HOST:PORT[/PREFIX]"
             )),
         }
     }

@@ -352,3 +352,107 @@ async fn a_leader_cut_off_from_etcd_stands_by_after_its_lease() {
         .unwrap_err();
     assert_eq!(e.status(), Some(503), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_planes_reach_etcd_over_mutual_tls_only_with_the_right_certificates() {
+    // etcd's CA is not the cluster's: an operator's etcd has its own PKI.
+    let pki = tempfile::tempdir().unwrap();
+    let ca = tern_api::tls::Ca::generate().unwrap();
+    let server = ca
+        .issue(
+            &tern_api::tls::Role::Node("etcd".into()),
+            &["127.0.0.1".into()],
+        )
+        .unwrap();
+    let client_id = ca
+        .issue(&tern_api::tls::Role::Control, &["127.0.0.1".into()])
+        .unwrap();
+    let write = |name: &str, text: &str| {
+        let p = pki.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_pem = write("ca.pem", &ca.cert_pem);
+    let etcd = Etcd::start_tls(
+        &ca_pem,
+        &write("etcd.pem", &server.cert_pem),
+        &write("etcd.key", &server.key_pem),
+    );
+    let url = etcd.store_url("secure");
+    assert!(url.starts_with("etcd+https://"), "{url}");
+    // `--store etcd+https://...` parses as the command line gives it.
+    let StoreConfig::Etcd(bare) = url.parse::<StoreConfig>().unwrap() else {
+        panic!("{url} is not an etcd store");
+    };
+    let good = bare.clone().with_tls(tern_control::EtcdTls {
+        ca_pem: ca.cert_pem.clone(),
+        client: Some((client_id.cert_pem.clone(), client_id.key_pem.clone())),
+    });
+
+    // Without a client certificate, or trusting another CA, etcd is not
+    // reached, and the error says why.
+    let no_client = bare.clone().with_tls(tern_control::EtcdTls {
+        ca_pem: ca.cert_pem.clone(),
+        client: None,
+    });
+    let other = tern_api::tls::Ca::generate().unwrap();
+    let wrong_ca = bare.clone().with_tls(tern_control::EtcdTls {
+        ca_pem: other.cert_pem.clone(),
+        client: Some((client_id.cert_pem.clone(), client_id.key_pem.clone())),
+    });
+    for (what, u) in [
+        ("no client certificate", no_client),
+        ("another CA", wrong_ca),
+    ] {
+        let err = tokio::task::spawn_blocking(move || {
+            tern_control::etcd_token(&u, Some("t0123456789abcdef"), || unreachable!())
+        })
+        .await
+        .unwrap()
+        .expect_err(what);
+        let msg = format!("{err:#}");
+        assert!(msg.contains("etcd"), "{what}: {msg}");
+    }
+
+    // With them, two control planes share it: one leads, one stands by,
+    // and the standby takes over with the records the leader wrote.
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start = |dir: std::path::PathBuf| {
+        let store = StoreConfig::Etcd(good.clone());
+        async move {
+            start_control(&dir, move |cfg| {
+                cfg.store = store;
+                cfg.lease_ttl = LEASE;
+            })
+            .await
+        }
+    };
+    let (a, stop_a) = start(dir_a.path().into()).await;
+    role(&a, "control").await;
+    let (b, _stop_b) = start(dir_b.path().into()).await;
+    assert_eq!(role(&b, "standby").await["leader"], a.as_str());
+    let c = client();
+    let both = format!("{a},{b}");
+    let _n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
+    eventually("the node registered", async || {
+        let ns: Vec<NodeView> = c.get_json(&format!("{a}/v1/nodes")).await.ok()?;
+        (ns.len() == 1).then_some(())
+    })
+    .await;
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{a}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let req = DeployRequest {
+        name: "counter".into(),
+        module_sha256: sha.clone(),
+        ..Default::default()
+    };
+    let _: Value = c.post_json(&format!("{a}/v1/apps"), &req).await.unwrap();
+    drop(stop_a);
+    role(&b, "control").await;
+    let apps: Vec<AppView> = c.get_json(&format!("{b}/v1/apps")).await.unwrap();
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    assert_eq!(apps[0].module_sha256, sha);
+}

@@ -3,7 +3,7 @@
 //! panic that says what to install. `.ci/run` installs them up front.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,11 @@ pub fn debian_tool(paths: &[&str], package: &str, how: &str) -> PathBuf {
 /// An etcd server (Debian's `etcd-server`) on two free loopback ports, its
 /// data in a temporary directory; killed when dropped.
 pub struct Etcd {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with TLS).
     pub endpoint: String,
+    /// A plain HTTP listener: the client one, or with TLS the metrics one
+    /// (which answers `/health` only).
+    plain: String,
     child: Child,
     dir: PathBuf,
 }
@@ -38,6 +41,18 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd and waits until it is healthy (a leader elected).
     pub fn start() -> Etcd {
+        Etcd::launch(None)
+    }
+
+    /// Starts etcd serving its clients over TLS only, with `cert`/`key`
+    /// (PEM files), and requiring a client certificate signed by `ca`
+    /// (`--client-cert-auth`). Its health (and [`Etcd::http`]) is on a
+    /// separate plain metrics listener.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> Etcd {
+        Etcd::launch(Some((ca, cert, key)))
+    }
+
+    fn launch(tls: Option<(&Path, &Path, &Path)>) -> Etcd {
         let bin = debian_tool(
             &["/usr/bin/etcd"],
             "etcd-server",
@@ -47,24 +62,41 @@ impl Etcd {
         let dir =
             std::env::temp_dir().join(format!("tern-etcd-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("etcd's directory");
-        let (client_port, peer_port) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client_port}");
+        let (client_port, peer_port, plain_port) = (free_port(), free_port(), free_port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
+        let plain = match tls {
+            Some(_) => format!("http://127.0.0.1:{plain_port}"),
+            None => endpoint.clone(),
+        };
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(dir.join("etcd.log")).expect("etcd's log");
-        let child = Command::new(bin)
-            .args(["--name", "t", "--data-dir"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--name", "t", "--data-dir"])
             .arg(dir.join("data"))
             .args(["--listen-client-urls", &endpoint])
             .args(["--advertise-client-urls", &endpoint])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &format!("t={peer}")]);
+        if let Some((ca, cert, key)) = tls {
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--client-cert-auth")
+                .args(["--listen-metrics-urls", &plain]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");
         let etcd = Etcd {
             endpoint,
+            plain,
             child,
             dir,
         };
@@ -85,15 +117,18 @@ impl Etcd {
 
     /// `etcd://127.0.0.1:PORT/PREFIX`, as `tern control --store` takes it.
     pub fn store_url(&self, prefix: &str) -> String {
-        format!(
-            "etcd://{}/{prefix}",
-            self.endpoint.trim_start_matches("http://")
-        )
+        match self.endpoint.strip_prefix("https://") {
+            Some(host) => format!("etcd+https://{host}/{prefix}"),
+            None => format!(
+                "etcd://{}/{prefix}",
+                self.endpoint.trim_start_matches("http://")
+            ),
+        }
     }
 
     /// A plain HTTP/1.0 exchange with etcd's JSON gateway: status and body.
     pub fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        let addr = self.endpoint.trim_start_matches("http://");
+        let addr = self.plain.trim_start_matches("http://");
         let mut s = std::net::TcpStream::connect(addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
