@@ -424,7 +424,11 @@ fn an_operator_sets_the_limits_of_apps_that_set_none() {
         "plain",
         "--json",
     ]));
-    assert_eq!(plain["app"]["limits"]["memory_bytes"], 64u64 << 20, "{plain}");
+    assert_eq!(
+        plain["app"]["limits"]["memory_bytes"],
+        64u64 << 20,
+        "{plain}"
+    );
     assert_eq!(plain["app"]["limits"]["timeout_ms"], 2000, "{plain}");
     // An app's own limits win over the defaults.
     let own = json(&cluster.tern(&[
