@@ -96,6 +96,16 @@ impl Client {
         Ok(Client::with_config(token, tls.client_config()?))
     }
 
+    /// As [`Client::with_tls`], for servers whose certificate names `role`
+    /// only (any other certificate of the cluster is refused).
+    pub fn with_tls_for(
+        token: Option<String>,
+        tls: &crate::tls::Tls,
+        role: &crate::tls::Role,
+    ) -> anyhow::Result<Client> {
+        Ok(Client::with_config(token, tls.client_config_for(role)?))
+    }
+
     /// A client with this TLS configuration (`http://` URLs stay plain).
     pub fn with_config(token: Option<String>, tls: Arc<rustls::ClientConfig>) -> Client {
         let mut http = HttpConnector::new();

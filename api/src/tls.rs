@@ -551,6 +551,96 @@ impl Tls {
     }
 }
 
+impl Tls {
+    /// As [`Tls::client_config`], and the server's certificate must also
+    /// name `role`: a node moving an app checks that the target is the node
+    /// the control plane chose, not any holder of a cluster certificate.
+    pub fn client_config_for(&self, role: &Role) -> Result<Arc<rustls::ClientConfig>> {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .build()
+        .map_err(|e| anyhow!("cannot verify server certificates: {e}"))?;
+        let verifier = Arc::new(ExpectRole {
+            inner,
+            role: role.clone(),
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow!("{e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let cfg = match &self.identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.certs()?, id.key()?)
+                .map_err(|e| anyhow!("the certificate and key do not go together: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// The CA's verdict, then the role the certificate names.
+#[derive(Debug)]
+struct ExpectRole {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    role: Role,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ExpectRole {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let named = cert_info(end_entity).ok().and_then(|i| i.role);
+        if named.as_ref() != Some(&self.role) {
+            let named = match named {
+                Some(Role::Node(n)) => format!("node {n}"),
+                Some(Role::Control) => "the control plane".to_string(),
+                None => "no tern role".to_string(),
+            };
+            let want = match &self.role {
+                Role::Node(n) => format!("node {n}"),
+                Role::Control => "the control plane".to_string(),
+            };
+            return Err(rustls::Error::General(format!(
+                "the server's certificate names {named}, not {want}"
+            )));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The certificates a server presented (DER, its own first).
 pub type SeenChain = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 
