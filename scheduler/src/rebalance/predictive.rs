@@ -419,8 +419,9 @@ impl<'a> Plan<'a> {
                             best = Some((Step::Move { app: a, to: j }, gain));
                         }
                         if self.moves_left() >= 2 {
+                            let floor = best.as_ref().map_or(1e-9, |b| b.1);
                             if let Some((step, g)) =
-                                self.best_chain(a, j, &costs, without, cj, cheapest)
+                                self.best_chain(a, j, &costs, without, cj, cheapest, floor)
                             {
                                 if better(&best, g) {
                                     best = Some((step, g));
@@ -465,7 +466,9 @@ impl<'a> Plan<'a> {
     }
 
     /// The best chain that moves `a` to `j` and refills `a`'s node with an
-    /// app from a third node that costs something, and its gain.
+    /// app from a third node that costs something, and its gain, if it
+    /// gains more than `floor`.
+    #[allow(clippy::too_many_arguments)]
     fn best_chain(
         &self,
         a: usize,
@@ -474,6 +477,7 @@ impl<'a> Plan<'a> {
         without: f64,
         cj: f64,
         cheapest: f64,
+        floor: f64,
     ) -> Option<(Step, f64)> {
         let app = &self.apps[a];
         let i = app.node;
@@ -484,7 +488,7 @@ impl<'a> Plan<'a> {
                 continue;
             }
             // `i` ends at `without` or more, `k` at no less than nothing.
-            if head + costs[k] - cheapest <= best.as_ref().map_or(1e-9, |b| b.1) {
+            if head + costs[k] - cheapest <= best.as_ref().map_or(floor, |b| b.1) {
                 continue;
             }
             for &b in &self.on[k] {
@@ -502,7 +506,7 @@ impl<'a> Plan<'a> {
                     - self.cost_with(k, None, Some(b))
                     - app.price
                     - other.price;
-                if gain > 1e-9 && best.as_ref().is_none_or(|x| gain > x.1) {
+                if gain > floor && best.as_ref().is_none_or(|x| gain > x.1) {
                     best = Some((Step::Chain { a, to: j, b }, gain));
                 }
             }
