@@ -166,8 +166,20 @@ struct App<'a> {
 /// A change to the assignment: one app moved, or two swapped.
 #[derive(Clone, Copy)]
 enum Step {
-    Move { app: usize, to: usize },
-    Swap { a: usize, b: usize },
+    Move {
+        app: usize,
+        to: usize,
+    },
+    Swap {
+        a: usize,
+        b: usize,
+    },
+    /// `a` moves to `to`, and `b` takes its place on `a`'s node.
+    Chain {
+        a: usize,
+        to: usize,
+        b: usize,
+    },
 }
 
 struct Plan<'a> {
@@ -401,12 +413,20 @@ impl<'a> Plan<'a> {
                         continue;
                     }
                     if self.may_take(j, a, None) {
-                        let gain = costs[i] + costs[j]
-                            - without
-                            - self.cost_with(j, Some(a), None)
-                            - app.price;
+                        let cj = self.cost_with(j, Some(a), None);
+                        let gain = costs[i] + costs[j] - without - cj - app.price;
                         if better(&best, gain) {
                             best = Some((Step::Move { app: a, to: j }, gain));
+                        }
+                        if self.moves_left() >= 2 {
+                            let floor = best.as_ref().map_or(1e-9, |b| b.1);
+                            if let Some((step, g)) =
+                                self.best_chain(a, j, &costs, without, cj, cheapest, floor)
+                            {
+                                if better(&best, g) {
+                                    best = Some((step, g));
+                                }
+                            }
                         }
                     }
                     if self.moves_left() < 2 {
@@ -443,6 +463,55 @@ impl<'a> Plan<'a> {
             }
         }
         best.map(|(step, _)| step)
+    }
+
+    /// The best chain that moves `a` to `j` and refills `a`'s node with an
+    /// app from a third node that costs something, and its gain, if it
+    /// gains more than `floor`.
+    #[allow(clippy::too_many_arguments)]
+    fn best_chain(
+        &self,
+        a: usize,
+        j: usize,
+        costs: &[f64],
+        without: f64,
+        cj: f64,
+        cheapest: f64,
+        floor: f64,
+    ) -> Option<(Step, f64)> {
+        let app = &self.apps[a];
+        let i = app.node;
+        let head = costs[i] - without + costs[j] - cj - app.price;
+        let mut best: Option<(Step, f64)> = None;
+        for k in 0..self.nodes.len() {
+            if k == i || k == j || costs[k] <= cheapest {
+                continue;
+            }
+            // `i` ends at `without` or more, `k` at no less than nothing.
+            if head + costs[k] - cheapest <= best.as_ref().map_or(floor, |b| b.1) {
+                continue;
+            }
+            for &b in &self.on[k] {
+                let other = &self.apps[b];
+                if other.forecast.cpu_mean <= 0.0
+                    || other.forecast.cpu_mean >= app.forecast.cpu_mean
+                    || !self.movable(b, app.seconds)
+                    || !self.may_take(i, b, Some(a))
+                {
+                    continue;
+                }
+                let gain = costs[i] + costs[j] + costs[k]
+                    - self.cost_with(i, Some(b), Some(a))
+                    - cj
+                    - self.cost_with(k, None, Some(b))
+                    - app.price
+                    - other.price;
+                if gain > floor && best.as_ref().is_none_or(|x| gain > x.1) {
+                    best = Some((Step::Chain { a, to: j, b }, gain));
+                }
+            }
+        }
+        best
     }
 
     fn apply(&mut self, a: usize, to: usize, reason: MoveReason) {
@@ -518,10 +587,14 @@ impl<'a> Plan<'a> {
 /// that replicas of one group (which share its load) err together, so the
 /// variance is the sum over groups of the square of their standard
 /// deviations summed. With exact forecasts it is the demand itself. A node costs `overload_weight × capacity × P(overload)` plus its
-/// expected unserved CPU. Step by step, the planner takes the move of one
-/// app, or the swap of two, off a node that costs something that lowers
-/// the cluster's cost the most, net of the CPU the migrations themselves
-/// take, until no step gains or the limits are reached.
+/// expected unserved CPU. Step by step, the planner takes the step off a
+/// node that costs something that lowers the cluster's cost the most, net
+/// of the CPU the migrations themselves take, until no step gains or the
+/// limits are reached. A step is the move of one app, the swap of two, or
+/// a chain: one app moved and another, from a third node that costs
+/// something, moved into the room it leaves (what triage needs when the
+/// app that should leave a node is bigger than that node's excess: moved
+/// alone, it would waste the rest of the room it frees).
 ///
 /// This keeps room where forecasts are uncertain, packs what is certain,
 /// and triages: when the forecast says the cluster cannot hold everything,
@@ -554,6 +627,13 @@ pub fn plan_predictive(
                 let reason = plan.reason(i);
                 plan.apply(a, j, reason);
                 plan.apply(b, i, MoveReason::Swap);
+            }
+            Step::Chain { a, to, b } => {
+                let (i, k) = (plan.apps[a].node, plan.apps[b].node);
+                let reason = plan.reason(i);
+                plan.apply(a, to, reason);
+                let reason = plan.reason(k);
+                plan.apply(b, i, reason);
             }
         }
     }

@@ -51,8 +51,9 @@
 //!   observed in the minute before ([`crate::plan_rebalance`]: act above
 //!   `target_utilization`, even load out when every node is that busy).
 //! - `learned` places by the predictor's expected demand and rebalances on
-//!   its forecast ([`crate::plan_predictive`]: moves and swaps that lower
-//!   each node's chance of overload, weighed by `overload_weight`, plus its
+//!   its forecast ([`crate::plan_predictive`]: moves, swaps and chains (a
+//!   move and the move that fills the room it leaves) that lower each
+//!   node's chance of overload, weighed by `overload_weight`, plus its
 //!   expected unserved CPU; when the forecast cannot fit, the overflow is
 //!   gathered on few nodes). The forecast of a minute is the CPU of the
 //!   invocations already running (known: they started before it) plus the
