@@ -1,5 +1,5 @@
-//! `tern migrate`: move an app to another node, cold, hot or hybrid, and
-//! report the downtime, total time, bytes and rounds.
+//! `tern migrate`: move an app to another node, cold, hot, hybrid or
+//! post-copy, and report the downtime, total time, bytes and rounds.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,8 +21,10 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "NODE")]
     to: String,
     /// cold: stop, copy, restore; hot: live pre-copy while it serves;
-    /// hybrid: the target starts from a checkpoint, only the delta moves.
-    #[arg(long, value_name = "MODE", default_value = "hot", value_parser = ["cold", "hot", "hybrid"])]
+    /// hybrid: the target starts from a checkpoint, only the delta moves;
+    /// postcopy: the app resumes on the target at once and its pages
+    /// follow, fetched on first touch (hot where userfaultfd is missing).
+    #[arg(long, value_name = "MODE", default_value = "hot", value_parser = ["cold", "hot", "hybrid", "postcopy"])]
     mode: String,
     #[command(flatten)]
     conn: Conn,

@@ -83,14 +83,15 @@ pub async fn migrate(
             .post_json::<_, serde_json::Value>(&target.url("/v1/migrations/expect"), &expect)
             .await
             .map_err(|e| target.err(e))?;
-        let checkpoint_url =
-            (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
+        let checkpoint_url = matches!(mode, Mode::Hybrid | Mode::Postcopy)
+            .then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
         let req = MigrateRequest {
             to_name: target.name.clone(),
             to_url: target.url.clone(),
             mode,
             generation,
             checkpoint_url,
+            postcopy_after_rounds: None,
         };
         sh.long_client
             .post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req)

@@ -29,9 +29,10 @@
 //! The bytes on the wire (page chunks, the stop-and-copy frame) are the
 //! snapshot module's (`tern_runtime::snapshot`).
 
-mod replay;
-mod source;
-mod target;
+pub(crate) mod postcopy;
+pub(crate) mod replay;
+pub(crate) mod source;
+pub(crate) mod target;
 
 use std::path::PathBuf;
 use std::sync::Arc;

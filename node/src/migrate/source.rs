@@ -76,6 +76,11 @@ pub(crate) async fn migrate_out(
             }
         }
     }
+    // Post-copy: the checkpoint the target restarts from if this node is
+    // lost before every page is there.
+    let postcopy_checkpoint = (mode == Mode::Postcopy)
+        .then(|| node.latest_checkpoint(&app).map(|c| c.0))
+        .flatten();
     let open = MigrationOpen {
         app: app.clone(),
         from: node.name().to_string(),
@@ -84,7 +89,10 @@ pub(crate) async fn migrate_out(
             generation: req.generation,
             ..spec
         },
-        checkpoint_digest: checkpoint.as_ref().map(|c| c.0.clone()),
+        checkpoint_digest: checkpoint
+            .as_ref()
+            .map(|c| c.0.clone())
+            .or(postcopy_checkpoint),
         checkpoint_url: req.checkpoint_url.clone(),
     };
     let opened: MigrationOpened = node
@@ -99,15 +107,24 @@ pub(crate) async fn migrate_out(
         handle,
         app,
         to_url: req.to_url.clone(),
+        to_name: req.to_name.clone(),
         bytes_sent: module_bytes,
         pages_sent: 0,
         rounds: 0,
         tracking: "none".to_string(),
         note,
         paused_at: None,
+        postcopy_remote: Vec::new(),
     };
+    if let (Mode::Postcopy, Some(why)) = (mode, &opened.postcopy_unavailable) {
+        mode = Mode::Hot;
+        mv.note = Some(format!(
+            "post-copy is not available on the target ({why}): moved hot instead"
+        ));
+    }
     let outcome = match mode {
         Mode::Cold => mv.cold().await,
+        Mode::Postcopy => mv.postcopy_switch().await,
         _ => mv.live(checkpoint.map(|c| c.1)).await,
     };
     let t_pause = match outcome {
@@ -115,7 +132,10 @@ pub(crate) async fn migrate_out(
         Err(e) => mv.rollback(e, req.generation).await?,
     };
     let downtime = t_pause.elapsed();
-    let requests_held = mv.handover().await;
+    let requests_held = match mode {
+        Mode::Postcopy => mv.postcopy_finish(open.spec.clone()).await?,
+        _ => mv.handover().await,
+    };
     Ok(MigrationReport {
         app: mv.app,
         mode: mode.to_string(),
@@ -157,21 +177,24 @@ async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<
 }
 
 /// A move in progress on the source: where it goes and what it sent.
-struct Move {
-    node: Arc<Node>,
-    handle: AppHandle,
-    app: String,
-    to_url: String,
+pub(crate) struct Move {
+    pub(crate) node: Arc<Node>,
+    pub(crate) handle: AppHandle,
+    pub(crate) app: String,
+    pub(crate) to_url: String,
+    pub(crate) to_name: String,
     /// The target's session (`.../v1/migrations/ID`).
-    session: String,
-    bytes_sent: u64,
-    pages_sent: u64,
+    pub(crate) session: String,
+    pub(crate) bytes_sent: u64,
+    pub(crate) pages_sent: u64,
     rounds: u32,
     tracking: String,
-    note: Option<String>,
+    pub(crate) note: Option<String>,
     /// Set when the app is asked to freeze: from then on a failure must ask
     /// the target whether it took over before resuming the app here.
-    paused_at: Option<Instant>,
+    pub(crate) paused_at: Option<Instant>,
+    /// Post-copy: the pages the target lacks after the switch.
+    pub(crate) postcopy_remote: Vec<tern_runtime::snapshot::RemotePages>,
 }
 
 impl Move {
