@@ -314,17 +314,24 @@ async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
         .expect_err("the call fails");
     eprintln!("call during the loss: {e}");
     // The app restarts on n2 from its checkpoint, whole.
-    wait_until("the app restarts from its checkpoint", || async {
-        c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+    let t0 = Instant::now();
+    loop {
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/heap", n2.url))
             .await
-            .is_ok_and(|st| {
-                st["state"] == "running"
-                    && st["last_error"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("restarted from its last checkpoint"))
-            })
-    })
-    .await;
+            .unwrap_or_default();
+        let restarted = st["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted from its last checkpoint"));
+        if st["state"] == "running" && restarted {
+            break;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "no restart from the checkpoint: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let st: Value = c
         .get_json(&format!("{}/v1/apps/heap", n2.url))
         .await

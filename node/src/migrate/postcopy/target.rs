@@ -29,6 +29,8 @@ const WANTS_QUEUED: usize = 1024;
 const STALL: Duration = Duration::from_secs(10);
 /// Attempts per fetch before the source counts as lost.
 const FETCH_ATTEMPTS: u32 = 3;
+/// Attempts to get the checkpoint after the source was lost, 500 ms apart.
+const CHECKPOINT_ATTEMPTS: u32 = 20;
 
 /// `POST /v1/migrations/ID/postcopy?from_url=URL`: the switch-over frame.
 /// The app resumes here before its pages are; the answer acknowledges.
@@ -212,9 +214,9 @@ async fn source_lost(
     tracing::warn!(app = %s.app, "{lost}");
     let replacement = match &s.checkpoint {
         None => Err("it has no checkpoint to restart from".to_string()),
-        Some((digest, url)) => match node.checkpoint_for(&s.app, digest, url.as_deref()).await {
+        Some((digest, url)) => match checkpoint(node, &s.app, digest, url.as_deref()).await {
             Err(e) => Err(format!("its checkpoint cannot be had: {e}")),
-            Ok((snap, _)) => {
+            Ok(snap) => {
                 let (rt, node2, s2) = (node.runtime.clone(), node.clone(), s.clone());
                 tokio::task::spawn_blocking(move || {
                     let opts = restore_options(&node2, &s2.spec, &snap, &s2.logs, true, true)
@@ -239,6 +241,28 @@ async fn source_lost(
             let _ = h.send(Cmd::PostcopyLost { why, replacement });
         }
         _ => release(replacement),
+    }
+}
+
+/// The app's checkpoint, asked a few times: the control plane hands it
+/// only to the node it knows runs the app, which it learns from this
+/// node's next heartbeat when the move's own answer never came.
+async fn checkpoint(
+    node: &Node,
+    app: &str,
+    digest: &str,
+    url: Option<&str>,
+) -> Result<Arc<tern_runtime::Snapshot>> {
+    let mut attempt = 0;
+    loop {
+        match node.checkpoint_for(app, digest, url).await {
+            Ok((snap, _)) => return Ok(snap),
+            Err(e) if attempt >= CHECKPOINT_ATTEMPTS => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
