@@ -29,7 +29,8 @@
 //! p99 is nearest-rank: with fewer than 100 samples it is the maximum.
 //! Knobs for quick looks: `TERN_BENCH_SIZES=16,64`, `TERN_BENCH_RATES=0,1`
 //! (percent), `TERN_BENCH_MODES=hot,cold`, `TERN_BENCH_REPS=2` (multiplies
-//! the default counts), `TERN_BENCH_OUT=path` (also write the table there).
+//! the default counts), `TERN_BENCH_OUT=path` (also write the table there),
+//! `TERN_BENCH_SAMPLES=1` (every migration's figures on stderr too).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -528,6 +529,14 @@ async fn bench() {
                         );
                     }
                     let raw = raw_transfer(report.bytes_sent, &payload).await;
+                    if std::env::var("TERN_BENCH_SAMPLES").is_ok_and(|v| v == "1") {
+                        eprintln!(
+                            "  {size} MiB {mode}: downtime {:.2} ms, total {:.1} ms, raw {:.1} ms",
+                            report.downtime_ms,
+                            report.total_ms,
+                            raw.as_secs_f64() * 1e3
+                        );
+                    }
                     samples.push(Sample { report, raw });
                 }
                 let calls = dirtier.stop().await;

@@ -351,3 +351,74 @@ async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
     );
     mover.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_that_does_not_converge_ends_in_postcopy_with_every_byte() {
+    if !paging_here() {
+        return;
+    }
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    heap_app(&c, &src).await;
+    // A writer that outruns pre-copy: 4096 pages (16 MiB) per call.
+    let (stop, stop_rx) = watch::channel(false);
+    let entry = src.url.clone();
+    let writer = tokio::spawn(async move {
+        let c = client();
+        let mut seed = 0;
+        while !*stop_rx.borrow() {
+            seed += 1;
+            call(&c, &entry, "heap", "touch", &[4096, seed])
+                .await
+                .expect("touch");
+        }
+        seed
+    });
+    expect(&c, &dst.url, "src", "heap", 2).await;
+    let req = tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: dst.url.clone(),
+        mode: Mode::Hot,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: Some(2),
+    };
+    let r: tern_api::types::MigrationReport = c
+        .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)
+        .await
+        .expect("moves");
+    let _ = stop.send(true);
+    let calls = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "hot then post-copy: mode {}, rounds {}, downtime {:.2} ms, total {:.1} ms; {:?}",
+        r.mode, r.rounds, r.downtime_ms, r.total_ms, r.note
+    );
+    // Converged or switched, the state is the unmoved run's.
+    if r.mode == "postcopy" {
+        assert!(
+            r.note
+                .as_deref()
+                .unwrap_or("")
+                .contains("switched to post-copy"),
+            "{r:?}"
+        );
+        assert_eq!(r.rounds, 2, "{r:?}");
+    }
+    let rt = crate::support::fresh_runtime();
+    let mut reference = crate::support::start(&rt, std::path::Path::new(tern_artifacts::HEAPSTATE));
+    use tern_runtime::Val;
+    reference.call("grow", &[Val::I64(GROW_PAGES)]).unwrap();
+    for seed in 1..=calls {
+        reference
+            .call("touch", &[Val::I64(4096), Val::I64(seed)])
+            .unwrap();
+    }
+    let Val::I64(want) = reference.call("digest", &[]).unwrap()[0] else {
+        panic!("digest is an i64")
+    };
+    assert_eq!(digest(&c, &dst.url).await, want, "{calls} touches");
+}

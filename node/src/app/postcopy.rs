@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tern_api::types::AppState;
 use tern_runtime::instance::Instance;
-use tern_runtime::snapshot::PostcopyFrame;
+use tern_runtime::snapshot::{PostcopyFrame, RemotePages};
 
 use super::actor::{Actor, SERVED_KEY};
 use super::precopy::set_extra;
@@ -27,9 +27,31 @@ impl Actor {
             set_extra(inst, SERVED_KEY, served);
             inst.run_snapshot_hook(true)
                 .map_err(|e| NodeError::internal(e.to_string()))?;
-            let remote = inst
+            let mut remote = inst
                 .postcopy_remote()
                 .map_err(|e| NodeError::internal(e.to_string()))?;
+            // After pre-copy rounds the target holds every page but those
+            // written since the last round: only those stay remote.
+            if !self.trackers.is_empty() {
+                let regions = inst
+                    .memory_regions()
+                    .map_err(|e| NodeError::internal(e.to_string()))?;
+                for r in &mut remote {
+                    let Some(region) = regions.iter().find(|g| g.index == r.memory) else {
+                        continue;
+                    };
+                    let Some((_, tracker)) = self.trackers.iter_mut().find(|(i, _)| *i == r.memory)
+                    else {
+                        continue;
+                    };
+                    // A tracker that lost track: every page stays remote.
+                    if let Ok(dirty) = tracker.collect(region.base, region.size) {
+                        let end = r.byte_size / 4096;
+                        let dirty = dirty.into_iter().filter(|&p| p < end).collect();
+                        *r = RemotePages::from_pages(r.memory, r.byte_size, dirty);
+                    }
+                }
+            }
             let state = inst
                 .snapshot_state_only()
                 .map_err(|e| NodeError::internal(e.to_string()))?;

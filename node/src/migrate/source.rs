@@ -76,9 +76,10 @@ pub(crate) async fn migrate_out(
             }
         }
     }
-    // Post-copy: the checkpoint the target restarts from if this node is
-    // lost before every page is there.
-    let postcopy_checkpoint = (mode == Mode::Postcopy)
+    // Post-copy (or hot that may end in post-copy): the checkpoint the
+    // target restarts from if this node is lost before every page is there.
+    let may_postcopy = mode == Mode::Postcopy || req.postcopy_after_rounds.is_some();
+    let postcopy_checkpoint = may_postcopy
         .then(|| node.latest_checkpoint(&app).map(|c| c.0))
         .flatten();
     let open = MigrationOpen {
@@ -115,6 +116,10 @@ pub(crate) async fn migrate_out(
         note,
         paused_at: None,
         postcopy_remote: Vec::new(),
+        postcopy_after: req
+            .postcopy_after_rounds
+            .filter(|_| mode == Mode::Hot && opened.postcopy_unavailable.is_none()),
+        postcopy_now: false,
     };
     if let (Mode::Postcopy, Some(why)) = (mode, &opened.postcopy_unavailable) {
         mode = Mode::Hot;
@@ -132,6 +137,9 @@ pub(crate) async fn migrate_out(
         Err(e) => mv.rollback(e, req.generation).await?,
     };
     let downtime = t_pause.elapsed();
+    if mv.postcopy_now {
+        mode = Mode::Postcopy;
+    }
     let requests_held = match mode {
         Mode::Postcopy => mv.postcopy_finish(open.spec.clone()).await?,
         _ => mv.handover().await,
@@ -195,6 +203,10 @@ pub(crate) struct Move {
     pub(crate) paused_at: Option<Instant>,
     /// Post-copy: the pages the target lacks after the switch.
     pub(crate) postcopy_remote: Vec<tern_runtime::snapshot::RemotePages>,
+    /// Hot: switch to post-copy after this many rounds if not converged.
+    postcopy_after: Option<u32>,
+    /// Set when the rounds end that way.
+    postcopy_now: bool,
 }
 
 impl Move {
@@ -221,6 +233,11 @@ impl Move {
     async fn live(&mut self, checkpoint: Option<Arc<Snapshot>>) -> Result<Instant> {
         let memory_bytes = self.first_copy(checkpoint).await?;
         self.rounds(memory_bytes).await?;
+        if self.postcopy_now {
+            // Hot, then post-copy: what is still dirty stays on the source
+            // and follows on demand (see `postcopy/source.rs`).
+            return self.postcopy_switch().await;
+        }
         self.stop_and_copy().await
     }
 
@@ -281,6 +298,14 @@ impl Move {
                 let _ = self.handle.send(Cmd::Throttle(throttle));
             }
             previous = dirty;
+            if self.postcopy_after.is_some_and(|n| self.rounds >= n) {
+                self.postcopy_now = true;
+                self.note = Some(format!(
+                    "pre-copy had not converged after {} rounds ({dirty} pages dirty in the last): switched to post-copy",
+                    self.rounds
+                ));
+                return Ok(());
+            }
             if self.rounds >= MAX_ROUNDS || stalled >= 3 || resent >= budget {
                 let slowed = if throttle > 0 {
                     format!(", the app slowed to 1/{} of its pace", throttle + 1)

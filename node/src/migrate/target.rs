@@ -154,10 +154,12 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
                 .map_err(|e| NodeError::internal(format!("cannot restore the checkpoint: {e}")))?;
         inst = Some(restored);
     }
-    let postcopy_unavailable = (open.mode == Mode::Postcopy)
+    // Hot moves may end in post-copy too (`--postcopy-after-rounds`).
+    let may_postcopy = matches!(open.mode, Mode::Postcopy | Mode::Hot);
+    let postcopy_unavailable = may_postcopy
         .then(|| super::postcopy::unavailable(&node))
         .flatten();
-    let checkpoint = (open.mode == Mode::Postcopy)
+    let checkpoint = may_postcopy
         .then(|| {
             open.checkpoint_digest
                 .clone()

@@ -219,7 +219,7 @@ impl Uffd {
         Ok(buf[..n as usize]
             .chunks_exact(MSG_SIZE)
             .filter(|m| m[0] == UFFD_EVENT_PAGEFAULT)
-            .map(|m| u64::from_le_bytes(m[16..24].try_into().expect("8 bytes")))
+            .map(|m| u64::from_ne_bytes(m[16..24].try_into().expect("8 bytes")))
             .collect())
     }
 

@@ -47,6 +47,24 @@ impl RemotePages {
         self.runs.iter().map(|r| r.1).sum()
     }
 
+    /// Runs from a list of pages (any order, repeats allowed).
+    pub fn from_pages(memory: u32, byte_size: u64, mut pages: Vec<u64>) -> RemotePages {
+        pages.sort_unstable();
+        pages.dedup();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for p in pages {
+            match runs.last_mut() {
+                Some((first, n)) if *first + *n == p => *n += 1,
+                _ => runs.push((p, 1)),
+            }
+        }
+        RemotePages {
+            memory,
+            byte_size,
+            runs,
+        }
+    }
+
     /// Runs from a per-page predicate over `[0, pages)`.
     pub fn from_fn(
         memory: u32,

@@ -58,9 +58,23 @@ pub(crate) async fn receive_switch(
     let (mut inst, pager) = tokio::task::spawn_blocking(move || {
         let frame = PostcopyFrame::decode(&body)
             .map_err(|e| NodeError::bad_request(format!("post-copy frame rejected: {e}")))?;
-        let opts = restore_options(&node2, &s2.spec, &frame.state, &s2.logs, false, false)?;
-        let mut inst = Instance::restore(&rt, &frame.state, Some(s2.module.clone()), opts)
-            .map_err(|e| NodeError::bad_request(format!("the state does not restore: {e}")))?;
+        // After pre-copy rounds (hot, then post-copy) the session holds the
+        // pages sent so far: the state goes on top, the rest is remote.
+        let precopied = lock(&s2.inst).take();
+        let mut inst = match precopied {
+            Some(mut inst) => {
+                inst.apply_state(&frame.state).map_err(|e| {
+                    NodeError::bad_request(format!("the state does not apply: {e}"))
+                })?;
+                inst
+            }
+            None => {
+                let opts = restore_options(&node2, &s2.spec, &frame.state, &s2.logs, false, false)?;
+                Instance::restore(&rt, &frame.state, Some(s2.module.clone()), opts).map_err(
+                    |e| NodeError::bad_request(format!("the state does not restore: {e}")),
+                )?
+            }
+        };
         // The fault thread is no async task: a blocking send waits for
         // room in the queue without holding up a runtime worker.
         let want = Box::new(move |w: PageWant| tx.blocking_send(w).is_ok());
