@@ -21,6 +21,10 @@ pub enum Mode {
     Hot,
     /// The target restores a checkpoint it holds; only the delta moves live.
     Hybrid,
+    /// The app stops, only its state without pages moves, and it resumes on
+    /// the target at once; pages follow, fetched on first touch and pushed
+    /// in the background.
+    Postcopy,
 }
 
 impl std::str::FromStr for Mode {
@@ -30,8 +34,9 @@ impl std::str::FromStr for Mode {
             "cold" => Ok(Mode::Cold),
             "hot" => Ok(Mode::Hot),
             "hybrid" => Ok(Mode::Hybrid),
+            "postcopy" => Ok(Mode::Postcopy),
             other => Err(format!(
-                "unknown migration mode `{other}` (use cold, hot or hybrid)"
+                "unknown migration mode `{other}` (use cold, hot, hybrid or postcopy)"
             )),
         }
     }
@@ -43,6 +48,7 @@ impl std::fmt::Display for Mode {
             Mode::Cold => "cold",
             Mode::Hot => "hot",
             Mode::Hybrid => "hybrid",
+            Mode::Postcopy => "postcopy",
         })
     }
 }
@@ -253,6 +259,10 @@ pub struct MigrateRequest {
     pub generation: u64,
     /// For hybrid: where the target can fetch the checkpoint if it lacks it.
     pub checkpoint_url: Option<String>,
+    /// Hot: switch to post-copy after this many pre-copy rounds if they
+    /// have not converged by then (`None`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy_after_rounds: Option<u32>,
 }
 
 /// What a migration did.
@@ -310,6 +320,10 @@ pub struct MigrationOpened {
     pub id: String,
     /// Bytes of checkpoint fetched from the control plane.
     pub checkpoint_bytes_fetched: u64,
+    /// Post-copy asked for but not possible on the target: why (the move
+    /// goes hot instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy_unavailable: Option<String>,
 }
 
 /// The target's acknowledgement: the app runs there now.

@@ -207,10 +207,14 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             struct MigrateBody {
                 to: String,
                 mode: Option<Mode>,
+                #[serde(default)]
+                postcopy_after_rounds: Option<u32>,
             }
             let name = name.to_string();
             let m: MigrateBody = read_json(req.into_body()).await?;
-            ok(&ops::migrate(sh, &name, &m.to, m.mode.unwrap_or(Mode::Hot), "operator").await?)
+            let mode = m.mode.unwrap_or(Mode::Hot);
+            let after = m.postcopy_after_rounds;
+            ok(&ops::migrate_with(sh, &name, &m.to, mode, after, "operator").await?)
         }
         (&Method::POST, ["v1", "apps", name, "snapshot"]) => {
             let bytes = ops::snapshot(sh, name).await?;

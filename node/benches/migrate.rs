@@ -20,10 +20,17 @@
 //! be); staging is not timed, so the delta is what was written between the
 //! checkpoint and the move.
 //!
+//! Post-copy (`TERN_BENCH_MODES=postcopy`): the downtime is the switch
+//! (freeze, the state without pages, the target's resume); the total runs
+//! until the source has delivered every page (pushed, or fetched by the
+//! target on first touch), so it compares with the raw transfer of the
+//! same bytes like the others. `TERN_BENCH_SIZES=64,1024` covers 1 GiB.
+//!
 //! p99 is nearest-rank: with fewer than 100 samples it is the maximum.
 //! Knobs for quick looks: `TERN_BENCH_SIZES=16,64`, `TERN_BENCH_RATES=0,1`
 //! (percent), `TERN_BENCH_MODES=hot,cold`, `TERN_BENCH_REPS=2` (multiplies
-//! the default counts), `TERN_BENCH_OUT=path` (also write the table there).
+//! the default counts), `TERN_BENCH_OUT=path` (also write the table there),
+//! `TERN_BENCH_SAMPLES=1` (every migration's figures on stderr too).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -370,6 +377,8 @@ fn env_list(name: &str) -> Option<Vec<String>> {
 fn reps(size_mib: u64, rate_pct: f64, mode: Mode) -> usize {
     // A non-converging pre-copy of 256 MiB (1 % and 10 %) takes ~10 s a move.
     let base = match (size_mib, mode) {
+        (1024, _) => 3,
+        (_, Mode::Postcopy) => 7,
         (64, Mode::Hot) if rate_pct == 1.0 => 30,
         (64, Mode::Hot | Mode::Hybrid) if rate_pct >= 10.0 => 5,
         (256, Mode::Cold) => 3,
@@ -499,6 +508,7 @@ async fn bench() {
                         mode,
                         generation,
                         checkpoint_url: Some(format!("{}/v1/checkpoints/{APP}", urls[from])),
+                        postcopy_after_rounds: None,
                     };
                     expect(&c, &urls[to], &nodes[from].name, generation).await;
                     let report: MigrationReport = c
@@ -519,6 +529,14 @@ async fn bench() {
                         );
                     }
                     let raw = raw_transfer(report.bytes_sent, &payload).await;
+                    if std::env::var("TERN_BENCH_SAMPLES").is_ok_and(|v| v == "1") {
+                        eprintln!(
+                            "  {size} MiB {mode}: downtime {:.2} ms, total {:.1} ms, raw {:.1} ms",
+                            report.downtime_ms,
+                            report.total_ms,
+                            raw.as_secs_f64() * 1e3
+                        );
+                    }
                     samples.push(Sample { report, raw });
                 }
                 let calls = dirtier.stop().await;
@@ -545,6 +563,7 @@ async fn bench() {
             mode: Mode::Cold,
             generation,
             checkpoint_url: None,
+            postcopy_after_rounds: None,
         };
         expect(&c, &urls[1 - from], &nodes[from].name, generation).await;
         let _: MigrationReport = c

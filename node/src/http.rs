@@ -95,6 +95,12 @@ fn node_may(
         }
         // A hybrid move's target fetches the checkpoint from its source.
         (&Method::GET, ["v1", "checkpoints", app]) => node.auth.is_target_of(peer, app),
+        // Post-copy: the target fetches pages of the frozen copy here; the
+        // source pushes pages to the target.
+        (&Method::POST, ["v1", "postcopy", app, "fetch"]) => node.postcopy.is_target(peer, app),
+        (&Method::POST, ["v1", "postcopy", app, "pages" | "done"]) => {
+            node.auth.is_source_of(peer, app)
+        }
         _ => false,
     };
     if allowed {
@@ -233,6 +239,27 @@ async fn api(
                 node.auth.opened(&o.id, &app, &from);
             }
             ok(StatusCode::CREATED, opened)
+        }
+        (Method::POST, ["v1", "migrations", id, "postcopy"]) => {
+            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            let from = q("from_url").unwrap_or_default();
+            let ack = migrate::postcopy::receive_switch(node.clone(), id.to_string(), from, body);
+            ok(StatusCode::OK, ack.await)
+        }
+        (Method::POST, ["v1", "postcopy", app, "fetch"]) => {
+            let memory = q("memory").and_then(|m| m.parse().ok()).unwrap_or(0);
+            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            blob(migrate::postcopy::serve_fetch(node.clone(), app.to_string(), memory, body).await)
+        }
+        (Method::POST, ["v1", "postcopy", app, "pages"]) => {
+            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            ok(
+                StatusCode::OK,
+                migrate::postcopy::receive_push(node.clone(), app.to_string(), body).await,
+            )
+        }
+        (Method::POST, ["v1", "postcopy", app, "done"]) => {
+            json(StatusCode::OK, &migrate::postcopy::receive_done(&node, app))
         }
         (Method::POST, ["v1", "migrations", id, step @ ("base" | "pages" | "commit" | "cold")]) => {
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;

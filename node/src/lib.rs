@@ -90,6 +90,13 @@ pub struct NodeConfig {
     pub session_ttl: Duration,
     /// Limits of an app that sets none (default: 1 GiB, 30 s per call).
     pub default_limits: tern_api::types::AppLimits,
+    /// Whether post-copy moves may arrive here (default: where the kernel
+    /// allows userfaultfd). Off, a post-copy move to this node goes hot.
+    pub postcopy: bool,
+    /// How long a post-copy source waits after the switch before it pushes
+    /// pages (default 0: at once); until then the target's demand fetches
+    /// have the link to themselves. Tests use it to catch a move midway.
+    pub postcopy_push_after: Duration,
 }
 
 impl NodeConfig {
@@ -108,6 +115,8 @@ impl NodeConfig {
             advertise_url: None,
             session_ttl: migrate::SESSION_IDLE_TTL,
             default_limits: tern_api::types::AppLimits::DEFAULT,
+            postcopy: true,
+            postcopy_push_after: Duration::ZERO,
             tls: None,
         }
     }

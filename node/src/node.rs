@@ -49,6 +49,8 @@ pub struct Node {
     pub(crate) checkpoints: Mutex<HashMap<String, (String, Arc<Snapshot>)>>,
     /// Who may call what (`auth.rs`).
     pub(crate) auth: crate::auth::Auth,
+    /// Post-copy moves under way, in and out.
+    pub(crate) postcopy: crate::migrate::postcopy::Registry,
 }
 
 /// Locks a mutex, going on with its data if a holder panicked (every
@@ -111,6 +113,7 @@ impl Node {
             controls,
             control_at: AtomicUsize::new(0),
             checkpoints: Mutex::new(HashMap::new()),
+            postcopy: Default::default(),
             auth: crate::auth::Auth::default(),
         }))
     }

@@ -26,6 +26,10 @@ pub enum Error {
     Interrupted { export: String },
     #[error("a call into this app was interrupted mid-way, so its state may be half updated: it takes no more calls or snapshots; restore it from its last snapshot")]
     Torn,
+    #[error(
+        "the app's memory is incomplete ({0}): it was stopped rather than run on part of its state"
+    )]
+    PostcopyLost(String),
     #[error("`{export}` failed: {message}")]
     CallFailed { export: String, message: String },
     #[error("the app exited with status {0}")]

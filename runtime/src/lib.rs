@@ -36,6 +36,7 @@ pub mod engine;
 pub mod error;
 pub mod instance;
 pub mod memory;
+pub mod postcopy;
 pub mod rewrite;
 pub mod sandbox;
 pub mod sdk;

@@ -44,6 +44,7 @@ async fn migrate_via(
         mode,
         generation,
         checkpoint_url: Some(format!("{}/v1/checkpoints/{app}", from.url)),
+        postcopy_after_rounds: None,
     };
     c.post_json(&format!("{}/v1/apps/{app}/migrate", from.url), &req)
         .await

@@ -13,6 +13,7 @@ mod hardening_local;
 mod invariants;
 mod limits;
 mod nodes;
+mod postcopy;
 mod predictive;
 mod rebalance;
 mod relay;

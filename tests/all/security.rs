@@ -299,6 +299,7 @@ async fn a_migration_from_a_node_the_control_plane_did_not_name_is_refused() {
         mode: Mode::Hot,
         generation,
         checkpoint_url: None,
+        postcopy_after_rounds: None,
     };
     // Not announced at all.
     let e = c
@@ -400,6 +401,7 @@ async fn a_machine_in_the_middle_of_a_migration_reads_nothing() {
         mode: Mode::Hot,
         generation: 2,
         checkpoint_url: None,
+        postcopy_after_rounds: None,
     };
     let r: tern_api::types::MigrationReport = c
         .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)

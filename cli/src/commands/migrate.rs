@@ -1,5 +1,5 @@
-//! `tern migrate`: move an app to another node, cold, hot or hybrid, and
-//! report the downtime, total time, bytes and rounds.
+//! `tern migrate`: move an app to another node, cold, hot, hybrid or
+//! post-copy, and report the downtime, total time, bytes and rounds.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,16 +21,26 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "NODE")]
     to: String,
     /// cold: stop, copy, restore; hot: live pre-copy while it serves;
-    /// hybrid: the target starts from a checkpoint, only the delta moves.
-    #[arg(long, value_name = "MODE", default_value = "hot", value_parser = ["cold", "hot", "hybrid"])]
+    /// hybrid: the target starts from a checkpoint, only the delta moves;
+    /// postcopy: the app resumes on the target at once and its pages
+    /// follow, fetched on first touch (hot where userfaultfd is missing).
+    #[arg(long, value_name = "MODE", default_value = "hot", value_parser = ["cold", "hot", "hybrid", "postcopy"])]
     mode: String,
+    /// With --mode hot: if the pre-copy rounds have not converged after N
+    /// rounds, switch to post-copy (what is still dirty follows on demand).
+    #[arg(long, value_name = "N")]
+    postcopy_after_rounds: Option<u32>,
     #[command(flatten)]
     conn: Conn,
 }
 
 pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
     let ctl = a.conn.connect()?.with_timeout(Duration::from_secs(900));
-    let body = serde_json::json!({"to": a.to, "mode": a.mode});
+    let body = serde_json::json!({
+        "to": a.to,
+        "mode": a.mode,
+        "postcopy_after_rounds": a.postcopy_after_rounds,
+    });
     let r: MigrationReport =
         runtime()?.block_on(ctl.post(&format!("/v1/apps/{}/migrate", seg(&a.name)), &body))?;
     if a.conn.json {

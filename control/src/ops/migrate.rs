@@ -18,6 +18,19 @@ pub async fn migrate(
     mode: Mode,
     reason: &str,
 ) -> Result<MigrationReport> {
+    migrate_with(sh, name, to, mode, None, reason).await
+}
+
+/// [`migrate`], and for hot: switch to post-copy after that many rounds
+/// if they have not converged.
+pub async fn migrate_with(
+    sh: &Arc<Shared>,
+    name: &str,
+    to: &str,
+    mode: Mode,
+    postcopy_after_rounds: Option<u32>,
+    reason: &str,
+) -> Result<MigrationReport> {
     let now = now_ms();
     let (app, from, target, generation, guard) = {
         let mut st = sh.lock();
@@ -83,14 +96,16 @@ pub async fn migrate(
             .post_json::<_, serde_json::Value>(&target.url("/v1/migrations/expect"), &expect)
             .await
             .map_err(|e| target.err(e))?;
-        let checkpoint_url =
-            (mode == Mode::Hybrid).then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
+        let checkpoint_url = (matches!(mode, Mode::Hybrid | Mode::Postcopy)
+            || postcopy_after_rounds.is_some())
+        .then(|| format!("{}/v1/checkpoints/{name}", sh.advertise_url));
         let req = MigrateRequest {
             to_name: target.name.clone(),
             to_url: target.url.clone(),
             mode,
             generation,
             checkpoint_url,
+            postcopy_after_rounds,
         };
         sh.long_client
             .post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req)

@@ -6,7 +6,7 @@
 mod migrate;
 mod restore;
 
-pub use migrate::migrate;
+pub use migrate::{migrate, migrate_with};
 pub use restore::{refresh_missing_checkpoints, restart, restore};
 
 use std::sync::Arc;

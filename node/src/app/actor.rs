@@ -127,7 +127,7 @@ impl Actor {
     }
 
     /// Takes an instance restored elsewhere (restore, migration target).
-    fn adopt(&mut self, mut inst: Instance) {
+    pub(super) fn adopt(&mut self, mut inst: Instance) {
         if let Some(n) = inst
             .extra_meta_mut()
             .iter()
@@ -294,6 +294,19 @@ impl Actor {
                     let _ = reply.send(held);
                     break;
                 }
+                Ok(Cmd::ReleaseFrozen(reply)) => {
+                    // As Release, and the frozen instance goes with the calls.
+                    self.close();
+                    let mut held = std::mem::take(&mut self.held);
+                    held.extend(rx.try_iter());
+                    *self
+                        .shared
+                        .interrupt
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
+                    let _ = reply.send((held, self.inst.take()));
+                    break;
+                }
                 Ok(cmd) => self.handle(cmd),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -426,6 +439,12 @@ impl Actor {
                 let served = self.served().to_string();
                 let result = match self.inst.as_mut() {
                     None => Err(self.not_running()),
+                    Some(inst) if inst.pager().is_some_and(|p| !p.is_finished()) => {
+                        Err(NodeError::conflict(format!(
+                            "app {} is still receiving its memory after a post-copy move: snapshot it in a moment",
+                            self.spec.name
+                        )))
+                    }
                     Some(inst) => {
                         set_extra(inst, SERVED_KEY, served);
                         inst.snapshot(SnapshotOptions {
@@ -497,7 +516,15 @@ impl Actor {
                 }
                 let _ = reply.send(());
             }
-            Cmd::Release(_) | Cmd::Shutdown => unreachable!("handled by the loop"),
+            Cmd::PostcopyFreeze(reply) => {
+                self.throttle = 0;
+                let r = self.postcopy_freeze();
+                let _ = reply.send(r);
+            }
+            Cmd::PostcopyLost { why, replacement } => self.postcopy_lost(why, replacement),
+            Cmd::Release(_) | Cmd::ReleaseFrozen(_) | Cmd::Shutdown => {
+                unreachable!("handled by the loop")
+            }
         }
     }
 

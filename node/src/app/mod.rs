@@ -6,9 +6,13 @@
 //! - `actor.rs` — the actor's loop: lifecycle (start, restarts, ticks),
 //!   calls, snapshots, holding calls while frozen;
 //! - `precopy.rs` — the source side of a migration inside the actor: dirty
-//!   tracking, the first copy, rounds, the freeze.
+//!   tracking, the first copy, rounds, the freeze;
+//! - `postcopy.rs` — post-copy inside the actor: the freeze that captures
+//!   the state and the list of pages the target will fetch, and the end of
+//!   an instance whose post-copy lost its source.
 
 mod actor;
+mod postcopy;
 mod precopy;
 mod queue;
 
@@ -78,6 +82,20 @@ pub(crate) enum Cmd {
     Unfreeze(oneshot::Sender<()>),
     /// The move succeeded: hand over the held calls and end.
     Release(oneshot::Sender<Vec<Cmd>>),
+    /// Post-copy: pause like [`Cmd::Freeze`] and capture the state without
+    /// pages and the pages the target will lack, encoded as the switch-over
+    /// frame; with the instant the app stopped serving.
+    PostcopyFreeze(oneshot::Sender<Result<(Instant, Vec<u8>)>>),
+    /// Post-copy succeeded: hand over the held calls and the frozen
+    /// instance (its pages are still to be sent), and end.
+    ReleaseFrozen(oneshot::Sender<(Vec<Cmd>, Option<Instance>)>),
+    /// Post-copy lost its source: the instance (with an incomplete memory)
+    /// ends; the app goes on from `replacement` (restored from its last
+    /// checkpoint) if there is one, else it is failed. `why` is its status.
+    PostcopyLost {
+        why: String,
+        replacement: Option<Box<Instance>>,
+    },
     Shutdown,
 }
 

@@ -16,6 +16,11 @@
 //! 6. handover: routing flips to the target, the held calls are replayed
 //!    there in order, and only then does the source drop its copy.
 //!
+//! Post-copy (`postcopy/`) switches first and sends the pages after: the
+//! app resumes on the target at once and its pages are fetched on first
+//! touch while the source pushes them all; hot may end that way too
+//! (`--postcopy-after-rounds`).
+//!
 //! Cold freezes first and then sends the same way, with the app frozen all
 //! along: the state, the pages in slices, the commit; then it hands over.
 //! (`/cold`, one whole snapshot in one request, is still accepted.)
@@ -29,9 +34,10 @@
 //! The bytes on the wire (page chunks, the stop-and-copy frame) are the
 //! snapshot module's (`tern_runtime::snapshot`).
 
-mod replay;
-mod source;
-mod target;
+pub(crate) mod postcopy;
+pub(crate) mod replay;
+pub(crate) mod source;
+pub(crate) mod target;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -76,6 +76,12 @@ pub(crate) async fn migrate_out(
             }
         }
     }
+    // Post-copy (or hot that may end in post-copy): the checkpoint the
+    // target restarts from if this node is lost before every page is there.
+    let may_postcopy = mode == Mode::Postcopy || req.postcopy_after_rounds.is_some();
+    let postcopy_checkpoint = may_postcopy
+        .then(|| node.latest_checkpoint(&app).map(|c| c.0))
+        .flatten();
     let open = MigrationOpen {
         app: app.clone(),
         from: node.name().to_string(),
@@ -84,7 +90,10 @@ pub(crate) async fn migrate_out(
             generation: req.generation,
             ..spec
         },
-        checkpoint_digest: checkpoint.as_ref().map(|c| c.0.clone()),
+        checkpoint_digest: checkpoint
+            .as_ref()
+            .map(|c| c.0.clone())
+            .or(postcopy_checkpoint),
         checkpoint_url: req.checkpoint_url.clone(),
     };
     let opened: MigrationOpened = node
@@ -99,15 +108,28 @@ pub(crate) async fn migrate_out(
         handle,
         app,
         to_url: req.to_url.clone(),
+        to_name: req.to_name.clone(),
         bytes_sent: module_bytes,
         pages_sent: 0,
         rounds: 0,
         tracking: "none".to_string(),
         note,
         paused_at: None,
+        postcopy_remote: Vec::new(),
+        postcopy_after: req
+            .postcopy_after_rounds
+            .filter(|_| mode == Mode::Hot && opened.postcopy_unavailable.is_none()),
+        postcopy_now: false,
     };
+    if let (Mode::Postcopy, Some(why)) = (mode, &opened.postcopy_unavailable) {
+        mode = Mode::Hot;
+        mv.note = Some(format!(
+            "post-copy is not available on the target ({why}): moved hot instead"
+        ));
+    }
     let outcome = match mode {
         Mode::Cold => mv.cold().await,
+        Mode::Postcopy => mv.postcopy_switch().await,
         _ => mv.live(checkpoint.map(|c| c.1)).await,
     };
     let t_pause = match outcome {
@@ -115,7 +137,13 @@ pub(crate) async fn migrate_out(
         Err(e) => mv.rollback(e, req.generation).await?,
     };
     let downtime = t_pause.elapsed();
-    let requests_held = mv.handover().await;
+    if mv.postcopy_now {
+        mode = Mode::Postcopy;
+    }
+    let requests_held = match mode {
+        Mode::Postcopy => mv.postcopy_finish(open.spec.clone()).await?,
+        _ => mv.handover().await,
+    };
     Ok(MigrationReport {
         app: mv.app,
         mode: mode.to_string(),
@@ -157,21 +185,28 @@ async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<
 }
 
 /// A move in progress on the source: where it goes and what it sent.
-struct Move {
-    node: Arc<Node>,
-    handle: AppHandle,
-    app: String,
-    to_url: String,
+pub(crate) struct Move {
+    pub(crate) node: Arc<Node>,
+    pub(crate) handle: AppHandle,
+    pub(crate) app: String,
+    pub(crate) to_url: String,
+    pub(crate) to_name: String,
     /// The target's session (`.../v1/migrations/ID`).
-    session: String,
-    bytes_sent: u64,
-    pages_sent: u64,
+    pub(crate) session: String,
+    pub(crate) bytes_sent: u64,
+    pub(crate) pages_sent: u64,
     rounds: u32,
     tracking: String,
-    note: Option<String>,
+    pub(crate) note: Option<String>,
     /// Set when the app is asked to freeze: from then on a failure must ask
     /// the target whether it took over before resuming the app here.
-    paused_at: Option<Instant>,
+    pub(crate) paused_at: Option<Instant>,
+    /// Post-copy: the pages the target lacks after the switch.
+    pub(crate) postcopy_remote: Vec<tern_runtime::snapshot::RemotePages>,
+    /// Hot: switch to post-copy after this many rounds if not converged.
+    postcopy_after: Option<u32>,
+    /// Set when the rounds end that way.
+    postcopy_now: bool,
 }
 
 impl Move {
@@ -198,6 +233,11 @@ impl Move {
     async fn live(&mut self, checkpoint: Option<Arc<Snapshot>>) -> Result<Instant> {
         let memory_bytes = self.first_copy(checkpoint).await?;
         self.rounds(memory_bytes).await?;
+        if self.postcopy_now {
+            // Hot, then post-copy: what is still dirty stays on the source
+            // and follows on demand (see `postcopy/source.rs`).
+            return self.postcopy_switch().await;
+        }
         self.stop_and_copy().await
     }
 
@@ -258,6 +298,14 @@ impl Move {
                 let _ = self.handle.send(Cmd::Throttle(throttle));
             }
             previous = dirty;
+            if self.postcopy_after.is_some_and(|n| self.rounds >= n) {
+                self.postcopy_now = true;
+                self.note = Some(format!(
+                    "pre-copy had not converged after {} rounds ({dirty} pages dirty in the last): switched to post-copy",
+                    self.rounds
+                ));
+                return Ok(());
+            }
             if self.rounds >= MAX_ROUNDS || stalled >= 3 || resent >= budget {
                 let slowed = if throttle > 0 {
                     format!(", the app slowed to 1/{} of its pace", throttle + 1)

@@ -35,6 +35,9 @@ pub(crate) struct TargetSession {
     pub spec: StartApp,
     pub module: Arc<LoadedModule>,
     pub inst: Mutex<Option<Instance>>,
+    /// Post-copy: the checkpoint to restart from if the source is lost
+    /// (digest, and where to fetch it).
+    pub checkpoint: Option<(String, Option<String>)>,
     opened: Instant,
     last_step: Mutex<Instant>,
 }
@@ -151,6 +154,18 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
                 .map_err(|e| NodeError::internal(format!("cannot restore the checkpoint: {e}")))?;
         inst = Some(restored);
     }
+    // Hot moves may end in post-copy too (`--postcopy-after-rounds`).
+    let may_postcopy = matches!(open.mode, Mode::Postcopy | Mode::Hot);
+    let postcopy_unavailable = may_postcopy
+        .then(|| super::postcopy::unavailable(&node))
+        .flatten();
+    let checkpoint = may_postcopy
+        .then(|| {
+            open.checkpoint_digest
+                .clone()
+                .map(|d| (d, open.checkpoint_url.clone()))
+        })
+        .flatten();
     let id = format!(
         "{}-{}",
         open.app,
@@ -165,6 +180,7 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
         spec: open.spec,
         module,
         inst: Mutex::new(inst),
+        checkpoint,
         opened: now,
         last_step: Mutex::new(now),
     });
@@ -184,10 +200,11 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
     Ok(MigrationOpened {
         id,
         checkpoint_bytes_fetched: fetched,
+        postcopy_unavailable,
     })
 }
 
-fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>> {
+pub(crate) fn session(node: &Node, id: &str) -> Result<Arc<TargetSession>> {
     let s = lock(&node.sessions).get(id).cloned().ok_or_else(|| {
         NodeError::not_found(format!(
             "no migration session {id} (it ended, or expired after {} ms without a step)",
@@ -300,6 +317,6 @@ pub(crate) async fn receive_final(
 
 /// Frees a large value (a snapshot of tens of MiB: unmapping it takes
 /// milliseconds) off the path that waits for the answer.
-fn release<T: Send + 'static>(value: T) {
+pub(crate) fn release<T: Send + 'static>(value: T) {
     tokio::task::spawn_blocking(move || drop(value));
 }

@@ -78,7 +78,7 @@ mod hash;
         target_arch = "riscv64"
     )
 ))]
-mod sys;
+pub(crate) mod sys;
 mod uffd;
 
 pub use hash::HashTracker;

@@ -74,6 +74,7 @@ impl Instance {
         if self.torn {
             return Err(Error::Torn);
         }
+        self.check_postcopy()?;
         if self.store.data().interrupt.is_interrupted() {
             return Err(Error::Interrupted {
                 export: export.into(),
@@ -125,6 +126,8 @@ impl Instance {
         });
         let outcome = f.call(&mut self.store, args, &mut results);
         self.store.data_mut().deadline = None;
+        // Whatever the call computed on an incomplete memory stays here.
+        self.check_postcopy()?;
         match outcome {
             Ok(()) => Ok(results),
             Err(e) => {

@@ -47,6 +47,8 @@ impl Instance {
         };
         let mut images = Snapshot::image_writer(module_len);
         let (parts, states) = self.capture_parts(opts, Some(&mut images))?;
+        // Pages read while a post-copy failed may be zeros, not the app's.
+        self.check_postcopy()?;
         Ok(Snapshot::encode_captured(parts, states, images))
     }
 
@@ -90,6 +92,7 @@ impl Instance {
             // Not a safe point: a call was cut off in the middle.
             return Err(Error::Torn);
         }
+        self.check_postcopy()?;
         let info = self.module.info.clone();
         // Globals.
         let mut globals = Vec::with_capacity(info.mutable_globals.len());

@@ -19,6 +19,7 @@
 mod call;
 mod capture;
 mod pages;
+mod postcopy;
 mod restore;
 
 use std::sync::Arc;
@@ -81,6 +82,9 @@ pub struct Instance {
     /// A call was interrupted mid-way: the guest's state may be half
     /// updated, so the instance takes no more calls and no captures.
     torn: bool,
+    /// Post-copy: the pager bringing this instance's pages in (see
+    /// [`crate::postcopy`]); its failure ends the instance.
+    pager: Option<Arc<crate::postcopy::Pager>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -207,6 +211,7 @@ impl Instance {
             extra_meta: Vec::new(),
             needs_on_restore: false,
             torn: false,
+            pager: None,
         })
     }
 

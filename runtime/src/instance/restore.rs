@@ -141,6 +141,7 @@ impl Instance {
             extra_meta: body.meta.extra.clone(),
             needs_on_restore: false,
             torn: false,
+            pager: None,
         };
         inst.restore_memories(snap, cow)?;
         inst.restore_globals(snap)?;

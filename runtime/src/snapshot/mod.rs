@@ -35,12 +35,14 @@ pub mod auth;
 mod commit;
 mod delta;
 mod image;
+mod postcopy;
 mod record;
 
 pub use commit::{CommitFrame, MAX_COMMIT_CHUNKS};
 pub use delta::{PageChunk, PageChunkRef};
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
+pub use postcopy::{PageRequest, PostcopyFrame, RemotePages, MAX_REQUEST_PAGES};
 pub use record::{decode_record, encode_record};
 
 use serde::{Deserialize, Serialize};

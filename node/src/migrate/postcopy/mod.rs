@@ -1,0 +1,97 @@
+//! Post-copy moves: the app stops on the source, only its state without
+//! pages and the list of pages the target lacks move (`PostcopyFrame`), and
+//! it resumes on the target at once. Its pages follow two ways at the same
+//! time: the target's fault handler asks for a page (and neighbours) the
+//! first time the app touches it (`target.rs`, the fetch loop), and the
+//! source pushes every page in the background (`source.rs`). The source
+//! keeps the frozen instance until every page is delivered, then drops it.
+//!
+//! While pages are still on the source the app depends on two nodes:
+//! - the source is lost (its answers stop): the target's pager fails, the
+//!   instance with its incomplete memory is dropped, and the app restarts
+//!   on the target from its last checkpoint (whole, one generation; never
+//!   a mix of it and the pages that did arrive), or is failed if it has
+//!   none; its status says which;
+//! - the target is lost (pushes cannot reach it, or it no longer knows the
+//!   move): the source still holds the whole state at the switch and
+//!   resumes the app there; the move fails saying so. What the app did on
+//!   the target since the switch is lost with the target.
+//!
+//! Where the target cannot page (no userfaultfd, or post-copy turned off),
+//! it says so when the move opens and the move goes hot (`note` in the
+//! report).
+//!
+//! Endpoints: `POST /v1/migrations/ID/postcopy` (the switch, on the
+//! target), `POST /v1/postcopy/APP/pages` and `/done` (pushes, on the
+//! target), `POST /v1/postcopy/APP/fetch?memory=N` (requests, on the
+//! source). The bytes are `tern_runtime::snapshot`'s.
+
+mod source;
+mod target;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tern_runtime::instance::Instance;
+use tern_runtime::postcopy::Pager;
+
+pub(crate) use source::serve_fetch;
+pub(crate) use target::{receive_done, receive_push, receive_switch};
+
+use crate::node::{lock, Node};
+
+/// Pages per push (4 MiB).
+const PUSH_PAGES: usize = 1024;
+/// Pushes on the wire at once.
+const PUSHES_IN_FLIGHT: usize = 2;
+/// Pages asked for with each faulting page (itself included): a fault
+/// usually means its neighbours are next.
+const FETCH_PAGES: usize = 16;
+
+/// Why post-copy moves cannot arrive here, if they cannot.
+pub(crate) fn unavailable(node: &Node) -> Option<String> {
+    if !node.config.postcopy {
+        return Some("post-copy is turned off on this node".into());
+    }
+    tern_runtime::postcopy::available().err()
+}
+
+/// A post-copy arriving here: the pager of the app's instance.
+pub(crate) struct Incoming {
+    pub pager: Arc<Pager>,
+    /// The last page that came from the source (pushed or fetched).
+    pub last_progress: Mutex<Instant>,
+    /// When the move arrived.
+    pub opened: Instant,
+}
+
+impl Incoming {
+    fn touch(&self) {
+        *lock(&self.last_progress) = Instant::now();
+    }
+}
+
+/// A post-copy leaving here: the frozen instance whose pages are still
+/// to be delivered.
+pub(crate) struct Outgoing {
+    pub inst: Mutex<Option<Instance>>,
+    /// The target node's name (the only peer that may fetch).
+    pub to: String,
+    pub bytes_served: std::sync::atomic::AtomicU64,
+    pub pages_served: std::sync::atomic::AtomicU64,
+}
+
+/// The post-copy moves under way on a node, by app.
+#[derive(Default)]
+pub(crate) struct Registry {
+    incoming: Mutex<HashMap<String, Arc<Incoming>>>,
+    outgoing: Mutex<HashMap<String, Arc<Outgoing>>>,
+}
+
+impl Registry {
+    /// Whether `peer` is the target of a post-copy of `app` leaving here.
+    pub(crate) fn is_target(&self, peer: &str, app: &str) -> bool {
+        lock(&self.outgoing).get(app).is_some_and(|o| o.to == peer)
+    }
+}

@@ -1,0 +1,298 @@
+//! The source of a post-copy: the switch (freeze, the frame, the target's
+//! acknowledgement), then the handover with the frozen instance kept to
+//! answer the target's page requests while every page is pushed; and the
+//! resume here if the target is lost before all pages are in.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_api::types::StartApp;
+use tern_runtime::snapshot::{PostcopyFrame, RemotePages};
+
+use super::{Outgoing, PUSHES_IN_FLIGHT, PUSH_PAGES};
+use crate::app::{AppHandle, Cmd};
+use crate::error::{NodeError, Result};
+use crate::migrate::replay::replay_held;
+use crate::migrate::source::Move;
+use crate::node::{lock, Node};
+
+/// Attempts per push before the target counts as lost.
+const PUSH_ATTEMPTS: u32 = 4;
+
+impl Move {
+    /// Freezes the app and sends the switch-over frame; the target resumes
+    /// the app and acknowledges. Returns when the app stopped serving; the
+    /// pages the target lacks are kept for [`Move::postcopy_finish`].
+    pub(crate) async fn postcopy_switch(&mut self) -> Result<Instant> {
+        self.paused_at = Some(Instant::now());
+        let (at, frame) = self.handle.ask(Cmd::PostcopyFreeze).await??;
+        self.paused_at = Some(at);
+        // The frame was made by this node a moment ago: reading it back
+        // gives the page list without a second copy of the state.
+        let remote = PostcopyFrame::decode(&frame)
+            .map_err(|e| NodeError::internal(format!("post-copy frame: {e}")))?
+            .remote;
+        self.bytes_sent += frame.len() as u64;
+        // A node's URL is scheme, host and port: nothing a query needs to
+        // escape (the target checks what it gets).
+        let url = format!("{}/postcopy?from_url={}", self.session, self.node.url());
+        let answer = self
+            .node
+            .client
+            .post_bytes(&url, Bytes::from(frame))
+            .await
+            .map_err(|e| NodeError::peer("the target did not take over", e))?;
+        let _: tern_api::types::MigrationAck = serde_json::from_slice(&answer).map_err(|e| {
+            NodeError::new(
+                crate::ErrorKind::Peer(502),
+                format!("the target's acknowledgement is unreadable: {e}"),
+            )
+        })?;
+        self.postcopy_remote = remote;
+        Ok(at)
+    }
+
+    /// After the switch: routing flips, held calls are replayed on the
+    /// target, and every page the target lacks is pushed while the frozen
+    /// instance answers its requests. If the target is lost meanwhile, the
+    /// app resumes here (at `spec`'s generation) and the move fails saying
+    /// so. Returns how many calls were held.
+    pub(crate) async fn postcopy_finish(&mut self, spec: StartApp) -> Result<u64> {
+        self.node.mark_moved(&self.app, &self.to_url);
+        let (held, inst) = self.handle.ask(Cmd::ReleaseFrozen).await?;
+        let n = held.len() as u64;
+        let inst = inst.ok_or_else(|| {
+            NodeError::internal("the app's instance was gone when its pages were to be sent")
+        })?;
+        let out = Arc::new(Outgoing {
+            inst: Mutex::new(Some(inst)),
+            to: self.to_name.clone(),
+            bytes_served: 0.into(),
+            pages_served: 0.into(),
+        });
+        lock(&self.node.postcopy.outgoing).insert(self.app.clone(), out.clone());
+        replay_held(&self.node, &self.to_url, &self.app, held).await;
+        let remote = std::mem::take(&mut self.postcopy_remote);
+        tokio::time::sleep(self.node.config.postcopy_push_after).await;
+        let pushed = self.push_all(&out, &remote).await;
+        lock(&self.node.postcopy.outgoing).remove(&self.app);
+        let served_pages = out.pages_served.load(Ordering::Relaxed);
+        self.bytes_sent += out.bytes_served.load(Ordering::Relaxed);
+        self.pages_sent += served_pages;
+        let total: u64 = remote.iter().map(RemotePages::pages).sum();
+        match pushed {
+            Ok(()) => {
+                let _ = self
+                    .node
+                    .client
+                    .post_bytes(&self.push_url("done"), Bytes::new())
+                    .await;
+                self.node.forget_checkpoint(&self.app);
+                super::super::target::release(lock(&out.inst).take());
+                self.add_note(format!(
+                    "post-copy: {total} pages to deliver; {served_pages} fetched by the target on first touch, the rest pushed"
+                ));
+                Ok(n)
+            }
+            Err(PushError::TargetGaveUp(e)) => {
+                // The target is alive and dropped the move (its own
+                // restart from a checkpoint): the copy here must not run.
+                super::super::target::release(lock(&out.inst).take());
+                Err(NodeError::new(
+                    crate::ErrorKind::Peer(502),
+                    format!("the target gave up the post-copy before every page was in (see the app's status there): {e}"),
+                ))
+            }
+            Err(PushError::TargetLost(e)) => {
+                let inst = lock(&out.inst).take();
+                self.resume_here(spec, inst, e).await
+            }
+        }
+    }
+
+    /// Resumes the app here from the frozen instance after the target was
+    /// lost mid-post-copy, and fails the move saying so.
+    async fn resume_here(
+        &mut self,
+        spec: StartApp,
+        inst: Option<tern_runtime::instance::Instance>,
+        e: String,
+    ) -> Result<u64> {
+        let lost = format!("the target {} was lost mid-post-copy ({e})", self.to_name);
+        let inst = inst
+            .ok_or_else(|| NodeError::internal(format!("{lost}; the frozen copy is gone too")))?;
+        let module = self
+            .node
+            .runtime
+            .loaded(&self.handle.module_sha())
+            .ok_or_else(|| {
+                NodeError::internal(format!("{lost}; the app's module is not loaded here"))
+            })?;
+        self.node.admit_generation(&self.app, spec.generation)?;
+        let generation = spec.generation;
+        let handle = AppHandle::spawn(
+            self.node.runtime.clone(),
+            module,
+            spec,
+            self.node.data_dir().clone(),
+            Some((inst, self.handle.logs().clone())),
+        )?;
+        self.node.install(handle);
+        Err(NodeError::new(
+            crate::ErrorKind::Peer(502),
+            format!(
+                "{lost}: the app resumed on {} from its state at the switch, at generation {generation}; what it did on the target since is lost",
+                self.node.name()
+            ),
+        ))
+    }
+
+    fn push_url(&self, step: &str) -> String {
+        format!("{}/v1/postcopy/{}/{step}", self.to_url, self.app)
+    }
+
+    fn add_note(&mut self, why: String) {
+        self.note = Some(match self.note.take() {
+            Some(n) => format!("{n}; {why}"),
+            None => why,
+        });
+    }
+
+    /// Pushes every remote page in slices, a few on the wire at once.
+    async fn push_all(
+        &mut self,
+        out: &Arc<Outgoing>,
+        remote: &[RemotePages],
+    ) -> Result<(), PushError> {
+        type Push = tokio::task::JoinHandle<Result<u64, PushError>>;
+        let url = self.push_url("pages");
+        let mut in_flight: VecDeque<Push> = VecDeque::new();
+        let slices = remote.iter().flat_map(|r| {
+            r.runs
+                .iter()
+                .flat_map(|&(first, n)| first..first + n)
+                .collect::<Vec<u64>>()
+                .chunks(PUSH_PAGES)
+                .map(|c| (r.memory, c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let mut result = Ok(());
+        for (memory, pages) in slices {
+            if in_flight.len() >= PUSHES_IN_FLIGHT {
+                if let Some(done) = in_flight.pop_front() {
+                    match done.await {
+                        Ok(Ok(b)) => self.bytes_sent += b,
+                        Ok(Err(e)) => {
+                            result = Err(e);
+                            break;
+                        }
+                        Err(j) => {
+                            result = Err(PushError::TargetLost(j.to_string()));
+                            break;
+                        }
+                    }
+                }
+            }
+            let out2 = out.clone();
+            let n = pages.len() as u64;
+            let body = tokio::task::spawn_blocking(move || {
+                lock(&out2.inst)
+                    .as_mut()
+                    .map(|i| i.encode_pages(memory, &pages))
+            })
+            .await;
+            let body = match body {
+                Ok(Some(Ok(b))) => b,
+                other => {
+                    result = Err(PushError::TargetLost(format!(
+                        "cannot read the pages to push: {other:?}"
+                    )));
+                    break;
+                }
+            };
+            self.pages_sent += n;
+            let (client, url) = (self.node.client.clone(), url.clone());
+            in_flight.push_back(tokio::spawn(async move {
+                let len = body.len() as u64;
+                let body = Bytes::from(body);
+                let mut attempt = 0;
+                loop {
+                    match client.post_bytes(&url, body.clone()).await {
+                        Ok(_) => return Ok(len),
+                        Err(e) if e.status() == Some(404) => {
+                            return Err(PushError::TargetLost(e.to_string()))
+                        }
+                        Err(e) if e.status().is_some() => {
+                            return Err(PushError::TargetGaveUp(e.to_string()))
+                        }
+                        Err(e) => {
+                            attempt += 1;
+                            if attempt >= PUSH_ATTEMPTS {
+                                return Err(PushError::TargetLost(e.to_string()));
+                            }
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        while let Some(done) = in_flight.pop_front() {
+            match done.await {
+                Ok(Ok(b)) if result.is_ok() => self.bytes_sent += b,
+                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                _ => {}
+            }
+        }
+        result
+    }
+}
+
+enum PushError {
+    /// The target cannot be reached, or no longer knows the move.
+    TargetLost(String),
+    /// The target answered and refused (its post-copy failed there).
+    TargetGaveUp(String),
+}
+
+impl std::fmt::Debug for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::TargetLost(e) => write!(f, "target lost: {e}"),
+            PushError::TargetGaveUp(e) => write!(f, "target gave up: {e}"),
+        }
+    }
+}
+
+/// `POST /v1/postcopy/APP/fetch?memory=N` on the source: the pages the
+/// target asks for, from the frozen instance.
+pub(crate) async fn serve_fetch(
+    node: Arc<Node>,
+    app: String,
+    memory: u32,
+    body: Bytes,
+) -> Result<Bytes> {
+    let out = lock(&node.postcopy.outgoing)
+        .get(&app)
+        .cloned()
+        .ok_or_else(|| NodeError::not_found(format!("no post-copy of {app} leaves this node")))?;
+    let chunk = tokio::task::spawn_blocking(move || {
+        let mut g = lock(&out.inst);
+        let inst = g
+            .as_mut()
+            .ok_or_else(|| NodeError::conflict(format!("the post-copy of {app} has ended")))?;
+        let chunk = inst
+            .serve_page_request(memory, &body)
+            .map_err(|e| NodeError::bad_request(format!("page request refused: {e}")))?;
+        drop(g);
+        out.bytes_served
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        out.pages_served
+            .fetch_add((chunk.len() / 4096) as u64, Ordering::Relaxed);
+        Ok::<_, NodeError>(chunk)
+    })
+    .await??;
+    Ok(Bytes::from(chunk))
+}

@@ -1,0 +1,323 @@
+//! The target of a post-copy: the switch (the app restored without its
+//! pages, the pager started, the app resumed and acknowledged), the fetch
+//! loop that asks the source for the pages the app touches, the pushes
+//! from the source, and the restart from the last checkpoint if the source
+//! is lost before every page is in.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_api::types::MigrationAck;
+use tern_runtime::instance::Instance;
+use tern_runtime::postcopy::PageWant;
+use tern_runtime::snapshot::{PageRequest, PostcopyFrame};
+use tokio::sync::mpsc;
+
+use super::{Incoming, FETCH_PAGES};
+use crate::app::{AppHandle, Cmd};
+use crate::error::{NodeError, Result};
+use crate::migrate::restore_options;
+use crate::migrate::target::{delete_session, release, session, TargetSession};
+use crate::node::{lock, Node};
+
+/// Faults waiting for the fetch loop, at most (one per page: a page asked
+/// for is not asked again, so this bounds nothing the app needs).
+const WANTS_QUEUED: usize = 1024;
+/// With pages still missing and nothing from the source for this long,
+/// the source counts as lost.
+const STALL: Duration = Duration::from_secs(10);
+/// Attempts per fetch before the source counts as lost.
+const FETCH_ATTEMPTS: u32 = 3;
+/// Attempts to get the checkpoint after the source was lost, 500 ms apart.
+const CHECKPOINT_ATTEMPTS: u32 = 20;
+
+/// `POST /v1/migrations/ID/postcopy?from_url=URL`: the switch-over frame.
+/// The app resumes here before its pages are; the answer acknowledges.
+pub(crate) async fn receive_switch(
+    node: Arc<Node>,
+    id: String,
+    source_url: String,
+    body: Bytes,
+) -> Result<MigrationAck> {
+    let s = session(&node, &id)?;
+    node.check_generation(&s.app, s.spec.generation)?;
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    };
+    let ok_url = ["http://", "https://"]
+        .iter()
+        .any(|p| source_url.strip_prefix(p).is_some_and(plain));
+    if !ok_url {
+        return Err(NodeError::bad_request("post-copy needs the source's URL"));
+    }
+    let t0 = Instant::now();
+    let (tx, rx) = mpsc::channel::<PageWant>(WANTS_QUEUED);
+    let (rt, s2, node2) = (node.runtime.clone(), s.clone(), node.clone());
+    let (mut inst, pager) = tokio::task::spawn_blocking(move || {
+        let frame = PostcopyFrame::decode(&body)
+            .map_err(|e| NodeError::bad_request(format!("post-copy frame rejected: {e}")))?;
+        // After pre-copy rounds (hot, then post-copy) the session holds the
+        // pages sent so far: the state goes on top, the rest is remote.
+        let precopied = lock(&s2.inst).take();
+        let mut inst = match precopied {
+            Some(mut inst) => {
+                inst.apply_state(&frame.state).map_err(|e| {
+                    NodeError::bad_request(format!("the state does not apply: {e}"))
+                })?;
+                inst
+            }
+            None => {
+                let opts = restore_options(&node2, &s2.spec, &frame.state, &s2.logs, false, false)?;
+                Instance::restore(&rt, &frame.state, Some(s2.module.clone()), opts).map_err(
+                    |e| NodeError::bad_request(format!("the state does not restore: {e}")),
+                )?
+            }
+        };
+        // The fault thread is no async task: a blocking send waits for
+        // room in the queue without holding up a runtime worker.
+        let want = Box::new(move |w: PageWant| tx.blocking_send(w).is_ok());
+        let pager = inst
+            .start_postcopy(&frame.remote, want)
+            .map_err(|e| NodeError::internal(format!("cannot page post-copy here: {e}")))?;
+        Ok::<_, NodeError>((inst, pager))
+    })
+    .await??;
+    let incoming = Arc::new(Incoming {
+        pager: pager.clone(),
+        last_progress: Mutex::new(Instant::now()),
+        opened: Instant::now(),
+    });
+    {
+        let mut g = lock(&node.postcopy.incoming);
+        // Entries of moves long done, kept to answer late pushes, go.
+        g.retain(|_, i| !(i.pager.is_finished() && i.opened.elapsed() > Duration::from_secs(600)));
+        g.insert(s.app.clone(), incoming.clone());
+    }
+    tokio::spawn(fetch_loop(
+        node.clone(),
+        s.clone(),
+        source_url,
+        incoming,
+        rx,
+    ));
+    // The restore hook may touch pages: the fetch loop runs already.
+    let resumed = tokio::task::spawn_blocking(move || {
+        inst.run_restore_hook()
+            .map_err(|e| NodeError::internal(format!("the app's restore hook failed: {e}")))?;
+        Ok::<_, NodeError>(inst)
+    })
+    .await?;
+    let inst = match resumed {
+        Ok(i) => i,
+        Err(e) => {
+            pager.fail("the switch failed on the target");
+            lock(&node.postcopy.incoming).remove(&s.app);
+            return Err(e);
+        }
+    };
+    delete_session(&node, &id);
+    let handle = AppHandle::spawn(
+        node.runtime.clone(),
+        s.module.clone(),
+        s.spec.clone(),
+        node.data_dir().clone(),
+        Some((inst, s.logs.clone())),
+    )?;
+    node.install(handle);
+    Ok(MigrationAck {
+        generation: s.spec.generation,
+        resume_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Asks the source for the pages the app faults on (each with neighbours),
+/// one request at a time, until every page is in; gives the app up to its
+/// checkpoint if the source stops answering.
+async fn fetch_loop(
+    node: Arc<Node>,
+    s: Arc<TargetSession>,
+    source_url: String,
+    incoming: Arc<Incoming>,
+    mut rx: mpsc::Receiver<PageWant>,
+) {
+    let pager = incoming.pager.clone();
+    let url = format!("{source_url}/v1/postcopy/{}/fetch", s.app);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let want = tokio::select! {
+            w = rx.recv() => match w {
+                Some(w) => w,
+                None => break,
+            },
+            _ = tick.tick() => {
+                if pager.is_finished() {
+                    break;
+                }
+                if lock(&incoming.last_progress).elapsed() > STALL {
+                    let why = format!("the source sent no page for {} s", STALL.as_secs());
+                    return source_lost(&node, &s, &incoming, why).await;
+                }
+                continue;
+            }
+        };
+        let pages = pager.claim(want.memory, want.page, FETCH_PAGES);
+        if pages.is_empty() {
+            continue;
+        }
+        let body = Bytes::from(
+            PageRequest {
+                memory: want.memory,
+                pages,
+            }
+            .encode(),
+        );
+        let url = format!("{url}?memory={}", want.memory);
+        let mut attempt = 0;
+        let chunk = loop {
+            match node.client.post_bytes(&url, body.clone()).await {
+                Ok(b) => break Ok(b),
+                Err(e) if e.status().is_some() => break Err(e.to_string()),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= FETCH_ATTEMPTS {
+                        break Err(e.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        };
+        let placed = match chunk {
+            Ok(b) => {
+                let p = pager.clone();
+                tokio::task::spawn_blocking(move || p.deliver(&b))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Err(e) => Err(e),
+        };
+        match placed {
+            Ok(_) => incoming.touch(),
+            Err(e) => {
+                let why = format!(
+                    "fetching page {} of memory {} failed: {e}",
+                    want.page, want.memory
+                );
+                return source_lost(&node, &s, &incoming, why).await;
+            }
+        }
+    }
+}
+
+/// The source is lost with pages still there: the pager fails (the app's
+/// call is cut off; its incomplete memory is never used again), and the
+/// app restarts here from its last checkpoint, whole, or is failed.
+async fn source_lost(
+    node: &Arc<Node>,
+    s: &Arc<TargetSession>,
+    incoming: &Arc<Incoming>,
+    why: String,
+) {
+    let missing = incoming.pager.remaining();
+    incoming.pager.fail(&why);
+    let lost = format!(
+        "post-copy from {} lost its source with {missing} pages still there ({why})",
+        s.from
+    );
+    tracing::warn!(app = %s.app, "{lost}");
+    let replacement = match &s.checkpoint {
+        None => Err("it has no checkpoint to restart from".to_string()),
+        Some((digest, url)) => match checkpoint(node, &s.app, digest, url.as_deref()).await {
+            Err(e) => Err(format!("its checkpoint cannot be had: {e}")),
+            Ok(snap) => {
+                let (rt, node2, s2) = (node.runtime.clone(), node.clone(), s.clone());
+                tokio::task::spawn_blocking(move || {
+                    let opts = restore_options(&node2, &s2.spec, &snap, &s2.logs, true, true)
+                        .map_err(|e| e.to_string())?;
+                    Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
+                        .map_err(|e| format!("its checkpoint does not restore: {e}"))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+        },
+    };
+    let (why, replacement) = match replacement {
+        Ok(inst) => (
+            format!("{lost}: restarted from its last checkpoint; what it did since that checkpoint is lost"),
+            Some(Box::new(inst)),
+        ),
+        Err(e) => (format!("{lost}: stopped, and {e}"), None),
+    };
+    match node.local(&s.app) {
+        Some(h) if h.spec().generation == s.spec.generation => {
+            let _ = h.send(Cmd::PostcopyLost { why, replacement });
+        }
+        _ => release(replacement),
+    }
+}
+
+/// The app's checkpoint, asked a few times: the control plane hands it
+/// only to the node it knows runs the app, which it learns from this
+/// node's next heartbeat when the move's own answer never came.
+async fn checkpoint(
+    node: &Node,
+    app: &str,
+    digest: &str,
+    url: Option<&str>,
+) -> Result<Arc<tern_runtime::Snapshot>> {
+    let mut attempt = 0;
+    loop {
+        match node.checkpoint_for(app, digest, url).await {
+            Ok((snap, _)) => return Ok(snap),
+            Err(e) if attempt >= CHECKPOINT_ATTEMPTS => return Err(e),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// `POST /v1/postcopy/APP/pages`: a push from the source. Answers how many
+/// pages are still missing; 404 when no post-copy of the app arrives here
+/// (the source then knows this node lost it), 409 when it failed here.
+pub(crate) async fn receive_push(
+    node: Arc<Node>,
+    app: String,
+    body: Bytes,
+) -> Result<serde_json::Value> {
+    let incoming = lock(&node.postcopy.incoming)
+        .get(&app)
+        .cloned()
+        .ok_or_else(|| NodeError::not_found(format!("no post-copy of {app} arrives here")))?;
+    if let Some(why) = incoming.pager.failure() {
+        return Err(NodeError::conflict(format!(
+            "the post-copy of {app} failed here: {why}"
+        )));
+    }
+    let pager = incoming.pager.clone();
+    let left = tokio::task::spawn_blocking(move || pager.deliver(&body))
+        .await?
+        .map_err(NodeError::bad_request)?;
+    incoming.touch();
+    Ok(serde_json::json!({ "remaining": left }))
+}
+
+/// `POST /v1/postcopy/APP/done`: the source sent every page and dropped
+/// its copy.
+pub(crate) fn receive_done(node: &Node, app: &str) -> serde_json::Value {
+    let Some(incoming) = lock(&node.postcopy.incoming).remove(app) else {
+        return serde_json::json!({ "remaining": 0 });
+    };
+    let left = incoming.pager.remaining();
+    if left > 0 {
+        // Never the case when every push landed; if it were, those pages
+        // will never come: the app must not run on without them.
+        incoming.pager.fail(&format!(
+            "the source finished with {left} pages never delivered"
+        ));
+    }
+    serde_json::json!({ "remaining": left })
+}

@@ -1,0 +1,302 @@
+//! The pager's kernel side: one userfaultfd in `MISSING` mode over every
+//! paged memory, and an eventfd that stops the fault thread's wait. Raw
+//! ioctls from `include/uapi/linux/userfaultfd.h` (the shared bindings are
+//! `dirty/sys.rs`).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use crate::dirty::sys::{
+    ioc, ioctl, open_uffd_all_faults, UffdioApi, UffdioRange, UffdioRegister, IOC_READ, IOC_WRITE,
+    UFFDIO, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFD_API,
+};
+
+const _UFFDIO_WAKE: u64 = 0x02;
+const _UFFDIO_COPY: u64 = 0x03;
+const _UFFDIO_ZEROPAGE: u64 = 0x04;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `sizeof(struct uffd_msg)`.
+const MSG_SIZE: usize = 32;
+/// Faults read per wake-up (the rest wait for the next read).
+const MSGS_PER_READ: usize = 64;
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+#[repr(C)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+
+/// `_IOWR(UFFDIO, _UFFDIO_COPY, struct uffdio_copy)`
+const UFFDIO_COPY: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    UFFDIO,
+    _UFFDIO_COPY,
+    std::mem::size_of::<UffdioCopy>(),
+);
+/// `_IOWR(UFFDIO, _UFFDIO_ZEROPAGE, struct uffdio_zeropage)`
+const UFFDIO_ZEROPAGE: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    UFFDIO,
+    _UFFDIO_ZEROPAGE,
+    std::mem::size_of::<UffdioZeropage>(),
+);
+/// `_IOR(UFFDIO, _UFFDIO_WAKE, struct uffdio_range)`
+const UFFDIO_WAKE: u64 = ioc(
+    IOC_READ,
+    UFFDIO,
+    _UFFDIO_WAKE,
+    std::mem::size_of::<UffdioRange>(),
+);
+const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
+const _: () = assert!(UFFDIO_ZEROPAGE == 0xc020_aa04);
+const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
+
+fn os_err(step: &str) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("post-copy pager: {step}: {e}"))
+}
+
+fn errno() -> Option<i32> {
+    io::Error::last_os_error().raw_os_error()
+}
+
+pub(super) struct Uffd {
+    fd: OwnedFd,
+    stop: OwnedFd,
+    /// Registered ranges: (start, length).
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Whether a userfaultfd that takes kernel faults too opens, speaks the
+/// API and registers an anonymous range in `MISSING` mode.
+pub(super) fn probe() -> Result<(), String> {
+    const LEN: usize = 1 << 16;
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(format!("probe mapping: {}", io::Error::last_os_error()));
+    }
+    let r = Uffd::start(&[(p as u64, LEN as u64)]).map(|u| u.unregister());
+    // SAFETY: our own mapping, of that length; the uffd is closed.
+    unsafe { libc::munmap(p, LEN) };
+    r.map_err(|e| e.to_string())
+}
+
+impl Uffd {
+    /// Registers every `(base, reserved)` in `MISSING` mode.
+    pub(super) fn start(ranges: &[(u64, u64)]) -> io::Result<Uffd> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != crate::snapshot::PAGE_SIZE as i64 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "post-copy pager: the system page size is not 4 KiB",
+            ));
+        }
+        let fd = open_uffd_all_faults()?;
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features: 0,
+            ioctls: 0,
+        };
+        if ioctl(&fd, UFFDIO_API, &mut api) < 0 {
+            return Err(os_err("UFFDIO_API"));
+        }
+        // SAFETY: eventfd with integer flags; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(os_err("eventfd"));
+        }
+        // SAFETY: a new descriptor we own.
+        let stop = unsafe { OwnedFd::from_raw_fd(efd) };
+        let mut me = Uffd {
+            fd,
+            stop,
+            ranges: Vec::new(),
+        };
+        for &(base, reserved) in ranges {
+            let mut reg = UffdioRegister {
+                range: UffdioRange {
+                    start: base,
+                    len: reserved,
+                },
+                mode: UFFDIO_REGISTER_MODE_MISSING,
+                ioctls: 0,
+            };
+            if ioctl(&me.fd, UFFDIO_REGISTER, &mut reg) < 0 {
+                return Err(os_err(&format!(
+                    "UFFDIO_REGISTER(MISSING) of {reserved} bytes at {base:#x}"
+                )));
+            }
+            me.ranges.push((base, reserved));
+            let need = (1 << _UFFDIO_COPY) | (1 << _UFFDIO_ZEROPAGE) | (1 << _UFFDIO_WAKE);
+            if reg.ioctls & need != need {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "post-copy pager: the range does not support UFFDIO_COPY/ZEROPAGE/WAKE (ioctls {:#x})",
+                        reg.ioctls
+                    ),
+                ));
+            }
+        }
+        Ok(me)
+    }
+
+    /// Discards `[start, start+len)` of a registered range: its pages fault
+    /// again on their next touch.
+    pub(super) fn discard(&self, start: u64, len: u64) -> io::Result<()> {
+        // SAFETY: the range lies in the accessible part of a memory the
+        // caller owns and does not use meanwhile (no call runs); discarding
+        // only makes its pages fault again, it unmaps nothing.
+        let rc = unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                len as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(os_err("madvise(MADV_DONTNEED)"));
+        }
+        Ok(())
+    }
+
+    /// Waits for faults (or the stop signal: then no address) and returns
+    /// the addresses of the faults read.
+    pub(super) fn wait(&self) -> io::Result<Vec<u64>> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            return if errno() == Some(libc::EINTR) {
+                Ok(vec![])
+            } else {
+                Err(os_err("poll"))
+            };
+        }
+        if fds[1].revents != 0 {
+            return Ok(vec![]);
+        }
+        let mut buf = [0u8; MSG_SIZE * MSGS_PER_READ];
+        // SAFETY: reading into a buffer we own, of that length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return match errno() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(vec![]),
+                _ => Err(os_err("read")),
+            };
+        }
+        Ok(buf[..n as usize]
+            .chunks_exact(MSG_SIZE)
+            .filter(|m| m[0] == UFFD_EVENT_PAGEFAULT)
+            .map(|m| u64::from_ne_bytes(m[16..24].try_into().expect("8 bytes")))
+            .collect())
+    }
+
+    /// Fills a missing range with zeros (and wakes its waiters).
+    pub(super) fn zero(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut z = UffdioZeropage {
+            range: UffdioRange { start, len },
+            mode: 0,
+            zeropage: 0,
+        };
+        loop {
+            if ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z) >= 0 || errno() == Some(libc::EEXIST) {
+                return Ok(());
+            }
+            if errno() != Some(libc::EAGAIN) {
+                return Err(os_err("UFFDIO_ZEROPAGE"));
+            }
+        }
+    }
+
+    /// Wakes the threads waiting on a range that is filled already.
+    pub(super) fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut r = UffdioRange { start, len };
+        if ioctl(&self.fd, UFFDIO_WAKE, &mut r) < 0 {
+            return Err(os_err("UFFDIO_WAKE"));
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the missing range at `dst` (waking its waiters).
+    /// `Ok(false)`: some page of it was present already (nothing after it
+    /// was copied; the caller goes page by page).
+    pub(super) fn copy(&self, dst: u64, src: &[u8]) -> io::Result<bool> {
+        let mut done = 0u64;
+        let len = src.len() as u64;
+        while done < len {
+            let mut c = UffdioCopy {
+                dst: dst + done,
+                src: src.as_ptr() as u64 + done,
+                len: len - done,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY (of the copy itself): the kernel reads `len - done`
+            // bytes from `src`, a live slice of that length, and fills only
+            // pages still missing in a range registered to this uffd; it
+            // never overwrites a present page (EEXIST) nor writes outside
+            // a registered range (ENOENT/EINVAL), so no memory Rust knows
+            // about is changed under it.
+            let rc = ioctl(&self.fd, UFFDIO_COPY, &mut c);
+            if c.copy > 0 {
+                done += c.copy as u64;
+            }
+            if rc >= 0 {
+                continue;
+            }
+            match errno() {
+                Some(libc::EEXIST) => return Ok(false),
+                Some(libc::EAGAIN) => continue,
+                _ => return Err(os_err("UFFDIO_COPY")),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Ends every registration: waiting faults are retried as plain ones.
+    pub(super) fn unregister(&self) {
+        for &(start, len) in &self.ranges {
+            let mut r = UffdioRange { start, len };
+            let _ = ioctl(&self.fd, UFFDIO_UNREGISTER, &mut r);
+        }
+    }
+
+    /// Makes the fault thread's wait return.
+    pub(super) fn stop(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes we own to our eventfd.
+        unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}

@@ -1,0 +1,168 @@
+//! The pager against a plain mapping: remote pages come from a "source"
+//! buffer on first touch, others are zero, a push never overwrites a page
+//! the reader already has, and a lost source interrupts and fails.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use super::*;
+use crate::snapshot::PageChunk;
+
+const PAGES: usize = 64;
+
+struct Mapping(*mut u8, usize);
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.0.cast(), self.1) };
+    }
+}
+
+fn mapping() -> Mapping {
+    let len = PAGES * PAGE_SIZE;
+    // SAFETY: a fresh anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    Mapping(p.cast(), len)
+}
+
+fn source() -> Vec<u8> {
+    (0..PAGES * PAGE_SIZE)
+        .map(|i| ((i / PAGE_SIZE) as u8).wrapping_mul(31) ^ (i % 253) as u8 | 1)
+        .collect()
+}
+
+/// Remote: pages 0..40 except every fifth; the rest is zero.
+fn remote() -> RemotePages {
+    RemotePages::from_fn(0, (PAGES * PAGE_SIZE) as u64, PAGES as u64, |p| {
+        p < 40 && p % 5 != 0
+    })
+}
+
+fn start(m: &Mapping, interrupt: InterruptHandle) -> (Arc<Pager>, mpsc::Receiver<PageWant>) {
+    let (tx, rx) = mpsc::sync_channel::<PageWant>(64);
+    let tx = std::sync::Mutex::new(tx);
+    let pager = Pager::start(
+        vec![PagedMemory {
+            index: 0,
+            base: m.0 as u64,
+            reserved: m.1 as u64,
+            size: m.1 as u64,
+        }],
+        &[remote()],
+        interrupt,
+        Box::new(move |w| tx.lock().unwrap().send(w).is_ok()),
+    )
+    .expect("pager starts");
+    (pager, rx)
+}
+
+#[test]
+fn pages_arrive_on_first_touch_and_pushes_never_overwrite() {
+    if let Err(why) = available() {
+        eprintln!("skipped: post-copy unavailable here: {why}");
+        return;
+    }
+    let m = mapping();
+    // Instantiation leaves bytes behind in a remote page: discarded.
+    // SAFETY: our own mapping.
+    unsafe { std::ptr::write_bytes(m.0.add(PAGE_SIZE), 0xEE, PAGE_SIZE) };
+    let src = Arc::new(source());
+    let (pager, rx) = start(&m, InterruptHandle::new());
+    assert_eq!(pager.remaining(), remote().pages());
+    // A fetcher, as a node runs one: claims the wanted page and up to 3
+    // neighbours, and delivers them.
+    let (p2, s2) = (pager.clone(), src.clone());
+    let fetcher = std::thread::spawn(move || {
+        let mut requests = 0;
+        // Ends when the pager is done (the node's fetcher does the same).
+        while !p2.is_finished() {
+            let Ok(w) = rx.recv_timeout(std::time::Duration::from_millis(20)) else {
+                continue;
+            };
+            let pages = p2.claim(w.memory, w.page, 4);
+            assert!(pages.contains(&w.page), "{pages:?} lacks {}", w.page);
+            p2.deliver(&PageChunk::encode_from(0, &s2, &pages)).unwrap();
+            requests += 1;
+        }
+        requests
+    });
+    // The guest's view: write one remote page first (it is fetched, then
+    // written), then read everything.
+    // SAFETY: the mapping is ours; faults are resolved by the pager.
+    let mem = unsafe { std::slice::from_raw_parts_mut(m.0, m.1) };
+    mem[7 * PAGE_SIZE] = 0x42;
+    for p in 0..PAGES {
+        let page = &mem[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+        let r = remote()
+            .runs
+            .iter()
+            .any(|&(a, n)| p as u64 >= a && (p as u64) < a + n);
+        let mut want = if r {
+            src[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].to_vec()
+        } else {
+            vec![0; PAGE_SIZE]
+        };
+        if p == 7 {
+            want[0] = 0x42;
+        }
+        assert!(page == &want[..], "page {p} differs");
+    }
+    // A late push of everything changes nothing and completes the pager.
+    let all: Vec<u64> = (0..40).filter(|p| p % 5 != 0).collect();
+    let left = pager
+        .deliver(&PageChunk::encode_from(0, &src, &all))
+        .unwrap();
+    assert_eq!(left, 0);
+    assert!(pager.is_finished());
+    assert_eq!(mem[7 * PAGE_SIZE], 0x42, "a push overwrote a written page");
+    assert!(pager.failure().is_none());
+    drop(pager);
+    let requests = fetcher.join().unwrap();
+    assert!(
+        requests > 0 && requests < 30,
+        "{requests} requests for 30 remote pages"
+    );
+}
+
+#[test]
+fn a_lost_source_interrupts_and_fails_the_pager() {
+    if available().is_err() {
+        return;
+    }
+    let m = mapping();
+    let interrupt = InterruptHandle::new();
+    let (pager, rx) = start(&m, interrupt.clone());
+    let p2 = pager.clone();
+    // The fetcher cannot reach the source: it fails the pager.
+    let fetcher = std::thread::spawn(move || {
+        let w = rx.recv().unwrap();
+        p2.fail(&format!(
+            "source unreachable while fetching page {}",
+            w.page
+        ));
+    });
+    // SAFETY: the mapping is ours; the blocked fault resolves on failure.
+    let byte = unsafe { std::ptr::read_volatile(m.0.add(3 * PAGE_SIZE)) };
+    fetcher.join().unwrap();
+    assert_eq!(byte, 0, "a lost page reads as zero, and the app is stopped");
+    assert!(interrupt.is_interrupted());
+    assert!(pager.failure().unwrap().contains("page 3"));
+    assert!(pager.is_finished());
+    // Nothing more is placed once failed.
+    assert_eq!(
+        pager
+            .deliver(&PageChunk::encode_from(0, &source(), &[4]))
+            .unwrap(),
+        pager.remaining()
+    );
+}

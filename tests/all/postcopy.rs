@@ -1,0 +1,424 @@
+//! Post-copy moves between real nodes in this process, over real HTTP on
+//! loopback: a busy 64 MiB app moves with every byte and a short pause;
+//! a target that cannot page makes the move go hot; a target lost midway
+//! leaves the app running on the source; a source lost midway makes the
+//! target restart the app from its last checkpoint, never from a mix.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tern_api::client::Client;
+use tern_api::types::{InvokeRequest, InvokeResponse, Mode};
+use tokio::sync::watch;
+
+use crate::nodes::{client, deploy, expect, migrate, start_control, TestNode};
+use crate::relay::{Fault, Hook, Relay};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+/// 64 KiB Wasm pages the heap app grows by: 64 MiB.
+const GROW_PAGES: i64 = 1024;
+
+async fn call(
+    c: &Client,
+    url: &str,
+    app: &str,
+    export: &str,
+    args: &[i64],
+) -> Result<InvokeResponse, String> {
+    let req = InvokeRequest {
+        export: export.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn digest(c: &Client, url: &str) -> i64 {
+    call(c, url, "heap", "digest", &[])
+        .await
+        .expect("digest")
+        .results[0]
+        .as_i64()
+        .unwrap()
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A 64 MiB heap app (every byte written) on `node`.
+async fn heap_app(c: &Client, node: &TestNode) {
+    deploy(c, node, tern_artifacts::HEAPSTATE, "heap").await;
+    call(c, &node.url, "heap", "grow", &[GROW_PAGES])
+        .await
+        .expect("grow");
+}
+
+fn paging_here() -> bool {
+    match tern_runtime::postcopy::available() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("skipped: post-copy is unavailable here: {why}");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_app_moves_postcopy_with_every_byte() {
+    if !paging_here() {
+        return;
+    }
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    heap_app(&c, &src).await;
+    // One writer through the source (which forwards once the app moved):
+    // touch(256 pages, seed) for seed 1, 2, 3...
+    let (stop, stop_rx) = watch::channel(false);
+    let (done_tx, mut done) = watch::channel(0i64);
+    let entry = src.url.clone();
+    let writer = tokio::spawn(async move {
+        let c = client();
+        let mut seed = 0;
+        let mut failures = Vec::new();
+        while !*stop_rx.borrow() {
+            seed += 1;
+            match call(&c, &entry, "heap", "touch", &[256, seed]).await {
+                Ok(r) if r.results[0].as_i64().is_some_and(|n| n > 0) => {}
+                other => failures.push(format!("touch #{seed}: {other:?}")),
+            }
+            done_tx.send_replace(seed);
+        }
+        (seed, failures)
+    });
+    let _ = tokio::time::timeout(DEADLINE, done.wait_for(|&n| n >= 10)).await;
+    let r = migrate(&c, &src, &dst, "heap", Mode::Postcopy, 2)
+        .await
+        .expect("the app moves post-copy");
+    eprintln!(
+        "64 MiB busy app, post-copy: downtime {:.2} ms, total {:.1} ms, {} bytes, {} pages, {} held; {:?}",
+        r.downtime_ms, r.total_ms, r.bytes_sent, r.pages_sent, r.requests_held, r.note
+    );
+    assert_eq!(r.mode, "postcopy", "{r:?}");
+    assert_eq!(r.rounds, 0, "{r:?}");
+    assert!(
+        r.bytes_sent >= (GROW_PAGES as u64) << 16,
+        "every page went over: {r:?}"
+    );
+    let at = *done.borrow();
+    let _ = tokio::time::timeout(DEADLINE, done.wait_for(|&n| n >= at + 10)).await;
+    let _ = stop.send(true);
+    let (calls, failures) = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(failures.is_empty(), "no call failed: {failures:?}");
+
+    // The state on the target is an unmoved run's.
+    let on_target = call(&c, &dst.url, "heap", "digest", &[]).await.unwrap();
+    assert_eq!(on_target.node, "dst");
+    let rt = crate::support::fresh_runtime();
+    let mut reference = crate::support::start(&rt, std::path::Path::new(tern_artifacts::HEAPSTATE));
+    use tern_runtime::Val;
+    reference.call("grow", &[Val::I64(GROW_PAGES)]).unwrap();
+    for seed in 1..=calls {
+        reference
+            .call("touch", &[Val::I64(256), Val::I64(seed)])
+            .unwrap();
+    }
+    let Val::I64(want) = reference.call("digest", &[]).unwrap()[0] else {
+        panic!("digest is an i64")
+    };
+    assert_eq!(
+        on_target.results[0].as_i64().unwrap(),
+        want,
+        "{calls} touches"
+    );
+    // The source dropped its frozen copy; the target's app is whole.
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/heap", dst.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st["state"].as_str(), st["generation"].as_u64()),
+        (Some("running"), Some(2)),
+        "{st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_that_cannot_page_takes_the_move_hot() {
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start_with("dst", |c| c.postcopy = false).await;
+    let c = client();
+    heap_app(&c, &src).await;
+    let before = digest(&c, &src.url).await;
+    let r = migrate(&c, &src, &dst, "heap", Mode::Postcopy, 2)
+        .await
+        .expect("moves");
+    assert_eq!(r.mode, "hot", "{r:?}");
+    let note = r.note.clone().unwrap_or_default();
+    assert!(
+        note.contains("post-copy is not available on the target"),
+        "{note}"
+    );
+    assert!(r.rounds >= 1, "{r:?}");
+    assert_eq!(digest(&c, &dst.url).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
+    if !paging_here() {
+        return;
+    }
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let dst_url = dst.url.clone();
+    let c = client();
+    heap_app(&c, &src).await;
+    call(&c, &src.url, "heap", "push", &[7]).await.unwrap();
+    let at_switch = digest(&c, &src.url).await;
+    // The target's node stops at the second push of pages.
+    let hook: Hook = Box::new(move || Box::pin(async move { drop(dst) }));
+    let relay = Relay::start(
+        &dst_url,
+        Fault::DieAt {
+            suffix: "/pages",
+            nth: 2,
+        },
+        Some(hook),
+    )
+    .await;
+    expect(&c, &dst_url, "src", "heap", 2).await;
+    let req = tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: relay.url.clone(),
+        mode: Mode::Postcopy,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: None,
+    };
+    let e = c
+        .post_json::<_, Value>(&format!("{}/v1/apps/heap/migrate", src.url), &req)
+        .await
+        .expect_err("the move fails");
+    eprintln!("target lost mid-post-copy: {e}");
+    assert!(relay.is_dead(), "{:?}", relay.exchanges());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("was lost mid-post-copy") && msg.contains("resumed on src"),
+        "{msg}"
+    );
+    // The app runs on the source again, from its state at the switch, at
+    // the new generation (a copy the target might still hold is older).
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/heap", src.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st["state"].as_str(), st["generation"].as_u64()),
+        (Some("running"), Some(2)),
+        "{st}"
+    );
+    assert_eq!(digest(&c, &src.url).await, at_switch);
+    call(&c, &src.url, "heap", "push", &[8])
+        .await
+        .expect("it serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
+    if !paging_here() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (control, _stop) = start_control(dir.path(), |_| {}).await;
+    let cu = control.clone();
+    // The source waits a minute before pushing: the move stays midway.
+    let n1 = TestNode::start_with("n1", move |cfg| {
+        cfg.control_url = Some(cu);
+        cfg.postcopy_push_after = Duration::from_secs(60);
+    })
+    .await;
+    let cu = control.clone();
+    let n2 = TestNode::start_with("n2", move |cfg| cfg.control_url = Some(cu)).await;
+    let c = client();
+    wait_until("the nodes register", || async {
+        let v: Vec<Value> = c
+            .get_json(&format!("{control}/v1/nodes"))
+            .await
+            .unwrap_or_default();
+        v.len() == 2
+    })
+    .await;
+    let bytes = std::fs::read(tern_artifacts::HEAPSTATE).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), bytes.into())
+        .await
+        .unwrap();
+    let _: Value = c
+        .post_json(
+            &format!("{control}/v1/apps"),
+            &json!({"name": "heap", "module_sha256": sha, "node": "n1"}),
+        )
+        .await
+        .unwrap();
+    wait_until("the app runs", || async {
+        call(&c, &n1.url, "heap", "len", &[]).await.is_ok()
+    })
+    .await;
+    call(&c, &n1.url, "heap", "grow", &[256]).await.unwrap();
+    call(&c, &n1.url, "heap", "push", &[1]).await.unwrap();
+    // A checkpoint (it reaches the control plane), then more state.
+    let _: Value = c
+        .post_json(&format!("{}/v1/apps/heap/checkpoint", n1.url), &json!({}))
+        .await
+        .unwrap();
+    let at_checkpoint = digest(&c, &n1.url).await;
+    call(&c, &n1.url, "heap", "push", &[2]).await.unwrap();
+    assert_ne!(digest(&c, &n1.url).await, at_checkpoint);
+
+    let mover = {
+        let (c, control) = (c.clone(), control.clone());
+        tokio::spawn(async move {
+            c.post_json::<_, Value>(
+                &format!("{control}/v1/apps/heap/migrate"),
+                &json!({"to": "n2", "mode": "postcopy"}),
+            )
+            .await
+        })
+    };
+    // The app resumes on n2 with its pages still on n1...
+    wait_until("the app runs on n2", || async {
+        c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+            .await
+            .is_ok_and(|st| st["state"] == "running")
+    })
+    .await;
+    // ...and n1 is lost.
+    drop(n1);
+    // The first call that touches a page the source held fails: the app
+    // must not run on part of its memory.
+    let e = call(&c, &n2.url, "heap", "digest", &[])
+        .await
+        .expect_err("the call fails");
+    eprintln!("call during the loss: {e}");
+    // The app restarts on n2 from its checkpoint, whole.
+    let t0 = Instant::now();
+    loop {
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/heap", n2.url))
+            .await
+            .unwrap_or_default();
+        let restarted = st["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted from its last checkpoint"));
+        if st["state"] == "running" && restarted {
+            break;
+        }
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "no restart from the checkpoint: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/heap", n2.url))
+        .await
+        .unwrap();
+    eprintln!("status after the loss: {}", st["last_error"]);
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("lost its source"),
+        "{st}"
+    );
+    assert_eq!(
+        digest(&c, &n2.url).await,
+        at_checkpoint,
+        "the checkpoint's state, nothing else"
+    );
+    mover.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_that_does_not_converge_ends_in_postcopy_with_every_byte() {
+    if !paging_here() {
+        return;
+    }
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    heap_app(&c, &src).await;
+    // A writer that outruns pre-copy: 4096 pages (16 MiB) per call.
+    let (stop, stop_rx) = watch::channel(false);
+    let entry = src.url.clone();
+    let writer = tokio::spawn(async move {
+        let c = client();
+        let mut seed = 0;
+        while !*stop_rx.borrow() {
+            seed += 1;
+            call(&c, &entry, "heap", "touch", &[4096, seed])
+                .await
+                .expect("touch");
+        }
+        seed
+    });
+    expect(&c, &dst.url, "src", "heap", 2).await;
+    let req = tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: dst.url.clone(),
+        mode: Mode::Hot,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: Some(2),
+    };
+    let r: tern_api::types::MigrationReport = c
+        .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)
+        .await
+        .expect("moves");
+    let _ = stop.send(true);
+    let calls = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "hot then post-copy: mode {}, rounds {}, downtime {:.2} ms, total {:.1} ms; {:?}",
+        r.mode, r.rounds, r.downtime_ms, r.total_ms, r.note
+    );
+    // Converged or switched, the state is the unmoved run's.
+    if r.mode == "postcopy" {
+        assert!(
+            r.note
+                .as_deref()
+                .unwrap_or("")
+                .contains("switched to post-copy"),
+            "{r:?}"
+        );
+        assert_eq!(r.rounds, 2, "{r:?}");
+    }
+    let rt = crate::support::fresh_runtime();
+    let mut reference = crate::support::start(&rt, std::path::Path::new(tern_artifacts::HEAPSTATE));
+    use tern_runtime::Val;
+    reference.call("grow", &[Val::I64(GROW_PAGES)]).unwrap();
+    for seed in 1..=calls {
+        reference
+            .call("touch", &[Val::I64(4096), Val::I64(seed)])
+            .unwrap();
+    }
+    let Val::I64(want) = reference.call("digest", &[]).unwrap()[0] else {
+        panic!("digest is an i64")
+    };
+    assert_eq!(digest(&c, &dst.url).await, want, "{calls} touches");
+}
