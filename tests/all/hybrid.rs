@@ -112,3 +112,71 @@ async fn hybrid_on_an_app_without_a_checkpoint_takes_one_and_moves() {
         .unwrap();
     assert_eq!(app["node"], "n2", "{app}");
 }
+
+/// The pages a hybrid move sends first: exactly those that differ from the
+/// checkpoint, byte for byte (format 2 checkpoints keep no page hashes),
+/// whether the checkpoint is raw or compressed, for pages it stored, pages
+/// it did not (zero) and pages added since by `memory.grow`.
+#[test]
+fn the_delta_from_a_checkpoint_is_exactly_the_pages_that_changed() {
+    use tern_runtime::{Instance, RestoreOptions, Snapshot, SnapshotOptions, Val};
+    const PAGE: u64 = 4096;
+    let rt = crate::support::fresh_runtime();
+    let m = rt
+        .load(
+            wat::parse_str(
+                r#"(module (memory 2)
+                     (func (export "grow") (param i32) (result i32)
+                       (memory.grow (local.get 0))))"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for compress in [false, true] {
+        let mut inst = Instance::start(&rt, &m, Default::default()).unwrap();
+        // Pages 1, 2 and 20 hold data; the rest of the 32 are zero.
+        for (p, b) in [(1u64, 7u8), (2, 8), (20, 9)] {
+            inst.write_memory(p * PAGE, &vec![b; PAGE as usize])
+                .unwrap();
+        }
+        let path = dir.path().join(format!("cp-{compress}.snap"));
+        inst.snapshot(SnapshotOptions {
+            embed_module: false,
+            compress,
+            hooks: false,
+        })
+        .unwrap()
+        .write_file(&path)
+        .unwrap();
+        let cp = Snapshot::open(&path, true).unwrap();
+        assert!(cp.body.memories.iter().all(|m| m.page_hashes.is_empty()));
+        let mut target =
+            Instance::restore(&rt, &cp, Some(m.clone()), RestoreOptions::default()).unwrap();
+        assert!(
+            inst.pages_differing_from(&cp).unwrap()[0].pages.is_empty(),
+            "nothing changed yet"
+        );
+        // Changed: a stored page (1), one rewritten with what it held (2,
+        // unchanged), a stored page zeroed (20), a zero page written (5),
+        // and a page of memory grown since (40).
+        inst.write_memory(PAGE + 100, &[1]).unwrap();
+        inst.write_memory(2 * PAGE, &[8; 64]).unwrap();
+        inst.write_memory(20 * PAGE, &vec![0; PAGE as usize])
+            .unwrap();
+        inst.write_memory(5 * PAGE + 4095, &[3]).unwrap();
+        assert_eq!(inst.call("grow", &[Val::I32(1)]).unwrap().len(), 1);
+        inst.write_memory(40 * PAGE, &[4]).unwrap();
+        let delta = inst.pages_differing_from(&cp).unwrap();
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].pages, vec![1, 5, 20, 40], "compress {compress}");
+        assert_eq!(delta[0].byte_size, 3 * 65536);
+        // Applied to the checkpoint, the delta gives the memory back.
+        target.apply_chunk(&delta[0]).unwrap();
+        assert_eq!(
+            target.read_memory(0, 3 * 65536).unwrap(),
+            inst.read_memory(0, 3 * 65536).unwrap(),
+            "compress {compress}"
+        );
+    }
+}

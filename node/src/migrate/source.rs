@@ -399,7 +399,7 @@ impl Move {
             let body = c.encode();
             self.bytes_sent += body.len() as u64;
             self.pages_sent += c.pages.len() as u64;
-            self.post(&url, Bytes::from(body))
+            self.post(&url, tern_api::server::recycled(body))
                 .await
                 .map_err(|e| NodeError::peer("sending pages", e))?;
         }
@@ -448,7 +448,7 @@ impl Move {
                 in_flight.push_back(tokio::spawn(async move {
                     let len = body.len() as u64;
                     client
-                        .post_bytes(&url, Bytes::from(body))
+                        .post_bytes(&url, tern_api::server::recycled(body))
                         .await
                         .map_err(|e| NodeError::peer("sending pages", e))?;
                     Ok((len, n))
