@@ -101,7 +101,41 @@ pub fn forbidden(message: impl Into<String>) -> Response<Body> {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    read_body_into(body, limit, false).await
+}
+
+/// [`read_body`] into a buffer from [`tern_util::pool`], given back to it
+/// when the last reference to the answer drops: for large bodies that live
+/// briefly (a migration's page slices), so that each one does not fault
+/// in fresh memory. `Vec::from` on the answer copies: use [`read_body`]
+/// for a body taken over as a `Vec`.
+pub async fn read_body_recycled(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    read_body_into(body, limit, true).await
+}
+
+/// A buffer as `Bytes` that goes back to [`tern_util::pool`] when the last
+/// reference to it drops (a request body sent, a received one applied).
+pub fn recycled(buf: Vec<u8>) -> Bytes {
+    struct Recycled(Vec<u8>);
+    impl AsRef<[u8]> for Recycled {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl Drop for Recycled {
+        fn drop(&mut self) {
+            tern_util::pool::give(std::mem::take(&mut self.0));
+        }
+    }
+    Bytes::from_owner(Recycled(buf))
+}
+
+async fn read_body_into(
+    mut body: Incoming,
+    limit: usize,
+    pooled: bool,
+) -> Result<Bytes, Response<Body>> {
     use hyper::body::Body as _;
     let too_large = || {
         error(
@@ -117,7 +151,11 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Respon
     if expected > limit as u64 {
         return Err(too_large());
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(expected as usize);
+    let mut buf: Vec<u8> = if pooled {
+        tern_util::pool::take(expected as usize)
+    } else {
+        Vec::with_capacity(expected as usize)
+    };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             error(
@@ -132,7 +170,11 @@ pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Respon
             buf.extend_from_slice(&data);
         }
     }
-    Ok(Bytes::from(buf))
+    Ok(if pooled {
+        recycled(buf)
+    } else {
+        Bytes::from(buf)
+    })
 }
 
 /// Reads and parses a JSON body.

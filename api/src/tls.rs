@@ -597,9 +597,9 @@ impl rustls::client::danger::ServerCertVerifier for ExpectRole {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let ok =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         let named = cert_info(end_entity).ok().and_then(|i| i.role);
         if named.as_ref() != Some(&self.role) {
             let named = match named {

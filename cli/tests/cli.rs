@@ -80,7 +80,7 @@ fn run_snapshot_resume_inspect() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "13");
     let doc = json(&tern(&["inspect", snap, "--json"]));
     assert_eq!(doc["checksum"], "ok");
-    assert_eq!(doc["format_version"], 1);
+    assert_eq!(doc["format_version"], 2);
     assert_eq!(doc["globals"][0]["value"], "i64 3");
 }
 

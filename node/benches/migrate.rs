@@ -27,6 +27,8 @@
 //! same bytes like the others. `TERN_BENCH_SIZES=64,1024` covers 1 GiB.
 //!
 //! p99 is nearest-rank: with fewer than 100 samples it is the maximum.
+//! total/raw is the median of the per-move ratios, with their range
+//! (min–max) beside it: never the best move alone.
 //! Knobs for quick looks: `TERN_BENCH_SIZES=16,64`, `TERN_BENCH_RATES=0,1`
 //! (percent), `TERN_BENCH_MODES=hot,cold`, `TERN_BENCH_REPS=2` (multiplies
 //! the default counts), `TERN_BENCH_OUT=path` (also write the table there),
@@ -590,7 +592,7 @@ async fn bench() {
     }
 }
 
-fn stats(row: &Row) -> [f64; 10] {
+fn stats(row: &Row) -> [f64; 12] {
     let f = |g: &dyn Fn(&Sample) -> f64| row.samples.iter().map(g).collect::<Vec<f64>>();
     let down = f(&|s| s.report.downtime_ms);
     let total = f(&|s| s.report.total_ms);
@@ -604,6 +606,8 @@ fn stats(row: &Row) -> [f64; 10] {
         percentile(&total, 50.0),
         percentile(&raw, 50.0),
         median(&ratio),
+        ratio.iter().cloned().fold(f64::INFINITY, f64::min),
+        ratio.iter().cloned().fold(0.0, f64::max),
         median(&bytes) / MIB as f64,
         median(&rounds),
         rounds.iter().cloned().fold(0.0, f64::max),
@@ -613,14 +617,14 @@ fn stats(row: &Row) -> [f64; 10] {
 }
 
 fn line(row: &Row) -> String {
-    let [d50, d99, t50, r50, ratio, mib, rounds, rmax, l50, lmax] = stats(row);
+    let [d50, d99, t50, r50, ratio, ratio_lo, ratio_hi, mib, rounds, rmax, l50, lmax] = stats(row);
     // Pages dirtied per 10 ms over the row, as a share of the app's pages.
     let achieved = row.calls.pages as f64
         / (row.elapsed.as_secs_f64() / 0.010)
         / (row.size_mib * MIB / PAGE) as f64
         * 100.0;
     format!(
-        "| {} MiB | {}% ({:.2}%) | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.0} ({:.0}) | {:.1} / {:.0} | {} / {} |",
+        "| {} MiB | {}% ({:.2}%) | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}× ({:.2}–{:.2}) | {:.1} | {:.0} ({:.0}) | {:.1} / {:.0} | {} / {} |",
         row.size_mib,
         row.rate_pct,
         achieved,
@@ -631,6 +635,8 @@ fn line(row: &Row) -> String {
         t50,
         r50,
         ratio,
+        ratio_lo,
+        ratio_hi,
         mib,
         rounds,
         rmax,
@@ -643,7 +649,7 @@ fn line(row: &Row) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    out.push_str("| size | dirty per 10 ms (achieved) | mode | n | downtime p50 ms | downtime p99 ms | total p50 ms | raw p50 ms | total/raw (p50) | sent MiB (p50) | rounds p50 (max) | app call latency p50 / max ms | calls failed / made |\n");
+    out.push_str("| size | dirty per 10 ms (achieved) | mode | n | downtime p50 ms | downtime p99 ms | total p50 ms | raw p50 ms | total/raw p50 (range) | sent MiB (p50) | rounds p50 (max) | app call latency p50 / max ms | calls failed / made |\n");
     out.push_str("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         out.push_str(&line(r));

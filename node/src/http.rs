@@ -262,7 +262,14 @@ async fn api(
             json(StatusCode::OK, &migrate::postcopy::receive_done(&node, app))
         }
         (Method::POST, ["v1", "migrations", id, step @ ("base" | "pages" | "commit" | "cold")]) => {
-            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            // Page slices come one after the other: each goes into a buffer
+            // the one before left resident. The others are taken over whole.
+            let body = if *step == "pages" {
+                tern_api::server::read_body_recycled(req.into_body(), tern_api::MAX_BLOB_BODY)
+                    .await?
+            } else {
+                read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?
+            };
             let (node, id) = (node.clone(), id.to_string());
             match *step {
                 "base" => ok(

@@ -10,6 +10,7 @@ mod examples;
 mod faults;
 mod hardening;
 mod hardening_local;
+mod hybrid;
 mod invariants;
 mod limits;
 mod nodes;

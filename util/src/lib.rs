@@ -4,10 +4,13 @@
 //!   not at all, durable once they return (the data and the rename are on
 //!   disk), readable by its owner only;
 //! - [`create_private_dir`]: a directory only its owner can enter;
-//! - [`now_unix_ms`]: the wall clock in Unix milliseconds.
+//! - [`now_unix_ms`]: the wall clock in Unix milliseconds;
+//! - [`pool`]: recycled large byte buffers, already faulted in.
 //!
 //! No dependencies beyond `std`: the engine, the node agent, the control
 //! plane and the command line all use it.
+
+pub mod pool;
 
 use std::fs::File;
 use std::io::{self, Write};

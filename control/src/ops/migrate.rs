@@ -58,11 +58,8 @@ pub async fn migrate_with(
                 app.state
             )));
         }
-        if mode == Mode::Hybrid && !st.checkpoints.contains_key(name) {
-            return Err(ApiError::conflict(format!(
-                "app {name} has no checkpoint yet (its node sends one every few seconds while it runs): wait a moment, or use --mode hot"
-            )));
-        }
+        // Hybrid on an app with no checkpoint yet: its node takes one
+        // first (and sends it here, where the target fetches it).
         let generation = sh.next_generation(&mut st, name)?;
         let guard = BusyGuard::take(sh, &mut st, name);
         if let Some(a) = st.apps.get_mut(name) {

@@ -62,17 +62,21 @@ pub(crate) async fn migrate_out(
         .ok_or_else(|| NodeError::internal("the app's module is not loaded on this node"))?;
     let module_bytes = ensure_module(&node, &req.to_url, &module).await?;
 
-    // Hybrid starts from the checkpoint the target holds or can fetch.
+    // Hybrid starts from the checkpoint the target holds or can fetch; an
+    // app with none yet is checkpointed now (which also sends the
+    // checkpoint to the control plane, where the target fetches it).
     let mut mode = req.mode;
     let mut note = None;
     let mut checkpoint = None;
     if mode == Mode::Hybrid {
-        match node.latest_checkpoint(&app) {
-            Some(cp) => checkpoint = Some(cp),
-            None => {
+        match hybrid_base(&node, &handle).await {
+            Ok((cp, taken)) => {
+                checkpoint = Some(cp);
+                note = taken;
+            }
+            Err(why) => {
                 mode = Mode::Hot;
-                note =
-                    Some("no checkpoint of the app yet: moved hot instead of hybrid".to_string());
+                note = Some(format!("{why}: moved hot instead of hybrid"));
             }
         }
     }
@@ -162,6 +166,36 @@ pub(crate) async fn migrate_out(
         note: mv.note,
         reason: None,
     })
+}
+
+/// The checkpoint a hybrid move starts from: the app's latest, or one
+/// taken now when it has none yet (then with a note saying so). An error
+/// says why there is no usable checkpoint.
+async fn hybrid_base(
+    node: &Node,
+    handle: &AppHandle,
+) -> std::result::Result<((String, Arc<Snapshot>), Option<String>), String> {
+    if let Some(cp) = node.latest_checkpoint(handle.name()) {
+        return Ok((cp, None));
+    }
+    node.checkpoint(handle)
+        .await
+        .map_err(|e| format!("no checkpoint of the app yet, and taking one failed ({e})"))?;
+    // The target fetches the checkpoint from the control plane: one that
+    // did not reach it is of no use to this move.
+    if let Some(error) = handle.status().checkpoint.and_then(|c| c.error) {
+        return Err(format!(
+            "no checkpoint of the app yet, and the one taken now is {error}"
+        ));
+    }
+    let cp = node
+        .latest_checkpoint(handle.name())
+        .ok_or_else(|| "no checkpoint of the app yet (the one taken now is gone)".to_string())?;
+    let note = format!(
+        "the app had no checkpoint yet: took one ({} bytes) before the move",
+        cp.1.as_bytes().len()
+    );
+    Ok((cp, Some(note)))
 }
 
 /// Makes sure a node holds a module, uploading it if not; the bytes sent.
@@ -413,7 +447,7 @@ impl Move {
             let body = c.encode();
             self.bytes_sent += body.len() as u64;
             self.pages_sent += c.pages.len() as u64;
-            self.post(&url, Bytes::from(body))
+            self.post(&url, tern_api::server::recycled(body))
                 .await
                 .map_err(|e| NodeError::peer("sending pages", e))?;
         }
@@ -462,7 +496,7 @@ impl Move {
                 in_flight.push_back(tokio::spawn(async move {
                     let len = body.len() as u64;
                     client
-                        .post_bytes(&url, Bytes::from(body))
+                        .post_bytes(&url, tern_api::server::recycled(body))
                         .await
                         .map_err(|e| NodeError::peer("sending pages", e))?;
                     Ok((len, n))

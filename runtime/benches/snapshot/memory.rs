@@ -13,7 +13,7 @@ use tern_runtime::{
     SnapshotOptions, Val, WasiState,
 };
 
-use crate::report::{bw_ratio, fmt_bytes, fmt_time, median, secs, Row};
+use crate::report::{bw_ratio, bw_ratio_range, fmt_bytes, fmt_time, median, secs, time_range, Row};
 use crate::{MIB, PAGE, WASM_PAGE};
 
 /// A guest memory to measure.
@@ -344,7 +344,7 @@ pub(crate) fn bench_case(
     }
     drop(last);
 
-    let memcpy = median(t_memcpy);
+    let memcpy = median(t_memcpy.clone());
     let base = format!("memcpy {}", fmt_time(memcpy));
     let tbu = tb as u64;
     let mut push =
@@ -386,19 +386,32 @@ pub(crate) fn bench_case(
         "",
         "",
     );
-    let cap = median(t_capture);
+    // The first capture of the run writes into a fresh buffer (page
+    // faults); the others reuse the buffer the one before gave back to
+    // the pool, as a node's periodic checkpoints do.
+    let first = t_capture[0];
+    push(
+        "capture, the first of the run (fresh buffer)",
+        first,
+        Some(tbu),
+        bw_ratio(t_memcpy[0], first),
+        "",
+        "",
+    );
+    let (ratio, shown) = bw_ratio_range(&t_memcpy[1..], &t_capture[1..]);
+    let cap = median(t_capture[1..].to_vec());
     let ok = |b: bool| if b { "yes" } else { "no" };
     push(
-        "capture (no compression)",
+        "capture (no compression), median (range) of the others",
         cap,
         Some(tbu),
-        bw_ratio(memcpy, cap),
-        "≥ 0.50× bw",
-        ok(memcpy / cap >= 0.5),
+        shown,
+        "≥ 0.80× bw",
+        ok(ratio >= 0.8),
     );
     let t = median(t_capture_memory);
     push(
-        "  old path, step 1: capture_memory (scan, copy + page hashes)",
+        "  old path, step 1: capture_memory (scan, copy)",
         t,
         Some(tbu),
         bw_ratio(memcpy, t),
@@ -524,12 +537,12 @@ pub(crate) fn bench_case(
             aim,
             met,
         );
-        let t = median(t_open);
+        let t = median(t_open.clone());
         push(
-            "  of which Snapshot::open (header, body, page hashes)",
+            "  of which Snapshot::open (header, body), median (range)",
             t,
-            bw_ratio(memcpy, t),
-            "",
+            time_range(&t_open),
+            if case.stride == 1 { "flat in size" } else { "" },
             "",
         );
         let t = median(t_inst);

@@ -59,6 +59,28 @@ pub(crate) fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Per-repetition bandwidth ratios (each repetition against the memcpy of
+/// the same repetition): the median and the range, never the best alone.
+pub(crate) fn bw_ratio_range(base: &[f64], t: &[f64]) -> (f64, String) {
+    let r: Vec<f64> = base.iter().zip(t).map(|(b, t)| b / t).collect();
+    let lo = r.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().cloned().fold(0.0, f64::max);
+    let m = median(r);
+    (m, format!("{m:.2}× bw ({lo:.2}–{hi:.2})"))
+}
+
+/// A time's median with its range.
+pub(crate) fn time_range(t: &[f64]) -> String {
+    let lo = t.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = t.iter().cloned().fold(0.0, f64::max);
+    format!(
+        "{} ({}–{})",
+        fmt_time(median(t.to_vec())),
+        fmt_time(lo),
+        fmt_time(hi)
+    )
+}
+
 /// Ratio of bandwidths (same bytes): how fast this is relative to memcpy.
 pub(crate) fn bw_ratio(base: f64, t: f64) -> String {
     format!("{:.2}× bw", base / t)

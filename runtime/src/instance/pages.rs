@@ -2,8 +2,6 @@
 //! tracking), the 4 KiB pages a live migration reads, encodes and writes,
 //! and the byte access to memory 0 the guest ABI uses.
 
-use std::collections::HashMap;
-
 use super::{Instance, WASM_PAGE};
 use crate::error::{Error, Result};
 use crate::memory;
@@ -95,35 +93,48 @@ impl Instance {
         ))
     }
 
-    /// Every page of a memory whose content differs from a checkpoint's
-    /// (by the checkpoint's per-page hashes; pages it did not store are zero).
+    /// Every page of a memory whose content differs from a checkpoint's,
+    /// compared byte for byte with the checkpoint's stored pages (pages it
+    /// did not store are zero; pages past its memory's size too).
     pub fn pages_differing_from(
         &mut self,
         checkpoint: &Snapshot,
     ) -> Result<Vec<crate::snapshot::PageChunk>> {
-        let zero_hash = xxhash_rust::xxh3::xxh3_64(&[0u8; PAGE_SIZE]);
         let mut chunks = Vec::new();
         for ms in &checkpoint.body.memories {
-            let mut known: HashMap<u64, u64> = HashMap::new();
-            let mut hashes = ms.page_hashes.iter();
-            for run in &ms.runs {
-                for p in run.first_page..run.first_page + run.pages {
-                    if let Some(h) = hashes.next() {
-                        known.insert(p, *h);
-                    }
-                }
-            }
             let m = self.memory_by_index(ms.index)?;
             let data = m.data(&self.store);
-            let differing: Vec<u64> = data
-                .chunks_exact(PAGE_SIZE)
-                .enumerate()
-                .filter(|(p, page)| {
-                    let want = known.get(&(*p as u64)).copied().unwrap_or(zero_hash);
-                    xxhash_rust::xxh3::xxh3_64(page) != want
-                })
-                .map(|(p, _)| p as u64)
-                .collect();
+            let pages = data.len() / PAGE_SIZE;
+            let page = |p: usize| &data[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+            let mut differing: Vec<u64> = Vec::new();
+            let zero_from = |from: usize, to: usize, out: &mut Vec<u64>| {
+                out.extend(
+                    (from..to)
+                        .filter(|&p| !crate::snapshot::is_zero_page(page(p)))
+                        .map(|p| p as u64),
+                );
+            };
+            // Runs are sorted and disjoint (checked when the checkpoint was
+            // decoded); `next` is the first page not compared yet.
+            let mut next = 0usize;
+            for run in &ms.runs {
+                let stored = checkpoint
+                    .run_data(run)
+                    .map_err(|e| Error::Other(format!("the checkpoint does not read: {e}")))?;
+                let first = (run.first_page as usize).min(pages);
+                let end = (run.first_page as usize)
+                    .saturating_add(run.pages as usize)
+                    .min(pages);
+                zero_from(next.min(first), first, &mut differing);
+                for p in first..end {
+                    let k = p - run.first_page as usize;
+                    if page(p) != &stored[k * PAGE_SIZE..(k + 1) * PAGE_SIZE] {
+                        differing.push(p as u64);
+                    }
+                }
+                next = next.max(end);
+            }
+            zero_from(next, pages, &mut differing);
             chunks.push(self.read_pages(ms.index, &differing)?);
         }
         Ok(chunks)

@@ -42,6 +42,7 @@ impl CommitFrame {
             let b = c.encode();
             out.extend_from_slice(&(b.len() as u64).to_le_bytes());
             out.extend_from_slice(&b);
+            tern_util::pool::give(b);
         }
         out.extend_from_slice(state.as_bytes());
         out

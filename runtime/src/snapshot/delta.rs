@@ -28,8 +28,10 @@ pub struct PageChunk {
 }
 
 impl PageChunk {
+    /// The chunk's bytes, in a buffer from [`tern_util::pool`] (give it
+    /// back there once sent).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(CHUNK_HEADER + self.pages.len() * (8 + PAGE_SIZE) + 8);
+        let mut out = tern_util::pool::take(self.wire_len() as usize);
         out.extend_from_slice(CHUNK_MAGIC);
         out.extend_from_slice(&CHUNK_VERSION.to_le_bytes());
         out.extend_from_slice(&self.memory.to_le_bytes());
@@ -46,9 +48,10 @@ impl PageChunk {
 
     /// Encodes the pages `pages` (ascending) of a whole memory `mem`
     /// straight from it: the same bytes as building a chunk and encoding
-    /// it, with one copy of the pages instead of two.
+    /// it, with one copy of the pages instead of two. The buffer comes
+    /// from [`tern_util::pool`] (give it back there once sent).
     pub fn encode_from(memory: u32, mem: &[u8], pages: &[u64]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(CHUNK_HEADER + pages.len() * (8 + PAGE_SIZE) + 8);
+        let mut out = tern_util::pool::take(CHUNK_HEADER + pages.len() * (8 + PAGE_SIZE) + 8);
         out.extend_from_slice(CHUNK_MAGIC);
         out.extend_from_slice(&CHUNK_VERSION.to_le_bytes());
         out.extend_from_slice(&memory.to_le_bytes());

@@ -1,9 +1,11 @@
-//! Capturing a linear memory into page runs: zero pages skipped, a hash per
-//! stored page, runs 4096-aligned so that raw ones can be mapped copy-on-write.
+//! Capturing a linear memory into page runs: zero pages skipped, runs
+//! 4096-aligned so that raw ones can be mapped copy-on-write.
 //!
 //! The capture is on the critical path (the app is paused), so the raw path
 //! reads every stored page once: each chunk is copied into the image and
-//! hashed while it is still in cache. A large image buffer asks the kernel
+//! fed to the image's hash while it is still in cache (format 1 also kept
+//! an xxh3-64 per page; format 2 does not: see `mod.rs`). A large image
+//! buffer asks the kernel
 //! for huge pages, since filling fresh memory costs more in page faults
 //! (~1.4 µs per 4 KiB page) than in copying. (Splitting the copy over two
 //! threads was measured too: no gain on 2 shared cores once faults are cheap.)
@@ -11,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use super::{Encoding, MemoryState, Run};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::Xxh3;
 
 /// The granularity of memory capture, dirty tracking and copy-on-write restore.
 pub const PAGE_SIZE: usize = 4096;
@@ -98,6 +100,9 @@ pub(crate) struct ImageWriter {
     /// Bytes that will follow the image (the body), reserved up front so
     /// that appending them never moves the image.
     pub(crate) tail: usize,
+    /// Grow into a buffer from [`tern_util::pool`] (a snapshot's buffer,
+    /// which goes back there when the snapshot drops).
+    pub(crate) pooled: bool,
 }
 
 impl ImageWriter {
@@ -108,6 +113,7 @@ impl ImageWriter {
             lead,
             hasher: hash.then(Xxh3::new),
             tail: 0,
+            pooled: false,
         }
     }
 
@@ -148,10 +154,10 @@ impl ImageWriter {
         );
         let base = self.image_len();
         let spans = find_spans(mem, resident);
-        let (mut runs, page_hashes) = if compress {
-            let (image, hashes, runs) = store_compressed(mem, &spans);
+        let mut runs = if compress {
+            let (image, runs) = store_compressed(mem, &spans);
             self.append(&image);
-            (runs, hashes)
+            runs
         } else {
             self.store_raw(mem, &spans)
         };
@@ -162,13 +168,13 @@ impl ImageWriter {
             index,
             byte_size: mem.len() as u64,
             runs,
-            page_hashes,
+            page_hashes: Vec::new(),
         }
     }
 
     /// Raw runs only: the runs' pages back to back (a raw run is a whole
     /// number of pages, so every run stays 4096-aligned with no padding).
-    fn store_raw(&mut self, mem: &[u8], spans: &[(u64, u64)]) -> (Vec<Run>, Vec<u64>) {
+    fn store_raw(&mut self, mem: &[u8], spans: &[(u64, u64)]) -> Vec<Run> {
         let stored: usize = spans.iter().map(|(a, b)| (b - a) as usize).sum();
         let total = stored * PAGE_SIZE;
         let mut runs = Vec::with_capacity(spans.len());
@@ -184,38 +190,42 @@ impl ImageWriter {
             });
             offset += len;
         }
-        let fresh = self.out.capacity() - self.out.len() < total;
-        // The body holds 8 bytes of hash per stored page, and more.
-        self.out
-            .reserve_exact(total + stored * 8 + self.tail + (64 << 10));
+        // Room for the body (a few bytes per run, and what `tail` says).
+        let want = total + spans.len() * 32 + self.tail + (64 << 10);
+        let fresh = self.out.capacity() - self.out.len() < want;
+        if fresh && self.pooled {
+            // A recycled buffer whose pages are already faulted in, when
+            // the pool holds one large enough; the bytes so far move over.
+            let mut bigger = tern_util::pool::take(self.out.len() + want);
+            bigger.extend_from_slice(&self.out);
+            tern_util::pool::give(std::mem::replace(&mut self.out, bigger));
+        } else if fresh {
+            self.out.reserve_exact(want);
+        }
         if fresh && total >= HUGE_PAGE_MIN_BYTES {
             // SAFETY: the spare capacity is at least `total` bytes.
             advise_huge_pages(unsafe { self.out.as_mut_ptr().add(self.out.len()) }, total);
         }
-        let mut page_hashes = vec![0u64; stored];
         let at = self.out.len();
         copy_pages(
             mem,
             spans,
             &mut self.out.spare_capacity_mut()[..total],
-            &mut page_hashes,
             self.hasher.as_mut(),
         );
         // SAFETY: `copy_pages` wrote every one of the `total` bytes: the
         // spans hold exactly `stored` pages and it copied each of them.
         unsafe { self.out.set_len(at + total) };
-        (runs, page_hashes)
+        runs
     }
 }
 
-/// Copies the spans' pages back to back into `dst` and hashes each page
-/// into `hashes` (one slot per page).
-/// With `image_hash`, also feeds the copied bytes to it, in order.
+/// Copies the spans' pages back to back into `dst`. With `image_hash`,
+/// also feeds the copied bytes to it, in order, while they are in cache.
 fn copy_pages(
     mem: &[u8],
     spans: &[(u64, u64)],
     dst: &mut [MaybeUninit<u8>],
-    hashes: &mut [u64],
     mut image_hash: Option<&mut Xxh3>,
 ) {
     let mut k = 0usize; // pages written so far
@@ -235,10 +245,6 @@ fn copy_pages(
                     src.len(),
                 )
             };
-            // Hash the source pages while they are still in cache.
-            for (h, page) in hashes[k..k + n].iter_mut().zip(src.chunks_exact(PAGE_SIZE)) {
-                *h = xxh3_64(page);
-            }
             if let Some(ih) = image_hash.as_deref_mut() {
                 ih.update(src);
             }
@@ -255,14 +261,12 @@ fn copy_pages(
 
 /// Stores each run LZ4-compressed where that saves a quarter, raw otherwise
 /// (padded so that every run starts 4096-aligned).
-fn store_compressed(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
+fn store_compressed(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<Run>) {
     let stored: u64 = spans.iter().map(|(a, b)| b - a).sum();
     let mut image = Vec::with_capacity(stored as usize * PAGE_SIZE);
-    let mut page_hashes = Vec::with_capacity(stored as usize);
     let mut runs = Vec::with_capacity(spans.len());
     for &(first, end) in spans {
         let bytes = &mem[first as usize * PAGE_SIZE..end as usize * PAGE_SIZE];
-        page_hashes.extend(bytes.chunks_exact(PAGE_SIZE).map(xxh3_64));
         let image_offset = image.len() as u64;
         let packed = lz4_flex::block::compress(bytes);
         let (encoding, stored_len) = if packed.len() * 4 < bytes.len() * 3 {
@@ -283,7 +287,7 @@ fn store_compressed(mem: &[u8], spans: &[(u64, u64)]) -> (Vec<u8>, Vec<u64>, Vec
             stored_len,
         });
     }
-    (image, page_hashes, runs)
+    (image, runs)
 }
 
 /// Asks for huge pages over the 2 MiB-aligned part of a buffer about to be
@@ -310,20 +314,15 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
 mod tests {
     use super::*;
 
-    /// The capture as first written (one run at a time, hash then copy): the
-    /// fast path must produce exactly the same image, runs and hashes.
-    fn reference(
-        mem: &[u8],
-        resident: Option<&[u8]>,
-        compress: bool,
-    ) -> (Vec<u8>, Vec<u64>, Vec<Run>) {
+    /// The capture as first written (one run at a time): the fast path
+    /// must produce exactly the same image and runs (and, in format 2, no
+    /// page hashes).
+    fn reference(mem: &[u8], resident: Option<&[u8]>, compress: bool) -> (Vec<u8>, Vec<Run>) {
         let spans = find_spans(mem, resident);
         let mut image = Vec::new();
-        let mut page_hashes = Vec::new();
         let mut runs = Vec::new();
         for (first, end) in spans {
             let bytes = &mem[first as usize * PAGE_SIZE..end as usize * PAGE_SIZE];
-            page_hashes.extend(bytes.chunks_exact(PAGE_SIZE).map(xxh3_64));
             let image_offset = image.len() as u64;
             let (encoding, stored_len) = if compress {
                 let packed = lz4_flex::block::compress(bytes);
@@ -348,7 +347,7 @@ mod tests {
                 stored_len,
             });
         }
-        (image, page_hashes, runs)
+        (image, runs)
     }
 
     fn xorshift(x: &mut u64) -> u64 {
@@ -384,9 +383,9 @@ mod tests {
     fn check(mem: &[u8], resident: Option<&[u8]>) {
         for compress in [false, true] {
             let cap = capture_memory(0, mem, resident, compress);
-            let (image, hashes, runs) = reference(mem, resident, compress);
+            let (image, runs) = reference(mem, resident, compress);
             assert_eq!(cap.state.runs, runs, "compress {compress}");
-            assert_eq!(cap.state.page_hashes, hashes, "compress {compress}");
+            assert!(cap.state.page_hashes.is_empty(), "compress {compress}");
             assert!(cap.image == image, "compress {compress}: images differ");
         }
     }
@@ -412,9 +411,9 @@ mod tests {
             masked[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].fill(0);
         }
         let cap = capture_memory(0, &masked, Some(&resident), false);
-        let (image, hashes, runs) = reference(&masked, None, false);
+        let (image, runs) = reference(&masked, None, false);
         assert_eq!(cap.state.runs, runs);
-        assert_eq!(cap.state.page_hashes, hashes);
+        assert!(cap.state.page_hashes.is_empty());
         assert!(cap.image == image);
     }
 }

@@ -127,7 +127,7 @@ fn zero_pages_are_not_stored() {
     mem[100 * PAGE_SIZE] = 1;
     mem[900 * PAGE_SIZE + 5] = 2;
     let cap = capture_memory(0, &mem, None, false);
-    assert_eq!(cap.state.page_hashes.len(), 2);
+    assert_eq!(cap.state.runs.iter().map(|r| r.pages).sum::<u64>(), 2);
     assert_eq!(cap.image.len(), 2 * PAGE_SIZE);
 }
 
@@ -155,8 +155,8 @@ fn versions_and_magic_are_checked_first() {
         matches!(
             e,
             SnapshotError::NewerVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{e}"
@@ -388,6 +388,7 @@ proptest! {
 /// and one real page of LZ4 behind it. Every check a decoder made before
 /// sizes were bounded passes (checksums, run inside memory, hash count);
 /// decompressing it asked for 32 GiB at once and aborted `tern inspect`.
+/// It is a format 1 file (the format of the time, which still loads).
 fn lz4_bomb() -> Vec<u8> {
     const PAGES: u64 = 8 << 20;
     let packed = lz4_flex::block::compress(&[0x5a; PAGE_SIZE]);
@@ -408,7 +409,7 @@ fn lz4_bomb() -> Vec<u8> {
         },
         image: packed,
     }];
-    Snapshot::encode(p).as_bytes().to_vec()
+    as_version(Snapshot::encode(p).as_bytes().to_vec(), 1)
 }
 
 const BOMB_SEED: &str = "fuzz/corpus/snapshot_decode/seed-lz4-run-declaring-8-mi-pages";
@@ -719,4 +720,68 @@ fn postcopy_decoders_refuse_what_lies() {
     };
     let err = PageRequest::decode(&req.encode(), u64::MAX).unwrap_err();
     assert!(err.to_string().contains("at most"), "{err}");
+}
+
+/// `bytes` relabelled as format `version`, the checksum made valid again.
+fn as_version(mut bytes: Vec<u8>, version: u32) -> Vec<u8> {
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    let body_offset = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    let body_len = u64::from_le_bytes(bytes[40..48].try_into().unwrap()) as usize;
+    let sum = header_checksum(&bytes[..48], &bytes[body_offset..body_offset + body_len]);
+    bytes[48..64].copy_from_slice(&sum.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn format_1_files_still_load_and_format_2_keeps_no_page_hashes() {
+    let mem = memory_with(32, &[(1, 9), (2, 4), (30, 1)]);
+    for compress in [false, true] {
+        let snap = Snapshot::encode(parts(&mem, compress, vec![]));
+        assert!(snap.body.memories.iter().all(|m| m.page_hashes.is_empty()));
+        assert_eq!(&snap.as_bytes()[8..12], &FORMAT_VERSION.to_le_bytes());
+        // The same state as format 1 wrote it: a hash per stored page.
+        let mut body = snap.body.clone();
+        for m in &mut body.memories {
+            let mut hashes = Vec::new();
+            for r in &m.runs {
+                let data = snap.run_data(r).unwrap();
+                hashes.extend(data.chunks_exact(PAGE_SIZE).map(xxh3_64));
+            }
+            m.page_hashes = hashes;
+        }
+        let v1 = as_version(with_body(&snap, &body), 1);
+        let back = Snapshot::from_bytes(v1.clone()).expect("a format 1 file loads");
+        back.verify_image()
+            .expect("its page hashes match its pages");
+        assert_eq!(back.body.memories[0].runs, snap.body.memories[0].runs);
+        // A format 1 page hash that does not match its page is caught.
+        let mut wrong = body.clone();
+        wrong.memories[0].page_hashes[0] ^= 1;
+        let v1_bad = Snapshot::from_bytes(as_version(with_body(&snap, &wrong), 1)).unwrap();
+        assert!(matches!(
+            v1_bad.verify_image(),
+            Err(SnapshotError::Checksum {
+                what: "memory page"
+            })
+        ));
+        // Format 1 with a page hash missing, format 2 with page hashes: refused.
+        let mut short = body.clone();
+        short.memories[0].page_hashes.pop();
+        let e = Snapshot::from_bytes(as_version(with_body(&snap, &short), 1)).unwrap_err();
+        assert!(e.to_string().contains("page hashes"), "{e}");
+        let e = Snapshot::from_bytes(with_body(&snap, &body)).unwrap_err();
+        assert!(e.to_string().contains("does not store"), "{e}");
+        // Format 0 never existed: refused as too old, with the way out.
+        let e = Snapshot::from_bytes(as_version(v1, 0)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnapshotError::OlderVersion {
+                    found: 0,
+                    supported: 1
+                }
+            ),
+            "{e}"
+        );
+    }
 }
