@@ -412,7 +412,9 @@ impl Actor {
                 {
                     Some(r) => {
                         self.count_served();
-                        r
+                        // Which copy answered: a client (`tern soak`) checks
+                        // that no generation is ever served by two nodes.
+                        r.with_header(crate::GENERATION_HEADER, self.spec.generation.to_string())
                     }
                     None => {
                         let e = self.not_running();
