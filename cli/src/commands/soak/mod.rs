@@ -54,6 +54,10 @@ pub struct SoakArgs {
     /// Move modes, comma-separated (default: all of them).
     #[arg(long, value_name = "MODE,...", value_delimiter = ',', default_values_t = MODES.iter().map(|m| m.to_string()))]
     modes: Vec<String>,
+    /// The kinds of fault to inject, comma-separated (default: all of
+    /// them): kill_source, kill_target, kill_control, kill_forwarder.
+    #[arg(long, value_name = "FAULT,...", value_delimiter = ',')]
+    faults: Vec<String>,
     /// Concurrent clients calling the apps.
     #[arg(long, value_name = "N", default_value_t = 4)]
     clients: usize,
@@ -90,6 +94,16 @@ pub fn soak(a: SoakArgs) -> Result<ExitCode> {
             bail!("--modes: unknown mode `{m}` (known: {})", MODES.join(", "));
         }
     }
+    let faults = a
+        .faults
+        .iter()
+        .map(|f| {
+            moves::Fault::ALL
+                .into_iter()
+                .find(|k| k.name() == f)
+                .ok_or_else(|| anyhow::anyhow!("--faults: unknown fault `{f}`"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
     let (dir, temp) = match &a.data_dir {
         Some(d) => {
@@ -106,7 +120,7 @@ pub fn soak(a: SoakArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = rt.block_on(run(&a, &dir, duration));
+    let outcome = rt.block_on(run(&a, &dir, duration, faults));
     let report = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -136,6 +150,7 @@ async fn run(
     a: &SoakArgs,
     dir: &std::path::Path,
     duration: Option<Duration>,
+    faults: Vec<moves::Fault>,
 ) -> Result<report::Report> {
     let epoch = Instant::now();
     eprintln!(
@@ -179,6 +194,9 @@ async fn run(
         epoch,
     );
     let mut driver = Driver::new(names.clone(), a.modes.clone(), a.fault_rate, a.seed, epoch);
+    if !faults.is_empty() {
+        driver.faults = faults;
+    }
     // Bounded: every attempt is a move; failed ones (under faults) are
     // retried, up to twice as many attempts as moves asked for.
     let max_attempts = a.migrations * 2 + 20;

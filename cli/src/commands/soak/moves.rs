@@ -33,7 +33,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 4] = [
         Fault::KillSource,
         Fault::KillTarget,
         Fault::KillControl,
@@ -79,6 +79,8 @@ impl Stats {
 /// Drives the moves.
 pub struct Driver {
     pub apps: Vec<String>,
+    /// The kinds of fault to inject (default: all).
+    pub faults: Vec<Fault>,
     pub modes: Vec<String>,
     pub fault_rate: f64,
     pub stats: Stats,
@@ -99,6 +101,7 @@ impl Driver {
     ) -> Driver {
         Driver {
             apps,
+            faults: Fault::ALL.to_vec(),
             modes,
             fault_rate,
             stats: Stats::default(),
@@ -126,7 +129,7 @@ impl Driver {
         let fault = self
             .rng
             .random_bool(self.fault_rate)
-            .then(|| Fault::ALL[self.rng.random_range(0..Fault::ALL.len())]);
+            .then(|| self.faults[self.rng.random_range(0..self.faults.len())]);
         let victim = fault.and_then(|f| match f {
             Fault::KillSource => Some(from.clone()),
             Fault::KillTarget => Some(to.clone()),
@@ -257,12 +260,13 @@ pub async fn settle(c: &mut Cluster, apps: &[String]) -> Result<(Vec<NodeView>, 
                     })
             })
             .await?;
-        if answers_where_placed(c, &nodes, &views).await {
-            return Ok((nodes, views));
-        }
+        let why = match answers_where_placed(c, &nodes, &views).await {
+            Ok(()) => return Ok((nodes, views)),
+            Err(why) => why,
+        };
         if Instant::now() > deadline {
             anyhow::bail!(
-                "the apps did not answer from where the control plane places them within {} s; logs in {}",
+                "the apps did not answer from where the control plane places them within {} s ({why}); logs in {}",
                 super::cluster::SETTLE_TIMEOUT.as_secs(),
                 c.dir.display()
             );
@@ -271,10 +275,15 @@ pub async fn settle(c: &mut Cluster, apps: &[String]) -> Result<(Vec<NodeView>, 
     }
 }
 
-async fn answers_where_placed(c: &Cluster, nodes: &[NodeView], apps: &[AppView]) -> bool {
+/// `Err`: the first app that does not, and what it answered.
+async fn answers_where_placed(
+    c: &Cluster,
+    nodes: &[NodeView],
+    apps: &[AppView],
+) -> std::result::Result<(), String> {
     for a in apps {
         let Some(node) = nodes.iter().find(|n| Some(&n.name) == a.node.as_ref()) else {
-            return false;
+            return Err(format!("{} is placed on no known node", a.name));
         };
         let url = format!("{}/apps/{}/", node.url, a.name);
         match c.anon.send_raw(Method::GET, &url, None, Bytes::new()).await {
@@ -284,11 +293,24 @@ async fn answers_where_placed(c: &Cluster, nodes: &[NodeView], apps: &[AppView])
                     .get(tern_node::NODE_HEADER)
                     .and_then(|v| v.to_str().ok());
                 if at != Some(node.name.as_str()) {
-                    return false;
+                    return Err(format!(
+                        "{} (generation {}) is placed on {} but answered from {at:?}",
+                        a.name, a.generation, node.name
+                    ));
                 }
             }
-            _ => return false,
+            Ok(r) => {
+                return Err(format!(
+                    "{} (generation {}) on {} answered {} {}",
+                    a.name,
+                    a.generation,
+                    node.name,
+                    r.status,
+                    String::from_utf8_lossy(&r.body).trim()
+                ))
+            }
+            Err(e) => return Err(format!("{} on {}: {e}", a.name, node.name)),
         }
     }
-    true
+    Ok(())
 }
