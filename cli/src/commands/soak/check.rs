@@ -174,10 +174,14 @@ fn excuse(c: &Call, kills: &[Kill]) -> Option<u64> {
         .min()
 }
 
+/// An acknowledged call: sent and answered (ms), by which generation and
+/// node, its id.
+type Answer = (u64, u64, u64, Option<u16>, u64);
+
 /// Two copies serving at once: one generation from two nodes, or an older
 /// generation answering a call sent after a newer one had answered.
 fn split_brain(calls: &[Call], v: &mut Verdict) {
-    let mut by_app: HashMap<u16, Vec<(u64, u64, u64, Option<u16>, u64)>> = HashMap::new();
+    let mut by_app: HashMap<u16, Vec<Answer>> = HashMap::new();
     for c in calls {
         if let Outcome::Acked {
             generation: Some(g),

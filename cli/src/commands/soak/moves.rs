@@ -23,29 +23,29 @@ use super::cluster::Cluster;
 /// A new mode is one more name here (and in `tern migrate --mode`).
 pub const MODES: &[&str] = &["hot", "cold", "hybrid"];
 
-/// A fault injected into a move.
+/// A fault injected into a move: a SIGKILL of one of its processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    KillSource,
-    KillTarget,
-    KillControl,
-    KillForwarder,
+    Source,
+    Target,
+    Control,
+    Forwarder,
 }
 
 impl Fault {
     pub const ALL: [Fault; 4] = [
-        Fault::KillSource,
-        Fault::KillTarget,
-        Fault::KillControl,
-        Fault::KillForwarder,
+        Fault::Source,
+        Fault::Target,
+        Fault::Control,
+        Fault::Forwarder,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Fault::KillSource => "kill_source",
-            Fault::KillTarget => "kill_target",
-            Fault::KillControl => "kill_control",
-            Fault::KillForwarder => "kill_forwarder",
+            Fault::Source => "kill_source",
+            Fault::Target => "kill_target",
+            Fault::Control => "kill_control",
+            Fault::Forwarder => "kill_forwarder",
         }
     }
 }
@@ -131,10 +131,10 @@ impl Driver {
             .random_bool(self.fault_rate)
             .then(|| self.faults[self.rng.random_range(0..self.faults.len())]);
         let victim = fault.and_then(|f| match f {
-            Fault::KillSource => Some(from.clone()),
-            Fault::KillTarget => Some(to.clone()),
-            Fault::KillControl => Some("control".to_string()),
-            Fault::KillForwarder => {
+            Fault::Source => Some(from.clone()),
+            Fault::Target => Some(to.clone()),
+            Fault::Control => Some("control".to_string()),
+            Fault::Forwarder => {
                 let bystanders: Vec<&NodeView> = nodes
                     .iter()
                     .filter(|n| n.name != from && n.name != to)
