@@ -118,7 +118,7 @@ fn free_port() -> Result<u16> {
 /// A token no one can guess, for this run only.
 fn fresh_token() -> String {
     let mut h = Sha256::new();
-    h.update(std::process::id().to_le_bytes());
+    h.update(std::process::id().to_string().as_bytes());
     h.update(format!("{:?}", std::time::SystemTime::now()).as_bytes());
     h.update(format!("{:p}", &h).as_bytes());
     format!("soak-{}", hex::encode(h.finalize()))
