@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::commands::{
     control, deploy, inspect, invoke, lifecycle, logs, migrate, nodes, ps, run, sim, snapshot,
-    token,
+    soak, token,
 };
 use crate::{demo, node_cmd, up};
 
@@ -134,6 +134,17 @@ enum Command {
     ///
     /// Example: tern drain node-2   (undo: tern drain node-2 --undo)
     Drain(nodes::DrainArgs),
+    /// Beat on a cluster: seeded hot, cold and hybrid moves of ledger apps
+    /// under continuous calls, with processes killed at random points, and
+    /// a check that every acknowledged call was applied exactly once, none
+    /// twice, and no two copies of an app served at once.
+    ///
+    /// It starts its own cluster (a control plane and --nodes nodes, as
+    /// processes), restarts what it kills, and exits non-zero if anything
+    /// was lost, doubled or split.
+    ///
+    /// Example: tern soak --migrations 300 --seed 1 --json
+    Soak(soak::SoakArgs),
     /// Create, list and revoke credentials (operator, dashboard and join
     /// tokens; node certificates), without a restart.
     ///
@@ -188,6 +199,7 @@ where
         Command::Logs(a) => logs::logs(a),
         Command::Drain(a) => nodes::drain(a),
         Command::Token(a) => token::token(a),
+        Command::Soak(a) => soak::soak(a),
     }
 }
 

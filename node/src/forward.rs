@@ -168,6 +168,12 @@ impl Node {
             Ok(r) if r.headers.contains_key(NO_APP_HEADER) => Attempt::NoApp,
             Ok(r) => {
                 let mut resp = tern_sdk::Response::bytes(r.status.as_u16(), r.body.to_vec());
+                // Which copy answered travels back through the forward.
+                for h in [crate::NODE_HEADER, crate::GENERATION_HEADER] {
+                    if let Some(v) = r.headers.get(h).and_then(|v| v.to_str().ok()) {
+                        resp.headers.push((h.into(), v.into()));
+                    }
+                }
                 if let Some(ct) = r.content_type {
                     resp.headers.retain(|(k, _)| k != "content-type");
                     resp.headers.push(("content-type".into(), ct));

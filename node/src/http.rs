@@ -189,8 +189,23 @@ async fn api(
         (Method::POST, ["v1", "apps", name, "migrate"]) => {
             let m: MigrateRequest = read_json(req.into_body()).await?;
             node.auth.moving_out(name, &m.to_name);
-            let report = migrate::migrate_out(node.clone(), name.to_string(), m).await;
-            node.auth.moved_out(name);
+            // On a task of its own: a caller that goes away (a control
+            // plane that dies mid-move) must not cancel the move between
+            // the app's pause and its handover or resume, which would
+            // leave it paused here for good.
+            let task = tokio::spawn({
+                let (node, name) = (node.clone(), name.to_string());
+                async move {
+                    let report = migrate::migrate_out(node.clone(), name.clone(), m).await;
+                    node.auth.moved_out(&name);
+                    report
+                }
+            });
+            let report = task.await.unwrap_or_else(|e| {
+                Err(crate::error::NodeError::internal(format!(
+                    "the move of {name} ended abnormally: {e}"
+                )))
+            });
             ok(StatusCode::OK, report)
         }
         (Method::GET, ["v1", "checkpoints", name]) => blob(ops::latest_checkpoint(&node, name)),
@@ -280,10 +295,18 @@ async fn api(
                     StatusCode::OK,
                     migrate::receive_pages(node, id, body).await.map(|()| empty),
                 ),
-                step => ok(
-                    StatusCode::OK,
-                    migrate::receive_final(node, id, body, step == "cold").await,
-                ),
+                // On a task of its own, like the source's side: a source
+                // that goes away must not cancel a restore half done.
+                step => {
+                    let cold = step == "cold";
+                    let task = tokio::spawn(migrate::receive_final(node, id, body, cold));
+                    let done = task.await.unwrap_or_else(|e| {
+                        Err(crate::error::NodeError::internal(format!(
+                            "the handover ended abnormally: {e}"
+                        )))
+                    });
+                    ok(StatusCode::OK, done)
+                }
             }
         }
         (Method::DELETE, ["v1", "migrations", id]) => {

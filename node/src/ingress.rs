@@ -55,7 +55,7 @@ async fn request(node: &Node, name: &str, req: tern_sdk::Request) -> tern_sdk::R
     let no_app = || crate::forward::no_app(name);
     match node.slot(name) {
         Some(Slot::Local(h)) => match h.request_here(req).await {
-            Ok(r) => r,
+            Ok(r) => r.with_header(crate::NODE_HEADER, node.config.name.clone()),
             // The app was handed over (or deleted) between the lookup and
             // the call: the request did not run; follow the app.
             Err(req) => match node.moved_to(name) {

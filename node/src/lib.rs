@@ -126,6 +126,13 @@ impl NodeConfig {
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often SDK apps get `tern_tick`.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(1000);
+/// The header on every answer an app gives through ingress naming the
+/// generation of the copy that answered; [`NODE_HEADER`] names its node.
+/// Forwarding nodes pass both back, so a client sees which copy served
+/// each call (`tern soak` checks that no generation answers from two nodes).
+pub const GENERATION_HEADER: &str = "x-tern-generation";
+/// See [`GENERATION_HEADER`].
+pub const NODE_HEADER: &str = "x-tern-node";
 /// How often a running app is checkpointed (for restarts and hybrid moves).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tern_api::client::{Client, ClientError};
 use tern_api::types::{Heartbeat, NodeInfo, Resources};
@@ -235,14 +236,31 @@ impl Node {
             old.shutdown();
         }
         let node = self.clone();
+        let installed = tern_util::now_unix_ms();
+        // The last attempt here (a failed one leaves the checkpoint's time
+        // as it was): at most one an interval.
+        let mut attempted: Option<u64> = None;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+                // Due an interval after the app's latest checkpoint, which
+                // may have been taken on the node it came from; looked at
+                // again at least every second, as a move's state arrives.
+                let last = handle
+                    .status()
+                    .checkpoint
+                    .and_then(|c| c.unix_ms)
+                    .max(attempted)
+                    .unwrap_or(installed);
+                let due = checkpoint_due_in(last, tern_util::now_unix_ms());
+                tokio::time::sleep(due.min(Duration::from_secs(1))).await;
                 match node.local(handle.name()) {
                     Some(h) if h.same(&handle) => {}
                     _ => break,
                 }
-                let _ = node.checkpoint(&handle).await;
+                if due <= Duration::from_secs(1) {
+                    attempted = Some(tern_util::now_unix_ms());
+                    let _ = node.checkpoint(&handle).await;
+                }
             }
         });
     }
@@ -281,4 +299,10 @@ fn machine_capacity() -> Resources {
         cpu_milli: cores * 1000,
         memory_bytes: mem,
     }
+}
+
+/// How long until an app whose latest checkpoint was taken at `last` (Unix
+/// ms) is due for the next one, at `now`.
+pub(crate) fn checkpoint_due_in(last: u64, now: u64) -> Duration {
+    (Duration::from_millis(last) + CHECKPOINT_INTERVAL).saturating_sub(Duration::from_millis(now))
 }

@@ -62,6 +62,19 @@ fn conversations() -> Vec<(&'static str, &'static str, Vec<Step>)> {
             ],
         ),
         (
+            "ledger",
+            tern_artifacts::LEDGER,
+            vec![
+                step("POST", "/ledger", "41", 200, "0"),
+                step("POST", "/ledger", "7", 200, "1"),
+                step("POST", "/ledger", "41", 200, "2"),
+                step("POST", "/ledger", "x", 400, ""),
+                step("GET", "/ledger?from=1", "", 200, "3\n7\n41\n"),
+                step("GET", "/", "", 200, "3 ids"),
+                step("DELETE", "/ledger", "", 405, ""),
+            ],
+        ),
+        (
             "todo",
             tern_artifacts::TODO,
             vec![

@@ -3,6 +3,8 @@
 mod bad_input;
 mod browser;
 mod c_guest;
+mod caller_gone;
+mod checkpoint_age;
 mod dashboard;
 mod differential;
 mod etcd;

@@ -6,7 +6,7 @@
 //! reach the control plane through [`crate::client`]: `nodes` (nodes,
 //! drain), `deploy`, `ps`, `invoke` (invoke, call), `migrate`, `snapshot`
 //! (snapshot, restore), `lifecycle` (stop, start, rm), `logs`. Servers:
-//! `control`.
+//! `control`. `soak` drives a cluster of its own through moves and faults.
 
 use std::process::ExitCode;
 
@@ -24,6 +24,7 @@ pub mod ps;
 pub mod run;
 pub mod sim;
 pub mod snapshot;
+pub mod soak;
 pub mod token;
 
 fn ok() -> Result<ExitCode> {

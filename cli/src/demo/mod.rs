@@ -27,8 +27,9 @@ use load::{load_line, served_more, start_load, with_live_count, Load};
 use story::Story;
 
 /// The example apps the demo deploys, built for wasm32-wasip1 and embedded
-/// by the build script (`COUNTER`, `KV`).
-mod apps {
+/// by the build script (`COUNTER`, `KV`; and `LEDGER`, which `tern soak`
+/// deploys).
+pub(crate) mod apps {
     include!(concat!(env!("OUT_DIR"), "/demo_apps.rs"));
 }
 

@@ -20,7 +20,7 @@ use tern_runtime::values::to_json;
 use tern_runtime::wasi::Stdio;
 use tern_util::now_unix_ms;
 
-use super::precopy::set_extra;
+use super::precopy::{set_checkpoint_meta, set_extra};
 use super::{app_dir, Cmd, Shared};
 use crate::error::{ErrorKind, NodeError, Result};
 use crate::TICK_INTERVAL;
@@ -44,6 +44,10 @@ pub(super) struct Actor {
 
 /// Requests served so far are kept in the snapshot's metadata.
 pub(super) const SERVED_KEY: &str = "requests_served";
+/// So is when the app's latest checkpoint was taken (Unix ms), so that the
+/// node it moves to goes on checkpointing it on time: an app that moves
+/// more often than the checkpoint interval is still checkpointed that often.
+pub(super) const CHECKPOINT_KEY: &str = "checkpoint_unix_ms";
 /// The longest pause a throttled app takes after one call.
 const MAX_THROTTLE_PAUSE: Duration = Duration::from_millis(50);
 
@@ -118,6 +122,17 @@ impl Actor {
             .requests_served
     }
 
+    /// When the app's latest checkpoint was taken, as far as this copy knows.
+    pub(super) fn checkpoint_unix_ms(&self) -> Option<u64> {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.unix_ms)
+    }
+
     fn count_served(&self) {
         self.shared
             .status
@@ -128,17 +143,25 @@ impl Actor {
 
     /// Takes an instance restored elsewhere (restore, migration target).
     pub(super) fn adopt(&mut self, mut inst: Instance) {
-        if let Some(n) = inst
-            .extra_meta_mut()
-            .iter()
-            .find(|(k, _)| k == SERVED_KEY)
-            .and_then(|(_, v)| v.parse().ok())
+        let meta = |inst: &mut Instance, key: &str| -> Option<u64> {
+            inst.extra_meta_mut()
+                .iter()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        let served = meta(&mut inst, SERVED_KEY);
+        let checkpoint = meta(&mut inst, CHECKPOINT_KEY);
         {
-            self.shared
-                .status
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .requests_served = n;
+            let mut status = self.shared.status.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = served {
+                status.requests_served = n;
+            }
+            if status.checkpoint.is_none() {
+                status.checkpoint = checkpoint.map(|t| tern_api::types::CheckpointStatus {
+                    unix_ms: Some(t),
+                    ..Default::default()
+                });
+            }
         }
         self.set_instance(inst);
         self.set_state(AppState::Running, None);
@@ -425,7 +448,9 @@ impl Actor {
                 {
                     Some(r) => {
                         self.count_served();
-                        r
+                        // Which copy answered: a client (`tern soak`) checks
+                        // that no generation is ever served by two nodes.
+                        r.with_header(crate::GENERATION_HEADER, self.spec.generation.to_string())
                     }
                     None => {
                         let e = self.not_running();
@@ -437,6 +462,7 @@ impl Actor {
             }
             Cmd::Snapshot(reply) => {
                 let served = self.served().to_string();
+                let checkpoint = self.checkpoint_unix_ms();
                 let result = match self.inst.as_mut() {
                     None => Err(self.not_running()),
                     Some(inst) if inst.pager().is_some_and(|p| !p.is_finished()) => {
@@ -447,6 +473,7 @@ impl Actor {
                     }
                     Some(inst) => {
                         set_extra(inst, SERVED_KEY, served);
+                        set_checkpoint_meta(inst, checkpoint);
                         inst.snapshot(SnapshotOptions {
                             embed_module: true,
                             compress: false,

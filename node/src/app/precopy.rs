@@ -10,18 +10,20 @@ use tern_runtime::dirty::start_tracking;
 use tern_runtime::instance::Instance;
 use tern_runtime::snapshot::{PageChunk, Snapshot, PAGE_SIZE};
 
-use super::actor::{Actor, SERVED_KEY};
+use super::actor::{Actor, CHECKPOINT_KEY, SERVED_KEY};
 use super::{FinalCapture, FreezeResult, PrecopyFirst};
 use crate::error::{NodeError, Result};
 
 impl Actor {
     pub(super) fn precopy_start(&mut self, base: Option<Arc<Snapshot>>) -> Result<PrecopyFirst> {
         let served = self.served().to_string();
+        let checkpoint = self.checkpoint_unix_ms();
         let inst = self
             .inst
             .as_mut()
             .ok_or_else(|| NodeError::conflict(format!("app {} is not running", self.spec.name)))?;
         set_extra(inst, SERVED_KEY, served);
+        set_checkpoint_meta(inst, checkpoint);
         // Track first, then copy: whatever is written after this point is
         // in the next round's dirty set.
         self.trackers = inst
@@ -93,6 +95,7 @@ impl Actor {
     pub(super) fn freeze(&mut self, cold: bool) -> Result<(Instant, FreezeResult)> {
         let at = Instant::now();
         let served = self.served().to_string();
+        let checkpoint = self.checkpoint_unix_ms();
         if self.inst.is_none() {
             return Err(self.not_running());
         }
@@ -100,6 +103,7 @@ impl Actor {
         let result = (|| {
             let inst = self.inst.as_mut().expect("checked");
             set_extra(inst, SERVED_KEY, served);
+            set_checkpoint_meta(inst, checkpoint);
             if cold {
                 inst.run_snapshot_hook(true)
                     .map_err(|e| NodeError::internal(e.to_string()))?;
@@ -137,6 +141,13 @@ impl Actor {
 }
 
 /// Sets one of the platform's metadata entries kept in the app's snapshots.
+/// Carries when the app's latest checkpoint was taken in its snapshot.
+pub(super) fn set_checkpoint_meta(inst: &mut Instance, unix_ms: Option<u64>) {
+    if let Some(t) = unix_ms {
+        set_extra(inst, CHECKPOINT_KEY, t.to_string());
+    }
+}
+
 pub(super) fn set_extra(inst: &mut Instance, key: &str, value: String) {
     let extra = inst.extra_meta_mut();
     extra.retain(|(k, _)| k != key);

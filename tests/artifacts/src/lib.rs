@@ -52,7 +52,7 @@ mod tests {
 
     #[test]
     fn the_named_constants_are_there() {
-        let examples = [COUNTER, KV, TODO, LIFE, SENSOR];
+        let examples = [COUNTER, KV, TODO, LIFE, SENSOR, LEDGER];
         let guests = [HEAPSTATE, COMMAND];
         assert_eq!(EXAMPLES.len(), examples.len());
         assert_eq!(GUESTS.len(), guests.len());
