@@ -29,6 +29,8 @@
 //! - `modules.rs` — the node's module store;
 //! - `checkpoint.rs` — periodic checkpoints, kept and sent to the control plane;
 //! - `report.rs` — registration and heartbeats;
+//! - `lease.rs` — the node serves its apps only while the control plane
+//!   has recently heard from it;
 //! - `http.rs`, `ingress.rs` — the HTTP edge: parse, call an operation, map
 //!   its [`NodeError`] to a status;
 //! - `error.rs` — [`NodeError`].
@@ -42,6 +44,7 @@ mod forward;
 mod http;
 mod ingress;
 pub mod join;
+mod lease;
 mod migrate;
 mod modules;
 mod node;

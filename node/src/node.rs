@@ -52,6 +52,8 @@ pub struct Node {
     pub(crate) auth: crate::auth::Auth,
     /// Post-copy moves under way, in and out.
     pub(crate) postcopy: crate::migrate::postcopy::Registry,
+    /// Whether the node may serve its apps now (`lease.rs`).
+    pub(crate) lease: crate::lease::Lease,
 }
 
 /// Locks a mutex, going on with its data if a holder panicked (every
@@ -63,7 +65,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Node {
     /// Opens a node's state in its data directory (created if missing).
     pub(crate) fn open(config: NodeConfig, url: String) -> anyhow::Result<Arc<Node>> {
-        let controls = config
+        let controls: Vec<String> = config
             .control_url
             .as_deref()
             .unwrap_or("")
@@ -89,6 +91,7 @@ impl Node {
             tern_util::create_private_dir(&dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
+        let has_control = !controls.is_empty();
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data_dir.join("cache")),
         })?;
@@ -116,6 +119,7 @@ impl Node {
             checkpoints: Mutex::new(HashMap::new()),
             postcopy: Default::default(),
             auth: crate::auth::Auth::default(),
+            lease: crate::lease::Lease::new(has_control),
         }))
     }
 

@@ -155,6 +155,7 @@ pub(crate) async fn invoke(
 ) -> Result<InvokeResponse> {
     if node.moved_to(name).is_none() {
         let h = node.local_or_404(name)?;
+        node.lease.check().map_err(NodeError::busy)?;
         match h.invoke_here(req).await {
             Ok(r) => {
                 let mut r = r?;

@@ -16,13 +16,17 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
         let Some(control) = node.control() else {
             return;
         };
+        let sent = std::time::Instant::now();
         if !registered {
             match node
                 .client
                 .post_json::<_, serde_json::Value>(&format!("{control}/v1/nodes"), &node.info())
                 .await
             {
-                Ok(_) => registered = true,
+                Ok(answer) => {
+                    registered = true;
+                    renew(&node, sent, &answer);
+                }
                 Err(e) => node.control_failed(&control, &e),
             }
         }
@@ -37,6 +41,7 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
                 // The answer lists the revoked certificates: their holders
                 // are refused here too from now on.
                 Ok(answer) => {
+                    renew(&node, sent, &answer);
                     if let Some(list) = answer["revoked"].as_array() {
                         node.auth.set_revoked(
                             list.iter()
@@ -55,4 +60,14 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
         }
         tokio::time::sleep(HEARTBEAT_INTERVAL).await;
     }
+}
+
+/// An acknowledgement renews the node's lease (`lease.rs`) for half the
+/// heartbeat timeout the control plane states (10 s if it states none).
+fn renew(node: &Node, sent: std::time::Instant, answer: &serde_json::Value) {
+    let t = answer["heartbeat_timeout_ms"]
+        .as_u64()
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(std::time::Duration::from_secs(10));
+    node.lease.renew(sent, t);
 }

@@ -30,6 +30,7 @@ async fn a_move_whose_caller_goes_away_still_ends() {
             mode: Mode::Cold,
             generation: 2,
             checkpoint_url: None,
+            postcopy_after_rounds: None,
         };
         let url = format!("{}/v1/apps/counter/migrate", src.url);
         async move { c.post_json::<_, serde_json::Value>(&url, &req).await }

@@ -14,6 +14,7 @@ mod hardening;
 mod hardening_local;
 mod hybrid;
 mod invariants;
+mod lease;
 mod limits;
 mod nodes;
 mod postcopy;

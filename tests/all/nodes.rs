@@ -442,6 +442,16 @@ pub async fn start_control(
     dir: &std::path::Path,
     setup: impl FnOnce(&mut tern_control::ControlConfig),
 ) -> (String, Served) {
+    start_control_on(Bound::loopback().await.unwrap(), dir, setup).await
+}
+
+/// [`start_control`] on a listener the caller bound (to restart a control
+/// plane at the same address).
+pub async fn start_control_on(
+    bound: Bound,
+    dir: &std::path::Path,
+    setup: impl FnOnce(&mut tern_control::ControlConfig),
+) -> (String, Served) {
     let mut cfg = tern_control::ControlConfig::new(dir, TOKEN);
     cfg.tls = Some(control_tls());
     cfg.sample_period = std::time::Duration::from_millis(500);
@@ -455,6 +465,6 @@ pub async fn start_control(
         ..tern_scheduler::PredictorConfig::default()
     };
     setup(&mut cfg);
-    let served = tern_control::spawn(Bound::loopback().await.unwrap(), cfg);
+    let served = tern_control::spawn(bound, cfg);
     (served.url.clone(), served)
 }

@@ -1,0 +1,119 @@
+//! A node serves its apps only while the control plane hears from it
+//! (`node/src/lease.rs`). The soak found copies of an app answering on a
+//! node the control plane had declared down (its heartbeats late on a
+//! loaded machine) while the control plane restarted them elsewhere: two
+//! copies served at once. Now the node stops first, and serves again once
+//! its heartbeats are acknowledged.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tern_api::local::Bound;
+use tern_api::types::{DeployRequest, NodeView};
+
+use crate::nodes::{client, start_control_on, TestNode};
+
+/// The control plane's heartbeat timeout here: the node's lease is half.
+const TIMEOUT: Duration = Duration::from_secs(6);
+
+async fn call(c: &tern_api::client::Client, node: &TestNode) -> (u16, String) {
+    match c
+        .send(
+            hyper::Method::POST,
+            &format!("{}/apps/counter/", node.url),
+            "text/plain",
+            Bytes::from_static(b"1"),
+        )
+        .await
+    {
+        Ok((status, body)) => (status.as_u16(), String::from_utf8_lossy(&body).into()),
+        Err(e) => (e.status().unwrap_or(0), e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_could_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = Bound::loopback().await.unwrap();
+    let addr = bound.url.trim_start_matches("https://").to_string();
+    let setup = |cfg: &mut tern_control::ControlConfig| cfg.heartbeat_timeout = TIMEOUT;
+    let (ctl, served) = start_control_on(bound, dir.path(), setup).await;
+    let node = TestNode::start_with("n1", |cfg| cfg.control_url = Some(ctl.clone())).await;
+    let c = client().with_timeout(Duration::from_secs(5));
+    let t0 = Instant::now();
+    while !c
+        .get_json::<Vec<NodeView>>(&format!("{ctl}/v1/nodes"))
+        .await
+        .is_ok_and(|ns| ns.len() == 1)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "n1 never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{ctl}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let req = DeployRequest {
+        name: "counter".into(),
+        module_sha256: sha,
+        node: Some("n1".into()),
+        ..Default::default()
+    };
+    let _: Value = c.post_json(&format!("{ctl}/v1/apps"), &req).await.unwrap();
+    let (status, body) = call(&c, &node).await;
+    assert_eq!((status, body.trim()), (200, "1"));
+
+    // The control plane goes away: within half its timeout (and so before
+    // it could call the node down and start the app elsewhere) the node
+    // answers 503 and says why, on its ingress and on its API.
+    let cut = Instant::now();
+    drop(served);
+    let refused_after = loop {
+        let (status, body) = call(&c, &node).await;
+        if status == 503 {
+            assert!(body.contains("has not reached the control plane"), "{body}");
+            break cut.elapsed();
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(cut.elapsed() < 2 * TIMEOUT, "n1 kept serving");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("n1 stopped serving {refused_after:?} after the control plane went away");
+    assert!(
+        refused_after < TIMEOUT,
+        "n1 served {refused_after:?} after its last heartbeat; the control plane acts after {TIMEOUT:?}"
+    );
+    let e = c
+        .post_json::<_, Value>(
+            &format!("{}/v1/apps/counter/invoke", node.url),
+            &json!({"export": "get", "args": []}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(503), "{e}");
+
+    // The control plane comes back at the same address: the node's next
+    // acknowledged heartbeat lets it serve again, the same copy, its state
+    // whole (nothing ran while it refused).
+    let (_ctl, _served) =
+        start_control_on(Bound::at(&addr).await.unwrap(), dir.path(), setup).await;
+    let back = Instant::now();
+    let body = loop {
+        let (status, body) = call(&c, &node).await;
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            back.elapsed() < 2 * TIMEOUT,
+            "n1 never served again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let served_before: i64 = body.trim().parse().unwrap();
+    assert!(served_before >= 2, "{body}");
+}
