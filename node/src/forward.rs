@@ -50,39 +50,45 @@ enum Attempt {
 
 impl Node {
     /// Where an app runs, from the cache or the control plane.
-    pub(crate) async fn resolve(&self, app: &str) -> Option<String> {
+    pub(crate) async fn resolve(&self, app: &str) -> Lookup {
         {
             let mut routes = lock(&self.routes);
             if let Some(u) = routes.known.get(app) {
-                return Some(u.clone());
+                return Lookup::At(u.clone());
             }
             match routes.unknown.get(app) {
-                Some(t) if t.elapsed() < NEGATIVE_TTL => return None,
+                Some(t) if t.elapsed() < NEGATIVE_TTL => return Lookup::Nowhere,
                 Some(_) => {
                     routes.unknown.remove(app);
                 }
                 None => {}
             }
         }
-        let url = self.ask_control(app).await;
+        let found = self.ask_control(app).await;
         let mut routes = lock(&self.routes);
         if routes.known.len() + routes.unknown.len() >= MAX_ROUTES {
             routes.known.clear();
             routes.unknown.clear();
         }
-        match &url {
-            Some(u) => routes.known.insert(app.to_string(), u.clone()),
-            None => routes
-                .unknown
-                .insert(app.to_string(), Instant::now())
-                .map(|_| String::new()),
-        };
-        url
+        // Only answers are remembered: a control plane that did not answer
+        // said nothing about the app.
+        match &found {
+            Lookup::At(u) => {
+                routes.known.insert(app.to_string(), u.clone());
+            }
+            Lookup::Nowhere => {
+                routes.unknown.insert(app.to_string(), Instant::now());
+            }
+            Lookup::Unreachable(_) => {}
+        }
+        found
     }
 
     /// Asks the control plane which node runs `app`.
-    async fn ask_control(&self, app: &str) -> Option<String> {
-        let control = self.control()?;
+    async fn ask_control(&self, app: &str) -> Lookup {
+        let Some(control) = self.control() else {
+            return Lookup::Nowhere;
+        };
         // Only where it runs: a node's credential does not read other apps.
         let route: serde_json::Value = match self
             .client
@@ -90,12 +96,16 @@ impl Node {
             .await
         {
             Ok(v) => v,
+            Err(e) if e.status() == Some(404) => return Lookup::Nowhere,
             Err(e) => {
                 self.control_failed(&control, &e);
-                return None;
+                return Lookup::Unreachable(e.to_string());
             }
         };
-        Some(route["url"].as_str()?.to_string())
+        match route["url"].as_str() {
+            Some(u) => Lookup::At(u.to_string()),
+            None => Lookup::Nowhere,
+        }
     }
 
     pub(crate) fn forget_route(&self, app: &str) {
@@ -131,7 +141,7 @@ impl Node {
         }
         self.forget_route(app);
         let next = match self.ask_control(app).await {
-            Some(next) if next != url && next != self.url => next,
+            Lookup::At(next) if next != url && next != self.url => next,
             _ => return failed(app, first),
         };
         self.follow(app, &next);
@@ -216,6 +226,26 @@ fn failed(app: &str, attempt: Attempt) -> tern_sdk::Response {
 
 /// A node's answer for an app it does not know (marked, so that a
 /// forwarding node can tell it from the app's own 404).
+/// Where the control plane says an app runs.
+pub(crate) enum Lookup {
+    At(String),
+    /// It runs nowhere (or this node has no control plane to ask).
+    Nowhere,
+    /// The control plane did not answer (why): nothing is known.
+    Unreachable(String),
+}
+
+/// The answer for an app whose whereabouts cannot be learned now: 503, to
+/// try again, not 404 (the app may well exist).
+pub(crate) fn unreachable(app: &str, why: &str) -> tern_sdk::Response {
+    let mut r = tern_sdk::Response::text(
+        503,
+        format!("cannot learn where app {app} runs: the control plane did not answer ({why}); try again in a moment\n"),
+    );
+    r.headers.push(("retry-after".into(), "1".into()));
+    r
+}
+
 pub(crate) fn no_app(app: &str) -> tern_sdk::Response {
     tern_sdk::Response::text(404, format!("no app named {app}\n")).with_header(NO_APP_HEADER, "1")
 }

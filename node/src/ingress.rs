@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tern_api::server::{self, error, read_body, Body};
 
+use crate::forward::Lookup;
 use crate::node::{Node, Slot};
 
 /// The largest request body ingress takes for an app.
@@ -71,7 +72,8 @@ async fn request(node: &Node, name: &str, req: tern_sdk::Request) -> tern_sdk::R
         },
         Some(Slot::Moved { url }) => node.forward_request(&url, name, req).await,
         None => match node.resolve(name).await {
-            Some(url) if url != node.url => node.forward_request(&url, name, req).await,
+            Lookup::At(url) if url != node.url => node.forward_request(&url, name, req).await,
+            Lookup::Unreachable(why) => crate::forward::unreachable(name, &why),
             _ => no_app(),
         },
     }

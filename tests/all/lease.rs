@@ -3,7 +3,8 @@
 //! node the control plane had declared down (its heartbeats late on a
 //! loaded machine) while the control plane restarted them elsewhere: two
 //! copies served at once. Now the node stops first, and serves again once
-//! its heartbeats are acknowledged.
+//! its heartbeats are acknowledged. Meanwhile a call for an app it does not
+//! hold is answered 503, not 404: nobody could say where the app runs.
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,23 @@ async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_cou
         .unwrap_err();
     assert_eq!(e.status(), Some(503), "{e}");
 
+    // An app the node does not hold, while nobody can say where it runs:
+    // 503 (try again), not 404 (no such app), and nothing remembered.
+    let (status, body) = match c
+        .send(
+            hyper::Method::POST,
+            &format!("{}/apps/elsewhere/", node.url),
+            "text/plain",
+            Bytes::from_static(b"1"),
+        )
+        .await
+    {
+        Ok((status, body)) => (status.as_u16(), String::from_utf8_lossy(&body).into_owned()),
+        Err(e) => (e.status().unwrap_or(0), e.to_string()),
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("control plane did not answer"), "{body}");
+
     // The control plane comes back at the same address: the node's next
     // acknowledged heartbeat lets it serve again, the same copy, its state
     // whole (nothing ran while it refused).
@@ -116,4 +134,18 @@ async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_cou
     };
     let served_before: i64 = body.trim().parse().unwrap();
     assert!(served_before >= 2, "{body}");
+    // And an app that exists nowhere is again a plain 404.
+    let (status, _) = match c
+        .send(
+            hyper::Method::POST,
+            &format!("{}/apps/elsewhere/", node.url),
+            "text/plain",
+            Bytes::from_static(b"1"),
+        )
+        .await
+    {
+        Ok((status, body)) => (status.as_u16(), body),
+        Err(e) => (e.status().unwrap_or(0), Bytes::new()),
+    };
+    assert_eq!(status, 404);
 }
