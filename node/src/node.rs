@@ -54,7 +54,13 @@ pub struct Node {
     pub(crate) postcopy: crate::migrate::postcopy::Registry,
     /// Whether the node may serve its apps now (`lease.rs`).
     pub(crate) lease: crate::lease::Lease,
+    /// Clients for migration peers, each accepting only the certificate of
+    /// the node it is for (bounded: cleared past [`MAX_PEERS`]).
+    peers: Mutex<HashMap<String, Client>>,
 }
+
+/// Peer clients kept at most (one per node this node moved apps to).
+const MAX_PEERS: usize = 256;
 
 /// Locks a mutex, going on with its data if a holder panicked (every
 /// critical section here leaves the data consistent).
@@ -120,11 +126,35 @@ impl Node {
             postcopy: Default::default(),
             auth: crate::auth::Auth::default(),
             lease: crate::lease::Lease::new(has_control),
+            peers: Mutex::new(HashMap::new()),
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// A client for talking to node `name` as a move's peer. Over TLS it
+    /// accepts only a certificate of the cluster that names that node: the
+    /// app's state goes to the node the control plane chose, not to any
+    /// holder of a cluster certificate at that address.
+    pub(crate) fn peer(&self, name: &str) -> Result<Client, crate::error::NodeError> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(self.client.clone());
+        };
+        let mut peers = lock(&self.peers);
+        if let Some(c) = peers.get(name) {
+            return Ok(c.clone());
+        }
+        let role = tern_api::tls::Role::Node(name.to_string());
+        let c = Client::with_tls_for(None, tls, &role).map_err(|e| {
+            crate::error::NodeError::internal(format!("a client for node {name}: {e:#}"))
+        })?;
+        if peers.len() >= MAX_PEERS {
+            peers.clear();
+        }
+        peers.insert(name.to_string(), c.clone());
+        Ok(c)
     }
 
     pub fn url(&self) -> &str {

@@ -21,7 +21,7 @@ async fn a_move_whose_caller_goes_away_still_ends() {
     expect(&c, &dst.url, "src", "counter", 2).await;
     // The relay holds the handover (a cold move's commit): by then the source has paused
     // the app and sent its state.
-    let relay = Relay::start(&dst.url, Fault::HoldAt { suffix: "/commit" }, None).await;
+    let relay = Relay::start(&dst.url, "dst", Fault::HoldAt { suffix: "/commit" }, None).await;
     let caller = tokio::spawn({
         let c = c.clone();
         let req = MigrateRequest {

@@ -36,7 +36,13 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
     // node-2 is known to the cluster by the relay's address, and the relay
     // holds the first copy of the first migration to it.
     let bound = TestNode::bind().await;
-    let relay = Relay::start(&bound.url, Fault::HoldAt { suffix: "/base" }, None).await;
+    let relay = Relay::start(
+        &bound.url,
+        "node-2",
+        Fault::HoldAt { suffix: "/base" },
+        None,
+    )
+    .await;
     let relay_url = relay.url.clone();
     let _node2 = TestNode::start_on(bound, "node-2", |c| {
         c.control_url = Some(control.clone());

@@ -201,7 +201,7 @@ async fn target_dies_at(suffix: &'static str, nth: usize) {
             })
         }))
     };
-    let relay = Relay::start(&dst.url, Fault::DieAt { suffix, nth }, hook).await;
+    let relay = Relay::start(&dst.url, "dst", Fault::DieAt { suffix, nth }, hook).await;
     let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2)
         .await
         .expect_err("a move to a dead target fails");
@@ -295,7 +295,7 @@ async fn a_corrupted_page_chunk_is_refused_and_the_app_stays() {
     let writers = Writers::start(&src.url, "counter", 2);
     writers.wait_more(20, "writes before the move").await;
 
-    let relay = Relay::start(&dst.url, Fault::CorruptFirstPages, None).await;
+    let relay = Relay::start(&dst.url, "dst", Fault::CorruptFirstPages, None).await;
     let e = migrate_via(&c, &src, "dst", &relay.url, "counter", Mode::Hot, 2)
         .await
         .expect_err("a damaged chunk fails the move");

@@ -192,6 +192,7 @@ async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
     let hook: Hook = Box::new(move || Box::pin(async move { drop(dst) }));
     let relay = Relay::start(
         &dst_url,
+        "dst",
         Fault::DieAt {
             suffix: "/pages",
             nth: 2,

@@ -173,8 +173,21 @@ async fn the_control_plane_moves_an_app_ahead_of_its_predicted_peak() {
     })
     .await;
 
-    // Two apps on the small node: `wave` gets the periodic load, `calm` none.
+    // Two apps on the small node: `wave` gets the periodic load, `calm` none
+    // (once the control plane knows the node: it registers in the background).
     let c = client();
+    let waited = tokio::time::Instant::now();
+    while !c
+        .get_json::<Vec<tern_api::types::NodeView>>(&format!("{control}/v1/nodes"))
+        .await
+        .is_ok_and(|ns| ns.iter().any(|n| n.name == "small"))
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "small never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for (name, path) in [
         ("wave", tern_artifacts::LIFE),
         ("calm", tern_artifacts::COUNTER),

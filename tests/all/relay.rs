@@ -78,12 +78,12 @@ struct TlsEnds {
     connector: tokio_rustls::TlsConnector,
 }
 
-fn tls_ends() -> TlsEnds {
+fn tls_ends(target: &str) -> TlsEnds {
     use tern_api::tls::Role;
-    // The relay poses as a node toward the source (any name: the source
-    // checks the CA and the address), and as the control plane toward the
-    // target.
-    let as_node = crate::nodes::identity(Role::Node("relay".into()));
+    // The relay poses as the target node toward the source (which accepts
+    // only the certificate of the node it moves the app to), and as the
+    // control plane toward the target.
+    let as_node = crate::nodes::identity(Role::Node(target.into()));
     let as_control = crate::nodes::identity(Role::Control);
     TlsEnds {
         acceptor: tokio_rustls::TlsAcceptor::from(as_node.server_config().unwrap()),
@@ -95,10 +95,16 @@ trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Relay {
-    pub async fn start(target_url: &str, fault: Fault, hook: Option<Hook>) -> Relay {
+    /// A relay to the node `target_name` at `target_url`.
+    pub async fn start(
+        target_url: &str,
+        target_name: &str,
+        fault: Fault,
+        hook: Option<Hook>,
+    ) -> Relay {
         let (scheme, rest) = target_url.split_once("://").expect("a URL");
         let upstream: SocketAddr = rest.parse().expect("target address");
-        let tls = (scheme == "https").then(tls_ends);
+        let tls = (scheme == "https").then(|| tls_ends(target_name));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (dead, _) = watch::channel(false);

@@ -285,6 +285,57 @@ async fn a_node_credential_cannot_act_as_the_operator() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_goes_only_to_the_node_whose_certificate_names_the_target() {
+    let src = TestNode::start("p-1").await;
+    let dst = TestNode::start("p-2").await;
+    let other = TestNode::start("p-3").await;
+    let c = client();
+    deploy(&c, &src, tern_artifacts::COUNTER, "counter").await;
+    let ask = |to_url: &str| MigrateRequest {
+        to_name: "p-2".into(),
+        to_url: to_url.into(),
+        mode: Mode::Hot,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: None,
+    };
+    // The move names p-2, but the address answers with p-3's certificate
+    // (an address taken over, a record tampered with): nothing is sent.
+    expect(&c, &other.url, "p-1", "counter", 2).await;
+    let e = c
+        .post_json::<_, serde_json::Value>(
+            &format!("{}/v1/apps/counter/migrate", src.url),
+            &ask(&other.url),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("names node p-3, not node p-2"),
+        "{e}"
+    );
+    let e = c
+        .get_json::<serde_json::Value>(&format!("{}/v1/apps/counter", other.url))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    let v: serde_json::Value = c
+        .get_json(&format!("{}/v1/apps/counter", src.url))
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "running");
+    // To p-2 itself it moves.
+    expect(&c, &dst.url, "p-1", "counter", 2).await;
+    let r: tern_api::types::MigrationReport = c
+        .post_json(
+            &format!("{}/v1/apps/counter/migrate", src.url),
+            &ask(&dst.url),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.to, "p-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_from_a_node_the_control_plane_did_not_name_is_refused() {
     let nodes = [
         TestNode::start("m-1").await,

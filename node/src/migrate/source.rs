@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tern_api::client::Client;
 use tern_api::types::{
     AppStatus, MigrateRequest, MigrationAck, MigrationOpen, MigrationOpened, MigrationReport, Mode,
     StartApp,
@@ -60,7 +61,10 @@ pub(crate) async fn migrate_out(
         .runtime
         .loaded(&handle.module_sha())
         .ok_or_else(|| NodeError::internal("the app's module is not loaded on this node"))?;
-    let module_bytes = ensure_module(&node, &req.to_url, &module).await?;
+    // Every request to the target goes through a client that accepts only
+    // its certificate (over TLS).
+    let peer = node.peer(&req.to_name)?;
+    let module_bytes = ensure_module(&peer, &req.to_url, &module).await?;
 
     // Hybrid starts from the checkpoint the target holds or can fetch; an
     // app with none yet is checkpointed now (which also sends the
@@ -100,13 +104,13 @@ pub(crate) async fn migrate_out(
             .or(postcopy_checkpoint),
         checkpoint_url: req.checkpoint_url.clone(),
     };
-    let opened: MigrationOpened = node
-        .client
+    let opened: MigrationOpened = peer
         .post_json(&format!("{}/v1/migrations", req.to_url), &open)
         .await
         .map_err(|e| NodeError::peer("the target refused the migration", e))?;
 
     let mut mv = Move {
+        peer,
         session: format!("{}/v1/migrations/{}", req.to_url, opened.id),
         node,
         handle,
@@ -199,10 +203,9 @@ async fn hybrid_base(
 }
 
 /// Makes sure a node holds a module, uploading it if not; the bytes sent.
-async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<u64> {
+async fn ensure_module(peer: &Client, url: &str, module: &LoadedModule) -> Result<u64> {
     let murl = format!("{url}/v1/modules/{}", module.hash_hex());
-    if node
-        .client
+    if peer
         .exists(&murl)
         .await
         .map_err(|e| NodeError::peer("target node", e))?
@@ -211,8 +214,7 @@ async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<
     }
     let bytes = Bytes::from(module.original.as_ref().clone());
     let n = bytes.len() as u64;
-    node.client
-        .put_bytes(&murl, bytes)
+    peer.put_bytes(&murl, bytes)
         .await
         .map_err(|e| NodeError::peer("cannot upload the module to the target", e))?;
     Ok(n)
@@ -221,6 +223,8 @@ async fn ensure_module(node: &Node, url: &str, module: &LoadedModule) -> Result<
 /// A move in progress on the source: where it goes and what it sent.
 pub(crate) struct Move {
     pub(crate) node: Arc<Node>,
+    /// The client for the target (`Node::peer`: only its certificate).
+    pub(crate) peer: Client,
     pub(crate) handle: AppHandle,
     pub(crate) app: String,
     pub(crate) to_url: String,
@@ -386,12 +390,12 @@ impl Move {
     /// session is deleted, and the move fails with `e`.
     async fn rollback(&mut self, e: NodeError, generation: u64) -> Result<Instant> {
         if let Some(paused_at) = self.paused_at {
-            if took_over(&self.node, &self.to_url, &self.app, generation).await {
+            if took_over(&self.peer, &self.to_url, &self.app, generation).await {
                 return Ok(paused_at);
             }
         }
         let _ = self.handle.ask(Cmd::Unfreeze).await;
-        let _ = self.node.client.delete(&self.session).await;
+        let _ = self.peer.delete(&self.session).await;
         Err(e)
     }
 
@@ -421,7 +425,7 @@ impl Move {
     }
 
     async fn post(&self, url: &str, body: Bytes) -> Result<Bytes, tern_api::client::ClientError> {
-        self.node.client.post_bytes(url, body).await
+        self.peer.post_bytes(url, body).await
     }
 
     /// Sends the commit frame and reads the acknowledgement.
@@ -492,7 +496,7 @@ impl Move {
                         pages += p;
                     }
                 }
-                let (client, url) = (self.node.client.clone(), url.clone());
+                let (client, url) = (self.peer.clone(), url.clone());
                 in_flight.push_back(tokio::spawn(async move {
                     let len = body.len() as u64;
                     client
@@ -521,10 +525,9 @@ impl Move {
 
 /// Whether the target runs the app at the new generation (asked a few
 /// times, in case the network hiccuped).
-async fn took_over(node: &Node, url: &str, app: &str, generation: u64) -> bool {
+async fn took_over(peer: &Client, url: &str, app: &str, generation: u64) -> bool {
     for attempt in 0..3 {
-        match node
-            .client
+        match peer
             .get_json::<AppStatus>(&format!("{url}/v1/apps/{app}"))
             .await
         {

@@ -40,8 +40,7 @@ impl Move {
         // escape (the target checks what it gets).
         let url = format!("{}/postcopy?from_url={}", self.session, self.node.url());
         let answer = self
-            .node
-            .client
+            .peer
             .post_bytes(&url, Bytes::from(frame))
             .await
             .map_err(|e| NodeError::peer("the target did not take over", e))?;
@@ -86,8 +85,7 @@ impl Move {
         match pushed {
             Ok(()) => {
                 let _ = self
-                    .node
-                    .client
+                    .peer
                     .post_bytes(&self.push_url("done"), Bytes::new())
                     .await;
                 self.node.forget_checkpoint(&self.app);
@@ -214,7 +212,7 @@ impl Move {
                 }
             };
             self.pages_sent += n;
-            let (client, url) = (self.node.client.clone(), url.clone());
+            let (client, url) = (self.peer.clone(), url.clone());
             in_flight.push_back(tokio::spawn(async move {
                 let len = body.len() as u64;
                 let body = Bytes::from(body);
