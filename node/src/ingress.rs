@@ -55,19 +55,20 @@ pub(crate) async fn ingress(node: Arc<Node>, req: Request<Incoming>) -> Response
 async fn request(node: &Node, name: &str, req: tern_sdk::Request) -> tern_sdk::Response {
     let no_app = || crate::forward::no_app(name);
     match node.slot(name) {
-        Some(Slot::Local(_)) if node.lease.check().is_err() => {
-            let why = node.lease.check().err().unwrap_or_default();
-            let mut r = tern_sdk::Response::text(503, format!("{why}\n"));
-            r.headers.push(("retry-after".into(), "1".into()));
-            r
-        }
-        Some(Slot::Local(h)) => match h.request_here(req).await {
-            Ok(r) => r.with_header(crate::NODE_HEADER, node.config.name.clone()),
-            // The app was handed over (or deleted) between the lookup and
-            // the call: the request did not run; follow the app.
-            Err(req) => match node.moved_to(name) {
-                Some(url) => node.forward_request(&url, name, req).await,
-                None => no_app(),
+        Some(Slot::Local(h)) => match node.lease.check() {
+            Err(why) => {
+                let mut r = tern_sdk::Response::text(503, format!("{why}\n"));
+                r.headers.push(("retry-after".into(), "1".into()));
+                r
+            }
+            Ok(()) => match h.request_here(req).await {
+                Ok(r) => r.with_header(crate::NODE_HEADER, node.config.name.clone()),
+                // The app was handed over (or deleted) between the lookup and
+                // the call: the request did not run; follow the app.
+                Err(req) => match node.moved_to(name) {
+                    Some(url) => node.forward_request(&url, name, req).await,
+                    None => no_app(),
+                },
             },
         },
         Some(Slot::Moved { url }) => node.forward_request(&url, name, req).await,
