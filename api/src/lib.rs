@@ -48,6 +48,7 @@
 
 pub mod client;
 pub mod local;
+pub mod metrics;
 pub mod names;
 pub mod server;
 pub mod tls;

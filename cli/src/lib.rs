@@ -19,6 +19,7 @@ mod commands;
 mod demo;
 pub mod local_cluster;
 mod node_cmd;
+mod observe;
 mod output;
 mod up;
 mod util;

@@ -17,6 +17,8 @@ pub struct LocalNode {
     pub name: String,
     pub url: String,
     pub data_dir: PathBuf,
+    /// Where its metrics listener is (`http://ADDR/metrics`), if it has one.
+    pub metrics_url: Option<String>,
     served: Served,
 }
 
@@ -84,12 +86,17 @@ impl LocalCluster {
         };
         let url = bound.url.clone();
         setup(&mut config);
+        let metrics_url = config
+            .metrics_listener
+            .as_deref()
+            .map(tern_api::metrics::url_of);
         let served =
             tern_node::spawn(bound, config).with_context(|| format!("cannot start node {name}"))?;
         self.nodes.push(LocalNode {
             name: name.to_string(),
             url,
             data_dir: dir,
+            metrics_url,
             served,
         });
         Ok(self.nodes.last().expect("just pushed"))

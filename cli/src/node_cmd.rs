@@ -49,9 +49,12 @@ pub struct NodeArgs {
     /// token, without TLS: nothing is encrypted (only on one trusted machine).
     #[arg(long, conflicts_with = "join")]
     insecure_plain_http: bool,
+    #[command(flatten)]
+    observe: crate::observe::Observe,
 }
 
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
+    a.observe.init_logs()?;
     let token = match (a.token.clone(), a.insecure_plain_http) {
         (Some(t), _) => t,
         (None, true) => std::fs::read_to_string(default_data_dir().join("token"))
@@ -107,7 +110,11 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         config.labels = labels;
         config.advertise_url = Some(url.clone());
         config.tls = tls;
+        config.metrics_listener = a.observe.metrics_listener()?;
         eprintln!("node {name} serving on {url}, reporting to {}", a.control);
+        if let Some(l) = &config.metrics_listener {
+            eprintln!("node {name} metrics at {}", tern_api::metrics::url_of(l));
+        }
         tern_node::run(listener, config, shutdown_signal()).await
     })?;
     Ok(ExitCode::SUCCESS)

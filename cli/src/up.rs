@@ -47,6 +47,8 @@ pub struct UpArgs {
     /// browser or tool on this machine that cannot be given the CA).
     #[arg(long)]
     insecure_plain_http: bool,
+    #[command(flatten)]
+    observe: crate::observe::Observe,
 }
 
 #[derive(Serialize)]
@@ -59,6 +61,9 @@ struct UpReport {
     /// The cluster's CA: clients find it in the data dir; a browser
     /// trusts the dashboard once this file is imported as an authority.
     ca_file: Option<String>,
+    /// The control plane's metrics listener (`--metrics-listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_url: Option<String>,
     nodes: Vec<NodeReport>,
 }
 
@@ -67,9 +72,12 @@ struct NodeReport {
     name: String,
     url: String,
     data_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_url: Option<String>,
 }
 
 pub fn up(a: UpArgs) -> Result<ExitCode> {
+    a.observe.init_logs()?;
     let data_dir = a.data_dir.clone().unwrap_or_else(default_data_dir);
     tern_util::create_private_dir(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -83,6 +91,14 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
         &a.rebalance_interval,
     )?;
     a.limits.apply(&mut cfg)?;
+    cfg.metrics_listener = a.observe.metrics_at(0)?;
+    let metrics_url = cfg
+        .metrics_listener
+        .as_deref()
+        .map(tern_api::metrics::url_of);
+    let node_metrics = (1..=a.nodes)
+        .map(|i| a.observe.metrics_at(i))
+        .collect::<Result<Vec<_>>>()?;
     if !a.insecure_plain_http {
         let hosts = crate::commands::control::cert_hosts(&a.listen, None);
         cfg.tls = Some(tern_control::ClusterTls::load_or_create(&data_dir, &hosts)?);
@@ -95,7 +111,13 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
         let bound = Bound::at(&a.listen).await.with_context(|| {
             format!("cannot listen on {}: is a cluster already running there? (`tern nodes` asks it; or use --listen)", a.listen)
         })?;
-        let mut cluster = LocalCluster::start(bound, cfg, a.nodes).await?;
+        let mut cluster = LocalCluster::start(bound, cfg, 0).await?;
+        for (i, metrics) in node_metrics.into_iter().enumerate() {
+            let name = format!("node-{}", i + 1);
+            cluster
+                .add_node(&name, |c| c.metrics_listener = metrics)
+                .await?;
+        }
         let viewer = dashboard_token(&cluster, &data_dir).await.unwrap_or_else(|e| {
             eprintln!("warning: no read-only token for the dashboard ({e:#}); it uses the cluster token");
             token.clone()
@@ -109,6 +131,7 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
                 .tls
                 .as_ref()
                 .map(|_| tern_api::tls::ca_path(&data_dir).display().to_string()),
+            metrics_url,
             nodes: cluster
                 .nodes
                 .iter()
@@ -116,6 +139,7 @@ pub fn up(a: UpArgs) -> Result<ExitCode> {
                     name: n.name.clone(),
                     url: n.url.clone(),
                     data_dir: n.data_dir.display().to_string(),
+                    metrics_url: n.metrics_url.clone(),
                 })
                 .collect(),
         };
@@ -195,8 +219,14 @@ fn print_report(r: &UpReport, data_dir: &std::path::Path) -> Result<()> {
             "  WARNING: plain HTTP (--insecure-plain-http): nothing on the wire is encrypted"
         )?,
     }
+    if let Some(m) = &r.metrics_url {
+        outln!("  metrics        {m}")?;
+    }
     for n in &r.nodes {
         outln!("  {:<13}  {}", n.name, n.url)?;
+        if let Some(m) = &n.metrics_url {
+            outln!("  {:<13}  {m}", "  metrics")?;
+        }
     }
     outln!("dashboard: {}", r.dashboard)?;
     if let Some(ca) = &r.ca_file {

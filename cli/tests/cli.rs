@@ -28,6 +28,9 @@ fn counter() -> String {
         .to_string()
 }
 
+#[path = "cli/metrics.rs"]
+mod metrics;
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -313,6 +316,23 @@ impl Cluster {
 
     /// `tern up` with these flags too.
     fn up_with(nodes: u32, flags: &[&str]) -> Cluster {
+        Cluster::start(nodes, flags, false)
+    }
+
+    /// [`Cluster::up_with`], its stdout and stderr kept for the test to read
+    /// (take them from `child`).
+    fn up_capturing(nodes: u32, flags: &[&str]) -> Cluster {
+        Cluster::start(nodes, flags, true)
+    }
+
+    fn start(nodes: u32, flags: &[&str], capture: bool) -> Cluster {
+        let out = || {
+            if capture {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            }
+        };
         let dir = tempfile::tempdir().unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -334,8 +354,8 @@ impl Cluster {
                 "TERN_CACHE_DIR",
                 std::env::temp_dir().join("tern-cli-test-cache"),
             )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(out())
+            .stderr(out())
             .spawn()
             .unwrap();
         let c = Cluster {

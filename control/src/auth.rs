@@ -3,7 +3,7 @@
 //! | caller | how it proves it | may |
 //! |---|---|---|
 //! | operator | the cluster token, or an `operator` token | everything |
-//! | dashboard | a `dashboard` token | read the cluster's state (`GET` of the dashboard, nodes, apps, migrations, health) |
+//! | dashboard | a `dashboard` token | read the cluster's state (`GET` of the dashboard, nodes, apps, migrations, health, `/metrics`) |
 //! | node | its certificate (mutual TLS), not revoked | register itself, report, send its own apps' checkpoints, fetch the modules and checkpoints of apps it runs or receives, ask where an app runs |
 //! | anyone | — | the dashboard's page, `GET /v1/ca`, `POST /v1/join` with a join token |
 
@@ -87,6 +87,7 @@ pub fn permit(_sh: &Shared, who: &Caller, method: &Method, segs: &[&str]) -> Res
                         "v1",
                         "dashboard" | "health" | "nodes" | "apps" | "migrations" | "ca"
                     ] | ["v1", "nodes" | "apps", _]
+                        | ["metrics"]
                 )
         }
         Caller::Node(_) => {

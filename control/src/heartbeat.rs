@@ -156,6 +156,11 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
             st.usage.insert(s.name.clone(), usage);
             st.record_demand(&s.name, index, now, cpu);
             st.predictor.observe(&s.name, index, usage);
+            let next = st
+                .predictor
+                .predict(&s.name)
+                .map(|f| f.plan.cpu_milli as f64);
+            sh.metrics.observed(&s.name, index, cpu as f64, next);
             samples.push((s.name.clone(), index, cpu, s.memory_bytes));
         }
     }

@@ -93,6 +93,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
     let segs = segments(&path);
     match (&method, segs.as_slice()) {
         (&Method::GET, ["v1", "dashboard"]) => ok(&dashboard::view(sh)),
+        (&Method::GET, ["metrics"]) => Ok(tern_api::metrics::answer(&sh.metrics.registry)),
         (&Method::GET, ["v1", "health"]) => {
             ok(&serde_json::json!({"ok": true, "role": "control", "version": env!("CARGO_PKG_VERSION")}))
         }

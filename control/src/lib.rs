@@ -44,6 +44,7 @@ mod dashboard;
 mod error;
 mod heartbeat;
 mod http;
+pub mod metrics;
 mod ops;
 pub mod pki;
 mod plan;
@@ -164,6 +165,10 @@ pub struct ControlConfig {
     pub tls: Option<ClusterTls>,
     /// Bounds of the listener (connections, timeouts).
     pub max_connections: usize,
+    /// A listener that serves `GET /metrics` alone, over plain HTTP and
+    /// without credentials (`--metrics-listen`); `None`: metrics only on
+    /// the API listener, for operator and dashboard tokens.
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl ControlConfig {
@@ -199,6 +204,7 @@ impl ControlConfig {
             default_limits: tern_api::types::AppLimits::DEFAULT,
             tls: None,
             max_connections: tern_api::server::DEFAULT_MAX_CONNECTIONS,
+            metrics_listener: None,
         }
     }
 
@@ -259,13 +265,22 @@ pub async fn run(
             format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()))
         }
     };
+    let metrics = metrics::Metrics::new();
+    let _scrapes = serve_metrics(&config, &metrics)?;
     if let StoreConfig::Etcd(url) = config.store.clone() {
-        return replicated::run(listener, config, url, advertise, shutdown).await;
+        return replicated::run(listener, config, url, advertise, metrics, shutdown).await;
     }
     let store = store::Store::open(&config.data_dir)?;
     let loaded = store.load()?;
     let opts = config.serve_options()?;
-    let shared = Arc::new(state::Shared::new(config, store, loaded, advertise)?);
+    let shared = Arc::new(state::Shared::new(
+        config,
+        store,
+        loaded,
+        advertise,
+        metrics.clone(),
+    )?);
+    metrics.attach(&shared);
     tracing::info!(%addr, "control plane listening");
 
     let ticker = tokio::spawn(tick::run(shared.clone()));
@@ -285,6 +300,33 @@ pub async fn run(
     let _ = ticker.await;
     shared.store.close();
     Ok(())
+}
+
+/// Serves the metrics listener, if the configuration has one, until the
+/// returned guard is dropped.
+fn serve_metrics(
+    config: &ControlConfig,
+    metrics: &metrics::Metrics,
+) -> anyhow::Result<Option<AbortOnDrop>> {
+    let Some(l) = &config.metrics_listener else {
+        return Ok(None);
+    };
+    Ok(Some(AbortOnDrop(tokio::spawn(
+        tern_api::metrics::serve_listener(
+            l.try_clone()?,
+            metrics.registry.clone(),
+            std::future::pending(),
+        ),
+    ))))
+}
+
+/// A task that ends when this is dropped.
+pub(crate) struct AbortOnDrop<T = std::io::Result<()>>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The token in `DATA_DIR/token`, created (32 random hex digits, mode

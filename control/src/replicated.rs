@@ -25,20 +25,15 @@ enum Role {
     Leader(Arc<Shared>),
 }
 
-/// Aborts a task when dropped (the scheduler loop ends with its leadership).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::metrics::Metrics;
+use crate::AbortOnDrop;
 
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ControlConfig,
     url: EtcdUrl,
     advertise: String,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     // The layout and the token are checked before anything is served.
@@ -52,20 +47,22 @@ pub async fn run(
     let handler: tern_api::server::Handler = {
         let role = role.clone();
         let token = config.token.clone();
+        let metrics = metrics.clone();
         Arc::new(move |req| {
             let current = role.read().unwrap_or_else(|e| e.into_inner()).clone();
             let token = token.clone();
+            let metrics = metrics.clone();
             Box::pin(async move {
                 match current {
                     Role::Leader(sh) => http::handle(sh, req).await,
-                    Role::Standby(leader) => standby_answer(&token, leader, req),
+                    Role::Standby(leader) => standby_answer(&token, &metrics, leader, req),
                 }
             })
         })
     };
     tracing::info!(addr = %advertise, store = %url, "control plane listening (standby until it leads)");
     let opts = config.serve_options()?;
-    let elect = tokio::spawn(elect(role.clone(), config, url, advertise));
+    let elect = tokio::spawn(elect(role.clone(), config, url, advertise, metrics));
     server::serve(listener, opts, handler, shutdown).await;
     elect.abort();
     let _ = elect.await;
@@ -85,14 +82,20 @@ fn set(role: &RwLock<Role>, r: Role) {
 }
 
 /// Campaigns, leads while it can, stands by otherwise; until aborted.
-async fn elect(role: Arc<RwLock<Role>>, cfg: ControlConfig, url: EtcdUrl, me: String) {
+async fn elect(
+    role: Arc<RwLock<Role>>,
+    cfg: ControlConfig,
+    url: EtcdUrl,
+    me: String,
+    metrics: Arc<Metrics>,
+) {
     let ttl = cfg.lease_ttl.max(Duration::from_secs(1));
     loop {
         let (u, m) = (url.clone(), me.clone());
         let outcome = tokio::task::spawn_blocking(move || Leadership::campaign(&u, &m, ttl)).await;
         match outcome {
             Ok(Ok(Campaign::Won(leadership))) => {
-                lead(&role, &cfg, Arc::new(leadership), &me, ttl).await;
+                lead(&role, &cfg, Arc::new(leadership), &me, ttl, &metrics).await;
                 set(&role, Role::Standby(None));
             }
             Ok(Ok(Campaign::Lost { leader, revision })) => {
@@ -123,6 +126,7 @@ async fn lead(
     leadership: Arc<Leadership>,
     me: &str,
     ttl: Duration,
+    metrics: &Arc<Metrics>,
 ) {
     let dir = cfg.data_dir.clone();
     let l = leadership.clone();
@@ -146,7 +150,7 @@ async fn lead(
             return;
         }
     };
-    let sh = match Shared::new(cfg.clone(), store, loaded, me.to_string()) {
+    let sh = match Shared::new(cfg.clone(), store, loaded, me.to_string(), metrics.clone()) {
         Ok(sh) => Arc::new(sh),
         Err(e) => {
             tracing::warn!("cannot lead: {e:#}");
@@ -162,6 +166,7 @@ async fn lead(
         let sh = sh.clone();
         async move { crate::ops::refresh_missing_checkpoints(&sh).await }
     }));
+    metrics.attach(&sh);
     set(role, Role::Leader(sh));
     tracing::info!(store = %leadership.url(), "this control plane leads");
     loop {
@@ -181,6 +186,7 @@ async fn lead(
 /// health, which says it stands by.
 fn standby_answer(
     token: &str,
+    metrics: &Metrics,
     leader: Option<String>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<server::Body> {
@@ -194,6 +200,10 @@ fn standby_answer(
     // A node (its certificate) learns that this one stands by, and moves on.
     if !server::authorized(&req, token) && server::peer(&req).is_none() {
         return server::unauthorized();
+    }
+    // Its metrics say it stands by (`tern_control_leading 0`).
+    if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        return tern_api::metrics::answer(&metrics.registry);
     }
     if req.method() == Method::GET && req.uri().path() == "/v1/health" {
         return server::json(

@@ -95,6 +95,8 @@ pub struct Shared {
     state: Mutex<State>,
     /// Tokens, node certificates, revocations (`credentials.rs`).
     creds: Mutex<crate::credentials::Credentials>,
+    /// What `GET /metrics` answers (`metrics.rs`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The in-memory state: the store's tables plus what only lives in memory.
@@ -195,6 +197,7 @@ impl Shared {
         store: Store,
         loaded: Loaded,
         advertise_url: String,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Shared> {
         // Over TLS the control plane proves who it is to nodes with its
         // certificate and never sends them a token.
@@ -249,6 +252,7 @@ impl Shared {
             started_unix_ms: now_ms(),
             state: Mutex::new(st),
             cfg,
+            metrics,
         })
     }
 

@@ -97,7 +97,9 @@ pub async fn restart_lost(sh: &Arc<Shared>) {
         plans
     };
     for (app, to, why) in plans {
-        if let Err(e) = ops::restart(sh, &app, &to, &why).await {
+        let restarted = ops::restart(sh, &app, &to, &why).await;
+        sh.metrics.restarted(restarted.is_ok());
+        if let Err(e) = restarted {
             tracing::warn!(%app, node = %to, "restart failed: {e}");
         }
     }
@@ -184,7 +186,9 @@ pub async fn rebalance(sh: &Arc<Shared>) {
     };
     for (m, why) in moves {
         tracing::info!(app = %m.app, from = %m.from, to = %m.to, cost = m.cost, "{why}");
-        if let Err(e) = ops::migrate(sh, &m.app, &m.to, Mode::Hot, &why).await {
+        let moved = ops::migrate(sh, &m.app, &m.to, Mode::Hot, &why).await;
+        sh.metrics.rebalanced(moved.is_ok());
+        if let Err(e) = moved {
             tracing::warn!(app = %m.app, to = %m.to, "planned move failed: {e}");
         }
     }

@@ -110,6 +110,10 @@ impl Node {
         let outcome = self.take_checkpoint(handle).await;
         let now = tern_util::now_unix_ms();
         let previous = handle.status().checkpoint.unwrap_or_default();
+        self.metrics.checkpointed(
+            outcome.is_ok(),
+            matches!(&outcome, Ok((_, _, sent)) if sent.is_ok()),
+        );
         match &outcome {
             Ok((_, bytes, sent)) => handle.set_checkpoint(CheckpointStatus {
                 unix_ms: Some(now),

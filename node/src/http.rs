@@ -135,6 +135,7 @@ async fn api(
     }
     Ok(match (method.clone(), seg.as_slice()) {
         (Method::GET, ["v1", "health"]) => json(StatusCode::OK, &node.info()),
+        (Method::GET, ["metrics"]) => tern_api::metrics::answer(&node.metrics.registry),
         (Method::GET, ["v1", "status"]) => json(StatusCode::OK, &node.heartbeat()),
         (Method::HEAD, ["v1", "modules", sha]) => {
             match tern_api::names::parse_sha256(sha).filter(|h| node.has_module(h)) {
@@ -189,6 +190,7 @@ async fn api(
         (Method::POST, ["v1", "apps", name, "migrate"]) => {
             let m: MigrateRequest = read_json(req.into_body()).await?;
             node.auth.moving_out(name, &m.to_name);
+            let mode = m.mode.to_string();
             // On a task of its own: a caller that goes away (a control
             // plane that dies mid-move) must not cancel the move between
             // the app's pause and its handover or resume, which would
@@ -206,6 +208,7 @@ async fn api(
                     "the move of {name} ended abnormally: {e}"
                 )))
             });
+            node.metrics.moved(&mode, report.as_ref().map_err(|_| ()));
             ok(StatusCode::OK, report)
         }
         (Method::GET, ["v1", "checkpoints", name]) => blob(ops::latest_checkpoint(&node, name)),

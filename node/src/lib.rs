@@ -45,6 +45,7 @@ mod http;
 mod ingress;
 pub mod join;
 mod lease;
+mod metrics;
 mod migrate;
 mod modules;
 mod node;
@@ -100,6 +101,10 @@ pub struct NodeConfig {
     /// pages (default 0: at once); until then the target's demand fetches
     /// have the link to themselves. Tests use it to catch a move midway.
     pub postcopy_push_after: Duration,
+    /// A listener that serves `GET /metrics` alone, over plain HTTP and
+    /// without credentials (`--metrics-listen`); `None`: metrics only on
+    /// the API listener, for the operator's credentials.
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl NodeConfig {
@@ -121,6 +126,7 @@ impl NodeConfig {
             postcopy: true,
             postcopy_push_after: Duration::ZERO,
             tls: None,
+            metrics_listener: None,
         }
     }
 }
@@ -200,6 +206,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let reporter = tokio::spawn(report::report_loop(node.clone()));
     let reaper = tokio::spawn(reap_loop(node.clone()));
+    let metrics = match &node.config.metrics_listener {
+        Some(l) => Some(tokio::spawn(tern_api::metrics::serve_listener(
+            l.try_clone()?,
+            node.metrics.registry.clone(),
+            std::future::pending(),
+        ))),
+        None => None,
+    };
     let handler_node = node.clone();
     let handler: tern_api::server::Handler = Arc::new(move |req| {
         let n = handler_node.clone();
@@ -212,6 +226,9 @@ pub async fn serve(
     tern_api::server::serve(listener, opts, handler, shutdown).await;
     reporter.abort();
     reaper.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     // Stop every app's actor; their last checkpoints stay on disk.
     for h in node.take_all_local() {
         h.shutdown();

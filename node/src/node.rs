@@ -57,6 +57,8 @@ pub struct Node {
     /// Clients for migration peers, each accepting only the certificate of
     /// the node it is for (bounded: cleared past [`MAX_PEERS`]).
     peers: Mutex<HashMap<String, Client>>,
+    /// What `GET /metrics` answers (`metrics.rs`).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// Peer clients kept at most (one per node this node moved apps to).
@@ -109,7 +111,9 @@ impl Node {
             Some(tls) => Client::with_tls(None, tls)?,
             None => Client::new(Some(config.token.clone())),
         };
-        Ok(Arc::new(Node {
+        let metrics = crate::metrics::Metrics::new(&config.name);
+        let node = Arc::new(Node {
+            metrics,
             url,
             client,
             config,
@@ -127,7 +131,9 @@ impl Node {
             auth: crate::auth::Auth::default(),
             lease: crate::lease::Lease::new(has_control),
             peers: Mutex::new(HashMap::new()),
-        }))
+        });
+        node.metrics.attach(&node);
+        Ok(node)
     }
 
     pub fn name(&self) -> &str {
@@ -251,6 +257,16 @@ impl Node {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The apps running here now.
+    pub(crate) fn local_apps(&self) -> Vec<AppHandle> {
+        self.local_handles()
+    }
+
+    /// Moves arriving here now.
+    pub(crate) fn incoming_sessions(&self) -> usize {
+        lock(&self.sessions).len()
     }
 
     fn local_handles(&self) -> Vec<AppHandle> {

@@ -13,7 +13,9 @@ use tern_api::tls::{Ca, Role, Tls};
 use tern_api::types::{DeployRequest, MigrateRequest, Mode, NodeInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::nodes::{client, deploy, expect, identity, start_control, trust, TestNode, TOKEN};
+use crate::nodes::{
+    anonymous, client, deploy, expect, identity, start_control, trust, TestNode, TOKEN,
+};
 use crate::relay::Tap;
 
 /// A client presenting `role`'s certificate (of the test CA), no token.
@@ -698,5 +700,69 @@ fn lower_fd_limit(n: u64) -> bool {
         }
         r.rlim_cur = n.min(r.rlim_max);
         libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0
+    }
+}
+
+/// `GET /metrics` on the API listeners: for the operator (and, on the
+/// control plane, a dashboard token), not for anybody, nor for a node's
+/// certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_the_api_listeners_need_the_operators_credentials() {
+    use hyper::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (control, _c) = start_control(dir.path(), |_| {}).await;
+    let node = TestNode::start_with("m-1", |c| c.control_url = Some(control.clone())).await;
+    let get = |c: Client, url: String| async move {
+        c.send_raw(Method::GET, &url, None, Bytes::new())
+            .await
+            .map(|r| {
+                (
+                    r.status.as_u16(),
+                    String::from_utf8_lossy(&r.body).into_owned(),
+                )
+            })
+    };
+    let viewer: tern_api::types::TokenCreated = client()
+        .post_json(
+            &format!("{control}/v1/tokens"),
+            &tern_api::types::TokenCreate {
+                scope: tern_api::types::Scope::Dashboard,
+                ttl_secs: None,
+                note: None,
+            },
+        )
+        .await
+        .unwrap();
+    let reader = anonymous().with_token(Some(viewer.token));
+    for (who, c, at_control, at_node) in [
+        ("the operator", client(), 200, 200),
+        ("a dashboard token", reader, 200, 401),
+        ("nobody", anonymous(), 401, 401),
+        (
+            "a node's certificate",
+            as_role(Role::Node("m-1".into())),
+            403,
+            403,
+        ),
+    ] {
+        for (url, want, what) in [
+            (
+                format!("{control}/metrics"),
+                at_control,
+                "tern_control_leading 1",
+            ),
+            (
+                format!("{}/metrics", node.url),
+                at_node,
+                "tern_node_apps{node=\"m-1\"}",
+            ),
+        ] {
+            let (status, body) = get(c.clone(), url.clone()).await.unwrap();
+            assert_eq!(status, want, "{who} asking {url}: {body}");
+            if status == 200 {
+                assert!(body.contains(what), "{url} lacks {what}: {body}");
+                assert!(body.ends_with("# EOF\n"));
+            }
+        }
     }
 }

@@ -46,6 +46,8 @@ pub struct ControlArgs {
     advertise: Option<String>,
     #[command(flatten)]
     tls: ControlTlsArgs,
+    #[command(flatten)]
+    observe: crate::observe::Observe,
 }
 
 /// How a control plane serves TLS (`tern control`, `tern up`).
@@ -194,6 +196,7 @@ pub fn control_config(
 }
 
 pub fn control(a: ControlArgs) -> Result<ExitCode> {
+    a.observe.init_logs()?;
     let mut store: tern_control::StoreConfig = a.store.parse().map_err(|e: String| anyhow!(e))?;
     if let tern_control::StoreConfig::Etcd(url) = &mut store {
         match a.tls.etcd_tls()? {
@@ -232,6 +235,7 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
     a.limits.apply(&mut cfg)?;
     cfg.advertise_url = a.advertise.clone();
     cfg.store = store;
+    cfg.metrics_listener = a.observe.metrics_listener()?;
     cfg.tls = a
         .tls
         .cluster_tls(&data_dir, &cert_hosts(&a.listen, a.advertise.as_deref()))?;
@@ -266,6 +270,9 @@ pub fn control(a: ControlArgs) -> Result<ExitCode> {
         }
         if a.token.is_none() {
             outln!("  token  {}", data_dir.join("token").display())?;
+        }
+        if let Some(l) = &cfg.metrics_listener {
+            outln!("  metrics {}", tern_api::metrics::url_of(l))?;
         }
         outln!("Ctrl-C stops it.")?;
         tern_control::run(listener, cfg, shutdown_signal()).await

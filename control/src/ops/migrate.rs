@@ -110,6 +110,8 @@ pub async fn migrate_with(
             .map_err(|e| from.err(e))
     }
     .await;
+    sh.metrics
+        .moved(&mode.to_string(), result.as_ref().map_err(|_| ()));
 
     let mut st = sh.lock();
     match result {

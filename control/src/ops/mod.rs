@@ -276,7 +276,9 @@ pub async fn deploy(
             None => {
                 let cluster = sh.cluster_view(&st, now);
                 let ctx = sh.placement_ctx(&st, &name);
-                let d = place(&cluster, &spec_of(&rec), policy, &ctx)?;
+                let d = place(&cluster, &spec_of(&rec), policy, &ctx);
+                sh.metrics.decided(&policy.to_string(), d.is_ok());
+                let d = d?;
                 (sh.node_ref(&st, &d.node)?, Some(d))
             }
         };

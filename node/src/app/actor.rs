@@ -436,10 +436,13 @@ impl Actor {
     fn run_command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Invoke(req, reply) => {
+                let t0 = Instant::now();
                 let result = self.invoke(req);
+                self.shared.calls.observe(t0.elapsed(), result.is_err());
                 reply.send(result);
             }
             Cmd::Http(req, reply) => {
+                let t0 = Instant::now();
                 let state = self.state();
                 let serving = state == AppState::Running || state == AppState::Migrating;
                 let resp = match self
@@ -458,6 +461,7 @@ impl Actor {
                     }
                 };
                 self.refresh_status();
+                self.shared.calls.observe(t0.elapsed(), resp.status >= 500);
                 reply.send(resp);
             }
             Cmd::Snapshot(reply) => {

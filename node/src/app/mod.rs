@@ -137,6 +137,8 @@ pub(super) struct Shared {
     pub(super) call_started_ms: AtomicU64,
     /// Stops the running call of the app's instance from another thread.
     pub(super) interrupt: Mutex<Option<tern_runtime::InterruptHandle>>,
+    /// Its calls here, for `GET /metrics`.
+    pub(super) calls: crate::metrics::CallMetrics,
 }
 
 /// A handle on a running app's actor.
@@ -208,6 +210,16 @@ impl AppHandle {
 
     pub fn logs(&self) -> &Arc<LogBuffer> {
         &self.shared.logs
+    }
+
+    /// CPU time the app's calls used on this node.
+    pub(crate) fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.shared.busy_ns.load(Ordering::Relaxed))
+    }
+
+    /// Its calls on this node.
+    pub(crate) fn call_metrics(&self) -> &crate::metrics::CallMetrics {
+        &self.shared.calls
     }
 
     /// CPU in thousandths of a core since the last time this was asked.
@@ -385,6 +397,7 @@ impl AppHandle {
             cpu_sample: Mutex::new((Instant::now(), 0)),
             queue: Arc::new(Queue::default()),
             call_started_ms: AtomicU64::new(0),
+            calls: Default::default(),
             interrupt: Mutex::new(None),
         });
         let handle = AppHandle {

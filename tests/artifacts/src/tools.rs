@@ -128,21 +128,126 @@ impl Etcd {
 
     /// A plain HTTP/1.0 exchange with etcd's JSON gateway: status and body.
     pub fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        let addr = self.plain.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split(' ').nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n")?.1.to_string();
-        Some((status, body))
+        plain_http(&self.plain, method, path, body)
     }
+}
+
+/// One plain HTTP/1.0 exchange with `base` (`http://HOST:PORT`): status and body.
+pub fn plain_http(base: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// A Prometheus server (Debian's `prometheus`) on a free loopback port,
+/// scraping the given targets every 500 ms; killed when dropped.
+pub struct Prometheus {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` (`(job, "http://HOST:PORT/metrics")`)
+    /// and waits until it is ready.
+    pub fn start(targets: &[(&str, &str)]) -> Prometheus {
+        let bin = debian_tool(
+            &["/usr/bin/prometheus"],
+            "prometheus",
+            "this test needs Prometheus: install Debian's `prometheus` package \
+             (`apt-get install -y prometheus`; .ci/run does this)",
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "tern-prometheus-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("Prometheus's directory");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 400ms\nscrape_configs:\n",
+        );
+        for (job, url) in targets {
+            let rest = url.trim_start_matches("http://");
+            let (host, path) = rest.split_once('/').unwrap_or((rest, "metrics"));
+            config.push_str(&format!(
+                "  - job_name: '{job}'\n    metrics_path: '/{path}'\n    static_configs:\n      - targets: ['{host}']\n"
+            ));
+        }
+        std::fs::write(dir.join("prometheus.yml"), config).expect("Prometheus's configuration");
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("Prometheus's log");
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus { url, child, dir };
+        let t0 = Instant::now();
+        while plain_http(&p.url, "GET", "/-/ready", "").is_none_or(|(s, _)| s != 200) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "Prometheus did not come up: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// The answer (JSON text) of an instant query `expr` on the HTTP API.
+    pub fn query(&self, expr: &str) -> Option<String> {
+        let path = format!("/api/v1/query?query={}", percent_encode(expr));
+        match plain_http(&self.url, "GET", &path, "")? {
+            (200, body) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// What Prometheus logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for Etcd {
