@@ -423,3 +423,43 @@ async fn hot_that_does_not_converge_ends_in_postcopy_with_every_byte() {
     };
     assert_eq!(digest(&c, &dst.url).await, want, "{calls} touches");
 }
+
+/// An SDK app's restore hook runs on the target before it acknowledges the
+/// switch, and reads memory still on the source: the source serves those
+/// pages from the frozen app before it hands the instance over (found by
+/// `tern soak`: every post-copy of its ledger apps stalled, then failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sdk_app_whose_restore_hook_reads_remote_pages_moves_postcopy() {
+    if !paging_here() {
+        return;
+    }
+    let src = TestNode::start("sdk-src").await;
+    let dst = TestNode::start("sdk-dst").await;
+    let c = client();
+    deploy(&c, &src, tern_artifacts::COUNTER, "count").await;
+    let ingress = crate::nodes::anonymous();
+    let (status, body) = ingress
+        .send(
+            hyper::Method::POST,
+            &format!("{}/apps/count/", src.url),
+            "text/plain",
+            bytes::Bytes::from_static(b"41"),
+        )
+        .await
+        .expect("a call before the move");
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"41\n"[..]));
+    let r = migrate(&c, &src, &dst, "count", Mode::Postcopy, 2)
+        .await
+        .expect("the SDK app moves post-copy");
+    assert_eq!(r.mode, "postcopy", "{r:?}");
+    let (status, body) = ingress
+        .send(
+            hyper::Method::GET,
+            &format!("{}/apps/count/", dst.url),
+            "text/plain",
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("a call after the move");
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"41\n"[..]));
+}

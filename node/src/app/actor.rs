@@ -553,6 +553,17 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Cmd::PostcopyLost { why, replacement } => self.postcopy_lost(why, replacement),
+            Cmd::ServePages(memory, body, reply) => {
+                let r = match self.inst.as_mut() {
+                    Some(inst) if self.frozen => inst
+                        .serve_page_request(memory, &body)
+                        .map_err(|e| NodeError::bad_request(format!("page request refused: {e}"))),
+                    _ => Err(NodeError::conflict(
+                        "the app is not frozen for a post-copy here",
+                    )),
+                };
+                let _ = reply.send(r);
+            }
             Cmd::Release(_) | Cmd::ReleaseFrozen(_) | Cmd::Shutdown => {
                 unreachable!("handled by the loop")
             }

@@ -86,6 +86,10 @@ pub(crate) enum Cmd {
     /// pages and the pages the target will lack, encoded as the switch-over
     /// frame; with the instant the app stopped serving.
     PostcopyFreeze(oneshot::Sender<Result<(Instant, Vec<u8>)>>),
+    /// Post-copy, between the switch and [`Cmd::ReleaseFrozen`]: the
+    /// target (already running the app) asks for pages of memory `.0`
+    /// (the request's body `.1`); the frozen instance answers them.
+    ServePages(u32, bytes::Bytes, oneshot::Sender<Result<Vec<u8>>>),
     /// Post-copy succeeded: hand over the held calls and the frozen
     /// instance (its pages are still to be sent), and end.
     ReleaseFrozen(oneshot::Sender<(Vec<Cmd>, Option<Instance>)>),

@@ -75,7 +75,12 @@ impl Incoming {
 /// A post-copy leaving here: the frozen instance whose pages are still
 /// to be delivered.
 pub(crate) struct Outgoing {
+    /// `None` until the source holds the frozen instance here (the target
+    /// may ask for pages the moment it has the switch frame), and again
+    /// once the move ended.
     pub inst: Mutex<Option<Instance>>,
+    /// `true` once `inst` was filled: a fetch that arrives before waits.
+    pub ready: tokio::sync::watch::Sender<bool>,
     /// The target node's name (the only peer that may fetch).
     pub to: String,
     pub bytes_served: std::sync::atomic::AtomicU64,

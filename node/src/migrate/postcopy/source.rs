@@ -21,6 +21,9 @@ use crate::node::{lock, Node};
 
 /// Attempts per push before the target counts as lost.
 const PUSH_ATTEMPTS: u32 = 4;
+/// How long a page request arriving right after the switch waits for the
+/// frozen instance to be handed over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
 impl Move {
     /// Freezes the app and sends the switch-over frame; the target resumes
@@ -36,6 +39,19 @@ impl Move {
             .map_err(|e| NodeError::internal(format!("post-copy frame: {e}")))?
             .remote;
         self.bytes_sent += frame.len() as u64;
+        // The target resumes the app as soon as it has the frame and may
+        // ask for pages at once: it may from now on (its fetches wait until
+        // the frozen instance is handed over in `postcopy_finish`).
+        lock(&self.node.postcopy.outgoing).insert(
+            self.app.clone(),
+            Arc::new(Outgoing {
+                inst: Mutex::new(None),
+                ready: tokio::sync::watch::channel(false).0,
+                to: self.to_name.clone(),
+                bytes_served: 0.into(),
+                pages_served: 0.into(),
+            }),
+        );
         // A node's URL is scheme, host and port: nothing a query needs to
         // escape (the target checks what it gets).
         let url = format!("{}/postcopy?from_url={}", self.session, self.node.url());
@@ -43,7 +59,10 @@ impl Move {
             .peer
             .post_bytes(&url, Bytes::from(frame))
             .await
-            .map_err(|e| NodeError::peer("the target did not take over", e))?;
+            .map_err(|e| {
+                lock(&self.node.postcopy.outgoing).remove(&self.app);
+                NodeError::peer("the target did not take over", e)
+            })?;
         let _: tern_api::types::MigrationAck = serde_json::from_slice(&answer).map_err(|e| {
             NodeError::new(
                 crate::ErrorKind::Peer(502),
@@ -61,18 +80,32 @@ impl Move {
     /// so. Returns how many calls were held.
     pub(crate) async fn postcopy_finish(&mut self, spec: StartApp) -> Result<u64> {
         self.node.mark_moved(&self.app, &self.to_url);
-        let (held, inst) = self.handle.ask(Cmd::ReleaseFrozen).await?;
+        let released = self.handle.ask(Cmd::ReleaseFrozen).await;
+        let (held, inst) = match released {
+            Ok((held, Some(inst))) => (held, inst),
+            failed => {
+                lock(&self.node.postcopy.outgoing).remove(&self.app);
+                failed?;
+                return Err(NodeError::internal(
+                    "the app's instance was gone when its pages were to be sent",
+                ));
+            }
+        };
         let n = held.len() as u64;
-        let inst = inst.ok_or_else(|| {
-            NodeError::internal("the app's instance was gone when its pages were to be sent")
-        })?;
-        let out = Arc::new(Outgoing {
-            inst: Mutex::new(Some(inst)),
-            to: self.to_name.clone(),
-            bytes_served: 0.into(),
-            pages_served: 0.into(),
-        });
-        lock(&self.node.postcopy.outgoing).insert(self.app.clone(), out.clone());
+        let out = lock(&self.node.postcopy.outgoing)
+            .entry(self.app.clone())
+            .or_insert_with(|| {
+                Arc::new(Outgoing {
+                    inst: Mutex::new(None),
+                    ready: tokio::sync::watch::channel(false).0,
+                    to: self.to_name.clone(),
+                    bytes_served: 0.into(),
+                    pages_served: 0.into(),
+                })
+            })
+            .clone();
+        *lock(&out.inst) = Some(inst);
+        out.ready.send_replace(true);
         replay_held(&self.node, &self.to_url, &self.app, held).await;
         let remote = std::mem::take(&mut self.postcopy_remote);
         tokio::time::sleep(self.node.config.postcopy_push_after).await;
@@ -276,6 +309,32 @@ pub(crate) async fn serve_fetch(
         .get(&app)
         .cloned()
         .ok_or_else(|| NodeError::not_found(format!("no post-copy of {app} leaves this node")))?;
+    // Between the switch and the handover of the frozen instance (the
+    // target runs the app's restore hook before it acknowledges the
+    // switch): the frozen app's actor answers.
+    if !*out.ready.borrow() {
+        if let Some(h) = node.local(&app) {
+            let asked = h.ask(|tx| Cmd::ServePages(memory, body.clone(), tx)).await;
+            // An actor that ended meanwhile handed its instance over: below.
+            if let Ok(answer) = asked {
+                let chunk = answer?;
+                out.bytes_served
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                out.pages_served
+                    .fetch_add((chunk.len() / 4096) as u64, Ordering::Relaxed);
+                return Ok(Bytes::from(chunk));
+            }
+        }
+    }
+    let mut ready = out.ready.subscribe();
+    if tokio::time::timeout(HANDOVER_WAIT, ready.wait_for(|r| *r))
+        .await
+        .is_err()
+    {
+        return Err(NodeError::conflict(format!(
+            "the pages of {app} are not served here yet: ask again"
+        )));
+    }
     let chunk = tokio::task::spawn_blocking(move || {
         let mut g = lock(&out.inst);
         let inst = g
