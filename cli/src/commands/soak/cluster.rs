@@ -1,5 +1,6 @@
 //! The cluster a soak drives: `tern control` (redb) and N `tern node`s, each
-//! a child process of this one, on loopback ports of their own. They can be
+//! a child process of this one, on loopback ports of their own, each node
+//! behind a relay of this process that it advertises (`relay.rs`). They can be
 //! killed (SIGKILL, like a machine dying) and started again on the same
 //! port and data directory, as an operator's supervisor would. Every child
 //! is killed and reaped when its [`Proc`] is dropped.
@@ -107,6 +108,8 @@ pub struct Cluster {
     pub ctl: Client,
     /// An anonymous client, for app ingress.
     pub anon: Client,
+    /// The relay in front of each node (what the node advertises), by name.
+    relays: Vec<(String, super::relay::Relay)>,
 }
 
 fn free_port() -> Result<u16> {
@@ -180,12 +183,18 @@ impl Cluster {
             nodes: Vec::new(),
             ctl,
             anon,
+            relays: Vec::new(),
         };
         c.wait_for("the control plane to answer", |_, _| true)
             .await?;
         for i in 1..=nodes {
             let name = format!("node-{i}");
             let port = free_port()?;
+            // Everything reaches the node through its relay (network faults).
+            let relay =
+                super::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await?;
+            let advertise = format!("https://{}", relay.addr);
             let join: TokenCreated = c
                 .ctl
                 .post_json(
@@ -209,6 +218,8 @@ impl Cluster {
                     &c.control_url,
                     "--name",
                     &name,
+                    "--advertise",
+                    &advertise,
                     "--data-dir",
                 ]
                 .iter()
@@ -220,6 +231,7 @@ impl Cluster {
             p.first_args = vec!["--join".into(), join.token.into()];
             p.start()?;
             c.nodes.push(p);
+            c.relays.push((name, relay));
         }
         c.wait_for("every node to be ready", |n, _| {
             n.len() == nodes && n.iter().all(|n| n.state == "ready")
@@ -282,6 +294,11 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The relay in front of node `name`.
+    pub fn relay(&self, name: &str) -> Option<&super::relay::Relay> {
+        self.relays.iter().find(|(n, _)| n == name).map(|(_, r)| r)
     }
 
     /// The process named `name` (`control` or a node's name).

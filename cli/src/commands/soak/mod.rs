@@ -2,7 +2,8 @@
 //! processes (`cluster`), deploys ledger apps, calls them without pause
 //! with calls that each carry a fresh id (`load`), moves them in a seeded
 //! sequence of hot, cold and hybrid moves with faults injected at random
-//! points (`moves`), and at the end reads every ledger back and checks
+//! points (`moves`: processes killed; links cut, stalled or corrupted
+//! through `relay`), and at the end reads every ledger back and checks
 //! every call (`check`). `report` renders the outcome as text or JSON.
 //!
 //! It cannot pass by doing nothing: it fails unless the moves asked for
@@ -13,6 +14,7 @@ mod check;
 mod cluster;
 mod load;
 mod moves;
+mod relay;
 mod report;
 
 use std::path::PathBuf;
@@ -55,7 +57,9 @@ pub struct SoakArgs {
     #[arg(long, value_name = "MODE,...", value_delimiter = ',', default_values_t = MODES.iter().map(|m| m.to_string()))]
     modes: Vec<String>,
     /// The kinds of fault to inject, comma-separated (default: all of
-    /// them): kill_source, kill_target, kill_control, kill_forwarder.
+    /// them): kill_source, kill_target, kill_control, kill_forwarder
+    /// (SIGKILL, then a restart), cut_link, stall_link, corrupt_link (the
+    /// network into the move's source or target).
     #[arg(long, value_name = "FAULT,...", value_delimiter = ',')]
     faults: Vec<String>,
     /// Concurrent clients calling the apps.

@@ -1,8 +1,10 @@
 //! The moves of a soak and the faults injected into them: a seeded
 //! sequence of (app, target node, mode), each maybe with a fault at a
-//! random point of the move (SIGKILL of its source, of its target, of the
-//! control plane, or of a node that only forwards), the killed process
-//! started again at once, as a supervisor would; and, before each move,
+//! random point of the move — a SIGKILL of its source, of its target, of
+//! the control plane, or of a node that only forwards (the killed process
+//! started again at once, as a supervisor would), or a network fault on
+//! the link into its source or target (cut, stalled, or one byte
+//! corrupted: `relay.rs`); and, before each move,
 //! a wait until the cluster has settled (every node ready, every app
 //! answering from the node the control plane says it runs on).
 
@@ -21,23 +23,33 @@ use super::cluster::Cluster;
 
 /// The modes a soak moves apps in, by default: every one the platform has.
 /// A new mode is one more name here (and in `tern migrate --mode`).
-pub const MODES: &[&str] = &["hot", "cold", "hybrid"];
+pub const MODES: &[&str] = &["hot", "cold", "hybrid", "postcopy"];
 
-/// A fault injected into a move: a SIGKILL of one of its processes.
+/// A fault injected into a move: a SIGKILL of one of its processes, or a
+/// fault on the network link into its source or target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Source,
     Target,
     Control,
     Forwarder,
+    /// Every connection into the node cut.
+    CutLink,
+    /// No byte into or out of the node for 0.2–3 s.
+    StallLink,
+    /// One byte flipped in what the node receives or sends next.
+    CorruptLink,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 4] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Source,
         Fault::Target,
         Fault::Control,
         Fault::Forwarder,
+        Fault::CutLink,
+        Fault::StallLink,
+        Fault::CorruptLink,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,7 +58,18 @@ impl Fault {
             Fault::Target => "kill_target",
             Fault::Control => "kill_control",
             Fault::Forwarder => "kill_forwarder",
+            Fault::CutLink => "cut_link",
+            Fault::StallLink => "stall_link",
+            Fault::CorruptLink => "corrupt_link",
         }
+    }
+
+    /// Whether it kills a process (the others leave every process running).
+    fn kills(self) -> bool {
+        matches!(
+            self,
+            Fault::Source | Fault::Target | Fault::Control | Fault::Forwarder
+        )
     }
 }
 
@@ -131,6 +154,13 @@ impl Driver {
             .random_bool(self.fault_rate)
             .then(|| self.faults[self.rng.random_range(0..self.faults.len())]);
         let victim = fault.and_then(|f| match f {
+            Fault::CutLink | Fault::StallLink | Fault::CorruptLink => {
+                Some(if self.rng.random_bool(0.5) {
+                    from.clone()
+                } else {
+                    to.clone()
+                })
+            }
             Fault::Source => Some(from.clone()),
             Fault::Target => Some(to.clone()),
             Fault::Control => Some("control".to_string()),
@@ -148,6 +178,7 @@ impl Driver {
         });
         let delay =
             Duration::from_millis(self.rng.random_range(0..=(self.move_ms * 1.5) as u64 + 2));
+        let stall = Duration::from_millis(self.rng.random_range(200..=3000));
         self.stats.attempted += 1;
 
         let client = c.ctl.clone().with_timeout(Duration::from_secs(120));
@@ -163,14 +194,22 @@ impl Driver {
                 _ = tokio::time::sleep(delay) => {}
             }
             let at_ms = self.epoch.elapsed().as_millis() as u64;
-            if let Some(p) = c.proc_mut(victim) {
-                p.kill();
-                p.start()?;
-            }
             *self.stats.faults.entry(fault.name()).or_default() += 1;
-            self.stats.restarts += 1;
-            if victim != "control" {
-                self.record_kill(at_ms, victim, &apps, &name, &from, &to);
+            match (fault, c.relay(victim)) {
+                (Fault::CutLink, Some(r)) => r.cut(),
+                (Fault::StallLink, Some(r)) => r.stall(stall),
+                (Fault::CorruptLink, Some(r)) => r.corrupt_next(),
+                _ => {}
+            }
+            if fault.kills() {
+                if let Some(p) = c.proc_mut(victim) {
+                    p.kill();
+                    p.start()?;
+                }
+                self.stats.restarts += 1;
+                if victim != "control" {
+                    self.record_kill(at_ms, victim, &apps, &name, &from, &to);
+                }
             }
         }
         let result = match result {

@@ -13,7 +13,7 @@ use super::SoakArgs;
 use crate::output::outln;
 use crate::util::print_json;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,
@@ -40,7 +40,7 @@ impl Percentiles {
 }
 
 /// The outcome of a soak.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub seed: u64,
     pub nodes: usize,
@@ -51,6 +51,8 @@ pub struct Report {
     pub migrations_attempted: u64,
     pub migrations_failed: u64,
     pub migrations_failed_without_fault: u64,
+    /// The modes the moves were drawn from.
+    pub modes: Vec<String>,
     pub by_mode: BTreeMap<String, u64>,
     pub faults_injected: u64,
     pub faults: BTreeMap<&'static str, u64>,
@@ -89,6 +91,7 @@ impl Report {
             migrations_failed: s.failed,
             migrations_failed_without_fault: s.failed_without_fault,
             faults_injected: s.faults_injected(),
+            modes: a.modes.clone(),
             by_mode: s.by_mode,
             faults: s.faults,
             restarts: s.restarts,
@@ -146,6 +149,21 @@ impl Report {
             f.push(format!(
                 "only {} calls were acknowledged over {} moves: the clients did not get through",
                 self.calls_acked, self.migrations
+            ));
+        }
+        // A mode whose moves all fail is broken, faults or not.
+        if self.migrations_attempted >= 10 * self.modes.len() as u64 {
+            for m in &self.modes {
+                if self.by_mode.get(m).copied().unwrap_or(0) == 0 {
+                    f.push(format!("no {m} move succeeded"));
+                }
+            }
+        }
+        // Moves fail under faults; without one, only rarely.
+        if self.migrations_failed_without_fault * 20 > self.migrations_attempted.max(20) {
+            f.push(format!(
+                "{} of {} moves failed with no fault injected into them",
+                self.migrations_failed_without_fault, self.migrations_attempted
             ));
         }
         let expected_faults = self.fault_rate * self.migrations_attempted as f64;
@@ -222,5 +240,61 @@ impl Report {
             outln!("  ! {p}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 400 moves over four modes, every call acknowledged, no fault asked.
+    fn healthy() -> Report {
+        let modes = ["hot", "cold", "hybrid", "postcopy"];
+        Report {
+            migrations_asked: 400,
+            migrations: 400,
+            migrations_attempted: 400,
+            modes: modes.iter().map(|m| m.to_string()).collect(),
+            by_mode: modes.iter().map(|m| (m.to_string(), 100)).collect(),
+            calls_acked: 10_000,
+            stopped_by: "the moves asked for were made".into(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_healthy_soak_passes() {
+        assert_eq!(healthy().failures(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_mode_that_never_succeeds_fails_the_soak() {
+        let mut r = healthy();
+        r.by_mode.remove("postcopy");
+        assert_eq!(r.failures(), vec!["no postcopy move succeeded".to_string()]);
+    }
+
+    #[test]
+    fn moves_failing_without_faults_fail_the_soak() {
+        let mut r = healthy();
+        r.migrations_attempted = 500;
+        r.migrations_failed = 100;
+        r.migrations_failed_without_fault = 100;
+        assert_eq!(
+            r.failures(),
+            vec!["100 of 500 moves failed with no fault injected into them".to_string()]
+        );
+        // A few, as faults elsewhere leave behind, do not.
+        r.migrations_failed_without_fault = 10;
+        assert_eq!(r.failures(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lost_or_doubled_call_fails_the_soak() {
+        let mut r = healthy();
+        r.lost = 1;
+        r.doubled = 2;
+        r.split_brain = 3;
+        assert_eq!(r.failures().len(), 3, "{:?}", r.failures());
     }
 }
