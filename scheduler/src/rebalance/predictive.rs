@@ -153,6 +153,9 @@ struct App<'a> {
     requests: Resources,
     seconds: f64,
     cost: crate::cost::Cost,
+    /// The CPU its move takes at each end (a core for T, spread over the
+    /// interval), millicores: added to the load of both nodes a move touches.
+    copy: f64,
     /// The CPU its move takes (both ends copy for T), in the objective's units.
     price: f64,
     /// Whether its cool-down is over.
@@ -261,6 +264,7 @@ impl<'a> Plan<'a> {
             };
             let cost = migration_cost(&cfg.weights.migration, &state);
             let seconds = cost.terms["T_s"];
+            let copy = seconds * 1000.0 / cfg.interval_seconds.max(1e-3);
             on[node].push(apps.len());
             let cooled = input
                 .last_moved
@@ -274,7 +278,8 @@ impl<'a> Plan<'a> {
                 group,
                 requests: placed.spec.requests,
                 seconds,
-                price: 2.0 * seconds * 1000.0 / cfg.interval_seconds.max(1e-3),
+                copy,
+                price: 2.0 * copy,
                 cost,
                 cooled,
                 moved: false,
@@ -327,17 +332,18 @@ impl<'a> Plan<'a> {
         var.max(0.0)
     }
 
-    /// The node's cost with app `add` added and `remove` taken away.
+    /// The node's cost with app `add` moved in and `remove` moved out; each
+    /// of those moves also loads the node with its copying.
     fn cost_with(&self, i: usize, add: Option<usize>, remove: Option<usize>) -> f64 {
         let n = &self.nodes[i];
         let mut mean = n.mean;
         let mut mem = n.memory as i128;
         if let Some(a) = add {
-            mean += self.apps[a].forecast.cpu_mean;
+            mean += self.apps[a].forecast.cpu_mean + self.apps[a].copy;
             mem += self.apps[a].forecast.memory_bytes as i128;
         }
         if let Some(r) = remove {
-            mean -= self.apps[r].forecast.cpu_mean;
+            mean -= self.apps[r].forecast.cpu_mean - self.apps[r].copy;
             mem -= self.apps[r].forecast.memory_bytes as i128;
         }
         node_cost(
@@ -531,7 +537,9 @@ impl<'a> Plan<'a> {
                 }
             }
             n.var = n.var.max(0.0);
-            n.mean += sign * f.cpu_mean;
+            // The app's demand leaves one node for the other; the copying
+            // loads both for this interval.
+            n.mean += sign * f.cpu_mean + self.apps[a].copy;
         }
         {
             let n = &mut self.nodes[from];
@@ -587,7 +595,9 @@ impl<'a> Plan<'a> {
 /// that replicas of one group (which share its load) err together, so the
 /// variance is the sum over groups of the square of their standard
 /// deviations summed. With exact forecasts it is the demand itself. A node costs `overload_weight × capacity × P(overload)` plus its
-/// expected unserved CPU. Step by step, the planner takes the step off a
+/// expected unserved CPU. A move's copying loads both its nodes for the
+/// interval (a core for the move's T), and the plan counts that load as the
+/// simulator charges it. Step by step, the planner takes the step off a
 /// node that costs something that lowers the cluster's cost the most, net
 /// of the CPU the migrations themselves take, until no step gains or the
 /// limits are reached. A step is the move of one app, the swap of two, or

@@ -54,7 +54,8 @@
 //!   its forecast ([`crate::plan_predictive`]: moves, swaps and chains (a
 //!   move and the move that fills the room it leaves) that lower each
 //!   node's chance of overload, weighed by `overload_weight`, plus its
-//!   expected unserved CPU; when the forecast cannot fit, the overflow is
+//!   expected unserved CPU, counting the copying of its own moves as the
+//!   rules charge it; when the forecast cannot fit, the overflow is
 //!   gathered on few nodes). The forecast of a minute is the CPU of the
 //!   invocations already running (known: they started before it) plus the
 //!   predictor's forecast of the work that starts in it; its spread is at
