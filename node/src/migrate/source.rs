@@ -85,11 +85,29 @@ pub(crate) async fn migrate_out(
         }
     }
     // Post-copy (or hot that may end in post-copy): the checkpoint the
-    // target restarts from if this node is lost before every page is there.
+    // target restarts from if this node is lost before every page is there
+    // — taken now if the app has none yet. Without one, a lost source
+    // would leave the target nothing to restart from: no post-copy then.
     let may_postcopy = mode == Mode::Postcopy || req.postcopy_after_rounds.is_some();
-    let postcopy_checkpoint = may_postcopy
-        .then(|| node.latest_checkpoint(&app).map(|c| c.0))
-        .flatten();
+    let mut postcopy_checkpoint = None;
+    if may_postcopy {
+        match hybrid_base(&node, &handle).await {
+            Ok((cp, taken)) => {
+                postcopy_checkpoint = Some(cp.0);
+                note = note.or(taken);
+            }
+            Err(why) if mode == Mode::Postcopy => {
+                mode = Mode::Hot;
+                note = Some(format!(
+                    "{why}: a post-copy needs a checkpoint to restart from if this node is lost; moved hot instead"
+                ));
+            }
+            Err(why) => {
+                note = Some(format!("{why}: this move will not switch to post-copy"));
+            }
+        }
+    }
+    let postcopy_fallback = postcopy_checkpoint.is_some();
     let open = MigrationOpen {
         app: app.clone(),
         from: node.name().to_string(),
@@ -126,7 +144,9 @@ pub(crate) async fn migrate_out(
         postcopy_remote: Vec::new(),
         postcopy_after: req
             .postcopy_after_rounds
-            .filter(|_| mode == Mode::Hot && opened.postcopy_unavailable.is_none()),
+            .filter(|_| {
+                mode == Mode::Hot && opened.postcopy_unavailable.is_none() && postcopy_fallback
+            }),
         postcopy_now: false,
     };
     if let (Mode::Postcopy, Some(why)) = (mode, &opened.postcopy_unavailable) {

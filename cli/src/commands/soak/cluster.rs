@@ -110,6 +110,20 @@ pub struct Cluster {
     pub anon: Client,
     /// The relay in front of each node (what the node advertises), by name.
     relays: Vec<(String, super::relay::Relay)>,
+    /// Whether each node's data directory is a small filesystem of its own
+    /// (`disk.rs`), which the `full_disk` fault fills.
+    small_disks: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.small_disks {
+            for p in &mut self.nodes {
+                p.kill();
+                super::disk::unmount(&self.dir.join(&p.name));
+            }
+        }
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -130,7 +144,7 @@ fn fresh_token() -> String {
 impl Cluster {
     /// Starts a control plane and `nodes` nodes (`node-1`…) under `dir`,
     /// and waits until every node is ready.
-    pub async fn start(dir: &Path, nodes: usize) -> Result<Cluster> {
+    pub async fn start(dir: &Path, nodes: usize, small_disks: bool) -> Result<Cluster> {
         let tern = std::env::current_exe().context("cannot find the tern binary")?;
         let port = free_port()?;
         let control_url = format!("https://127.0.0.1:{port}");
@@ -184,6 +198,7 @@ impl Cluster {
             ctl,
             anon,
             relays: Vec::new(),
+            small_disks,
         };
         c.wait_for("the control plane to answer", |_, _| true)
             .await?;
@@ -195,6 +210,9 @@ impl Cluster {
                 super::relay::Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
                     .await?;
             let advertise = format!("https://{}", relay.addr);
+            if small_disks {
+                super::disk::small_disk(&dir.join(&name))?;
+            }
             let join: TokenCreated = c
                 .ctl
                 .post_json(
@@ -294,6 +312,19 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Fills node `name`'s disk; the filler's path, to remove when the
+    /// fault ends (`None`: no small disks, or the fill failed).
+    pub async fn fill_disk(&self, name: &str) -> Option<PathBuf> {
+        if !self.small_disks || !self.nodes.iter().any(|p| p.name == name) {
+            return None;
+        }
+        let dir = self.dir.join(name);
+        tokio::task::spawn_blocking(move || super::disk::fill(&dir))
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The relay in front of node `name`.

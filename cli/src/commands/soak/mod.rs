@@ -12,6 +12,7 @@
 
 mod check;
 mod cluster;
+mod disk;
 mod load;
 mod moves;
 mod relay;
@@ -59,7 +60,8 @@ pub struct SoakArgs {
     /// The kinds of fault to inject, comma-separated (default: all of
     /// them): kill_source, kill_target, kill_control, kill_forwarder
     /// (SIGKILL, then a restart), cut_link, stall_link, corrupt_link (the
-    /// network into the move's source or target).
+    /// network into the move's source or target), full_disk (the source's
+    /// or target's disk full for a while; needs root, to mount).
     #[arg(long, value_name = "FAULT,...", value_delimiter = ',')]
     faults: Vec<String>,
     /// Concurrent clients calling the apps.
@@ -98,7 +100,7 @@ pub fn soak(a: SoakArgs) -> Result<ExitCode> {
             bail!("--modes: unknown mode `{m}` (known: {})", MODES.join(", "));
         }
     }
-    let faults = a
+    let mut faults = a
         .faults
         .iter()
         .map(|f| {
@@ -108,6 +110,20 @@ pub fn soak(a: SoakArgs) -> Result<ExitCode> {
                 .ok_or_else(|| anyhow::anyhow!("--faults: unknown fault `{f}`"))
         })
         .collect::<Result<Vec<_>>>()?;
+    if faults.is_empty() {
+        faults = moves::Fault::ALL.to_vec();
+    }
+    // Full disks need a small filesystem per node, mounted in a mount
+    // namespace of the soak's own (made here, before any thread starts).
+    if faults.contains(&moves::Fault::FullDisk) {
+        if let Err(why) = disk::private_mounts() {
+            eprintln!("soak: no full_disk faults: {why}");
+            faults.retain(|f| *f != moves::Fault::FullDisk);
+            if faults.is_empty() {
+                bail!("--faults full_disk: {why}");
+            }
+        }
+    }
     let duration = a.duration.as_deref().map(parse_duration).transpose()?;
     let (dir, temp) = match &a.data_dir {
         Some(d) => {
@@ -162,7 +178,8 @@ async fn run(
         a.nodes,
         dir.display()
     );
-    let mut c = Cluster::start(dir, a.nodes).await?;
+    let small_disks = faults.contains(&moves::Fault::FullDisk);
+    let mut c = Cluster::start(dir, a.nodes, small_disks).await?;
     let names: Vec<String> = (1..=a.apps).map(|i| format!("ledger-{i}")).collect();
     deploy(&c, &names).await?;
     let (nodes, _) = moves::settle(&mut c, &names).await?;

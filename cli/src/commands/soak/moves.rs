@@ -4,7 +4,8 @@
 //! the control plane, or of a node that only forwards (the killed process
 //! started again at once, as a supervisor would), or a network fault on
 //! the link into its source or target (cut, stalled, or one byte
-//! corrupted: `relay.rs`); and, before each move,
+//! corrupted: `relay.rs`), or its disk full for a while (`disk.rs`); and,
+//! before each move,
 //! a wait until the cluster has settled (every node ready, every app
 //! answering from the node the control plane says it runs on).
 
@@ -39,10 +40,12 @@ pub enum Fault {
     StallLink,
     /// One byte flipped in what the node receives or sends next.
     CorruptLink,
+    /// The node's disk full for 0.2–3 s (`disk.rs`).
+    FullDisk,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::Source,
         Fault::Target,
         Fault::Control,
@@ -50,6 +53,7 @@ impl Fault {
         Fault::CutLink,
         Fault::StallLink,
         Fault::CorruptLink,
+        Fault::FullDisk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +65,7 @@ impl Fault {
             Fault::CutLink => "cut_link",
             Fault::StallLink => "stall_link",
             Fault::CorruptLink => "corrupt_link",
+            Fault::FullDisk => "full_disk",
         }
     }
 
@@ -154,7 +159,7 @@ impl Driver {
             .random_bool(self.fault_rate)
             .then(|| self.faults[self.rng.random_range(0..self.faults.len())]);
         let victim = fault.and_then(|f| match f {
-            Fault::CutLink | Fault::StallLink | Fault::CorruptLink => {
+            Fault::CutLink | Fault::StallLink | Fault::CorruptLink | Fault::FullDisk => {
                 Some(if self.rng.random_bool(0.5) {
                     from.clone()
                 } else {
@@ -188,6 +193,9 @@ impl Driver {
         let migrate = client.post_json::<_, MigrationReport>(&url, &body);
         tokio::pin!(migrate);
         let mut result = None;
+        // A stall or a full disk lasts a while: the next move starts after it.
+        let mut fault_ends = None;
+        let mut filler = None;
         if let (Some(fault), Some(victim)) = (fault, &victim) {
             tokio::select! {
                 r = &mut migrate => result = Some(r),
@@ -197,9 +205,16 @@ impl Driver {
             *self.stats.faults.entry(fault.name()).or_default() += 1;
             match (fault, c.relay(victim)) {
                 (Fault::CutLink, Some(r)) => r.cut(),
-                (Fault::StallLink, Some(r)) => r.stall(stall),
+                (Fault::StallLink, Some(r)) => {
+                    r.stall(stall);
+                    fault_ends = Some(tokio::time::Instant::now() + stall);
+                }
                 (Fault::CorruptLink, Some(r)) => r.corrupt_next(),
                 _ => {}
+            }
+            if fault == Fault::FullDisk {
+                filler = c.fill_disk(victim).await;
+                fault_ends = Some(tokio::time::Instant::now() + stall);
             }
             if fault.kills() {
                 if let Some(p) = c.proc_mut(victim) {
@@ -216,6 +231,12 @@ impl Driver {
             Some(r) => r,
             None => migrate.await,
         };
+        if let Some(t) = fault_ends {
+            tokio::time::sleep_until(t).await;
+        }
+        if let Some(f) = filler {
+            let _ = std::fs::remove_file(f);
+        }
         self.stats.log.push(format!(
             "{}\t{name}\t{from}\t{to}\t{mode}\t{}\t{}\t{}\t{}",
             (started - self.epoch).as_millis(),
