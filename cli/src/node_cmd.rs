@@ -49,6 +49,11 @@ pub struct NodeArgs {
     /// token, without TLS: nothing is encrypted (only on one trusted machine).
     #[arg(long, conflicts_with = "join")]
     insecure_plain_http: bool,
+    /// MiB of resident, zeroed memory the node keeps ready for apps that
+    /// move to it, so that receiving their pages costs no page faults
+    /// (0: none; the node holds this memory even when no app arrives).
+    #[arg(long, value_name = "MIB", default_value_t = tern_node::DEFAULT_RESIDENT_STOCK >> 20)]
+    resident_stock_mib: u64,
 }
 
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
@@ -107,6 +112,7 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         config.labels = labels;
         config.advertise_url = Some(url.clone());
         config.tls = tls;
+        config.resident_stock_bytes = a.resident_stock_mib.saturating_mul(1 << 20);
         eprintln!("node {name} serving on {url}, reporting to {}", a.control);
         tern_node::run(listener, config, shutdown_signal()).await
     })?;

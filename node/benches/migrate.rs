@@ -296,6 +296,18 @@ impl Dirtier {
 
 /// Moves `n` bytes over a fresh loopback TCP connection: connect, write,
 /// until the receiver has read them all.
+/// Waits until the nodes' stock of resident memory
+/// (`tern_runtime::resident`, shared by both nodes of this process) is full
+/// again after the last move took from it, as it is on a node that was idle
+/// before a move arrives; and so that its refill, which runs in the
+/// background, overlaps neither the move nor the raw transfer it is
+/// compared with.
+async fn settle() {
+    tokio::task::spawn_blocking(|| tern_runtime::resident::wait_full(Duration::from_secs(10)))
+        .await
+        .unwrap();
+}
+
 async fn raw_transfer(n: u64, src: &Arc<Vec<u8>>) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -513,6 +525,7 @@ async fn bench() {
                         postcopy_after_rounds: None,
                     };
                     expect(&c, &urls[to], &nodes[from].name, generation).await;
+                    settle().await;
                     let report: MigrationReport = c
                         .post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req)
                         .await
@@ -530,6 +543,7 @@ async fn bench() {
                             "the checkpoint was staged: {report:?}"
                         );
                     }
+                    settle().await;
                     let raw = raw_transfer(report.bytes_sent, &payload).await;
                     if std::env::var("TERN_BENCH_SAMPLES").is_ok_and(|v| v == "1") {
                         eprintln!(
