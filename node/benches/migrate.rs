@@ -32,7 +32,9 @@
 //! Knobs for quick looks: `TERN_BENCH_SIZES=16,64`, `TERN_BENCH_RATES=0,1`
 //! (percent), `TERN_BENCH_MODES=hot,cold`, `TERN_BENCH_REPS=2` (multiplies
 //! the default counts), `TERN_BENCH_OUT=path` (also write the table there),
-//! `TERN_BENCH_SAMPLES=1` (every migration's figures on stderr too).
+//! `TERN_BENCH_SAMPLES=1` (every migration's figures on stderr too),
+//! `TERN_BENCH_STOCK_MIB=0` (the nodes keep no stock of resident memory;
+//! default: `NodeConfig`'s, 256 MiB).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -137,6 +139,13 @@ async fn start_node(name: &str) -> Node {
     let bound = Bound::loopback().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(name, TOKEN, dir.path());
+    // `TERN_BENCH_STOCK_MIB=0`: no resident stock (for a side-by-side run).
+    if let Some(mib) = std::env::var("TERN_BENCH_STOCK_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.resident_stock_bytes = mib << 20;
+    }
     let bound = if tls_mode() {
         let ca = bench_ca();
         let id = ca
