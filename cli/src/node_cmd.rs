@@ -51,6 +51,11 @@ pub struct NodeArgs {
     insecure_plain_http: bool,
     #[command(flatten)]
     observe: crate::observe::Observe,
+    /// MiB of resident, zeroed memory the node keeps ready for apps that
+    /// move to it, so that receiving their pages costs no page faults
+    /// (0: none; the node holds this memory even when no app arrives).
+    #[arg(long, value_name = "MIB", default_value_t = tern_node::DEFAULT_RESIDENT_STOCK >> 20)]
+    resident_stock_mib: u64,
 }
 
 pub fn node(a: NodeArgs) -> Result<ExitCode> {
@@ -111,6 +116,7 @@ pub fn node(a: NodeArgs) -> Result<ExitCode> {
         config.advertise_url = Some(url.clone());
         config.tls = tls;
         config.metrics_listener = a.observe.metrics_listener()?;
+        config.resident_stock_bytes = a.resident_stock_mib.saturating_mul(1 << 20);
         eprintln!("node {name} serving on {url}, reporting to {}", a.control);
         if let Some(l) = &config.metrics_listener {
             eprintln!("node {name} metrics at {}", tern_api::metrics::url_of(l));

@@ -32,7 +32,9 @@
 //! Knobs for quick looks: `TERN_BENCH_SIZES=16,64`, `TERN_BENCH_RATES=0,1`
 //! (percent), `TERN_BENCH_MODES=hot,cold`, `TERN_BENCH_REPS=2` (multiplies
 //! the default counts), `TERN_BENCH_OUT=path` (also write the table there),
-//! `TERN_BENCH_SAMPLES=1` (every migration's figures on stderr too).
+//! `TERN_BENCH_SAMPLES=1` (every migration's figures on stderr too),
+//! `TERN_BENCH_STOCK_MIB=0` (the nodes keep no stock of resident memory;
+//! default: `NodeConfig`'s, 256 MiB).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -137,6 +139,13 @@ async fn start_node(name: &str) -> Node {
     let bound = Bound::loopback().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(name, TOKEN, dir.path());
+    // `TERN_BENCH_STOCK_MIB=0`: no resident stock (for a side-by-side run).
+    if let Some(mib) = std::env::var("TERN_BENCH_STOCK_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        config.resident_stock_bytes = mib << 20;
+    }
     let bound = if tls_mode() {
         let ca = bench_ca();
         let id = ca
@@ -296,6 +305,18 @@ impl Dirtier {
 
 /// Moves `n` bytes over a fresh loopback TCP connection: connect, write,
 /// until the receiver has read them all.
+/// Waits until the nodes' stock of resident memory
+/// (`tern_runtime::resident`, shared by both nodes of this process) is full
+/// again after the last move took from it, as it is on a node that was idle
+/// before a move arrives; and so that its refill, which runs in the
+/// background, overlaps neither the move nor the raw transfer it is
+/// compared with.
+async fn settle() {
+    tokio::task::spawn_blocking(|| tern_runtime::resident::wait_full(Duration::from_secs(10)))
+        .await
+        .unwrap();
+}
+
 async fn raw_transfer(n: u64, src: &Arc<Vec<u8>>) -> Duration {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -513,6 +534,7 @@ async fn bench() {
                         postcopy_after_rounds: None,
                     };
                     expect(&c, &urls[to], &nodes[from].name, generation).await;
+                    settle().await;
                     let report: MigrationReport = c
                         .post_json(&format!("{}/v1/apps/{APP}/migrate", urls[from]), &req)
                         .await
@@ -530,6 +552,7 @@ async fn bench() {
                             "the checkpoint was staged: {report:?}"
                         );
                     }
+                    settle().await;
                     let raw = raw_transfer(report.bytes_sent, &payload).await;
                     if std::env::var("TERN_BENCH_SAMPLES").is_ok_and(|v| v == "1") {
                         eprintln!(

@@ -105,7 +105,18 @@ pub struct NodeConfig {
     /// without credentials (`--metrics-listen`); `None`: metrics only on
     /// the API listener, for the operator's credentials.
     pub metrics_listener: Option<Arc<std::net::TcpListener>>,
+    /// Bytes of resident, zeroed memory kept ready for the memories of
+    /// apps that move here (`tern_runtime::resident`), so that receiving an
+    /// app's pages does not pay a page fault per 4 KiB. Made in the
+    /// background; 0: none. Process-wide: with several nodes in one process
+    /// the last one started sets it. Default [`DEFAULT_RESIDENT_STOCK`].
+    pub resident_stock_bytes: u64,
 }
+
+/// The default of [`NodeConfig::resident_stock_bytes`]: enough for one
+/// 256 MiB app to arrive without page faults, memory the node holds
+/// whether or not an app arrives.
+pub const DEFAULT_RESIDENT_STOCK: u64 = 256 << 20;
 
 impl NodeConfig {
     pub fn new(
@@ -125,6 +136,7 @@ impl NodeConfig {
             default_limits: tern_api::types::AppLimits::DEFAULT,
             postcopy: true,
             postcopy_push_after: Duration::ZERO,
+            resident_stock_bytes: DEFAULT_RESIDENT_STOCK,
             tls: None,
             metrics_listener: None,
         }

@@ -100,6 +100,7 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
         }
         let has_control = !controls.is_empty();
+        tern_runtime::resident::set_bound(config.resident_stock_bytes);
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data_dir.join("cache")),
         })?;

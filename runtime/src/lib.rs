@@ -8,6 +8,8 @@
 //!   calls under limits (`call.rs`), capture (`capture.rs`), restore
 //!   (`restore.rs`), page access for migration (`pages.rs`);
 //! - [`memory`]: linear memories tern owns (copy-on-write restore, residency);
+//! - [`resident`]: a bounded stock of resident, zeroed memory that a
+//!   migration target's memories take their pages from (no page faults);
 //! - [`sandbox`]: what bounds a running app: one limiter over all its
 //!   memories and tables, the [`InterruptHandle`] that stops a call from
 //!   another thread, the default limits;
@@ -23,9 +25,9 @@
 //! - [`values`]: numeric arguments and results as text and JSON;
 //! - [`error`]: the runtime's [`Error`], worded for people.
 //!
-//! Imports point one way. `rewrite`, `snapshot` and `dirty` use no other
-//! module; `error` uses `rewrite` and `snapshot`; `memory`, `carry` and
-//! `values` use nothing but those four; `sandbox` uses `memory` (and what
+//! Imports point one way. `rewrite`, `snapshot`, `dirty` and `resident`
+//! use no other module; `error` uses `rewrite` and `snapshot`; `memory`,
+//! `carry` and `values` use nothing but those five; `sandbox` uses `memory` (and what
 //! it uses); `wasi` uses `sandbox`; `engine` uses `memory` and `wasi` (and
 //! what they use); `instance` uses the engine and everything below it;
 //! `sdk` drives an `instance`. No module uses one that is above it.
@@ -37,6 +39,7 @@ pub mod error;
 pub mod instance;
 pub mod memory;
 pub mod postcopy;
+pub mod resident;
 pub mod rewrite;
 pub mod sandbox;
 pub mod sdk;

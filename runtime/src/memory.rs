@@ -40,6 +40,10 @@ thread_local! {
     /// The account the memories of the next instantiation on this thread
     /// report their sizes to (one per store: see [`MemoryAccount`]).
     static PENDING_ACCOUNT: RefCell<Option<MemoryAccount>> = const { RefCell::new(None) };
+    /// Bytes of resident memory (from [`crate::resident`]) to give the
+    /// memories the next instantiation on this thread creates, in memory
+    /// index order: the sizes a restore will grow them to.
+    static PENDING_RESIDENT: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The bytes of linear memory one store's memories hold, all together: each
@@ -78,9 +82,22 @@ pub(crate) fn set_pending_images(images: Vec<Option<ImageMapping>>) {
     PENDING.with(|p| *p.borrow_mut() = images.into_iter().rev().collect());
 }
 
-/// Disarms (after an instantiation, whatever happened): no images, no account.
+/// Makes the memories the next instantiation on this thread creates take
+/// `sizes[i]` bytes (memory `i`) from the resident stock, as far as it has
+/// them (until [`clear_pending_images`]).
+pub(crate) fn set_pending_resident(sizes: Vec<usize>) {
+    PENDING_RESIDENT.with(|p| *p.borrow_mut() = sizes.into_iter().rev().collect());
+}
+
+fn take_pending_resident() -> usize {
+    PENDING_RESIDENT.with(|p| p.borrow_mut().pop().unwrap_or(0))
+}
+
+/// Disarms (after an instantiation, whatever happened): no images, no
+/// account, no resident memory.
 pub(crate) fn clear_pending_images() {
     PENDING.with(|p| p.borrow_mut().clear());
+    PENDING_RESIDENT.with(|p| p.borrow_mut().clear());
     PENDING_ACCOUNT.with(|p| p.borrow_mut().take());
 }
 
@@ -172,6 +189,7 @@ unsafe impl MemoryCreator for TernMemoryCreator {
         guard_size_in_bytes: usize,
     ) -> Result<Box<dyn LinearMemory>, String> {
         let image = take_pending_image();
+        let resident = take_pending_resident();
         TernMemory::new(
             minimum,
             maximum,
@@ -179,6 +197,12 @@ unsafe impl MemoryCreator for TernMemoryCreator {
             guard_size_in_bytes,
             image,
         )
+        .and_then(|mut m| {
+            if resident > 0 && !m.has_image {
+                m.take_resident(resident)?;
+            }
+            Ok(m)
+        })
         .map(|m| Box::new(m) as Box<dyn LinearMemory>)
     }
 }
@@ -204,6 +228,8 @@ pub struct TernMemory {
     mapped_runs: usize,
     /// Where this memory's size counts towards its store's total.
     account: Option<MemoryAccount>,
+    /// Growth below this offset takes resident pages from the stock.
+    resident_up_to: usize,
 }
 
 // SAFETY: the memory is used by one store at a time; the raw pointer is only
@@ -270,6 +296,7 @@ impl TernMemory {
             copies: Vec::new(),
             mapped_runs: 0,
             account: pending_account(),
+            resident_up_to: 0,
         };
         if let Some(image) = image {
             use std::os::fd::AsRawFd;
@@ -338,10 +365,48 @@ impl TernMemory {
         Ok(mem)
     }
 
+    /// Lets the memory take its pages from the resident stock
+    /// ([`crate::resident`]) up to `want` bytes from its start, as it grows
+    /// (the part already accessible too): those pages are then resident and
+    /// zero before anyone touches them. Only for a fresh anonymous memory,
+    /// whose accessible part is still untouched.
+    fn take_resident(&mut self, want: usize) -> Result<(), String> {
+        self.resident_up_to = want.min(self.byte_capacity());
+        let accessible = self.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        if accessible > 0 {
+            // SAFETY: the accessible part of our reservation holds nothing
+            // yet (no image was mapped, and nothing wrote to it).
+            unsafe { self.move_in_resident(0, accessible) };
+        }
+        Ok(())
+    }
+
+    /// Replaces what it can of `[start, end)` (page-aligned, in the
+    /// reservation, below `resident_up_to`) with readable, writable,
+    /// resident zero pages from the stock; returns where the replaced part
+    /// ends (`start` if nothing was).
+    ///
+    /// # Safety
+    /// Nothing in `[start, end)` may be in use: it is replaced.
+    unsafe fn move_in_resident(&mut self, start: usize, end: usize) -> usize {
+        let end = end.min(self.resident_up_to);
+        if end <= start {
+            return start;
+        }
+        // SAFETY: inside our reservation; the caller vouches it is unused.
+        // (If the stock is short, the rest faults in as usual.)
+        let got = unsafe { crate::resident::take_into(self.base.add(start), end - start) };
+        start + got
+    }
+
     fn set_accessible(&mut self, new_size: usize) -> std::io::Result<()> {
         if new_size > self.size {
-            let start = self.size / PAGE_SIZE * PAGE_SIZE;
+            let accessible = self.size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
             let end = new_size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            // Pages from the stock arrive readable and writable; what they
+            // do not cover is opened up.
+            // SAFETY: past the accessible size nothing is in use.
+            let start = unsafe { self.move_in_resident(accessible, end) };
             // SAFETY: inside our reservation (checked by the caller).
             let rc = unsafe {
                 libc::mprotect(
@@ -503,5 +568,88 @@ mod tests {
             drop(mem);
             give_back_mappings(held);
         }
+    }
+
+    /// Protections of the page at `addr`, as /proc/self/maps says ("rw-p").
+    fn protection_at(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let (range, rest) = line.split_once(' ').unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            let (a, b) = (
+                usize::from_str_radix(a, 16).unwrap(),
+                usize::from_str_radix(b, 16).unwrap(),
+            );
+            if (a..b).contains(&addr) {
+                return rest[..4].to_string();
+            }
+        }
+        panic!("{addr:#x} is not mapped");
+    }
+
+    /// The resident stock (the only test that sets its bound): it never
+    /// holds more than its bound; a memory given its pages reads zero,
+    /// even where an earlier memory that had stock pages wrote; what lies
+    /// past the memory's size stays inaccessible until it grows; and the
+    /// pages are resident before the memory is touched.
+    #[test]
+    fn resident_stock_is_bounded_zeroed_and_private() {
+        use crate::resident;
+        const MIB: usize = 1 << 20;
+        let budget = 24 * MIB as u64;
+        resident::set_bound(budget);
+        assert!(resident::wait_full(std::time::Duration::from_secs(30)));
+        let (ready, filling) = resident::held();
+        assert_eq!((ready, filling), (budget, 0));
+        let mut bases = Vec::new();
+        for round in 0..4u8 {
+            assert!(resident::wait_full(std::time::Duration::from_secs(30)));
+            set_pending_resident(vec![16 * MIB]);
+            let resident = take_pending_resident();
+            clear_pending_images();
+            let mut mem = TernMemory::new(4 * MIB, None, Some(64 * MIB), 0, None).unwrap();
+            mem.take_resident(resident).unwrap();
+            let resident_pages = |mem: &TernMemory| {
+                let r = residency(mem.base, 20 * MIB).unwrap();
+                r.iter().filter(|&&b| b & 1 == 1).count() * PAGE_SIZE
+            };
+            // The accessible 4 MiB are resident before any touch; past
+            // them, nothing is, and nothing is accessible.
+            assert_eq!(resident_pages(&mem), 4 * MIB, "round {round}");
+            assert_eq!(protection_at(mem.base as usize), "rw-p");
+            assert_eq!(protection_at(mem.base as usize + 4 * MIB - 1), "rw-p");
+            assert_eq!(protection_at(mem.base as usize + 4 * MIB), "---p");
+            // Growing takes resident pages up to the 16 MiB asked for.
+            mem.grow_to(16 * MIB).unwrap();
+            assert_eq!(resident_pages(&mem), 16 * MIB, "round {round}");
+            assert_eq!(protection_at(mem.base as usize + 16 * MIB - 1), "rw-p");
+            assert_eq!(protection_at(mem.base as usize + 16 * MIB), "---p");
+            let (ready, filling) = resident::held();
+            assert!(ready + filling <= budget, "the stock exceeds its bound");
+            // SAFETY: 16 MiB are accessible now.
+            let data = unsafe { std::slice::from_raw_parts_mut(mem.base, 16 * MIB) };
+            assert!(data.iter().all(|&b| b == 0), "round {round}: not zero");
+            // Write what the next round's memory must not see.
+            data.fill(0xa5 ^ round);
+            bases.push(mem.base as usize);
+            drop(mem);
+        }
+        // Lowering the bound gives memory back at once; 0 empties it.
+        resident::set_bound(8 * MIB as u64);
+        let (ready, _) = resident::held();
+        assert!(ready <= 8 * MIB as u64);
+        assert!(resident::wait_full(std::time::Duration::from_secs(30)));
+        let (ready, filling) = resident::held();
+        assert!(ready + filling <= 8 * MIB as u64, "{ready} + {filling}");
+        resident::set_bound(0);
+        assert_eq!(resident::held().0, 0);
+        // With an empty stock a memory is made as before.
+        let mut mem = TernMemory::new(MIB, None, Some(8 * MIB), 0, None).unwrap();
+        mem.take_resident(4 * MIB).unwrap();
+        assert_eq!(protection_at(mem.base as usize + MIB), "---p");
+        mem.grow_to(4 * MIB).unwrap();
+        // SAFETY: 4 MiB are accessible.
+        let data = unsafe { std::slice::from_raw_parts(mem.base, 4 * MIB) };
+        assert!(data.iter().all(|&b| b == 0));
     }
 }

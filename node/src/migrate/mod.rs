@@ -84,5 +84,6 @@ pub(crate) fn restore_options(
         }),
         stdio: Stdio::Capture(logs.clone()),
         interrupt: None,
+        resident_memory: false,
     })
 }

@@ -229,7 +229,9 @@ pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Re
         // `Vec::from` takes the body's buffer over when it can (no copy).
         let snap = Snapshot::from_bytes(Vec::from(body))
             .map_err(|e| NodeError::bad_request(format!("first copy rejected: {e}")))?;
-        let opts = restore_options(&node, &s.spec, &snap, &s.logs, false, false)?;
+        let mut opts = restore_options(&node, &s.spec, &snap, &s.logs, false, false)?;
+        // Every page of the memory will arrive: have it resident already.
+        opts.resident_memory = true;
         let inst = Instance::restore(&rt, &snap, Some(s.module.clone()), opts)
             .map_err(|e| NodeError::bad_request(format!("first copy does not restore: {e}")))?;
         *lock(&s.inst) = Some(inst);
@@ -276,7 +278,8 @@ pub(crate) async fn receive_final(
         if cold {
             let snap = Snapshot::from_bytes(Vec::from(body))
                 .map_err(|e| NodeError::bad_request(format!("snapshot rejected: {e}")))?;
-            let opts = restore_options(&node2, &s2.spec, &snap, &s2.logs, true, false)?;
+            let mut opts = restore_options(&node2, &s2.spec, &snap, &s2.logs, true, false)?;
+            opts.resident_memory = true;
             let inst = Instance::restore(&rt, &snap, Some(s2.module.clone()), opts)
                 .map_err(|e| NodeError::bad_request(format!("snapshot does not restore: {e}")))?;
             return Ok((inst, Some(snap)));

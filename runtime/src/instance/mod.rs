@@ -138,9 +138,11 @@ fn instantiate(
     store: &mut Store<HostState>,
     account: MemoryAccount,
     images: Vec<Option<ImageMapping>>,
+    resident: Vec<usize>,
     config: &AppConfig,
 ) -> Result<wasmtime::Instance> {
     memory::set_pending_images(images);
+    memory::set_pending_resident(resident);
     memory::set_pending_account(account);
     let instantiated = module.pre.instantiate(&mut *store);
     memory::clear_pending_images();
@@ -196,7 +198,7 @@ impl Instance {
         let clock = GuestClock::starting_at(0);
         let wasi = wasi_state(&config, 0);
         let (mut store, account) = new_store(runtime, &config, &wasi, &clock)?;
-        let instance = instantiate(module, &mut store, account, Vec::new(), &config)?;
+        let instance = instantiate(module, &mut store, account, Vec::new(), Vec::new(), &config)?;
         let anonymous = vec![true; module.info.memories.len()];
         Ok(Instance {
             runtime: runtime.clone(),

@@ -46,6 +46,12 @@ pub struct RestoreOptions {
     /// The handle that stops the restored app's calls (its restore hook
     /// included); `None` gives it one of its own.
     pub interrupt: Option<InterruptHandle>,
+    /// Give each memory, up to the size the snapshot records, resident
+    /// zeroed pages from the process's stock ([`crate::resident`]) instead
+    /// of pages faulted in one by one on first write: for a migration's
+    /// target, which writes every page it receives. Ignored for memories
+    /// mapped copy-on-write.
+    pub resident_memory: bool,
 }
 
 impl Instance {
@@ -120,11 +126,20 @@ impl Instance {
                 None
             };
         let cow = images.is_some();
+        let resident = if opts.resident_memory && !cow {
+            body.memories
+                .iter()
+                .map(|m| usize::try_from(m.byte_size).unwrap_or(usize::MAX))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let instance = instantiate(
             &module,
             &mut store,
             account,
             images.unwrap_or_default(),
+            resident,
             &config,
         )?;
 

@@ -250,8 +250,9 @@ impl Uffd {
     }
 
     /// Copies `src` into the missing range at `dst` (waking its waiters).
-    /// `Ok(false)`: some page of it was present already (nothing after it
-    /// was copied; the caller goes page by page).
+    /// `Ok(false)`: some page of it was present already, or the range
+    /// spans two mappings (nothing after that point was copied; the caller
+    /// goes page by page).
     pub(super) fn copy(&self, dst: u64, src: &[u8]) -> io::Result<bool> {
         let mut done = 0u64;
         let len = src.len() as u64;
@@ -279,6 +280,14 @@ impl Uffd {
             match errno() {
                 Some(libc::EEXIST) => return Ok(false),
                 Some(libc::EAGAIN) => continue,
+                // One copy must lie in one mapping (VMA), and a memory
+                // whose pages came from the resident stock is several
+                // (`crate::resident`): a range over a boundary is refused
+                // whole. Page by page, each lies in one; a page that is
+                // truly outside the registration still fails there.
+                Some(libc::ENOENT) if len - done > crate::snapshot::PAGE_SIZE as u64 => {
+                    return Ok(false)
+                }
                 _ => return Err(os_err("UFFDIO_COPY")),
             }
         }

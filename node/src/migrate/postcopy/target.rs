@@ -199,6 +199,9 @@ async fn fetch_loop(
         };
         match placed {
             Ok(_) => incoming.touch(),
+            // The pushes brought every page while this fetch was out, and
+            // the source, done, dropped its copy: nothing is missing.
+            Err(_) if pager.is_finished() && pager.failure().is_none() => break,
             Err(e) => {
                 let why = format!(
                     "fetching page {} of memory {} failed: {e}",
