@@ -239,6 +239,19 @@ async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
+    source_lost_midway(true).await;
+}
+
+/// An app with no checkpoint yet (it just arrived, or just started): the
+/// source takes one before the switch, so a lost source still leaves the
+/// target something whole to restart from (found by `tern soak`: the app
+/// stayed failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_lost_midway_before_any_checkpoint_still_leaves_one_to_restart_from() {
+    source_lost_midway(false).await;
+}
+
+async fn source_lost_midway(checkpoint_first: bool) {
     if !paging_here() {
         return;
     }
@@ -280,14 +293,28 @@ async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
     .await;
     call(&c, &n1.url, "heap", "grow", &[256]).await.unwrap();
     call(&c, &n1.url, "heap", "push", &[1]).await.unwrap();
-    // A checkpoint (it reaches the control plane), then more state.
-    let _: Value = c
-        .post_json(&format!("{}/v1/apps/heap/checkpoint", n1.url), &json!({}))
-        .await
-        .unwrap();
-    let at_checkpoint = digest(&c, &n1.url).await;
-    call(&c, &n1.url, "heap", "push", &[2]).await.unwrap();
-    assert_ne!(digest(&c, &n1.url).await, at_checkpoint);
+    let at_checkpoint = if checkpoint_first {
+        // A checkpoint (it reaches the control plane), then more state.
+        let _: Value = c
+            .post_json(&format!("{}/v1/apps/heap/checkpoint", n1.url), &json!({}))
+            .await
+            .unwrap();
+        let at_checkpoint = digest(&c, &n1.url).await;
+        call(&c, &n1.url, "heap", "push", &[2]).await.unwrap();
+        assert_ne!(digest(&c, &n1.url).await, at_checkpoint);
+        at_checkpoint
+    } else {
+        // None yet: the move takes one of the state it moves.
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/heap", n1.url))
+            .await
+            .unwrap();
+        assert!(
+            st["checkpoint"].is_null() || st["checkpoint"]["unix_ms"].is_null(),
+            "the app has no checkpoint before the move: {st}"
+        );
+        digest(&c, &n1.url).await
+    };
 
     let mover = {
         let (c, control) = (c.clone(), control.clone());

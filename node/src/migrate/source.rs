@@ -142,11 +142,9 @@ pub(crate) async fn migrate_out(
         note,
         paused_at: None,
         postcopy_remote: Vec::new(),
-        postcopy_after: req
-            .postcopy_after_rounds
-            .filter(|_| {
-                mode == Mode::Hot && opened.postcopy_unavailable.is_none() && postcopy_fallback
-            }),
+        postcopy_after: req.postcopy_after_rounds.filter(|_| {
+            mode == Mode::Hot && opened.postcopy_unavailable.is_none() && postcopy_fallback
+        }),
         postcopy_now: false,
     };
     if let (Mode::Postcopy, Some(why)) = (mode, &opened.postcopy_unavailable) {

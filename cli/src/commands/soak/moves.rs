@@ -237,6 +237,12 @@ impl Driver {
         if let Some(f) = filler {
             let _ = std::fs::remove_file(f);
         }
+        // A corruption that met no byte during its move must not hit the next.
+        if let (Some(Fault::CorruptLink), Some(victim)) = (fault, &victim) {
+            if let Some(r) = c.relay(victim) {
+                r.disarm();
+            }
+        }
         self.stats.log.push(format!(
             "{}\t{name}\t{from}\t{to}\t{mode}\t{}\t{}\t{}\t{}",
             (started - self.epoch).as_millis(),

@@ -82,6 +82,11 @@ impl Relay {
     pub fn corrupt_next(&self) {
         self.control.corrupt.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Forgets a corruption no chunk met (the fault's move is over).
+    pub fn disarm(&self) {
+        self.control.corrupt.store(0, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Relay {
