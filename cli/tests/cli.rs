@@ -30,6 +30,8 @@ fn counter() -> String {
 
 #[path = "cli/metrics.rs"]
 mod metrics;
+#[path = "cli/soak.rs"]
+mod soak;
 
 fn json(out: &Output) -> serde_json::Value {
     assert!(

@@ -101,8 +101,13 @@ impl Drop for Proc {
 /// The control plane and the nodes, as processes, and clients of them.
 pub struct Cluster {
     pub dir: PathBuf,
-    pub control: Proc,
+    /// One control plane, or two sharing an etcd store (one leads).
+    pub controls: Vec<Proc>,
+    /// Which of them leads, as last seen.
+    leader: usize,
+    /// The leader's URL.
     pub control_url: String,
+    pub control_urls: Vec<String>,
     pub nodes: Vec<Proc>,
     /// The operator's client of the control plane.
     pub ctl: Client,
@@ -142,18 +147,30 @@ fn fresh_token() -> String {
 }
 
 impl Cluster {
-    /// Starts a control plane and `nodes` nodes (`node-1`…) under `dir`,
-    /// and waits until every node is ready.
-    pub async fn start(dir: &Path, nodes: usize, small_disks: bool) -> Result<Cluster> {
+    /// Starts a control plane (two sharing `etcd`'s store, when given)
+    /// and `nodes` nodes (`node-1`…) under `dir`, and waits until every
+    /// node is ready.
+    pub async fn start(
+        dir: &Path,
+        nodes: usize,
+        small_disks: bool,
+        etcd: Option<&str>,
+    ) -> Result<Cluster> {
         let tern = std::env::current_exe().context("cannot find the tern binary")?;
-        let port = free_port()?;
-        let control_url = format!("https://127.0.0.1:{port}");
         let token = fresh_token();
-        let control_dir = dir.join("control");
-        let mut control = Proc::new(
-            "control",
-            &tern,
-            [
+        let count = if etcd.is_some() { 2 } else { 1 };
+        let mut controls = Vec::new();
+        let mut control_urls = Vec::new();
+        let mut ca = None;
+        for i in 1..=count {
+            let name = match count {
+                1 => "control".to_string(),
+                _ => format!("control-{i}"),
+            };
+            let port = free_port()?;
+            control_urls.push(format!("https://127.0.0.1:{port}"));
+            let control_dir = dir.join(&name);
+            let mut args: Vec<OsString> = [
                 "control",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
@@ -166,34 +183,53 @@ impl Cluster {
             .iter()
             .map(OsString::from)
             .chain([control_dir.clone().into_os_string()])
-            .collect(),
-            dir,
-        );
-        control.env.push(("TERN_TOKEN".into(), token.clone()));
-        control.start()?;
-        let ca_file = tern_api::tls::ca_path(&control_dir);
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        let ca = loop {
-            if let Ok(pem) = std::fs::read_to_string(&ca_file) {
-                if pem.contains("END CERTIFICATE") {
-                    break pem;
-                }
+            .collect();
+            if let Some(store) = etcd {
+                args.extend(["--store".into(), store.into()]);
             }
-            if control.exited() || Instant::now() > deadline {
-                bail!(
-                    "the control plane did not start: see {}",
-                    control.log.display()
-                );
+            // Control planes on one store share the first one's CA.
+            if i > 1 {
+                let first = dir.join("control-1");
+                args.extend([
+                    "--ca-cert".into(),
+                    tern_api::tls::ca_path(&first).into_os_string(),
+                    "--ca-key".into(),
+                    first.join(tern_api::tls::CA_KEY_FILE).into_os_string(),
+                ]);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+            let mut control = Proc::new(&name, &tern, args, dir);
+            control.env.push(("TERN_TOKEN".into(), token.clone()));
+            control.start()?;
+            if ca.is_none() {
+                let ca_file = tern_api::tls::ca_path(&control_dir);
+                let deadline = Instant::now() + SETTLE_TIMEOUT;
+                ca = Some(loop {
+                    if let Ok(pem) = std::fs::read_to_string(&ca_file) {
+                        if pem.contains("END CERTIFICATE") {
+                            break pem;
+                        }
+                    }
+                    if control.exited() || Instant::now() > deadline {
+                        bail!(
+                            "the control plane did not start: see {}",
+                            control.log.display()
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+            controls.push(control);
+        }
+        let ca = ca.expect("at least one control plane");
         let tls = tern_api::tls::Tls::new(ca, None)?;
         let ctl = Client::with_tls(Some(token), &tls)?.with_timeout(Duration::from_secs(10));
         let anon = Client::with_tls(None, &tls)?.with_timeout(Duration::from_secs(10));
         let mut c = Cluster {
             dir: dir.to_path_buf(),
-            control,
-            control_url,
+            controls,
+            leader: 0,
+            control_url: control_urls[0].clone(),
+            control_urls,
             nodes: Vec::new(),
             ctl,
             anon,
@@ -202,6 +238,15 @@ impl Cluster {
         };
         c.wait_for("the control plane to answer", |_, _| true)
             .await?;
+        // Nodes join through the leader, and report to whichever leads.
+        let mut control_list = vec![c.control_url.clone()];
+        control_list.extend(
+            c.control_urls
+                .iter()
+                .filter(|u| **u != c.control_url)
+                .cloned(),
+        );
+        let control_list = control_list.join(",");
         for i in 1..=nodes {
             let name = format!("node-{i}");
             let port = free_port()?;
@@ -233,7 +278,7 @@ impl Cluster {
                     "--listen",
                     &format!("127.0.0.1:{port}"),
                     "--control",
-                    &c.control_url,
+                    &control_list,
                     "--name",
                     &name,
                     "--advertise",
@@ -278,7 +323,7 @@ impl Cluster {
     ) -> Result<(Vec<NodeView>, Vec<AppView>)> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
-            for p in std::iter::once(&mut self.control).chain(self.nodes.iter_mut()) {
+            for p in self.controls.iter_mut().chain(self.nodes.iter_mut()) {
                 if p.exited() {
                     bail!("{} exited on its own: see {}", p.name, p.log.display());
                 }
@@ -301,7 +346,10 @@ impl Cluster {
                             .collect::<Vec<_>>()
                     )
                 }
-                Err(e) => e.to_string(),
+                Err(e) => {
+                    self.find_leader().await;
+                    e.to_string()
+                }
             };
             if Instant::now() > deadline {
                 bail!(
@@ -332,10 +380,30 @@ impl Cluster {
         self.relays.iter().find(|(n, _)| n == name).map(|(_, r)| r)
     }
 
-    /// The process named `name` (`control` or a node's name).
+    /// With several control planes: the one that says it leads becomes
+    /// the one this soak talks to.
+    async fn find_leader(&mut self) {
+        if self.control_urls.len() < 2 {
+            return;
+        }
+        for (i, url) in self.control_urls.iter().enumerate() {
+            let health = self
+                .ctl
+                .get_json::<serde_json::Value>(&format!("{url}/v1/health"))
+                .await;
+            if health.is_ok_and(|h| h["role"] != "standby") {
+                self.leader = i;
+                self.control_url = url.clone();
+                return;
+            }
+        }
+    }
+
+    /// The process named `name` (`control`: the leading control plane, or
+    /// a node's name).
     pub fn proc_mut(&mut self, name: &str) -> Option<&mut Proc> {
         if name == "control" {
-            return Some(&mut self.control);
+            return self.controls.get_mut(self.leader);
         }
         self.nodes.iter_mut().find(|p| p.name == name)
     }

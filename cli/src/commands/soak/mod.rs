@@ -64,6 +64,11 @@ pub struct SoakArgs {
     /// or target's disk full for a while; needs root, to mount).
     #[arg(long, value_name = "FAULT,...", value_delimiter = ',')]
     faults: Vec<String>,
+    /// Run two control planes on this etcd store
+    /// (`etcd://HOST:PORT/PREFIX`, a prefix of its own) instead of one on
+    /// redb: one leads, the other stands by; kill_control kills the leader.
+    #[arg(long, value_name = "URL")]
+    etcd: Option<String>,
     /// Concurrent clients calling the apps.
     #[arg(long, value_name = "N", default_value_t = 4)]
     clients: usize,
@@ -179,7 +184,7 @@ async fn run(
         dir.display()
     );
     let small_disks = faults.contains(&moves::Fault::FullDisk);
-    let mut c = Cluster::start(dir, a.nodes, small_disks).await?;
+    let mut c = Cluster::start(dir, a.nodes, small_disks, a.etcd.as_deref()).await?;
     let names: Vec<String> = (1..=a.apps).map(|i| format!("ledger-{i}")).collect();
     deploy(&c, &names).await?;
     let (nodes, _) = moves::settle(&mut c, &names).await?;
