@@ -94,6 +94,11 @@ impl Node {
             )));
         }
         let n = bytes.len() as u64;
+        // Only the newest fetched copy of an app's checkpoint is ever asked
+        // for again: older ones go (an instance restored from one keeps its
+        // mapping), or a node receiving the same app again and again would
+        // fill its disk with them.
+        self.remove_checkpoint_files(app, false);
         tern_util::write_atomic(&path, &bytes)
             .map_err(|e| NodeError::internal(format!("cannot keep the checkpoint: {e}")))?;
         let s = Snapshot::open(&path, true)
@@ -198,6 +203,12 @@ impl Node {
     /// Forgets every checkpoint of a removed app, in memory and on disk.
     pub(crate) fn remove_checkpoints(&self, app: &str) {
         self.forget_checkpoint(app);
+        self.remove_checkpoint_files(app, true);
+    }
+
+    /// Removes the copies of `app`'s checkpoints fetched from elsewhere
+    /// (`APP-DIGEST.snap`), and with `own` its own (`APP.snap`) too.
+    fn remove_checkpoint_files(&self, app: &str, own_too: bool) {
         let dir = self.data_dir().join("checkpoints");
         let own = format!("{app}.snap");
         let fetched = format!("{app}-");
@@ -210,7 +221,7 @@ impl Node {
                     .is_some_and(|digest| {
                         digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit())
                     });
-                if name == own || fetched_copy {
+                if (own_too && name == own) || fetched_copy {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

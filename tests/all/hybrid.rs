@@ -111,6 +111,41 @@ async fn hybrid_on_an_app_without_a_checkpoint_takes_one_and_moves() {
         .await
         .unwrap();
     assert_eq!(app["node"], "n2", "{app}");
+
+    // Back and forth, each time from a newer checkpoint: a node keeps one
+    // fetched copy of an app's checkpoint, not one per move.
+    let fetched = |node: &TestNode| {
+        std::fs::read_dir(node.data_dir().join("checkpoints"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("counter-") && n.ends_with(".snap")
+            })
+            .count()
+    };
+    for (i, to) in ["n1", "n2", "n1", "n2"].into_iter().enumerate() {
+        let from = if to == "n1" { &nodes[1] } else { &nodes[0] };
+        assert_eq!(post(from.url.clone()).await, (20 + 5 * i).to_string());
+        let _: Value = c
+            .post_json(
+                &format!("{}/v1/apps/counter/checkpoint", from.url),
+                &json!({}),
+            )
+            .await
+            .unwrap();
+        let r: MigrationReport = c
+            .post_json(
+                &format!("{control}/v1/apps/counter/migrate"),
+                &json!({"to": to, "mode": "hybrid"}),
+            )
+            .await
+            .unwrap();
+        assert!(r.checkpoint_bytes_fetched > 0, "{r:?}");
+    }
+    for n in &nodes {
+        assert_eq!(fetched(n), 1, "fetched checkpoints kept on {}", n.name);
+    }
 }
 
 /// The pages a hybrid move sends first: exactly those that differ from the

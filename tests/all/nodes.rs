@@ -51,6 +51,11 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// Where the node keeps its modules, checkpoints and apps' files.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub async fn start(name: &str) -> TestNode {
         TestNode::start_with(name, |_| {}).await
     }
