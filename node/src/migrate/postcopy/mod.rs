@@ -87,6 +87,19 @@ pub(crate) struct Outgoing {
     pub pages_served: std::sync::atomic::AtomicU64,
 }
 
+impl Outgoing {
+    /// A post-copy to node `to`, its frozen instance not handed over yet.
+    pub(crate) fn new(to: &str) -> Outgoing {
+        Outgoing {
+            inst: Mutex::new(None),
+            ready: tokio::sync::watch::channel(false).0,
+            to: to.to_string(),
+            bytes_served: 0.into(),
+            pages_served: 0.into(),
+        }
+    }
+}
+
 /// The post-copy moves under way on a node, by app.
 #[derive(Default)]
 pub(crate) struct Registry {

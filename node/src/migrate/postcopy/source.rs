@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,16 +42,8 @@ impl Move {
         // The target resumes the app as soon as it has the frame and may
         // ask for pages at once: it may from now on (its fetches wait until
         // the frozen instance is handed over in `postcopy_finish`).
-        lock(&self.node.postcopy.outgoing).insert(
-            self.app.clone(),
-            Arc::new(Outgoing {
-                inst: Mutex::new(None),
-                ready: tokio::sync::watch::channel(false).0,
-                to: self.to_name.clone(),
-                bytes_served: 0.into(),
-                pages_served: 0.into(),
-            }),
-        );
+        lock(&self.node.postcopy.outgoing)
+            .insert(self.app.clone(), Arc::new(Outgoing::new(&self.to_name)));
         // A node's URL is scheme, host and port: nothing a query needs to
         // escape (the target checks what it gets).
         let url = format!("{}/postcopy?from_url={}", self.session, self.node.url());
@@ -94,15 +86,7 @@ impl Move {
         let n = held.len() as u64;
         let out = lock(&self.node.postcopy.outgoing)
             .entry(self.app.clone())
-            .or_insert_with(|| {
-                Arc::new(Outgoing {
-                    inst: Mutex::new(None),
-                    ready: tokio::sync::watch::channel(false).0,
-                    to: self.to_name.clone(),
-                    bytes_served: 0.into(),
-                    pages_served: 0.into(),
-                })
-            })
+            .or_insert_with(|| Arc::new(Outgoing::new(&self.to_name)))
             .clone();
         *lock(&out.inst) = Some(inst);
         out.ready.send_replace(true);
