@@ -98,6 +98,13 @@ impl Outgoing {
             pages_served: 0.into(),
         }
     }
+
+    /// Counts a chunk of pages served to the target on its demand.
+    pub(crate) fn served(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes_served.fetch_add(bytes as u64, Relaxed);
+        self.pages_served.fetch_add((bytes / 4096) as u64, Relaxed);
+    }
 }
 
 /// The post-copy moves under way on a node, by app.

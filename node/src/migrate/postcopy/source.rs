@@ -302,10 +302,7 @@ pub(crate) async fn serve_fetch(
             // An actor that ended meanwhile handed its instance over: below.
             if let Ok(answer) = asked {
                 let chunk = answer?;
-                out.bytes_served
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                out.pages_served
-                    .fetch_add((chunk.len() / 4096) as u64, Ordering::Relaxed);
+                out.served(chunk.len());
                 return Ok(Bytes::from(chunk));
             }
         }
@@ -328,10 +325,7 @@ pub(crate) async fn serve_fetch(
             .serve_page_request(memory, &body)
             .map_err(|e| NodeError::bad_request(format!("page request refused: {e}")))?;
         drop(g);
-        out.bytes_served
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        out.pages_served
-            .fetch_add((chunk.len() / 4096) as u64, Ordering::Relaxed);
+        out.served(chunk.len());
         Ok::<_, NodeError>(chunk)
     })
     .await??;
