@@ -31,7 +31,13 @@ pub enum ClientError {
     #[error("{url} did not answer within {secs} s")]
     Timeout { url: String, secs: u64 },
     #[error("{message}")]
-    Status { status: u16, message: String },
+    Status {
+        status: u16,
+        message: String,
+        /// The server's `Retry-After`, in seconds: it did not act on the
+        /// request and asks for it again after that long.
+        retry_after: Option<u64>,
+    },
     #[error("unexpected answer from {url}: {reason}")]
     Decode { url: String, reason: String },
 }
@@ -40,6 +46,18 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// How long the peer asked to wait before sending the request again,
+    /// when it answered that it did not act on it (503 with `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status {
+                retry_after: Some(s),
+                ..
+            } => Some(Duration::from_secs(*s)),
             _ => None,
         }
     }
@@ -266,8 +284,12 @@ impl Client {
         content_type: &str,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let RawResponse { status, body, .. } =
-            self.send_raw(method, url, Some(content_type), body).await?;
+        let RawResponse {
+            status,
+            headers,
+            body,
+            ..
+        } = self.send_raw(method, url, Some(content_type), body).await?;
         if status.is_success() {
             return Ok((status, body));
         }
@@ -282,9 +304,14 @@ impl Client {
                         .collect::<String>()
                 )
             });
+        let retry_after = headers
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
         Err(ClientError::Status {
             status: status.as_u16(),
             message,
+            retry_after,
         })
     }
 

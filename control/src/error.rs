@@ -81,7 +81,7 @@ impl ApiError {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("node {node} at {url} did not answer within {secs} s: is it overloaded or stuck?"),
             ),
-            ClientError::Status { status, message } => {
+            ClientError::Status { status, message, .. } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let status = if status == StatusCode::UNAUTHORIZED {
                     // A node that refuses our token is a cluster misconfiguration,

@@ -92,7 +92,9 @@ fn deploy(fields: Value) -> Value {
 fn status(r: Result<impl Sized, ClientError>) -> (u16, String) {
     match r {
         Ok(_) => (200, String::new()),
-        Err(ClientError::Status { status, message }) => (status, message),
+        Err(ClientError::Status {
+            status, message, ..
+        }) => (status, message),
         Err(e) => panic!("expected an HTTP answer, got {e}"),
     }
 }

@@ -118,9 +118,19 @@ async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_cou
     // The control plane comes back at the same address: the node's next
     // acknowledged heartbeat lets it serve again, the same copy, its state
     // whole (nothing ran while it refused).
-    let (_ctl, _served) =
-        start_control_on(Bound::at(&addr).await.unwrap(), dir.path(), setup).await;
+    let (ctl, _served) = start_control_on(Bound::at(&addr).await.unwrap(), dir.path(), setup).await;
     let back = Instant::now();
+    // A call made through the control plane at once, before the node's
+    // next heartbeat renewed its lease, is not refused: the node answered
+    // that it did not run it, and the control plane asked again.
+    let got: Value = c
+        .post_json(
+            &format!("{ctl}/v1/apps/counter/invoke"),
+            &json!({"export": "get", "args": []}),
+        )
+        .await
+        .expect("the control plane rides out the node's lapsed lease");
+    assert_eq!(got["node"], "n1", "{got}");
     let body = loop {
         let (status, body) = call(&c, &node).await;
         if status == 200 {

@@ -122,7 +122,9 @@ pub fn call(a: CallArgs) -> Result<ExitCode> {
                     message[full.len() + " answered ".len()..].trim()
                 )
             }
-            ClientError::Status { status, message } if status != 401 => anyhow!("{message}"),
+            ClientError::Status {
+                status, message, ..
+            } if status != 401 => anyhow!("{message}"),
             e => ctl.err(e),
         })?;
     if a.conn.json {

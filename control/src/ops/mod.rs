@@ -339,13 +339,32 @@ pub async fn deploy(
     }
 }
 
-/// `POST /v1/apps/NAME/invoke`.
+/// `POST /v1/apps/NAME/invoke`. A node that answers it did not run the
+/// call and asks for it again later (503 with `Retry-After`: its calls
+/// queue is full, or its lease ran out while control planes change leader)
+/// is asked again, for up to half the heartbeat timeout, before the client
+/// hears of it.
 pub async fn invoke(sh: &Shared, name: &str, req: InvokeRequest) -> Result<InvokeResponse> {
-    let (_, node) = sh.app_and_node(&sh.lock(), name)?;
-    sh.client
-        .post_json(&node.url(&format!("/v1/apps/{name}/invoke")), &req)
-        .await
-        .map_err(|e| node.err(e))
+    let give_up = tokio::time::Instant::now() + sh.cfg.heartbeat_timeout / 2;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let (_, node) = sh.app_and_node(&sh.lock(), name)?;
+        let e = match sh
+            .client
+            .post_json(&node.url(&format!("/v1/apps/{name}/invoke")), &req)
+            .await
+        {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        match e.retry_after() {
+            Some(wait) if tokio::time::Instant::now() + pause < give_up => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(wait).max(Duration::from_millis(50));
+            }
+            _ => return Err(node.err(e)),
+        }
+    }
 }
 
 /// `POST /v1/apps/NAME/call?path=/P&method=M`: the app's answer as it came.
