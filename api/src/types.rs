@@ -148,6 +148,10 @@ pub struct AppStatus {
     /// How long the call running now has been running (none running: null).
     #[serde(default)]
     pub in_call_ms: Option<u64>,
+    /// Why the app's calls are held, not run, now (a post-copy target whose
+    /// source stopped answering); absent when they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<String>,
 }
 
 /// The limits an app runs under. `None`: unbounded (a deployed app always

@@ -97,7 +97,8 @@ fn node_may(
         (&Method::GET, ["v1", "checkpoints", app]) => node.auth.is_target_of(peer, app),
         // Post-copy: the target fetches pages of the frozen copy here; the
         // source pushes pages to the target.
-        (&Method::POST, ["v1", "postcopy", app, "fetch"]) => node.postcopy.is_target(peer, app),
+        (&Method::POST, ["v1", "postcopy", app, "fetch"])
+        | (&Method::GET, ["v1", "postcopy", app, "watch"]) => node.postcopy.is_target(peer, app),
         (&Method::POST, ["v1", "postcopy", app, "pages" | "done"]) => {
             node.auth.is_source_of(peer, app)
         }
@@ -268,6 +269,14 @@ async fn api(
             let memory = q("memory").and_then(|m| m.parse().ok()).unwrap_or(0);
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
             blob(migrate::postcopy::serve_fetch(node.clone(), app.to_string(), memory, body).await)
+        }
+        (Method::GET, ["v1", "postcopy", app, "watch"]) => {
+            let wait = q("wait_ms").and_then(|m| m.parse().ok()).unwrap_or(0);
+            let under_way = migrate::postcopy::serve_watch(&node, app, wait).await;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "under_way": under_way }),
+            )
         }
         (Method::POST, ["v1", "postcopy", app, "pages"]) => {
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;

@@ -404,7 +404,7 @@ impl Actor {
     }
 
     fn handle(&mut self, cmd: Cmd) {
-        if self.frozen {
+        if self.frozen || self.holding() {
             match cmd {
                 Cmd::Invoke(..)
                 | Cmd::Http(..)
@@ -430,6 +430,23 @@ impl Actor {
         self.drop_if_torn();
         if call && self.throttle > 0 {
             std::thread::sleep((started.elapsed() * self.throttle).min(MAX_THROTTLE_PAUSE));
+        }
+    }
+
+    /// Whether calls are held (`AppHandle::hold_calls`).
+    fn holding(&self) -> bool {
+        self.shared
+            .hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Runs the calls held while the app was frozen or its calls held
+    /// (they go back to being held if it still is).
+    fn run_held(&mut self) {
+        for c in std::mem::take(&mut self.held) {
+            self.handle(c);
         }
     }
 
@@ -541,10 +558,7 @@ impl Actor {
                 self.frozen = false;
                 self.trackers.clear();
                 self.set_state(AppState::Running, None);
-                let held = std::mem::take(&mut self.held);
-                for c in held {
-                    self.handle(c);
-                }
+                self.run_held();
                 let _ = reply.send(());
             }
             Cmd::PostcopyFreeze(reply) => {
@@ -552,7 +566,12 @@ impl Actor {
                 let r = self.postcopy_freeze();
                 let _ = reply.send(r);
             }
-            Cmd::PostcopyLost { why, replacement } => self.postcopy_lost(why, replacement),
+            Cmd::PostcopyLost { why, replacement } => {
+                self.postcopy_lost(why, replacement);
+                *self.shared.hold.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.run_held();
+            }
+            Cmd::Unhold => self.run_held(),
             Cmd::ServePages(memory, body, reply) => {
                 let r = match self.inst.as_mut() {
                     Some(inst) if self.frozen => inst

@@ -100,6 +100,8 @@ pub(crate) enum Cmd {
         why: String,
         replacement: Option<Box<Instance>>,
     },
+    /// Calls held while [`AppHandle::hold_calls`] was on run now.
+    Unhold,
     Shutdown,
 }
 
@@ -143,6 +145,10 @@ pub(super) struct Shared {
     pub(super) interrupt: Mutex<Option<tern_runtime::InterruptHandle>>,
     /// Its calls here, for `GET /metrics`.
     pub(super) calls: crate::metrics::CallMetrics,
+    /// Calls are held, not run, while this says why (a post-copy target
+    /// whose source is in doubt: what the app acknowledged then could be
+    /// lost).
+    pub(super) hold: Mutex<Option<String>>,
 }
 
 /// A handle on a running app's actor.
@@ -195,6 +201,12 @@ impl AppHandle {
             0 => None,
             t => Some(tern_util::now_unix_ms().saturating_sub(t)),
         };
+        s.holding = self
+            .shared
+            .hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         s
     }
 
@@ -250,6 +262,34 @@ impl AppHandle {
             .unwrap_or_else(|e| e.into_inner())
             .send(cmd)
             .map_err(|e| Box::new(e.0))
+    }
+
+    /// Holds the app's calls from now on (the one running finishes), for
+    /// `why`, until [`AppHandle::unhold_calls`], or until
+    /// [`Cmd::PostcopyLost`] gives the app another instance, which runs
+    /// them.
+    pub(crate) fn hold_calls(&self, why: &str) {
+        let mut h = self.shared.hold.lock().unwrap_or_else(|e| e.into_inner());
+        if h.is_none() {
+            self.shared
+                .logs
+                .line(&format!("WARN tern: calls held: {why}"));
+            *h = Some(why.to_string());
+        }
+    }
+
+    /// Runs the calls held since [`AppHandle::hold_calls`].
+    pub(crate) fn unhold_calls(&self) {
+        let was = self
+            .shared
+            .hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if was.is_some() {
+            self.shared.logs.line("INFO tern: held calls run");
+            let _ = self.send(Cmd::Unhold);
+        }
     }
 
     pub(crate) fn send(&self, cmd: Cmd) -> Result<()> {
@@ -388,6 +428,7 @@ impl AppHandle {
             checkpoint: None,
             queued: 0,
             in_call_ms: None,
+            holding: None,
         };
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
@@ -401,6 +442,7 @@ impl AppHandle {
             cpu_sample: Mutex::new((Instant::now(), 0)),
             queue: Arc::new(Queue::default()),
             call_started_ms: AtomicU64::new(0),
+            hold: Mutex::new(None),
             calls: Default::default(),
             interrupt: Mutex::new(None),
         });

@@ -11,7 +11,12 @@
 //!   instance with its incomplete memory is dropped, and the app restarts
 //!   on the target from its last checkpoint (whole, one generation; never
 //!   a mix of it and the pages that did arrive), or is failed if it has
-//!   none; its status says which;
+//!   none; its status says which. The target keeps a watch request on the
+//!   source (`GET /v1/postcopy/APP/watch`) whose connection breaks the
+//!   moment the source dies: from then the app's calls are held, not
+//!   acknowledged, until the source answers again (a cut link) or the
+//!   restart (they run on the restored instance); a write acknowledged on
+//!   the pages the target had would otherwise be lost by the restart;
 //! - the target is lost (pushes cannot reach it, or it no longer knows the
 //!   move): the source still holds the whole state at the switch and
 //!   resumes the app there; the move fails saying so. What the app did on
@@ -23,8 +28,8 @@
 //!
 //! Endpoints: `POST /v1/migrations/ID/postcopy` (the switch, on the
 //! target), `POST /v1/postcopy/APP/pages` and `/done` (pushes, on the
-//! target), `POST /v1/postcopy/APP/fetch?memory=N` (requests, on the
-//! source). The bytes are `tern_runtime::snapshot`'s.
+//! target), `POST /v1/postcopy/APP/fetch?memory=N` and `GET
+//! /v1/postcopy/APP/watch` (requests, on the source). The bytes are `tern_runtime::snapshot`'s.
 
 mod source;
 mod target;
@@ -36,7 +41,7 @@ use std::time::Instant;
 use tern_runtime::instance::Instance;
 use tern_runtime::postcopy::Pager;
 
-pub(crate) use source::serve_fetch;
+pub(crate) use source::{serve_fetch, serve_watch};
 pub(crate) use target::{receive_done, receive_push, receive_switch};
 
 use crate::node::{lock, Node};
@@ -64,11 +69,67 @@ pub(crate) struct Incoming {
     pub last_progress: Mutex<Instant>,
     /// When the move arrived.
     pub opened: Instant,
+    /// The source was given up (once: the app restarts from its
+    /// checkpoint). Holding and running the app's calls happen under it.
+    pub given_up: Mutex<bool>,
 }
 
 impl Incoming {
+    pub(crate) fn new(pager: Arc<Pager>) -> Incoming {
+        Incoming {
+            pager,
+            last_progress: Mutex::new(Instant::now()),
+            opened: Instant::now(),
+            given_up: Mutex::new(false),
+        }
+    }
+
     fn touch(&self) {
         *lock(&self.last_progress) = Instant::now();
+    }
+
+    /// The source may be gone (its watch or a fetch broke): the app's calls
+    /// are held, not acknowledged, until it answers again or is given up.
+    fn doubt(&self, node: &Node, app: &str, generation: u64, why: &str) {
+        let _g = lock(&self.given_up);
+        if let Some(h) = node
+            .local(app)
+            .filter(|h| h.spec().generation == generation)
+        {
+            h.hold_calls(&format!(
+                "the post-copy source, which holds some of its pages, does not answer ({why})"
+            ));
+        }
+    }
+
+    /// The source answered: the calls held meanwhile run.
+    fn trust(&self, node: &Node, app: &str, generation: u64) {
+        let g = lock(&self.given_up);
+        if *g {
+            return;
+        }
+        if let Some(h) = node
+            .local(app)
+            .filter(|h| h.spec().generation == generation)
+        {
+            h.unhold_calls();
+        }
+    }
+
+    /// Gives the source up, once: `false` if it already was. The app's
+    /// calls are held until it restarts from its checkpoint.
+    fn give_up(&self, node: &Node, app: &str, generation: u64) -> bool {
+        let mut g = lock(&self.given_up);
+        if std::mem::replace(&mut *g, true) {
+            return false;
+        }
+        if let Some(h) = node
+            .local(app)
+            .filter(|h| h.spec().generation == generation)
+        {
+            h.hold_calls("the post-copy source was lost: the app restarts from its checkpoint");
+        }
+        true
     }
 }
 

@@ -21,6 +21,10 @@ use crate::node::{lock, Node};
 
 /// Attempts per push before the target counts as lost.
 const PUSH_ATTEMPTS: u32 = 4;
+/// The longest a watch request is kept before it is answered.
+const WATCH_MAX: Duration = Duration::from_secs(10);
+/// How often a kept watch request looks whether the move ended.
+const WATCH_STEP: Duration = Duration::from_millis(100);
 /// How long a page request arriving right after the switch waits for the
 /// frozen instance to be handed over.
 const HANDOVER_WAIT: Duration = Duration::from_secs(10);
@@ -330,4 +334,23 @@ pub(crate) async fn serve_fetch(
     })
     .await??;
     Ok(Bytes::from(chunk))
+}
+
+/// `GET /v1/postcopy/APP/watch?wait_ms=N` on the source: whether the
+/// post-copy of `app` still leaves here, answered when it ends or after
+/// `wait_ms` (at most [`WATCH_MAX`]). The target keeps one such request
+/// out at all times: its connection breaks the moment this node dies, so
+/// the target learns of it at once and stops acknowledging calls whose
+/// effects it could not keep.
+pub(crate) async fn serve_watch(node: &Node, app: &str, wait_ms: u64) -> bool {
+    let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms).min(WATCH_MAX);
+    loop {
+        if !lock(&node.postcopy.outgoing).contains_key(app) {
+            return false;
+        }
+        if tokio::time::Instant::now() >= until {
+            return true;
+        }
+        tokio::time::sleep(WATCH_STEP).await;
+    }
 }

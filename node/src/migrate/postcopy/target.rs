@@ -4,7 +4,7 @@
 //! from the source, and the restart from the last checkpoint if the source
 //! is lost before every page is in.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +29,12 @@ const WANTS_QUEUED: usize = 1024;
 const STALL: Duration = Duration::from_secs(10);
 /// Attempts per fetch before the source counts as lost.
 const FETCH_ATTEMPTS: u32 = 3;
+/// How long the source keeps a watch request before it answers that the
+/// move is still under way.
+const WATCH_POLL: Duration = Duration::from_secs(5);
+/// Watch requests in a row the source may fail to answer (a link cut, a
+/// restart) before it counts as lost; 200 ms, 400 ms... apart.
+const WATCH_ATTEMPTS: u32 = 4;
 /// Attempts to get the checkpoint after the source was lost, 500 ms apart.
 const CHECKPOINT_ATTEMPTS: u32 = 20;
 
@@ -84,11 +90,7 @@ pub(crate) async fn receive_switch(
         Ok::<_, NodeError>((inst, pager))
     })
     .await??;
-    let incoming = Arc::new(Incoming {
-        pager: pager.clone(),
-        last_progress: Mutex::new(Instant::now()),
-        opened: Instant::now(),
-    });
+    let incoming = Arc::new(Incoming::new(pager.clone()));
     {
         let mut g = lock(&node.postcopy.incoming);
         // Entries of moves long done, kept to answer late pushes, go.
@@ -98,8 +100,8 @@ pub(crate) async fn receive_switch(
     tokio::spawn(fetch_loop(
         node.clone(),
         s.clone(),
-        source_url,
-        incoming,
+        source_url.clone(),
+        incoming.clone(),
         rx,
     ));
     // The restore hook may touch pages: the fetch loop runs already.
@@ -126,6 +128,7 @@ pub(crate) async fn receive_switch(
         Some((inst, s.logs.clone())),
     )?;
     node.install(handle);
+    tokio::spawn(watch_source(node.clone(), s.clone(), source_url, incoming));
     Ok(MigrationAck {
         generation: s.spec.generation,
         resume_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -177,9 +180,15 @@ async fn fetch_loop(
         let mut attempt = 0;
         let chunk = loop {
             match node.client.post_bytes(&url, body.clone()).await {
-                Ok(b) => break Ok(b),
+                Ok(b) => {
+                    if attempt > 0 {
+                        incoming.trust(&node, &s.app, s.spec.generation);
+                    }
+                    break Ok(b);
+                }
                 Err(e) if e.status().is_some() => break Err(e.to_string()),
                 Err(e) => {
+                    incoming.doubt(&node, &s.app, s.spec.generation, &e.to_string());
                     attempt += 1;
                     if attempt >= FETCH_ATTEMPTS {
                         break Err(e.to_string());
@@ -213,15 +222,78 @@ async fn fetch_loop(
     }
 }
 
+/// Watches the source while pages are still there: a request it answers
+/// when the move ends, or after [`WATCH_POLL`] to say it still serves it.
+/// When the source dies its connection breaks at once: from then the
+/// app's calls are held, not acknowledged (what it did since the source
+/// died would be lost with the restart from the checkpoint), while the
+/// source is asked again a few times (a link cut drops the connection of
+/// a live source too); if it answers the calls run, else it is lost.
+async fn watch_source(
+    node: Arc<Node>,
+    s: Arc<TargetSession>,
+    source_url: String,
+    incoming: Arc<Incoming>,
+) {
+    let url = format!(
+        "{source_url}/v1/postcopy/{}/watch?wait_ms={}",
+        s.app,
+        WATCH_POLL.as_millis()
+    );
+    let client = node.client.clone().with_timeout(WATCH_POLL * 3);
+    let (app, generation) = (s.app.as_str(), s.spec.generation);
+    let mut failures = 0;
+    loop {
+        if incoming.pager.is_finished() {
+            if incoming.pager.failure().is_none() {
+                incoming.trust(&node, app, generation);
+            }
+            return;
+        }
+        match client.get_json::<serde_json::Value>(&url).await {
+            Ok(answer) if answer["under_way"] == true => {
+                failures = 0;
+                incoming.trust(&node, app, generation);
+            }
+            // Every page came in while the request was out, or the source
+            // no longer serves the move (a restarted node, or it resumed
+            // the app itself): the pages still missing will never come.
+            answer => {
+                if incoming.pager.is_finished() {
+                    continue;
+                }
+                let why = match answer {
+                    Err(e) if e.status().is_none() => {
+                        incoming.doubt(&node, app, generation, &e.to_string());
+                        failures += 1;
+                        if failures < WATCH_ATTEMPTS {
+                            tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+                            continue;
+                        }
+                        format!("the source did not answer {WATCH_ATTEMPTS} times: {e}")
+                    }
+                    Err(e) => format!("the source no longer serves the move: {e}"),
+                    Ok(_) => "the source ended the move".to_string(),
+                };
+                return source_lost(&node, &s, &incoming, why).await;
+            }
+        }
+    }
+}
+
 /// The source is lost with pages still there: the pager fails (the app's
 /// call is cut off; its incomplete memory is never used again), and the
-/// app restarts here from its last checkpoint, whole, or is failed.
+/// app restarts here from its last checkpoint, whole, or is failed. Its
+/// calls are held from now until then. Once per move.
 async fn source_lost(
     node: &Arc<Node>,
     s: &Arc<TargetSession>,
     incoming: &Arc<Incoming>,
     why: String,
 ) {
+    if !incoming.give_up(node, &s.app, s.spec.generation) {
+        return;
+    }
     let missing = incoming.pager.remaining();
     incoming.pager.fail(&why);
     let lost = format!(
