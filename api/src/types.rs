@@ -316,6 +316,11 @@ pub struct MigrationOpen {
     /// where to fetch it if the target does not hold it.
     pub checkpoint_digest: Option<String>,
     pub checkpoint_url: Option<String>,
+    /// The source's URL: it keeps that checkpoint for the move's length and
+    /// serves it (`GET /v1/checkpoints/APP?digest=D`) when `checkpoint_url`
+    /// already holds a newer one (the app was checkpointed meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
 }
 
 /// The target's answer to [`MigrationOpen`].

@@ -47,12 +47,16 @@ impl Node {
         lock(&self.checkpoints).remove(app);
     }
 
-    /// The checkpoint of `app` with this digest: held here, or fetched from `url`.
+    /// The checkpoint of `app` with this digest: held here, or fetched from
+    /// `url` (the control plane's latest), or, when that one is another
+    /// (the app was checkpointed since the move chose its base), from the
+    /// source at `source_url`, which keeps it for the move.
     pub(crate) async fn checkpoint_for(
         &self,
         app: &str,
         digest: &str,
         url: Option<&str>,
+        source_url: Option<&str>,
     ) -> Result<(Arc<Snapshot>, u64)> {
         if let Some((d, s)) = self.latest_checkpoint(app) {
             if d == digest {
@@ -76,23 +80,20 @@ impl Node {
                 "this node does not hold checkpoint {digest} of {app}"
             ))
         })?;
-        let (_, bytes) = self
-            .client
-            .send(
-                hyper::Method::GET,
-                url,
-                "application/octet-stream",
-                Bytes::new(),
-            )
-            .await
-            .map_err(|e| {
-                NodeError::conflict(format!("cannot fetch the checkpoint of {app}: {e}"))
-            })?;
-        if checkpoint_digest(&bytes) != digest {
-            return Err(NodeError::conflict(format!(
-                "the checkpoint of {app} at {url} is not the one the source holds (it changed meanwhile)"
-            )));
-        }
+        let bytes = match self.fetch_checkpoint(app, digest, url).await {
+            Ok(b) => b,
+            Err(e) => match source_url.filter(|u| plain_url(u)) {
+                Some(source) => self
+                    .fetch_checkpoint(
+                        app,
+                        digest,
+                        &format!("{source}/v1/checkpoints/{app}?digest={digest}"),
+                    )
+                    .await
+                    .map_err(|e2| NodeError::conflict(format!("{e}; and from the source: {e2}")))?,
+                None => return Err(NodeError::conflict(e)),
+            },
+        };
         let n = bytes.len() as u64;
         // Only the newest fetched copy of an app's checkpoint is ever asked
         // for again: older ones go (an instance restored from one keeps its
@@ -104,6 +105,31 @@ impl Node {
         let s = Snapshot::open(&path, true)
             .map_err(|e| NodeError::conflict(format!("the fetched checkpoint is damaged: {e}")))?;
         Ok((Arc::new(s), n))
+    }
+
+    /// The checkpoint of `app` at `url`, if it is the one with `digest`.
+    async fn fetch_checkpoint(
+        &self,
+        app: &str,
+        digest: &str,
+        url: &str,
+    ) -> std::result::Result<Bytes, String> {
+        let (_, bytes) = self
+            .client
+            .send(
+                hyper::Method::GET,
+                url,
+                "application/octet-stream",
+                Bytes::new(),
+            )
+            .await
+            .map_err(|e| format!("cannot fetch the checkpoint of {app}: {e}"))?;
+        if checkpoint_digest(&bytes) != digest {
+            return Err(format!(
+                "the checkpoint of {app} at {url} is not the one the source holds (it changed meanwhile)"
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Takes a checkpoint of a local app now: written to disk (off the
@@ -227,4 +253,17 @@ impl Node {
             }
         }
     }
+}
+
+/// Whether `url` is a node's plain base URL (scheme, host and port): what
+/// a source may name as where to fetch from, nothing a query could hide in.
+pub(crate) fn plain_url(url: &str) -> bool {
+    ["http://", "https://"].iter().any(|p| {
+        url.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+    })
 }

@@ -212,7 +212,10 @@ async fn api(
             node.metrics.moved(&mode, report.as_ref().map_err(|_| ()));
             ok(StatusCode::OK, report)
         }
-        (Method::GET, ["v1", "checkpoints", name]) => blob(ops::latest_checkpoint(&node, name)),
+        (Method::GET, ["v1", "checkpoints", name]) => match q("digest") {
+            Some(d) => blob(ops::checkpoint_by_digest(&node, name, &d)),
+            None => blob(ops::latest_checkpoint(&node, name)),
+        },
         (Method::POST, ["v1", "restore"]) => {
             let name =
                 q("name").ok_or_else(|| error(StatusCode::BAD_REQUEST, "restore needs ?name="))?;

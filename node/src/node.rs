@@ -48,6 +48,10 @@ pub struct Node {
     control_at: AtomicUsize,
     /// The latest checkpoint of each local app: (digest, snapshot).
     pub(crate) checkpoints: Mutex<HashMap<String, (String, Arc<Snapshot>)>>,
+    /// The checkpoint a hybrid move leaving here starts from, by app: kept
+    /// for the move's length (its target may fetch it after a newer one
+    /// was taken).
+    pub(crate) moving_checkpoints: Mutex<HashMap<String, (String, Arc<Snapshot>)>>,
     /// Who may call what (`auth.rs`).
     pub(crate) auth: crate::auth::Auth,
     /// Post-copy moves under way, in and out.
@@ -128,6 +132,7 @@ impl Node {
             controls,
             control_at: AtomicUsize::new(0),
             checkpoints: Mutex::new(HashMap::new()),
+            moving_checkpoints: Mutex::new(HashMap::new()),
             postcopy: Default::default(),
             auth: crate::auth::Auth::default(),
             lease: crate::lease::Lease::new(has_control),

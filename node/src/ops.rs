@@ -216,6 +216,24 @@ pub(crate) fn latest_checkpoint(node: &Node, name: &str) -> Result<Bytes> {
     Ok(snapshot_body(snap))
 }
 
+/// `GET /v1/checkpoints/NAME?digest=D`: that checkpoint, if this node
+/// holds it: its latest, or the one a hybrid move leaving here starts from.
+pub(crate) fn checkpoint_by_digest(node: &Node, name: &str, digest: &str) -> Result<Bytes> {
+    let moving = crate::node::lock(&node.moving_checkpoints)
+        .get(name)
+        .cloned();
+    [moving, node.latest_checkpoint(name)]
+        .into_iter()
+        .flatten()
+        .find(|(d, _)| d == digest)
+        .map(|(_, snap)| snapshot_body(snap))
+        .ok_or_else(|| {
+            NodeError::not_found(format!(
+                "this node does not hold checkpoint {digest} of {name}"
+            ))
+        })
+}
+
 /// `POST /v1/apps/NAME/checkpoint`: a checkpoint now; its digest and size.
 pub(crate) async fn checkpoint_now(node: &Node, name: &str) -> Result<serde_json::Value> {
     let h = node.local_or_404(name)?;

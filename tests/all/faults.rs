@@ -509,6 +509,7 @@ async fn the_migration_endpoints_require_the_token() {
         },
         checkpoint_digest: None,
         checkpoint_url: None,
+        source_url: None,
     };
     let wrong = format!("{TOKEN}x");
     for token in [None, Some("wrong"), Some(wrong.as_str()), Some("")] {

@@ -129,6 +129,7 @@ async fn hostile_app_names_are_refused_at_every_node_entry_point() {
             },
             checkpoint_digest: None,
             checkpoint_url: None,
+            source_url: None,
         };
         let r = c
             .post_json::<_, Value>(&format!("{}/v1/migrations", node.url), &open)
@@ -148,6 +149,7 @@ async fn hostile_app_names_are_refused_at_every_node_entry_point() {
         },
         checkpoint_digest: Some("../../../../tmp/x".into()),
         checkpoint_url: None,
+        source_url: None,
     };
     let r = c
         .post_json::<_, Value>(&format!("{}/v1/migrations", node.url), &open)
@@ -334,6 +336,7 @@ async fn abandoned_migration_sessions_expire_are_capped_and_shown() {
         },
         checkpoint_digest: None,
         checkpoint_url: None,
+        source_url: None,
     };
     // Eight sessions whose source then vanishes...
     let mut ids = Vec::new();

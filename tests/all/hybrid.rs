@@ -1,5 +1,7 @@
 //! Hybrid moves through the control plane: an app that has no checkpoint
-//! yet is checkpointed first, and the move goes on hybrid.
+//! yet is checkpointed first, and the move goes on hybrid; an app
+//! checkpointed again while its move opens still moves from the checkpoint
+//! the move chose.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,8 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tern_api::types::MigrationReport;
 
-use crate::nodes::{client, start_control, TestNode};
+use crate::nodes::{client, expect, start_control, TestNode};
+use crate::relay::{Fault, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hybrid_on_an_app_without_a_checkpoint_takes_one_and_moves() {
@@ -146,6 +149,131 @@ async fn hybrid_on_an_app_without_a_checkpoint_takes_one_and_moves() {
     for n in &nodes {
         assert_eq!(fetched(n), 1, "fetched checkpoints kept on {}", n.name);
     }
+}
+
+/// The source chooses the app's latest checkpoint as the move's base; if
+/// the app is checkpointed again before the target fetches it, the control
+/// plane holds the newer one. The target then fetches the chosen one from
+/// the source, which keeps it for the move (found by `tern soak`: about
+/// one hybrid move in 150 failed with "the checkpoint ... changed
+/// meanwhile").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_taken_while_a_hybrid_move_opens_does_not_fail_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, _stop) = start_control(dir.path(), |_| {}).await;
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let control = control.clone();
+        nodes.push(TestNode::start_with(name, move |c| c.control_url = Some(control)).await);
+    }
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let c = client();
+    let t0 = Instant::now();
+    while c
+        .get_json::<Vec<Value>>(&format!("{control}/v1/nodes"))
+        .await
+        .map_or(true, |v| v.len() < 2)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "nodes register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let _: Value = c
+        .post_json(
+            &format!("{control}/v1/apps"),
+            &json!({"name": "counter", "module_sha256": sha, "node": "n1", "restart": "never"}),
+        )
+        .await
+        .unwrap();
+    let add = |url: String, n: i64| {
+        let c = c.clone();
+        async move {
+            let r: Value = c
+                .post_json(
+                    &format!("{url}/v1/apps/counter/invoke"),
+                    &json!({"export": "add", "args": [n.to_string()]}),
+                )
+                .await
+                .unwrap();
+            r["results"][0].as_i64().unwrap()
+        }
+    };
+    let checkpoint = |url: String| {
+        let c = c.clone();
+        async move {
+            let r: Value = c
+                .post_json(&format!("{url}/v1/apps/counter/checkpoint"), &json!({}))
+                .await
+                .unwrap();
+            r["digest"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(add(n1.url.clone(), 5).await, 5);
+    let chosen = checkpoint(n1.url.clone()).await;
+
+    // The move's opening is held on its way to n2 (after the source chose
+    // its base); meanwhile the app changes and is checkpointed again.
+    let relay = Relay::start(
+        &n2.url,
+        "n2",
+        Fault::HoldAt {
+            suffix: "/v1/migrations",
+        },
+        None,
+    )
+    .await;
+    expect(&c, &n2.url, "n1", "counter", 2).await;
+    let mover = {
+        let (c, url) = (c.clone(), n1.url.clone());
+        let req = tern_api::types::MigrateRequest {
+            to_name: "n2".into(),
+            to_url: relay.url.clone(),
+            mode: tern_api::types::Mode::Hybrid,
+            generation: 2,
+            checkpoint_url: Some(format!("{control}/v1/checkpoints/counter")),
+            postcopy_after_rounds: None,
+        };
+        tokio::spawn(async move {
+            c.post_json::<_, MigrationReport>(&format!("{url}/v1/apps/counter/migrate"), &req)
+                .await
+        })
+    };
+    relay.wait_held().await;
+    assert_eq!(add(n1.url.clone(), 5).await, 10);
+    let newer = checkpoint(n1.url.clone()).await;
+    assert_ne!(newer, chosen);
+    let (_, at_control) = c
+        .send(
+            Method::GET,
+            &format!("{control}/v1/checkpoints/counter"),
+            "application/octet-stream",
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(!at_control.is_empty());
+    relay.release();
+
+    let report = mover
+        .await
+        .unwrap()
+        .expect("the move goes on from the checkpoint it chose");
+    assert_eq!(report.mode, "hybrid", "{report:?}");
+    assert!(report.checkpoint_bytes_fetched > 0, "{report:?}");
+    // n2 holds the chosen checkpoint, fetched from n1, and the app there
+    // has every change, the one after that checkpoint too.
+    assert!(
+        n2.data_dir()
+            .join("checkpoints")
+            .join(format!("counter-{chosen}.snap"))
+            .exists(),
+        "n2 fetched the checkpoint the move chose"
+    );
+    assert_eq!(add(n2.url.clone(), 5).await, 15);
 }
 
 /// The pages a hybrid move sends first: exactly those that differ from the

@@ -401,6 +401,7 @@ async fn a_migration_from_a_node_the_control_plane_did_not_name_is_refused() {
         },
         checkpoint_digest: None,
         checkpoint_url: None,
+        source_url: None,
     };
     let e = as_role(Role::Node("m-2".into()))
         .post_json::<_, serde_json::Value>(&format!("{}/v1/migrations", nodes[1].url), &open)

@@ -19,7 +19,7 @@ use super::replay::replay_held;
 use crate::app::{AppHandle, Cmd, FreezeResult, PrecopyFirst};
 use crate::checkpoint::snapshot_body;
 use crate::error::{NodeError, Result};
-use crate::node::Node;
+use crate::node::{lock, Node};
 
 /// Stop pre-copy when a round has at most this many dirty pages (1 MiB).
 const CONVERGED_PAGES: u64 = 256;
@@ -72,9 +72,11 @@ pub(crate) async fn migrate_out(
     let mut mode = req.mode;
     let mut note = None;
     let mut checkpoint = None;
+    let mut _pinned = None;
     if mode == Mode::Hybrid {
         match hybrid_base(&node, &handle).await {
             Ok((cp, taken)) => {
+                _pinned = Some(Pinned::new(&node, &app, cp.clone()));
                 checkpoint = Some(cp);
                 note = taken;
             }
@@ -121,6 +123,7 @@ pub(crate) async fn migrate_out(
             .map(|c| c.0.clone())
             .or(postcopy_checkpoint),
         checkpoint_url: req.checkpoint_url.clone(),
+        source_url: Some(node.url().to_string()),
     };
     let opened: MigrationOpened = peer
         .post_json(&format!("{}/v1/migrations", req.to_url), &open)
@@ -188,6 +191,29 @@ pub(crate) async fn migrate_out(
         note: mv.note,
         reason: None,
     })
+}
+
+/// A hybrid move's checkpoint, kept where the move's target can fetch it
+/// by digest until the move ends (`Node::moving_checkpoints`).
+struct Pinned {
+    node: Arc<Node>,
+    app: String,
+}
+
+impl Pinned {
+    fn new(node: &Arc<Node>, app: &str, cp: (String, Arc<Snapshot>)) -> Pinned {
+        lock(&node.moving_checkpoints).insert(app.to_string(), cp);
+        Pinned {
+            node: node.clone(),
+            app: app.to_string(),
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        lock(&self.node.moving_checkpoints).remove(&self.app);
+    }
 }
 
 /// The checkpoint a hybrid move starts from: the app's latest, or one

@@ -142,7 +142,12 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
             NodeError::bad_request("hybrid migration without a checkpoint digest")
         })?;
         let (snap, n) = node
-            .checkpoint_for(&open.app, &digest, open.checkpoint_url.as_deref())
+            .checkpoint_for(
+                &open.app,
+                &digest,
+                open.checkpoint_url.as_deref(),
+                open.source_url.as_deref(),
+            )
             .await?;
         fetched = n;
         let rt = node.runtime.clone();

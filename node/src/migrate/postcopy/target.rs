@@ -48,14 +48,7 @@ pub(crate) async fn receive_switch(
 ) -> Result<MigrationAck> {
     let s = session(&node, &id)?;
     node.check_generation(&s.app, s.spec.generation)?;
-    let plain = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-    };
-    let ok_url = ["http://", "https://"]
-        .iter()
-        .any(|p| source_url.strip_prefix(p).is_some_and(plain));
-    if !ok_url {
+    if !crate::checkpoint::plain_url(&source_url) {
         return Err(NodeError::bad_request("post-copy needs the source's URL"));
     }
     let t0 = Instant::now();
@@ -344,7 +337,7 @@ async fn checkpoint(
 ) -> Result<Arc<tern_runtime::Snapshot>> {
     let mut attempt = 0;
     loop {
-        match node.checkpoint_for(app, digest, url).await {
+        match node.checkpoint_for(app, digest, url, None).await {
             Ok((snap, _)) => return Ok(snap),
             Err(e) if attempt >= CHECKPOINT_ATTEMPTS => return Err(e),
             Err(_) => {
