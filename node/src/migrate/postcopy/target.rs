@@ -27,14 +27,20 @@ const WANTS_QUEUED: usize = 1024;
 /// With pages still missing and nothing from the source for this long,
 /// the source counts as lost.
 const STALL: Duration = Duration::from_secs(10);
-/// Attempts per fetch before the source counts as lost.
-const FETCH_ATTEMPTS: u32 = 3;
+/// The longest pause between two attempts of a fetch that could not reach
+/// the source. A fetch is tried again until the source answers, the
+/// watch gives it up, or no page came for [`STALL`]: a source alive but
+/// briefly unreachable (new connections refused for a moment) must not be
+/// given up while the app's acknowledged writes live on it.
+const FETCH_RETRY_MAX: Duration = Duration::from_millis(800);
 /// How long the source keeps a watch request before it answers that the
 /// move is still under way.
 const WATCH_POLL: Duration = Duration::from_secs(5);
-/// Watch requests in a row the source may fail to answer (a link cut, a
-/// restart) before it counts as lost; 200 ms, 400 ms... apart.
-const WATCH_ATTEMPTS: u32 = 4;
+/// How long the source may stay unreachable (a cut link, new connections
+/// refused for a while) before it counts as lost; meanwhile the app's calls
+/// are held. A source that answers that it no longer serves the move (a
+/// restarted node) is lost at once.
+const WATCH_GIVE_UP: Duration = Duration::from_secs(5);
 /// Attempts to get the checkpoint after the source was lost, 500 ms apart.
 const CHECKPOINT_ATTEMPTS: u32 = 20;
 
@@ -170,11 +176,11 @@ async fn fetch_loop(
             .encode(),
         );
         let url = format!("{url}?memory={}", want.memory);
-        let mut attempt = 0;
+        let mut pause = Duration::from_millis(50);
         let chunk = loop {
             match node.client.post_bytes(&url, body.clone()).await {
                 Ok(b) => {
-                    if attempt > 0 {
+                    if pause > Duration::from_millis(50) {
                         incoming.trust(&node, &s.app, s.spec.generation);
                     }
                     break Ok(b);
@@ -182,11 +188,15 @@ async fn fetch_loop(
                 Err(e) if e.status().is_some() => break Err(e.to_string()),
                 Err(e) => {
                     incoming.doubt(&node, &s.app, s.spec.generation, &e.to_string());
-                    attempt += 1;
-                    if attempt >= FETCH_ATTEMPTS {
-                        break Err(e.to_string());
+                    if pager.failure().is_some() {
+                        // The watch gave the source up meanwhile.
+                        return;
                     }
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    if lock(&incoming.last_progress).elapsed() > STALL {
+                        break Err(format!("{e} (and no page for {} s)", STALL.as_secs()));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(FETCH_RETRY_MAX);
                 }
             }
         };
@@ -220,8 +230,9 @@ async fn fetch_loop(
 /// When the source dies its connection breaks at once: from then the
 /// app's calls are held, not acknowledged (what it did since the source
 /// died would be lost with the restart from the checkpoint), while the
-/// source is asked again a few times (a link cut drops the connection of
-/// a live source too); if it answers the calls run, else it is lost.
+/// source is asked again (a link cut drops the connection of a live
+/// source too); if it answers the calls run; if it says it no longer
+/// serves the move, or stays silent for [`WATCH_GIVE_UP`], it is lost.
 async fn watch_source(
     node: Arc<Node>,
     s: Arc<TargetSession>,
@@ -235,7 +246,9 @@ async fn watch_source(
     );
     let client = node.client.clone().with_timeout(WATCH_POLL * 3);
     let (app, generation) = (s.app.as_str(), s.spec.generation);
-    let mut failures = 0;
+    // Since when the source has not answered (`None`: it answers).
+    let mut silent: Option<Instant> = None;
+    let mut pause = Duration::from_millis(50);
     loop {
         if incoming.pager.is_finished() {
             if incoming.pager.failure().is_none() {
@@ -245,7 +258,8 @@ async fn watch_source(
         }
         match client.get_json::<serde_json::Value>(&url).await {
             Ok(answer) if answer["under_way"] == true => {
-                failures = 0;
+                silent = None;
+                pause = Duration::from_millis(50);
                 incoming.trust(&node, app, generation);
             }
             // Every page came in while the request was out, or the source
@@ -258,12 +272,16 @@ async fn watch_source(
                 let why = match answer {
                     Err(e) if e.status().is_none() => {
                         incoming.doubt(&node, app, generation, &e.to_string());
-                        failures += 1;
-                        if failures < WATCH_ATTEMPTS {
-                            tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+                        let since = *silent.get_or_insert_with(Instant::now);
+                        if since.elapsed() < WATCH_GIVE_UP {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(500));
                             continue;
                         }
-                        format!("the source did not answer {WATCH_ATTEMPTS} times: {e}")
+                        format!(
+                            "the source did not answer for {} s: {e}",
+                            WATCH_GIVE_UP.as_secs()
+                        )
                     }
                     Err(e) => format!("the source no longer serves the move: {e}"),
                     Ok(_) => "the source ended the move".to_string(),
