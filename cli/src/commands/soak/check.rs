@@ -4,7 +4,10 @@
 //! - every acknowledged call is in its app's ledger exactly once, at the
 //!   position the app answered (else `lost`, `doubled`, `misplaced`);
 //! - unless a node that held the app was killed after the call was
-//!   acknowledged and the app restarted from a checkpoint taken before it:
+//!   acknowledged and the app restarted from a checkpoint taken before it
+//!   (a node held the app if the control plane placed it there, or if it
+//!   answered the app's last call before the kill: a move whose answer
+//!   was lost completes where the control plane does not look):
 //!   then it is `lost_to_restart`, counted apart, and only if the call came
 //!   after the app's latest checkpoint the soak saw before the kill (the
 //!   restart starts from that one or a newer one);
@@ -20,7 +23,7 @@ use serde::Serialize;
 
 use super::load::{Call, Outcome};
 
-/// A node killed while it held an app (or was taking it in a move).
+/// A node killed, for one app: one such record per app per kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kill {
     pub at_ms: u64,
@@ -28,6 +31,11 @@ pub struct Kill {
     /// When the app's latest checkpoint the soak saw had been taken (ms
     /// since the soak started; negative: before it). `None`: none yet.
     pub checkpoint_ms: Option<i64>,
+    /// The node killed (`node-N`: N).
+    pub node: Option<u16>,
+    /// The control plane placed the app on that node, or it was the
+    /// source or target of the app's move.
+    pub held: bool,
 }
 
 /// How far apart the client's clock readings and the kill's may be.
@@ -90,6 +98,7 @@ pub fn check(calls: &[Call], ledgers: &[Vec<u64>], kills: &[Kill]) -> Verdict {
             e.1.push(pos as u64);
         }
     }
+    let kills = holding_kills(calls, kills);
     let mut sent: HashMap<u64, u16> = HashMap::with_capacity(calls.len());
     for c in calls {
         sent.insert(c.id, c.app);
@@ -111,7 +120,7 @@ pub fn check(calls: &[Call], ledgers: &[Vec<u64>], kills: &[Kill]) -> Verdict {
             Outcome::Acked { seq, .. } => {
                 v.calls_acked += 1;
                 match positions {
-                    [] => match excuse(c, kills) {
+                    [] => match excuse(c, &kills) {
                         Some(age) => {
                             v.lost_to_restart += 1;
                             v.lost_to_restart_max_age_ms = v.lost_to_restart_max_age_ms.max(age);
@@ -156,6 +165,32 @@ pub fn check(calls: &[Call], ledgers: &[Vec<u64>], kills: &[Kill]) -> Verdict {
     }
     split_brain(calls, &mut v);
     v
+}
+
+/// The kills of nodes that held the app: placed there, or the node that
+/// answered the app's last call before the kill.
+fn holding_kills(calls: &[Call], kills: &[Kill]) -> Vec<Kill> {
+    let mut answers: HashMap<u16, Vec<(u64, Option<u16>)>> = HashMap::new();
+    for c in calls {
+        if let Outcome::Acked { node, .. } = c.outcome {
+            answers.entry(c.app).or_default().push((c.done_ms, node));
+        }
+    }
+    for a in answers.values_mut() {
+        a.sort_unstable_by_key(|&(t, _)| t);
+    }
+    kills
+        .iter()
+        .filter(|k| {
+            k.held
+                || k.node.is_some_and(|n| {
+                    let a = answers.get(&k.app).map_or(&[][..], Vec::as_slice);
+                    let before = a.partition_point(|&(t, _)| t <= k.at_ms);
+                    before > 0 && a[before - 1].1 == Some(n)
+                })
+        })
+        .copied()
+        .collect()
 }
 
 /// Why an acknowledged call may be missing: a kill of a node holding its
@@ -294,6 +329,8 @@ mod tests {
             at_ms: 6_000,
             app: 0,
             checkpoint_ms,
+            node: Some(1),
+            held: true,
         };
         let v = check(&calls, &[vec![1]], &[kill(Some(4_000))]);
         assert!(v.passed(), "{v:?}");
@@ -304,15 +341,40 @@ mod tests {
         // A kill before the call excuses nothing; nor a kill of another app.
         let early = Kill {
             at_ms: 50,
-            app: 0,
-            checkpoint_ms: None,
+            ..kill(None)
         };
         let other = Kill {
-            at_ms: 6_000,
             app: 1,
-            checkpoint_ms: None,
+            ..kill(None)
         };
         assert_eq!(check(&calls, &[vec![2]], &[early, other]).lost, 1);
+    }
+
+    /// A move whose answer was lost completed anyway: the control plane
+    /// (and the soak) placed the app on its source, the target answered its
+    /// calls, and the target was killed as a node that only forwards. The
+    /// loss is excused by the node that answered last, not by any kill.
+    #[test]
+    fn a_kill_of_the_node_that_answered_last_excuses_like_a_placed_one() {
+        let calls = [acked(1, 0, 2_000, 1, 1), acked(2, 1, 5_000, 2, 4)];
+        let forwarder = |node| Kill {
+            at_ms: 6_000,
+            app: 0,
+            checkpoint_ms: Some(4_000),
+            node: Some(node),
+            held: false,
+        };
+        let v = check(&calls, &[vec![1]], &[forwarder(4)]);
+        assert!(v.passed(), "{v:?}");
+        assert_eq!(v.lost_to_restart, 1);
+        // Node 1 answered before node 4 did: its kill excuses nothing.
+        assert_eq!(check(&calls, &[vec![1]], &[forwarder(1)]).lost, 1);
+        // Nor does node 4's kill before it answered.
+        let early = Kill {
+            at_ms: 4_500,
+            ..forwarder(4)
+        };
+        assert_eq!(check(&calls, &[vec![1]], &[early]).lost, 1);
     }
 
     #[test]

@@ -346,7 +346,12 @@ fn write_record(
     let kills: String = stats
         .kills
         .iter()
-        .map(|k| format!("{}\t{}\t{:?}\n", k.at_ms, k.app, k.checkpoint_ms))
+        .map(|k| {
+            format!(
+                "{}\t{}\t{:?}\t{:?}\t{}\n",
+                k.at_ms, k.app, k.checkpoint_ms, k.node, k.held
+            )
+        })
         .collect();
     std::fs::write(dir.join("kills.tsv"), kills)?;
     Ok(())

@@ -281,7 +281,9 @@ impl Driver {
     }
 
     /// A node was killed: every app it held (and the moving app, if it was
-    /// the move's source or target) may restart from a checkpoint.
+    /// the move's source or target) may restart from a checkpoint. Every
+    /// app is recorded: the checker also counts the kill for an app whose
+    /// last call the node answered (a move can complete unseen).
     fn record_kill(
         &mut self,
         at_ms: u64,
@@ -295,17 +297,17 @@ impl Driver {
             let view = apps.iter().find(|a| &a.name == name);
             let held = view.is_some_and(|a| a.node.as_deref() == Some(victim))
                 || (name == moving && (victim == from || victim == to));
-            if held {
-                let checkpoint_ms = view
-                    .and_then(|a| a.checkpoint.as_ref())
-                    .and_then(|c| c.unix_ms)
-                    .map(|t| t as i64 - self.epoch_unix_ms as i64);
-                self.stats.kills.push(Kill {
-                    at_ms,
-                    app: ix as u16,
-                    checkpoint_ms,
-                });
-            }
+            let checkpoint_ms = view
+                .and_then(|a| a.checkpoint.as_ref())
+                .and_then(|c| c.unix_ms)
+                .map(|t| t as i64 - self.epoch_unix_ms as i64);
+            self.stats.kills.push(Kill {
+                at_ms,
+                app: ix as u16,
+                checkpoint_ms,
+                node: victim.strip_prefix("node-").and_then(|n| n.parse().ok()),
+                held,
+            });
         }
     }
 }
