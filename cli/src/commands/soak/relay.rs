@@ -130,8 +130,17 @@ async fn carry(a: TcpStream, b: TcpStream, control: &Control) {
     let mut cut = control.cut.subscribe();
     let (mut ar, mut aw) = a.into_split();
     let (mut br, mut bw) = b.into_split();
-    let up = pump(&mut ar, &mut bw, control);
-    let down = pump(&mut br, &mut aw, control);
+    // A side that ends its stream ends the other side's too (as a link
+    // carries a FIN): a client must see its node's connection close when
+    // the node dies, not find out on its next request.
+    let up = async {
+        pump(&mut ar, &mut bw, control).await;
+        let _ = bw.shutdown().await;
+    };
+    let down = async {
+        pump(&mut br, &mut aw, control).await;
+        let _ = aw.shutdown().await;
+    };
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
         _ = cut.changed() => {
