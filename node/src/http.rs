@@ -283,13 +283,19 @@ async fn api(
         }
         (Method::POST, ["v1", "postcopy", app, "pages"]) => {
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            let generation = q("generation").and_then(|g| g.parse().ok());
             ok(
                 StatusCode::OK,
-                migrate::postcopy::receive_push(node.clone(), app.to_string(), body).await,
+                migrate::postcopy::receive_push(node.clone(), app.to_string(), generation, body)
+                    .await,
             )
         }
         (Method::POST, ["v1", "postcopy", app, "done"]) => {
-            json(StatusCode::OK, &migrate::postcopy::receive_done(&node, app))
+            let generation = q("generation").and_then(|g| g.parse().ok());
+            json(
+                StatusCode::OK,
+                &migrate::postcopy::receive_done(&node, app, generation),
+            )
         }
         (Method::POST, ["v1", "migrations", id, step @ ("base" | "pages" | "commit" | "cold")]) => {
             // Page slices come one after the other: each goes into a buffer

@@ -240,7 +240,7 @@ async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
-    source_lost_midway(true).await;
+    source_lost_midway(true, false).await;
 }
 
 /// An app with no checkpoint yet (it just arrived, or just started): the
@@ -249,10 +249,20 @@ async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
 /// stayed failed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_source_lost_midway_before_any_checkpoint_still_leaves_one_to_restart_from() {
-    source_lost_midway(false).await;
+    source_lost_midway(false, false).await;
 }
 
-async fn source_lost_midway(checkpoint_first: bool) {
+/// A source that says it is done while pages are still missing (never the
+/// case when every push landed) leaves the app as a lost source does: it
+/// restarts from its checkpoint, not stopped (found by `tern soak`: the
+/// app stayed stopped). A `/done` naming another generation of the app's
+/// moves (an older move's late message) is no concern of this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_done_with_pages_missing_makes_the_target_restart_from_the_checkpoint() {
+    source_lost_midway(true, true).await;
+}
+
+async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
     if !paging_here() {
         return;
     }
@@ -336,13 +346,50 @@ async fn source_lost_midway(checkpoint_first: bool) {
     // holds the app's calls from then on: a call it acknowledged now on
     // the pages it has would be lost with the restart from the checkpoint
     // (found by `tern soak`: such writes were lost). It says so.
-    drop(n1);
-    wait_until("n2 holds the app's calls", || async {
-        c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+    if done_early {
+        let generation = c
+            .get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
             .await
-            .is_ok_and(|st| st["holding"].is_string())
-    })
-    .await;
+            .unwrap()["generation"]
+            .as_u64()
+            .unwrap();
+        let done = |g: u64| {
+            let (c, url) = (c.clone(), n2.url.clone());
+            async move {
+                c.post_json::<_, Value>(
+                    &format!("{url}/v1/postcopy/heap/done?generation={g}"),
+                    &json!({}),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(done(generation - 1).await["remaining"], 0);
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/heap", n2.url))
+            .await
+            .unwrap();
+        assert!(st["last_error"].is_null(), "an older move's end: {st}");
+        assert!(done(generation).await["remaining"].as_u64().unwrap() > 0);
+        wait_until("n2 restarts the app", || async {
+            c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+                .await
+                .is_ok_and(|st| {
+                    st["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("restarted from its last checkpoint"))
+                })
+        })
+        .await;
+    } else {
+        drop(n1);
+        wait_until("n2 holds the app's calls", || async {
+            c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+                .await
+                .is_ok_and(|st| st["holding"].is_string())
+        })
+        .await;
+    }
     // A write now, on pages n2 holds, is held and runs on the instance
     // restored from the checkpoint: acknowledged, and kept.
     let held = call(&c, &n2.url, "heap", "push", &[5])

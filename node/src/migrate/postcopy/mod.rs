@@ -65,6 +65,8 @@ pub(crate) fn unavailable(node: &Node) -> Option<String> {
 /// A post-copy arriving here: the pager of the app's instance.
 pub(crate) struct Incoming {
     pub pager: Arc<Pager>,
+    /// The move (its app, generation, checkpoint to restart from).
+    pub session: Arc<crate::migrate::target::TargetSession>,
     /// The last page that came from the source (pushed or fetched).
     pub last_progress: Mutex<Instant>,
     /// When the move arrived.
@@ -75,9 +77,13 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
-    pub(crate) fn new(pager: Arc<Pager>) -> Incoming {
+    pub(crate) fn new(
+        pager: Arc<Pager>,
+        session: Arc<crate::migrate::target::TargetSession>,
+    ) -> Incoming {
         Incoming {
             pager,
+            session,
             last_progress: Mutex::new(Instant::now()),
             opened: Instant::now(),
             given_up: Mutex::new(false),

@@ -97,7 +97,7 @@ impl Move {
         replay_held(&self.node, &self.to_url, &self.app, held).await;
         let remote = std::mem::take(&mut self.postcopy_remote);
         tokio::time::sleep(self.node.config.postcopy_push_after).await;
-        let pushed = self.push_all(&out, &remote).await;
+        let pushed = self.push_all(&out, &remote, spec.generation).await;
         lock(&self.node.postcopy.outgoing).remove(&self.app);
         let served_pages = out.pages_served.load(Ordering::Relaxed);
         self.bytes_sent += out.bytes_served.load(Ordering::Relaxed);
@@ -107,7 +107,7 @@ impl Move {
             Ok(()) => {
                 let _ = self
                     .peer
-                    .post_bytes(&self.push_url("done"), Bytes::new())
+                    .post_bytes(&self.push_url("done", spec.generation), Bytes::new())
                     .await;
                 self.node.forget_checkpoint(&self.app);
                 super::super::target::release(lock(&out.inst).take());
@@ -169,8 +169,13 @@ impl Move {
         ))
     }
 
-    fn push_url(&self, step: &str) -> String {
-        format!("{}/v1/postcopy/{}/{step}", self.to_url, self.app)
+    /// A push (`pages`) or the end (`done`) of the post-copy at
+    /// `generation`: the target takes it for that move only.
+    fn push_url(&self, step: &str, generation: u64) -> String {
+        format!(
+            "{}/v1/postcopy/{}/{step}?generation={generation}",
+            self.to_url, self.app
+        )
     }
 
     fn add_note(&mut self, why: String) {
@@ -185,9 +190,10 @@ impl Move {
         &mut self,
         out: &Arc<Outgoing>,
         remote: &[RemotePages],
+        generation: u64,
     ) -> Result<(), PushError> {
         type Push = tokio::task::JoinHandle<Result<u64, PushError>>;
-        let url = self.push_url("pages");
+        let url = self.push_url("pages", generation);
         let mut in_flight: VecDeque<Push> = VecDeque::new();
         let slices = remote.iter().flat_map(|r| {
             r.runs

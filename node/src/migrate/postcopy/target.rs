@@ -89,7 +89,7 @@ pub(crate) async fn receive_switch(
         Ok::<_, NodeError>((inst, pager))
     })
     .await??;
-    let incoming = Arc::new(Incoming::new(pager.clone()));
+    let incoming = Arc::new(Incoming::new(pager.clone(), s.clone()));
     {
         let mut g = lock(&node.postcopy.incoming);
         // Entries of moves long done, kept to answer late pushes, go.
@@ -366,17 +366,27 @@ async fn checkpoint(
     }
 }
 
-/// `POST /v1/postcopy/APP/pages`: a push from the source. Answers how many
-/// pages are still missing; 404 when no post-copy of the app arrives here
-/// (the source then knows this node lost it), 409 when it failed here.
+/// The post-copy of `app` arriving here, if it is the move at `generation`
+/// (a source names the move it pushes for: a push or a `/done` of an older
+/// move of the app must not land in a newer one).
+fn arriving(node: &Node, app: &str, generation: Option<u64>) -> Option<Arc<Incoming>> {
+    lock(&node.postcopy.incoming)
+        .get(app)
+        .filter(|i| generation.is_none_or(|g| g == i.session.spec.generation))
+        .cloned()
+}
+
+/// `POST /v1/postcopy/APP/pages?generation=G`: a push from the source.
+/// Answers how many pages are still missing; 404 when no post-copy of the
+/// app (at that generation) arrives here (the source then knows this node
+/// lost it), 409 when it failed here.
 pub(crate) async fn receive_push(
     node: Arc<Node>,
     app: String,
+    generation: Option<u64>,
     body: Bytes,
 ) -> Result<serde_json::Value> {
-    let incoming = lock(&node.postcopy.incoming)
-        .get(&app)
-        .cloned()
+    let incoming = arriving(&node, &app, generation)
         .ok_or_else(|| NodeError::not_found(format!("no post-copy of {app} arrives here")))?;
     if let Some(why) = incoming.pager.failure() {
         return Err(NodeError::conflict(format!(
@@ -391,19 +401,25 @@ pub(crate) async fn receive_push(
     Ok(serde_json::json!({ "remaining": left }))
 }
 
-/// `POST /v1/postcopy/APP/done`: the source sent every page and dropped
-/// its copy.
-pub(crate) fn receive_done(node: &Node, app: &str) -> serde_json::Value {
-    let Some(incoming) = lock(&node.postcopy.incoming).remove(app) else {
+/// `POST /v1/postcopy/APP/done?generation=G`: the source sent every page
+/// and dropped its copy.
+pub(crate) fn receive_done(
+    node: &Arc<Node>,
+    app: &str,
+    generation: Option<u64>,
+) -> serde_json::Value {
+    let Some(incoming) = arriving(node, app, generation) else {
         return serde_json::json!({ "remaining": 0 });
     };
+    lock(&node.postcopy.incoming).remove(app);
     let left = incoming.pager.remaining();
     if left > 0 {
         // Never the case when every push landed; if it were, those pages
-        // will never come: the app must not run on without them.
-        incoming.pager.fail(&format!(
-            "the source finished with {left} pages never delivered"
-        ));
+        // will never come: the app must not run on without them, and goes
+        // on from its checkpoint as when the source is lost.
+        let why = format!("the source finished with {left} pages never delivered");
+        let (node, s) = (node.clone(), incoming.session.clone());
+        tokio::spawn(async move { source_lost(&node, &s, &incoming, why).await });
     }
     serde_json::json!({ "remaining": left })
 }
