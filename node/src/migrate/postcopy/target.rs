@@ -378,16 +378,27 @@ fn arriving(node: &Node, app: &str, generation: Option<u64>) -> Option<Arc<Incom
 
 /// `POST /v1/postcopy/APP/pages?generation=G`: a push from the source.
 /// Answers how many pages are still missing; 404 when no post-copy of the
-/// app (at that generation) arrives here (the source then knows this node
-/// lost it), 409 when it failed here.
+/// app arrives here (the source then knows this node lost it), 409 when it
+/// failed here or a newer move of the app arrives (the source drops its
+/// copy).
 pub(crate) async fn receive_push(
     node: Arc<Node>,
     app: String,
     generation: Option<u64>,
     body: Bytes,
 ) -> Result<serde_json::Value> {
-    let incoming = arriving(&node, &app, generation)
-        .ok_or_else(|| NodeError::not_found(format!("no post-copy of {app} arrives here")))?;
+    let Some(incoming) = arriving(&node, &app, generation) else {
+        // A newer move of the app arrives here: the older one's source
+        // must drop its copy (409), not resume the app (404).
+        if lock(&node.postcopy.incoming).contains_key(&app) {
+            return Err(NodeError::conflict(format!(
+                "the post-copy of {app} at generation {generation:?} is superseded here"
+            )));
+        }
+        return Err(NodeError::not_found(format!(
+            "no post-copy of {app} arrives here"
+        )));
+    };
     if let Some(why) = incoming.pager.failure() {
         return Err(NodeError::conflict(format!(
             "the post-copy of {app} failed here: {why}"
