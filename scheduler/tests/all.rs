@@ -1198,6 +1198,44 @@ fn predictive_rebalancer_weighs_risk_by_the_error_shape() {
     assert_eq!(ErrorShape::new([f64::NAN, 1.0, f64::INFINITY]).len(), 1);
 }
 
+/// What the simulator compares each node's demand with: the mean and
+/// variance the planner reckons, replicas of a group erring together.
+#[test]
+fn node_forecasts_add_a_groups_spreads() {
+    let mut c = Cluster::new(vec![node("n0", 1000, 8), node("n1", 1000, 8)]);
+    let mut fc = BTreeMap::new();
+    // (app, node, group, mean, standard deviation)
+    for (name, on, group, mean, sd) in [
+        ("g-0", "n0", Some("g"), 100.0, 10.0),
+        ("g-1", "n0", Some("g"), 100.0, 10.0),
+        ("solo", "n0", None, 50.0, 10.0),
+        ("g-2", "n1", Some("g"), 100.0, 10.0),
+        ("exact", "n1", None, 300.0, 0.0),
+    ] {
+        let mut spec = app(name, 100, 64);
+        spec.group = group.map(str::to_string);
+        c.bind(spec, on).unwrap();
+        fc.insert(
+            name.to_string(),
+            AppForecast {
+                cpu_mean: mean,
+                cpu_var: sd * sd,
+                memory_bytes: 64 * MIB,
+            },
+        );
+    }
+    let input = PredictiveInput {
+        forecast: &fc,
+        state_bytes: &BTreeMap::new(),
+        last_moved: &BTreeMap::new(),
+        now: 100,
+        error_shape: None,
+    };
+    let nodes = node_forecasts(&c, &input, &PredictiveConfig::default());
+    // n0: (10 + 10)² for the group, 10² for `solo`; n1: one replica.
+    assert_eq!(nodes, vec![(250.0, 500.0), (400.0, 100.0)]);
+}
+
 /// Three nodes of 1000m, 45m and twice 50m over (3145m on 3000m: 145m
 /// cannot be served). Every app but `a` and `b` is pinned to its node; `a`
 /// may only go where the `ssd` label is (n0, n1). No single move or swap
