@@ -119,6 +119,7 @@ pub fn learned(
         state_bytes: input.state_bytes,
         last_moved: &last_moved,
         now: input.now,
+        error_shape: None,
     };
     let mut moves = drains;
     moves.extend(plan_predictive(&after, &predictive, &cfg));

@@ -74,8 +74,8 @@ pub use predict::{
     Forecast, Predictor, PredictorConfig, PredictorReport,
 };
 pub use rebalance::predictive::{
-    capacity_advice, plan_predictive, AppForecast, CapacityAdvice, PredictiveConfig,
-    PredictiveInput,
+    capacity_advice, node_forecasts, plan_predictive, AppForecast, CapacityAdvice, ErrorShape,
+    PredictiveConfig, PredictiveInput,
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
 pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};

@@ -1005,6 +1005,7 @@ fn plan_for(c: &Cluster, fc: &BTreeMap<String, AppForecast>, cfg: &PredictiveCon
         state_bytes: &BTreeMap::new(),
         last_moved: &BTreeMap::new(),
         now: 100,
+        error_shape: None,
     };
     plan_predictive(c, &input, cfg)
 }
@@ -1151,6 +1152,90 @@ fn predictive_rebalancer_data_driven() {
     }
 }
 
+/// The planner weighs a node's risk by how the forecasts have erred when it
+/// is given their error shape, instead of by the normal.
+#[test]
+fn predictive_rebalancer_weighs_risk_by_the_error_shape() {
+    // n0 expects 900m of 1000m with a standard deviation of 100m (one sd
+    // of room); n1 is empty.
+    let (c, fc) = forecast_fixture(2, &[("a", 0, 450.0, 5000.0), ("b", 0, 450.0, 5000.0)]);
+    let cfg = PredictiveConfig::default();
+    let plan = |shape: Option<&ErrorShape>| {
+        let input = PredictiveInput {
+            forecast: &fc,
+            state_bytes: &BTreeMap::new(),
+            last_moved: &BTreeMap::new(),
+            now: 100,
+            error_shape: shape,
+        };
+        let moves = plan_predictive(&c, &input, &cfg);
+        (moves.len(), predictive::expected_cost(&c, &input, &cfg))
+    };
+    // (case, standardized errors seen, moves)
+    let cases: Vec<(&str, Vec<f64>, usize)> = vec![
+        // P(Z > 1) = 16 %: worth a move.
+        ("the normal", vec![], 1),
+        // Never more than half a spread over: no risk at one spread of room.
+        (
+            "errors never above half a spread",
+            vec![-1.0, -0.5, 0.0, 0.5],
+            0,
+        ),
+        // A third of the minutes three spreads over: move.
+        ("bursts of three spreads", vec![-0.5, -0.5, 3.0], 1),
+    ];
+    for (case, errors, moves) in cases {
+        let shape = ErrorShape::new(errors.iter().copied());
+        let (n, _) = plan((!shape.is_empty()).then_some(&shape));
+        assert_eq!(n, moves, "{case}");
+    }
+    // The node's expected cost by the shape: weight × P(Z > 1) plus sd ×
+    // E[(Z − 1)⁺] = 0.1 × 1000 × 1/3 + 100 × 2/3.
+    let shape = ErrorShape::new([-0.5, -0.5, 3.0]);
+    let (_, cost) = plan(Some(&shape));
+    assert!((cost - (100.0 / 3.0 + 200.0 / 3.0)).abs() < 1e-6, "{cost}");
+    // Non-finite errors are dropped.
+    assert_eq!(ErrorShape::new([f64::NAN, 1.0, f64::INFINITY]).len(), 1);
+}
+
+/// What the simulator compares each node's demand with: the mean and
+/// variance the planner reckons, replicas of a group erring together.
+#[test]
+fn node_forecasts_add_a_groups_spreads() {
+    let mut c = Cluster::new(vec![node("n0", 1000, 8), node("n1", 1000, 8)]);
+    let mut fc = BTreeMap::new();
+    // (app, node, group, mean, standard deviation)
+    for (name, on, group, mean, sd) in [
+        ("g-0", "n0", Some("g"), 100.0, 10.0),
+        ("g-1", "n0", Some("g"), 100.0, 10.0),
+        ("solo", "n0", None, 50.0, 10.0),
+        ("g-2", "n1", Some("g"), 100.0, 10.0),
+        ("exact", "n1", None, 300.0, 0.0),
+    ] {
+        let mut spec = app(name, 100, 64);
+        spec.group = group.map(str::to_string);
+        c.bind(spec, on).unwrap();
+        fc.insert(
+            name.to_string(),
+            AppForecast {
+                cpu_mean: mean,
+                cpu_var: sd * sd,
+                memory_bytes: 64 * MIB,
+            },
+        );
+    }
+    let input = PredictiveInput {
+        forecast: &fc,
+        state_bytes: &BTreeMap::new(),
+        last_moved: &BTreeMap::new(),
+        now: 100,
+        error_shape: None,
+    };
+    let nodes = node_forecasts(&c, &input, &PredictiveConfig::default());
+    // n0: (10 + 10)² for the group, 10² for `solo`; n1: one replica.
+    assert_eq!(nodes, vec![(250.0, 500.0), (400.0, 100.0)]);
+}
+
 /// Three nodes of 1000m, 45m and twice 50m over (3145m on 3000m: 145m
 /// cannot be served). Every app but `a` and `b` is pinned to its node; `a`
 /// may only go where the `ssd` label is (n0, n1). No single move or swap
@@ -1214,6 +1299,7 @@ fn triage_chains_a_move_with_the_one_that_fills_its_room() {
         state_bytes: &BTreeMap::new(),
         last_moved: &BTreeMap::new(),
         now: 100,
+        error_shape: None,
     };
     let before = predictive::expected_cost(&c, &input, &cfg);
     let now = predictive::expected_cost(&after, &input, &cfg);
@@ -1293,7 +1379,7 @@ proptest! {
             }
         }
         let cfg = PredictiveConfig { max_moves, max_move_seconds: Some(budget), cooldown: 5, ..PredictiveConfig::default() };
-        let input = PredictiveInput { forecast: &fc, state_bytes: &state, last_moved: &last, now: 100 };
+        let input = PredictiveInput { forecast: &fc, state_bytes: &state, last_moved: &last, now: 100, error_shape: None };
         let moves = plan_predictive(&c, &input, &cfg);
         prop_assert!(moves.len() <= max_moves);
         let seconds: f64 = moves.iter().map(|m| m.terms["T_s"]).sum();
@@ -1560,10 +1646,11 @@ fn learned_gathers_the_overflow_on_the_10_function_sample() {
     // fill every node with four 250m apps, the two replicas of a third fit
     // nowhere. Tipping two nodes each (`requests`: 237.2 node-minutes) or
     // gathering the overflow on one (the oracle: 158.4, its planner
-    // counting its moves' copying). `learned` tips two nodes in most of
-    // those minutes (234.6) but leaves a third less CPU unserved than
-    // `requests` (10.8 core-minutes against 16.3). The bounds leave room
-    // for small changes, not for losing either.
+    // counting its moves' copying). `learned`, weighing its risks by how
+    // its forecasts have erred, gathers in most of those minutes (187.8)
+    // and leaves less CPU unserved than `requests` (12.4 core-minutes
+    // against 16.3). The bounds leave room for small changes, not for
+    // losing either.
     let c = comparison(10);
     let (req, learned, oracle) = (
         result(c, SimPolicy::Requests),
@@ -1571,12 +1658,12 @@ fn learned_gathers_the_overflow_on_the_10_function_sample() {
         result(c, SimPolicy::Oracle),
     );
     assert!(
-        learned.overload_minutes < req.overload_minutes,
+        learned.overload_minutes < 0.85 * req.overload_minutes,
         "{}",
         render_table(c)
     );
     assert!(
-        learned.unserved_cpu < 0.75 * req.unserved_cpu,
+        learned.unserved_cpu < 0.85 * req.unserved_cpu,
         "{}",
         render_table(c)
     );

@@ -86,6 +86,57 @@ pub struct PredictiveInput<'a> {
     pub last_moved: &'a BTreeMap<String, u64>,
     /// The current time.
     pub now: u64,
+    /// How the forecasts' errors at node level have been distributed
+    /// (see [`ErrorShape`]); `None`: normal.
+    pub error_shape: Option<&'a ErrorShape>,
+}
+
+/// The distribution of past node-level forecast errors, each divided by the
+/// standard deviation the forecast gave its node: the planner reads a
+/// node's chance of overload and expected unserved CPU from it instead of
+/// from the normal, so that a forecast whose errors are mostly small but
+/// sometimes large (bursty functions) is weighed as it has erred.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ErrorShape {
+    /// Standardized errors, ascending.
+    sorted: Vec<f64>,
+    /// `above[i]`: the sum of `sorted[i..]`.
+    above: Vec<f64>,
+}
+
+impl ErrorShape {
+    /// From standardized errors (actual minus expected, over the forecast's
+    /// standard deviation); non-finite ones are dropped.
+    pub fn new(errors: impl IntoIterator<Item = f64>) -> Self {
+        let mut sorted: Vec<f64> = errors.into_iter().filter(|z| z.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let mut above = vec![0.0; sorted.len() + 1];
+        for i in (0..sorted.len()).rev() {
+            above[i] = above[i + 1] + sorted[i];
+        }
+        ErrorShape { sorted, above }
+    }
+
+    /// Errors it holds.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Whether it holds no error.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// `P(Z > k)` and `E[(Z - k)⁺]` over the errors.
+    fn tail(&self, k: f64) -> (f64, f64) {
+        let n = self.sorted.len();
+        if n == 0 {
+            return (0.0, 0.0);
+        }
+        let i = self.sorted.partition_point(|&z| z <= k);
+        let count = (n - i) as f64;
+        (count / n as f64, (self.above[i] - k * count) / n as f64)
+    }
 }
 
 /// `Q(k) = P(Z > k)` for a standard normal `Z` (erfc by Chebyshev fit,
@@ -111,7 +162,14 @@ fn normal_tail(k: f64) -> f64 {
 /// `var` against `capacity`: `weight · P(overload) + E[unserved]`, in
 /// millicores. Memory over capacity counts as certain overload with the
 /// whole node unserved.
-fn node_cost(mean: f64, var: f64, capacity: f64, weight: f64, memory_over: bool) -> f64 {
+fn node_cost(
+    mean: f64,
+    var: f64,
+    capacity: f64,
+    weight: f64,
+    memory_over: bool,
+    shape: Option<&ErrorShape>,
+) -> f64 {
     if memory_over {
         return weight + capacity + mean.max(0.0);
     }
@@ -121,6 +179,10 @@ fn node_cost(mean: f64, var: f64, capacity: f64, weight: f64, memory_over: bool)
     }
     let sd = var.sqrt();
     let k = gap / sd;
+    if let Some(shape) = shape.filter(|s| !s.is_empty()) {
+        let (tail, excess) = shape.tail(k);
+        return weight * tail + sd * excess;
+    }
     if k > 8.0 {
         // P(overload) below 1e-15.
         return 0.0;
@@ -193,6 +255,7 @@ struct Plan<'a> {
     on: Vec<Vec<usize>>,
     seconds: f64,
     moves: Vec<Move>,
+    shape: Option<&'a ErrorShape>,
 }
 
 impl<'a> Plan<'a> {
@@ -298,6 +361,7 @@ impl<'a> Plan<'a> {
             on,
             seconds: 0.0,
             moves: Vec::new(),
+            shape: input.error_shape,
         }
     }
 
@@ -352,6 +416,7 @@ impl<'a> Plan<'a> {
             n.capacity,
             self.weight(i),
             mem > n.memory_capacity as i128,
+            self.shape,
         )
     }
 
@@ -594,7 +659,11 @@ impl<'a> Plan<'a> {
 /// expected demands as mean; apps' errors are taken as independent, except
 /// that replicas of one group (which share its load) err together, so the
 /// variance is the sum over groups of the square of their standard
-/// deviations summed. With exact forecasts it is the demand itself. A node costs `overload_weight × capacity × P(overload)` plus its
+/// deviations summed. With exact forecasts it is the demand itself. Given
+/// an [`ErrorShape`] (`input.error_shape`), a node's demand is instead its
+/// mean plus its standard deviation times an error drawn from that shape,
+/// so that forecasts that have erred by bursts are weighed as they erred.
+/// A node costs `overload_weight × capacity × P(overload)` plus its
 /// expected unserved CPU. A move's copying loads both its nodes for the
 /// interval (a core for the move's T), and the plan counts that load as the
 /// simulator charges it. Step by step, the planner takes the step off a
@@ -660,6 +729,17 @@ pub fn expected_cost(
 ) -> f64 {
     let plan = Plan::new(cluster, input, cfg);
     (0..plan.nodes.len()).map(|i| plan.cost(i)).sum()
+}
+
+/// Each node's expected CPU demand and its variance as [`plan_predictive`]
+/// reckons them from `input`'s forecasts, in the cluster's node order.
+pub fn node_forecasts(
+    cluster: &Cluster,
+    input: &PredictiveInput<'_>,
+    cfg: &PredictiveConfig,
+) -> Vec<(f64, f64)> {
+    let plan = Plan::new(cluster, input, cfg);
+    plan.nodes.iter().map(|n| (n.mean, n.var)).collect()
 }
 
 /// Whether the cluster needs more nodes, by the forecast: what an operator

@@ -59,8 +59,12 @@
 //!   gathered on few nodes). The forecast of a minute is the CPU of the
 //!   invocations already running (known: they started before it) plus the
 //!   predictor's forecast of the work that starts in it; its spread is at
-//!   least the root mean square of its errors over the last hour. An app
-//!   whose forecast fits no node is placed by its requests.
+//!   least the root mean square of its errors over the last hour. Once it
+//!   has 100 of them, the planner weighs each node's chance of overload and
+//!   unserved CPU by the policy's own past errors at node level (the last
+//!   240 minutes, each over the spread the node was given:
+//!   [`crate::ErrorShape`]) instead of by the normal. An app whose
+//!   forecast fits no node is placed by its requests.
 //! - `oracle` is `learned` told the exact demand of the next minute (no
 //!   spread): it bounds what any predictor can buy this policy.
 //! - `observed` (on request) is `learned` fed the usage of the minute

@@ -1,13 +1,14 @@
 //! The replay: one policy, one seed, minute by minute; then the means and
 //! ranges over seeds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::cluster::{Cluster, Resources};
 use crate::cost::LatencyTable;
 use crate::placement::{place, PlacementContext};
 use crate::rebalance::predictive::{
-    capacity_advice, plan_predictive, AppForecast, PredictiveConfig, PredictiveInput,
+    capacity_advice, node_forecasts, plan_predictive, AppForecast, ErrorShape, PredictiveConfig,
+    PredictiveInput,
 };
 use crate::rebalance::{plan_rebalance, Move, RebalanceConfig, RebalanceInput};
 
@@ -16,6 +17,14 @@ use super::{
     CapacityCheck, Comparison, Gain, PolicyResult, PolicyRun, Ranges, RuleAudit, Rules, SimConfig,
     SimPolicy, SimSetup,
 };
+
+/// Minutes of node-level forecast errors a planning policy weighs its
+/// risks by (each minute gives one error per node with a spread).
+const SHAPE_MINUTES: usize = 240;
+
+/// Errors a planning policy needs before it weighs its risks by them
+/// instead of by the normal.
+const SHAPE_MIN_ERRORS: usize = 100;
 
 pub(crate) fn compare(data: &TraceData, policies: &[SimPolicy], config: &SimConfig) -> Comparison {
     let fleet = Fleet::new(data, config);
@@ -243,6 +252,13 @@ fn run_policy(
     };
     let (mut util_sum, mut lat_sum, mut lat_n) = (0.0, 0.0, 0u64);
     let (mut est_err, mut est_n) = (0.0, 0u64);
+    // A planning policy's past errors at node level, each over the spread
+    // it gave the node (known once the minute has landed).
+    let mut errors: VecDeque<f64> = VecDeque::new();
+    let plans = matches!(
+        policy,
+        SimPolicy::Learned | SimPolicy::Oracle | SimPolicy::Observed
+    );
     for t in data.history..data.minutes {
         let beliefs: Vec<AppForecast> = (0..specs.len()).map(|ri| forecast(ri, t)).collect();
 
@@ -306,11 +322,14 @@ fn run_policy(
                     check.false_alarms += u64::from(alert && !short);
                     check.max_extra_nodes = check.max_extra_nodes.max(advice.extra_nodes);
                 }
+                let shape = (errors.len() >= SHAPE_MIN_ERRORS)
+                    .then(|| ErrorShape::new(errors.iter().copied()));
                 let input = PredictiveInput {
                     forecast: &fc,
                     state_bytes: &state_bytes,
                     last_moved: &last_moved,
                     now: t as u64,
+                    error_shape: shape.as_ref(),
                 };
                 plan_predictive(&cluster, &input, &predictive)
             }
@@ -344,6 +363,22 @@ fn run_policy(
         res.audit.max_move_seconds_in_a_minute =
             res.audit.max_move_seconds_in_a_minute.max(seconds);
 
+        // What a planning policy expects of each node after its moves.
+        let expected = plans.then(|| {
+            let fc: BTreeMap<String, AppForecast> = cluster
+                .apps
+                .keys()
+                .map(|a| (a.clone(), beliefs[index[a.as_str()]]))
+                .collect();
+            let input = PredictiveInput {
+                forecast: &fc,
+                state_bytes: &state_bytes,
+                last_moved: &last_moved,
+                now: t as u64,
+                error_shape: None,
+            };
+            node_forecasts(&cluster, &input, &predictive)
+        });
         // The minute's real demand.
         let mut used_cap = 0.0;
         let mut served = 0.0;
@@ -366,6 +401,14 @@ fn run_policy(
                 continue;
             }
             est_err += (believed - (cpu - overhead[i])).abs();
+            if let Some((mean, var)) = expected.as_ref().map(|e| e[i]) {
+                if var > 1e-6 {
+                    errors.push_back((cpu - overhead[i] - mean) / var.sqrt());
+                    if errors.len() > SHAPE_MINUTES * n_nodes {
+                        errors.pop_front();
+                    }
+                }
+            }
             est_n += 1;
             used += 1;
             used_cap += cap;

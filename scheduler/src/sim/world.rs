@@ -13,7 +13,7 @@ use super::SimConfig;
 
 const GIB: u64 = 1 << 30;
 
-/// Minutes of past forecast errors that bound a forecast's spread from below.
+/// Minutes of past forecast errors a forecast's spread is taken from.
 const ERROR_WINDOW: usize = 60;
 
 fn rms(errors: &VecDeque<f64>) -> f64 {
@@ -21,6 +21,17 @@ fn rms(errors: &VecDeque<f64>) -> f64 {
         0.0
     } else {
         (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt()
+    }
+}
+
+/// A forecast's spread from the model's `model_sd` and its `recent` errors:
+/// their geometric mean (each at least a millicore), or the model's alone
+/// before any error is known.
+fn spread(model_sd: f64, recent: &VecDeque<f64>) -> f64 {
+    if recent.is_empty() {
+        model_sd
+    } else {
+        (model_sd.max(1.0) * rms(recent).max(1.0)).sqrt()
     }
 }
 
@@ -75,8 +86,12 @@ impl TraceData {
                 let d = f.avg_duration_ms / 60_000.0;
                 // Share of a minute's started work that lands in that minute.
                 let first = if d > 0.0 { w[0] / d } else { 1.0 };
-                // The spread is at least the root mean square of the
-                // forecast's last errors (in millicores, known by then).
+                // The spread: the geometric mean of the model's and of the
+                // root mean square of the forecast's last errors (in
+                // millicores, known by then), two estimates of how far
+                // this function's forecast errs of which neither
+                // dominates; the planner scales them by how its nodes'
+                // forecasts have erred (`ErrorShape`).
                 let mut recent: VecDeque<f64> = VecDeque::new();
                 let mut out = Vec::with_capacity(minutes - history);
                 for t in history..minutes {
@@ -87,7 +102,7 @@ impl TraceData {
                     let fc = Forecast {
                         median: running + first * s.median,
                         mean: running + first * s.mean,
-                        std_dev: (first * s.std_dev).max(rms(&recent)),
+                        std_dev: spread(first * s.std_dev, &recent),
                         upper: running + first * s.upper,
                     };
                     push_error(&mut recent, demand[fi][t] - fc.mean);
