@@ -254,6 +254,9 @@ fn copy_pages(
         }
         k += src.len();
     }
+    if let Some(h) = image_hash {
+        h.fence();
+    }
     assert_eq!(k, dst.len(), "every byte of the image is written");
 }
 

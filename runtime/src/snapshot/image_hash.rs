@@ -96,6 +96,8 @@ pub(crate) struct Fused {
     /// A piece that was not whole blocks came: `acc` is no longer xxh3's
     /// state, and the image must be hashed again from its bytes.
     spoilt: bool,
+    /// Non-temporal stores were issued since the last [`ImageHash::fence`].
+    streamed: bool,
 }
 
 impl ImageHash {
@@ -108,6 +110,7 @@ impl ImageHash {
                 held: None,
                 len: 0,
                 spoilt: false,
+                streamed: false,
             });
         }
         Self::portable()
@@ -120,7 +123,8 @@ impl ImageHash {
 
     /// Copies `src` into `dst` (of the same length) and hashes it.
     /// `stream`: write with non-temporal stores, past the cache (for large
-    /// images, which would not stay in it).
+    /// images, which would not stay in it); call [`ImageHash::fence`] after
+    /// the last copy, before the buffer is handed to anyone.
     pub(crate) fn copy(&mut self, src: &[u8], dst: &mut [MaybeUninit<u8>], stream: bool) {
         assert_eq!(src.len(), dst.len(), "a copy between pieces of one length");
         match self {
@@ -130,6 +134,7 @@ impl ImageHash {
                 // (which the allocator gives every large buffer).
                 let dst_ptr: *mut u8 = dst.as_mut_ptr().cast();
                 let stream = stream && (dst_ptr as usize).is_multiple_of(16);
+                f.streamed |= stream;
                 // SAFETY: `Fused` is only made where AVX2 was detected;
                 // `src` and `dst` are `src.len()` bytes each (checked
                 // above), `dst` is borrowed exclusively so they cannot
@@ -155,6 +160,22 @@ impl ImageHash {
                     };
                     self.update(s);
                 }
+            }
+        }
+    }
+
+    /// Orders the non-temporal stores of the copies so far before every
+    /// later store (they are weakly ordered: without it another thread
+    /// handed the buffer could read stale bytes). Once per image, not per
+    /// copy: a fence per page of a sparse memory would cost more than the
+    /// stores save.
+    pub(crate) fn fence(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if let ImageHash::Fused(f) = self {
+            if std::mem::take(&mut f.streamed) {
+                // SAFETY: `sfence` has no preconditions (SSE, which every
+                // x86_64 CPU has).
+                unsafe { std::arch::x86_64::_mm_sfence() };
             }
         }
     }
@@ -322,11 +343,6 @@ impl Fused {
                 }
                 at += BLOCK;
             }
-            if STREAM {
-                // Non-temporal stores are weakly ordered: make them visible
-                // before anything else reads the buffer.
-                _mm_sfence();
-            }
             _mm256_storeu_si256(self.acc.as_mut_ptr().cast(), a0);
             _mm256_storeu_si256(self.acc.as_mut_ptr().add(4).cast(), a1);
             if let Some((h0, h1)) = held {
@@ -373,6 +389,7 @@ mod tests {
             h.copy(&data[at..end], &mut out[at..end], stream);
             at = end;
         }
+        h.fence();
         // SAFETY: every byte of `out` was written by the copies above.
         let copied = out.iter().map(|b| unsafe { b.assume_init() }).collect();
         (h.digest(), copied)
