@@ -2,18 +2,20 @@
 //! 4096-aligned so that raw ones can be mapped copy-on-write.
 //!
 //! The capture is on the critical path (the app is paused), so the raw path
-//! reads every stored page once: each chunk is copied into the image and
-//! fed to the image's hash while it is still in cache (format 1 also kept
-//! an xxh3-64 per page; format 2 does not: see `mod.rs`). A large image
-//! buffer asks the kernel
+//! reads every stored page once: each run is copied into the image and fed
+//! to the image's hash in the same pass (`image_hash.rs`: from the same
+//! registers where the CPU has AVX2; chunk by chunk, while in cache,
+//! elsewhere). Format 1 also kept an xxh3-64 per page; format 2 does not
+//! (see `mod.rs`). A large image buffer asks the kernel
 //! for huge pages, since filling fresh memory costs more in page faults
 //! (~1.4 µs per 4 KiB page) than in copying. (Splitting the copy over two
-//! threads was measured too: no gain on 2 shared cores once faults are cheap.)
+//! threads was measured too: no gain on 2 shared cores once faults are
+//! cheap; nor did hashing on the second core while the first copied.)
 
 use std::mem::MaybeUninit;
 
+use super::image_hash::{image_hash, ImageHash};
 use super::{Encoding, MemoryState, Run};
-use xxhash_rust::xxh3::Xxh3;
 
 /// The granularity of memory capture, dirty tracking and copy-on-write restore.
 pub const PAGE_SIZE: usize = 4096;
@@ -23,8 +25,10 @@ pub const PAGE_SIZE: usize = 4096;
 /// tiny runs (and thousands of mappings on a copy-on-write restore).
 const MAX_GAP_PAGES: u64 = 4;
 
-/// Pages copied before they are hashed (small enough to stay in L1/L2).
-const CHUNK_PAGES: usize = 8;
+/// Images at least this large are written with non-temporal stores: they
+/// would not stay in cache (L2 is 1 MiB a core here), and a store that
+/// does not first read the line it writes saves a third of the traffic.
+const STREAM_MIN_BYTES: usize = 8 << 20;
 
 /// Image buffers at least this large are backed by huge pages if the kernel
 /// allows it (`MADV_HUGEPAGE`): ~3× fewer page-fault cycles per byte.
@@ -96,7 +100,7 @@ pub fn capture_memory(
 pub(crate) struct ImageWriter {
     pub(crate) out: Vec<u8>,
     lead: usize,
-    hasher: Option<Xxh3>,
+    hasher: Option<ImageHash>,
     /// Bytes that will follow the image (the body), reserved up front so
     /// that appending them never moves the image.
     pub(crate) tail: usize,
@@ -111,7 +115,7 @@ impl ImageWriter {
         ImageWriter {
             out: vec![0; lead],
             lead,
-            hasher: hash.then(Xxh3::new),
+            hasher: hash.then(ImageHash::new),
             tail: 0,
             pooled: false,
         }
@@ -124,10 +128,10 @@ impl ImageWriter {
 
     /// The buffer and the xxh3-128 of the image in it.
     pub(crate) fn finish(self) -> (Vec<u8>, u128) {
-        let hash = self.hasher.map_or_else(
-            || xxhash_rust::xxh3::xxh3_128(&self.out[self.lead..]),
-            |h| h.digest128(),
-        );
+        let hash = self
+            .hasher
+            .and_then(|h| h.digest())
+            .unwrap_or_else(|| image_hash(&self.out[self.lead..]));
         (self.out, hash)
     }
 
@@ -212,6 +216,7 @@ impl ImageWriter {
             spans,
             &mut self.out.spare_capacity_mut()[..total],
             self.hasher.as_mut(),
+            total >= STREAM_MIN_BYTES,
         );
         // SAFETY: `copy_pages` wrote every one of the `total` bytes: the
         // spans hold exactly `stored` pages and it copied each of them.
@@ -221,42 +226,38 @@ impl ImageWriter {
 }
 
 /// Copies the spans' pages back to back into `dst`. With `image_hash`,
-/// also feeds the copied bytes to it, in order, while they are in cache.
+/// also feeds the copied bytes to it, in order, in the same pass.
+/// `stream`: write past the cache (see [`STREAM_MIN_BYTES`]).
 fn copy_pages(
     mem: &[u8],
     spans: &[(u64, u64)],
     dst: &mut [MaybeUninit<u8>],
-    mut image_hash: Option<&mut Xxh3>,
+    mut image_hash: Option<&mut ImageHash>,
+    stream: bool,
 ) {
-    let mut k = 0usize; // pages written so far
+    let mut k = 0usize; // bytes written so far
     for &(first, end) in spans {
-        let mut p = first as usize;
-        while p < end as usize {
-            let n = CHUNK_PAGES.min(end as usize - p);
-            let src = &mem[p * PAGE_SIZE..(p + n) * PAGE_SIZE];
-            let out = &mut dst[k * PAGE_SIZE..(k + n) * PAGE_SIZE];
-            // SAFETY: `out` and `src` are both `n` pages long (the slicing
+        let src = &mem[first as usize * PAGE_SIZE..end as usize * PAGE_SIZE];
+        let out = &mut dst[k..k + src.len()];
+        match image_hash.as_deref_mut() {
+            Some(h) => h.copy(src, out, stream),
+            // SAFETY: `out` and `src` are the same length (the slicing
             // above checked it) and cannot overlap: `out` is spare capacity
             // of a buffer the caller owns.
-            unsafe {
+            None => unsafe {
                 std::ptr::copy_nonoverlapping(
                     src.as_ptr(),
                     out.as_mut_ptr().cast::<u8>(),
                     src.len(),
                 )
-            };
-            if let Some(ih) = image_hash.as_deref_mut() {
-                ih.update(src);
-            }
-            k += n;
-            p += n;
+            },
         }
+        k += src.len();
     }
-    assert_eq!(
-        k * PAGE_SIZE,
-        dst.len(),
-        "every byte of the image is written"
-    );
+    if let Some(h) = image_hash {
+        h.fence();
+    }
+    assert_eq!(k, dst.len(), "every byte of the image is written");
 }
 
 /// Stores each run LZ4-compressed where that saves a quarter, raw otherwise
@@ -396,6 +397,34 @@ mod tests {
             check(&memory(pages, seed), None);
         }
         check(&vec![0u8; 64 * PAGE_SIZE], None);
+    }
+
+    /// The writer's image hash (copied and hashed in one pass, past the
+    /// cache above `STREAM_MIN_BYTES`) is the xxh3-128 of the image it wrote.
+    #[test]
+    fn image_hash_is_the_xxh3_128_of_the_image() {
+        let small = memory(300, 6);
+        let large = memory(STREAM_MIN_BYTES / PAGE_SIZE * 2 + 5, 7);
+        for mems in [vec![&small], vec![&large], vec![&small, &large, &small]] {
+            for compress in [false, true] {
+                let mut w = ImageWriter::new(4096, true);
+                let mut want_image = Vec::new();
+                for mem in &mems {
+                    w.capture(0, mem, None, compress);
+                    want_image.extend(reference(mem, None, compress).0);
+                }
+                let (out, hash) = w.finish();
+                assert!(
+                    out[4096..] == want_image[..],
+                    "compress {compress}: images differ"
+                );
+                assert_eq!(
+                    hash,
+                    xxhash_rust::xxh3::xxh3_128(&want_image),
+                    "compress {compress}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod auth;
 mod commit;
 mod delta;
 mod image;
+mod image_hash;
 mod postcopy;
 mod record;
 mod validate;
@@ -55,10 +56,11 @@ pub use postcopy::{PageRequest, PostcopyFrame, RemotePages, MAX_REQUEST_PAGES};
 pub use record::{decode_record, encode_record};
 use validate::validate_body;
 
+use image_hash::image_hash;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// sha256 of some bytes: how a snapshot names its module (the module's
 /// original bytes), and the key of the engine's module cache.
@@ -489,7 +491,7 @@ impl Snapshot {
             .map_err(|e| SnapshotError::corrupt(format!("body does not decode: {e}")))?;
         let image = &bytes[IMAGE_OFFSET as usize..image_end as usize];
         validate_body(&body, image_len, version)?;
-        if verify_image && xxh3_128(image) != body.image_hash {
+        if verify_image && image_hash(image) != body.image_hash {
             return Err(SnapshotError::Checksum {
                 what: "memory image",
             });
@@ -586,7 +588,7 @@ impl Snapshot {
 
     /// Checks the image hash and every page hash against the stored bytes.
     pub fn verify_image(&self) -> Result<(), SnapshotError> {
-        if xxh3_128(self.image()) != self.body.image_hash {
+        if image_hash(self.image()) != self.body.image_hash {
             return Err(SnapshotError::Checksum {
                 what: "memory image",
             });
