@@ -662,15 +662,30 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
         "--json",
     ]));
     json(&tern(&["invoke", "counter", "add", "41", "--json"]));
+    let added = std::time::SystemTime::now();
     // Wait for a checkpoint of that state to reach the control plane (nodes
-    // take one every 10 s), then kill the node the app runs on.
+    // take one every 10 s; one taken before the call, on a loaded machine,
+    // does not count), then kill the node the app runs on.
     let checkpoint = dir
         .path()
         .join("control")
         .join("checkpoints")
         .join("counter.snap");
-    wait_for(40, "a checkpoint of counter", || {
-        checkpoint.exists().then_some(())
+    let taken_ms = wait_for(40, "a checkpoint of counter taken after the call", || {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&tern(&["ps", "--json"]).stdout).ok()?;
+        let app = doc.as_array()?.iter().find(|a| a["name"] == "counter")?;
+        let taken = app["checkpoint"]["unix_ms"].as_u64()?;
+        let after = added
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as u64;
+        (taken > after).then_some(taken)
+    });
+    let taken = std::time::UNIX_EPOCH + std::time::Duration::from_millis(taken_ms);
+    wait_for(40, "that checkpoint at the control plane", || {
+        let written = std::fs::metadata(&checkpoint).ok()?.modified().ok()?;
+        (written >= taken).then_some(())
     });
     drop(first);
     let doc = wait_for(60, "counter to run on the second node", || {
