@@ -140,6 +140,11 @@ impl Auth {
         lock(&self.outgoing).remove(app);
     }
 
+    /// Whether a move of `app` from here is under way.
+    pub(crate) fn is_moving_out(&self, app: &str) -> bool {
+        lock(&self.outgoing).contains_key(app)
+    }
+
     /// Whether `app` is being moved from here to `to`.
     pub(crate) fn is_target_of(&self, to: &str, app: &str) -> bool {
         lock(&self.outgoing).get(app).is_some_and(|t| t == to)

@@ -12,7 +12,9 @@ use serde::Serialize;
 use tern_api::server::{
     self, error, json, query_param, read_body, read_json, segments, unauthorized, Body,
 };
-use tern_api::types::{InvokeRequest, MigrateRequest, MigrationExpect, MigrationOpen, StartApp};
+use tern_api::types::{
+    AppState, InvokeRequest, MigrateRequest, MigrationExpect, MigrationOpen, StartApp,
+};
 
 use crate::auth::Caller;
 use crate::error::{NodeError, Result};
@@ -160,7 +162,17 @@ async fn api(
         }
         (Method::GET, ["v1", "apps"]) => json(StatusCode::OK, &node.heartbeat().apps),
         (Method::GET, ["v1", "apps", name]) => {
-            ok(StatusCode::OK, node.local_or_404(name).map(|h| h.status()))
+            // While a move of the app is under way here it says so, from
+            // the move's start (a control plane that lost the move's answer
+            // waits for its end: `control::ops::migrate`).
+            let status = node.local_or_404(name).map(|h| {
+                let mut st = h.status();
+                if node.auth.is_moving_out(name) && st.state == AppState::Running {
+                    st.state = AppState::Migrating;
+                }
+                st
+            });
+            ok(StatusCode::OK, status)
         }
         (Method::POST, ["v1", "apps", name, "invoke"]) => {
             let inv: InvokeRequest = read_json(req.into_body()).await?;

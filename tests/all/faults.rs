@@ -1,8 +1,9 @@
 //! Faults during live migration, between real nodes in this process over
 //! real HTTP on loopback: a target that dies in the middle of a move (during
 //! the first copy, during the rounds, at the stop-and-copy), a page chunk
-//! damaged on the wire, a big app written to hard while it moves hot, and
-//! the token on the node-to-node endpoints.
+//! damaged on the wire, a big app written to hard while it moves hot, the
+//! token on the node-to-node endpoints, and a move whose answer to the
+//! control plane is lost.
 //!
 //! The faults come from the relay of `crate::relay`, put between the source
 //! and the target (the source is told `to_url` = the relay).
@@ -542,4 +543,118 @@ async fn the_migration_endpoints_require_the_token() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
+}
+
+/// The link between the control plane and a move's source is cut after the
+/// source took the request: the move goes on without its caller and
+/// completes. The control plane, whose answer never came, finds out from
+/// the target and records the app there (before, it kept the app on the
+/// source, which no longer reported it, and restarted it from its
+/// checkpoint over the copy that had moved: `tern soak` lost writes so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_whose_answer_is_lost_is_found_where_it_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, _stop) = crate::nodes::start_control(dir.path(), |c| {
+        c.rebalance_interval = Duration::from_secs(3600)
+    })
+    .await;
+    // n1, the source, is known to the cluster by the relay's address.
+    let bound = TestNode::bind().await;
+    let relay = Relay::start(
+        &bound.url,
+        "n1",
+        Fault::LoseAnswerAt {
+            suffix: "/v1/apps/counter/migrate",
+        },
+        None,
+    )
+    .await;
+    let relay_url = relay.url.clone();
+    let cu = control.clone();
+    let n1 = TestNode::start_on(bound, "n1", move |c| {
+        c.control_url = Some(cu);
+        c.advertise_url = Some(relay_url);
+    });
+    let cu = control.clone();
+    let n2 = TestNode::start_with("n2", move |c| c.control_url = Some(cu)).await;
+    let c = client();
+    let t0 = std::time::Instant::now();
+    while c
+        .get_json::<Vec<serde_json::Value>>(&format!("{control}/v1/nodes"))
+        .await
+        .map_or(true, |v| v.len() < 2)
+    {
+        assert!(t0.elapsed() < DEADLINE, "the nodes never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let _: serde_json::Value = c
+        .post_json(
+            &format!("{control}/v1/apps"),
+            &serde_json::json!({"name": "counter", "module_sha256": sha, "node": "n1"}),
+        )
+        .await
+        .unwrap();
+    let add = |url: String| {
+        let c = c.clone();
+        async move {
+            let r: InvokeResponse = c
+                .post_json(
+                    &format!("{url}/v1/apps/counter/invoke"),
+                    &InvokeRequest {
+                        export: "add".into(),
+                        args: vec!["5".into()],
+                    },
+                )
+                .await
+                .unwrap();
+            (r.results[0].as_i64().unwrap(), r.node)
+        }
+    };
+    assert_eq!(add(n1.url.clone()).await, (5, "n1".to_string()));
+
+    let report: MigrationReport = c
+        .post_json(
+            &format!("{control}/v1/apps/counter/migrate"),
+            &serde_json::json!({"to": "n2", "mode": "hot"}),
+        )
+        .await
+        .expect("the move happened: the control plane finds it on the target");
+    assert!(
+        relay
+            .exchanges()
+            .iter()
+            .any(|e| e.path.ends_with("/migrate")),
+        "the source took the request: {:?}",
+        relay.exchanges()
+    );
+    assert_eq!(
+        (report.to.as_str(), report.generation),
+        ("n2", 2),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("answer was lost")),
+        "{report:?}"
+    );
+    let app: serde_json::Value = c
+        .get_json(&format!("{control}/v1/apps/counter"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (app["node"].as_str(), app["generation"].as_u64()),
+        (Some("n2"), Some(2)),
+        "{app}"
+    );
+    // It keeps its state there (the table places it where it runs, so no
+    // heartbeat calls it lost).
+    assert_eq!(add(n2.url.clone()).await, (10, "n2".to_string()));
+    drop(n1);
 }

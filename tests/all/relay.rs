@@ -38,6 +38,10 @@ pub enum Fault {
     /// Hold the first request whose path ends with `suffix` until
     /// [`Relay::release`]; [`Relay::wait_held`] returns once it is held.
     HoldAt { suffix: &'static str },
+    /// Forward the first request whose path ends with `suffix`, and drop
+    /// the connection instead of passing its answer back (a link cut after
+    /// the peer acted).
+    LoseAnswerAt { suffix: &'static str },
 }
 
 /// One request the relay saw, and the status the target answered.
@@ -243,6 +247,11 @@ async fn relay_connection(
         };
         ex.status = Some(status_code(&resp.head)?);
         st.seen.lock().unwrap().push(ex);
+        if let Fault::LoseAnswerAt { suffix } = st.fault {
+            if path.ends_with(suffix) && !st.fired.swap(true, Ordering::SeqCst) {
+                return Ok(());
+            }
+        }
         down.write_all(&resp.head).await?;
         down.write_all(&resp.body).await?;
     }

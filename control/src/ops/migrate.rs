@@ -4,11 +4,19 @@
 
 use std::sync::Arc;
 
-use tern_api::types::{MigrateRequest, MigrationExpect, MigrationReport, Mode};
+use std::time::Duration;
+
+use tern_api::types::{
+    AppState, AppStatus, MigrateRequest, MigrationExpect, MigrationReport, Mode,
+};
 
 use super::{idle_app, Result};
 use crate::error::ApiError;
 use crate::state::{now_ms, BusyGuard, InFlight, Shared};
+
+/// How long a move whose source never answered is looked into before it
+/// counts as failed (see [`settle_lost_answer`]).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// `POST /v1/apps/NAME/migrate`, and every move the rebalancer plans.
 pub async fn migrate(
@@ -80,6 +88,9 @@ pub async fn migrate_with(
         (app, from, target, generation, guard)
     };
 
+    // Set when the source took the request but its answer never came (a
+    // cut link): the move may have happened all the same.
+    let mut answer_lost = false;
     let result = async {
         sh.ensure_module(&target, &app.module_sha256).await?;
         // The target accepts this move only from this source, at this
@@ -107,9 +118,28 @@ pub async fn migrate_with(
         sh.long_client
             .post_json::<_, MigrationReport>(&from.url(&format!("/v1/apps/{name}/migrate")), &req)
             .await
-            .map_err(|e| from.err(e))
+            .map_err(|e| {
+                answer_lost = e.is_unreachable() && !e.never_delivered();
+                from.err(e)
+            })
     }
     .await;
+    let result = match result {
+        Err(e) if answer_lost => {
+            match settle_lost_answer(sh, name, &from, &target, generation).await {
+                Some(mut report) => {
+                    report.mode = mode.to_string();
+                    report.started_unix_ms = now;
+                    report.note = Some(format!(
+                        "the source's answer was lost ({e}); the target runs the app at generation {generation}"
+                    ));
+                    Ok(report)
+                }
+                None => Err(e),
+            }
+        }
+        r => r,
+    };
     sh.metrics
         .moved(&mode.to_string(), result.as_ref().map_err(|_| ()));
 
@@ -168,4 +198,45 @@ pub async fn migrate_with(
             Err(e)
         }
     }
+}
+
+/// A move whose source never answered (the link to it was cut while it
+/// worked) may have happened all the same: the source carries a move on
+/// after its caller is gone. Until one of them says how it ended (at most
+/// [`SETTLE_WAIT`]), asks the target whether it runs the app at the move's
+/// generation, and the source whether it still does at an older one. A
+/// report when the target took over. Without this the table kept the app
+/// on the source, which no longer reported it, and restarted it from its
+/// checkpoint over the copy that had moved, rolling back what it did
+/// since (found by `tern soak`).
+async fn settle_lost_answer(
+    sh: &Arc<Shared>,
+    name: &str,
+    from: &super::NodeRef,
+    target: &super::NodeRef,
+    generation: u64,
+) -> Option<MigrationReport> {
+    let give_up = tokio::time::Instant::now() + SETTLE_WAIT;
+    let path = format!("/v1/apps/{name}");
+    let client = sh.client.clone().with_timeout(Duration::from_secs(2));
+    while tokio::time::Instant::now() < give_up {
+        if let Ok(st) = client.get_json::<AppStatus>(&target.url(&path)).await {
+            if st.generation >= generation {
+                return Some(MigrationReport {
+                    app: name.to_string(),
+                    from: from.name.clone(),
+                    to: target.name.clone(),
+                    generation: st.generation,
+                    ..Default::default()
+                });
+            }
+        }
+        if let Ok(st) = client.get_json::<AppStatus>(&from.url(&path)).await {
+            if st.generation < generation && st.state != AppState::Migrating {
+                return None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
