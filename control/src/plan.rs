@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tern_scheduler::{
-    capacity_advice, plan_predictive, plan_rebalance, AppForecast, CapacityAdvice, Cluster, Move,
-    MoveReason, PredictiveConfig, PredictiveInput, RebalanceConfig, RebalanceInput,
+    capacity_advice, node_forecasts, plan_predictive, plan_rebalance, AppForecast, CapacityAdvice,
+    Cluster, ErrorShape, Move, MoveReason, PredictiveConfig, PredictiveInput, RebalanceConfig,
+    RebalanceInput, Resources, ERROR_SHAPE_MIN, ERROR_SHAPE_PERIODS,
 };
 
 use crate::state::State;
@@ -78,17 +79,63 @@ pub fn forecasts(st: &State, cluster: &Cluster) -> BTreeMap<String, AppForecast>
     out
 }
 
+/// The node-level errors of the last plan, as the simulator keeps them:
+/// for each node the plan expected something of (`expect`: mean and
+/// variance of its CPU) and that still holds apps, the CPU its apps used
+/// since (`usage`), less the mean, over the standard deviation.
+pub fn node_errors(
+    expect: &BTreeMap<String, (f64, f64)>,
+    cluster: &Cluster,
+    usage: &std::collections::HashMap<String, Resources>,
+) -> Vec<f64> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.apps.is_empty())
+        .filter_map(|n| {
+            let &(mean, var) = expect.get(&n.name)?;
+            let used: f64 = n
+                .apps
+                .iter()
+                .filter_map(|a| usage.get(a))
+                .map(|u| u.cpu_milli as f64)
+                .sum();
+            (var > 1e-6).then(|| (used - mean) / var.sqrt())
+        })
+        .collect()
+}
+
+/// Adds a plan's node-level errors to those kept (the last
+/// [`ERROR_SHAPE_PERIODS`] periods of `nodes` nodes), and the shape they
+/// give once there are [`ERROR_SHAPE_MIN`].
+pub fn error_shape(
+    kept: &mut std::collections::VecDeque<f64>,
+    new: Vec<f64>,
+    nodes: usize,
+) -> Option<ErrorShape> {
+    kept.extend(new);
+    let keep = ERROR_SHAPE_PERIODS * nodes.max(1);
+    while kept.len() > keep {
+        kept.pop_front();
+    }
+    (kept.len() >= ERROR_SHAPE_MIN).then(|| ErrorShape::new(kept.iter().copied()))
+}
+
 /// The `learned` policy's moves: apps on draining nodes first (the reactive
 /// rebalancer's first step), then `plan_predictive` on the cluster they
-/// leave, with what is left of the interval's budget. `input` and `rules`
-/// are the reactive rebalancer's (its demand: the forecasts' means).
+/// leave, with what is left of the interval's budget, its risks weighed by
+/// `shape` (its past node-level errors) when there is one, as in the
+/// simulator; and what it expects of each node once they are made.
+/// `input` and `rules` are the reactive rebalancer's (its demand: the
+/// forecasts' means).
 pub fn learned(
     config: &ControlConfig,
     cluster: &Cluster,
     forecast: &BTreeMap<String, AppForecast>,
     input: &RebalanceInput<'_>,
     rules: &RebalanceConfig,
-) -> Vec<Move> {
+    shape: Option<&ErrorShape>,
+) -> (Vec<Move>, BTreeMap<String, (f64, f64)>) {
     let drains: Vec<Move> = if cluster.nodes.iter().any(|n| n.draining) {
         plan_rebalance(cluster, input, rules)
             .into_iter()
@@ -119,11 +166,21 @@ pub fn learned(
         state_bytes: input.state_bytes,
         last_moved: &last_moved,
         now: input.now,
-        error_shape: None,
+        error_shape: shape,
     };
+    let planned = plan_predictive(&after, &predictive, &cfg);
+    for m in &planned {
+        let _ = after.move_app(&m.app, &m.to);
+    }
+    let expect = after
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .zip(node_forecasts(&after, &predictive, &cfg))
+        .collect();
     let mut moves = drains;
-    moves.extend(plan_predictive(&after, &predictive, &cfg));
-    moves
+    moves.extend(planned);
+    (moves, expect)
 }
 
 /// Why the `learned` policy makes a move, for the migration's record and
@@ -260,7 +317,8 @@ mod tests {
             cooldown: 300,
             ..RebalanceConfig::default()
         };
-        learned(&config, &cluster(), &forecast, &input, &rules)
+        learned(&config, &cluster(), &forecast, &input, &rules, None)
+            .0
             .into_iter()
             .map(|m| (m.app, m.to, m.reason.to_string()))
             .collect()
@@ -288,6 +346,58 @@ mod tests {
         assert_eq!(plan(2, &[("wave", 990)]), [drain]);
     }
 
+    /// The live planner keeps its node-level errors as the simulator does:
+    /// what each node used against what the last plan expected of it, over
+    /// its spread; and weighs its risks by them once there are enough.
+    #[test]
+    fn the_live_planner_learns_the_shape_of_its_errors() {
+        let config = ControlConfig::new("unused", "token");
+        let forecast = forecast();
+        let demand = BTreeMap::new();
+        let input = RebalanceInput {
+            demand: &demand,
+            state_bytes: &BTreeMap::new(),
+            last_moved: &BTreeMap::new(),
+            now: 0,
+        };
+        let rules = RebalanceConfig::default();
+        let (moves, expect) = learned(&config, &cluster(), &forecast, &input, &rules, None);
+        // After its moves, every app is on `big`: it expects their sum there.
+        assert!(moves.iter().all(|m| m.to == "big"), "{moves:?}");
+        let (mean, var) = expect["big"];
+        assert!(
+            (mean - 910.0).abs() < 1e-6 && (var - 10_000.0).abs() < 1e-6,
+            "{expect:?}"
+        );
+        let mut after = cluster();
+        for m in &moves {
+            after.move_app(&m.app, &m.to).unwrap();
+        }
+        // `big` then used 1,110m: two standard deviations over.
+        let usage = std::collections::HashMap::from([
+            ("leaving".to_string(), Resources::new(10, 0)),
+            ("wave".to_string(), Resources::new(1100, 0)),
+        ]);
+        let errors = node_errors(&expect, &after, &usage);
+        assert_eq!(errors, [2.0]);
+        // No shape before ERROR_SHAPE_MIN errors; one after, and the kept
+        // errors are bounded by the periods times the nodes.
+        let mut kept = std::collections::VecDeque::new();
+        for _ in 1..ERROR_SHAPE_MIN {
+            assert!(error_shape(&mut kept, errors.clone(), 1).is_none());
+        }
+        let shape = error_shape(&mut kept, errors.clone(), 1).expect("enough errors");
+        assert_eq!(shape.len(), ERROR_SHAPE_MIN);
+        for _ in 0..2 * ERROR_SHAPE_PERIODS {
+            error_shape(&mut kept, vec![0.0, 1.0], 2);
+        }
+        assert_eq!(kept.len(), 2 * ERROR_SHAPE_PERIODS);
+        // Given it, the planner plans (here the same moves: `big` has room
+        // whatever the tail).
+        let (with_shape, _) = learned(&config, &cluster(), &forecast, &input, &rules, Some(&shape));
+        assert_eq!(with_shape.len(), moves.len());
+    }
+
     #[test]
     fn a_move_on_the_forecast_says_what_was_forecast() {
         let config = ControlConfig::new("unused", "token");
@@ -307,7 +417,9 @@ mod tests {
                 &forecast,
                 &input,
                 &RebalanceConfig::default(),
+                None,
             )
+            .0
         };
         let why: Vec<String> = moves
             .iter()

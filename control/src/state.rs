@@ -125,6 +125,12 @@ pub struct State {
     pub demand: HashMap<String, VecDeque<DemandPoint>>,
     /// The capacity the forecast asks for, as of the last rebalance.
     pub capacity: Option<crate::plan::Capacity>,
+    /// What the `learned` policy's last plan expected of each node's CPU
+    /// for the next period (mean, variance, millicores).
+    pub node_expect: BTreeMap<String, (f64, f64)>,
+    /// Its node-level errors since, standardized (`plan::node_errors`),
+    /// the last [`tern_scheduler::ERROR_SHAPE_PERIODS`] periods' worth.
+    pub node_errors: VecDeque<f64>,
 }
 
 /// Demand points kept per app for the dashboard.

@@ -167,7 +167,13 @@ pub async fn rebalance(sh: &Arc<Shared>) {
             now: now_s,
         };
         if learned {
-            plan::learned(&sh.cfg, &cluster, &forecast, &input, &cfg)
+            // Its last plan's node-level errors, as the simulator keeps them.
+            let errors = plan::node_errors(&st.node_expect, &cluster, &st.usage);
+            let shape = plan::error_shape(&mut st.node_errors, errors, cluster.nodes.len());
+            let (moves, expect) =
+                plan::learned(&sh.cfg, &cluster, &forecast, &input, &cfg, shape.as_ref());
+            st.node_expect = expect;
+            moves
                 .into_iter()
                 .map(|m| {
                     let why = plan::reason(&sh.cfg, st, &m, &forecast);

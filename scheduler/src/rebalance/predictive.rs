@@ -91,6 +91,14 @@ pub struct PredictiveInput<'a> {
     pub error_shape: Option<&'a ErrorShape>,
 }
 
+/// Sample periods of node-level forecast errors a planner weighs its risks
+/// by (each period gives one error per node with a spread).
+pub const ERROR_SHAPE_PERIODS: usize = 240;
+
+/// Errors a planner needs before it weighs its risks by them instead of by
+/// the normal.
+pub const ERROR_SHAPE_MIN: usize = 100;
+
 /// The distribution of past node-level forecast errors, each divided by the
 /// standard deviation the forecast gave its node: the planner reads a
 /// node's chance of overload and expected unserved CPU from it instead of

@@ -19,12 +19,10 @@ use super::{
 };
 
 /// Minutes of node-level forecast errors a planning policy weighs its
-/// risks by (each minute gives one error per node with a spread).
-const SHAPE_MINUTES: usize = 240;
-
-/// Errors a planning policy needs before it weighs its risks by them
-/// instead of by the normal.
-const SHAPE_MIN_ERRORS: usize = 100;
+/// risks by, and how many it needs first (the live control plane's too).
+use crate::rebalance::predictive::{
+    ERROR_SHAPE_MIN as SHAPE_MIN_ERRORS, ERROR_SHAPE_PERIODS as SHAPE_MINUTES,
+};
 
 pub(crate) fn compare(data: &TraceData, policies: &[SimPolicy], config: &SimConfig) -> Comparison {
     let fleet = Fleet::new(data, config);
