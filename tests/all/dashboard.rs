@@ -51,15 +51,7 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
 
     let c = client();
     // The deploy names node-1: it must have registered first.
-    let t0 = std::time::Instant::now();
-    while c
-        .get_json::<Vec<Value>>(&format!("{control}/v1/nodes"))
-        .await
-        .map_or(true, |v| v.len() < 2)
-    {
-        assert!(t0.elapsed() < WAIT, "the nodes never registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::nodes::wait_for_nodes(&c, &control, 2).await;
     let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
     let sha = hex::encode(tern_runtime::sha256(&bytes));
     c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))

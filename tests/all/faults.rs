@@ -578,27 +578,9 @@ async fn a_move_whose_answer_is_lost_is_found_where_it_went() {
     let cu = control.clone();
     let n2 = TestNode::start_with("n2", move |c| c.control_url = Some(cu)).await;
     let c = client();
-    let t0 = std::time::Instant::now();
-    while c
-        .get_json::<Vec<serde_json::Value>>(&format!("{control}/v1/nodes"))
-        .await
-        .map_or(true, |v| v.len() < 2)
-    {
-        assert!(t0.elapsed() < DEADLINE, "the nodes never registered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
-    let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
-        .await
-        .unwrap();
-    let _: serde_json::Value = c
-        .post_json(
-            &format!("{control}/v1/apps"),
-            &serde_json::json!({"name": "counter", "module_sha256": sha, "node": "n1"}),
-        )
-        .await
-        .unwrap();
+    crate::nodes::wait_for_nodes(&c, &control, 2).await;
+    let (counter, none) = (tern_artifacts::COUNTER, serde_json::json!({}));
+    crate::nodes::deploy_through(&c, &control, counter, "counter", "n1", none).await;
     let add = |url: String| {
         let c = c.clone();
         async move {

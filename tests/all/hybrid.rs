@@ -10,7 +10,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use tern_api::types::MigrationReport;
 
-use crate::nodes::{client, expect, start_control, TestNode};
+use crate::nodes::{client, deploy_through, expect, start_control, wait_for_nodes, TestNode};
 use crate::relay::{Fault, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -168,27 +168,17 @@ async fn a_checkpoint_taken_while_a_hybrid_move_opens_does_not_fail_it() {
     }
     let (n1, n2) = (&nodes[0], &nodes[1]);
     let c = client();
-    let t0 = Instant::now();
-    while c
-        .get_json::<Vec<Value>>(&format!("{control}/v1/nodes"))
-        .await
-        .map_or(true, |v| v.len() < 2)
-    {
-        assert!(t0.elapsed() < Duration::from_secs(20), "nodes register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
-    let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
-        .await
-        .unwrap();
-    let _: Value = c
-        .post_json(
-            &format!("{control}/v1/apps"),
-            &json!({"name": "counter", "module_sha256": sha, "node": "n1", "restart": "never"}),
-        )
-        .await
-        .unwrap();
+    wait_for_nodes(&c, &control, 2).await;
+    let never = json!({"restart": "never"});
+    deploy_through(
+        &c,
+        &control,
+        tern_artifacts::COUNTER,
+        "counter",
+        "n1",
+        never,
+    )
+    .await;
     let add = |url: String, n: i64| {
         let c = c.clone();
         async move {

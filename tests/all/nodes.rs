@@ -111,6 +111,48 @@ pub async fn expect(c: &Client, to_url: &str, from: &str, app: &str, generation:
         .unwrap();
 }
 
+/// Waits (at most a minute) until `n` nodes have registered with the
+/// control plane at `control`.
+pub async fn wait_for_nodes(c: &Client, control: &str, n: usize) {
+    let t0 = std::time::Instant::now();
+    while c
+        .get_json::<Vec<serde_json::Value>>(&format!("{control}/v1/nodes"))
+        .await
+        .map_or(true, |v| v.len() < n)
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{n} nodes never registered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Uploads a module to the control plane at `control` and deploys it as
+/// `name` on `node`, with the given deploy fields besides.
+pub async fn deploy_through(
+    c: &Client,
+    control: &str,
+    path: &str,
+    name: &str,
+    node: &str,
+    extra: serde_json::Value,
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let mut req = serde_json::json!({"name": name, "module_sha256": sha, "node": node});
+    if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    let _: serde_json::Value = c
+        .post_json(&format!("{control}/v1/apps"), &req)
+        .await
+        .unwrap();
+}
+
 /// Uploads a module to a node and starts it as `name`.
 pub async fn deploy(c: &Client, node: &TestNode, path: &str, name: &str) {
     let bytes = std::fs::read(path).unwrap();
