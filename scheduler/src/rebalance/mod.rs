@@ -14,6 +14,7 @@
 //! expected unserved CPU and, when the cluster cannot hold the forecast,
 //! gathers the overflow on as few nodes as it can.
 
+pub mod error_shape;
 pub mod predictive;
 
 use std::collections::{BTreeMap, HashMap};
