@@ -98,6 +98,10 @@ impl Incoming {
     /// are held, not acknowledged, until it answers again or is given up.
     fn doubt(&self, node: &Node, app: &str, generation: u64, why: &str) {
         let _g = lock(&self.given_up);
+        // Every page is in: the app no longer depends on the source.
+        if self.pager.is_finished() && self.pager.failure().is_none() {
+            return;
+        }
         if let Some(h) = node
             .local(app)
             .filter(|h| h.spec().generation == generation)

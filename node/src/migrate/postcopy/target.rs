@@ -187,11 +187,12 @@ async fn fetch_loop(
                 }
                 Err(e) if e.status().is_some() => break Err(e.to_string()),
                 Err(e) => {
-                    incoming.doubt(&node, &s.app, s.spec.generation, &e.to_string());
-                    if pager.failure().is_some() {
-                        // The watch gave the source up meanwhile.
+                    if pager.is_finished() {
+                        // The pushes brought every page meanwhile, or the
+                        // watch gave the source up.
                         return;
                     }
+                    incoming.doubt(&node, &s.app, s.spec.generation, &e.to_string());
                     if lock(&incoming.last_progress).elapsed() > STALL {
                         break Err(format!("{e} (and no page for {} s)", STALL.as_secs()));
                     }
