@@ -48,6 +48,8 @@ async fn an_overloaded_node_is_relieved_by_hot_migrations() {
     .await;
 
     let c = client();
+    // The deploys name the small node: it must have registered first.
+    crate::nodes::wait_for_nodes(&c, &control, 2).await;
     let bytes = std::fs::read(tern_artifacts::LIFE).unwrap();
     let sha = hex::encode(tern_runtime::sha256(&bytes));
     c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
