@@ -6,23 +6,11 @@
 //! moves` the move-limit table (1, 2, 6 and 60 moves a minute).
 
 use tern_scheduler::sim::{prepare, run};
-use tern_scheduler::{parse_azure, SimConfig, SimPolicy, Trace};
+use tern_scheduler::{SimConfig, SimPolicy};
 
-fn sample(n: &str) -> Trace {
-    let (inv, dur, mem) = match n {
-        "10" => (
-            include_str!("../testdata/azure-functions-2019/10_invocations.csv"),
-            include_str!("../testdata/azure-functions-2019/10_durations.csv"),
-            include_str!("../testdata/azure-functions-2019/10_memory.csv"),
-        ),
-        _ => (
-            include_str!("../testdata/azure-functions-2019/100_invocations.csv"),
-            include_str!("../testdata/azure-functions-2019/100_durations.csv"),
-            include_str!("../testdata/azure-functions-2019/100_memory.csv"),
-        ),
-    };
-    parse_azure(inv, dur, mem).expect("shipped trace parses")
-}
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::sample;
 
 fn main() {
     let seed = std::env::args()

@@ -4,27 +4,13 @@
 //! tables; `... --example sweep -- svg 100` prints the 100-function sample's
 //! plot (overload and unserved CPU against utilisation) instead.
 
-use tern_scheduler::{
-    parse_azure, plot_sweep_svg, render_sweep, sweep, SimConfig, SimPolicy, Trace,
-};
+use tern_scheduler::{plot_sweep_svg, render_sweep, sweep, SimConfig, SimPolicy};
 
 const FILLS: [f64; 6] = [0.6, 0.7, 0.8, 0.85, 0.9, 0.95];
 
-fn sample(n: &str) -> Trace {
-    let (inv, dur, mem) = match n {
-        "10" => (
-            include_str!("../testdata/azure-functions-2019/10_invocations.csv"),
-            include_str!("../testdata/azure-functions-2019/10_durations.csv"),
-            include_str!("../testdata/azure-functions-2019/10_memory.csv"),
-        ),
-        _ => (
-            include_str!("../testdata/azure-functions-2019/100_invocations.csv"),
-            include_str!("../testdata/azure-functions-2019/100_durations.csv"),
-            include_str!("../testdata/azure-functions-2019/100_memory.csv"),
-        ),
-    };
-    parse_azure(inv, dur, mem).expect("shipped trace parses")
-}
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::sample;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
