@@ -449,6 +449,9 @@ impl TernMemory {
     }
 }
 
+/// A dropped memory's pages are freed this many bytes at a time.
+const RELEASE_PIECE: usize = 8 << 20;
+
 impl Drop for TernMemory {
     fn drop(&mut self) {
         if let Some(account) = &self.account {
@@ -458,6 +461,18 @@ impl Drop for TernMemory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(self.base as usize));
+        // The pages go first, a piece at a time: `MADV_DONTNEED` frees them
+        // under the process's memory-map lock taken for reading, while a
+        // `munmap` of resident pages holds it for writing as long as it
+        // takes to free them (milliseconds for tens of MiB), and every
+        // page fault of every other app of the node would wait for it.
+        // The `munmap` then only drops an empty mapping.
+        for at in (0..self.size).step_by(RELEASE_PIECE) {
+            let len = RELEASE_PIECE.min(self.size - at);
+            // SAFETY: we own this whole mapping; its pages are no longer
+            // used by anyone (the memory is being dropped).
+            unsafe { libc::madvise(self.base.add(at).cast(), len, libc::MADV_DONTNEED) };
+        }
         // SAFETY: we own this whole mapping.
         unsafe { libc::munmap(self.base.cast(), self.mapping_len) };
         give_back_mappings(self.mapped_runs);
