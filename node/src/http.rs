@@ -309,24 +309,24 @@ async fn api(
                 &migrate::postcopy::receive_done(&node, app, generation),
             )
         }
-        (Method::POST, ["v1", "migrations", id, step @ ("base" | "pages" | "commit" | "cold")]) => {
-            // Page slices come one after the other: each goes into a buffer
-            // the one before left resident. The others are taken over whole.
-            let body = if *step == "pages" {
-                tern_api::server::read_body_recycled(req.into_body(), tern_api::MAX_BLOB_BODY)
-                    .await?
-            } else {
-                read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?
-            };
+        (Method::POST, ["v1", "migrations", id, "pages"]) => {
+            // Page slices are written into the arriving copy's memory as
+            // their bytes come, with no buffer in between.
+            let (node, id) = (node.clone(), id.to_string());
+            ok(
+                StatusCode::OK,
+                migrate::receive_pages(node, id, req.into_body())
+                    .await
+                    .map(|()| empty),
+            )
+        }
+        (Method::POST, ["v1", "migrations", id, step @ ("base" | "commit" | "cold")]) => {
+            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
             let (node, id) = (node.clone(), id.to_string());
             match *step {
                 "base" => ok(
                     StatusCode::OK,
                     migrate::receive_base(node, id, body).await.map(|()| empty),
-                ),
-                "pages" => ok(
-                    StatusCode::OK,
-                    migrate::receive_pages(node, id, body).await.map(|()| empty),
                 ),
                 // On a task of its own, like the source's side: a source
                 // that goes away must not cancel a restore half done.

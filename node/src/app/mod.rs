@@ -63,8 +63,8 @@ pub(crate) enum Cmd {
         memory: u32,
         first: u64,
         end: u64,
-        /// The slice encoded as a page chunk, and its page count.
-        reply: oneshot::Sender<Result<(Vec<u8>, u64)>>,
+        /// The slice's non-zero pages, encoded.
+        reply: oneshot::Sender<Result<tern_runtime::snapshot::EncodedSlice>>,
     },
     /// Pause: hold new calls, run the snapshot hook, capture the last pages
     /// and the state (or, for cold, a whole snapshot).

@@ -492,10 +492,11 @@ impl Move {
             if c.pages.is_empty() && chunks.len() > 1 {
                 continue;
             }
-            let body = c.encode();
+            let slice = tern_runtime::snapshot::encode_chunk(c);
+            self.pages_sent += slice.pages;
+            let body = slice_body(slice);
             self.bytes_sent += body.len() as u64;
-            self.pages_sent += c.pages.len() as u64;
-            self.post(&url, tern_api::server::recycled(body))
+            self.post(&url, body)
                 .await
                 .map_err(|e| NodeError::peer("sending pages", e))?;
         }
@@ -519,7 +520,7 @@ impl Move {
         let mut in_flight: VecDeque<Send> = VecDeque::new();
         let outcome = async {
             for &(memory, first, end) in &slices {
-                let (body, n) = self
+                let slice = self
                     .handle
                     .ask(move |reply| Cmd::PrecopySlice {
                         memory,
@@ -528,6 +529,7 @@ impl Move {
                         reply,
                     })
                     .await??;
+                let n = slice.pages;
                 // All-zero slices are skipped, but the first of each memory
                 // always goes, so the target learns every memory's size.
                 if n == 0 && first != 0 {
@@ -542,9 +544,10 @@ impl Move {
                 }
                 let (client, url) = (self.peer.clone(), url.clone());
                 in_flight.push_back(tokio::spawn(async move {
+                    let body = slice_body(slice);
                     let len = body.len() as u64;
                     client
-                        .post_bytes(&url, tern_api::server::recycled(body))
+                        .post_bytes(&url, body)
                         .await
                         .map_err(|e| NodeError::peer("sending pages", e))?;
                     Ok((len, n))
@@ -581,6 +584,12 @@ async fn took_over(peer: &Client, url: &str, app: &str, generation: u64) -> bool
         }
     }
     false
+}
+
+/// An encoded page slice as a request body, without copying it; its buffer
+/// goes back to the pool once sent.
+fn slice_body(slice: tern_runtime::snapshot::EncodedSlice) -> Bytes {
+    tern_api::server::recycled(slice.buf).slice(slice.start..)
 }
 
 /// A snapshot's encoded bytes as a request body, without copying them.

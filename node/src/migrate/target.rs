@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper::body::Incoming;
 use tern_api::types::{
     IncomingMigration, MigrationAck, MigrationOpen, MigrationOpened, Mode, StartApp,
 };
 use tern_runtime::engine::LoadedModule;
 use tern_runtime::instance::Instance;
-use tern_runtime::snapshot::{CommitFrame, PageChunkRef, Snapshot};
+use tern_runtime::snapshot::{CommitFrame, PageStream, Snapshot};
 use tern_runtime::wasi::LogBuffer;
 
 use super::restore_options;
@@ -247,20 +248,41 @@ pub(crate) async fn receive_base(node: Arc<Node>, id: String, body: Bytes) -> Re
     Ok(())
 }
 
-/// A slice of the first copy, or a round of pages.
-pub(crate) async fn receive_pages(node: Arc<Node>, id: String, body: Bytes) -> Result<()> {
+/// A slice of the first copy, or a round of pages, written into the
+/// arriving copy's memory as its bytes come (`PageStream`). A slice that
+/// fails its checks or is cut short has written some of its pages: the
+/// copy is discarded, and the move can only fail.
+pub(crate) async fn receive_pages(node: Arc<Node>, id: String, mut body: Incoming) -> Result<()> {
+    use http_body_util::BodyExt as _;
     let s = session(&node, &id)?;
-    tokio::task::spawn_blocking(move || {
-        let chunk = PageChunkRef::decode(&body)
-            .map_err(|e| NodeError::bad_request(format!("page chunk rejected: {e}")))?;
-        let mut g = lock(&s.inst);
-        let inst = g
-            .as_mut()
-            .ok_or_else(|| NodeError::conflict("pages before the first copy"))?;
-        inst.apply_chunk_ref(&chunk)
-            .map_err(|e| NodeError::bad_request(e.to_string()))
-    })
-    .await?
+    let mut stream = PageStream::new(tern_api::MAX_BLOB_BODY as u64);
+    let outcome = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| NodeError::bad_request(format!("cannot read the pages: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let mut g = lock(&s.inst);
+            let inst = g.as_mut().ok_or_else(|| {
+                NodeError::conflict(
+                    "no copy to write pages into (none arrived yet, or an earlier slice was rejected)",
+                )
+            })?;
+            inst.receive_slice(&mut stream, &data)
+                .map_err(|e| NodeError::bad_request(format!("page slice rejected: {e}")))?;
+        }
+        stream
+            .finish()
+            .map_err(|e| NodeError::bad_request(format!("page slice rejected: {e}")))
+    }
+    .await;
+    if outcome.is_err() {
+        if let Some(spoilt) = lock(&s.inst).take() {
+            release(spoilt);
+        }
+    }
+    outcome.map(|_| ())
 }
 
 /// Stop-and-copy (hot, hybrid) or the whole snapshot (cold): every part is

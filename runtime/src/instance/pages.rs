@@ -68,29 +68,32 @@ impl Instance {
     }
 
     /// The pages of `[first, end)` of a memory that are not all zero (a
-    /// range past the memory's end is cut short), encoded as a page chunk
-    /// straight from the memory; and how many pages it holds.
+    /// range past the memory's end is cut short), encoded as a page slice
+    /// straight from the memory (see [`crate::snapshot::PageStream`]).
     pub fn encode_nonzero_pages(
         &mut self,
         memory: u32,
         first: u64,
         end: u64,
-    ) -> Result<(Vec<u8>, u64)> {
+    ) -> Result<crate::snapshot::EncodedSlice> {
         let m = self.memory_by_index(memory)?;
-        let data = m.data(&self.store);
-        let end = end.min((data.len() / PAGE_SIZE) as u64);
-        let pages: Vec<u64> = (first..end)
-            .filter(|&p| {
-                !crate::snapshot::is_zero_page(
-                    &data[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE],
-                )
-            })
-            .collect();
-        let n = pages.len() as u64;
-        Ok((
-            crate::snapshot::PageChunk::encode_from(memory, data, &pages),
-            n,
+        Ok(crate::snapshot::encode_nonzero(
+            memory,
+            m.data(&self.store),
+            first,
+            end,
         ))
+    }
+
+    /// Writes the next bytes of a page slice into this instance's memory
+    /// (see [`crate::snapshot::PageStream`]: the instance must not run
+    /// until the stream's `finish` says the slice checked out).
+    pub fn receive_slice(
+        &mut self,
+        stream: &mut crate::snapshot::PageStream,
+        bytes: &[u8],
+    ) -> std::result::Result<(), crate::snapshot::SnapshotError> {
+        stream.feed(bytes, &mut Sink(self))
     }
 
     /// Every page of a memory whose content differs from a checkpoint's,
@@ -199,5 +202,29 @@ impl Instance {
             .filter(|&e| e <= data.len())
             .ok_or_else(|| Error::Other("read outside memory".into()))?;
         Ok(data[start..end].to_vec())
+    }
+}
+
+/// An instance's memories as a page slice's destination.
+struct Sink<'a>(&'a mut Instance);
+
+impl crate::snapshot::PageSink for Sink<'_> {
+    fn prepare(&mut self, memory: u32, byte_size: u64) -> std::result::Result<(), String> {
+        let inst = &mut *self.0;
+        let m = inst.memory_by_index(memory).map_err(|e| e.to_string())?;
+        let cur = m.data_size(&inst.store) as u64;
+        if byte_size > cur {
+            m.grow(&mut inst.store, (byte_size - cur).div_ceil(WASM_PAGE))
+                .map_err(|e| format!("cannot grow memory {memory} to {byte_size} bytes: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn memory(&mut self, memory: u32) -> &mut [u8] {
+        let inst = &mut *self.0;
+        match inst.memory_by_index(memory) {
+            Ok(m) => m.data_mut(&mut inst.store),
+            Err(_) => &mut [],
+        }
     }
 }

@@ -46,6 +46,7 @@ mod image;
 mod image_hash;
 mod postcopy;
 mod record;
+mod stream;
 mod validate;
 
 pub use commit::{CommitFrame, MAX_COMMIT_CHUNKS};
@@ -54,6 +55,7 @@ pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
 pub use postcopy::{PageRequest, PostcopyFrame, RemotePages, MAX_REQUEST_PAGES};
 pub use record::{decode_record, encode_record};
+pub use stream::{encode_chunk, encode_nonzero, EncodedSlice, PageSink, PageStream};
 use validate::validate_body;
 
 use image_hash::image_hash;
