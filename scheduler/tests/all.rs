@@ -1355,7 +1355,7 @@ fn arb_forecast_cluster() -> impl Strategy<Value = (Vec<NodeState>, Vec<ArbApp>)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, rng_seed: proptest::test_runner::RngSeed::Fixed(4), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, rng_seed: proptest::test_runner::RngSeed::Fixed(4), ..ProptestConfig::default() })]
 
     #[test]
     fn predictive_rebalancer_keeps_its_limits_and_lowers_the_cost(
@@ -1517,17 +1517,25 @@ fn unserved_cpu_is_the_demand_beyond_capacity() {
 }
 
 /// Four functions on two nodes of 1000m: `A` always needs 600m; in each
-/// 10-minute phase one of `B`, `C`, `D` needs 600m and the other two 300m.
-/// No fixed placement fits every phase (whatever shares `A`'s node
-/// overloads it in its phase, and without a partner `B + C + D` = 1200m
-/// overloads the other), but one swap before each phase fits it.
+/// 10-minute phase of the replayed hour one of `B`, `C`, `D` needs 600m and
+/// the other two 300m. No fixed placement fits every phase (whatever shares
+/// `A`'s node overloads it in its phase, and without a partner `B + C + D`
+/// = 1200m overloads the other), but one swap before each phase fits it.
+/// In the history hour `B`, `C` and `D` need 200m each, so their declared
+/// requests leave a node room for one more while a swap is under way (the
+/// rules never let a node hold more requests than its capacity, not even
+/// between the two moves of a swap).
 fn rotating_trace() -> Trace {
     let minutes = 120;
     let per_min = |milli: u64| milli * 60 / 60; // 60 ms calls: n calls = n millicores
     let a = vec![per_min(600); minutes];
     let phase = |who: usize| -> Vec<u64> {
         (0..minutes)
-            .map(|m| per_min(if (m / 10) % 3 == who { 600 } else { 300 }))
+            .map(|m| match m {
+                0..60 => per_min(200),
+                _ if (m / 10) % 3 == who => per_min(600),
+                _ => per_min(300),
+            })
             .collect()
     };
     toy_trace(vec![
@@ -1645,12 +1653,13 @@ fn learned_gathers_the_overflow_on_the_10_function_sample() {
     // The default cluster (fill 0.8, seeds 1-5): when two busy functions
     // fill every node with four 250m apps, the two replicas of a third fit
     // nowhere. Tipping two nodes each (`requests`: 237.2 node-minutes) or
-    // gathering the overflow on one (the oracle: 158.4, its planner
-    // counting its moves' copying). `learned`, weighing its risks by how
-    // its forecasts have erred, gathers in most of those minutes (187.8)
-    // and leaves less CPU unserved than `requests` (12.4 core-minutes
-    // against 16.3). The bounds leave room for small changes, not for
-    // losing either.
+    // gathering the overflow on one (the oracle: 171.0, its planner
+    // counting its moves' copying, and swapping only where one of the two
+    // moves fits before the other leaves). `learned`, weighing its risks by
+    // how its forecasts have erred, gathers in most of those minutes
+    // (185.2) and leaves less CPU unserved than `requests` (13.2
+    // core-minutes against 16.3). The bounds leave room for small changes,
+    // not for losing either.
     let c = comparison(10);
     let (req, learned, oracle) = (
         result(c, SimPolicy::Requests),
@@ -1668,7 +1677,7 @@ fn learned_gathers_the_overflow_on_the_10_function_sample() {
         render_table(c)
     );
     assert!(
-        oracle.overload_minutes < 0.7 * req.overload_minutes,
+        oracle.overload_minutes < 0.75 * req.overload_minutes,
         "{}",
         render_table(c)
     );

@@ -471,6 +471,10 @@ impl<'a> Plan<'a> {
                             || !self.movable(b, app.seconds)
                             || !self.may_take(j, a, Some(b))
                             || !self.may_take(i, b, Some(a))
+                            // One of the two moves must fit before the
+                            // other leaves: a swap of two apps that each
+                            // need the other's room cannot be carried out.
+                            || !(self.may_take(j, a, None) || self.may_take(i, b, None))
                         {
                             continue;
                         }
@@ -655,10 +659,18 @@ pub fn plan_predictive(
                 plan.apply(app, to, reason);
             }
             Step::Swap { a, b } => {
+                // The move that fits before the other leaves goes first,
+                // so that no node holds more than it can at any point of
+                // the plan (`best_step` only offers swaps where one does).
                 let (i, j) = (plan.apps[a].node, plan.apps[b].node);
                 let reason = plan.reason(i);
-                plan.apply(a, j, reason);
-                plan.apply(b, i, MoveReason::Swap);
+                if plan.may_take(j, a, None) {
+                    plan.apply(a, j, reason);
+                    plan.apply(b, i, MoveReason::Swap);
+                } else {
+                    plan.apply(b, i, MoveReason::Swap);
+                    plan.apply(a, j, reason);
+                }
             }
             Step::Chain { a, to, b } => {
                 let (i, k) = (plan.apps[a].node, plan.apps[b].node);
