@@ -9,8 +9,16 @@
 //! once. Only calls surely not delivered are sent again, so none runs
 //! twice. Unknown apps are remembered as unknown for a moment, so a stream
 //! of requests for them does not become a stream of control-plane lookups.
+//!
+//! At most [`MAX_FORWARDS_PER_PEER`] calls are forwarded to one node at a
+//! time: a node whose calls hang (an app holding them) would otherwise
+//! collect a connection per waiting call, each kept until the request
+//! times out, until this node or the link to it had none left for anything
+//! else. Past the bound a call is answered at once with 503 and
+//! `Retry-After`, unsent.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +37,8 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// Routes (and unknown apps) remembered at most; past that the cache starts
 /// over (it is only a cache).
 const MAX_ROUTES: usize = 4096;
+/// Calls forwarded to one node at once, at most.
+pub(crate) const MAX_FORWARDS_PER_PEER: usize = 256;
 
 /// What the node knows of apps elsewhere.
 #[derive(Default)]
@@ -37,6 +47,33 @@ pub(crate) struct Routes {
     known: HashMap<String, String>,
     /// Apps the control plane did not know, and when it said so.
     unknown: HashMap<String, Instant>,
+    /// Node URL → the calls being forwarded there now.
+    in_flight: HashMap<String, Arc<tokio::sync::Semaphore>>,
+}
+
+impl Routes {
+    /// A slot for one more call forwarded to the node at `url`, unless
+    /// [`MAX_FORWARDS_PER_PEER`] are in flight there already.
+    pub(crate) fn forward_slot(&mut self, url: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !self.in_flight.contains_key(url) && self.in_flight.len() >= MAX_ROUTES {
+            // Only nodes with calls in flight need their count kept.
+            self.in_flight
+                .retain(|_, s| s.available_permits() < MAX_FORWARDS_PER_PEER);
+        }
+        self.in_flight
+            .entry(url.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_PER_PEER)))
+            .clone()
+            .try_acquire_owned()
+            .ok()
+    }
+}
+
+/// The answer to a call not forwarded because too many wait on its node.
+fn too_many(url: &str) -> String {
+    format!(
+        "{MAX_FORWARDS_PER_PEER} calls are already waiting on node {url}: try again in a moment\n"
+    )
 }
 
 /// The outcome of one attempt to deliver a request to a node's ingress.
@@ -169,6 +206,11 @@ impl Node {
         content_type: &str,
         body: Bytes,
     ) -> Attempt {
+        let Some(_slot) = lock(&self.routes).forward_slot(url) else {
+            let mut r = tern_sdk::Response::text(503, too_many(url));
+            r.headers.push(("retry-after".into(), "1".into()));
+            return Attempt::Answered(r);
+        };
         let target = format!("{url}{path}");
         match self
             .client
@@ -206,6 +248,9 @@ impl Node {
         app: &str,
         req: &InvokeRequest,
     ) -> Result<InvokeResponse> {
+        let Some(_slot) = lock(&self.routes).forward_slot(url) else {
+            return Err(NodeError::busy(too_many(url).trim_end()));
+        };
         self.client
             .post_json(&format!("{url}/v1/apps/{app}/invoke"), req)
             .await
@@ -248,4 +293,34 @@ pub(crate) fn unreachable(app: &str, why: &str) -> tern_sdk::Response {
 
 pub(crate) fn no_app(app: &str) -> tern_sdk::Response {
     tern_sdk::Response::text(404, format!("no app named {app}\n")).with_header(NO_APP_HEADER, "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_to_one_node_are_bounded_and_their_slots_come_back() {
+        let mut routes = Routes::default();
+        let held: Vec<_> = (0..MAX_FORWARDS_PER_PEER)
+            .map(|_| routes.forward_slot("https://a").expect("under the bound"))
+            .collect();
+        assert!(
+            routes.forward_slot("https://a").is_none(),
+            "one call past the bound"
+        );
+        // Another node has slots of its own.
+        let other = routes.forward_slot("https://b").expect("another node");
+        drop(held);
+        assert!(
+            routes.forward_slot("https://a").is_some(),
+            "slots come back"
+        );
+        drop(other);
+        // The map of nodes is bounded: idle nodes make way for new ones.
+        for i in 0..MAX_ROUTES + 10 {
+            let _slot = routes.forward_slot(&format!("https://n{i}")).unwrap();
+        }
+        assert!(routes.in_flight.len() <= MAX_ROUTES);
+    }
 }
