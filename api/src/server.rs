@@ -102,20 +102,11 @@ pub fn forbidden(message: impl Into<String>) -> Response<Body> {
 
 /// Reads a whole body of at most `limit` bytes.
 pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    read_body_into(body, limit, false).await
-}
-
-/// [`read_body`] into a buffer from [`tern_util::pool`], given back to it
-/// when the last reference to the answer drops: for large bodies that live
-/// briefly (a migration's page slices), so that each one does not fault
-/// in fresh memory. `Vec::from` on the answer copies: use [`read_body`]
-/// for a body taken over as a `Vec`.
-pub async fn read_body_recycled(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
-    read_body_into(body, limit, true).await
+    read_body_into(body, limit).await
 }
 
 /// A buffer as `Bytes` that goes back to [`tern_util::pool`] when the last
-/// reference to it drops (a request body sent, a received one applied).
+/// reference to it drops (a request body, once sent).
 pub fn recycled(buf: Vec<u8>) -> Bytes {
     struct Recycled(Vec<u8>);
     impl AsRef<[u8]> for Recycled {
@@ -131,11 +122,7 @@ pub fn recycled(buf: Vec<u8>) -> Bytes {
     Bytes::from_owner(Recycled(buf))
 }
 
-async fn read_body_into(
-    mut body: Incoming,
-    limit: usize,
-    pooled: bool,
-) -> Result<Bytes, Response<Body>> {
+async fn read_body_into(mut body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
     use hyper::body::Body as _;
     let too_large = || {
         error(
@@ -151,11 +138,7 @@ async fn read_body_into(
     if expected > limit as u64 {
         return Err(too_large());
     }
-    let mut buf: Vec<u8> = if pooled {
-        tern_util::pool::take(expected as usize)
-    } else {
-        Vec::with_capacity(expected as usize)
-    };
+    let mut buf: Vec<u8> = Vec::with_capacity(expected as usize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             error(
@@ -170,11 +153,7 @@ async fn read_body_into(
             buf.extend_from_slice(&data);
         }
     }
-    Ok(if pooled {
-        recycled(buf)
-    } else {
-        Bytes::from(buf)
-    })
+    Ok(Bytes::from(buf))
 }
 
 /// Reads and parses a JSON body.

@@ -1,6 +1,5 @@
 //! Recycled byte buffers for large, short-lived bodies (the page slices a
-//! migration sends and receives, the buffer a capture writes a snapshot
-//! into).
+//! migration sends, the buffer a capture writes a snapshot into).
 //!
 //! A fresh buffer of a few MiB costs a page fault per 4 KiB page on its
 //! first write (~1.4 µs each on the test machines, more than the copy into

@@ -148,11 +148,6 @@ impl Instance {
         self.apply_pages(chunk.memory, chunk.byte_size, &chunk.pages, &chunk.data)
     }
 
-    /// [`Instance::apply_chunk`] for a chunk decoded in place.
-    pub fn apply_chunk_ref(&mut self, chunk: &crate::snapshot::PageChunkRef<'_>) -> Result<()> {
-        self.apply_pages(chunk.memory, chunk.byte_size, &chunk.pages, chunk.data)
-    }
-
     fn apply_pages(
         &mut self,
         memory: u32,
