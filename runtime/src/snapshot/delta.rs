@@ -13,7 +13,85 @@ use super::{SnapshotError, PAGE_SIZE};
 
 const CHUNK_MAGIC: &[u8; 8] = b"TERNPAGE";
 const CHUNK_VERSION: u32 = 1;
-const CHUNK_HEADER: usize = 8 + 4 + 4 + 8 + 4;
+const CHUNK_HEADER: usize = PAGES_HEAD;
+
+/// The fixed head both page formats (chunks here, slices in `stream.rs`)
+/// start with: magic "TERNPAGE", version, memory index, memory byte size,
+/// page count.
+pub(super) const PAGES_HEAD: usize = 8 + 4 + 4 + 8 + 4;
+
+/// The fixed head of a page format's `version`.
+pub(super) fn pages_head(
+    version: u32,
+    memory: u32,
+    byte_size: u64,
+    count: usize,
+) -> [u8; PAGES_HEAD] {
+    let mut h = [0u8; PAGES_HEAD];
+    h[..8].copy_from_slice(CHUNK_MAGIC);
+    h[8..12].copy_from_slice(&version.to_le_bytes());
+    h[12..16].copy_from_slice(&memory.to_le_bytes());
+    h[16..24].copy_from_slice(&byte_size.to_le_bytes());
+    h[24..28].copy_from_slice(&(count as u32).to_le_bytes());
+    h
+}
+
+/// A fixed head read back: memory index, memory byte size, page count.
+pub(super) struct PagesHead {
+    pub memory: u32,
+    pub byte_size: u64,
+    pub count: usize,
+}
+
+/// Reads the fixed head at the start of `h` (at least [`PAGES_HEAD`]
+/// bytes) and checks its magic, its version and the memory's size; `what`
+/// names the format in errors.
+pub(super) fn read_pages_head(
+    h: &[u8],
+    version: u32,
+    what: &str,
+) -> Result<PagesHead, SnapshotError> {
+    if &h[..8] != CHUNK_MAGIC {
+        return Err(SnapshotError::corrupt(format!("not a {what}")));
+    }
+    let got = u32::from_le_bytes(h[8..12].try_into().unwrap());
+    if got != version {
+        return Err(SnapshotError::corrupt(format!(
+            "{what} version {got}, expected {version}"
+        )));
+    }
+    let byte_size = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    if byte_size > super::MAX_MEMORY_BYTES {
+        return Err(SnapshotError::corrupt(format!(
+            "{what} names a memory of {byte_size} bytes, more than a memory can hold"
+        )));
+    }
+    Ok(PagesHead {
+        memory: u32::from_le_bytes(h[12..16].try_into().unwrap()),
+        byte_size,
+        count: u32::from_le_bytes(h[24..28].try_into().unwrap()) as usize,
+    })
+}
+
+/// The page indices in `bytes` (8 each), checked ascending and inside a
+/// memory of `byte_size` bytes.
+pub(super) fn read_page_indices(
+    bytes: &[u8],
+    byte_size: u64,
+    what: &str,
+) -> Result<Vec<u64>, SnapshotError> {
+    let pages: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let max_page = byte_size / PAGE_SIZE as u64;
+    if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p >= max_page) {
+        return Err(SnapshotError::corrupt(format!(
+            "{what} indices are unsorted or outside the memory"
+        )));
+    }
+    Ok(pages)
+}
 
 /// Pages of one memory, as a migration sends them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,11 +110,12 @@ impl PageChunk {
     /// back there once sent).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = tern_util::pool::take(self.wire_len() as usize);
-        out.extend_from_slice(CHUNK_MAGIC);
-        out.extend_from_slice(&CHUNK_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.memory.to_le_bytes());
-        out.extend_from_slice(&self.byte_size.to_le_bytes());
-        out.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&pages_head(
+            CHUNK_VERSION,
+            self.memory,
+            self.byte_size,
+            self.pages.len(),
+        ));
         for p in &self.pages {
             out.extend_from_slice(&p.to_le_bytes());
         }
@@ -52,11 +131,12 @@ impl PageChunk {
     /// from [`tern_util::pool`] (give it back there once sent).
     pub fn encode_from(memory: u32, mem: &[u8], pages: &[u64]) -> Vec<u8> {
         let mut out = tern_util::pool::take(CHUNK_HEADER + pages.len() * (8 + PAGE_SIZE) + 8);
-        out.extend_from_slice(CHUNK_MAGIC);
-        out.extend_from_slice(&CHUNK_VERSION.to_le_bytes());
-        out.extend_from_slice(&memory.to_le_bytes());
-        out.extend_from_slice(&(mem.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+        out.extend_from_slice(&pages_head(
+            CHUNK_VERSION,
+            memory,
+            mem.len() as u64,
+            pages.len(),
+        ));
         for p in pages {
             out.extend_from_slice(&p.to_le_bytes());
         }
@@ -104,18 +184,11 @@ impl<'a> PageChunkRef<'a> {
                 found: bytes.len() as u64,
             });
         }
-        if &bytes[..8] != CHUNK_MAGIC {
-            return Err(SnapshotError::corrupt("not a page chunk"));
-        }
-        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-        if version != CHUNK_VERSION {
-            return Err(SnapshotError::corrupt(format!(
-                "page chunk version {version}, expected {CHUNK_VERSION}"
-            )));
-        }
-        let memory = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
-        let byte_size = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
-        let count = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+        let PagesHead {
+            memory,
+            byte_size,
+            count,
+        } = read_pages_head(bytes, CHUNK_VERSION, "page chunk")?;
         let expected = CHUNK_HEADER as u64 + count as u64 * (8 + PAGE_SIZE as u64) + 8;
         if bytes.len() as u64 != expected {
             return Err(if (bytes.len() as u64) < expected {
@@ -133,21 +206,7 @@ impl<'a> PageChunkRef<'a> {
             return Err(SnapshotError::Checksum { what: "page chunk" });
         }
         let idx_end = CHUNK_HEADER + count * 8;
-        let pages: Vec<u64> = bytes[CHUNK_HEADER..idx_end]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        if byte_size > super::MAX_MEMORY_BYTES {
-            return Err(SnapshotError::corrupt(format!(
-                "page chunk names a memory of {byte_size} bytes, more than a memory can hold"
-            )));
-        }
-        let max_page = byte_size / PAGE_SIZE as u64;
-        if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p >= max_page) {
-            return Err(SnapshotError::corrupt(
-                "page chunk indices are unsorted or outside the memory",
-            ));
-        }
+        let pages = read_page_indices(&bytes[CHUNK_HEADER..idx_end], byte_size, "page chunk")?;
         Ok(PageChunkRef {
             memory,
             byte_size,

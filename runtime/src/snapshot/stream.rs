@@ -26,13 +26,13 @@ use std::mem::MaybeUninit;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::delta::{pages_head, read_page_indices, read_pages_head, PAGES_HEAD as FIXED};
 use super::image_hash::ImageHash;
-use super::{SnapshotError, MAX_MEMORY_BYTES, PAGE_SIZE};
+use super::{SnapshotError, PAGE_SIZE};
 
-const MAGIC: &[u8; 8] = b"TERNPAGE";
 const VERSION: u32 = 2;
-/// Magic, version, memory index, memory byte size, page count.
-const FIXED: usize = 8 + 4 + 4 + 8 + 4;
+/// What errors call the format.
+const WHAT: &str = "page slice";
 /// The head's own sum after its indices.
 const HEAD_SUM: usize = 8;
 /// The data's xxh3-128 after the pages.
@@ -91,11 +91,7 @@ fn encode<'a>(
     let head_len = FIXED + indices.len() * 8 + HEAD_SUM;
     let start = reserve - head_len;
     let head = &mut buf[start..reserve];
-    head[..8].copy_from_slice(MAGIC);
-    head[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    head[12..16].copy_from_slice(&memory.to_le_bytes());
-    head[16..24].copy_from_slice(&byte_size.to_le_bytes());
-    head[24..28].copy_from_slice(&(indices.len() as u32).to_le_bytes());
+    head[..FIXED].copy_from_slice(&pages_head(VERSION, memory, byte_size, indices.len()));
     for (k, p) in indices.iter().enumerate() {
         head[FIXED + 8 * k..FIXED + 8 * k + 8].copy_from_slice(&p.to_le_bytes());
     }
@@ -144,6 +140,7 @@ pub trait PageSink {
 #[derive(Debug)]
 struct Head {
     memory: u32,
+    byte_size: u64,
     pages: Vec<u64>,
 }
 
@@ -192,8 +189,7 @@ impl PageStream {
             let Some(head) = &self.head else {
                 return Ok(());
             };
-            let size = u64::from_le_bytes(self.head_bytes[16..24].try_into().unwrap());
-            sink.prepare(head.memory, size)
+            sink.prepare(head.memory, head.byte_size)
                 .map_err(SnapshotError::corrupt)?;
         }
         let head = self.head.as_ref().expect("the head is in");
@@ -241,10 +237,17 @@ impl PageStream {
             if self.head_bytes.len() < FIXED {
                 return Ok(taken);
             }
-            self.check_fixed()?;
         }
-        let count = u32::from_le_bytes(self.head_bytes[24..28].try_into().unwrap()) as usize;
-        let want = FIXED + count * 8 + HEAD_SUM;
+        // Checked again for each piece of the indices: a few dozen bytes.
+        let fixed = read_pages_head(&self.head_bytes, VERSION, WHAT)?;
+        let count = fixed.count as u64;
+        let total = FIXED as u64 + count * (8 + PAGE_SIZE as u64) + (HEAD_SUM + DATA_SUM) as u64;
+        if count > fixed.byte_size / PAGE_SIZE as u64 || total > self.limit {
+            return Err(SnapshotError::corrupt(format!(
+                "page slice claims {count} pages, more than its memory or a slice can hold"
+            )));
+        }
+        let want = FIXED + fixed.count * 8 + HEAD_SUM;
         let k = (want - self.head_bytes.len()).min(bytes.len() - taken);
         self.head_bytes.extend_from_slice(&bytes[taken..taken + k]);
         taken += k;
@@ -258,48 +261,12 @@ impl PageStream {
                 what: "page slice head",
             });
         }
-        let memory = u32::from_le_bytes(h[12..16].try_into().unwrap());
-        let byte_size = u64::from_le_bytes(h[16..24].try_into().unwrap());
-        let pages: Vec<u64> = h[FIXED..end]
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let max_page = byte_size / PAGE_SIZE as u64;
-        if pages.windows(2).any(|w| w[0] >= w[1]) || pages.last().is_some_and(|&p| p >= max_page) {
-            return Err(SnapshotError::corrupt(
-                "page slice indices are unsorted or outside the memory",
-            ));
-        }
-        self.head = Some(Head { memory, pages });
+        self.head = Some(Head {
+            memory: fixed.memory,
+            byte_size: fixed.byte_size,
+            pages: read_page_indices(&h[FIXED..end], fixed.byte_size, WHAT)?,
+        });
         Ok(taken)
-    }
-
-    /// Checks the fixed part of the head, before its indices are read.
-    fn check_fixed(&self) -> Result<(), SnapshotError> {
-        let h = &self.head_bytes;
-        if &h[..8] != MAGIC {
-            return Err(SnapshotError::corrupt("not a page slice"));
-        }
-        let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
-        if version != VERSION {
-            return Err(SnapshotError::corrupt(format!(
-                "page slice version {version}, expected {VERSION}"
-            )));
-        }
-        let byte_size = u64::from_le_bytes(h[16..24].try_into().unwrap());
-        if byte_size > MAX_MEMORY_BYTES {
-            return Err(SnapshotError::corrupt(format!(
-                "page slice names a memory of {byte_size} bytes, more than a memory can hold"
-            )));
-        }
-        let count = u32::from_le_bytes(h[24..28].try_into().unwrap()) as u64;
-        let total = FIXED as u64 + count * (8 + PAGE_SIZE as u64) + (HEAD_SUM + DATA_SUM) as u64;
-        if count > byte_size / PAGE_SIZE as u64 || total > self.limit {
-            return Err(SnapshotError::corrupt(format!(
-                "page slice claims {count} pages, more than its memory or a slice can hold"
-            )));
-        }
-        Ok(())
     }
 
     /// Checks that the whole slice came and its pages' sum matches; only

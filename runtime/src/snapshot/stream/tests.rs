@@ -1,4 +1,5 @@
 use super::*;
+use crate::snapshot::MAX_MEMORY_BYTES;
 
 /// A memory to receive into, growable as an instance's is.
 struct Mem {
