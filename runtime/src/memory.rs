@@ -605,8 +605,9 @@ mod tests {
     /// The resident stock (the only test that sets its bound): it never
     /// holds more than its bound; a memory given its pages reads zero,
     /// even where an earlier memory that had stock pages wrote; what lies
-    /// past the memory's size stays inaccessible until it grows; and the
-    /// pages are resident before the memory is touched.
+    /// past the memory's size stays inaccessible until it grows; the
+    /// pages are resident before the memory is touched; and a `Busy` guard
+    /// defers the refill.
     #[test]
     fn resident_stock_is_bounded_zeroed_and_private() {
         use crate::resident;
@@ -656,6 +657,24 @@ mod tests {
         assert!(resident::wait_full(std::time::Duration::from_secs(30)));
         let (ready, filling) = resident::held();
         assert!(ready + filling <= 8 * MIB as u64, "{ready} + {filling}");
+        // While a `Busy` guard lives, what a memory took is not made
+        // again (the refill would compete with the work that holds it);
+        // once it goes, it is. A guard that stays defers it for at most
+        // `MAX_DEFER`.
+        let busy = resident::busy();
+        let mut mem = TernMemory::new(4 * MIB, None, Some(8 * MIB), 0, None).unwrap();
+        mem.take_resident(4 * MIB).unwrap();
+        assert_eq!(resident::held(), (4 * MIB as u64, 0));
+        std::thread::sleep(resident::MAX_DEFER / 5);
+        assert_eq!(resident::held(), (4 * MIB as u64, 0), "refilled while busy");
+        drop(busy);
+        assert!(resident::wait_full(std::time::Duration::from_secs(30)));
+        let _busy = resident::busy();
+        let mut again = TernMemory::new(4 * MIB, None, Some(8 * MIB), 0, None).unwrap();
+        again.take_resident(4 * MIB).unwrap();
+        assert!(resident::held().0 < 8 * MIB as u64);
+        assert!(resident::wait_full(std::time::Duration::from_secs(30)));
+        drop((mem, again));
         resident::set_bound(0);
         assert_eq!(resident::held().0, 0);
         // With an empty stock a memory is made as before.

@@ -11,6 +11,15 @@
 //! `mremap`, which moves the pages (page-table entries, not bytes) into the
 //! memory's reservation, and the thread makes more.
 //!
+//! "While the node is idle" is the point: faulting tens of MiB in takes
+//! tens of milliseconds of CPU and memory bandwidth, and a refill that
+//! starts the moment a migration's target takes its pages competes with
+//! that same migration for them (on two cores it made moves a fifth
+//! slower). So while anyone holds a [`Busy`] guard (the node holds one for
+//! every migration arriving or leaving) the stock is not refilled, for at
+//! most [`MAX_DEFER`] at a stretch, so that a node always busy moving
+//! still gets a piece of stock a second.
+//!
 //! What the stock holds was never given to anyone: every page comes fresh
 //! from the kernel (zeroed by it) and is faulted in by the thread, and a
 //! page taken from the stock belongs to that memory until the memory is
@@ -37,8 +46,13 @@ struct Piece {
     len: usize,
 }
 
+/// The longest a refill waits for the [`Busy`] guards to go.
+pub const MAX_DEFER: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Stock {
     bound: usize,
+    /// [`Busy`] guards alive.
+    busy: usize,
     /// Pieces ready to be taken (each a whole mapping of its own).
     ready: Vec<Piece>,
     /// Bytes in `ready`.
@@ -50,6 +64,7 @@ struct Stock {
 
 static STOCK: Mutex<Stock> = Mutex::new(Stock {
     bound: 0,
+    busy: 0,
     ready: Vec::new(),
     ready_bytes: 0,
     filling: 0,
@@ -92,6 +107,28 @@ pub fn bound() -> u64 {
 pub fn held() -> (u64, u64) {
     let s = lock();
     (s.ready_bytes as u64, s.filling as u64)
+}
+
+/// Defers the stock's refill while alive (see the module docs): work
+/// that the refill's page faults would slow down holds one.
+#[must_use = "the refill is deferred only while the guard lives"]
+pub struct Busy(());
+
+/// A guard that defers the refill until it is dropped (or [`MAX_DEFER`]
+/// passes).
+pub fn busy() -> Busy {
+    lock().busy += 1;
+    Busy(())
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut s = lock();
+        s.busy -= 1;
+        if s.busy == 0 {
+            WAKE.notify_all();
+        }
+    }
 }
 
 /// Waits until the stock is full (or `timeout` passes); whether it is.
@@ -206,13 +243,28 @@ fn make_piece(len: usize) -> Option<Piece> {
 /// The thread that keeps the stock full.
 fn fill_loop() {
     let mut s = lock();
+    // Since when a refill has waited for the `Busy` guards.
+    let mut deferred_since = None;
     loop {
         let room = s.bound.saturating_sub(s.ready_bytes + s.filling);
         let len = room.min(PIECE) / PAGE * PAGE;
         if len == 0 {
+            deferred_since = None;
             s = WAKE.wait(s).unwrap_or_else(|e| e.into_inner());
             continue;
         }
+        if s.busy > 0 {
+            let since = *deferred_since.get_or_insert_with(std::time::Instant::now);
+            let left = MAX_DEFER.saturating_sub(since.elapsed());
+            if !left.is_zero() {
+                s = WAKE
+                    .wait_timeout(s, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+        }
+        deferred_since = None;
         s.filling += len;
         drop(s);
         let piece = make_piece(len);

@@ -444,13 +444,16 @@ impl Move {
     }
 
     /// Routing flips to the target, the calls held during the pause are
-    /// replayed there in order, and only then is the copy here dropped.
+    /// replayed there in order, and only then is the copy here freed (off
+    /// the async workers: unmapping tens of MiB takes milliseconds of CPU
+    /// the app's first calls on the target would otherwise wait behind).
     /// Returns how many calls were held.
     async fn handover(&mut self) -> u64 {
         self.node.mark_moved(&self.app, &self.to_url);
-        let held = self.handle.ask(Cmd::Release).await.unwrap_or_default();
+        let (held, frozen) = self.handle.ask(Cmd::Release).await.unwrap_or_default();
         let n = held.len() as u64;
         replay_held(&self.node, &self.to_url, &self.app, held).await;
+        super::target::release(frozen);
         self.node.forget_checkpoint(&self.app);
         n
     }
