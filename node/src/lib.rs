@@ -62,6 +62,7 @@ use tern_api::types::Resources;
 
 pub use app::AppHandle;
 pub use error::{ErrorKind, NodeError};
+pub use migrate::releases_pending;
 pub use node::Node;
 
 /// How a node is set up.

@@ -310,15 +310,11 @@ impl Actor {
                     // Close the door first: once the sender is swapped no
                     // call can reach this queue, so the drain below takes
                     // every call that did. Later ones come back to their
-                    // callers unrun and follow the app to its new node.
-                    self.close();
-                    let mut held = std::mem::take(&mut self.held);
-                    held.extend(rx.try_iter());
-                    let _ = reply.send(held);
-                    break;
-                }
-                Ok(Cmd::ReleaseFrozen(reply)) => {
-                    // As Release, and the frozen instance goes with the calls.
+                    // callers unrun and follow the app to its new node. The
+                    // frozen instance goes with the calls: the move frees
+                    // it (or, post-copy, serves its pages) once the calls
+                    // run on the target, so that freeing tens of MiB does
+                    // not compete with the app's first calls there.
                     self.close();
                     let mut held = std::mem::take(&mut self.held);
                     held.extend(rx.try_iter());
@@ -583,7 +579,7 @@ impl Actor {
                 };
                 let _ = reply.send(r);
             }
-            Cmd::Release(_) | Cmd::ReleaseFrozen(_) | Cmd::Shutdown => {
+            Cmd::Release(_) | Cmd::Shutdown => {
                 unreachable!("handled by the loop")
             }
         }

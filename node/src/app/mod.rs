@@ -80,19 +80,18 @@ pub(crate) enum Cmd {
     Throttle(u32),
     /// The move failed: go on serving here, held calls first.
     Unfreeze(oneshot::Sender<()>),
-    /// The move succeeded: hand over the held calls and end.
-    Release(oneshot::Sender<Vec<Cmd>>),
+    /// The move succeeded: hand over the held calls and the frozen
+    /// instance (freed once the calls run elsewhere; post-copy: its pages
+    /// are still to be sent), and end.
+    Release(oneshot::Sender<(Vec<Cmd>, Option<Instance>)>),
     /// Post-copy: pause like [`Cmd::Freeze`] and capture the state without
     /// pages and the pages the target will lack, encoded as the switch-over
     /// frame; with the instant the app stopped serving.
     PostcopyFreeze(oneshot::Sender<Result<(Instant, Vec<u8>)>>),
-    /// Post-copy, between the switch and [`Cmd::ReleaseFrozen`]: the
+    /// Post-copy, between the switch and [`Cmd::Release`]: the
     /// target (already running the app) asks for pages of memory `.0`
     /// (the request's body `.1`); the frozen instance answers them.
     ServePages(u32, bytes::Bytes, oneshot::Sender<Result<Vec<u8>>>),
-    /// Post-copy succeeded: hand over the held calls and the frozen
-    /// instance (its pages are still to be sent), and end.
-    ReleaseFrozen(oneshot::Sender<(Vec<Cmd>, Option<Instance>)>),
     /// Post-copy lost its source: the instance (with an incomplete memory)
     /// ends; the app goes on from `replacement` (restored from its last
     /// checkpoint) if there is one, else it is failed. `why` is its status.
@@ -511,8 +510,9 @@ mod tests {
         };
         let handle =
             AppHandle::spawn(runtime, module, spec, dir.path().to_path_buf(), None).unwrap();
-        let held = handle.ask(Cmd::Release).await.expect("the actor answers");
+        let (held, inst) = handle.ask(Cmd::Release).await.expect("the actor answers");
         assert!(held.is_empty());
+        assert!(inst.is_some(), "the instance goes with the calls");
 
         let req = Request {
             method: "POST".into(),

@@ -48,6 +48,7 @@ use tern_runtime::snapshot::{LimitsState, Snapshot};
 use tern_runtime::wasi::{LogBuffer, Stdio};
 
 pub(crate) use source::migrate_out;
+pub use target::releases_pending;
 pub(crate) use target::{
     delete_session, incoming, open_session, reap_sessions, receive_base, receive_final,
     receive_pages, TargetSession, SESSION_IDLE_TTL,

@@ -57,6 +57,8 @@ pub(crate) async fn migrate_out(
     }
     let started_unix_ms = now_unix_ms();
     let t0 = Instant::now();
+    // No refill of this node's resident stock competes with the move.
+    let _busy = tern_runtime::resident::busy();
     let module = node
         .runtime
         .loaded(&handle.module_sha())
@@ -125,10 +127,28 @@ pub(crate) async fn migrate_out(
         checkpoint_url: req.checkpoint_url.clone(),
         source_url: Some(node.url().to_string()),
     };
-    let opened: MigrationOpened = peer
-        .post_json(&format!("{}/v1/migrations", req.to_url), &open)
-        .await
-        .map_err(|e| NodeError::peer("the target refused the migration", e))?;
+    // A live move starts tracking and takes its first copy's state while
+    // the target opens its session (a round trip and a durable write
+    // there): if the target refuses, the app just goes on unmoved.
+    let open_url = format!("{}/v1/migrations", req.to_url);
+    let opening = peer.post_json::<_, MigrationOpened>(&open_url, &open);
+    let (opened, started) = if matches!(mode, Mode::Hot | Mode::Hybrid) {
+        let base = checkpoint.as_ref().map(|c| c.1.clone());
+        let start = handle.ask(|tx| Cmd::PrecopyStart(base, tx));
+        let (opened, started) = tokio::join!(opening, start);
+        (opened, Some(started.and_then(|r| r)))
+    } else {
+        (opening.await, None)
+    };
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            if matches!(started, Some(Ok(_))) {
+                let _ = handle.ask(Cmd::Unfreeze).await;
+            }
+            return Err(NodeError::peer("the target refused the migration", e));
+        }
+    };
 
     let mut mv = Move {
         peer,
@@ -159,7 +179,18 @@ pub(crate) async fn migrate_out(
     let outcome = match mode {
         Mode::Cold => mv.cold().await,
         Mode::Postcopy => mv.postcopy_switch().await,
-        _ => mv.live(checkpoint.map(|c| c.1)).await,
+        _ => match started {
+            Some(first) => mv.live(first).await,
+            // Post-copy unavailable on the target: hot after all.
+            None => {
+                let first = mv
+                    .handle
+                    .ask(|tx| Cmd::PrecopyStart(None, tx))
+                    .await
+                    .and_then(|r| r);
+                mv.live(first).await
+            }
+        },
     };
     let t_pause = match outcome {
         Ok(t) => t,
@@ -301,19 +332,19 @@ impl Move {
             return Err(NodeError::internal("unexpected freeze result"));
         };
         let commit = CommitFrame::encode(&[], &state);
-        self.bytes_sent += (state.as_bytes().len() + commit.len()) as u64;
-        self.post(&format!("{}/base", self.session), owned_body(*state))
-            .await
-            .map_err(|e| NodeError::peer("sending the state", e))?;
-        self.send_slices(&memories).await?;
+        self.bytes_sent += commit.len() as u64;
+        self.send_slices(*state, &memories, "sending the state")
+            .await?;
         self.commit(Bytes::from(commit)).await?;
         Ok(t_pause)
     }
 
-    /// Hot and hybrid: the first copy and the rounds while the app serves,
-    /// then the stop-and-copy. Returns when the app stopped serving.
-    async fn live(&mut self, checkpoint: Option<Arc<Snapshot>>) -> Result<Instant> {
-        let memory_bytes = self.first_copy(checkpoint).await?;
+    /// Hot and hybrid, once tracking started (`first`: what the app's
+    /// actor answered to [`Cmd::PrecopyStart`]): the first copy and the
+    /// rounds while the app serves, then the stop-and-copy. Returns when the
+    /// app stopped serving.
+    async fn live(&mut self, first: Result<PrecopyFirst>) -> Result<Instant> {
+        let memory_bytes = self.first_copy(first?).await?;
         self.rounds(memory_bytes).await?;
         if self.postcopy_now {
             // Hot, then post-copy: what is still dirty stays on the source
@@ -323,25 +354,18 @@ impl Move {
         self.stop_and_copy().await
     }
 
-    /// Starts dirty tracking and sends the first copy: the state with
-    /// zeroed memories, then every non-zero page in slices (hot), or the
-    /// pages that differ from the checkpoint the target restored (hybrid).
-    /// Returns the app's memory size, which bounds what the rounds resend.
-    async fn first_copy(&mut self, checkpoint: Option<Arc<Snapshot>>) -> Result<u64> {
-        let first = self
-            .handle
-            .ask(|tx| Cmd::PrecopyStart(checkpoint, tx))
-            .await??;
+    /// Sends the first copy: the state with zeroed memories, then every
+    /// non-zero page in slices (hot), or the pages that differ from the
+    /// checkpoint the target restored (hybrid). Returns the app's memory
+    /// size, which bounds what the rounds resend.
+    async fn first_copy(&mut self, first: PrecopyFirst) -> Result<u64> {
         self.tracking = self.handle.tracking_kind();
         let mut memory_bytes = self.handle.status().memory_bytes;
         match first {
             PrecopyFirst::Sliced { state, memories } => {
                 memory_bytes = memories.iter().map(|&(_, pages)| pages * 4096).sum();
-                self.bytes_sent += state.as_bytes().len() as u64;
-                self.post(&format!("{}/base", self.session), owned_body(*state))
-                    .await
-                    .map_err(|e| NodeError::peer("sending the first copy", e))?;
-                self.send_slices(&memories).await?;
+                self.send_slices(*state, &memories, "sending the first copy")
+                    .await?;
             }
             PrecopyFirst::Delta(chunks) => self.send_chunks(&chunks).await?,
         }
@@ -506,11 +530,32 @@ impl Move {
         Ok(())
     }
 
-    /// Every memory's non-zero pages, read from the app slice by slice
-    /// (between two slices a running app serves calls) and sent as page
-    /// chunks, up to [`SLICES_IN_FLIGHT`] at once while the next is read.
-    async fn send_slices(&mut self, memories: &[(u32, u64)]) -> Result<()> {
+    /// The state (`base`: restored on the target with zeroed memories)
+    /// and then every memory's non-zero pages, read from the app slice by
+    /// slice (between two slices a running app serves calls) and sent as
+    /// page chunks, up to [`SLICES_IN_FLIGHT`] at once while the next is
+    /// read. The first slice is read while the state is on its way; pages
+    /// go only once the target holds the state. `what` names the step in
+    /// an error.
+    async fn send_slices(
+        &mut self,
+        base: Snapshot,
+        memories: &[(u32, u64)],
+        what: &'static str,
+    ) -> Result<()> {
         type Send = tokio::task::JoinHandle<Result<(u64, u64)>>;
+        self.bytes_sent += base.as_bytes().len() as u64;
+        let mut base = Some({
+            let (client, url) = (self.peer.clone(), format!("{}/base", self.session));
+            let body = owned_body(base);
+            tokio::spawn(async move {
+                client
+                    .post_bytes(&url, body)
+                    .await
+                    .map_err(|e| NodeError::peer(what, e))?;
+                Ok::<_, NodeError>(())
+            })
+        });
         let slices: Vec<(u32, u64, u64)> = memories
             .iter()
             .flat_map(|&(memory, pages)| {
@@ -538,6 +583,9 @@ impl Move {
                 if n == 0 && first != 0 {
                     continue;
                 }
+                if let Some(base) = base.take() {
+                    base.await??;
+                }
                 if in_flight.len() >= SLICES_IN_FLIGHT {
                     if let Some(done) = in_flight.pop_front() {
                         let (b, p) = done.await??;
@@ -556,6 +604,9 @@ impl Move {
                     Ok((len, n))
                 }));
             }
+            if let Some(base) = base.take() {
+                base.await??;
+            }
             while let Some(done) = in_flight.pop_front() {
                 let (b, p) = done.await??;
                 bytes += b;
@@ -564,6 +615,9 @@ impl Move {
             Ok::<_, NodeError>(())
         }
         .await;
+        if let Some(base) = base {
+            base.abort();
+        }
         for send in in_flight {
             send.abort();
         }

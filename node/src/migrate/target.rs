@@ -2,7 +2,7 @@
 //! opening (fencing, the module, a checkpoint for hybrid) through the first
 //! copy and the rounds to the commit that resumes the app here.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ pub(crate) struct TargetSession {
     pub checkpoint: Option<(String, Option<String>)>,
     opened: Instant,
     last_step: Mutex<Instant>,
+    /// The node's stock of resident memory is not refilled while the
+    /// session lives: the refill's page faults would slow this move down.
+    _busy: tern_runtime::resident::Busy,
 }
 
 impl TargetSession {
@@ -133,6 +136,7 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
             )));
         }
     }
+    let busy = tern_runtime::resident::busy();
     let module = node.module(&sha).await?;
     node.admit_generation(&open.app, open.spec.generation)?;
     let mut fetched = 0;
@@ -189,6 +193,7 @@ pub(crate) async fn open_session(node: Arc<Node>, open: MigrationOpen) -> Result
         checkpoint,
         opened: now,
         last_step: Mutex::new(now),
+        _busy: busy,
     });
     let replaced: Vec<Arc<TargetSession>> = {
         let mut sessions = lock(&node.sessions);
@@ -348,5 +353,20 @@ pub(crate) async fn receive_final(
 /// Frees a large value (a snapshot of tens of MiB: unmapping it takes
 /// milliseconds) off the path that waits for the answer.
 pub(crate) fn release<T: Send + 'static>(value: T) {
-    tokio::task::spawn_blocking(move || drop(value));
+    RELEASING.fetch_add(1, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        drop(value);
+        RELEASING.fetch_sub(1, Ordering::Release);
+    });
+}
+
+/// Values [`release`] is still freeing, in this process.
+static RELEASING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many large values (instances and snapshots that moves left behind)
+/// are still being freed in the background in this process: a benchmark
+/// waits for none before it times the next thing, so that no measurement
+/// pays for another's cleanup.
+pub fn releases_pending() -> usize {
+    RELEASING.load(Ordering::Acquire)
 }

@@ -76,7 +76,7 @@ impl Move {
     /// so. Returns how many calls were held.
     pub(crate) async fn postcopy_finish(&mut self, spec: StartApp) -> Result<u64> {
         self.node.mark_moved(&self.app, &self.to_url);
-        let released = self.handle.ask(Cmd::ReleaseFrozen).await;
+        let released = self.handle.ask(Cmd::Release).await;
         let (held, inst) = match released {
             Ok((held, Some(inst))) => (held, inst),
             failed => {
