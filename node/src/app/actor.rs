@@ -21,7 +21,7 @@ use tern_runtime::wasi::Stdio;
 use tern_util::now_unix_ms;
 
 use super::precopy::{set_checkpoint_meta, set_extra};
-use super::{app_dir, Cmd, Shared};
+use super::{app_dir, Cmd, Shared, SlicePages};
 use crate::error::{ErrorKind, NodeError, Result};
 use crate::TICK_INTERVAL;
 
@@ -526,20 +526,22 @@ impl Actor {
                 let _ = reply.send(r);
             }
             Cmd::PrecopyRound(reply) => {
-                let r = self.collect_dirty();
+                let r = self.dirty_pages();
                 let _ = reply.send(r);
             }
             Cmd::PrecopySlice {
                 memory,
-                first,
-                end,
+                pages,
                 reply,
             } => {
-                let r = match self.inst.as_mut() {
-                    Some(inst) => inst
+                let r = match (self.inst.as_mut(), pages) {
+                    (Some(inst), SlicePages::NonZero { first, end }) => inst
                         .encode_nonzero_pages(memory, first, end)
                         .map_err(|e| NodeError::internal(e.to_string())),
-                    None => Err(self.not_running()),
+                    (Some(inst), SlicePages::Listed(pages)) => inst
+                        .encode_listed_pages(memory, &pages)
+                        .map_err(|e| NodeError::internal(e.to_string())),
+                    (None, _) => Err(self.not_running()),
                 };
                 let _ = reply.send(r);
             }

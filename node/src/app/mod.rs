@@ -54,16 +54,16 @@ pub(crate) enum Cmd {
     /// without pages (hot; the pages follow in slices), or the pages that
     /// differ from a checkpoint (hybrid).
     PrecopyStart(Option<Arc<Snapshot>>, oneshot::Sender<Result<PrecopyFirst>>),
-    /// The pages written since the last round.
-    PrecopyRound(oneshot::Sender<Result<Vec<PageChunk>>>),
-    /// One slice of the first copy (hot, without a checkpoint): the
-    /// non-zero pages of `[first, end)` of one memory. Between two slices
-    /// the app goes on serving; what it writes meanwhile is dirty.
+    /// Which pages were written since the last round (or the start), per
+    /// memory; tracking starts over. The pages follow in slices.
+    PrecopyRound(oneshot::Sender<Result<DirtyPages>>),
+    /// One slice of the first copy or of a round: `pages` of one memory,
+    /// read now. Between two slices the app goes on serving; what it
+    /// writes meanwhile is dirty.
     PrecopySlice {
         memory: u32,
-        first: u64,
-        end: u64,
-        /// The slice's non-zero pages, encoded.
+        pages: SlicePages,
+        /// The slice's pages, encoded.
         reply: oneshot::Sender<Result<tern_runtime::snapshot::EncodedSlice>>,
     },
     /// Pause: hold new calls, run the snapshot hook, capture the last pages
@@ -105,6 +105,20 @@ pub(crate) enum Cmd {
 }
 
 /// The first copy of a pre-copy.
+/// The pages written since the last round: (memory, ascending page
+/// indices) for every tracked memory.
+pub(crate) type DirtyPages = Vec<(u32, Vec<u64>)>;
+
+/// Which pages of a memory a pre-copy slice carries.
+#[derive(Debug, Clone)]
+pub(crate) enum SlicePages {
+    /// The non-zero pages of `[first, end)` (the first copy: the target's
+    /// memory starts zeroed).
+    NonZero { first: u64, end: u64 },
+    /// These pages (ascending), zero or not: some of a round's.
+    Listed(Vec<u64>),
+}
+
 pub(crate) enum PrecopyFirst {
     /// Hot: the state without pages, and each memory's page count at the
     /// start; the pages follow in slices (`Cmd::PrecopySlice`).

@@ -65,7 +65,9 @@ impl Actor {
         Ok(first)
     }
 
-    pub(super) fn collect_dirty(&mut self) -> Result<Vec<PageChunk>> {
+    /// The pages written since the last collect (or the start), per
+    /// memory, ascending; tracking starts over.
+    pub(super) fn dirty_pages(&mut self) -> Result<super::DirtyPages> {
         let inst = self
             .inst
             .as_mut()
@@ -73,7 +75,7 @@ impl Actor {
         let regions = inst
             .memory_regions()
             .map_err(|e| NodeError::internal(e.to_string()))?;
-        let mut chunks = Vec::new();
+        let mut dirty = Vec::new();
         for (index, tracker) in &mut self.trackers {
             let r = regions
                 .iter()
@@ -84,12 +86,23 @@ impl Actor {
                 // A tracker that lost track: every page is dirty.
                 Err(_) => (0..(r.size / PAGE_SIZE) as u64).collect(),
             };
-            chunks.push(
-                inst.read_pages(*index, &pages)
-                    .map_err(|e| NodeError::internal(e.to_string()))?,
-            );
+            dirty.push((*index, pages));
         }
-        Ok(chunks)
+        Ok(dirty)
+    }
+
+    /// The pages written since the last collect, read (the last round,
+    /// with the app paused).
+    fn collect_dirty(&mut self) -> Result<Vec<PageChunk>> {
+        let dirty = self.dirty_pages()?;
+        let inst = self.inst.as_mut().expect("dirty_pages checked");
+        dirty
+            .iter()
+            .map(|(index, pages)| {
+                inst.read_pages(*index, pages)
+                    .map_err(|e| NodeError::internal(e.to_string()))
+            })
+            .collect()
     }
 
     pub(super) fn freeze(&mut self, cold: bool) -> Result<(Instant, FreezeResult)> {

@@ -16,7 +16,7 @@ use tern_runtime::snapshot::{CommitFrame, PageChunk, Snapshot};
 use tern_util::now_unix_ms;
 
 use super::replay::replay_held;
-use crate::app::{AppHandle, Cmd, FreezeResult, PrecopyFirst};
+use crate::app::{AppHandle, Cmd, FreezeResult, PrecopyFirst, SlicePages};
 use crate::checkpoint::snapshot_body;
 use crate::error::{NodeError, Result};
 use crate::node::{lock, Node};
@@ -333,7 +333,7 @@ impl Move {
         };
         let commit = CommitFrame::encode(&[], &state);
         self.bytes_sent += commit.len() as u64;
-        self.send_slices(*state, &memories, "sending the state")
+        self.send_first_copy(*state, &memories, "sending the state")
             .await?;
         self.commit(Bytes::from(commit)).await?;
         Ok(t_pause)
@@ -364,7 +364,7 @@ impl Move {
         match first {
             PrecopyFirst::Sliced { state, memories } => {
                 memory_bytes = memories.iter().map(|&(_, pages)| pages * 4096).sum();
-                self.send_slices(*state, &memories, "sending the first copy")
+                self.send_first_copy(*state, &memories, "sending the first copy")
                     .await?;
             }
             PrecopyFirst::Delta(chunks) => self.send_chunks(&chunks).await?,
@@ -383,10 +383,8 @@ impl Move {
         let mut resent = 0u64;
         let mut throttle = 0u32;
         loop {
-            let chunks = self.handle.ask(Cmd::PrecopyRound).await??;
-            let dirty: u64 = chunks.iter().map(|c| c.pages.len() as u64).sum();
             let before = self.bytes_sent;
-            self.send_chunks(&chunks).await?;
+            let dirty = self.send_round().await?;
             resent += self.bytes_sent - before;
             self.rounds += 1;
             if dirty >= previous {
@@ -530,57 +528,93 @@ impl Move {
         Ok(())
     }
 
-    /// The state (`base`: restored on the target with zeroed memories)
-    /// and then every memory's non-zero pages, read from the app slice by
-    /// slice (between two slices a running app serves calls) and sent as
-    /// page chunks, up to [`SLICES_IN_FLIGHT`] at once while the next is
-    /// read. The first slice is read while the state is on its way; pages
-    /// go only once the target holds the state. `what` names the step in
-    /// an error.
-    async fn send_slices(
+    /// The state (`base`: restored on the target with zeroed memories,
+    /// `what` names the step in an error) and then every memory's non-zero
+    /// pages, in slices (see [`Move::send_slices`]). The first slice is
+    /// read while the state is on its way; pages go only once the target
+    /// holds the state.
+    async fn send_first_copy(
         &mut self,
         base: Snapshot,
         memories: &[(u32, u64)],
         what: &'static str,
     ) -> Result<()> {
-        type Send = tokio::task::JoinHandle<Result<(u64, u64)>>;
         self.bytes_sent += base.as_bytes().len() as u64;
-        let mut base = Some({
-            let (client, url) = (self.peer.clone(), format!("{}/base", self.session));
-            let body = owned_body(base);
-            tokio::spawn(async move {
-                client
-                    .post_bytes(&url, body)
-                    .await
-                    .map_err(|e| NodeError::peer(what, e))?;
-                Ok::<_, NodeError>(())
-            })
+        let (client, url) = (self.peer.clone(), format!("{}/base", self.session));
+        let body = owned_body(base);
+        let base = tokio::spawn(async move {
+            client
+                .post_bytes(&url, body)
+                .await
+                .map_err(|e| NodeError::peer(what, e))?;
+            Ok::<_, NodeError>(())
         });
-        let slices: Vec<(u32, u64, u64)> = memories
+        let slices = memories
             .iter()
             .flat_map(|&(memory, pages)| {
-                (0..pages.div_ceil(SLICE_PAGES).max(1))
-                    .map(move |k| (memory, k * SLICE_PAGES, ((k + 1) * SLICE_PAGES).min(pages)))
+                (0..pages.div_ceil(SLICE_PAGES).max(1)).map(move |k| {
+                    let (first, end) = (k * SLICE_PAGES, ((k + 1) * SLICE_PAGES).min(pages));
+                    (memory, SlicePages::NonZero { first, end })
+                })
             })
             .collect();
+        self.send_slices(Some(base), slices).await
+    }
+
+    /// A round: the pages written since the last one, in slices (see
+    /// [`Move::send_slices`]). Returns how many there were.
+    async fn send_round(&mut self) -> Result<u64> {
+        let dirty = self.handle.ask(Cmd::PrecopyRound).await??;
+        let count = dirty.iter().map(|(_, pages)| pages.len() as u64).sum();
+        let slices = dirty
+            .into_iter()
+            .flat_map(|(memory, pages)| {
+                let mut parts: Vec<Vec<u64>> = pages
+                    .chunks(SLICE_PAGES as usize)
+                    .map(<[u64]>::to_vec)
+                    .collect();
+                if parts.is_empty() {
+                    parts.push(Vec::new());
+                }
+                parts
+                    .into_iter()
+                    .map(move |part| (memory, SlicePages::Listed(part)))
+            })
+            .collect();
+        self.send_slices(None, slices).await?;
+        Ok(count)
+    }
+
+    /// Page slices, each read from the app when its turn comes (between
+    /// two, a running app serves calls) and sent as a page chunk, up to
+    /// [`SLICES_IN_FLIGHT`] at once while the next is read. A slice with no
+    /// pages is skipped unless it is a memory's first (so the target learns
+    /// every memory's size). `base`: a request that must be answered before
+    /// any slice goes.
+    async fn send_slices(
+        &mut self,
+        mut base: Option<tokio::task::JoinHandle<Result<()>>>,
+        slices: Vec<(u32, SlicePages)>,
+    ) -> Result<()> {
+        type Send = tokio::task::JoinHandle<Result<(u64, u64)>>;
         let url = format!("{}/pages", self.session);
         let (mut bytes, mut pages) = (0, 0);
         let mut in_flight: VecDeque<Send> = VecDeque::new();
+        let mut last_memory = None;
         let outcome = async {
-            for &(memory, first, end) in &slices {
+            for (memory, which) in slices {
+                let first_of_memory = last_memory != Some(memory);
+                last_memory = Some(memory);
                 let slice = self
                     .handle
                     .ask(move |reply| Cmd::PrecopySlice {
                         memory,
-                        first,
-                        end,
+                        pages: which,
                         reply,
                     })
                     .await??;
                 let n = slice.pages;
-                // All-zero slices are skipped, but the first of each memory
-                // always goes, so the target learns every memory's size.
-                if n == 0 && first != 0 {
+                if n == 0 && !first_of_memory {
                     continue;
                 }
                 if let Some(base) = base.take() {

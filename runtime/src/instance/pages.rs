@@ -85,6 +85,21 @@ impl Instance {
         ))
     }
 
+    /// The listed pages of a memory (ascending), zero or not, encoded as a
+    /// page slice straight from the memory: a slice of a pre-copy round.
+    pub fn encode_listed_pages(
+        &mut self,
+        memory: u32,
+        pages: &[u64],
+    ) -> Result<crate::snapshot::EncodedSlice> {
+        let m = self.memory_by_index(memory)?;
+        Ok(crate::snapshot::encode_listed(
+            memory,
+            m.data(&self.store),
+            pages,
+        ))
+    }
+
     /// Writes the next bytes of a page slice into this instance's memory
     /// (see [`crate::snapshot::PageStream`]: the instance must not run
     /// until the stream's `finish` says the slice checked out).

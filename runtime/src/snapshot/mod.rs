@@ -55,7 +55,7 @@ pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
 pub use postcopy::{PageRequest, PostcopyFrame, RemotePages, MAX_REQUEST_PAGES};
 pub use record::{decode_record, encode_record};
-pub use stream::{encode_chunk, encode_nonzero, EncodedSlice, PageSink, PageStream};
+pub use stream::{encode_chunk, encode_listed, encode_nonzero, EncodedSlice, PageSink, PageStream};
 use validate::validate_body;
 
 use image_hash::image_hash;

@@ -117,6 +117,30 @@ pub fn encode_nonzero(memory: u32, mem: &[u8], first: u64, end: u64) -> EncodedS
     encode(memory, mem.len() as u64, (end - first) as usize, pages)
 }
 
+/// The pages `pages` lists (ascending) of a whole memory `mem`, zero or
+/// not: a round's dirty pages, copied straight from the memory. Pages past
+/// its end, and any out of order or listed twice, are left out.
+pub fn encode_listed(memory: u32, mem: &[u8], pages: &[u64]) -> EncodedSlice {
+    let end = (mem.len() / PAGE_SIZE) as u64;
+    let mut last = None;
+    let pages = pages.iter().copied().filter_map(move |p| {
+        if p >= end || last.is_some_and(|l| p <= l) {
+            return None;
+        }
+        last = Some(p);
+        Some((
+            p,
+            &mem[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE],
+        ))
+    });
+    encode(
+        memory,
+        mem.len() as u64,
+        pages.size_hint().1.unwrap_or(0),
+        pages,
+    )
+}
+
 /// The pages of a decoded chunk (a round's dirty pages) as a slice.
 pub fn encode_chunk(chunk: &super::PageChunk) -> EncodedSlice {
     let pages = chunk

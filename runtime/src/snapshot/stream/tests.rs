@@ -156,6 +156,40 @@ fn a_chunk_of_dirty_pages_encodes_to_the_same_slice() {
 }
 
 #[test]
+fn listed_pages_travel_zero_or_not_and_nothing_else() {
+    let src = memory(12, 9);
+    // Page 1 is all zero (it still goes: a round must zero it on the
+    // target); 12 and 40 lie past the end, 3 is out of order and 5 twice.
+    let listed = [0u64, 1, 5, 5, 3, 7, 12, 40];
+    let slice = encode_listed(1, &src, &listed);
+    assert_eq!(slice.pages, 4);
+    let mut to = Mem {
+        index: 1,
+        bytes: vec![0xee; 12 * PAGE_SIZE],
+        prepared: 0,
+    };
+    let mut stream = PageStream::new(LIMIT);
+    feed_in(&mut stream, slice.bytes(), &[5000, 3], &mut to).unwrap();
+    assert_eq!(stream.finish().unwrap(), 4);
+    for p in 0..12usize {
+        let got = &to.bytes[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+        if [0, 1, 5, 7].contains(&p) {
+            assert_eq!(got, &src[p * PAGE_SIZE..(p + 1) * PAGE_SIZE], "page {p}");
+        } else {
+            assert!(got.iter().all(|&b| b == 0xee), "page {p} was written");
+        }
+    }
+    // Nothing listed: an empty slice that still carries the size.
+    let empty = encode_listed(1, &src, &[]);
+    assert_eq!(empty.pages, 0);
+    let mut to = sink();
+    let mut stream = PageStream::new(LIMIT);
+    stream.feed(empty.bytes(), &mut to).unwrap();
+    assert_eq!(stream.finish().unwrap(), 0);
+    assert_eq!(to.bytes.len(), src.len());
+}
+
+#[test]
 fn every_flipped_byte_is_caught() {
     let src = memory(3, 13);
     let slice = encode_nonzero(1, &src, 0, 3);
