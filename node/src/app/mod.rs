@@ -37,7 +37,11 @@ pub(crate) use queue::RETRY_AFTER_SECS;
 
 /// The pages and state a stop-and-copy sends.
 pub(crate) struct FinalCapture {
+    /// The last dirty pages, read (when they are few).
     pub chunks: Vec<PageChunk>,
+    /// The last dirty pages when they are many: not read yet, they go in
+    /// slices before the commit, as a round's do (the app stays paused).
+    pub rest: DirtyPages,
     pub state: Snapshot,
 }
 

@@ -14,6 +14,12 @@ use super::actor::{Actor, CHECKPOINT_KEY, SERVED_KEY};
 use super::{FinalCapture, FreezeResult, PrecopyFirst};
 use crate::error::{NodeError, Result};
 
+/// The last dirty pages of a hot move go in its commit frame when there
+/// are at most this many (4 MiB, one slice); more go in pipelined slices
+/// before it, which take less of the pause than one large frame read,
+/// encoded, sent, decoded and applied a step at a time.
+const FINAL_INLINE_PAGES: usize = 1024;
+
 impl Actor {
     pub(super) fn precopy_start(&mut self, base: Option<Arc<Snapshot>>) -> Result<PrecopyFirst> {
         let served = self.served().to_string();
@@ -91,18 +97,24 @@ impl Actor {
         Ok(dirty)
     }
 
-    /// The pages written since the last collect, read (the last round,
-    /// with the app paused).
-    fn collect_dirty(&mut self) -> Result<Vec<PageChunk>> {
+    /// The pages written since the last collect (the last round, with the
+    /// app paused): read, when there are at most [`FINAL_INLINE_PAGES`]
+    /// (they go in the commit frame), else left for slices.
+    fn collect_dirty(&mut self) -> Result<(Vec<PageChunk>, super::DirtyPages)> {
         let dirty = self.dirty_pages()?;
+        let count: usize = dirty.iter().map(|(_, pages)| pages.len()).sum();
+        if count > FINAL_INLINE_PAGES {
+            return Ok((Vec::new(), dirty));
+        }
         let inst = self.inst.as_mut().expect("dirty_pages checked");
-        dirty
+        let chunks = dirty
             .iter()
             .map(|(index, pages)| {
                 inst.read_pages(*index, pages)
                     .map_err(|e| NodeError::internal(e.to_string()))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((chunks, Vec::new()))
     }
 
     pub(super) fn freeze(&mut self, cold: bool) -> Result<(Instant, FreezeResult)> {
@@ -136,13 +148,14 @@ impl Actor {
             }
             inst.run_snapshot_hook(true)
                 .map_err(|e| NodeError::internal(e.to_string()))?;
-            let chunks = self.collect_dirty()?;
+            let (chunks, rest) = self.collect_dirty()?;
             let inst = self.inst.as_mut().expect("checked");
             let state = inst
                 .snapshot_state_only()
                 .map_err(|e| NodeError::internal(e.to_string()))?;
             Ok(FreezeResult::Final(Box::new(FinalCapture {
                 chunks,
+                rest,
                 state,
             })))
         })();

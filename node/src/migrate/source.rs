@@ -16,7 +16,7 @@ use tern_runtime::snapshot::{CommitFrame, PageChunk, Snapshot};
 use tern_util::now_unix_ms;
 
 use super::replay::replay_held;
-use crate::app::{AppHandle, Cmd, FreezeResult, PrecopyFirst, SlicePages};
+use crate::app::{AppHandle, Cmd, DirtyPages, FreezeResult, PrecopyFirst, SlicePages};
 use crate::checkpoint::snapshot_body;
 use crate::error::{NodeError, Result};
 use crate::node::{lock, Node};
@@ -439,6 +439,9 @@ impl Move {
         let FreezeResult::Final(last) = frozen else {
             return Err(NodeError::internal("unexpected freeze result"));
         };
+        if !last.rest.is_empty() {
+            self.send_slices(None, listed_slices(last.rest)).await?;
+        }
         let body = CommitFrame::encode(&last.chunks, &last.state);
         self.bytes_sent += body.len() as u64;
         self.pages_sent += last
@@ -566,22 +569,7 @@ impl Move {
     async fn send_round(&mut self) -> Result<u64> {
         let dirty = self.handle.ask(Cmd::PrecopyRound).await??;
         let count = dirty.iter().map(|(_, pages)| pages.len() as u64).sum();
-        let slices = dirty
-            .into_iter()
-            .flat_map(|(memory, pages)| {
-                let mut parts: Vec<Vec<u64>> = pages
-                    .chunks(SLICE_PAGES as usize)
-                    .map(<[u64]>::to_vec)
-                    .collect();
-                if parts.is_empty() {
-                    parts.push(Vec::new());
-                }
-                parts
-                    .into_iter()
-                    .map(move |part| (memory, SlicePages::Listed(part)))
-            })
-            .collect();
-        self.send_slices(None, slices).await?;
+        self.send_slices(None, listed_slices(dirty)).await?;
         Ok(count)
     }
 
@@ -659,6 +647,26 @@ impl Move {
         self.pages_sent += pages;
         outcome
     }
+}
+
+/// Dirty pages as slices of at most [`SLICE_PAGES`] (a memory with none
+/// still gets an empty one: it carries the memory's size).
+fn listed_slices(dirty: DirtyPages) -> Vec<(u32, SlicePages)> {
+    dirty
+        .into_iter()
+        .flat_map(|(memory, pages)| {
+            let mut parts: Vec<Vec<u64>> = pages
+                .chunks(SLICE_PAGES as usize)
+                .map(<[u64]>::to_vec)
+                .collect();
+            if parts.is_empty() {
+                parts.push(Vec::new());
+            }
+            parts
+                .into_iter()
+                .map(move |part| (memory, SlicePages::Listed(part)))
+        })
+        .collect()
 }
 
 /// Whether the target runs the app at the new generation (asked a few
