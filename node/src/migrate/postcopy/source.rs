@@ -42,6 +42,11 @@ impl Move {
         let remote = PostcopyFrame::decode(&frame)
             .map_err(|e| NodeError::internal(format!("post-copy frame: {e}")))?
             .remote;
+        // Kept before the frame goes: if its answer is lost but the target
+        // took over (`Move::rollback` asks), these pages must still be
+        // pushed; a list set only on the answer was empty then, nothing
+        // went, and the target had to restart from its checkpoint.
+        self.postcopy_remote = remote;
         self.bytes_sent += frame.len() as u64;
         // The target resumes the app as soon as it has the frame and may
         // ask for pages at once: it may from now on (its fetches wait until
@@ -65,7 +70,6 @@ impl Move {
                 format!("the target's acknowledgement is unreadable: {e}"),
             )
         })?;
-        self.postcopy_remote = remote;
         Ok(at)
     }
 
