@@ -565,6 +565,7 @@ async fn a_move_whose_answer_is_lost_is_found_where_it_went() {
         "n1",
         Fault::LoseAnswerAt {
             suffix: "/v1/apps/counter/migrate",
+            stall_next: Duration::ZERO,
         },
         None,
     )

@@ -238,6 +238,78 @@ async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
         .expect("it serves");
 }
 
+/// The switch's answer is lost on its way back after the target took
+/// over, and the link is slow to come back: the source finds the target
+/// running the app, and serves its pages all the while (the target's
+/// watch and page requests are not refused while it asks), then pushes
+/// every one. The move succeeds with every byte and the target never
+/// restarts from a checkpoint (found by `tern soak`: nothing was pushed,
+/// or the watch was refused, and the calls since the checkpoint were lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_switch_answer_still_delivers_every_page() {
+    if !paging_here() {
+        return;
+    }
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    heap_app(&c, &src).await;
+    for v in [7, 9] {
+        call(&c, &src.url, "heap", "push", &[v]).await.unwrap();
+    }
+    let before = digest(&c, &src.url).await;
+    // Longer than the source's watch takes to see a move end.
+    let relay = Relay::start(
+        &dst.url,
+        "dst",
+        Fault::LoseAnswerAt {
+            suffix: "/postcopy",
+            stall_next: Duration::from_millis(600),
+        },
+        None,
+    )
+    .await;
+    expect(&c, &dst.url, "src", "heap", 2).await;
+    let req = tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: relay.url.clone(),
+        mode: Mode::Postcopy,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: None,
+    };
+    let r: tern_api::types::MigrationReport = c
+        .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the target took over: the move goes on and completes: {e}; {:?}",
+                relay.exchanges()
+            )
+        });
+    eprintln!("lost switch answer: {r:?}");
+    let seen = relay.exchanges();
+    assert!(
+        seen.iter()
+            .any(|x| x.path.ends_with("/postcopy") && x.status == Some(200)),
+        "the target took the switch and its answer was dropped: {seen:?}"
+    );
+    assert_eq!(r.mode, "postcopy", "{r:?}");
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/heap", dst.url))
+        .await
+        .unwrap();
+    assert_eq!(
+        (st["state"].as_str(), st["generation"].as_u64()),
+        (Some("running"), Some(2)),
+        "{st}"
+    );
+    assert!(st["last_error"].is_null(), "no restart on the target: {st}");
+    assert_eq!(digest(&c, &dst.url).await, before, "every page arrived");
+    let len = call(&c, &dst.url, "heap", "push", &[11]).await.unwrap();
+    assert_eq!(len.results[0].as_i64(), Some(3), "{len:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_source_lost_midway_makes_the_target_restart_from_the_checkpoint() {
     source_lost_midway(true, false).await;

@@ -40,8 +40,12 @@ pub enum Fault {
     HoldAt { suffix: &'static str },
     /// Forward the first request whose path ends with `suffix`, and drop
     /// the connection instead of passing its answer back (a link cut after
-    /// the peer acted).
-    LoseAnswerAt { suffix: &'static str },
+    /// the peer acted); then hold the next request, on any connection,
+    /// for `stall_next` before forwarding it (a link slow to come back).
+    LoseAnswerAt {
+        suffix: &'static str,
+        stall_next: std::time::Duration,
+    },
 }
 
 /// One request the relay saw, and the status the target answered.
@@ -62,6 +66,8 @@ struct RelayState {
     hook: Mutex<Option<Hook>>,
     matched: Mutex<usize>,
     fired: AtomicBool,
+    /// `LoseAnswerAt`: the request after the lost answer was stalled.
+    stalled: AtomicBool,
     seen: Mutex<Vec<Exchange>>,
     dead: watch::Sender<bool>,
     /// `HoldAt`: the request is being held.
@@ -118,6 +124,7 @@ impl Relay {
             hook: Mutex::new(hook),
             matched: Mutex::new(0),
             fired: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             seen: Mutex::new(Vec::new()),
             dead,
             held: watch::channel(false).0,
@@ -206,6 +213,11 @@ async fn relay_connection(
             tampered: false,
         };
         match st.fault {
+            Fault::LoseAnswerAt { stall_next, .. }
+                if st.fired.load(Ordering::SeqCst) && !st.stalled.swap(true, Ordering::SeqCst) =>
+            {
+                tokio::time::sleep(stall_next).await;
+            }
             Fault::DieAt { suffix, nth } if path.ends_with(suffix) => {
                 let n = {
                     let mut m = st.matched.lock().unwrap();
@@ -241,19 +253,23 @@ async fn relay_connection(
         }
         up.write_all(&req.head).await?;
         up.write_all(&req.body).await?;
+        // A TLS stream may keep the last records of a large body until
+        // flushed (the peer then waits for them forever).
+        up.flush().await?;
         let Some(resp) = read_message(&mut up, &mut ubuf, Some(&method)).await? else {
             st.seen.lock().unwrap().push(ex);
             return Ok(());
         };
         ex.status = Some(status_code(&resp.head)?);
         st.seen.lock().unwrap().push(ex);
-        if let Fault::LoseAnswerAt { suffix } = st.fault {
+        if let Fault::LoseAnswerAt { suffix, .. } = st.fault {
             if path.ends_with(suffix) && !st.fired.swap(true, Ordering::SeqCst) {
                 return Ok(());
             }
         }
         down.write_all(&resp.head).await?;
         down.write_all(&resp.body).await?;
+        down.flush().await?;
     }
 }
 

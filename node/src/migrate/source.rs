@@ -463,6 +463,8 @@ impl Move {
                 return Ok(paused_at);
             }
         }
+        // A post-copy switch that did not happen: its page service closes.
+        self.node.postcopy.close_outgoing(&self.app);
         let _ = self.handle.ask(Cmd::Unfreeze).await;
         let _ = self.peer.delete(&self.session).await;
         Err(e)

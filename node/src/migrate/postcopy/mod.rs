@@ -190,4 +190,10 @@ impl Registry {
     pub(crate) fn is_target(&self, peer: &str, app: &str) -> bool {
         lock(&self.outgoing).get(app).is_some_and(|o| o.to == peer)
     }
+
+    /// Closes the page service of a post-copy of `app` leaving here whose
+    /// switch did not happen.
+    pub(crate) fn close_outgoing(&self, app: &str) {
+        lock(&self.outgoing).remove(app);
+    }
 }

@@ -60,10 +60,11 @@ impl Move {
             .peer
             .post_bytes(&url, Bytes::from(frame))
             .await
-            .map_err(|e| {
-                lock(&self.node.postcopy.outgoing).remove(&self.app);
-                NodeError::peer("the target did not take over", e)
-            })?;
+            // The page service stays open: the answer may be what was lost
+            // while the target took over and already asks for pages (and
+            // watches this node). `Move::rollback` closes it if the target
+            // did not take over.
+            .map_err(|e| NodeError::peer("the target did not take over", e))?;
         let _: tern_api::types::MigrationAck = serde_json::from_slice(&answer).map_err(|e| {
             NodeError::new(
                 crate::ErrorKind::Peer(502),
@@ -109,12 +110,28 @@ impl Move {
         let total: u64 = remote.iter().map(RemotePages::pages).sum();
         match pushed {
             Ok(()) => {
-                let _ = self
+                let done = self
                     .peer
                     .post_bytes(&self.push_url("done", spec.generation), Bytes::new())
                     .await;
-                self.node.forget_checkpoint(&self.app);
                 super::super::target::release(lock(&out.inst).take());
+                // Every push was accepted, yet the target may still lack
+                // pages (it then goes on from its checkpoint): the move did
+                // not deliver the app's state, and says so. An answer lost
+                // on the way is no news: the target's watch sees the move
+                // end and checks its pages itself.
+                if let Some(left) = done
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["remaining"].as_u64())
+                    .filter(|&left| left > 0)
+                {
+                    return Err(NodeError::new(
+                        crate::ErrorKind::Peer(502),
+                        format!("post-copy: the target still lacked {left} of {total} pages when every push was in; it goes on from its checkpoint (see the app's status there)"),
+                    ));
+                }
+                self.node.forget_checkpoint(&self.app);
                 self.add_note(format!(
                     "post-copy: {total} pages to deliver; {served_pages} fetched by the target on first touch, the rest pushed"
                 ));
