@@ -152,6 +152,11 @@ pub struct AppStatus {
     /// source stopped answering); absent when they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holding: Option<String>,
+    /// Pages of the app's memory not here yet (a post-copy move's target,
+    /// or a lazy restore): they come as the app touches them and in the
+    /// background; absent when every page is here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_pending: Option<u64>,
 }
 
 /// The limits an app runs under. `None`: unbounded (a deployed app always
@@ -251,6 +256,21 @@ pub struct InvokeResponse {
     pub args: Vec<serde_json::Value>,
     pub results: Vec<serde_json::Value>,
     pub node: String,
+}
+
+/// `POST /v1/restore/lazy?name=N&generation=G&restart=R` on a node: start
+/// the app from a checkpoint its control plane holds, fetching its pages
+/// as they are touched (and all of them in the background) rather than
+/// the whole file first. The node reads the file from its own control
+/// plane (`GET /v1/checkpoints/N?digest=D&offset=O&len=L`), never from a
+/// place the request names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LazyRestore {
+    /// xxh3-128 of the whole file, 32 hex digits: checked once every byte
+    /// came in.
+    pub digest: String,
+    /// The file's length.
+    pub bytes: u64,
 }
 
 /// Ask a source node to move one of its apps.

@@ -271,6 +271,15 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             }
             Ok(server::json(StatusCode::CREATED, &serde_json::json!({"app": name, "generation": generation, "bytes": body.len()})))
         }
+        (&Method::GET, ["v1", "checkpoints", name]) if q("digest").is_some() => {
+            let digest = q("digest").unwrap_or_default();
+            let num = |k: &str| {
+                q(k).and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| ApiError::bad_request(format!("a range of a checkpoint needs ?{k}=N")))
+            };
+            let bytes = ops::pinned::read_range(sh, name, &digest, num("offset")?, num("len")?).await?;
+            Ok(server::bytes(StatusCode::OK, "application/octet-stream", bytes))
+        }
         (&Method::GET, ["v1", "checkpoints", name]) => {
             let c = sh.lock().checkpoints.get(*name).copied().ok_or_else(|| ApiError::not_found(format!("app {name} has no checkpoint")))?;
             let bytes = tokio::fs::read(sh.store.checkpoint_path(name))
@@ -340,6 +349,7 @@ async fn node_route(sh: &Arc<Shared>, me: &str, req: Request<Incoming>) -> Reply
                 let st = sh.lock();
                 st.apps.get(*name).and_then(|a| a.node.as_deref()) == Some(me)
                     || st.in_flight.get(*name).is_some_and(|m| m.to == me)
+                    || st.restoring.get(*name).is_some_and(|n| n == me)
             };
             if !allowed {
                 return Err(ApiError::forbidden(format!(

@@ -48,6 +48,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     rebalancer: Family<OutcomeLabels, Counter>,
     restarts: Family<OutcomeLabels, Counter>,
+    restart_seconds: Histogram,
     predictor_error: Histogram,
     /// Per app: the interval a CPU forecast was made for, and its value.
     forecasts: Mutex<HashMap<String, (u64, f64)>>,
@@ -77,6 +78,12 @@ impl Metrics {
             "Apps restarted after their node went down, by outcome (ok, failed)",
             restarts.clone(),
         );
+        let restart_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "tern_restart_seconds",
+            "How long a restart of a lost app took, from its start to the app running on its new node (answered by the node)",
+            restart_seconds.clone(),
+        );
         let predictor_error = Histogram::new(exponential_buckets(0.01, 2.0, 12));
         registry.register(
             "tern_predictor_abs_log_error",
@@ -94,6 +101,7 @@ impl Metrics {
             decisions,
             rebalancer,
             restarts,
+            restart_seconds,
             predictor_error,
             forecasts: Mutex::new(HashMap::new()),
             leader,
@@ -127,8 +135,11 @@ impl Metrics {
     }
 
     /// A restart of a lost app ended.
-    pub fn restarted(&self, ok: bool) {
+    pub fn restarted(&self, ok: bool, took: std::time::Duration) {
         outcome(&self.restarts, ok);
+        if ok {
+            self.restart_seconds.observe(took.as_secs_f64());
+        }
     }
 
     /// An app's CPU usage in `interval` came in: the forecast made for that

@@ -120,6 +120,9 @@ pub struct State {
     pub restart_not_before: HashMap<String, u64>,
     /// Migrations under way, by app (cleared with the app's busy mark).
     pub in_flight: BTreeMap<String, InFlight>,
+    /// Per app, the node restarting it from its checkpoint (it reads the
+    /// pinned file by ranges: `ops::pinned`).
+    pub restoring: HashMap<String, String>,
     /// Per app, the last [`DEMAND_POINTS`] sample periods: CPU observed
     /// against CPU predicted for the period (memory only; the dashboard).
     pub demand: HashMap<String, VecDeque<DemandPoint>>,

@@ -97,8 +97,9 @@ pub async fn restart_lost(sh: &Arc<Shared>) {
         plans
     };
     for (app, to, why) in plans {
+        let t0 = std::time::Instant::now();
         let restarted = ops::restart(sh, &app, &to, &why).await;
-        sh.metrics.restarted(restarted.is_ok());
+        sh.metrics.restarted(restarted.is_ok(), t0.elapsed());
         if let Err(e) = restarted {
             tracing::warn!(%app, node = %to, "restart failed: {e}");
         }

@@ -238,6 +238,25 @@ async fn api(
             let restored = ops::restore_app(&node, name, generation, restart, foreign, body).await;
             ok(StatusCode::CREATED, restored)
         }
+        (Method::POST, ["v1", "restore", "lazy"]) => {
+            let name =
+                q("name").ok_or_else(|| error(StatusCode::BAD_REQUEST, "restore needs ?name="))?;
+            let generation = q("generation").and_then(|g| g.parse().ok()).unwrap_or(1);
+            let restart = q("restart").unwrap_or_else(|| "never".to_string());
+            let from: tern_api::types::LazyRestore = read_json(req.into_body()).await?;
+            // On a task of its own: a caller that goes away must not cancel
+            // a restore half done (its pages keep coming in either way).
+            let node = node.clone();
+            let task = tokio::spawn(async move {
+                crate::lazy::restore_lazy(&node, name, generation, restart, from).await
+            });
+            let done = task.await.unwrap_or_else(|e| {
+                Err(crate::error::NodeError::internal(format!(
+                    "the restore ended abnormally: {e}"
+                )))
+            });
+            ok(StatusCode::CREATED, done)
+        }
         (Method::POST, ["v1", "migrations", "expect"]) => {
             let e: MigrationExpect = read_json(req.into_body()).await?;
             if let Err(bad) = tern_api::names::check_app_name(&e.app)

@@ -44,6 +44,7 @@ mod forward;
 mod http;
 mod ingress;
 pub mod join;
+mod lazy;
 mod lease;
 mod metrics;
 mod migrate;
@@ -102,6 +103,9 @@ pub struct NodeConfig {
     /// pages (default 0: at once); until then the target's demand fetches
     /// have the link to themselves. Tests use it to catch a move midway.
     pub postcopy_push_after: Duration,
+    /// How long a lazy restore waits before it pulls the pages its app has
+    /// not touched (tests hold it back to see the app run without them).
+    pub lazy_pull_after: Duration,
     /// A listener that serves `GET /metrics` alone, over plain HTTP and
     /// without credentials (`--metrics-listen`); `None`: metrics only on
     /// the API listener, for the operator's credentials.
@@ -137,6 +141,7 @@ impl NodeConfig {
             default_limits: tern_api::types::AppLimits::DEFAULT,
             postcopy: true,
             postcopy_push_after: Duration::ZERO,
+            lazy_pull_after: Duration::ZERO,
             resident_stock_bytes: DEFAULT_RESIDENT_STOCK,
             tls: None,
             metrics_listener: None,

@@ -313,7 +313,10 @@ impl Node {
                     Some(h) if h.same(&handle) => {}
                     _ => break,
                 }
-                if due <= Duration::from_secs(1) {
+                // Not while pages are still arriving: the capture would
+                // wait for every one, and the copy they come from (the
+                // control plane's) must stay the latest until they are in.
+                if due <= Duration::from_secs(1) && handle.pages_pending().is_none() {
                     attempted = Some(tern_util::now_unix_ms());
                     let _ = node.checkpoint(&handle).await;
                 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_api::types::{AppState, AppStatus, InvokeRequest, InvokeResponse, LogsResponse, StartApp};
+use tern_runtime::engine::LoadedModule;
 use tern_runtime::instance::Instance;
-use tern_runtime::snapshot::Snapshot;
+use tern_runtime::snapshot::{Body, Snapshot};
 use tern_runtime::wasi::LogBuffer;
 
 use crate::app::{AppHandle, Cmd};
@@ -74,25 +75,9 @@ pub(crate) async fn restore_app(
         .await?
         .map_err(|e| NodeError::bad_request(e.to_string()))?;
     node.check_generation(&name, generation)?;
-    let module = match node.module(&snap.body.meta.module_sha256).await {
-        Ok(m) => m,
-        Err(_) => {
-            let bytes = snap.body.module.clone().ok_or_else(|| {
-                NodeError::conflict("the snapshot does not carry its module and this node does not have it: upload the module first")
-            })?;
-            node.load_module(bytes).await?
-        }
-    };
-    let _ = node.keep_module(&module);
+    let module = module_of(node, &snap.body).await?;
     node.admit_generation(&name, generation)?;
-    let spec = StartApp {
-        name,
-        module_sha256: module.hash_hex(),
-        generation,
-        restart,
-        ..Default::default()
-    }
-    .with_default_limits(node.config.default_limits);
+    let spec = restored_spec(node, name, &module, generation, restart);
     let logs = LogBuffer::new();
     let mut opts = restore_options(node, &spec, &snap, &logs, true, false)?;
     if foreign {
@@ -115,6 +100,41 @@ pub(crate) async fn restore_app(
     )?;
     node.install(handle.clone());
     Ok(handle.status())
+}
+
+/// The module a snapshot names: loaded here already, or the one it
+/// carries; kept on this node's disk.
+pub(crate) async fn module_of(node: &Arc<Node>, body: &Body) -> Result<Arc<LoadedModule>> {
+    let module = match node.module(&body.meta.module_sha256).await {
+        Ok(m) => m,
+        Err(_) => {
+            let bytes = body.module.clone().ok_or_else(|| {
+                NodeError::conflict("the snapshot does not carry its module and this node does not have it: upload the module first")
+            })?;
+            node.load_module(bytes).await?
+        }
+    };
+    let _ = node.keep_module(&module);
+    Ok(module)
+}
+
+/// How an app restored from a snapshot runs: the node's default limits
+/// (a snapshot's own are data, not authority).
+pub(crate) fn restored_spec(
+    node: &Node,
+    name: String,
+    module: &LoadedModule,
+    generation: u64,
+    restart: String,
+) -> StartApp {
+    StartApp {
+        name,
+        module_sha256: module.hash_hex(),
+        generation,
+        restart,
+        ..Default::default()
+    }
+    .with_default_limits(node.config.default_limits)
 }
 
 /// `DELETE /v1/apps/NAME[?generation=G]`: stops the app and forgets it.

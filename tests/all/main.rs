@@ -14,6 +14,7 @@ mod hardening;
 mod hardening_local;
 mod hybrid;
 mod invariants;
+mod lazy;
 mod lease;
 mod limits;
 mod nodes;

@@ -19,7 +19,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// 64 KiB Wasm pages the heap app grows by: 64 MiB.
 const GROW_PAGES: i64 = 1024;
 
-async fn call(
+pub(crate) async fn call(
     c: &Client,
     url: &str,
     app: &str,
@@ -44,7 +44,7 @@ async fn digest(c: &Client, url: &str) -> i64 {
         .unwrap()
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -64,7 +64,7 @@ async fn heap_app(c: &Client, node: &TestNode) {
         .expect("grow");
 }
 
-fn paging_here() -> bool {
+pub(crate) fn paging_here() -> bool {
     match tern_runtime::postcopy::available() {
         Ok(()) => true,
         Err(why) => {

@@ -4,6 +4,7 @@
 //! outcome under the lock again.
 
 mod migrate;
+pub mod pinned;
 mod restore;
 
 pub use migrate::{migrate, migrate_with};
@@ -470,9 +471,11 @@ pub async fn remove(sh: &Arc<Shared>, name: &str) -> Result<()> {
     st.usage.remove(name);
     st.cpu_prev.remove(name);
     st.restart_not_before.remove(name);
+    st.restoring.remove(name);
     st.predictor.forget(name);
     drop(st);
     let _ = std::fs::remove_file(sh.store.checkpoint_path(name));
+    pinned::unpin_all(sh, name);
     drop(guard);
     tracing::info!(app = %name, "removed");
     Ok(())

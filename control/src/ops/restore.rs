@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::StatusCode;
-use tern_api::types::{AppStatus, AppView, StartApp};
+use tern_api::types::{AppStatus, AppView, LazyRestore, StartApp};
 use tern_scheduler::{place, RestartPolicy};
 
 use super::{idle_app, NodeRef, Result};
@@ -197,14 +197,26 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
     let result: Result<(AppStatus, String)> = async {
         sh.ensure_module(&target, &app.module_sha256).await?;
         match checkpoint {
+            // The node starts the app once its state is in and reads the
+            // pages as they are touched (`ops::pinned`).
             Some(c) => {
-                let path = sh.store.checkpoint_path(name);
-                let bytes = tokio::fs::read(&path).await.map_err(|e| ApiError::internal(format!("cannot read {}: {e}", path.display())))?;
-                let url = target.url(&format!("/v1/restore?name={name}&generation={generation}&restart={}", app.restart));
-                let body = sh.long_client.post_bytes(&url, bytes.into()).await.map_err(|e| target.err(e))?;
-                let status: AppStatus = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("node {} answered a restore with something else than an app status: {e}", target.name)))?;
-                Ok((status, format!("from its checkpoint of generation {}", c.generation)))
+                let (digest, bytes) = super::pinned::pin(sh, name).await?;
+                sh.lock()
+                    .restoring
+                    .insert(name.to_string(), target.name.clone());
+                let url = target.url(&format!(
+                    "/v1/restore/lazy?name={name}&generation={generation}&restart={}",
+                    app.restart
+                ));
+                let status: AppStatus = sh
+                    .long_client
+                    .post_json(&url, &LazyRestore { digest, bytes })
+                    .await
+                    .map_err(|e| target.err(e))?;
+                Ok((
+                    status,
+                    format!("from its checkpoint of generation {}", c.generation),
+                ))
             }
             None => {
                 let start = StartApp {
@@ -219,7 +231,11 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
                     restart: app.restart.clone(),
                     start_at_unix_ms: app.start_at_unix_ms.filter(|t| *t > now_ms()),
                 };
-                let status: AppStatus = sh.client.post_json(&target.url("/v1/apps"), &start).await.map_err(|e| target.err(e))?;
+                let status: AppStatus = sh
+                    .client
+                    .post_json(&target.url("/v1/apps"), &start)
+                    .await
+                    .map_err(|e| target.err(e))?;
                 Ok((status, "afresh (it has no checkpoint)".to_string()))
             }
         }

@@ -166,6 +166,9 @@ pub(super) struct Shared {
     /// whose source is in doubt: what the app acknowledged then could be
     /// lost).
     pub(super) hold: Mutex<Option<String>>,
+    /// The pager bringing the app's pages in, while some are missing (a
+    /// post-copy target, a lazy restore).
+    pub(super) pager: Mutex<Option<Arc<tern_runtime::postcopy::Pager>>>,
 }
 
 /// A handle on a running app's actor.
@@ -224,7 +227,26 @@ impl AppHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        s.pages_pending = self.pages_pending();
         s
+    }
+
+    /// Pages of the app not here yet (`None`: every one is).
+    pub(crate) fn pages_pending(&self) -> Option<u64> {
+        let mut g = self.shared.pager.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(p) if !p.is_finished() => Some(p.remaining()),
+            Some(_) => {
+                *g = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The pager bringing the app's pages in (see [`Self::pages_pending`]).
+    pub(crate) fn set_pager(&self, pager: Arc<tern_runtime::postcopy::Pager>) {
+        *self.shared.pager.lock().unwrap_or_else(|e| e.into_inner()) = Some(pager);
     }
 
     /// Records how the latest checkpoint went, for the app's status.
@@ -446,6 +468,7 @@ impl AppHandle {
             queued: 0,
             in_call_ms: None,
             holding: None,
+            pages_pending: None,
         };
         let shared = Arc::new(Shared {
             name: spec.name.clone(),
@@ -460,6 +483,7 @@ impl AppHandle {
             queue: Arc::new(Queue::default()),
             call_started_ms: AtomicU64::new(0),
             hold: Mutex::new(None),
+            pager: Mutex::new(None),
             calls: Default::default(),
             interrupt: Mutex::new(None),
         });

@@ -278,12 +278,35 @@ impl Pager {
     /// remote pages are still missing after it.
     pub fn deliver(&self, chunk: &[u8]) -> Result<u64, String> {
         let chunk = PageChunkRef::decode(chunk).map_err(|e| format!("page chunk rejected: {e}"))?;
+        self.place(chunk.memory, &chunk.pages, chunk.data)
+    }
+
+    /// Places `data`, the pages of memory `memory` from `first` on, as
+    /// [`Pager::deliver`] places a chunk's (a lazy restore reads them from
+    /// a snapshot file, checked there).
+    pub fn deliver_run(&self, memory: u32, first: u64, data: &[u8]) -> Result<u64, String> {
+        if !data.len().is_multiple_of(PAGE_SIZE) {
+            return Err("a run of pages must be whole pages".into());
+        }
+        let pages: Vec<u64> = (first..first + (data.len() / PAGE_SIZE) as u64).collect();
+        self.place(memory, &pages, data)
+    }
+
+    fn place(&self, memory: u32, page_list: &[u64], data: &[u8]) -> Result<u64, String> {
+        struct Chunk<'a> {
+            pages: &'a [u64],
+            data: &'a [u8],
+        }
+        let chunk = Chunk {
+            pages: page_list,
+            data,
+        };
         let inner = &self.inner;
         let k = inner
             .mems
             .iter()
-            .position(|m| m.index == chunk.memory)
-            .ok_or_else(|| format!("page chunk for memory {}, which is not paged", chunk.memory))?;
+            .position(|m| m.index == memory)
+            .ok_or_else(|| format!("pages of memory {memory}, which is not paged"))?;
         let m = inner.mems[k];
         if inner.done.load(Ordering::Acquire) {
             return Ok(self.remaining());

@@ -44,6 +44,7 @@ mod commit;
 mod delta;
 mod image;
 mod image_hash;
+pub mod lazy;
 mod postcopy;
 mod record;
 mod stream;
@@ -408,71 +409,15 @@ impl Snapshot {
     fn decode(backing: Backing, verify_image: bool) -> Result<Snapshot, SnapshotError> {
         let bytes = backing.as_slice();
         let found = bytes.len() as u64;
-        if bytes.len() < 8 || &bytes[..8] != MAGIC {
-            // A file shorter than the magic that starts like one is truncated.
-            if !bytes.is_empty() && bytes.len() < 8 && MAGIC.starts_with(bytes) {
-                return Err(SnapshotError::Truncated {
-                    expected: HEADER_LEN as u64,
-                    found,
-                });
-            }
-            return Err(SnapshotError::BadMagic);
-        }
-        if bytes.len() < HEADER_LEN {
-            return Err(SnapshotError::Truncated {
-                expected: HEADER_LEN as u64,
-                found,
-            });
-        }
+        let Header {
+            version,
+            image_len,
+            body_offset,
+            end: expected,
+            checksum,
+        } = Header::read(bytes, found)?;
         let h = &bytes[..HEADER_LEN];
-        let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
-        if version > FORMAT_VERSION {
-            return Err(SnapshotError::NewerVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if version < OLDEST_FORMAT_VERSION {
-            return Err(SnapshotError::OlderVersion {
-                found: version,
-                supported: OLDEST_FORMAT_VERSION,
-            });
-        }
-        let flags = u32::from_le_bytes(h[12..16].try_into().unwrap());
-        let image_offset = u64::from_le_bytes(h[16..24].try_into().unwrap());
-        let image_len = u64::from_le_bytes(h[24..32].try_into().unwrap());
-        let body_offset = u64::from_le_bytes(h[32..40].try_into().unwrap());
-        let body_len = u64::from_le_bytes(h[40..48].try_into().unwrap());
-        let checksum = u128::from_le_bytes(h[48..64].try_into().unwrap());
-        if flags != 0 {
-            return Err(SnapshotError::corrupt(format!(
-                "unknown header flags {flags:#x}"
-            )));
-        }
-        if image_offset != IMAGE_OFFSET {
-            return Err(SnapshotError::corrupt(format!(
-                "image offset {image_offset}, expected {IMAGE_OFFSET}"
-            )));
-        }
-        if body_len > MAX_BODY_LEN {
-            return Err(SnapshotError::corrupt(format!(
-                "body length {body_len} is implausible"
-            )));
-        }
-        let image_end = IMAGE_OFFSET
-            .checked_add(image_len)
-            .ok_or_else(|| SnapshotError::corrupt("image length overflows"))?;
-        if body_offset != image_end {
-            return Err(SnapshotError::corrupt(format!(
-                "body at {body_offset}, expected right after the image at {image_end}"
-            )));
-        }
-        let expected = body_offset
-            .checked_add(body_len)
-            .ok_or_else(|| SnapshotError::corrupt("body length overflows"))?;
-        if found < expected {
-            return Err(SnapshotError::Truncated { expected, found });
-        }
+        let image_end = body_offset;
         // A file `tern snapshot -o` wrote ends with the cluster's tag
         // (`auth.rs`); the snapshot itself ends before it.
         let sealed = found - expected == auth::TRAILER_LEN as u64
@@ -484,27 +429,12 @@ impl Snapshot {
             )));
         }
         let body_bytes = &bytes[body_offset as usize..expected as usize];
-        if header_checksum(&h[..48], body_bytes) != checksum {
-            return Err(SnapshotError::Checksum {
-                what: "header and body",
-            });
-        }
-        let body: Body = postcard::from_bytes(body_bytes)
-            .map_err(|e| SnapshotError::corrupt(format!("body does not decode: {e}")))?;
+        let body = read_body(&h[..48], body_bytes, checksum, image_len, version)?;
         let image = &bytes[IMAGE_OFFSET as usize..image_end as usize];
-        validate_body(&body, image_len, version)?;
         if verify_image && image_hash(image) != body.image_hash {
             return Err(SnapshotError::Checksum {
                 what: "memory image",
             });
-        }
-        if let Some(module) = &body.module {
-            let hash = sha256(module);
-            if hash != body.meta.module_sha256 {
-                return Err(SnapshotError::corrupt(
-                    "the embedded module does not match the module hash",
-                ));
-            }
         }
         Ok(Snapshot {
             body,
@@ -628,6 +558,127 @@ fn write_header(h: &mut [u8], image_len: u64, body_offset: u64, body_len: u64, b
     h[40..48].copy_from_slice(&body_len.to_le_bytes());
     let sum = header_checksum(&h[..48], body);
     h[48..64].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// What a snapshot's 64-byte header says, checked (not the checksum: that
+/// needs the body).
+pub(crate) struct Header {
+    pub version: u32,
+    pub image_len: u64,
+    /// Where the body starts (right after the image).
+    pub body_offset: u64,
+    /// Where the snapshot ends (after the body).
+    pub end: u64,
+    pub checksum: u128,
+}
+
+impl Header {
+    /// Reads the header at the start of `bytes`, of a file `found` bytes long.
+    pub(crate) fn read(bytes: &[u8], found: u64) -> Result<Header, SnapshotError> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
+            // A file shorter than the magic that starts like one is truncated.
+            if !bytes.is_empty() && bytes.len() < 8 && MAGIC.starts_with(bytes) {
+                return Err(SnapshotError::Truncated {
+                    expected: HEADER_LEN as u64,
+                    found,
+                });
+            }
+            return Err(SnapshotError::BadMagic);
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(SnapshotError::Truncated {
+                expected: HEADER_LEN as u64,
+                found,
+            });
+        }
+        let h = &bytes[..HEADER_LEN];
+        let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
+        if version > FORMAT_VERSION {
+            return Err(SnapshotError::NewerVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version < OLDEST_FORMAT_VERSION {
+            return Err(SnapshotError::OlderVersion {
+                found: version,
+                supported: OLDEST_FORMAT_VERSION,
+            });
+        }
+        let flags = u32::from_le_bytes(h[12..16].try_into().unwrap());
+        let image_offset = u64::from_le_bytes(h[16..24].try_into().unwrap());
+        let image_len = u64::from_le_bytes(h[24..32].try_into().unwrap());
+        let body_offset = u64::from_le_bytes(h[32..40].try_into().unwrap());
+        let body_len = u64::from_le_bytes(h[40..48].try_into().unwrap());
+        let checksum = u128::from_le_bytes(h[48..64].try_into().unwrap());
+        if flags != 0 {
+            return Err(SnapshotError::corrupt(format!(
+                "unknown header flags {flags:#x}"
+            )));
+        }
+        if image_offset != IMAGE_OFFSET {
+            return Err(SnapshotError::corrupt(format!(
+                "image offset {image_offset}, expected {IMAGE_OFFSET}"
+            )));
+        }
+        if body_len > MAX_BODY_LEN {
+            return Err(SnapshotError::corrupt(format!(
+                "body length {body_len} is implausible"
+            )));
+        }
+        let image_end = IMAGE_OFFSET
+            .checked_add(image_len)
+            .ok_or_else(|| SnapshotError::corrupt("image length overflows"))?;
+        if body_offset != image_end {
+            return Err(SnapshotError::corrupt(format!(
+                "body at {body_offset}, expected right after the image at {image_end}"
+            )));
+        }
+        let end = body_offset
+            .checked_add(body_len)
+            .ok_or_else(|| SnapshotError::corrupt("body length overflows"))?;
+        if found < end {
+            return Err(SnapshotError::Truncated {
+                expected: end,
+                found,
+            });
+        }
+        Ok(Header {
+            version,
+            image_len,
+            body_offset,
+            end,
+            checksum,
+        })
+    }
+}
+
+/// The body of a snapshot whose header said `checksum`, `image_len` and
+/// `version`: checked against the checksum, decoded and validated (every
+/// run inside the image, the embedded module the one named).
+pub(crate) fn read_body(
+    header48: &[u8],
+    body_bytes: &[u8],
+    checksum: u128,
+    image_len: u64,
+    version: u32,
+) -> Result<Body, SnapshotError> {
+    if header_checksum(header48, body_bytes) != checksum {
+        return Err(SnapshotError::Checksum {
+            what: "header and body",
+        });
+    }
+    let body: Body = postcard::from_bytes(body_bytes)
+        .map_err(|e| SnapshotError::corrupt(format!("body does not decode: {e}")))?;
+    validate_body(&body, image_len, version)?;
+    if let Some(module) = &body.module {
+        if sha256(module) != body.meta.module_sha256 {
+            return Err(SnapshotError::corrupt(
+                "the embedded module does not match the module hash",
+            ));
+        }
+    }
+    Ok(body)
 }
 
 fn header_checksum(header48: &[u8], body: &[u8]) -> u128 {

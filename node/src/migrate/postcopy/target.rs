@@ -126,6 +126,7 @@ pub(crate) async fn receive_switch(
         node.data_dir().clone(),
         Some((inst, s.logs.clone())),
     )?;
+    handle.set_pager(pager);
     node.install(handle);
     tokio::spawn(watch_source(node.clone(), s.clone(), source_url, incoming));
     Ok(MigrationAck {

@@ -1,0 +1,346 @@
+//! Lazy restore: an app restarted from a checkpoint the control plane
+//! holds starts as soon as its state is here, before its pages are.
+//!
+//! `POST /v1/restore/lazy` names the file (its digest and length); the node
+//! reads it by ranges from its own control plane. It reads its head and body (checked as a
+//! whole file's are), restores the app with every stored page missing and
+//! starts the post-copy pager on its memories; the app runs at once. A
+//! page the app touches brings its segment (`tern_runtime::snapshot::lazy`)
+//! in; meanwhile the background pull reads the image in order and places
+//! every page the app has not touched yet. When the pull reaches the end
+//! the whole file's digest is checked: a file that is not the one named
+//! fails the app, whose state can no longer be trusted. If the holder stops
+//! answering for [`STALL`], the pager fails and so does the app (its
+//! incomplete memory is never used again); the control plane restarts it.
+//!
+//! Where userfaultfd is unavailable the file is fetched whole first, as
+//! before.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_api::types::{AppStatus, LazyRestore};
+use tern_runtime::instance::Instance;
+use tern_runtime::postcopy::{PageWant, Pager};
+use tern_runtime::snapshot::lazy::{body_range, FileDigest, LazySnapshot, Segment, HEAD_LEN};
+use tern_runtime::wasi::LogBuffer;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::app::{AppHandle, Cmd};
+use crate::checkpoint::checkpoint_digest;
+use crate::error::{NodeError, Result};
+use crate::migrate::restore_options;
+use crate::node::Node;
+use crate::ops::{module_of, restore_app, restored_spec};
+
+/// The longest a lazily restored file may be (all a 32-bit memory holds,
+/// plus its state).
+const MAX_FILE_BYTES: u64 = 5 << 30;
+/// Bytes the background pull asks for at once.
+const PULL_BYTES: u64 = 4 << 20;
+/// Faulted segments fetched at once, at most.
+const FETCHES_IN_FLIGHT: usize = 4;
+/// Faults waiting to be fetched, at most (one per page).
+const WANTS_QUEUED: usize = 1024;
+/// With pages missing and no byte from the holder for this long, the
+/// restore fails.
+const STALL: Duration = Duration::from_secs(10);
+
+/// `POST /v1/restore/lazy?name=N&generation=G&restart=R`.
+pub(crate) async fn restore_lazy(
+    node: &Arc<Node>,
+    name: String,
+    generation: u64,
+    restart: String,
+    from: LazyRestore,
+) -> Result<AppStatus> {
+    tern_api::names::check_app_name(&name)?;
+    if from.digest.len() != 32 || !from.digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(NodeError::bad_request(format!(
+            "`{}` is not a checkpoint digest",
+            from.digest
+        )));
+    }
+    if from.bytes < HEAD_LEN || from.bytes > MAX_FILE_BYTES {
+        return Err(NodeError::bad_request(format!(
+            "a snapshot of {} bytes cannot be restored",
+            from.bytes
+        )));
+    }
+    node.check_generation(&name, generation)?;
+    if node.control_count() == 0 {
+        return Err(NodeError::bad_request(
+            "a lazy restore reads from the control plane, and this node has none",
+        ));
+    }
+    let reader = Reader {
+        node: node.clone(),
+        path: format!("/v1/checkpoints/{name}?digest={}", from.digest),
+    };
+    if !node.config.postcopy || tern_runtime::postcopy::available().is_err() {
+        let bytes = reader.read(0, from.bytes).await?;
+        if checkpoint_digest(&bytes) != from.digest.to_ascii_lowercase() {
+            return Err(NodeError::conflict(format!(
+                "the checkpoint read is not the one named {}",
+                from.digest
+            )));
+        }
+        return restore_app(node, name, generation, restart, false, bytes).await;
+    }
+    let head = reader.read(0, HEAD_LEN).await?;
+    let (body_at, body_len) =
+        body_range(&head, from.bytes).map_err(|e| NodeError::bad_request(e.to_string()))?;
+    let body = reader.read(body_at, body_len).await?;
+    let (head2, body2, len) = (head.clone(), body.clone(), from.bytes);
+    let lazy = tokio::task::spawn_blocking(move || LazySnapshot::new(&head2, &body2, len))
+        .await?
+        .map_err(|e| NodeError::bad_request(e.to_string()))?;
+    let lazy = Arc::new(lazy);
+    let module = module_of(node, &lazy.state.body).await?;
+    node.admit_generation(&name, generation)?;
+    let spec = restored_spec(node, name, &module, generation, restart);
+    let logs = LogBuffer::new();
+    // Hooks run once the pager does (they may touch pages).
+    let opts = restore_options(node, &spec, &lazy.state, &logs, false, false)?;
+    let (tx, rx) = mpsc::channel::<PageWant>(WANTS_QUEUED);
+    let (rt, m, l) = (node.runtime.clone(), module.clone(), lazy.clone());
+    let (inst, pager) = tokio::task::spawn_blocking(move || {
+        let mut inst = Instance::restore(&rt, &l.state, Some(m), opts)
+            .map_err(|e| NodeError::bad_request(format!("the state does not restore: {e}")))?;
+        let want = Box::new(move |w: PageWant| tx.blocking_send(w).is_ok());
+        let pager = inst
+            .start_postcopy(&l.remote, want)
+            .map_err(|e| NodeError::internal(format!("cannot page here: {e}")))?;
+        Ok::<_, NodeError>((inst, pager))
+    })
+    .await??;
+    let pull = Pull {
+        node: node.clone(),
+        app: spec.name.clone(),
+        generation,
+        reader,
+        lazy,
+        pager: pager.clone(),
+        digest: from.digest.to_ascii_lowercase(),
+        progress: std::sync::Mutex::new(Instant::now()),
+        failed: Default::default(),
+    };
+    tokio::spawn(Arc::new(pull).run(head, body, rx));
+    let resumed = tokio::task::spawn_blocking(move || {
+        let mut inst = inst;
+        inst.run_restore_hook()
+            .map_err(|e| NodeError::internal(format!("the app's restore hook failed: {e}")))?;
+        Ok::<_, NodeError>(inst)
+    })
+    .await?;
+    let inst = match resumed {
+        Ok(i) => i,
+        Err(e) => {
+            pager.fail("the restore failed");
+            return Err(e);
+        }
+    };
+    let handle = AppHandle::spawn(
+        node.runtime.clone(),
+        module,
+        spec,
+        node.data_dir().clone(),
+        Some((inst, logs)),
+    )?;
+    handle.set_pager(pager);
+    node.install(handle.clone());
+    Ok(handle.status())
+}
+
+/// Reads byte ranges of the file from the node's control plane (the one
+/// leading now).
+#[derive(Clone)]
+struct Reader {
+    node: Arc<Node>,
+    path: String,
+}
+
+impl Reader {
+    /// Bytes `[offset, offset + len)` of the file, exactly.
+    async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let control = self
+            .node
+            .control()
+            .ok_or_else(|| NodeError::unavailable("this node has no control plane"))?;
+        let url = format!("{control}{}&offset={offset}&len={len}", self.path);
+        let (_, bytes) = self
+            .node
+            .client
+            .send(
+                hyper::Method::GET,
+                &url,
+                "application/octet-stream",
+                Bytes::new(),
+            )
+            .await
+            .map_err(|e| NodeError::peer("reading the checkpoint", e))?;
+        if bytes.len() as u64 != len {
+            return Err(NodeError::conflict(format!(
+                "asked for {len} bytes of the checkpoint at {offset}, got {}",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// The pages of one lazy restore on their way in.
+struct Pull {
+    node: Arc<Node>,
+    app: String,
+    generation: u64,
+    reader: Reader,
+    lazy: Arc<LazySnapshot>,
+    pager: Arc<Pager>,
+    digest: String,
+    /// When a byte last came in.
+    progress: std::sync::Mutex<Instant>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Pull {
+    /// Serves faults and pulls the image in order until every page is in
+    /// and the file is checked, or the restore fails.
+    async fn run(self: Arc<Self>, head: Bytes, body: Bytes, wants: mpsc::Receiver<PageWant>) {
+        let faults = tokio::spawn(self.clone().serve_faults(wants));
+        let outcome = self.pull_all(&head, &body).await;
+        faults.abort();
+        if let Err(why) = outcome {
+            self.fail(why);
+        }
+    }
+
+    /// The image in order, then the digests.
+    async fn pull_all(&self, head: &[u8], body: &[u8]) -> std::result::Result<(), String> {
+        tokio::time::sleep(self.node.config.lazy_pull_after).await;
+        let mut digest = FileDigest::new(&self.lazy);
+        digest.update(head);
+        let (mut at, image_end) = self.lazy.image_range();
+        let mut next = 0usize;
+        let segments = &self.lazy.segments;
+        while at < image_end {
+            if self.pager.failure().is_some() {
+                return Ok(());
+            }
+            // Whole segments, up to PULL_BYTES (one larger segment alone),
+            // and the padding after the last.
+            let mut end = at;
+            let first = next;
+            while next < segments.len() {
+                let s = &segments[next];
+                let s_end = s.offset + s.len;
+                if next > first && s_end - at > PULL_BYTES {
+                    break;
+                }
+                end = s_end;
+                next += 1;
+            }
+            if next == segments.len() {
+                end = image_end;
+            }
+            let bytes = self.read_retrying(at, end - at).await?;
+            digest.update(&bytes);
+            for s in &segments[first..next] {
+                let stored = &bytes[(s.offset - at) as usize..(s.offset - at + s.len) as usize];
+                self.place(s, stored).await?;
+            }
+            at = end;
+        }
+        digest.update(body);
+        let (file, image) = digest.finish();
+        if file != self.digest || !self.lazy.image_matches(image) {
+            return Err(format!(
+                "the checkpoint it restarted from is not the one named {} (its bytes hash to {file}): its state cannot be trusted",
+                self.digest
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fetches the segment of each page the app touches, a few at once.
+    async fn serve_faults(self: Arc<Self>, mut wants: mpsc::Receiver<PageWant>) {
+        let slots = Arc::new(Semaphore::new(FETCHES_IN_FLIGHT));
+        while let Some(w) = wants.recv().await {
+            let Some(s) = self.lazy.segment_of(w.memory, w.page).cloned() else {
+                continue;
+            };
+            // Its other pages are asked for by this fetch.
+            self.pager.claim(s.memory, s.first_page, s.pages as usize);
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let got = match me.read_retrying(s.offset, s.len).await {
+                    Ok(bytes) => me.place(&s, &bytes).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(why) = got {
+                    me.fail(why);
+                }
+            });
+        }
+    }
+
+    /// Places a segment's pages (those still missing).
+    async fn place(&self, s: &Segment, stored: &[u8]) -> std::result::Result<(), String> {
+        let pager = self.pager.clone();
+        let (s, stored) = (s.clone(), stored.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let pages = s.pages_from(&stored).map_err(|e| e.to_string())?;
+            pager.deliver_run(s.memory, s.first_page, &pages)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|_| ())
+    }
+
+    /// A range, asked again until it comes or nothing came for [`STALL`].
+    async fn read_retrying(&self, offset: u64, len: u64) -> std::result::Result<Bytes, String> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.reader.read(offset, len).await {
+                Ok(b) => {
+                    *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                    return Ok(b);
+                }
+                Err(e) => {
+                    let since = *self.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    if since.elapsed() >= STALL {
+                        return Err(format!("its checkpoint cannot be read any more: {e}"));
+                    }
+                    if self.pager.failure().is_some() {
+                        return Err(e.to_string());
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// The restore failed: the memory is incomplete or untrusted, the app
+    /// is failed (never run on from it). Once.
+    fn fail(&self, why: String) {
+        if self.failed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        self.pager.fail(&why);
+        tracing::warn!(app = %self.app, "lazy restore failed: {why}");
+        if let Some(h) = self.node.local(&self.app) {
+            if h.spec().generation == self.generation {
+                let _ = h.send(Cmd::PostcopyLost {
+                    why: format!("lazy restore failed: {why}"),
+                    replacement: None,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Lazy restore: when a node is lost, the control plane restarts its apps
+//! elsewhere from their checkpoints, and the new node starts each app as
+//! soon as its state is in; the pages come as the app touches them and in
+//! the background, read by ranges from the control plane's pinned copy of
+//! the checkpoint. A copy that is not the checkpoint named fails the app
+//! rather than letting it run on.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tern_api::client::Client;
+
+use crate::nodes::{client, start_control, TestNode};
+use crate::postcopy::{call, paging_here, wait_until};
+
+/// A control plane and two nodes, `n1` running a 16 MiB heap app that was
+/// checkpointed; `n2` waits `pull_after` before pulling pages a lazy
+/// restore's app has not touched. Returns the app's digest at the
+/// checkpoint.
+struct Cluster {
+    dir: tempfile::TempDir,
+    control: String,
+    _served: tern_api::local::Served,
+    n1: Option<TestNode>,
+    n2: TestNode,
+    c: Client,
+}
+
+async fn cluster(pull_after: Duration) -> (Cluster, i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (control, served) = start_control(dir.path(), |cfg| {
+        cfg.heartbeat_timeout = Duration::from_secs(3);
+        cfg.rebalance_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let cu = control.clone();
+    let n1 = TestNode::start_with("n1", move |cfg| cfg.control_url = Some(cu)).await;
+    let cu = control.clone();
+    let n2 = TestNode::start_with("n2", move |cfg| {
+        cfg.control_url = Some(cu);
+        cfg.lazy_pull_after = pull_after;
+    })
+    .await;
+    let c = client();
+    crate::nodes::wait_for_nodes(&c, &control, 2).await;
+    let bytes = std::fs::read(tern_artifacts::HEAPSTATE).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), bytes.into())
+        .await
+        .unwrap();
+    let _: Value = c
+        .post_json(
+            &format!("{control}/v1/apps"),
+            &json!({"name": "heap", "module_sha256": sha, "node": "n1", "restart": "always"}),
+        )
+        .await
+        .unwrap();
+    wait_until("the app runs", || async {
+        call(&c, &n1.url, "heap", "len", &[]).await.is_ok()
+    })
+    .await;
+    call(&c, &n1.url, "heap", "grow", &[256]).await.unwrap();
+    for v in [1, 3] {
+        call(&c, &n1.url, "heap", "push", &[v]).await.unwrap();
+    }
+    let _: Value = c
+        .post_json(&format!("{}/v1/apps/heap/checkpoint", n1.url), &json!({}))
+        .await
+        .unwrap();
+    let at_checkpoint = get(&c, &n1.url, "digest").await;
+    // Written after the checkpoint: lost with n1.
+    call(&c, &n1.url, "heap", "push", &[2]).await.unwrap();
+    let cl = Cluster {
+        dir,
+        control,
+        _served: served,
+        n1: Some(n1),
+        n2,
+        c,
+    };
+    (cl, at_checkpoint)
+}
+
+async fn get(c: &Client, url: &str, export: &str) -> i64 {
+    call(c, url, "heap", export, &[]).await.unwrap().results[0]
+        .as_i64()
+        .unwrap()
+}
+
+async fn status(c: &Client, url: &str) -> Value {
+    c.get_json(&format!("{url}/v1/apps/heap"))
+        .await
+        .unwrap_or(Value::Null)
+}
+
+impl Cluster {
+    /// n1 is lost; returns once the app runs on n2 (restarted there).
+    async fn lose_n1(&mut self) {
+        drop(self.n1.take());
+        let (c, n2) = (&self.c, &self.n2.url);
+        wait_until("the app is restarted on n2", || async {
+            status(c, n2).await["state"] == "running"
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_from_a_checkpoint_runs_before_its_pages_are_in() {
+    if !paging_here() {
+        return;
+    }
+    // The background pull waits a minute: only what the app touches comes.
+    let (mut cl, at_checkpoint) = cluster(Duration::from_secs(60)).await;
+    cl.lose_n1().await;
+    let (c, n2) = (&cl.c, cl.n2.url.clone());
+    let st = status(c, &n2).await;
+    eprintln!("restarted lazily: {st}");
+    let pending = st["pages_pending"].as_u64().unwrap_or(0);
+    assert!(
+        pending > 2000,
+        "most of the 16 MiB is still on the control plane: {st}"
+    );
+    // The app answers from its checkpoint's state (the 2 written after it
+    // is gone), with most of its pages still away.
+    assert_eq!(get(c, &n2, "len").await, 2);
+    assert_eq!(get(c, &n2, "sum").await, 4);
+    let st = status(c, &n2).await;
+    assert!(
+        st["pages_pending"].as_u64().is_some_and(|p| p > 2000),
+        "a few calls bring only the pages they touch: {st}"
+    );
+    // Reading the whole heap brings its pages (a page it never reads, of
+    // the stack say, may stay away): the state is the checkpoint's.
+    assert_eq!(get(c, &n2, "digest").await, at_checkpoint);
+    let st = status(c, &n2).await;
+    assert!(
+        st["pages_pending"].as_u64().unwrap_or(0) < 64,
+        "the pages the app read came in: {st}"
+    );
+    let app: Value = c
+        .get_json(&format!("{}/v1/apps/heap", cl.control))
+        .await
+        .unwrap();
+    assert_eq!(app["node"], "n2", "{app}");
+    // It goes on as any app.
+    let r = call(c, &n2, "heap", "push", &[9]).await.unwrap();
+    assert_eq!(r.results[0].as_i64(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_pulls_every_page_in_the_background_and_checks_the_file() {
+    if !paging_here() {
+        return;
+    }
+    let (mut cl, at_checkpoint) = cluster(Duration::ZERO).await;
+    cl.lose_n1().await;
+    let (c, n2) = (&cl.c, cl.n2.url.clone());
+    // Nothing touched: the pull alone brings every page, then checks the
+    // file's digest; the app is whole and not failed.
+    wait_until("every page is in", || async {
+        status(c, &n2).await["pages_pending"].is_null()
+    })
+    .await;
+    let st = status(c, &n2).await;
+    assert_eq!(st["state"], "running", "{st}");
+    assert_eq!(get(c, &n2, "digest").await, at_checkpoint);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_checkpoint_fails_the_lazily_restored_app() {
+    if !paging_here() {
+        return;
+    }
+    let (mut cl, _) = cluster(Duration::from_secs(2)).await;
+    cl.lose_n1().await;
+    // The pinned copy is damaged in its image, far from any page the app
+    // touched, before the pull reads it.
+    let pinned = std::fs::read_dir(cl.dir.path().join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "pinned"))
+        .expect("the checkpoint read by the restart is pinned");
+    let mut bytes = std::fs::read(&pinned).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&pinned, &bytes).unwrap();
+    let (c, n2) = (&cl.c, cl.n2.url.clone());
+    wait_until("the app is failed", || async {
+        status(c, &n2).await["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is not the one named"))
+    })
+    .await;
+    let st = status(c, &n2).await;
+    eprintln!("damaged checkpoint: {st}");
+    // Failed, never run on from a state that is not the checkpoint's.
+    assert_eq!(st["state"], "failed", "{st}");
+    assert!(call(c, &n2, "heap", "len", &[]).await.is_err());
+}
