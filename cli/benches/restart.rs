@@ -1,0 +1,283 @@
+//! Restart benchmark: a control plane and two nodes in this process, over
+//! TLS on loopback. An app of 64 or 256 MiB (every page filled with
+//! non-zero words) is checkpointed on `node-1`, which is then killed; the
+//! control plane restarts the app on `node-2` from the checkpoint, either
+//! lazily (the node starts the app once its state is in and reads pages as
+//! they are touched and in the background) or whole (`node-2` cannot page:
+//! it reads the whole file first, as every restart did before).
+//!
+//! For each restart: its time as the control plane measured it (from its
+//! start to the node's answer that the app runs: `tern_restart_seconds`),
+//! the app's first call after it (touching 16 pages), and a call that reads
+//! every page (with lazy restore: every page not yet pulled is fetched on
+//! touch). Next to them, a raw transfer of the checkpoint's bytes over the
+//! same loopback (plain tokio TCP), measured right after in the same run:
+//! restart/raw is the median of the per-restart ratios, with their range.
+//!
+//! Run with `cargo bench -p tern --bench restart` (or `--workspace`).
+//! Knobs: `TERN_BENCH_SIZES=64,256` (MiB), `TERN_BENCH_REPS=3`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tern::LocalCluster;
+use tern_api::client::Client;
+use tern_api::local::Bound;
+use tern_api::types::{InvokeRequest, InvokeResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const APP: &str = "big";
+const TOKEN: &str = "bench-token-0123456789";
+
+/// Grows its memory, fills it with xorshift words, reads pages.
+const GUEST: &str = r#"
+(module
+  (memory 1)
+  (func (export "grow_to") (param $pages i32) (result i32)
+    (if (i32.gt_u (local.get $pages) (memory.size))
+      (then (drop (memory.grow (i32.sub (local.get $pages) (memory.size))))))
+    (memory.size))
+  (func (export "fill") (param $seed i64) (result i32)
+    (local $a i32) (local $end i32) (local $x i64)
+    (local.set $x (i64.or (local.get $seed) (i64.const 1)))
+    (local.set $end (i32.shl (memory.size) (i32.const 16)))
+    (block $done
+      (loop $l
+        (br_if $done (i32.ge_u (local.get $a) (local.get $end)))
+        (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 13))))
+        (local.set $x (i64.xor (local.get $x) (i64.shr_u (local.get $x) (i64.const 7))))
+        (local.set $x (i64.xor (local.get $x) (i64.shl (local.get $x) (i64.const 17))))
+        (i64.store (local.get $a) (local.get $x))
+        (local.set $a (i32.add (local.get $a) (i32.const 8)))
+        (br $l)))
+    (i32.const 1))
+  ;; Adds one word of each of the first $pages 4 KiB pages (all: -1).
+  (func (export "touch") (param $pages i32) (result i64)
+    (local $a i32) (local $end i32) (local $sum i64)
+    (local.set $end (i32.shl (memory.size) (i32.const 16)))
+    (if (i32.ge_s (local.get $pages) (i32.const 0))
+      (then (if (i32.lt_u (i32.shl (local.get $pages) (i32.const 12)) (local.get $end))
+        (then (local.set $end (i32.shl (local.get $pages) (i32.const 12)))))))
+    (block $done
+      (loop $l
+        (br_if $done (i32.ge_u (local.get $a) (local.get $end)))
+        (local.set $sum (i64.add (local.get $sum) (i64.load (local.get $a))))
+        (local.set $a (i32.add (local.get $a) (i32.const 4096)))
+        (br $l)))
+    (local.get $sum)))
+"#;
+
+struct Sample {
+    restart: Duration,
+    first_call: Duration,
+    every_page: Duration,
+    raw: Duration,
+    file_bytes: u64,
+}
+
+fn main() -> Result<()> {
+    let sizes: Vec<u64> = std::env::var("TERN_BENCH_SIZES")
+        .unwrap_or_else(|_| "64,256".into())
+        .split(',')
+        .map(|s| s.trim().parse().context("TERN_BENCH_SIZES"))
+        .collect::<Result<_>>()?;
+    let reps: usize = std::env::var("TERN_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!("| app | restart | restart (ms) | restart / raw | first call (ms) | call reading every page (ms) | checkpoint |");
+    println!("|---|---|---|---|---|---|---|");
+    for &mib in &sizes {
+        for lazy in [true, false] {
+            let mut samples = Vec::new();
+            // Alternating would mix clusters; each sample is its own.
+            for _ in 0..reps {
+                samples.push(rt.block_on(one(mib, lazy))?);
+            }
+            print_row(mib, lazy, &samples);
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median and range of some figures, as "median [min–max]".
+fn spread(mut v: Vec<f64>, digits: usize) -> String {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let med = v[v.len() / 2];
+    format!(
+        "{med:.digits$} [{:.digits$}–{:.digits$}]",
+        v[0],
+        v[v.len() - 1]
+    )
+}
+
+fn print_row(mib: u64, lazy: bool, s: &[Sample]) {
+    println!(
+        "| {mib} MiB | {} | {} | {} | {} | {} | {:.1} MiB |",
+        if lazy { "lazy" } else { "whole file first" },
+        spread(s.iter().map(|x| ms(x.restart)).collect(), 1),
+        spread(
+            s.iter()
+                .map(|x| x.restart.as_secs_f64() / x.raw.as_secs_f64())
+                .collect(),
+            2
+        ),
+        spread(s.iter().map(|x| ms(x.first_call)).collect(), 2),
+        spread(s.iter().map(|x| ms(x.every_page)).collect(), 1),
+        s[0].file_bytes as f64 / (1 << 20) as f64,
+    );
+}
+
+async fn invoke(c: &Client, url: &str, export: &str, args: &[i64]) -> Result<InvokeResponse> {
+    let req = InvokeRequest {
+        export: export.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    };
+    c.post_json(&format!("{url}/v1/apps/{APP}/invoke"), &req)
+        .await
+        .with_context(|| format!("{export} on {url}"))
+}
+
+/// One restart of a `mib` MiB app, on a cluster of its own.
+async fn one(mib: u64, lazy: bool) -> Result<Sample> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = tern_control::ControlConfig::new(dir.path(), TOKEN);
+    cfg.heartbeat_timeout = Duration::from_secs(1);
+    cfg.rebalance_interval = Duration::from_secs(3600);
+    cfg.tls = Some(tern_control::ClusterTls::load_or_create(
+        dir.path(),
+        &["127.0.0.1".to_string()],
+    )?);
+    let mut cl = LocalCluster::start(Bound::loopback().await?, cfg, 0).await?;
+    cl.add_node("node-1", |_| {}).await?;
+    cl.add_node("node-2", |c| c.postcopy = lazy).await?;
+    cl.wait_ready(Duration::from_secs(30), |_| {}).await?;
+    let c = cl.client().with_timeout(Duration::from_secs(120));
+    let control = cl.control_url.clone();
+    let (n1, n2) = (cl.nodes[0].url.clone(), cl.nodes[1].url.clone());
+    let wasm = wat::parse_str(GUEST)?;
+    let sha = hex::encode(tern_runtime::sha256(&wasm));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(wasm))
+        .await?;
+    let _: Value = c
+        .post_json(
+            &format!("{control}/v1/apps"),
+            &json!({"name": APP, "module_sha256": sha, "node": "node-1", "restart": "always"}),
+        )
+        .await?;
+    invoke(&c, &n1, "grow_to", &[(mib * 16) as i64]).await?;
+    invoke(&c, &n1, "fill", &[7]).await?;
+    let want = invoke(&c, &n1, "touch", &[-1]).await?.results[0].clone();
+    let _: Value = c
+        .post_json(&format!("{n1}/v1/apps/{APP}/checkpoint"), &json!({}))
+        .await?;
+    let file_bytes = std::fs::metadata(dir.path().join("checkpoints").join(format!("{APP}.snap")))
+        .context("the control plane holds the checkpoint")?
+        .len();
+    cl.kill_node("node-1");
+    let t0 = Instant::now();
+    loop {
+        let app: Value = c
+            .get_json(&format!("{control}/v1/apps/{APP}"))
+            .await
+            .unwrap_or(Value::Null);
+        if app["node"] == "node-2" && app["state"] == "running" {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the app was not restarted on node-2: {app}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    invoke(&c, &n2, "touch", &[16]).await?;
+    let first_call = t.elapsed();
+    let t = Instant::now();
+    let got = invoke(&c, &n2, "touch", &[-1]).await?.results[0].clone();
+    let every_page = t.elapsed();
+    if got != want {
+        bail!("the restarted app's memory differs: {got} != {want}");
+    }
+    let restart = restart_seconds(&c, &control).await?;
+    let src = Arc::new(vec![0x5au8; 1 << 20]);
+    let raw = raw_transfer(file_bytes, &src).await;
+    for e in cl.shut_down(Duration::from_secs(10)).await {
+        eprintln!("shutting down: {e}");
+    }
+    Ok(Sample {
+        restart,
+        first_call,
+        every_page,
+        raw,
+        file_bytes,
+    })
+}
+
+/// The one restart's time, from the control plane's metrics.
+async fn restart_seconds(c: &Client, control: &str) -> Result<Duration> {
+    let (_, text) = c
+        .send(
+            hyper::Method::GET,
+            &format!("{control}/metrics"),
+            "text/plain",
+            Bytes::new(),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&text);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    match (
+        field("tern_restart_seconds_sum"),
+        field("tern_restart_seconds_count"),
+    ) {
+        (Some(sum), Some(1.0)) => Ok(Duration::from_secs_f64(sum)),
+        other => bail!("expected one restart in the metrics, found {other:?}"),
+    }
+}
+
+/// `n` bytes over a plain loopback TCP connection, until the receiver has
+/// them all.
+async fn raw_transfer(n: u64, src: &Arc<Vec<u8>>) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recv = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let k = s.read(&mut buf).await.unwrap();
+            if k == 0 {
+                break;
+            }
+            got += k as u64;
+        }
+        (got, Instant::now())
+    });
+    let t0 = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(src.len() as u64) as usize;
+        s.write_all(&src[..k]).await.unwrap();
+        left -= k as u64;
+    }
+    s.shutdown().await.unwrap();
+    let (got, t_end) = recv.await.unwrap();
+    assert_eq!(got, n);
+    t_end - t0
+}
