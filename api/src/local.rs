@@ -122,3 +122,42 @@ impl Drop for Served {
         self.stop();
     }
 }
+
+/// `n` bytes sent over a fresh plain TCP connection on loopback, timed
+/// until the receiver has them all: the raw transfer the benchmarks set
+/// a move's or a restart's time against, measured in the same run.
+pub async fn raw_loopback_transfer(n: u64) -> std::io::Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let recv = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let k = s.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            got += k as u64;
+        }
+        Ok::<_, std::io::Error>((got, std::time::Instant::now()))
+    });
+    let src = vec![0x5au8; 1 << 20];
+    let t0 = std::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(src.len() as u64) as usize;
+        s.write_all(&src[..k]).await?;
+        left -= k as u64;
+    }
+    s.shutdown().await?;
+    let (got, t_end) = recv.await.map_err(std::io::Error::other)??;
+    if got != n {
+        return Err(std::io::Error::other(format!("{got} bytes arrived of {n}")));
+    }
+    Ok(t_end - t0)
+}

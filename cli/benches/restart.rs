@@ -17,7 +17,6 @@
 //! Run with `cargo bench -p tern --bench restart` (or `--workspace`).
 //! Knobs: `TERN_BENCH_SIZES=64,256` (MiB), `TERN_BENCH_REPS=3`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -27,8 +26,6 @@ use tern::LocalCluster;
 use tern_api::client::Client;
 use tern_api::local::Bound;
 use tern_api::types::{InvokeRequest, InvokeResponse};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const APP: &str = "big";
 const TOKEN: &str = "bench-token-0123456789";
@@ -210,8 +207,7 @@ async fn one(mib: u64, lazy: bool) -> Result<Sample> {
         bail!("the restarted app's memory differs: {got} != {want}");
     }
     let restart = restart_seconds(&c, &control).await?;
-    let src = Arc::new(vec![0x5au8; 1 << 20]);
-    let raw = raw_transfer(file_bytes, &src).await;
+    let raw = tern_api::local::raw_loopback_transfer(file_bytes).await?;
     for e in cl.shut_down(Duration::from_secs(10)).await {
         eprintln!("shutting down: {e}");
     }
@@ -246,38 +242,4 @@ async fn restart_seconds(c: &Client, control: &str) -> Result<Duration> {
         (Some(sum), Some(1.0)) => Ok(Duration::from_secs_f64(sum)),
         other => bail!("expected one restart in the metrics, found {other:?}"),
     }
-}
-
-/// `n` bytes over a plain loopback TCP connection, until the receiver has
-/// them all.
-async fn raw_transfer(n: u64, src: &Arc<Vec<u8>>) -> Duration {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let recv = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut got = 0u64;
-        loop {
-            let k = s.read(&mut buf).await.unwrap();
-            if k == 0 {
-                break;
-            }
-            got += k as u64;
-        }
-        (got, Instant::now())
-    });
-    let t0 = Instant::now();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(src.len() as u64) as usize;
-        s.write_all(&src[..k]).await.unwrap();
-        left -= k as u64;
-    }
-    s.shutdown().await.unwrap();
-    let (got, t_end) = recv.await.unwrap();
-    assert_eq!(got, n);
-    t_end - t0
 }

@@ -349,7 +349,10 @@ async fn node_route(sh: &Arc<Shared>, me: &str, req: Request<Incoming>) -> Reply
                 let st = sh.lock();
                 st.apps.get(*name).and_then(|a| a.node.as_deref()) == Some(me)
                     || st.in_flight.get(*name).is_some_and(|m| m.to == me)
-                    || st.restoring.get(*name).is_some_and(|n| n == me)
+                    // The node restarting the app, for the pinned copy
+                    // it was named (and nothing newer) while it runs elsewhere.
+                    || (st.restoring.get(*name).is_some_and(|n| n == me)
+                        && query_param(query.as_deref(), "digest").is_some())
             };
             if !allowed {
                 return Err(ApiError::forbidden(format!(

@@ -48,8 +48,6 @@ use tern_api::types::{
     InvokeRequest, InvokeResponse, MigrateRequest, MigrationReport, Mode, StartApp,
 };
 use tern_node::NodeConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "bench-token-0123456789";
 const MIB: u64 = 1 << 20;
@@ -324,36 +322,10 @@ async fn settle() {
 
 /// Moves `n` bytes over a fresh loopback TCP connection: connect, write,
 /// until the receiver has read them all.
-async fn raw_transfer(n: u64, src: &Arc<Vec<u8>>) -> Duration {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let recv = tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        s.set_nodelay(true).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut got = 0u64;
-        loop {
-            let k = s.read(&mut buf).await.unwrap();
-            if k == 0 {
-                break;
-            }
-            got += k as u64;
-        }
-        (got, Instant::now())
-    });
-    let t0 = Instant::now();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(src.len() as u64) as usize;
-        s.write_all(&src[..k]).await.unwrap();
-        left -= k as u64;
-    }
-    s.shutdown().await.unwrap();
-    let (got, t_end) = recv.await.unwrap();
-    assert_eq!(got, n);
-    t_end - t0
+async fn raw_transfer(n: u64) -> Duration {
+    tern_api::local::raw_loopback_transfer(n)
+        .await
+        .expect("a raw loopback transfer")
 }
 
 struct Sample {
@@ -456,13 +428,8 @@ async fn bench() {
         .await
         .expect("upload module");
     }
-    let payload: Arc<Vec<u8>> = Arc::new(
-        (0..(8 * MIB) as usize)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect(),
-    );
     // Warm up loopback and the allocator.
-    raw_transfer(64 * MIB, &payload).await;
+    raw_transfer(64 * MIB).await;
 
     let mut rows = Vec::new();
     let mut generation = 1u64;
@@ -560,7 +527,7 @@ async fn bench() {
                         );
                     }
                     settle().await;
-                    let raw = raw_transfer(report.bytes_sent, &payload).await;
+                    let raw = raw_transfer(report.bytes_sent).await;
                     if std::env::var("TERN_BENCH_SAMPLES").is_ok_and(|v| v == "1") {
                         eprintln!(
                             "  {size} MiB {mode}: downtime {:.2} ms, total {:.1} ms, raw {:.1} ms",

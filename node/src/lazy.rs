@@ -208,11 +208,21 @@ impl Pull {
     /// Serves faults and pulls the image in order until every page is in
     /// and the file is checked, or the restore fails.
     async fn run(self: Arc<Self>, head: Bytes, body: Bytes, wants: mpsc::Receiver<PageWant>) {
+        let t0 = Instant::now();
         let faults = tokio::spawn(self.clone().serve_faults(wants));
         let outcome = self.pull_all(&head, &body).await;
         faults.abort();
-        if let Err(why) = outcome {
-            self.fail(why);
+        match outcome {
+            Ok(()) if self.pager.failure().is_none() => tracing::info!(
+                app = %self.app,
+                generation = self.generation,
+                "lazy restore complete: {} bytes of checkpoint {} in and checked, {} ms after the app started",
+                self.lazy.file_len(),
+                self.digest,
+                t0.elapsed().as_millis()
+            ),
+            Ok(()) => {}
+            Err(why) => self.fail(why),
         }
     }
 

@@ -17,8 +17,8 @@ use std::borrow::Cow;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{
-    read_body, Body, Encoding, Header, MemoryCapture, RemotePages, Snapshot, SnapshotError,
-    SnapshotParts, HEADER_LEN, IMAGE_OFFSET, PAGE_SIZE,
+    lz4_pages, read_body, Body, Encoding, Header, MemoryCapture, RemotePages, Snapshot,
+    SnapshotError, SnapshotParts, HEADER_LEN, IMAGE_OFFSET, PAGE_SIZE,
 };
 
 /// Pages of a raw run fetched together when one of them is touched: 256
@@ -171,23 +171,7 @@ impl Segment {
         if !self.compressed {
             return Ok(Cow::Borrowed(stored));
         }
-        let len = (self.pages as usize)
-            .checked_mul(PAGE_SIZE)
-            .ok_or_else(|| SnapshotError::corrupt("compressed run is too large"))?;
-        let mut out = vec![0u8; len];
-        let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| {
-            SnapshotError::corrupt(format!(
-                "compressed run at page {} does not decode: {e}",
-                self.first_page
-            ))
-        })?;
-        if n != len {
-            return Err(SnapshotError::corrupt(format!(
-                "compressed run at page {} has {n} bytes, expected {len}",
-                self.first_page
-            )));
-        }
-        Ok(Cow::Owned(out))
+        lz4_pages(stored, self.pages, self.first_page).map(Cow::Owned)
     }
 }
 

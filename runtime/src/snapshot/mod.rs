@@ -472,30 +472,7 @@ impl Snapshot {
         match run.encoding {
             Encoding::Raw => Ok(std::borrow::Cow::Borrowed(stored)),
             Encoding::Lz4 => {
-                let len = run
-                    .pages
-                    .checked_mul(PAGE_SIZE as u64)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| SnapshotError::corrupt("compressed run is too large"))?;
-                let mut out = zeroed_buffer(len).ok_or_else(|| {
-                    SnapshotError::corrupt(format!(
-                        "compressed run at page {} needs {len} bytes, which cannot be allocated",
-                        run.first_page
-                    ))
-                })?;
-                let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| {
-                    SnapshotError::corrupt(format!(
-                        "compressed run at page {} does not decode: {e}",
-                        run.first_page
-                    ))
-                })?;
-                if n != len {
-                    return Err(SnapshotError::corrupt(format!(
-                        "compressed run at page {} has {n} bytes, expected {len}",
-                        run.first_page
-                    )));
-                }
-                Ok(std::borrow::Cow::Owned(out))
+                lz4_pages(stored, run.pages, run.first_page).map(std::borrow::Cow::Owned)
             }
         }
     }
@@ -679,6 +656,36 @@ pub(crate) fn read_body(
         }
     }
     Ok(body)
+}
+
+/// The `pages` pages an LZ4 run starting at `first_page` decodes to. The
+/// buffer is allocated fallibly: a run the machine cannot hold is an error,
+/// not an abort (its size was bounded by the decoder already).
+pub(crate) fn lz4_pages(
+    stored: &[u8],
+    pages: u64,
+    first_page: u64,
+) -> Result<Vec<u8>, SnapshotError> {
+    let len = pages
+        .checked_mul(PAGE_SIZE as u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| SnapshotError::corrupt("compressed run is too large"))?;
+    let mut out = zeroed_buffer(len).ok_or_else(|| {
+        SnapshotError::corrupt(format!(
+            "compressed run at page {first_page} needs {len} bytes, which cannot be allocated"
+        ))
+    })?;
+    let n = lz4_flex::block::decompress_into(stored, &mut out).map_err(|e| {
+        SnapshotError::corrupt(format!(
+            "compressed run at page {first_page} does not decode: {e}"
+        ))
+    })?;
+    if n != len {
+        return Err(SnapshotError::corrupt(format!(
+            "compressed run at page {first_page} has {n} bytes, expected {len}"
+        )));
+    }
+    Ok(out)
 }
 
 fn header_checksum(header48: &[u8], body: &[u8]) -> u128 {
