@@ -146,10 +146,17 @@ impl Node {
             matches!(&outcome, Ok((_, _, sent)) if sent.is_ok()),
         );
         match &outcome {
-            Ok((_, bytes, sent)) => handle.set_checkpoint(CheckpointStatus {
+            Ok((_, bytes, Ok(()))) => handle.set_checkpoint(CheckpointStatus {
                 unix_ms: Some(now),
                 bytes: *bytes,
-                error: sent.clone().err(),
+                error: None,
+            }),
+            // Kept here but not by the control plane: a restart elsewhere
+            // would start from the one before, which the status keeps
+            // naming (and the next attempt comes sooner: `Node::install`).
+            Ok((_, _, Err(e))) => handle.set_checkpoint(CheckpointStatus {
+                error: Some(e.clone()),
+                ..previous.clone()
             }),
             Err(e) => {
                 handle

@@ -18,6 +18,9 @@ use crate::error::{NodeError, Result};
 use crate::migrate::TargetSession;
 use crate::{fence, NodeConfig, CHECKPOINT_INTERVAL};
 
+/// How soon a checkpoint that failed is tried again.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(2);
+
 /// Where an app the node knows of is.
 #[derive(Clone)]
 pub(crate) enum Slot {
@@ -294,20 +297,33 @@ impl Node {
         let node = self.clone();
         let installed = tern_util::now_unix_ms();
         // The last attempt here (a failed one leaves the checkpoint's time
-        // as it was): at most one an interval.
+        // as it was): at most one an interval, or one every
+        // `CHECKPOINT_RETRY` while they fail.
         let mut attempted: Option<u64> = None;
         tokio::spawn(async move {
             loop {
                 // Due an interval after the app's latest checkpoint, which
                 // may have been taken on the node it came from; looked at
                 // again at least every second, as a move's state arrives.
-                let last = handle
-                    .status()
-                    .checkpoint
+                let status = handle.status().checkpoint;
+                let failed = status.as_ref().is_some_and(|c| c.error.is_some());
+                let last = status
                     .and_then(|c| c.unix_ms)
                     .max(attempted)
                     .unwrap_or(installed);
-                let due = checkpoint_due_in(last, tern_util::now_unix_ms());
+                let now = tern_util::now_unix_ms();
+                let mut due = checkpoint_due_in(last, now);
+                // The last attempt failed (not sent, or not written): the
+                // app's restart point is older than it should be; try again
+                // soon rather than an interval later.
+                if failed {
+                    // (An attempt through the API counts from when it is seen.)
+                    let at = *attempted.get_or_insert(now);
+                    due = due.min(
+                        (Duration::from_millis(at) + CHECKPOINT_RETRY)
+                            .saturating_sub(Duration::from_millis(now)),
+                    );
+                }
                 tokio::time::sleep(due.min(Duration::from_secs(1))).await;
                 match node.local(handle.name()) {
                     Some(h) if h.same(&handle) => {}
