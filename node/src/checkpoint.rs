@@ -138,8 +138,11 @@ impl Node {
     /// it). How it went is in the app's status and logs.
     pub(crate) async fn checkpoint(&self, handle: &AppHandle) -> Result<(String, u64)> {
         let app = handle.name().to_string();
-        let outcome = self.take_checkpoint(handle).await;
+        // The state's time: the app's actor takes the snapshot after every
+        // call answered before now (not when the file is written and sent,
+        // which may take a while: a call answered meanwhile is not in it).
         let now = tern_util::now_unix_ms();
+        let outcome = self.take_checkpoint(handle).await;
         let previous = handle.status().checkpoint.unwrap_or_default();
         self.metrics.checkpointed(
             outcome.is_ok(),
