@@ -127,14 +127,7 @@ pub(crate) async fn restore_lazy(
         failed: Default::default(),
     };
     tokio::spawn(Arc::new(pull).run(head, body, rx));
-    let resumed = tokio::task::spawn_blocking(move || {
-        let mut inst = inst;
-        inst.run_restore_hook()
-            .map_err(|e| NodeError::internal(format!("the app's restore hook failed: {e}")))?;
-        Ok::<_, NodeError>(inst)
-    })
-    .await?;
-    let inst = match resumed {
+    let inst = match crate::migrate::run_restore_hook(inst).await {
         Ok(i) => i,
         Err(e) => {
             pager.fail("the restore failed");

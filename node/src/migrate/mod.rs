@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tern_api::types::StartApp;
-use tern_runtime::instance::RestoreOptions;
+use tern_runtime::instance::{Instance, RestoreOptions};
 use tern_runtime::snapshot::{LimitsState, Snapshot};
 use tern_runtime::wasi::{LogBuffer, Stdio};
 
@@ -55,8 +55,20 @@ pub(crate) use target::{
 };
 
 use crate::app::app_dir;
-use crate::error::Result;
+use crate::error::{NodeError, Result};
 use crate::node::Node;
+
+/// Runs the app's restore hook off the async workers, on an instance whose
+/// pages may still be arriving (a post-copy target, a lazy restore: the
+/// pager's fetcher runs already, as the hook may touch pages).
+pub(crate) async fn run_restore_hook(mut inst: Instance) -> Result<Instance> {
+    tokio::task::spawn_blocking(move || {
+        inst.run_restore_hook()
+            .map_err(|e| NodeError::internal(format!("the app's restore hook failed: {e}")))?;
+        Ok::<_, NodeError>(inst)
+    })
+    .await?
+}
 
 /// How an app restores on this node: its logs here, its directory here, the
 /// limits of its spec (never those a snapshot carries).

@@ -60,7 +60,7 @@ pub(crate) async fn receive_switch(
     let t0 = Instant::now();
     let (tx, rx) = mpsc::channel::<PageWant>(WANTS_QUEUED);
     let (rt, s2, node2) = (node.runtime.clone(), s.clone(), node.clone());
-    let (mut inst, pager) = tokio::task::spawn_blocking(move || {
+    let (inst, pager) = tokio::task::spawn_blocking(move || {
         let frame = PostcopyFrame::decode(&body)
             .map_err(|e| NodeError::bad_request(format!("post-copy frame rejected: {e}")))?;
         // After pre-copy rounds (hot, then post-copy) the session holds the
@@ -104,13 +104,7 @@ pub(crate) async fn receive_switch(
         rx,
     ));
     // The restore hook may touch pages: the fetch loop runs already.
-    let resumed = tokio::task::spawn_blocking(move || {
-        inst.run_restore_hook()
-            .map_err(|e| NodeError::internal(format!("the app's restore hook failed: {e}")))?;
-        Ok::<_, NodeError>(inst)
-    })
-    .await?;
-    let inst = match resumed {
+    let inst = match crate::migrate::run_restore_hook(inst).await {
         Ok(i) => i,
         Err(e) => {
             pager.fail("the switch failed on the target");
