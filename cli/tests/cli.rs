@@ -666,11 +666,7 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
     // Wait for a checkpoint of that state to reach the control plane (nodes
     // take one every 10 s; one taken before the call, on a loaded machine,
     // does not count), then kill the node the app runs on.
-    let checkpoint = dir
-        .path()
-        .join("control")
-        .join("checkpoints")
-        .join("counter.snap");
+    let checkpoints = dir.path().join("control").join("checkpoints");
     let taken_ms = wait_for(40, "a checkpoint of counter taken after the call", || {
         let doc: serde_json::Value =
             serde_json::from_slice(&tern(&["ps", "--json"]).stdout).ok()?;
@@ -683,9 +679,19 @@ fn an_app_with_restart_always_comes_back_after_its_node_is_killed() {
         (taken > after).then_some(taken)
     });
     let taken = std::time::UNIX_EPOCH + std::time::Duration::from_millis(taken_ms);
+    // Each checkpoint is a new file, named by its digest.
     wait_for(40, "that checkpoint at the control plane", || {
-        let written = std::fs::metadata(&checkpoint).ok()?.modified().ok()?;
-        (written >= taken).then_some(())
+        std::fs::read_dir(&checkpoints)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                let f = e.file_name();
+                let f = f.to_string_lossy();
+                f.starts_with("counter@") && f.ends_with(".snap")
+            })
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .any(|written| written >= taken)
+            .then_some(())
     });
     drop(first);
     let doc = wait_for(60, "counter to run on the second node", || {

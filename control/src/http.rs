@@ -281,8 +281,9 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             Ok(server::bytes(StatusCode::OK, "application/octet-stream", bytes))
         }
         (&Method::GET, ["v1", "checkpoints", name]) => {
-            let c = sh.lock().checkpoints.get(*name).copied().ok_or_else(|| ApiError::not_found(format!("app {name} has no checkpoint")))?;
-            let bytes = tokio::fs::read(sh.store.checkpoint_path(name))
+            let (c, mut file) = ops::pinned::open_latest(sh, name).await?;
+            let mut bytes = Vec::with_capacity(c.bytes.min(sh.cfg.max_blob_bytes as u64) as usize);
+            tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes)
                 .await
                 .map_err(|e| ApiError::internal(format!("cannot read the checkpoint of {name}: {e}")))?;
             let mut resp = server::bytes(StatusCode::OK, "application/octet-stream", bytes);

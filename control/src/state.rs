@@ -67,13 +67,21 @@ pub struct AppRec {
     pub checkpoint: Option<api::CheckpointStatus>,
 }
 
-/// The latest checkpoint of an app (the bytes are `checkpoints/NAME.snap`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The latest checkpoint of an app. Its bytes are the file its digest
+/// names, `checkpoints/NAME@DIGEST.snap` ([`crate::store::Store::checkpoint_path`]),
+/// so a record can only ever be read with the very bytes it was written
+/// for: a control plane that finds the record but not that file (another
+/// control plane received the checkpoint) knows it lacks it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CheckpointRec {
     pub generation: u64,
     pub bytes: u64,
     pub unix_ms: u64,
+    /// xxh3-128 of the file, 32 lowercase hex digits. Records written
+    /// before digests were kept have none; their file is `NAME.snap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// Everything the handlers share.
@@ -97,6 +105,9 @@ pub struct Shared {
     creds: Mutex<crate::credentials::Credentials>,
     /// What `GET /metrics` answers (`metrics.rs`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per app, the turn to change or pin its checkpoint file: a file and
+    /// its record change together, one writer at a time.
+    checkpoint_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The in-memory state: the store's tables plus what only lives in memory.
@@ -262,7 +273,26 @@ impl Shared {
             state: Mutex::new(st),
             cfg,
             metrics,
+            checkpoint_turns: Mutex::default(),
         })
+    }
+
+    /// The app's checkpoint turn (see `checkpoint_turns`); lock it across
+    /// a change of the app's checkpoint file and record.
+    pub fn checkpoint_turn(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self
+            .checkpoint_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        turns.entry(app.to_string()).or_default().clone()
+    }
+
+    /// Forgets the app's checkpoint turn (the app is removed).
+    pub fn drop_checkpoint_turn(&self, app: &str) {
+        self.checkpoint_turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
     }
 
     /// The credentials, read.

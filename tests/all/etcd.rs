@@ -456,3 +456,133 @@ async fn control_planes_reach_etcd_over_mutual_tls_only_with_the_right_certifica
     assert_eq!(apps.len(), 1, "{apps:?}");
     assert_eq!(apps[0].module_sha256, sha);
 }
+
+/// RELIABILITY item 20: a control plane that led before, and kept the file
+/// of a checkpoint it received then, leads again after another one
+/// received newer checkpoints. Its old file is not the checkpoint the
+/// shared record names: it asks the app's node for a fresh one, and a
+/// restart after the node is lost starts from that, with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint() {
+    let etcd = Etcd::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let setup = |store: StoreConfig| {
+        move |cfg: &mut tern_control::ControlConfig| {
+            cfg.store = store;
+            cfg.lease_ttl = LEASE;
+            cfg.heartbeat_timeout = Duration::from_secs(3);
+            cfg.rebalance_interval = Duration::from_secs(3600);
+        }
+    };
+    let bound_a = tern_api::local::Bound::loopback().await.unwrap();
+    let (a, stop_a) =
+        crate::nodes::start_control_on(bound_a, dir_a.path(), setup(etcd.store("again"))).await;
+    role(&a, "control").await;
+    let (b, stop_b) = start_control(dir_b.path(), setup(etcd.store("again"))).await;
+    role(&b, "standby").await;
+    let both = format!("{a},{b}");
+    let n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
+    let n2 = TestNode::start_with("n2", |cfg| cfg.control_url = Some(both.clone())).await;
+    let c = client();
+    crate::nodes::wait_for_nodes(&c, &a, 2).await;
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{a}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let req = DeployRequest {
+        name: "counter".into(),
+        module_sha256: sha,
+        node: Some("n1".into()),
+        restart: Some("always".into()),
+        ..Default::default()
+    };
+    let _: Value = c.post_json(&format!("{a}/v1/apps"), &req).await.unwrap();
+    let add = async |n: usize| {
+        for _ in 0..n {
+            let (status, _) = c
+                .send(
+                    hyper::Method::POST,
+                    &format!("{}/apps/counter/", n1.url),
+                    "text/plain",
+                    Bytes::from_static(b"1"),
+                )
+                .await
+                .unwrap();
+            assert!(status.is_success(), "{status}");
+        }
+    };
+    let latest = async |leader: &str| -> Option<Bytes> {
+        let (status, got) = c
+            .send(
+                hyper::Method::GET,
+                &format!("{leader}/v1/checkpoints/counter"),
+                "text/plain",
+                Bytes::new(),
+            )
+            .await
+            .ok()?;
+        status.is_success().then_some(got)
+    };
+    // A checkpoint of the counter at `value`, which `leader` received (the
+    // node answers once the control plane has it).
+    let checkpoint_at = async |leader: &str, value: i64| -> Bytes {
+        assert_eq!(count(&c, &n1.url).await, value);
+        let _: Value = c
+            .post_json(
+                &format!("{}/v1/apps/counter/checkpoint", n1.url),
+                &json!({}),
+            )
+            .await
+            .unwrap();
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/counter", n1.url))
+            .await
+            .unwrap();
+        assert!(st["checkpoint"]["error"].is_null(), "{st}");
+        latest(leader).await.expect("the leader has the checkpoint")
+    };
+    add(3).await;
+    let old = checkpoint_at(&a, 3).await;
+
+    // A resigns; B leads and receives the newer checkpoints.
+    drop(stop_a);
+    role(&b, "control").await;
+    // (B asks for a checkpoint when it takes over: let it land first.)
+    eventually("a checkpoint of counter on B", async || latest(&b).await).await;
+    add(5).await;
+    let newer = checkpoint_at(&b, 8).await;
+    assert!(old != newer, "the state changed, so did its checkpoint");
+
+    // A comes back (same address, same directory, its old file still
+    // there) and leads again when B resigns.
+    let bound_a = tern_api::local::Bound::at(a.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let (a2, _stop_a2) =
+        crate::nodes::start_control_on(bound_a, dir_a.path(), setup(etcd.store("again"))).await;
+    assert_eq!(a2, a);
+    role(&a, "standby").await;
+    drop(stop_b);
+    role(&a, "control").await;
+    let served = eventually("a checkpoint of counter on A again", async || {
+        latest(&a).await
+    })
+    .await;
+    assert!(
+        served != old,
+        "A served the file of an older checkpoint as the latest"
+    );
+
+    // n1 is lost: the counter restarts on n2 with all 8 writes.
+    drop(n1);
+    eventually("the counter restarted on n2", async || {
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/counter", n2.url))
+            .await
+            .ok()?;
+        (st["state"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(count(&c, &n2.url).await, 8, "writes lost to the restart");
+}

@@ -134,42 +134,70 @@ impl Shared {
     }
 
     /// Stores `bytes` as `app`'s checkpoint unless a newer one is kept.
+    ///
+    /// The file is named by its digest and written whole before the record
+    /// names it; the app's checkpoint turn keeps the file and the record
+    /// changing together, so the record never names other bytes. The file
+    /// of the checkpoint it replaces goes after (a restore reading it holds
+    /// a pin of its own: `pinned`).
     pub async fn save_checkpoint(&self, app: &str, generation: u64, bytes: &Bytes) -> Result<bool> {
+        let turn = self.checkpoint_turn(app);
+        let _turn = turn.lock().await;
+        let refused = |st: &State| {
+            !st.apps.contains_key(app)
+                || st
+                    .checkpoints
+                    .get(app)
+                    .is_some_and(|c| c.generation > generation)
+        };
         {
             let st = self.lock();
             if !st.apps.contains_key(app) {
                 return Err(ApiError::no_app(app));
             }
-            if let Some(c) = st.checkpoints.get(app) {
-                if c.generation > generation {
-                    return Ok(false);
-                }
+            if refused(&st) {
+                return Ok(false);
             }
         }
-        let path = self.store.checkpoint_path(app);
-        let data = bytes.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| {
-                ApiError::internal(format!("cannot write the checkpoint of {app}: {e}"))
-            })?;
+        let dir = self.store.checkpoints_dir();
+        let (data, name) = (bytes.clone(), app.to_string());
+        let (digest, path) = tokio::task::spawn_blocking(move || {
+            let digest = crate::store::checkpoint_digest(&data);
+            let path = dir.join(format!("{name}@{digest}.snap"));
+            write_atomic(&path, &data).map(|()| (digest, path))
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot write the checkpoint of {app}: {e}")))?;
         let mut st = self.lock();
-        if st
-            .checkpoints
-            .get(app)
-            .is_some_and(|c| c.generation > generation)
-            || !st.apps.contains_key(app)
-        {
+        let previous = st.checkpoints.get(app).cloned();
+        let same_file = |c: &Option<CheckpointRec>| {
+            c.as_ref()
+                .is_some_and(|c| c.digest.as_deref() == Some(digest.as_str()))
+        };
+        if refused(&st) {
+            if !same_file(&previous) {
+                let _ = std::fs::remove_file(&path);
+            }
             return Ok(false);
         }
         let rec = CheckpointRec {
             generation,
             bytes: bytes.len() as u64,
             unix_ms: now_ms(),
+            digest: Some(digest.clone()),
         };
-        self.store.put_checkpoint(app, &rec)?;
+        if let Err(e) = self.store.put_checkpoint(app, &rec) {
+            if !same_file(&previous) {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e.into());
+        }
         st.checkpoints.insert(app.to_string(), rec);
+        drop(st);
+        if let Some(old) = previous.filter(|c| c.digest.as_deref() != Some(digest.as_str())) {
+            let _ = std::fs::remove_file(self.store.checkpoint_path(app, old.digest.as_deref()));
+        }
         Ok(true)
     }
 }
@@ -474,8 +502,8 @@ pub async fn remove(sh: &Arc<Shared>, name: &str) -> Result<()> {
     st.restoring.remove(name);
     st.predictor.forget(name);
     drop(st);
-    let _ = std::fs::remove_file(sh.store.checkpoint_path(name));
-    pinned::unpin_all(sh, name);
+    pinned::remove_files(sh, name);
+    sh.drop_checkpoint_turn(name);
     drop(guard);
     tracing::info!(app = %name, "removed");
     Ok(())

@@ -3,12 +3,12 @@
 //! A restart from a checkpoint hands the node the checkpoint's digest and
 //! length only; the node reads the bytes as its app touches them and in
 //! the background (`GET /v1/checkpoints/NAME?digest=D&offset=O&len=L`).
-//! Meanwhile a newer checkpoint may replace the app's latest, so the file
-//! the node reads is pinned first: a hard link to the latest file, named by
-//! its digest, which nothing writes again (checkpoints replace the latest
-//! by rename, never in place). One pin per app: a newer pin, a checkpoint
-//! of the app from its new node (which sends none before every page is
-//! in), or the app's removal drops it.
+//! Meanwhile a newer checkpoint may replace the app's latest and remove its
+//! file, so the file the node reads is pinned first: a hard link to the
+//! file the app's record names (`NAME@DIGEST.snap`, never written again),
+//! made in the app's checkpoint turn. One pin per app: a newer pin, a
+//! checkpoint of the app from its new node (which sends none before every
+//! page is in), or the app's removal drops it.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -18,57 +18,78 @@ use bytes::Bytes;
 
 use super::Result;
 use crate::error::ApiError;
-use crate::state::Shared;
+use crate::state::{CheckpointRec, Shared};
+use crate::store::valid_digest;
 
 /// The most bytes one range read answers.
 pub const MAX_RANGE: u64 = 1 << 30;
 
 fn pin_path(sh: &Shared, name: &str, digest: &str) -> PathBuf {
     sh.store
-        .checkpoint_path(name)
-        .with_file_name(format!("{name}.{digest}.pinned"))
+        .checkpoints_dir()
+        .join(format!("{name}.{digest}.pinned"))
 }
 
-fn valid_digest(d: &str) -> bool {
-    d.len() == 32 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Pins the app's latest checkpoint: its digest (xxh3-128, hex) and length.
-pub async fn pin(sh: &Arc<Shared>, name: &str) -> Result<(String, u64)> {
-    let latest = sh.store.checkpoint_path(name);
-    let sh2 = sh.clone();
-    let name2 = name.to_string();
-    tokio::task::spawn_blocking(move || {
-        let pinning = latest.with_file_name(format!("{name2}.pinning"));
+/// Pins the app's latest checkpoint: its record, digest (xxh3-128, hex)
+/// and length. The record is read and the file linked in the app's
+/// checkpoint turn, so the pin is of the bytes the record names.
+pub async fn pin(sh: &Arc<Shared>, name: &str) -> Result<(CheckpointRec, String, u64)> {
+    let turn = sh.checkpoint_turn(name);
+    let _turn = turn.lock().await;
+    let rec = sh
+        .lock()
+        .checkpoints
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("app {name} has no checkpoint")))?;
+    let latest = sh.store.checkpoint_path(name, rec.digest.as_deref());
+    let (sh2, name2, recorded) = (sh.clone(), name.to_string(), rec.clone());
+    let (digest, len) = tokio::task::spawn_blocking(move || {
+        let pinning = sh2.store.checkpoints_dir().join(format!("{name2}.pinning"));
         let _ = std::fs::remove_file(&pinning);
         std::fs::hard_link(&latest, &pinning)?;
-        let mut file = std::fs::File::open(&pinning)?;
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            len += n as u64;
+        let digest = match recorded.digest {
+            // Named by its digest when written; the node checks the bytes
+            // it reads against it.
+            Some(d) => d,
+            // A file from before digests were recorded: hashed now.
+            None => digest_of(&pinning)?,
+        };
+        let len = std::fs::metadata(&pinning)?.len();
+        if len != recorded.bytes {
+            let _ = std::fs::remove_file(&pinning);
+            return Err(std::io::Error::other(format!(
+                "it holds {len} bytes where its record says {}",
+                recorded.bytes
+            )));
         }
-        let digest = format!("{:032x}", hasher.digest128());
         unpin_all(&sh2, &name2);
         std::fs::rename(&pinning, pin_path(&sh2, &name2, &digest))?;
         Ok::<_, std::io::Error>((digest, len))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(format!("cannot pin the checkpoint of {name}: {e}")))
+    .map_err(|e| ApiError::internal(format!("cannot pin the checkpoint of {name}: {e}")))?;
+    Ok((rec, digest, len))
+}
+
+fn digest_of(path: &std::path::Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:032x}", hasher.digest128()))
 }
 
 /// Drops every pin of the app.
 pub fn unpin_all(sh: &Shared, name: &str) {
-    let dir = sh.store.checkpoint_path(name);
-    let Some(dir) = dir.parent() else { return };
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(entries) = std::fs::read_dir(sh.store.checkpoints_dir()) else {
         return;
     };
     let prefix = format!("{name}.");
@@ -82,6 +103,44 @@ pub fn unpin_all(sh: &Shared, name: &str) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// Removes every checkpoint file and pin of an app being removed.
+pub fn remove_files(sh: &Shared, name: &str) {
+    unpin_all(sh, name);
+    let _ = std::fs::remove_file(sh.store.checkpoint_path(name, None));
+    let Ok(entries) = std::fs::read_dir(sh.store.checkpoints_dir()) else {
+        return;
+    };
+    let prefix = format!("{name}@");
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(f) = file.to_str() else { continue };
+        let digest = f
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".snap"));
+        if digest.is_some_and(valid_digest) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Opens the app's latest checkpoint file in its checkpoint turn (a newer
+/// checkpoint may remove the file right after; what is open stays
+/// readable): its record and the open file.
+pub async fn open_latest(sh: &Arc<Shared>, name: &str) -> Result<(CheckpointRec, tokio::fs::File)> {
+    let turn = sh.checkpoint_turn(name);
+    let _turn = turn.lock().await;
+    let rec = sh
+        .lock()
+        .checkpoints
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("app {name} has no checkpoint")))?;
+    let file = tokio::fs::File::open(sh.store.checkpoint_path(name, rec.digest.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot read the checkpoint of {name}: {e}")))?;
+    Ok((rec, file))
 }
 
 /// Bytes `[offset, offset + len)` of the app's pinned checkpoint `digest`.

@@ -186,7 +186,7 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
         let mut st = sh.lock();
         let app = idle_app(&st, name)?;
         let target = sh.live_node(&st, to, now)?;
-        let checkpoint = st.checkpoints.get(name).copied();
+        let checkpoint = st.checkpoints.contains_key(name);
         let generation = sh.next_generation(&mut st, name)?;
         let guard = BusyGuard::take(sh, &mut st, name);
         if let Some(a) = st.apps.get_mut(name) {
@@ -199,8 +199,8 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
         match checkpoint {
             // The node starts the app once its state is in and reads the
             // pages as they are touched (`ops::pinned`).
-            Some(c) => {
-                let (digest, bytes) = super::pinned::pin(sh, name).await?;
+            true => {
+                let (c, digest, bytes) = super::pinned::pin(sh, name).await?;
                 sh.lock()
                     .restoring
                     .insert(name.to_string(), target.name.clone());
@@ -218,7 +218,7 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
                     format!("from its checkpoint of generation {}", c.generation),
                 ))
             }
-            None => {
+            false => {
                 let start = StartApp {
                     name: name.to_string(),
                     module_sha256: app.module_sha256.clone(),

@@ -1,6 +1,9 @@
 //! The control plane's state: records in a store, blobs beside it in the
-//! data directory (`modules/SHA256.wasm`, `checkpoints/NAME.snap`, each
-//! written to a temporary name and renamed).
+//! data directory (`modules/SHA256.wasm`, `checkpoints/NAME@DIGEST.snap`,
+//! each written to a temporary name and renamed). A checkpoint file is
+//! named by its digest and never written again, so a record names exactly
+//! one content; files no record names are removed when the records are
+//! loaded.
 //!
 //! Two backends keep the records: `redb` (embedded, one control plane: the
 //! default) and `etcd` (shared by several control planes, one of which
@@ -62,6 +65,25 @@ fn blob_dirs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `NAME@DIGEST.snap`, or `NAME.snap` for a record without a digest.
+fn checkpoint_file_name(app: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(d) => format!("{app}@{d}.snap"),
+        None => format!("{app}.snap"),
+    }
+}
+
+/// A checkpoint digest as records and restores carry it: xxh3-128, 32
+/// lowercase hex digits (it becomes part of a file name).
+pub fn valid_digest(d: &str) -> bool {
+    d.len() == 32 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The digest a checkpoint's bytes are named by.
+pub fn checkpoint_digest(bytes: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
 impl Store {
     /// Opens (or creates) the embedded store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Store> {
@@ -85,8 +107,56 @@ impl Store {
         self.dir.join("modules").join(format!("{sha256}.wasm"))
     }
 
-    pub fn checkpoint_path(&self, app: &str) -> PathBuf {
-        self.dir.join("checkpoints").join(format!("{app}.snap"))
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// The file of the app's checkpoint `digest` (see [`CheckpointRec`]);
+    /// `None`: the file of a record written before digests were kept.
+    /// `@` is in no app name, so no two apps' files can share a name.
+    pub fn checkpoint_path(&self, app: &str, digest: Option<&str>) -> PathBuf {
+        self.checkpoints_dir()
+            .join(checkpoint_file_name(app, digest))
+    }
+
+    /// Whether the file `rec` names is in this control plane's directory.
+    fn holds_checkpoint(&self, app: &str, rec: &CheckpointRec) -> bool {
+        let digest = rec.digest.as_deref();
+        digest.is_none_or(valid_digest)
+            && std::fs::metadata(self.checkpoint_path(app, digest))
+                .is_ok_and(|m| m.is_file() && m.len() == rec.bytes)
+    }
+
+    /// Removes from the checkpoints directory what no record in `kept`
+    /// names: files of older checkpoints (another control plane received
+    /// the newer ones, or a write was cut short), temporary files, and
+    /// pins (no restore reads them once the records are loaded again).
+    fn sweep_checkpoints(&self, kept: &HashMap<String, CheckpointRec>) {
+        let wanted: std::collections::HashSet<String> = kept
+            .iter()
+            .map(|(app, c)| checkpoint_file_name(app, c.digest.as_deref()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(self.checkpoints_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(f) = file.to_str() else { continue };
+            let stale = (f.ends_with(".snap") && !wanted.contains(f))
+                || (f.starts_with('.') && f.ends_with(".tmp"))
+                || f.ends_with(".pinned")
+                || f.ends_with(".pinning");
+            if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %f, "removed a checkpoint file no record names")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %f, "cannot remove a stale checkpoint file: {err}")
+                    }
+                }
+            }
+        }
     }
 
     /// A module's bytes: from the data directory, or (etcd) from the store,
@@ -116,24 +186,24 @@ impl Store {
         }
     }
 
-    /// Reads every record. With etcd, checkpoint records whose blob is not
-    /// in this control plane's directory are left out (another control
-    /// plane received it; the app's node sends a new one soon).
+    /// Reads every record. Checkpoint records whose file is not in this
+    /// control plane's directory are left out (with etcd, another control
+    /// plane received that checkpoint; the app's node is asked for a new
+    /// one), and checkpoint files no record names are removed.
     pub fn load(&self) -> anyhow::Result<Loaded> {
-        match &self.backend {
-            Backend::Redb(db) => db.load(),
-            Backend::Etcd(l) => {
-                let mut loaded = l.load()?;
-                loaded.checkpoints.retain(|app, _| {
-                    let here = self.checkpoint_path(app).exists();
-                    if !here {
-                        tracing::warn!(%app, "its latest checkpoint is on another control plane's disk; waiting for the next one");
-                    }
-                    here
-                });
-                Ok(loaded)
+        let mut loaded = match &self.backend {
+            Backend::Redb(db) => db.load()?,
+            Backend::Etcd(l) => l.load()?,
+        };
+        loaded.checkpoints.retain(|app, c| {
+            let here = self.holds_checkpoint(app, c);
+            if !here {
+                tracing::warn!(%app, generation = c.generation, "its latest checkpoint is not on this control plane's disk (another one received it); waiting for the next one");
             }
-        }
+            here
+        });
+        self.sweep_checkpoints(&loaded.checkpoints);
+        Ok(loaded)
     }
 
     /// `durable`: on disk when this returns (redb; etcd always is).
@@ -271,12 +341,15 @@ mod tests {
             s.put_generation("a", 3).unwrap();
             s.put_generation("gone", 7).unwrap();
             s.put_module(&"ab".repeat(32), 123).unwrap();
+            let digest = checkpoint_digest(b"0123456789");
+            write_atomic(&s.checkpoint_path("a", Some(&digest)), b"0123456789").unwrap();
             s.put_checkpoint(
                 "a",
                 &CheckpointRec {
                     generation: 3,
                     bytes: 10,
                     unix_ms: 5,
+                    digest: Some(digest),
                 },
             )
             .unwrap();
@@ -326,6 +399,71 @@ mod tests {
             Some(&3),
             "generations outlive the app (fencing)"
         );
+    }
+
+    /// A record is loaded only with the very file it names; every other
+    /// file in the checkpoints directory goes.
+    #[test]
+    fn a_checkpoint_record_needs_the_file_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let rec = |bytes: &[u8], digest: Option<String>| CheckpointRec {
+            generation: 1,
+            bytes: bytes.len() as u64,
+            unix_ms: 1,
+            digest,
+        };
+        let (newer, older) = (b"newer state".as_slice(), b"older state".as_slice());
+        // (app, bytes recorded, bytes on disk, file named by, loaded):
+        // `here`: its file is here. `elsewhere`: the record names a newer
+        // checkpoint another control plane received; this one holds only
+        // an older file of it. `short`: its file lost bytes.
+        type Case<'a> = (&'a str, &'a [u8], &'a [u8], &'a [u8], bool);
+        let cases: [Case; 3] = [
+            ("here", newer, newer, newer, true),
+            ("elsewhere", newer, older, older, false),
+            ("short", newer, b"newer", newer, false),
+        ];
+        for (app, recorded, on_disk, named_by, _) in cases {
+            let d = checkpoint_digest(recorded);
+            let file = checkpoint_digest(named_by);
+            write_atomic(&s.checkpoint_path(app, Some(&file)), on_disk).unwrap();
+            s.put_checkpoint(app, &rec(recorded, Some(d))).unwrap();
+        }
+        // A record from before digests names `NAME.snap`; a record whose
+        // digest is not one is never made a path.
+        write_atomic(&s.checkpoint_path("old-style", None), older).unwrap();
+        s.put_checkpoint("old-style", &rec(older, None)).unwrap();
+        s.put_checkpoint("bad", &rec(older, Some("../../x".into())))
+            .unwrap();
+        let stray = [
+            ".counter@x.snap.1.tmp",
+            "counter.0123.pinned",
+            "gone@ab.snap",
+        ];
+        for f in stray {
+            std::fs::write(s.checkpoints_dir().join(f), b"x").unwrap();
+        }
+        s.close();
+
+        let s = Store::open(dir.path()).unwrap();
+        let l = s.load().unwrap();
+        for (app, _, _, _, kept) in cases {
+            assert_eq!(l.checkpoints.contains_key(app), kept, "{app}");
+        }
+        assert!(l.checkpoints.contains_key("old-style"));
+        assert!(!l.checkpoints.contains_key("bad"));
+        let mut left: Vec<String> = std::fs::read_dir(s.checkpoints_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("here@{}.snap", checkpoint_digest(newer)),
+            "old-style.snap".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want, "only the files a loaded record names stay");
     }
 
     #[test]
