@@ -97,6 +97,7 @@ pub fn permit(_sh: &Shared, who: &Caller, method: &Method, segs: &[&str]) -> Res
                     | (&Method::POST, ["v1", "nodes"])
                     | (&Method::GET, ["v1", "routes", _])
                     | (&Method::PUT | &Method::GET, ["v1", "checkpoints", _])
+                    | (&Method::POST, ["v1", "checkpoints", _, "pin"])
                     | (&Method::GET | &Method::HEAD, ["v1", "modules", _])
             ) || matches!((method, segs), (&Method::POST, ["v1", "nodes", n, "heartbeat"]) if Caller::Node(n.to_string()) == *who)
         }

@@ -363,6 +363,22 @@ async fn node_route(sh: &Arc<Shared>, me: &str, req: Request<Incoming>) -> Reply
             }
             route(sh, req).await
         }
+        (&Method::POST, ["v1", "checkpoints", name, "pin"]) => {
+            let allowed = {
+                let st = sh.lock();
+                st.apps.get(*name).and_then(|a| a.node.as_deref()) == Some(me)
+                    || st.in_flight.get(*name).is_some_and(|m| m.to == me)
+            };
+            if !allowed {
+                return Err(ApiError::forbidden(format!(
+                    "node {me} neither runs {name} nor receives it"
+                ))
+                .into());
+            }
+            let digest = query_param(query.as_deref(), "digest").unwrap_or_default();
+            let bytes = ops::pinned::pin_for(sh, name, digest, me).await?;
+            ok(&serde_json::json!({"app": name, "digest": digest, "bytes": bytes}))
+        }
         (&Method::GET | &Method::HEAD, ["v1", "modules", sha]) => {
             let allowed = {
                 let st = sh.lock();

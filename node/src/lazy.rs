@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tern_api::types::{AppStatus, LazyRestore};
+use tern_api::types::{AppStatus, LazyRestore, StartApp};
+use tern_runtime::engine::LoadedModule;
 use tern_runtime::instance::Instance;
 use tern_runtime::postcopy::{PageWant, Pager};
 use tern_runtime::snapshot::lazy::{body_range, FileDigest, LazySnapshot, Segment, HEAD_LEN};
@@ -74,11 +75,8 @@ pub(crate) async fn restore_lazy(
             "a lazy restore reads from the control plane, and this node has none",
         ));
     }
-    let reader = Reader {
-        node: node.clone(),
-        path: format!("/v1/checkpoints/{name}?digest={}", from.digest),
-    };
-    if !node.config.postcopy || tern_runtime::postcopy::available().is_err() {
+    let reader = Reader::new(node, &name, &from.digest);
+    if !paging(node) {
         let bytes = reader.read(0, from.bytes).await?;
         if checkpoint_digest(&bytes) != from.digest.to_ascii_lowercase() {
             return Err(NodeError::conflict(format!(
@@ -88,52 +86,12 @@ pub(crate) async fn restore_lazy(
         }
         return restore_app(node, name, generation, restart, false, bytes).await;
     }
-    let head = reader.read(0, HEAD_LEN).await?;
-    let (body_at, body_len) =
-        body_range(&head, from.bytes).map_err(|e| NodeError::bad_request(e.to_string()))?;
-    let body = reader.read(body_at, body_len).await?;
-    let (head2, body2, len) = (head.clone(), body.clone(), from.bytes);
-    let lazy = tokio::task::spawn_blocking(move || LazySnapshot::new(&head2, &body2, len))
-        .await?
-        .map_err(|e| NodeError::bad_request(e.to_string()))?;
-    let lazy = Arc::new(lazy);
-    let module = module_of(node, &lazy.state.body).await?;
+    let opened = Opened::read(reader, &from.digest, from.bytes).await?;
+    let module = module_of(node, &opened.lazy.state.body).await?;
     node.admit_generation(&name, generation)?;
     let spec = restored_spec(node, name, &module, generation, restart);
     let logs = LogBuffer::new();
-    // Hooks run once the pager does (they may touch pages).
-    let opts = restore_options(node, &spec, &lazy.state, &logs, false, false)?;
-    let (tx, rx) = mpsc::channel::<PageWant>(WANTS_QUEUED);
-    let (rt, m, l) = (node.runtime.clone(), module.clone(), lazy.clone());
-    let (inst, pager) = tokio::task::spawn_blocking(move || {
-        let mut inst = Instance::restore(&rt, &l.state, Some(m), opts)
-            .map_err(|e| NodeError::bad_request(format!("the state does not restore: {e}")))?;
-        let want = Box::new(move |w: PageWant| tx.blocking_send(w).is_ok());
-        let pager = inst
-            .start_postcopy(&l.remote, want)
-            .map_err(|e| NodeError::internal(format!("cannot page here: {e}")))?;
-        Ok::<_, NodeError>((inst, pager))
-    })
-    .await??;
-    let pull = Pull {
-        node: node.clone(),
-        app: spec.name.clone(),
-        generation,
-        reader,
-        lazy,
-        pager: pager.clone(),
-        digest: from.digest.to_ascii_lowercase(),
-        progress: std::sync::Mutex::new(Instant::now()),
-        failed: Default::default(),
-    };
-    tokio::spawn(Arc::new(pull).run(head, body, rx));
-    let inst = match crate::migrate::run_restore_hook(inst).await {
-        Ok(i) => i,
-        Err(e) => {
-            pager.fail("the restore failed");
-            return Err(e);
-        }
-    };
+    let (inst, pager) = opened.start(node, &module, &spec, &logs).await?;
     let handle = AppHandle::spawn(
         node.runtime.clone(),
         module,
@@ -146,6 +104,117 @@ pub(crate) async fn restore_lazy(
     Ok(handle.status())
 }
 
+/// Whether this node restores lazily (userfaultfd allowed, post-copy on).
+pub(crate) fn paging(node: &Node) -> bool {
+    node.config.postcopy && tern_runtime::postcopy::available().is_ok()
+}
+
+/// `app` restored from its checkpoint `digest` on the control plane,
+/// lazily: for a post-copy target whose source was lost. The control
+/// plane pins the checkpoint for this node first (it must still be the
+/// app's latest there). Returns the instance, running its pages in (its
+/// restore hook run), and its pager.
+pub(crate) async fn restore_for_postcopy(
+    node: &Arc<Node>,
+    module: &Arc<LoadedModule>,
+    spec: &StartApp,
+    logs: &Arc<LogBuffer>,
+    digest: &str,
+) -> Result<(Instance, Arc<Pager>)> {
+    let control = node
+        .control()
+        .ok_or_else(|| NodeError::unavailable("this node has no control plane"))?;
+    let pinned: serde_json::Value = node
+        .client
+        .post_json(
+            &format!("{control}/v1/checkpoints/{}/pin?digest={digest}", spec.name),
+            &serde_json::json!({}),
+        )
+        .await
+        .map_err(|e| NodeError::peer("pinning the checkpoint", e))?;
+    let bytes = pinned["bytes"]
+        .as_u64()
+        .filter(|b| (HEAD_LEN..=MAX_FILE_BYTES).contains(b))
+        .ok_or_else(|| {
+            NodeError::conflict(format!("the control plane pinned no usable file: {pinned}"))
+        })?;
+    let opened = Opened::read(Reader::new(node, &spec.name, digest), digest, bytes).await?;
+    opened.start(node, module, spec, logs).await
+}
+
+/// A checkpoint's head and body, read and checked, its pages still away.
+struct Opened {
+    reader: Reader,
+    digest: String,
+    head: Bytes,
+    body: Bytes,
+    lazy: Arc<LazySnapshot>,
+}
+
+impl Opened {
+    async fn read(reader: Reader, digest: &str, len: u64) -> Result<Opened> {
+        let head = reader.read(0, HEAD_LEN).await?;
+        let (body_at, body_len) =
+            body_range(&head, len).map_err(|e| NodeError::bad_request(e.to_string()))?;
+        let body = reader.read(body_at, body_len).await?;
+        let (head2, body2) = (head.clone(), body.clone());
+        let lazy = tokio::task::spawn_blocking(move || LazySnapshot::new(&head2, &body2, len))
+            .await?
+            .map_err(|e| NodeError::bad_request(e.to_string()))?;
+        Ok(Opened {
+            reader,
+            digest: digest.to_ascii_lowercase(),
+            head,
+            body,
+            lazy: Arc::new(lazy),
+        })
+    }
+
+    /// Restores the state with every stored page missing, starts the
+    /// pager and the pull, then runs the app's restore hook (it may touch
+    /// pages).
+    async fn start(
+        self,
+        node: &Arc<Node>,
+        module: &Arc<LoadedModule>,
+        spec: &StartApp,
+        logs: &Arc<LogBuffer>,
+    ) -> Result<(Instance, Arc<Pager>)> {
+        let opts = restore_options(node, spec, &self.lazy.state, logs, false, false)?;
+        let (tx, rx) = mpsc::channel::<PageWant>(WANTS_QUEUED);
+        let (rt, m, l) = (node.runtime.clone(), module.clone(), self.lazy.clone());
+        let (inst, pager) = tokio::task::spawn_blocking(move || {
+            let mut inst = Instance::restore(&rt, &l.state, Some(m), opts)
+                .map_err(|e| NodeError::bad_request(format!("the state does not restore: {e}")))?;
+            let want = Box::new(move |w: PageWant| tx.blocking_send(w).is_ok());
+            let pager = inst
+                .start_postcopy(&l.remote, want)
+                .map_err(|e| NodeError::internal(format!("cannot page here: {e}")))?;
+            Ok::<_, NodeError>((inst, pager))
+        })
+        .await??;
+        let pull = Pull {
+            node: node.clone(),
+            app: spec.name.clone(),
+            generation: spec.generation,
+            reader: self.reader,
+            lazy: self.lazy,
+            pager: pager.clone(),
+            digest: self.digest,
+            progress: std::sync::Mutex::new(Instant::now()),
+            failed: Default::default(),
+        };
+        tokio::spawn(Arc::new(pull).run(self.head, self.body, rx));
+        match crate::migrate::run_restore_hook(inst).await {
+            Ok(i) => Ok((i, pager)),
+            Err(e) => {
+                pager.fail("the restore failed");
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Reads byte ranges of the file from the node's control plane (the one
 /// leading now).
 #[derive(Clone)]
@@ -155,6 +224,13 @@ struct Reader {
 }
 
 impl Reader {
+    fn new(node: &Arc<Node>, app: &str, digest: &str) -> Reader {
+        Reader {
+            node: node.clone(),
+            path: format!("/v1/checkpoints/{app}?digest={digest}"),
+        }
+    }
+
     /// Bytes `[offset, offset + len)` of the file, exactly.
     async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let control = self

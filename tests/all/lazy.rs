@@ -199,3 +199,58 @@ async fn a_damaged_checkpoint_fails_the_lazily_restored_app() {
     assert_eq!(st["state"], "failed", "{st}");
     assert!(call(c, &n2, "heap", "len", &[]).await.is_err());
 }
+
+/// `POST /v1/checkpoints/NAME/pin?digest=D` (a post-copy target whose
+/// source was lost restarts the app lazily from it): only for the node
+/// that runs the app, only for its latest checkpoint, and the pinned copy
+/// is then read by ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_is_pinned_only_for_the_node_of_its_app_and_only_the_latest() {
+    use tern_api::tls::Role;
+    let (cl, _) = cluster(Duration::from_secs(60)).await;
+    let n1 = cl.n1.as_ref().unwrap();
+    let taken: Value =
+        cl.c.post_json(&format!("{}/v1/apps/heap/checkpoint", n1.url), &json!({}))
+            .await
+            .unwrap();
+    let digest = taken["digest"].as_str().unwrap();
+    let pin = |who: &Client, digest: &str| {
+        let (who, url) = (
+            who.clone(),
+            format!("{}/v1/checkpoints/heap/pin?digest={digest}", cl.control),
+        );
+        async move { who.post_json::<_, Value>(&url, &json!({})).await }
+    };
+    let (as_n1, as_n2) = (
+        crate::security::as_role(Role::Node("n1".into())),
+        crate::security::as_role(Role::Node("n2".into())),
+    );
+    let status = |r: Result<Value, tern_api::client::ClientError>| r.err().and_then(|e| e.status());
+    assert_eq!(
+        status(pin(&as_n2, digest).await),
+        Some(403),
+        "n2 runs no heap"
+    );
+    assert_eq!(status(pin(&as_n1, "not-a-digest").await), Some(400));
+    let older = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        status(pin(&as_n1, older).await),
+        Some(409),
+        "not the latest"
+    );
+    let pinned = pin(&as_n1, digest).await.unwrap();
+    assert_eq!(pinned["bytes"], taken["bytes"], "{pinned}");
+    let (_, head) = as_n1
+        .send(
+            hyper::Method::GET,
+            &format!(
+                "{}/v1/checkpoints/heap?digest={digest}&offset=0&len=8",
+                cl.control
+            ),
+            "application/octet-stream",
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&head[..], b"TERNSNAP");
+}

@@ -348,7 +348,13 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
     })
     .await;
     let cu = control.clone();
-    let n2 = TestNode::start_with("n2", move |cfg| cfg.control_url = Some(cu)).await;
+    // n2 pulls no page of a lazy restart in the background: only those
+    // the app touches come.
+    let n2 = TestNode::start_with("n2", move |cfg| {
+        cfg.control_url = Some(cu);
+        cfg.lazy_pull_after = Duration::from_secs(60);
+    })
+    .await;
     let c = client();
     wait_until("the nodes register", || async {
         let v: Vec<Value> = c
@@ -467,7 +473,8 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
     let held = call(&c, &n2.url, "heap", "push", &[5])
         .await
         .expect("the held call runs after the restart");
-    // The app restarted on n2 from its checkpoint, whole.
+    // The app restarted on n2 from its checkpoint, lazily: most of its
+    // 16 MiB is still on the control plane.
     let st: Value = c
         .get_json(&format!("{}/v1/apps/heap", n2.url))
         .await
@@ -477,7 +484,12 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
     assert!(st["holding"].is_null(), "{st}");
     let why = st["last_error"].as_str().unwrap_or_default();
     assert!(
-        why.contains("lost its source") && why.contains("restarted from its last checkpoint"),
+        why.contains("lost its source")
+            && why.contains("restarted from its last checkpoint (lazily"),
+        "{st}"
+    );
+    assert!(
+        st["pages_pending"].as_u64().is_some_and(|p| p > 2000),
         "{st}"
     );
     // The checkpoint's state ([1]) and the held write, nothing else: not

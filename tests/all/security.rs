@@ -19,7 +19,7 @@ use crate::nodes::{
 use crate::relay::Tap;
 
 /// A client presenting `role`'s certificate (of the test CA), no token.
-fn as_role(role: Role) -> Client {
+pub(crate) fn as_role(role: Role) -> Client {
     Client::with_tls(None, &identity(role)).unwrap()
 }
 
@@ -227,6 +227,23 @@ async fn a_node_credential_cannot_act_as_the_operator() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(403), "snapshot: {e}");
+    // Nor pinning its checkpoint to read it by ranges.
+    let digest = "0123456789abcdef0123456789abcdef";
+    let e = stolen
+        .post_json::<_, serde_json::Value>(
+            &format!("{control}/v1/checkpoints/secret/pin?digest={digest}"),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "pin: {e}");
+    let e = stolen
+        .get_json::<serde_json::Value>(&format!(
+            "{control}/v1/checkpoints/secret?digest={digest}&offset=0&len=4096"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "a range: {e}");
     let e = stolen
         .post_json::<_, serde_json::Value>(
             &format!("{control}/v1/nodes/o-1/heartbeat"),

@@ -34,6 +34,31 @@ fn pin_path(sh: &Shared, name: &str, digest: &str) -> PathBuf {
 /// and length. The record is read and the file linked in the app's
 /// checkpoint turn, so the pin is of the bytes the record names.
 pub async fn pin(sh: &Arc<Shared>, name: &str) -> Result<(CheckpointRec, String, u64)> {
+    pin_checked(sh, name, None).await
+}
+
+/// `POST /v1/checkpoints/NAME/pin?digest=D` from node `node`, which runs
+/// or receives the app: pins its latest checkpoint if that is `digest`
+/// and lets the node read it by ranges (a post-copy target whose source
+/// was lost restarts the app from it lazily). Returns its length.
+pub async fn pin_for(sh: &Arc<Shared>, name: &str, digest: &str, node: &str) -> Result<u64> {
+    if !valid_digest(digest) {
+        return Err(ApiError::bad_request(
+            "digest must be 32 lowercase hex digits",
+        ));
+    }
+    let (_, _, len) = pin_checked(sh, name, Some(digest)).await?;
+    sh.lock()
+        .restoring
+        .insert(name.to_string(), node.to_string());
+    Ok(len)
+}
+
+async fn pin_checked(
+    sh: &Arc<Shared>,
+    name: &str,
+    expected: Option<&str>,
+) -> Result<(CheckpointRec, String, u64)> {
     let turn = sh.checkpoint_turn(name);
     let _turn = turn.lock().await;
     let rec = sh
@@ -42,6 +67,15 @@ pub async fn pin(sh: &Arc<Shared>, name: &str) -> Result<(CheckpointRec, String,
         .get(name)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("app {name} has no checkpoint")))?;
+    if let Some(want) = expected {
+        if rec.digest.as_deref() != Some(want) {
+            return Err(ApiError::conflict(format!(
+                "checkpoint {want} of {name} is not the latest this control plane holds (generation {}, {})",
+                rec.generation,
+                rec.digest.as_deref().unwrap_or("recorded without a digest")
+            )));
+        }
+    }
     let latest = sh.store.checkpoint_path(name, rec.digest.as_deref());
     let (sh2, name2, recorded) = (sh.clone(), name.to_string(), rec.clone());
     let (digest, len) = tokio::task::spawn_blocking(move || {

@@ -290,7 +290,11 @@ async fn watch_source(
 
 /// The source is lost with pages still there: the pager fails (the app's
 /// call is cut off; its incomplete memory is never used again), and the
-/// app restarts here from its last checkpoint, whole, or is failed. Its
+/// app restarts here from its last checkpoint, or is failed. The restart
+/// is lazy where it can be (the checkpoint is on the control plane and
+/// this node pages): the app runs once its state is in, its pages read
+/// by ranges from the control plane (`crate::lazy`); else the checkpoint
+/// is fetched whole first. Its
 /// calls are held from now until then. Once per move.
 async fn source_lost(
     node: &Arc<Node>,
@@ -308,9 +312,15 @@ async fn source_lost(
         s.from
     );
     tracing::warn!(app = %s.app, "{lost}");
-    let replacement = match &s.checkpoint {
-        None => Err("it has no checkpoint to restart from".to_string()),
-        Some((digest, url)) => match checkpoint(node, &s.app, digest, url.as_deref()).await {
+    let lazily = match &s.checkpoint {
+        Some((digest, Some(_))) if crate::lazy::paging(node) => lazy_restart(node, s, digest).await,
+        _ => None,
+    };
+    let replacement = match (lazily, &s.checkpoint) {
+        (Some(lazy), _) => Ok(lazy),
+        (None, None) => Err("it has no checkpoint to restart from".to_string()),
+        (None, Some((digest, url))) => match checkpoint(node, &s.app, digest, url.as_deref()).await
+        {
             Err(e) => Err(format!("its checkpoint cannot be had: {e}")),
             Ok(snap) => {
                 let (rt, node2, s2) = (node.runtime.clone(), node.clone(), s.clone());
@@ -326,17 +336,58 @@ async fn source_lost(
         },
     };
     let (why, replacement) = match replacement {
-        Ok(inst) => (
-            format!("{lost}: restarted from its last checkpoint; what it did since that checkpoint is lost"),
-            Some(Box::new(inst)),
-        ),
+        Ok(inst) => {
+            let how = if inst.pager().is_some() {
+                " (lazily: its pages follow from the control plane)"
+            } else {
+                ""
+            };
+            (
+                format!("{lost}: restarted from its last checkpoint{how}; what it did since that checkpoint is lost"),
+                Some(Box::new(inst)),
+            )
+        }
         Err(e) => (format!("{lost}: stopped, and {e}"), None),
     };
     match node.local(&s.app) {
         Some(h) if h.spec().generation == s.spec.generation => {
+            let pager = replacement.as_ref().and_then(|i| i.pager().cloned());
+            if let Some(p) = &pager {
+                h.set_pager(p.clone());
+            }
             let _ = h.send(Cmd::PostcopyLost { why, replacement });
+            // A lazy restart whose pull failed before the app had it: the
+            // pull's own word may have come first; this one comes last.
+            if let Some(failure) = pager.and_then(|p| p.failure()) {
+                let _ = h.send(Cmd::PostcopyLost {
+                    why: format!("lazy restart failed: {failure}"),
+                    replacement: None,
+                });
+            }
         }
         _ => release(replacement),
+    }
+}
+
+/// The app restarted here from its checkpoint on the control plane,
+/// lazily (it runs once its state is in; its pages follow). Asked a few
+/// times, like a whole checkpoint: the control plane lets this node pin
+/// the checkpoint once it knows the node runs the app. `None`: the whole
+/// file is fetched instead.
+async fn lazy_restart(node: &Arc<Node>, s: &Arc<TargetSession>, digest: &str) -> Option<Instance> {
+    let mut attempt = 0;
+    loop {
+        match crate::lazy::restore_for_postcopy(node, &s.module, &s.spec, &s.logs, digest).await {
+            Ok((inst, _)) => return Some(inst),
+            Err(e) if attempt >= CHECKPOINT_ATTEMPTS => {
+                tracing::warn!(app = %s.app, "no lazy restart from checkpoint {digest} ({e}): fetching it whole");
+                return None;
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
