@@ -411,6 +411,11 @@ impl Pull {
         if self.failed.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
+        // Failed from outside (its app moved on or was replaced): the
+        // errors that follow are that failure's, not the file's.
+        if self.pager.failure().is_some() {
+            return;
+        }
         self.pager.fail(&why);
         tracing::warn!(app = %self.app, "lazy restore failed: {why}");
         if let Some(h) = self.node.local(&self.app) {

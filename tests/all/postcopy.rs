@@ -112,6 +112,14 @@ async fn a_busy_app_moves_postcopy_with_every_byte() {
     );
     assert_eq!(r.mode, "postcopy", "{r:?}");
     assert_eq!(r.rounds, 0, "{r:?}");
+    // No control plane: no checkpoint a target could restart from, so none
+    // is taken for the move; the report says what that means.
+    assert!(
+        r.note
+            .as_deref()
+            .is_some_and(|n| n.contains("no control plane keeps this app's checkpoints")),
+        "{r:?}"
+    );
     assert!(
         r.bytes_sent >= (GROW_PAGES as u64) << 16,
         "every page went over: {r:?}"

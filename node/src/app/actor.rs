@@ -305,7 +305,10 @@ impl Actor {
                 wait = wait.min(Duration::from_millis(ms));
             }
             match rx.recv_timeout(wait) {
-                Ok(Cmd::Shutdown) => break,
+                Ok(Cmd::Shutdown) => {
+                    self.stop_paging();
+                    break;
+                }
                 Ok(Cmd::Release(reply)) => {
                     // Close the door first: once the sender is swapped no
                     // call can reach this queue, so the drain below takes
@@ -328,7 +331,10 @@ impl Actor {
                 }
                 Ok(cmd) => self.handle(cmd),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop_paging();
+                    break;
+                }
             }
             if self.retry_at.is_some_and(|t| Instant::now() >= t) {
                 self.retry_at = None;
@@ -584,6 +590,20 @@ impl Actor {
             Cmd::Release(_) | Cmd::Shutdown => {
                 unreachable!("handled by the loop")
             }
+        }
+    }
+
+    /// The app stops here with pages still coming (a lazy restore's pull,
+    /// say): whatever brings them stops too, quietly.
+    fn stop_paging(&self) {
+        let pager = self
+            .shared
+            .pager
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(p) = pager.filter(|p| !p.is_finished()) {
+            p.fail("the app was stopped on this node");
         }
     }
 

@@ -92,9 +92,17 @@ pub(crate) async fn migrate_out(
     // target restarts from if this node is lost before every page is there
     // — taken now if the app has none yet. Without one, a lost source
     // would leave the target nothing to restart from: no post-copy then.
+    // A node without a control plane keeps its checkpoints on its own disk
+    // only, where a target whose source is lost cannot reach them: it takes
+    // none for the move (its app has no such net, whatever the mode).
     let may_postcopy = mode == Mode::Postcopy || req.postcopy_after_rounds.is_some();
+    let standalone = node.control_count() == 0 && node.latest_checkpoint(&app).is_none();
     let mut postcopy_checkpoint = None;
-    if may_postcopy {
+    if may_postcopy && standalone {
+        note = note.or(Some(
+            "no control plane keeps this app's checkpoints: if this node is lost before every page is on the target, the app's state is lost".to_string(),
+        ));
+    } else if may_postcopy {
         match hybrid_base(&node, &handle).await {
             Ok((cp, taken)) => {
                 postcopy_checkpoint = Some(cp.0);
@@ -111,7 +119,7 @@ pub(crate) async fn migrate_out(
             }
         }
     }
-    let postcopy_fallback = postcopy_checkpoint.is_some();
+    let postcopy_fallback = postcopy_checkpoint.is_some() || standalone;
     let open = MigrationOpen {
         app: app.clone(),
         from: node.name().to_string(),

@@ -365,7 +365,13 @@ async fn source_lost(
                 });
             }
         }
-        _ => release(replacement),
+        _ => {
+            // The app moved on meanwhile: a lazy restart's pull stops too.
+            if let Some(p) = replacement.as_ref().and_then(|i| i.pager()) {
+                p.fail("the app is no longer here at this generation");
+            }
+            release(replacement)
+        }
     }
 }
 
