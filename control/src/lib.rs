@@ -11,6 +11,8 @@
 //! # Modules
 //! - `store`: the records (redb tables, or etcd keys written under a
 //!   leadership lease) and the files beside them (`modules/`, `checkpoints/`).
+//! - `mirror`: a standby's copies of the leader's checkpoint files, so
+//!   that they outlive the leader.
 //! - `replicated`: several control planes on one etcd: the election, the
 //!   standby's answers, taking over and stepping down.
 //! - `state`: the records (nodes, apps, checkpoints), the in-memory state
@@ -45,6 +47,7 @@ mod error;
 mod heartbeat;
 mod http;
 pub mod metrics;
+mod mirror;
 mod ops;
 pub mod pki;
 mod plan;

@@ -99,12 +99,20 @@ async fn elect(
                 set(&role, Role::Standby(None));
             }
             Ok(Ok(Campaign::Lost { leader, revision })) => {
-                set(&role, Role::Standby(Some(leader)));
+                set(&role, Role::Standby(Some(leader.clone())));
                 let u = url.clone();
-                let _ = tokio::task::spawn_blocking(move || {
+                let mut vacancy = tokio::task::spawn_blocking(move || {
                     Leadership::wait_for_vacancy(&u, revision, ttl * 2)
-                })
-                .await;
+                });
+                // Meanwhile the leader's checkpoint files are copied here,
+                // so that they outlive it (`mirror`); dropped the moment
+                // the leadership may be vacant.
+                tokio::select! {
+                    _ = &mut vacancy => {}
+                    () = crate::mirror::run(cfg.clone(), url.clone(), leader) => {
+                        let _ = vacancy.await;
+                    }
+                }
             }
             Ok(Err(e)) => {
                 tracing::warn!("cannot ask {url} for the leadership: {e:#}");

@@ -224,8 +224,8 @@ async fn control_planes_on_etcd_fail_over_and_keep_the_cluster() {
     );
     let moves: Vec<MigrationReport> = c.get_json(&format!("{b}/v1/migrations")).await.unwrap();
     assert_eq!(moves.len(), 1, "{moves:?}");
-    // It holds no checkpoint blob of counter (those stay with the control
-    // plane that received them), so it asks counter's node for one at once
+    // It holds counter's checkpoint if its copy of the leader's files
+    // (`mirror`) caught it; if not, it asks counter's node for one at once
     // rather than waiting for the node's next periodic one (every 10 s).
     let t0 = Instant::now();
     eventually(
@@ -585,4 +585,96 @@ async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint(
     })
     .await;
     assert_eq!(count(&c, &n2.url).await, 8, "writes lost to the restart");
+}
+
+/// A standby keeps copies of the leader's checkpoint files (`mirror`):
+/// when the leader is lost together with an app's node, the new leader
+/// still restarts the app from its checkpoint, with every write it holds,
+/// rather than afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_restarts_an_app_from_the_checkpoint_of_a_leader_lost_with_its_node() {
+    let etcd = Etcd::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let setup = |store: StoreConfig| {
+        move |cfg: &mut tern_control::ControlConfig| {
+            cfg.store = store;
+            cfg.lease_ttl = LEASE;
+            cfg.heartbeat_timeout = Duration::from_secs(3);
+            cfg.rebalance_interval = Duration::from_secs(3600);
+        }
+    };
+    let (a, stop_a) = start_control(dir_a.path(), setup(etcd.store("mirror"))).await;
+    role(&a, "control").await;
+    let (b, _stop_b) = start_control(dir_b.path(), setup(etcd.store("mirror"))).await;
+    role(&b, "standby").await;
+    let both = format!("{a},{b}");
+    let n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
+    let n2 = TestNode::start_with("n2", |cfg| cfg.control_url = Some(both.clone())).await;
+    let c = client();
+    crate::nodes::wait_for_nodes(&c, &a, 2).await;
+    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&bytes));
+    c.put_bytes(&format!("{a}/v1/modules/{sha}"), Bytes::from(bytes))
+        .await
+        .unwrap();
+    let req = DeployRequest {
+        name: "counter".into(),
+        module_sha256: sha,
+        node: Some("n1".into()),
+        restart: Some("always".into()),
+        ..Default::default()
+    };
+    let _: Value = c.post_json(&format!("{a}/v1/apps"), &req).await.unwrap();
+    for _ in 0..5 {
+        let (status, _) = c
+            .send(
+                hyper::Method::POST,
+                &format!("{}/apps/counter/", n1.url),
+                "text/plain",
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{status}");
+    }
+    let taken: Value = c
+        .post_json(
+            &format!("{}/v1/apps/counter/checkpoint", n1.url),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/counter", n1.url))
+        .await
+        .unwrap();
+    assert!(st["checkpoint"]["error"].is_null(), "A has it: {st}");
+    // The standby copies the file, named by its digest.
+    let copy = dir_b.path().join("checkpoints").join(format!(
+        "counter@{}.snap",
+        taken["digest"].as_str().unwrap()
+    ));
+    eventually("the standby holds the checkpoint", async || {
+        copy.exists().then_some(())
+    })
+    .await;
+
+    // n1 and the leader are lost at once: no node can send B a fresh
+    // checkpoint of the counter.
+    drop(n1);
+    drop(stop_a);
+    role(&b, "control").await;
+    eventually("the counter restarted on n2", async || {
+        let st: Value = c
+            .get_json(&format!("{}/v1/apps/counter", n2.url))
+            .await
+            .ok()?;
+        (st["state"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&c, &n2.url).await,
+        5,
+        "restarted from the mirrored checkpoint, not afresh"
+    );
 }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use tern_api::types::MigrationReport;
 
-pub use etcd::{prepare as prepare_etcd, Campaign, EtcdTls, EtcdUrl, Leadership};
+pub use etcd::{
+    checkpoint_records, prepare as prepare_etcd, Campaign, EtcdTls, EtcdUrl, Leadership,
+};
 
 use crate::state::{AppRec, CheckpointRec, NodeRec};
 
@@ -66,7 +68,7 @@ fn blob_dirs(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// `NAME@DIGEST.snap`, or `NAME.snap` for a record without a digest.
-fn checkpoint_file_name(app: &str, digest: Option<&str>) -> String {
+pub fn checkpoint_file_name(app: &str, digest: Option<&str>) -> String {
     match digest {
         Some(d) => format!("{app}@{d}.snap"),
         None => format!("{app}.snap"),

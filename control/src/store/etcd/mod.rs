@@ -67,6 +67,23 @@ impl Keys {
     }
 }
 
+/// The checkpoint records under `url`'s prefix, read without the
+/// leadership (a standby mirrors the files they name: `crate::mirror`).
+pub fn checkpoint_records(
+    url: &EtcdUrl,
+) -> anyhow::Result<std::collections::HashMap<String, CheckpointRec>> {
+    let etcd = Etcd::new(url, Duration::from_secs(10))?;
+    let mut prefix = Keys(url.prefix.clone()).key("checkpoints");
+    prefix.push(b'/');
+    let mut out = std::collections::HashMap::new();
+    for kv in etcd.scan(&prefix)? {
+        let app = std::str::from_utf8(kv.key.get(prefix.len()..).unwrap_or_default())
+            .map_err(|_| anyhow!("a checkpoint key under {} is not UTF-8", url.prefix))?;
+        out.insert(app.to_string(), decode(app, &kv.value)?);
+    }
+    Ok(out)
+}
+
 /// Prepares a prefix for this tern: checks (or writes) its layout version
 /// and agrees on the cluster token. With `given`, that token must be the
 /// one etcd holds (or becomes it); without, etcd's is used, or `fallback`'s
