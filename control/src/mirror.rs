@@ -80,6 +80,7 @@ async fn pass(
     dir: &Path,
 ) -> anyhow::Result<usize> {
     let u = url.clone();
+    let read_at = std::time::SystemTime::now();
     let records =
         tokio::task::spawn_blocking(move || crate::store::checkpoint_records(&u)).await??;
     let mut fetched = 0;
@@ -115,13 +116,20 @@ async fn pass(
         fetched += usize::from(kept);
     }
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || drop_unnamed(&dir, &records)).await?;
+    tokio::task::spawn_blocking(move || drop_unnamed(&dir, &records, read_at)).await?;
     Ok(fetched)
 }
 
 /// Removes `NAME@DIGEST.snap` files whose app's record names another
-/// digest, or which no record names.
-fn drop_unnamed(dir: &Path, records: &HashMap<String, CheckpointRec>) {
+/// digest, or which no record names — among those older than the records
+/// (`read_at`): a file written since may be named by a newer record, this
+/// control plane's own if it leads by now (this may still run when it
+/// does: a blocking task outlives the pass dropped at the takeover).
+fn drop_unnamed(
+    dir: &Path,
+    records: &HashMap<String, CheckpointRec>,
+    read_at: std::time::SystemTime,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -140,7 +148,11 @@ fn drop_unnamed(dir: &Path, records: &HashMap<String, CheckpointRec>) {
         let named = records
             .get(app)
             .is_some_and(|r| r.digest.as_deref() == Some(digest));
-        if !named {
+        let older = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < read_at);
+        if !named && older {
             let _ = std::fs::remove_file(e.path());
         }
     }
