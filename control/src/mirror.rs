@@ -23,6 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tern_api::client::Client;
+use tern_api::tls::Role;
 
 use crate::state::CheckpointRec;
 use crate::store::{checkpoint_digest, checkpoint_file_name, valid_digest, write_atomic, EtcdUrl};
@@ -35,8 +36,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Mirrors the leader's checkpoint files until dropped.
 pub async fn run(cfg: ControlConfig, url: EtcdUrl, leader: String) {
+    // Over TLS the token goes only to a server whose certificate names the
+    // control plane (never to a node's, whatever the leader key says).
     let client = match &cfg.tls {
-        Some(t) => Client::with_tls(Some(cfg.token.clone()), &t.tls),
+        Some(t) => Client::with_tls_for(Some(cfg.token.clone()), &t.tls, &Role::Control),
         None => Ok(Client::new(Some(cfg.token.clone()))),
     };
     let client = match client {
