@@ -457,37 +457,22 @@ async fn control_planes_reach_etcd_over_mutual_tls_only_with_the_right_certifica
     assert_eq!(apps[0].module_sha256, sha);
 }
 
-/// RELIABILITY item 20: a control plane that led before, and kept the file
-/// of a checkpoint it received then, leads again after another one
-/// received newer checkpoints. Its old file is not the checkpoint the
-/// shared record names: it asks the app's node for a fresh one, and a
-/// restart after the node is lost starts from that, with every write.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint() {
-    let etcd = Etcd::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let setup = |store: StoreConfig| {
-        move |cfg: &mut tern_control::ControlConfig| {
-            cfg.store = store;
-            cfg.lease_ttl = LEASE;
-            cfg.heartbeat_timeout = Duration::from_secs(3);
-            cfg.rebalance_interval = Duration::from_secs(3600);
-        }
-    };
-    let bound_a = tern_api::local::Bound::loopback().await.unwrap();
-    let (a, stop_a) =
-        crate::nodes::start_control_on(bound_a, dir_a.path(), setup(etcd.store("again"))).await;
-    role(&a, "control").await;
-    let (b, stop_b) = start_control(dir_b.path(), setup(etcd.store("again"))).await;
-    role(&b, "standby").await;
-    let both = format!("{a},{b}");
-    let n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
-    let n2 = TestNode::start_with("n2", |cfg| cfg.control_url = Some(both.clone())).await;
-    let c = client();
-    crate::nodes::wait_for_nodes(&c, &a, 2).await;
+/// A control plane on etcd that calls a node down after 3 s and does not
+/// rebalance.
+fn quick(store: StoreConfig) -> impl FnOnce(&mut tern_control::ControlConfig) {
+    move |cfg| {
+        cfg.store = store;
+        cfg.lease_ttl = LEASE;
+        cfg.heartbeat_timeout = Duration::from_secs(3);
+        cfg.rebalance_interval = Duration::from_secs(3600);
+    }
+}
+
+/// The counter, deployed through `control` on `n1`, restarted always.
+async fn deploy_counter_on_n1(c: &tern_api::client::Client, control: &str) {
     let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
     let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{a}/v1/modules/{sha}"), Bytes::from(bytes))
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
         .await
         .unwrap();
     let req = DeployRequest {
@@ -497,21 +482,50 @@ async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint(
         restart: Some("always".into()),
         ..Default::default()
     };
-    let _: Value = c.post_json(&format!("{a}/v1/apps"), &req).await.unwrap();
-    let add = async |n: usize| {
-        for _ in 0..n {
-            let (status, _) = c
-                .send(
-                    hyper::Method::POST,
-                    &format!("{}/apps/counter/", n1.url),
-                    "text/plain",
-                    Bytes::from_static(b"1"),
-                )
-                .await
-                .unwrap();
-            assert!(status.is_success(), "{status}");
-        }
-    };
+    let _: Value = c
+        .post_json(&format!("{control}/v1/apps"), &req)
+        .await
+        .unwrap();
+}
+
+/// Adds 1 to the counter `n` times at the node `url`, each acknowledged.
+async fn add_to_counter(c: &tern_api::client::Client, url: &str, n: usize) {
+    for _ in 0..n {
+        let (status, _) = c
+            .send(
+                hyper::Method::POST,
+                &format!("{url}/apps/counter/"),
+                "text/plain",
+                Bytes::from_static(b"1"),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{status}");
+    }
+}
+
+/// RELIABILITY item 20: a control plane that led before, and kept the file
+/// of a checkpoint it received then, leads again after another one
+/// received newer checkpoints. Its old file is not the checkpoint the
+/// shared record names: it asks the app's node for a fresh one, and a
+/// restart after the node is lost starts from that, with every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint() {
+    let etcd = Etcd::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bound_a = tern_api::local::Bound::loopback().await.unwrap();
+    let (a, stop_a) =
+        crate::nodes::start_control_on(bound_a, dir_a.path(), quick(etcd.store("again"))).await;
+    role(&a, "control").await;
+    let (b, stop_b) = start_control(dir_b.path(), quick(etcd.store("again"))).await;
+    role(&b, "standby").await;
+    let both = format!("{a},{b}");
+    let n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
+    let n2 = TestNode::start_with("n2", |cfg| cfg.control_url = Some(both.clone())).await;
+    let c = client();
+    crate::nodes::wait_for_nodes(&c, &a, 2).await;
+    deploy_counter_on_n1(&c, &a).await;
+    let add = async |n: usize| add_to_counter(&c, &n1.url, n).await;
     let latest = async |leader: &str| -> Option<Bytes> {
         let (status, got) = c
             .send(
@@ -560,7 +574,7 @@ async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint(
         .await
         .unwrap();
     let (a2, _stop_a2) =
-        crate::nodes::start_control_on(bound_a, dir_a.path(), setup(etcd.store("again"))).await;
+        crate::nodes::start_control_on(bound_a, dir_a.path(), quick(etcd.store("again"))).await;
     assert_eq!(a2, a);
     role(&a, "standby").await;
     drop(stop_b);
@@ -595,48 +609,17 @@ async fn a_control_plane_leading_again_never_restarts_from_its_older_checkpoint(
 async fn a_standby_restarts_an_app_from_the_checkpoint_of_a_leader_lost_with_its_node() {
     let etcd = Etcd::start();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let setup = |store: StoreConfig| {
-        move |cfg: &mut tern_control::ControlConfig| {
-            cfg.store = store;
-            cfg.lease_ttl = LEASE;
-            cfg.heartbeat_timeout = Duration::from_secs(3);
-            cfg.rebalance_interval = Duration::from_secs(3600);
-        }
-    };
-    let (a, stop_a) = start_control(dir_a.path(), setup(etcd.store("mirror"))).await;
+    let (a, stop_a) = start_control(dir_a.path(), quick(etcd.store("mirror"))).await;
     role(&a, "control").await;
-    let (b, _stop_b) = start_control(dir_b.path(), setup(etcd.store("mirror"))).await;
+    let (b, _stop_b) = start_control(dir_b.path(), quick(etcd.store("mirror"))).await;
     role(&b, "standby").await;
     let both = format!("{a},{b}");
     let n1 = TestNode::start_with("n1", |cfg| cfg.control_url = Some(both.clone())).await;
     let n2 = TestNode::start_with("n2", |cfg| cfg.control_url = Some(both.clone())).await;
     let c = client();
     crate::nodes::wait_for_nodes(&c, &a, 2).await;
-    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
-    let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{a}/v1/modules/{sha}"), Bytes::from(bytes))
-        .await
-        .unwrap();
-    let req = DeployRequest {
-        name: "counter".into(),
-        module_sha256: sha,
-        node: Some("n1".into()),
-        restart: Some("always".into()),
-        ..Default::default()
-    };
-    let _: Value = c.post_json(&format!("{a}/v1/apps"), &req).await.unwrap();
-    for _ in 0..5 {
-        let (status, _) = c
-            .send(
-                hyper::Method::POST,
-                &format!("{}/apps/counter/", n1.url),
-                "text/plain",
-                Bytes::from_static(b"1"),
-            )
-            .await
-            .unwrap();
-        assert!(status.is_success(), "{status}");
-    }
+    deploy_counter_on_n1(&c, &a).await;
+    add_to_counter(&c, &n1.url, 5).await;
     let taken: Value = c
         .post_json(
             &format!("{}/v1/apps/counter/checkpoint", n1.url),

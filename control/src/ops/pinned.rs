@@ -123,36 +123,27 @@ fn digest_of(path: &std::path::Path) -> std::io::Result<String> {
 
 /// Drops every pin of the app.
 pub fn unpin_all(sh: &Shared, name: &str) {
-    let Ok(entries) = std::fs::read_dir(sh.store.checkpoints_dir()) else {
-        return;
-    };
-    let prefix = format!("{name}.");
-    for e in entries.flatten() {
-        let file = e.file_name();
-        let Some(f) = file.to_str() else { continue };
-        let digest = f
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".pinned"));
-        if digest.is_some_and(valid_digest) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    remove_digest_files(sh, &format!("{name}."), ".pinned");
 }
 
 /// Removes every checkpoint file and pin of an app being removed.
 pub fn remove_files(sh: &Shared, name: &str) {
     unpin_all(sh, name);
     let _ = std::fs::remove_file(sh.store.checkpoint_path(name, None));
+    remove_digest_files(sh, &format!("{name}@"), ".snap");
+}
+
+/// Removes the files `PREFIX<digest>SUFFIX` of the checkpoints directory.
+fn remove_digest_files(sh: &Shared, prefix: &str, suffix: &str) {
     let Ok(entries) = std::fs::read_dir(sh.store.checkpoints_dir()) else {
         return;
     };
-    let prefix = format!("{name}@");
     for e in entries.flatten() {
         let file = e.file_name();
         let Some(f) = file.to_str() else { continue };
         let digest = f
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".snap"));
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix));
         if digest.is_some_and(valid_digest) {
             let _ = std::fs::remove_file(e.path());
         }
