@@ -12,8 +12,9 @@
 //!   handed out: a copy of a removed app: deleted.
 //!
 //! An app the table places on this node that the heartbeat does not list
-//! (and that was placed there longer than the heartbeat timeout ago) is
-//! `lost`: its restart policy decides what happens to it.
+//! (and that was placed there, and this control plane started, longer than
+//! the heartbeat timeout ago) is `lost`: its restart policy decides what
+//! happens to it.
 
 use std::sync::Arc;
 
@@ -69,7 +70,9 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
     let mut samples: Vec<(String, u64, u64, u64)> = Vec::new();
     let mut changed: Vec<String> = Vec::new();
 
+    let took = std::time::Instant::now();
     let mut guard = sh.lock();
+    let waited = took.elapsed();
     let st = &mut *guard;
     let Some(node) = st.nodes.get_mut(name) else {
         return Err(ApiError::not_found(format!(
@@ -165,13 +168,16 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         }
     }
 
-    // Apps the table puts here that the node no longer has.
+    // Apps the table puts here that the node no longer has. The grace
+    // counts from this control plane's start too: a table loaded at a
+    // takeover may name the source of a move the last leader did not live
+    // to record, and the target must get its turn to report the app.
     let grace = sh.cfg.heartbeat_timeout.as_millis() as u64;
     for app in st.apps.values_mut() {
         if app.node.as_deref() == Some(name)
             && !reported.contains(app.name.as_str())
             && !st.busy.contains(&app.name)
-            && now.saturating_sub(app.placed_unix_ms) > grace
+            && now.saturating_sub(app.placed_unix_ms.max(sh.started_unix_ms)) > grace
             && app.state != "lost"
         {
             tracing::warn!(app = %app.name, node = name, "the node no longer reports the app: lost");
@@ -181,11 +187,22 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
     }
 
     let changed_apps: Vec<_> = changed.iter().filter_map(|n| st.apps.get(n)).collect();
+    let writing = std::time::Instant::now();
     sh.store.put_apps(&changed_apps, false)?;
     sh.store.put_node(&node_rec, false)?;
     sh.store
         .push_samples(&samples, sh.cfg.predictor.max_history as u64)?;
     drop(guard);
+    let took = took.elapsed();
+    if took > sh.cfg.heartbeat_timeout / 8 {
+        tracing::warn!(
+            node = name,
+            "a heartbeat took {} ms to record ({} ms waiting for the table, {} ms writing the store)",
+            took.as_millis(),
+            waited.as_millis(),
+            writing.elapsed().as_millis()
+        );
+    }
 
     for (app, generation) in fence {
         let sh = sh.clone();
@@ -204,4 +221,141 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tern_api::types::{AppLimits, AppState, AppStatus, Heartbeat, NodeInfo};
+
+    use super::*;
+    use crate::state::AppRec;
+    use crate::store::Store;
+    use crate::ControlConfig;
+
+    fn node(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            url: format!("http://127.0.0.1:1/{name}"),
+            capacity: tern_api::types::Resources {
+                cpu_milli: 1000,
+                memory_bytes: 1 << 30,
+            },
+            ..NodeInfo::default()
+        }
+    }
+
+    fn status(app: &str, generation: u64) -> AppStatus {
+        AppStatus {
+            name: app.into(),
+            module_sha256: "0".repeat(64),
+            state: AppState::Running,
+            generation,
+            memory_bytes: 1 << 16,
+            requests_served: 0,
+            cpu_ms: 0,
+            restart: "always".into(),
+            last_error: None,
+            start_at_unix_ms: None,
+            limits: AppLimits::default(),
+            checkpoint: None,
+            queued: 0,
+            in_call_ms: None,
+            holding: None,
+            pages_pending: None,
+        }
+    }
+
+    fn beat(sh: &Arc<Shared>, name: &str, apps: Vec<AppStatus>) {
+        let hb = Heartbeat {
+            name: name.into(),
+            usage: Default::default(),
+            apps,
+            migrations_in: Vec::new(),
+        };
+        heartbeat(sh, name, hb).expect("the heartbeat is taken");
+    }
+
+    /// A control plane whose table, loaded at its start, places `counter`
+    /// (generation 3, placed an hour ago) on node `a`; it started
+    /// `started_ago` before now.
+    fn leader(dir: &std::path::Path, started_ago: Duration) -> Arc<Shared> {
+        let store = Store::open(dir).expect("a store");
+        let hour_ago = now_ms() - 3_600_000;
+        let app = AppRec {
+            name: "counter".into(),
+            module_sha256: "0".repeat(64),
+            node: Some("a".into()),
+            generation: 3,
+            state: "running".into(),
+            restart: "always".into(),
+            created_unix_ms: hour_ago,
+            placed_unix_ms: hour_ago,
+            ..AppRec::default()
+        };
+        store.put_app(&app).expect("the app's record");
+        let loaded = store.load().expect("the records");
+        let mut cfg = ControlConfig::new(dir, "token");
+        cfg.heartbeat_timeout = Duration::from_secs(3);
+        let mut sh = Shared::new(
+            cfg,
+            store,
+            loaded,
+            "http://127.0.0.1:1".into(),
+            crate::metrics::Metrics::new(),
+        )
+        .expect("a control plane");
+        sh.started_unix_ms -= started_ago.as_millis() as u64;
+        let sh = Arc::new(sh);
+        register(&sh, node("a")).expect("node a registers");
+        register(&sh, node("b")).expect("node b registers");
+        sh
+    }
+
+    fn app(sh: &Shared) -> AppRec {
+        sh.lock().apps["counter"].clone()
+    }
+
+    /// A leader killed at the end of a move from `a` to `b` leaves a table
+    /// that names `a`. The next leader must not call the app lost when `a`
+    /// reports first: `b` reports it at a newer generation and the table
+    /// follows `b`.
+    #[test]
+    fn a_new_leader_waits_for_the_target_of_a_move_it_did_not_see_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = leader(dir.path(), Duration::ZERO);
+        beat(&sh, "a", vec![]);
+        assert_eq!(
+            app(&sh).state,
+            "running",
+            "the app was called lost at the takeover"
+        );
+        beat(&sh, "b", vec![status("counter", 4)]);
+        let a = app(&sh);
+        assert_eq!(
+            (a.node.as_deref(), a.generation, a.state.as_str()),
+            (Some("b"), 4, "running")
+        );
+        // Node a goes on not listing it: the app is where the table says.
+        beat(&sh, "a", vec![]);
+        assert_eq!(app(&sh).state, "running");
+    }
+
+    /// Past the grace, an app its node no longer lists is lost, and the
+    /// loss is recorded.
+    #[test]
+    fn an_app_its_node_no_longer_lists_is_lost_once_the_grace_is_over() {
+        for (started_ago, lost) in [(Duration::ZERO, false), (Duration::from_secs(4), true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let sh = leader(dir.path(), started_ago);
+            beat(&sh, "a", vec![]);
+            let want = if lost { "lost" } else { "running" };
+            assert_eq!(app(&sh).state, want, "started {started_ago:?} ago");
+            drop(sh);
+            let stored = Store::open(dir.path()).unwrap().load().unwrap();
+            let rec = stored.apps.iter().find(|a| a.name == "counter").unwrap();
+            assert_eq!(rec.state, want, "the record, started {started_ago:?} ago");
+        }
+    }
 }
