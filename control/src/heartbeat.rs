@@ -25,6 +25,10 @@ use crate::error::ApiError;
 use crate::ops::state_word;
 use crate::state::{now_ms, NodeRec, Shared};
 
+/// How often a heartbeat stores its node's record (last heartbeat and
+/// usage); registration and draining store it at once.
+pub const NODE_RECORD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `POST /v1/nodes`.
 pub fn register(sh: &Shared, info: NodeInfo) -> Result<(), ApiError> {
     tern_api::names::check_node_name(&info.name)
@@ -51,6 +55,8 @@ pub fn register(sh: &Shared, info: NodeInfo) -> Result<(), ApiError> {
     };
     sh.store.put_node(&rec, true)?;
     tracing::info!(node = %rec.info.name, url = %rec.info.url, "node registered");
+    sh.note_node(&rec.info.name);
+    st.node_stored.insert(rec.info.name.clone(), now);
     st.nodes.insert(rec.info.name.clone(), rec);
     Ok(())
 }
@@ -64,6 +70,7 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
         )));
     }
     let now = now_ms();
+    sh.heard(name, now);
     let period = sh.cfg.sample_period.as_millis().max(1) as u64;
     let index = now / period;
     let mut fence: Vec<(String, u64)> = Vec::new();
@@ -189,7 +196,15 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
     let changed_apps: Vec<_> = changed.iter().filter_map(|n| st.apps.get(n)).collect();
     let writing = std::time::Instant::now();
     sh.store.put_apps(&changed_apps, false)?;
-    sh.store.put_node(&node_rec, false)?;
+    // The node's time and usage are stored every NODE_RECORD_EVERY, not
+    // with each heartbeat (twice a second per node, each a write to etcd
+    // under the table): a new leader hears every node again within its
+    // heartbeat timeout anyway.
+    let stored = st.node_stored.get(name).copied().unwrap_or(0);
+    if now.saturating_sub(stored) >= NODE_RECORD_EVERY.as_millis() as u64 {
+        sh.store.put_node(&node_rec, false)?;
+        st.node_stored.insert(name.to_string(), now);
+    }
     sh.store
         .push_samples(&samples, sh.cfg.predictor.max_history as u64)?;
     drop(guard);
@@ -357,5 +372,78 @@ mod tests {
             let rec = stored.apps.iter().find(|a| a.name == "counter").unwrap();
             assert_eq!(rec.state, want, "the record, started {started_ago:?} ago");
         }
+    }
+
+    /// A heartbeat that arrives while the table is held (a slow store
+    /// write) counts from its arrival: the node is not down meanwhile.
+    #[test]
+    fn a_heartbeat_waiting_for_the_table_keeps_its_node_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = leader(dir.path(), Duration::from_secs(60));
+        let old = {
+            let mut st = sh.lock();
+            let n = st.nodes.get_mut("a").unwrap();
+            n.registered_unix_ms -= 60_000;
+            n.clone()
+        };
+        assert!(sh.is_down(&old, now_ms()), "a node unheard for a minute");
+        let table = sh.lock();
+        let beating = std::thread::spawn({
+            let sh = sh.clone();
+            move || beat(&sh, "a", vec![status("counter", 3)])
+        });
+        let t0 = std::time::Instant::now();
+        while sh.is_down(&old, now_ms()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the heartbeat never arrived"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            table.nodes["a"].last_heartbeat_unix_ms, None,
+            "the table was held"
+        );
+        drop(table);
+        beating.join().unwrap();
+        assert!(sh.lock().nodes["a"].last_heartbeat_unix_ms.is_some());
+        // A name never registered is not noted.
+        sh.heard("stranger", now_ms());
+        let stranger = NodeRec {
+            info: node("stranger"),
+            ..NodeRec::default()
+        };
+        assert!(sh.is_down(&stranger, now_ms()));
+    }
+
+    /// Heartbeats store their node's record every `NODE_RECORD_EVERY`,
+    /// not each time.
+    #[test]
+    fn heartbeats_store_their_node_now_and_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = leader(dir.path(), Duration::ZERO);
+        let stored = |sh: &Shared| {
+            let loaded = sh.store.load().unwrap();
+            let n = loaded
+                .nodes
+                .into_iter()
+                .find(|n| n.info.name == "a")
+                .unwrap();
+            n.last_heartbeat_unix_ms
+        };
+        beat(&sh, "a", vec![status("counter", 3)]);
+        beat(&sh, "a", vec![status("counter", 3)]);
+        assert!(sh.lock().nodes["a"].last_heartbeat_unix_ms.is_some());
+        assert_eq!(
+            stored(&sh),
+            None,
+            "registered just now: not stored again yet"
+        );
+        sh.lock()
+            .node_stored
+            .insert("a".into(), now_ms() - NODE_RECORD_EVERY.as_millis() as u64);
+        beat(&sh, "a", vec![status("counter", 3)]);
+        let memory = sh.lock().nodes["a"].last_heartbeat_unix_ms;
+        assert_eq!(stored(&sh), memory, "stored once the last is old enough");
     }
 }

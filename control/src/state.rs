@@ -108,6 +108,10 @@ pub struct Shared {
     /// Per app, the turn to change or pin its checkpoint file: a file and
     /// its record change together, one writer at a time.
     checkpoint_turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per node, when its latest heartbeat arrived (unix ms), noted before
+    /// the heartbeat waits for the table: a node is not called down because
+    /// the table was busy (a slow store write) when it reported.
+    heard: Mutex<HashMap<String, u64>>,
 }
 
 /// The in-memory state: the store's tables plus what only lives in memory.
@@ -127,6 +131,9 @@ pub struct State {
     pub cpu_prev: HashMap<String, (String, u64, u64, u64)>,
     /// Last observed usage per app.
     pub usage: HashMap<String, Resources>,
+    /// Per node, when this control plane last stored its record from a
+    /// heartbeat (unix ms): see `heartbeat::NODE_RECORD_EVERY`.
+    pub node_stored: HashMap<String, u64>,
     /// No restart attempt before this time (unix ms), per app.
     pub restart_not_before: HashMap<String, u64>,
     /// Migrations under way, by app (cleared with the app's busy mark).
@@ -242,7 +249,9 @@ impl Shared {
             migrations: loaded.migrations.into_iter().collect(),
             ..State::default()
         };
+        let mut heard = HashMap::new();
         for n in loaded.nodes {
+            heard.insert(n.info.name.clone(), 0);
             st.nodes.insert(n.info.name.clone(), n);
         }
         for a in loaded.apps {
@@ -274,6 +283,7 @@ impl Shared {
             cfg,
             metrics,
             checkpoint_turns: Mutex::default(),
+            heard: Mutex::new(heard),
         })
     }
 
@@ -328,10 +338,36 @@ impl Shared {
     /// tell: a node is not `down` merely because the control plane itself
     /// was restarted.
     pub fn last_seen(&self, n: &NodeRec) -> u64 {
+        let heard = self
+            .heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&n.info.name)
+            .copied();
         n.last_heartbeat_unix_ms
             .unwrap_or(0)
+            .max(heard.unwrap_or(0))
             .max(n.registered_unix_ms)
             .max(self.started_unix_ms)
+    }
+
+    /// A heartbeat of `node` arrived at `at` (unix ms): called before the
+    /// heartbeat waits for the table. Only registered nodes are noted
+    /// ([`Shared::note_node`]), so a name never seen adds nothing.
+    pub fn heard(&self, node: &str, at: u64) {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = heard.get_mut(node) {
+            *t = (*t).max(at);
+        }
+    }
+
+    /// Makes room for a registered node's heartbeats in [`Shared::heard`].
+    pub fn note_node(&self, node: &str) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_default();
     }
 
     pub fn is_down(&self, n: &NodeRec, now: u64) -> bool {
