@@ -28,7 +28,13 @@ pub(crate) struct Lease {
     /// Milliseconds since `start` until which the node may serve; 0 before
     /// the first acknowledged heartbeat; [`NONE`] without a control plane.
     until_ms: AtomicU64,
+    /// The length of a lease, in ms (half the control plane's heartbeat
+    /// timeout, as its latest acknowledgement stated it).
+    term_ms: AtomicU64,
 }
+
+/// A lease's length before any control plane stated its timeout.
+const DEFAULT_TERM: Duration = Duration::from_secs(5);
 
 impl Lease {
     /// A lease for a node that reports to a control plane (`bound`) or not.
@@ -36,7 +42,16 @@ impl Lease {
         Lease {
             start: Instant::now(),
             until_ms: AtomicU64::new(if bound { 0 } else { NONE }),
+            term_ms: AtomicU64::new(DEFAULT_TERM.as_millis() as u64),
         }
+    }
+
+    /// How long a lease lasts (at least half a second): a heartbeat waits
+    /// no longer for its answer, since an answer that comes later grants
+    /// nothing (the lease counts from the send), and the next heartbeat may
+    /// find a control plane that answers.
+    pub(crate) fn term(&self) -> Duration {
+        Duration::from_millis(self.term_ms.load(Ordering::Relaxed).max(500))
     }
 
     /// A heartbeat sent at `sent` was acknowledged by a control plane whose
@@ -45,8 +60,10 @@ impl Lease {
         if self.until_ms.load(Ordering::Relaxed) == NONE {
             return;
         }
+        let term = timeout.as_millis() as u64 / 2;
+        self.term_ms.store(term, Ordering::Relaxed);
         let sent_ms = sent.saturating_duration_since(self.start).as_millis() as u64;
-        let until = sent_ms + timeout.as_millis() as u64 / 2;
+        let until = sent_ms + term;
         self.until_ms.fetch_max(until, Ordering::Relaxed);
     }
 
@@ -85,15 +102,23 @@ mod tests {
 
         let l = Lease::new(true);
         assert!(l.check().unwrap_err().contains("not reached"));
+        assert_eq!(l.term(), DEFAULT_TERM, "no timeout stated yet");
         l.renew(Instant::now(), Duration::from_secs(20));
         assert!(l.check().is_ok());
+        assert_eq!(l.term(), Duration::from_secs(10), "half the stated timeout");
         // An old acknowledgement does not shorten a newer lease.
         l.renew(l.start, Duration::ZERO);
         assert!(l.check().is_ok());
+        assert_eq!(
+            l.term(),
+            Duration::from_millis(500),
+            "a heartbeat waits half a second at least"
+        );
         // A lease that has run out says for how long.
         let past = Lease {
             start: Instant::now() - Duration::from_secs(10),
             until_ms: AtomicU64::new(0),
+            term_ms: AtomicU64::new(0),
         };
         past.renew(past.start, Duration::from_secs(2));
         let e = past.check().unwrap_err();

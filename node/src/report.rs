@@ -6,7 +6,9 @@ use crate::node::Node;
 use crate::HEARTBEAT_INTERVAL;
 
 /// Registers with the control plane, then sends heartbeats; re-registers
-/// when the control plane forgets the node (it restarted).
+/// when the control plane forgets the node (it restarted). Each waits for
+/// its answer no longer than a lease lasts (`Lease::term`): a control
+/// plane that hangs does not keep the node from the one that leads.
 pub(crate) async fn report_loop(node: Arc<Node>) {
     if node.control().is_none() {
         return;
@@ -17,9 +19,9 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
             return;
         };
         let sent = std::time::Instant::now();
+        let client = node.client.clone().with_timeout(node.lease.term());
         if !registered {
-            match node
-                .client
+            match client
                 .post_json::<_, serde_json::Value>(&format!("{control}/v1/nodes"), &node.info())
                 .await
             {
@@ -33,11 +35,7 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
         if registered {
             let hb = node.heartbeat();
             let url = format!("{control}/v1/nodes/{}/heartbeat", node.name());
-            match node
-                .client
-                .post_json::<_, serde_json::Value>(&url, &hb)
-                .await
-            {
+            match client.post_json::<_, serde_json::Value>(&url, &hb).await {
                 // The answer lists the revoked certificates: their holders
                 // are refused here too from now on.
                 Ok(answer) => {

@@ -159,3 +159,54 @@ async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_cou
     };
     assert_eq!(status, 404);
 }
+
+/// A control plane that takes connections and never answers (a stopped
+/// process, a wedged machine) does not keep its nodes from the one that
+/// answers: a heartbeat or registration waits no longer than a lease
+/// lasts (an answer after that would grant nothing), then the node tries
+/// the next control plane. It waited 120 s before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_that_never_answers_does_not_hold_its_nodes() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("https://{}", hung.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        // Keeps what it accepts open and silent (a handful: the node's).
+        let mut open = Vec::new();
+        while open.len() < 64 {
+            match hung.accept().await {
+                Ok((s, _)) => open.push(s),
+                Err(_) => break,
+            }
+        }
+        open
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bound = Bound::loopback().await.unwrap();
+    let (ctl, _served) = start_control_on(bound, dir.path(), |_| {}).await;
+    let controls = format!("{hung_url},{ctl}");
+    let t0 = Instant::now();
+    let _node = TestNode::start_with("n1", move |cfg| cfg.control_url = Some(controls)).await;
+    let c = client().with_timeout(Duration::from_secs(5));
+    loop {
+        let ready = c
+            .get_json::<Vec<NodeView>>(&format!("{ctl}/v1/nodes"))
+            .await
+            .is_ok_and(|ns| {
+                ns.iter()
+                    .any(|n| n.name == "n1" && n.last_heartbeat_ms_ago.is_some())
+            });
+        if ready {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "n1 never reached the control plane that answers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "n1 registered with the answering control plane after {:?}",
+        t0.elapsed()
+    );
+    held.abort();
+}
