@@ -61,7 +61,7 @@ async fn request(node: &Node, name: &str, req: tern_sdk::Request) -> tern_sdk::R
                 r.headers.push(("retry-after".into(), "1".into()));
                 r
             }
-            Ok(()) => match h.request_here(req).await {
+            Ok(()) => match h.request_here(req, node.lease.clone()).await {
                 Ok(r) => r.with_header(crate::NODE_HEADER, node.config.name.clone()),
                 // The app was handed over (or deleted) between the lookup and
                 // the call: the request did not run; follow the app.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 /// Lease deadline meaning "not bound by a lease".
 const NONE: u64 = u64::MAX;
 
+#[derive(Debug)]
 pub(crate) struct Lease {
     start: Instant,
     /// Milliseconds since `start` until which the node may serve; 0 before

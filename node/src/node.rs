@@ -60,7 +60,7 @@ pub struct Node {
     /// Post-copy moves under way, in and out.
     pub(crate) postcopy: crate::migrate::postcopy::Registry,
     /// Whether the node may serve its apps now (`lease.rs`).
-    pub(crate) lease: crate::lease::Lease,
+    pub(crate) lease: Arc<crate::lease::Lease>,
     /// Clients for migration peers, each accepting only the certificate of
     /// the node it is for (bounded: cleared past [`MAX_PEERS`]).
     peers: Mutex<HashMap<String, Client>>,
@@ -138,7 +138,7 @@ impl Node {
             moving_checkpoints: Mutex::new(HashMap::new()),
             postcopy: Default::default(),
             auth: crate::auth::Auth::default(),
-            lease: crate::lease::Lease::new(has_control),
+            lease: Arc::new(crate::lease::Lease::new(has_control)),
             peers: Mutex::new(HashMap::new()),
         });
         node.metrics.attach(&node);

@@ -176,7 +176,7 @@ pub(crate) async fn invoke(
     if node.moved_to(name).is_none() {
         let h = node.local_or_404(name)?;
         node.lease.check().map_err(NodeError::busy)?;
-        match h.invoke_here(req).await {
+        match h.invoke_here(req, node.lease.clone()).await {
             Ok(r) => {
                 let mut r = r?;
                 r.node = node.name().to_string();

@@ -33,15 +33,15 @@ async fn call(c: &tern_api::client::Client, node: &TestNode) -> (u16, String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_could_move() {
-    let dir = tempfile::tempdir().unwrap();
-    let bound = Bound::loopback().await.unwrap();
-    let addr = bound.url.trim_start_matches("https://").to_string();
-    let setup = |cfg: &mut tern_control::ControlConfig| cfg.heartbeat_timeout = TIMEOUT;
-    let (ctl, served) = start_control_on(bound, dir.path(), setup).await;
-    let node = TestNode::start_with("n1", |cfg| cfg.control_url = Some(ctl.clone())).await;
-    let c = client().with_timeout(Duration::from_secs(5));
+/// Deploys `module` as `name` on node n1 through the control plane `ctl`,
+/// once n1 has registered.
+async fn deploy_on_n1(
+    c: &tern_api::client::Client,
+    ctl: &str,
+    module: &str,
+    name: &str,
+    timeout_ms: Option<u64>,
+) {
     let t0 = Instant::now();
     while !c
         .get_json::<Vec<NodeView>>(&format!("{ctl}/v1/nodes"))
@@ -54,18 +54,31 @@ async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_cou
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
+    let bytes = std::fs::read(module).unwrap();
     let sha = hex::encode(tern_runtime::sha256(&bytes));
     c.put_bytes(&format!("{ctl}/v1/modules/{sha}"), Bytes::from(bytes))
         .await
         .unwrap();
     let req = DeployRequest {
-        name: "counter".into(),
+        name: name.into(),
         module_sha256: sha,
         node: Some("n1".into()),
+        timeout_ms,
         ..Default::default()
     };
     let _: Value = c.post_json(&format!("{ctl}/v1/apps"), &req).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_control_plane_stops_serving_before_its_apps_could_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = Bound::loopback().await.unwrap();
+    let addr = bound.url.trim_start_matches("https://").to_string();
+    let setup = |cfg: &mut tern_control::ControlConfig| cfg.heartbeat_timeout = TIMEOUT;
+    let (ctl, served) = start_control_on(bound, dir.path(), setup).await;
+    let node = TestNode::start_with("n1", |cfg| cfg.control_url = Some(ctl.clone())).await;
+    let c = client().with_timeout(Duration::from_secs(5));
+    deploy_on_n1(&c, &ctl, tern_artifacts::COUNTER, "counter", None).await;
     let (status, body) = call(&c, &node).await;
     assert_eq!((status, body.trim()), (200, "1"));
 
@@ -209,4 +222,83 @@ async fn a_control_plane_that_never_answers_does_not_hold_its_nodes() {
         t0.elapsed()
     );
     held.abort();
+}
+
+/// A call admitted while the lease held, that waits for its turn until
+/// after the lease ran out (behind a long call, here), is refused when its
+/// turn comes, not run: the control plane may be starting the app
+/// elsewhere by then. It ran and was acknowledged before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_whose_turn_comes_after_the_lease_ran_out_is_not_run() {
+    const SHORT: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let bound = Bound::loopback().await.unwrap();
+    let addr = bound.url.trim_start_matches("https://").to_string();
+    let setup = |cfg: &mut tern_control::ControlConfig| cfg.heartbeat_timeout = SHORT;
+    let (ctl, served) = start_control_on(bound, dir.path(), setup).await;
+    let node = TestNode::start_with("n1", |cfg| cfg.control_url = Some(ctl.clone())).await;
+    let c = client().with_timeout(Duration::from_secs(30));
+    // Its calls may run 4 s: twice the heartbeat timeout.
+    deploy_on_n1(&c, &ctl, tern_artifacts::HEAPSTATE, "app", Some(4000)).await;
+    let invoke = |export: &'static str, args: Value| {
+        let (c, url) = (c.clone(), format!("{}/v1/apps/app/invoke", node.url));
+        async move {
+            c.post_json::<_, Value>(&url, &json!({"export": export, "args": args}))
+                .await
+        }
+    };
+    let t0 = Instant::now();
+    while invoke("push", json!(["1"])).await.is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the app never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = |c: tern_api::client::Client, url: String| async move {
+        c.get_json::<Value>(&url).await.unwrap()
+    };
+    let app_url = format!("{}/v1/apps/app", node.url);
+    let spin = tokio::spawn(invoke("spin_forever", json!([])));
+    while !status(c.clone(), app_url.clone()).await["in_call_ms"].is_u64() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let queued = tokio::spawn(invoke("push", json!(["7"])));
+    while status(c.clone(), app_url.clone()).await["queued"] != 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The control plane goes; the lease (1 s) runs out long before the
+    // long call ends.
+    drop(served);
+    let e = spin.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("time"), "{e}");
+    let e = queued
+        .await
+        .unwrap()
+        .expect_err("the queued push ran after the lease");
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert!(
+        e.to_string().contains("has not reached the control plane"),
+        "{e}"
+    );
+
+    // Back with its control plane, the node serves the app as it was: one
+    // push, not two.
+    let (_ctl, _served) =
+        start_control_on(Bound::at(&addr).await.unwrap(), dir.path(), setup).await;
+    let t0 = Instant::now();
+    let len = loop {
+        match invoke("len", json!([])).await {
+            Ok(r) => break r["results"][0].clone(),
+            Err(e) => {
+                assert_eq!(e.status(), Some(503), "{e}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "n1 never served again: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(len, json!(1));
 }

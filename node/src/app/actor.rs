@@ -21,6 +21,7 @@ use tern_runtime::wasi::Stdio;
 use tern_util::now_unix_ms;
 
 use super::precopy::{set_checkpoint_meta, set_extra};
+use super::queue::RETRY_AFTER_SECS;
 use super::{app_dir, Cmd, Shared, SlicePages};
 use crate::error::{ErrorKind, NodeError, Result};
 use crate::TICK_INTERVAL;
@@ -426,6 +427,25 @@ impl Actor {
             Cmd::Http(_, reply) if reply.is_closed() => return,
             _ => {}
         }
+        // Nor a call whose node lost its lease while the call waited: the
+        // control plane may be starting the app elsewhere, and what this
+        // copy would acknowledge now could be lost, or answered twice.
+        let cmd = match cmd {
+            Cmd::Invoke(req, reply) => match reply.lapsed() {
+                Some(why) => return reply.send(Err(NodeError::busy(why))),
+                None => Cmd::Invoke(req, reply),
+            },
+            Cmd::Http(req, reply) => match reply.lapsed() {
+                Some(why) => {
+                    let mut r = Response::text(503, format!("{why}\n"));
+                    r.headers
+                        .push(("retry-after".into(), RETRY_AFTER_SECS.to_string()));
+                    return reply.send(r);
+                }
+                None => Cmd::Http(req, reply),
+            },
+            other => other,
+        };
         let started = Instant::now();
         let call = matches!(cmd, Cmd::Invoke(..) | Cmd::Http(..));
         self.run_command(cmd);

@@ -31,6 +31,7 @@ use tern_runtime::wasi::LogBuffer;
 use tokio::sync::oneshot;
 
 use crate::error::{NodeError, Result};
+use crate::lease::Lease;
 use queue::Queue;
 pub(crate) use queue::Reply;
 pub(crate) use queue::RETRY_AFTER_SECS;
@@ -350,7 +351,11 @@ impl AppHandle {
 
     /// Runs an HTTP request here, or gives it back unrun when the actor has
     /// ended (a request that races a handover is then forwarded, not lost).
-    pub(crate) async fn request_here(&self, req: Request) -> Result<Response, Request> {
+    pub(crate) async fn request_here(
+        &self,
+        req: Request,
+        lease: Arc<Lease>,
+    ) -> Result<Response, Request> {
         let Some(ticket) = self.shared.queue.admit(req.body.len() as u64) else {
             let mut busy = Response::text(
                 503,
@@ -364,7 +369,7 @@ impl AppHandle {
             return Ok(busy);
         };
         let (tx, rx) = oneshot::channel();
-        match self.try_send(Cmd::Http(req, Reply::new(tx, ticket))) {
+        match self.try_send(Cmd::Http(req, Reply::new(tx, ticket, lease))) {
             Ok(()) => Ok(rx.await.unwrap_or_else(|_| {
                 Response::text(
                     503,
@@ -383,6 +388,7 @@ impl AppHandle {
     pub(crate) async fn invoke_here(
         &self,
         req: InvokeRequest,
+        lease: Arc<Lease>,
     ) -> Result<Result<InvokeResponse>, InvokeRequest> {
         let bytes = req.args.iter().map(|a| a.len() as u64).sum::<u64>() + req.export.len() as u64;
         let Some(ticket) = self.shared.queue.admit(bytes) else {
@@ -392,7 +398,7 @@ impl AppHandle {
             ))));
         };
         let (tx, rx) = oneshot::channel();
-        match self.try_send(Cmd::Invoke(req, Reply::new(tx, ticket))) {
+        match self.try_send(Cmd::Invoke(req, Reply::new(tx, ticket, lease))) {
             Ok(()) => Ok(rx.await.unwrap_or_else(|_| {
                 Err(NodeError::unavailable(format!(
                     "app {} stopped before answering",
@@ -563,7 +569,11 @@ mod tests {
             headers: vec![],
             body: b"payload".to_vec(),
         };
-        let back = handle.request_here(req).await.expect_err("given back");
+        let free = Arc::new(Lease::new(false));
+        let back = handle
+            .request_here(req, free.clone())
+            .await
+            .expect_err("given back");
         assert_eq!(
             (back.path.as_str(), &back.body[..]),
             ("/x", &b"payload"[..])
@@ -573,7 +583,7 @@ mod tests {
             args: vec![],
         };
         let back = handle
-            .invoke_here(inv.clone())
+            .invoke_here(inv.clone(), free)
             .await
             .expect_err("given back");
         assert_eq!(back, inv);

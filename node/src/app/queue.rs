@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::lease::Lease;
+
 /// Calls queued or held per app, at most.
 pub(crate) const MAX_QUEUED_CALLS: u64 = 256;
 /// Request bytes queued or held per app, at most.
@@ -68,14 +70,25 @@ impl Drop for Ticket {
 pub(crate) struct Reply<T> {
     tx: oneshot::Sender<T>,
     _ticket: Ticket,
+    /// The node's lease the call was admitted under: checked again when
+    /// the call's turn comes.
+    lease: Arc<Lease>,
 }
 
 impl<T> Reply<T> {
-    pub(crate) fn new(tx: oneshot::Sender<T>, ticket: Ticket) -> Reply<T> {
+    pub(crate) fn new(tx: oneshot::Sender<T>, ticket: Ticket, lease: Arc<Lease>) -> Reply<T> {
         Reply {
             tx,
             _ticket: ticket,
+            lease,
         }
+    }
+
+    /// Why the call must not run now: the node's lease ran out while it
+    /// waited (behind a long call, or held during a move's pause), and
+    /// another copy of the app may be starting elsewhere.
+    pub(crate) fn lapsed(&self) -> Option<String> {
+        self.lease.check().err()
     }
 
     /// Answers the call (its caller may have gone: then nobody hears).
