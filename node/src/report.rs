@@ -5,10 +5,14 @@ use std::sync::Arc;
 use crate::node::Node;
 use crate::HEARTBEAT_INTERVAL;
 
+/// The least a registration waits for its answer.
+const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Registers with the control plane, then sends heartbeats; re-registers
-/// when the control plane forgets the node (it restarted). Each waits for
-/// its answer no longer than a lease lasts (`Lease::term`): a control
-/// plane that hangs does not keep the node from the one that leads.
+/// when the control plane forgets the node (it restarted). A heartbeat
+/// waits for its answer no longer than a lease lasts (`Lease::term`), a
+/// registration no longer than that or 5 s: a control plane that hangs
+/// does not keep the node from the one that leads.
 pub(crate) async fn report_loop(node: Arc<Node>) {
     if node.control().is_none() {
         return;
@@ -21,7 +25,12 @@ pub(crate) async fn report_loop(node: Arc<Node>) {
         let sent = std::time::Instant::now();
         let client = node.client.clone().with_timeout(node.lease.term());
         if !registered {
+            // A registration answered late still lets the heartbeats begin
+            // (a durable write on a loaded control plane can take seconds):
+            // it waits at least REGISTRATION_WAIT.
             match client
+                .clone()
+                .with_timeout(node.lease.term().max(REGISTRATION_WAIT))
                 .post_json::<_, serde_json::Value>(&format!("{control}/v1/nodes"), &node.info())
                 .await
             {
