@@ -11,7 +11,7 @@ const REGISTRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// Registers with the control plane, then sends heartbeats; re-registers
 /// when the control plane forgets the node (it restarted). A heartbeat
 /// waits for its answer no longer than a lease lasts (`Lease::term`), a
-/// registration no longer than that or 5 s: a control plane that hangs
+/// registration that long but at least 5 s: a control plane that hangs
 /// does not keep the node from the one that leads.
 pub(crate) async fn report_loop(node: Arc<Node>) {
     if node.control().is_none() {
