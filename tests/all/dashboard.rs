@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tern_api::types::{DeployRequest, MigrationReport};
+use tern_api::types::MigrationReport;
 use tokio::task::block_in_place;
 
 use crate::browser::{artifact_dir, Browser};
@@ -52,21 +52,16 @@ async fn the_dashboard_shows_a_migration_while_it_runs() {
     let c = client();
     // The deploy names node-1: it must have registered first.
     crate::nodes::wait_for_nodes(&c, &control, 2).await;
-    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
-    let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
-        .await
-        .unwrap();
-    let req = DeployRequest {
-        name: "counter".into(),
-        module_sha256: sha,
-        node: Some("node-1".into()),
-        ..Default::default()
-    };
-    let _: Value = c
-        .post_json(&format!("{control}/v1/apps"), &req)
-        .await
-        .unwrap();
+    let counter = tern_artifacts::COUNTER;
+    crate::nodes::deploy_through(
+        &c,
+        &control,
+        counter,
+        "counter",
+        "node-1",
+        serde_json::json!({}),
+    )
+    .await;
     // Paced, so that the rest of the test suite keeps some CPU.
     let load = Load::start(
         format!("{}/apps/counter/", node1.url),

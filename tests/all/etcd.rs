@@ -15,7 +15,7 @@ use tern_api::types::{AppView, DeployRequest, MigrationReport, NodeInfo, NodeVie
 use tern_artifacts::tools::Etcd;
 use tern_control::StoreConfig;
 
-use crate::nodes::{client, start_control, Load, TestNode};
+use crate::nodes::{client, deploy_through, start_control, Load, TestNode};
 
 const WAIT: Duration = Duration::from_secs(30);
 const LEASE: Duration = Duration::from_secs(5);
@@ -470,22 +470,8 @@ fn quick(store: StoreConfig) -> impl FnOnce(&mut tern_control::ControlConfig) {
 
 /// The counter, deployed through `control` on `n1`, restarted always.
 async fn deploy_counter_on_n1(c: &tern_api::client::Client, control: &str) {
-    let bytes = std::fs::read(tern_artifacts::COUNTER).unwrap();
-    let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{control}/v1/modules/{sha}"), Bytes::from(bytes))
-        .await
-        .unwrap();
-    let req = DeployRequest {
-        name: "counter".into(),
-        module_sha256: sha,
-        node: Some("n1".into()),
-        restart: Some("always".into()),
-        ..Default::default()
-    };
-    let _: Value = c
-        .post_json(&format!("{control}/v1/apps"), &req)
-        .await
-        .unwrap();
+    let always = json!({ "restart": "always" });
+    deploy_through(c, control, tern_artifacts::COUNTER, "counter", "n1", always).await;
 }
 
 /// Adds 1 to the counter `n` times at the node `url`, each acknowledged.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tern_api::local::Bound;
-use tern_api::types::{DeployRequest, NodeView};
+use tern_api::types::NodeView;
 
-use crate::nodes::{client, start_control_on, TestNode};
+use crate::nodes::{client, deploy_through, start_control_on, wait_for_nodes, TestNode};
 
 /// The control plane's heartbeat timeout here: the node's lease is half.
 const TIMEOUT: Duration = Duration::from_secs(6);
@@ -42,31 +42,16 @@ async fn deploy_on_n1(
     name: &str,
     timeout_ms: Option<u64>,
 ) {
-    let t0 = Instant::now();
-    while !c
-        .get_json::<Vec<NodeView>>(&format!("{ctl}/v1/nodes"))
-        .await
-        .is_ok_and(|ns| ns.len() == 1)
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "n1 never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let bytes = std::fs::read(module).unwrap();
-    let sha = hex::encode(tern_runtime::sha256(&bytes));
-    c.put_bytes(&format!("{ctl}/v1/modules/{sha}"), Bytes::from(bytes))
-        .await
-        .unwrap();
-    let req = DeployRequest {
-        name: name.into(),
-        module_sha256: sha,
-        node: Some("n1".into()),
-        timeout_ms,
-        ..Default::default()
-    };
-    let _: Value = c.post_json(&format!("{ctl}/v1/apps"), &req).await.unwrap();
+    wait_for_nodes(c, ctl, 1).await;
+    deploy_through(
+        c,
+        ctl,
+        module,
+        name,
+        "n1",
+        json!({ "timeout_ms": timeout_ms }),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
