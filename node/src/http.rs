@@ -312,6 +312,15 @@ async fn api(
                 &serde_json::json!({ "under_way": under_way }),
             )
         }
+        (Method::POST, ["v1", "postcopy", app, "pages"])
+            if q("format").as_deref() == Some("slice") =>
+        {
+            let generation = q("generation").and_then(|g| g.parse().ok());
+            let (node, app) = (node.clone(), app.to_string());
+            let pushed =
+                migrate::postcopy::receive_push_slice(node, app, generation, req.into_body());
+            ok(StatusCode::OK, pushed.await)
+        }
         (Method::POST, ["v1", "postcopy", app, "pages"]) => {
             let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
             let generation = q("generation").and_then(|g| g.parse().ok());

@@ -697,7 +697,7 @@ async fn took_over(peer: &Client, url: &str, app: &str, generation: u64) -> bool
 
 /// An encoded page slice as a request body, without copying it; its buffer
 /// goes back to the pool once sent.
-fn slice_body(slice: tern_runtime::snapshot::EncodedSlice) -> Bytes {
+pub(crate) fn slice_body(slice: tern_runtime::snapshot::EncodedSlice) -> Bytes {
     tern_api::server::recycled(slice.buf).slice(slice.start..)
 }
 

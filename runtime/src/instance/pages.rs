@@ -219,7 +219,12 @@ impl Instance {
 struct Sink<'a>(&'a mut Instance);
 
 impl crate::snapshot::PageSink for Sink<'_> {
-    fn prepare(&mut self, memory: u32, byte_size: u64) -> std::result::Result<(), String> {
+    fn prepare(
+        &mut self,
+        memory: u32,
+        byte_size: u64,
+        _pages: usize,
+    ) -> std::result::Result<(), String> {
         let inst = &mut *self.0;
         let m = inst.memory_by_index(memory).map_err(|e| e.to_string())?;
         let cur = m.data_size(&inst.store) as u64;

@@ -10,7 +10,7 @@ use super::Instance;
 use crate::error::{Error, Result};
 use crate::memory;
 use crate::postcopy::{PagedMemory, Pager, WantFn};
-use crate::snapshot::{PageChunk, PageRequest, RemotePages, PAGE_SIZE};
+use crate::snapshot::{EncodedSlice, PageChunk, PageRequest, RemotePages, PAGE_SIZE};
 
 impl Instance {
     /// The pages of each memory a post-copy target must fetch: the ones
@@ -52,9 +52,11 @@ impl Instance {
         Ok(PageChunk::encode_from(memory, data, &req.pages))
     }
 
-    /// Some pages of a memory encoded as a page chunk (what a post-copy
-    /// source pushes); pages past the memory's end are refused.
-    pub fn encode_pages(&mut self, memory: u32, pages: &[u64]) -> Result<Vec<u8>> {
+    /// Some pages of a memory encoded as a page slice (what a post-copy
+    /// source pushes: the target receives it with a
+    /// [`PushReceiver`](crate::postcopy::PushReceiver)); pages past the
+    /// memory's end, unsorted or listed twice, are refused.
+    pub fn encode_push(&mut self, memory: u32, pages: &[u64]) -> Result<EncodedSlice> {
         let m = self.memory_by_index(memory)?;
         let data = m.data(&self.store);
         let end = (data.len() / PAGE_SIZE) as u64;
@@ -63,7 +65,7 @@ impl Instance {
                 "pages to encode are unsorted or past the end of memory {memory}"
             )));
         }
-        Ok(PageChunk::encode_from(memory, data, pages))
+        Ok(crate::snapshot::encode_listed(memory, data, pages))
     }
 
     /// Makes this (freshly restored, state-only) instance a post-copy

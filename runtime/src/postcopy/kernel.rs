@@ -14,6 +14,9 @@ use crate::dirty::sys::{
 const _UFFDIO_WAKE: u64 = 0x02;
 const _UFFDIO_COPY: u64 = 0x03;
 const _UFFDIO_ZEROPAGE: u64 = 0x04;
+const _UFFDIO_MOVE: u64 = 0x05;
+/// `UFFDIO_MOVE` (Linux 6.8): pages are moved, not copied.
+const UFFD_FEATURE_MOVE: u64 = 1 << 10;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 /// `sizeof(struct uffd_msg)`.
@@ -30,6 +33,14 @@ struct UffdioCopy {
     copy: i64,
 }
 #[repr(C)]
+struct UffdioMove {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    moved: i64,
+}
+#[repr(C)]
 struct UffdioZeropage {
     range: UffdioRange,
     mode: u64,
@@ -42,6 +53,13 @@ const UFFDIO_COPY: u64 = ioc(
     UFFDIO,
     _UFFDIO_COPY,
     std::mem::size_of::<UffdioCopy>(),
+);
+/// `_IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)`
+const UFFDIO_MOVE: u64 = ioc(
+    IOC_READ | IOC_WRITE,
+    UFFDIO,
+    _UFFDIO_MOVE,
+    std::mem::size_of::<UffdioMove>(),
 );
 /// `_IOWR(UFFDIO, _UFFDIO_ZEROPAGE, struct uffdio_zeropage)`
 const UFFDIO_ZEROPAGE: u64 = ioc(
@@ -59,6 +77,7 @@ const UFFDIO_WAKE: u64 = ioc(
 );
 const _: () = assert!(UFFDIO_COPY == 0xc028_aa03);
 const _: () = assert!(UFFDIO_ZEROPAGE == 0xc020_aa04);
+const _: () = assert!(UFFDIO_MOVE == 0xc028_aa05);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_aa02);
 
 fn os_err(step: &str) -> io::Error {
@@ -75,6 +94,8 @@ pub(super) struct Uffd {
     stop: OwnedFd,
     /// Registered ranges: (start, length).
     ranges: Vec<(u64, u64)>,
+    /// Whether every range takes `UFFDIO_MOVE`.
+    moves: bool,
 }
 
 /// Whether a userfaultfd that takes kernel faults too opens, speaks the
@@ -111,15 +132,30 @@ impl Uffd {
                 "post-copy pager: the system page size is not 4 KiB",
             ));
         }
-        let fd = open_uffd_all_faults()?;
-        let mut api = UffdioApi {
-            api: UFFD_API,
-            features: 0,
-            ioctls: 0,
+        // With `UFFDIO_MOVE` where the kernel has it; a descriptor whose
+        // API call failed is not asked again, so another is opened.
+        let (fd, moves) = {
+            let fd = open_uffd_all_faults()?;
+            let mut api = UffdioApi {
+                api: UFFD_API,
+                features: UFFD_FEATURE_MOVE,
+                ioctls: 0,
+            };
+            if ioctl(&fd, UFFDIO_API, &mut api) >= 0 {
+                (fd, true)
+            } else {
+                let fd = open_uffd_all_faults()?;
+                let mut api = UffdioApi {
+                    api: UFFD_API,
+                    features: 0,
+                    ioctls: 0,
+                };
+                if ioctl(&fd, UFFDIO_API, &mut api) < 0 {
+                    return Err(os_err("UFFDIO_API"));
+                }
+                (fd, false)
+            }
         };
-        if ioctl(&fd, UFFDIO_API, &mut api) < 0 {
-            return Err(os_err("UFFDIO_API"));
-        }
         // SAFETY: eventfd with integer flags; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if efd < 0 {
@@ -131,6 +167,7 @@ impl Uffd {
             fd,
             stop,
             ranges: Vec::new(),
+            moves,
         };
         for &(base, reserved) in ranges {
             let mut reg = UffdioRegister {
@@ -147,6 +184,7 @@ impl Uffd {
                 )));
             }
             me.ranges.push((base, reserved));
+            me.moves &= reg.ioctls & (1 << _UFFDIO_MOVE) != 0;
             let need = (1 << _UFFDIO_COPY) | (1 << _UFFDIO_ZEROPAGE) | (1 << _UFFDIO_WAKE);
             if reg.ioctls & need != need {
                 return Err(io::Error::new(
@@ -292,6 +330,49 @@ impl Uffd {
             }
         }
         Ok(true)
+    }
+
+    /// Whether [`Uffd::move_pages`] can work here.
+    pub(super) fn moves(&self) -> bool {
+        self.moves
+    }
+
+    /// Moves the pages of `[src, src + len)` (resident pages of a private
+    /// anonymous mapping this process owns alone) to the missing range at
+    /// `dst` (waking its waiters): page-table entries change hands, no
+    /// byte is copied and no page allocated. Fewer than `len`: not all moved (a
+    /// page of `dst` was present, the ranges span two mappings, or a page
+    /// of `src` is shared): what did not move stays in `src`, and the
+    /// caller goes on otherwise. Returns how many bytes moved (from the
+    /// start).
+    ///
+    /// # Safety
+    /// `[src, src + len)` must be memory no one uses any more: its pages
+    /// leave it (reading it afterwards faults in zeros).
+    pub(super) unsafe fn move_pages(&self, dst: u64, src: u64, len: u64) -> io::Result<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let mut m = UffdioMove {
+                dst: dst + done,
+                src: src + done,
+                len: len - done,
+                mode: 0,
+                moved: 0,
+            };
+            let rc = ioctl(&self.fd, UFFDIO_MOVE, &mut m);
+            if m.moved > 0 {
+                done += m.moved as u64;
+            }
+            if rc >= 0 {
+                continue;
+            }
+            match errno() {
+                Some(libc::EAGAIN) => continue,
+                Some(libc::EEXIST | libc::EINVAL | libc::EBUSY | libc::ENOENT) => return Ok(done),
+                _ => return Err(os_err("UFFDIO_MOVE")),
+            }
+        }
+        Ok(done)
     }
 
     /// Ends every registration: waiting faults are retried as plain ones.

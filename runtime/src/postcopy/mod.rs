@@ -75,10 +75,20 @@ mod kernel {
         pub(super) fn copy(&self, _: u64, _: &[u8]) -> std::io::Result<bool> {
             Ok(false)
         }
+        pub(super) fn moves(&self) -> bool {
+            false
+        }
+        pub(super) unsafe fn move_pages(&self, _: u64, _: u64, _: u64) -> std::io::Result<u64> {
+            Ok(0)
+        }
         pub(super) fn unregister(&self) {}
         pub(super) fn stop(&self) {}
     }
 }
+
+mod staging;
+
+pub use staging::{PushReceiver, StagedPush};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -125,6 +135,8 @@ struct Inner {
     /// Per memory, per page: LOCAL, REMOTE, ASKED or PRESENT.
     pages: Mutex<Vec<Vec<u8>>>,
     remaining: AtomicU64,
+    /// Pages placed by moving them (`UFFDIO_MOVE`) rather than copying.
+    moved: AtomicU64,
     done: AtomicBool,
     failed: Mutex<Option<String>>,
     interrupt: InterruptHandle,
@@ -205,6 +217,7 @@ impl Pager {
             mems,
             pages: Mutex::new(pages),
             remaining: AtomicU64::new(remaining),
+            moved: AtomicU64::new(0),
             done: AtomicBool::new(false),
             failed: Mutex::new(None),
             interrupt,
@@ -228,6 +241,12 @@ impl Pager {
     /// Remote pages not in yet.
     pub fn remaining(&self) -> u64 {
         self.inner.remaining.load(Ordering::Acquire)
+    }
+
+    /// Pages placed so far by moving them out of a staged push rather
+    /// than copying them (see `staging`).
+    pub fn pages_moved(&self) -> u64 {
+        self.inner.moved.load(Ordering::Relaxed)
     }
 
     /// Why the pager failed, if it did (the memory is then incomplete).
@@ -292,15 +311,50 @@ impl Pager {
         self.place(memory, &pages, data)
     }
 
+    /// Places a checked push ([`PushReceiver::finish`]) as
+    /// [`Pager::deliver`] places a chunk, moving its pages out of the
+    /// staging mapping instead of copying them where the kernel can (see
+    /// `staging`). Returns how many remote pages are still missing.
+    pub fn place_staged(&self, push: StagedPush) -> Result<u64, String> {
+        let uffd = &self.inner.uffd;
+        let base = push.staging.addr();
+        let data = push.staging.bytes();
+        self.place_with(push.memory, &push.pages, data, |dst, offset, bytes| {
+            let mut moved = 0;
+            if uffd.moves() {
+                // SAFETY: these staged pages are placed once and never read
+                // through the staging mapping again (the per-page fallback
+                // below copies only pages that did not move).
+                moved = unsafe { uffd.move_pages(dst, base + offset, bytes.len() as u64)? };
+                let moved_pages = moved / PAGE_SIZE as u64;
+                self.inner.moved.fetch_add(moved_pages, Ordering::Relaxed);
+            }
+            if moved == bytes.len() as u64 {
+                return Ok(true);
+            }
+            uffd.copy(dst + moved, &bytes[moved as usize..])
+        })
+    }
+
     fn place(&self, memory: u32, page_list: &[u64], data: &[u8]) -> Result<u64, String> {
-        struct Chunk<'a> {
-            pages: &'a [u64],
-            data: &'a [u8],
-        }
-        let chunk = Chunk {
-            pages: page_list,
-            data,
-        };
+        let uffd = &self.inner.uffd;
+        self.place_with(memory, page_list, data, |dst, _, bytes| {
+            uffd.copy(dst, bytes)
+        })
+    }
+
+    /// Places the pages `page_list` names, whose bytes are `data` (packed),
+    /// where they are still missing: `put(dst, offset in data, bytes)` fills
+    /// a run of missing pages, saying whether it filled all of them (if
+    /// not, the run's pages are then copied one by one, and a page present
+    /// already is left alone).
+    fn place_with(
+        &self,
+        memory: u32,
+        page_list: &[u64],
+        data: &[u8],
+        put: impl Fn(u64, u64, &[u8]) -> std::io::Result<bool>,
+    ) -> Result<u64, String> {
         let inner = &self.inner;
         let k = inner
             .mems
@@ -308,6 +362,13 @@ impl Pager {
             .position(|m| m.index == memory)
             .ok_or_else(|| format!("pages of memory {memory}, which is not paged"))?;
         let m = inner.mems[k];
+        if data.len() != page_list.len() * PAGE_SIZE {
+            return Err(format!(
+                "{} bytes for {} pages",
+                data.len(),
+                page_list.len()
+            ));
+        }
         if inner.done.load(Ordering::Acquire) {
             return Ok(self.remaining());
         }
@@ -316,39 +377,37 @@ impl Pager {
             let mut pages = inner.pages.lock().unwrap_or_else(|e| e.into_inner());
             let st = &mut pages[k];
             let mut i = 0;
-            while i < chunk.pages.len() {
-                let p = chunk.pages[i] as usize;
+            while i < page_list.len() {
+                let p = page_list[i] as usize;
                 if p >= st.len() || !(st[p] == REMOTE || st[p] == ASKED) {
                     i += 1;
                     continue;
                 }
-                // A run of consecutive pages still missing: one copy.
+                // A run of consecutive pages still missing: one placement.
                 let mut j = i + 1;
-                while j < chunk.pages.len()
-                    && chunk.pages[j] == chunk.pages[j - 1] + 1
-                    && (chunk.pages[j] as usize) < st.len()
-                    && matches!(st[chunk.pages[j] as usize], REMOTE | ASKED)
+                while j < page_list.len()
+                    && page_list[j] == page_list[j - 1] + 1
+                    && (page_list[j] as usize) < st.len()
+                    && matches!(st[page_list[j] as usize], REMOTE | ASKED)
                 {
                     j += 1;
                 }
-                let bytes = &chunk.data[i * PAGE_SIZE..j * PAGE_SIZE];
+                let bytes = &data[i * PAGE_SIZE..j * PAGE_SIZE];
                 let dst = m.base + p as u64 * PAGE_SIZE as u64;
-                let whole = inner
-                    .uffd
-                    .copy(dst, bytes)
+                let whole = put(dst, (i * PAGE_SIZE) as u64, bytes)
                     .map_err(|e| format!("placing pages of memory {}: {e}", m.index))?;
                 if !whole {
                     // Some page of the run was there already: page by page.
                     for q in i..j {
-                        let dst = m.base + chunk.pages[q] * PAGE_SIZE as u64;
+                        let dst = m.base + page_list[q] * PAGE_SIZE as u64;
                         inner
                             .uffd
-                            .copy(dst, &chunk.data[q * PAGE_SIZE..(q + 1) * PAGE_SIZE])
+                            .copy(dst, &data[q * PAGE_SIZE..(q + 1) * PAGE_SIZE])
                             .map_err(|e| format!("placing a page of memory {}: {e}", m.index))?;
                     }
                 }
                 for q in i..j {
-                    st[chunk.pages[q] as usize] = PRESENT;
+                    st[page_list[q] as usize] = PRESENT;
                 }
                 placed += (j - i) as u64;
                 i = j;

@@ -117,7 +117,7 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    fn corrupt(msg: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(msg: impl Into<String>) -> Self {
         SnapshotError::Corrupt(msg.into())
     }
 }

@@ -151,13 +151,19 @@ pub fn encode_chunk(chunk: &super::PageChunk) -> EncodedSlice {
     encode(chunk.memory, chunk.byte_size, chunk.pages.len(), pages)
 }
 
-/// Where a slice's pages go: the receiving instance's memories.
+/// Where a slice's pages go: the receiving instance's memories, or a
+/// buffer that holds them packed, one after the other.
 pub trait PageSink {
-    /// Makes memory `memory` at least `byte_size` bytes long, or says why
-    /// it cannot be.
-    fn prepare(&mut self, memory: u32, byte_size: u64) -> Result<(), String>;
-    /// The memory's bytes.
+    /// Makes memory `memory` at least `byte_size` bytes long (or room for
+    /// the slice's `pages` pages, when packed), or says why it cannot be.
+    fn prepare(&mut self, memory: u32, byte_size: u64, pages: usize) -> Result<(), String>;
+    /// The memory's bytes (the buffer's, when packed).
     fn memory(&mut self, memory: u32) -> &mut [u8];
+    /// Whether the slice's `k`-th page goes at `k` pages into
+    /// [`PageSink::memory`] rather than at its own index.
+    fn packed(&self) -> bool {
+        false
+    }
 }
 
 /// A checked head.
@@ -204,6 +210,11 @@ impl PageStream {
         self.head.as_ref().map(|h| h.pages.len() as u64)
     }
 
+    /// The slice's memory and page indices, once its head is in.
+    pub fn listed(&self) -> Option<(u32, &[u64])> {
+        self.head.as_ref().map(|h| (h.memory, &h.pages[..]))
+    }
+
     /// Takes the next bytes of the slice, writing the pages they complete
     /// into `sink`'s memory.
     pub fn feed(&mut self, mut bytes: &[u8], sink: &mut dyn PageSink) -> Result<(), SnapshotError> {
@@ -213,7 +224,7 @@ impl PageStream {
             let Some(head) = &self.head else {
                 return Ok(());
             };
-            sink.prepare(head.memory, head.byte_size)
+            sink.prepare(head.memory, head.byte_size, head.pages.len())
                 .map_err(SnapshotError::corrupt)?;
         }
         let head = self.head.as_ref().expect("the head is in");
@@ -223,8 +234,10 @@ impl PageStream {
             let n = bytes.len().min(data_len - received);
             let (mut piece, rest) = bytes.split_at(n);
             bytes = rest;
+            let packed = sink.packed();
             let mem = sink.memory(head.memory);
             let mut to = Writer {
+                packed,
                 pages: &head.pages,
                 mem,
                 written: &mut self.written,
@@ -323,6 +336,8 @@ impl PageStream {
 /// Writes whole blocks of a slice's page bytes into the memory, hashing
 /// them in the same pass.
 struct Writer<'a> {
+    /// Page `k` goes `k` pages in, not at its index (see `PageSink`).
+    packed: bool,
     pages: &'a [u64],
     mem: &'a mut [u8],
     /// Page bytes written so far (always whole blocks).
@@ -337,7 +352,12 @@ impl Writer<'_> {
             let k = *self.written / PAGE_SIZE;
             let offset = *self.written % PAGE_SIZE;
             let n = bytes.len().min(PAGE_SIZE - offset);
-            let at = self.pages[k] as usize * PAGE_SIZE + offset;
+            let at = if self.packed {
+                k
+            } else {
+                self.pages[k] as usize
+            } * PAGE_SIZE
+                + offset;
             let dst = self
                 .mem
                 .get_mut(at..at + n)

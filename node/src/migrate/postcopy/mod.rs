@@ -42,14 +42,14 @@ use tern_runtime::instance::Instance;
 use tern_runtime::postcopy::Pager;
 
 pub(crate) use source::{serve_fetch, serve_watch};
-pub(crate) use target::{receive_done, receive_push, receive_switch};
+pub(crate) use target::{receive_done, receive_push, receive_push_slice, receive_switch};
 
 use crate::node::{lock, Node};
 
 /// Pages per push (4 MiB).
 const PUSH_PAGES: usize = 1024;
 /// Pushes on the wire at once.
-const PUSHES_IN_FLIGHT: usize = 2;
+const PUSHES_IN_FLIGHT: usize = 4;
 /// Pages asked for with each faulting page (itself included): a fault
 /// usually means its neighbours are next.
 const FETCH_PAGES: usize = 16;

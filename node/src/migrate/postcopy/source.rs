@@ -99,10 +99,16 @@ impl Move {
             .clone();
         *lock(&out.inst) = Some(inst);
         out.ready.send_replace(true);
-        replay_held(&self.node, &self.to_url, &self.app, held).await;
+        // The held calls are replayed while the pages go: a call that
+        // touches many pages still here would otherwise wait on each in
+        // turn, and hold up the pushes that bring them in bulk.
         let remote = std::mem::take(&mut self.postcopy_remote);
-        tokio::time::sleep(self.node.config.postcopy_push_after).await;
-        let pushed = self.push_all(&out, &remote, spec.generation).await;
+        let (node, to_url, app) = (self.node.clone(), self.to_url.clone(), self.app.clone());
+        let push_after = self.node.config.postcopy_push_after;
+        let ((), pushed) = tokio::join!(replay_held(&node, &to_url, &app, held), async {
+            tokio::time::sleep(push_after).await;
+            self.push_all(&out, &remote, spec.generation).await
+        });
         lock(&self.node.postcopy.outgoing).remove(&self.app);
         let served_pages = out.pages_served.load(Ordering::Relaxed);
         self.bytes_sent += out.bytes_served.load(Ordering::Relaxed);
@@ -214,7 +220,8 @@ impl Move {
         generation: u64,
     ) -> Result<(), PushError> {
         type Push = tokio::task::JoinHandle<Result<u64, PushError>>;
-        let url = self.push_url("pages", generation);
+        // Page slices, received straight into resident memory there.
+        let url = format!("{}&format=slice", self.push_url("pages", generation));
         let mut in_flight: VecDeque<Push> = VecDeque::new();
         let slices = remote.iter().flat_map(|r| {
             r.runs
@@ -247,11 +254,11 @@ impl Move {
             let body = tokio::task::spawn_blocking(move || {
                 lock(&out2.inst)
                     .as_mut()
-                    .map(|i| i.encode_pages(memory, &pages))
+                    .map(|i| i.encode_push(memory, &pages))
             })
             .await;
             let body = match body {
-                Ok(Some(Ok(b))) => b,
+                Ok(Some(Ok(slice))) => crate::migrate::source::slice_body(slice),
                 other => {
                     result = Err(PushError::TargetLost(format!(
                         "cannot read the pages to push: {other:?}"
@@ -263,7 +270,6 @@ impl Move {
             let (client, url) = (self.peer.clone(), url.clone());
             in_flight.push_back(tokio::spawn(async move {
                 let len = body.len() as u64;
-                let body = Bytes::from(body);
                 let mut attempt = 0;
                 loop {
                     match client.post_bytes(&url, body.clone()).await {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tern_api::types::MigrationAck;
 use tern_runtime::instance::Instance;
-use tern_runtime::postcopy::PageWant;
+use tern_runtime::postcopy::{PageWant, PushReceiver};
 use tern_runtime::snapshot::{PageRequest, PostcopyFrame};
 use tokio::sync::mpsc;
 
@@ -429,21 +429,15 @@ fn arriving(node: &Node, app: &str, generation: Option<u64>) -> Option<Arc<Incom
         .cloned()
 }
 
-/// `POST /v1/postcopy/APP/pages?generation=G`: a push from the source.
-/// Answers how many pages are still missing; 404 when no post-copy of the
-/// app arrives here (the source then knows this node lost it), 409 when it
-/// failed here or a newer move of the app arrives (the source drops its
-/// copy).
-pub(crate) async fn receive_push(
-    node: Arc<Node>,
-    app: String,
-    generation: Option<u64>,
-    body: Bytes,
-) -> Result<serde_json::Value> {
-    let Some(incoming) = arriving(&node, &app, generation) else {
+/// The post-copy of `app` at `generation` arriving here, for a push: 404
+/// when none arrives here (the source then knows this node lost it), 409
+/// when it failed here or a newer move of the app arrives (the source
+/// drops its copy).
+fn push_target(node: &Node, app: &str, generation: Option<u64>) -> Result<Arc<Incoming>> {
+    let Some(incoming) = arriving(node, app, generation) else {
         // A newer move of the app arrives here: the older one's source
         // must drop its copy (409), not resume the app (404).
-        if lock(&node.postcopy.incoming).contains_key(&app) {
+        if lock(&node.postcopy.incoming).contains_key(app) {
             return Err(NodeError::conflict(format!(
                 "the post-copy of {app} at generation {generation:?} is superseded here"
             )));
@@ -457,8 +451,53 @@ pub(crate) async fn receive_push(
             "the post-copy of {app} failed here: {why}"
         )));
     }
+    Ok(incoming)
+}
+
+/// `POST /v1/postcopy/APP/pages?generation=G`: a push from the source, as
+/// one page chunk. Answers how many pages are still missing (errors: see
+/// [`push_target`]).
+pub(crate) async fn receive_push(
+    node: Arc<Node>,
+    app: String,
+    generation: Option<u64>,
+    body: Bytes,
+) -> Result<serde_json::Value> {
+    let incoming = push_target(&node, &app, generation)?;
     let pager = incoming.pager.clone();
     let left = tokio::task::spawn_blocking(move || pager.deliver(&body))
+        .await?
+        .map_err(NodeError::bad_request)?;
+    incoming.touch();
+    Ok(serde_json::json!({ "remaining": left }))
+}
+
+/// `POST /v1/postcopy/APP/pages?generation=G&format=slice`: a push as a
+/// page slice, checked and staged in resident memory as its bytes come,
+/// then moved into the app's memory (`tern_runtime::postcopy::PushReceiver`).
+/// Answers as [`receive_push`].
+pub(crate) async fn receive_push_slice(
+    node: Arc<Node>,
+    app: String,
+    generation: Option<u64>,
+    mut body: hyper::body::Incoming,
+) -> Result<serde_json::Value> {
+    use http_body_util::BodyExt as _;
+    let incoming = push_target(&node, &app, generation)?;
+    let mut push = PushReceiver::new(tern_api::MAX_BLOB_BODY as u64);
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| NodeError::bad_request(format!("cannot read the pages: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            push.feed(&data)
+                .map_err(|e| NodeError::bad_request(format!("push rejected: {e}")))?;
+        }
+    }
+    let push = push
+        .finish()
+        .map_err(|e| NodeError::bad_request(format!("push rejected: {e}")))?;
+    let pager = incoming.pager.clone();
+    let left = tokio::task::spawn_blocking(move || pager.place_staged(push))
         .await?
         .map_err(NodeError::bad_request)?;
     incoming.touch();

@@ -9,7 +9,7 @@ struct Mem {
 }
 
 impl PageSink for Mem {
-    fn prepare(&mut self, memory: u32, byte_size: u64) -> Result<(), String> {
+    fn prepare(&mut self, memory: u32, byte_size: u64, _pages: usize) -> Result<(), String> {
         if memory != self.index {
             return Err(format!("no memory {memory}"));
         }
