@@ -14,8 +14,14 @@
 //! same loopback (plain tokio TCP), measured right after in the same run:
 //! restart/raw is the median of the per-restart ratios, with their range.
 //!
+//! The same for an operator's restore (`tern restore FILE`): the app is
+//! snapshotted through the control plane (as `tern snapshot` does) and the
+//! snapshot restored as another app on `node-2`; the restore is timed by
+//! its caller, from sending the file to the control plane's answer.
+//!
 //! Run with `cargo bench -p tern --bench restart` (or `--workspace`).
-//! Knobs: `TERN_BENCH_SIZES=64,256` (MiB), `TERN_BENCH_REPS=3`.
+//! Knobs: `TERN_BENCH_SIZES=64,256` (MiB), `TERN_BENCH_REPS=3`,
+//! `TERN_BENCH_KINDS=restart,restore`.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +34,8 @@ use tern_api::local::Bound;
 use tern_api::types::{InvokeRequest, InvokeResponse};
 
 const APP: &str = "big";
+/// The app an operator's restore makes.
+const COPY: &str = "copy";
 const TOKEN: &str = "bench-token-0123456789";
 
 /// Grows its memory, fills it with xorshift words, reads pages.
@@ -89,16 +97,24 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    println!("| app | restart | restart (ms) | restart / raw | first call (ms) | call reading every page (ms) | checkpoint |");
-    println!("|---|---|---|---|---|---|---|");
-    for &mib in &sizes {
-        for lazy in [true, false] {
-            let mut samples = Vec::new();
-            // Alternating would mix clusters; each sample is its own.
-            for _ in 0..reps {
-                samples.push(rt.block_on(one(mib, lazy))?);
+    let kinds = std::env::var("TERN_BENCH_KINDS").unwrap_or_else(|_| "restart,restore".into());
+    println!("| app | what | how | time (ms) | time / raw | first call (ms) | call reading every page (ms) | file |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for kind in kinds.split(',').map(str::trim) {
+        let restore = match kind {
+            "restart" => false,
+            "restore" => true,
+            other => bail!("TERN_BENCH_KINDS: `{other}` is neither restart nor restore"),
+        };
+        for &mib in &sizes {
+            for lazy in [true, false] {
+                let mut samples = Vec::new();
+                // Alternating would mix clusters; each sample is its own.
+                for _ in 0..reps {
+                    samples.push(rt.block_on(one(mib, lazy, restore))?);
+                }
+                print_row(mib, kind, lazy, &samples);
             }
-            print_row(mib, lazy, &samples);
         }
     }
     Ok(())
@@ -119,9 +135,9 @@ fn spread(mut v: Vec<f64>, digits: usize) -> String {
     )
 }
 
-fn print_row(mib: u64, lazy: bool, s: &[Sample]) {
+fn print_row(mib: u64, kind: &str, lazy: bool, s: &[Sample]) {
     println!(
-        "| {mib} MiB | {} | {} | {} | {} | {} | {:.1} MiB |",
+        "| {mib} MiB | {kind} | {} | {} | {} | {} | {} | {:.1} MiB |",
         if lazy { "lazy" } else { "whole file first" },
         spread(s.iter().map(|x| ms(x.restart)).collect(), 1),
         spread(
@@ -137,17 +153,28 @@ fn print_row(mib: u64, lazy: bool, s: &[Sample]) {
 }
 
 async fn invoke(c: &Client, url: &str, export: &str, args: &[i64]) -> Result<InvokeResponse> {
+    invoke_app(c, url, APP, export, args).await
+}
+
+async fn invoke_app(
+    c: &Client,
+    url: &str,
+    app: &str,
+    export: &str,
+    args: &[i64],
+) -> Result<InvokeResponse> {
     let req = InvokeRequest {
         export: export.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
     };
-    c.post_json(&format!("{url}/v1/apps/{APP}/invoke"), &req)
+    c.post_json(&format!("{url}/v1/apps/{app}/invoke"), &req)
         .await
         .with_context(|| format!("{export} on {url}"))
 }
 
-/// One restart of a `mib` MiB app, on a cluster of its own.
-async fn one(mib: u64, lazy: bool) -> Result<Sample> {
+/// One restart of a `mib` MiB app (or, `restore`, an operator's restore
+/// of its snapshot), on a cluster of its own.
+async fn one(mib: u64, lazy: bool, restore: bool) -> Result<Sample> {
     let dir = tempfile::tempdir()?;
     let mut cfg = tern_control::ControlConfig::new(dir.path(), TOKEN);
     cfg.heartbeat_timeout = Duration::from_secs(1);
@@ -176,37 +203,43 @@ async fn one(mib: u64, lazy: bool) -> Result<Sample> {
     invoke(&c, &n1, "grow_to", &[(mib * 16) as i64]).await?;
     invoke(&c, &n1, "fill", &[7]).await?;
     let want = invoke(&c, &n1, "touch", &[-1]).await?.results[0].clone();
-    let _: Value = c
-        .post_json(&format!("{n1}/v1/apps/{APP}/checkpoint"), &json!({}))
-        .await?;
-    let file_bytes = std::fs::metadata(dir.path().join("checkpoints").join(format!("{APP}.snap")))
-        .context("the control plane holds the checkpoint")?
-        .len();
-    cl.kill_node("node-1");
-    let t0 = Instant::now();
-    loop {
-        let app: Value = c
-            .get_json(&format!("{control}/v1/apps/{APP}"))
-            .await
-            .unwrap_or(Value::Null);
-        if app["node"] == "node-2" && app["state"] == "running" {
-            break;
+    let (restart, file_bytes, app) = if restore {
+        let (t, bytes) = operator_restore(&c, &control).await?;
+        (t, bytes, COPY)
+    } else {
+        let _: Value = c
+            .post_json(&format!("{n1}/v1/apps/{APP}/checkpoint"), &json!({}))
+            .await?;
+        let file_bytes =
+            std::fs::metadata(dir.path().join("checkpoints").join(format!("{APP}.snap")))
+                .context("the control plane holds the checkpoint")?
+                .len();
+        cl.kill_node("node-1");
+        let t0 = Instant::now();
+        loop {
+            let app: Value = c
+                .get_json(&format!("{control}/v1/apps/{APP}"))
+                .await
+                .unwrap_or(Value::Null);
+            if app["node"] == "node-2" && app["state"] == "running" {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("the app was not restarted on node-2: {app}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if t0.elapsed() > Duration::from_secs(60) {
-            bail!("the app was not restarted on node-2: {app}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (restart_seconds(&c, &control).await?, file_bytes, APP)
+    };
     let t = Instant::now();
-    invoke(&c, &n2, "touch", &[16]).await?;
+    invoke_app(&c, &n2, app, "touch", &[16]).await?;
     let first_call = t.elapsed();
     let t = Instant::now();
-    let got = invoke(&c, &n2, "touch", &[-1]).await?.results[0].clone();
+    let got = invoke_app(&c, &n2, app, "touch", &[-1]).await?.results[0].clone();
     let every_page = t.elapsed();
     if got != want {
-        bail!("the restarted app's memory differs: {got} != {want}");
+        bail!("the {app} app's memory differs: {got} != {want}");
     }
-    let restart = restart_seconds(&c, &control).await?;
     let raw = tern_api::local::raw_loopback_transfer(file_bytes).await?;
     for e in cl.shut_down(Duration::from_secs(10)).await {
         eprintln!("shutting down: {e}");
@@ -218,6 +251,45 @@ async fn one(mib: u64, lazy: bool) -> Result<Sample> {
         raw,
         file_bytes,
     })
+}
+
+/// `tern restore FILE` of the app's snapshot as [`COPY`] on node-2: the
+/// snapshot is taken through the control plane (with the cluster's tag)
+/// and sent back; the time from sending it to the answer, and its size.
+async fn operator_restore(c: &Client, control: &str) -> Result<(Duration, u64)> {
+    let raw = c
+        .send_raw(
+            hyper::Method::POST,
+            &format!("{control}/v1/apps/{APP}/snapshot"),
+            Some("application/octet-stream"),
+            Bytes::new(),
+        )
+        .await?;
+    if !raw.status.is_success() {
+        bail!("snapshot: {}", raw.status);
+    }
+    let tag = raw
+        .headers
+        .get("x-tern-snapshot-mac")
+        .context("the snapshot's tag")?
+        .to_str()?
+        .to_string();
+    let bytes = raw.body;
+    let c = c.clone().with_header("x-tern-snapshot-mac", &tag);
+    let t = Instant::now();
+    let (status, answer) = c
+        .send(
+            hyper::Method::POST,
+            &format!("{control}/v1/restore?name={COPY}&node=node-2"),
+            "application/octet-stream",
+            bytes.clone(),
+        )
+        .await?;
+    let took = t.elapsed();
+    if status != 201 {
+        bail!("restore: {status}: {}", String::from_utf8_lossy(&answer));
+    }
+    Ok((took, bytes.len() as u64))
 }
 
 /// The one restart's time, from the control plane's metrics.

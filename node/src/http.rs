@@ -243,12 +243,13 @@ async fn api(
                 q("name").ok_or_else(|| error(StatusCode::BAD_REQUEST, "restore needs ?name="))?;
             let generation = q("generation").and_then(|g| g.parse().ok()).unwrap_or(1);
             let restart = q("restart").unwrap_or_else(|| "never".to_string());
+            let foreign = matches!(q("foreign").as_deref(), Some("1" | "true"));
             let from: tern_api::types::LazyRestore = read_json(req.into_body()).await?;
             // On a task of its own: a caller that goes away must not cancel
             // a restore half done (its pages keep coming in either way).
             let node = node.clone();
             let task = tokio::spawn(async move {
-                crate::lazy::restore_lazy(&node, name, generation, restart, from).await
+                crate::lazy::restore_lazy(&node, name, generation, restart, foreign, from).await
             });
             let done = task.await.unwrap_or_else(|e| {
                 Err(crate::error::NodeError::internal(format!(

@@ -13,8 +13,10 @@
 //! answering for [`STALL`], the pager fails and so does the app (its
 //! incomplete memory is never used again); the control plane restarts it.
 //!
-//! Where userfaultfd is unavailable the file is fetched whole first, as
-//! before.
+//! Where userfaultfd is unavailable, or the file is of format 1 (which
+//! keeps a hash per page and is checked whole), the file is fetched whole
+//! first. An operator's `tern restore FILE` goes the same way: the control
+//! plane keeps the bytes it was sent and names them to the node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +42,9 @@ use crate::ops::{module_of, restore_app, restored_spec};
 const MAX_FILE_BYTES: u64 = 5 << 30;
 /// Bytes the background pull asks for at once.
 const PULL_BYTES: u64 = 4 << 20;
+/// Bytes asked for at once when a file is read whole (the control plane
+/// answers at most 1 GiB per request).
+const WHOLE_PIECE: u64 = 256 << 20;
 /// Faulted segments fetched at once, at most.
 const FETCHES_IN_FLIGHT: usize = 4;
 /// Faults waiting to be fetched, at most (one per page).
@@ -48,12 +53,18 @@ const WANTS_QUEUED: usize = 1024;
 /// restore fails.
 const STALL: Duration = Duration::from_secs(10);
 
-/// `POST /v1/restore/lazy?name=N&generation=G&restart=R`.
+/// `POST /v1/restore/lazy?name=N&generation=G&restart=R[&foreign=1]`:
+/// a restart from a checkpoint, or an operator's restore of a snapshot the
+/// control plane was sent (`foreign`: one the cluster did not tag, which
+/// keeps none of the environment or arguments it carries). A file that
+/// cannot be paged (this node cannot page, or it is of format 1) is read
+/// whole first.
 pub(crate) async fn restore_lazy(
     node: &Arc<Node>,
     name: String,
     generation: u64,
     restart: String,
+    foreign: bool,
     from: LazyRestore,
 ) -> Result<AppStatus> {
     tern_api::names::check_app_name(&name)?;
@@ -63,7 +74,7 @@ pub(crate) async fn restore_lazy(
             from.digest
         )));
     }
-    if from.bytes < HEAD_LEN || from.bytes > MAX_FILE_BYTES {
+    if from.bytes == 0 || from.bytes > MAX_FILE_BYTES {
         return Err(NodeError::bad_request(format!(
             "a snapshot of {} bytes cannot be restored",
             from.bytes
@@ -76,22 +87,29 @@ pub(crate) async fn restore_lazy(
         ));
     }
     let reader = Reader::new(node, &name, &from.digest);
-    if !paging(node) {
-        let bytes = reader.read(0, from.bytes).await?;
+    let head = match from.bytes >= HEAD_LEN && paging(node) {
+        true => Some(reader.read(0, HEAD_LEN).await?),
+        false => None,
+    };
+    let pageable = head
+        .as_ref()
+        .is_some_and(|h| tern_runtime::snapshot::lazy::pageable(h, from.bytes).unwrap_or(false));
+    let Some(head) = head.filter(|_| pageable) else {
+        let bytes = reader.read_all(from.bytes).await?;
         if checkpoint_digest(&bytes) != from.digest.to_ascii_lowercase() {
             return Err(NodeError::conflict(format!(
-                "the checkpoint read is not the one named {}",
+                "the file read is not the one named {}",
                 from.digest
             )));
         }
-        return restore_app(node, name, generation, restart, false, bytes).await;
-    }
-    let opened = Opened::read(reader, &from.digest, from.bytes).await?;
+        return restore_app(node, name, generation, restart, foreign, bytes).await;
+    };
+    let opened = Opened::read(reader, head, &from.digest, from.bytes).await?;
     let module = module_of(node, &opened.lazy.state.body).await?;
     node.admit_generation(&name, generation)?;
     let spec = restored_spec(node, name, &module, generation, restart);
     let logs = LogBuffer::new();
-    let (inst, pager) = opened.start(node, &module, &spec, &logs).await?;
+    let (inst, pager) = opened.start(node, &module, &spec, &logs, foreign).await?;
     let handle = AppHandle::spawn(
         node.runtime.clone(),
         module,
@@ -138,8 +156,10 @@ pub(crate) async fn restore_for_postcopy(
         .ok_or_else(|| {
             NodeError::conflict(format!("the control plane pinned no usable file: {pinned}"))
         })?;
-    let opened = Opened::read(Reader::new(node, &spec.name, digest), digest, bytes).await?;
-    opened.start(node, module, spec, logs).await
+    let reader = Reader::new(node, &spec.name, digest);
+    let head = reader.read(0, HEAD_LEN).await?;
+    let opened = Opened::read(reader, head, digest, bytes).await?;
+    opened.start(node, module, spec, logs, false).await
 }
 
 /// A checkpoint's head and body, read and checked, its pages still away.
@@ -152,8 +172,8 @@ struct Opened {
 }
 
 impl Opened {
-    async fn read(reader: Reader, digest: &str, len: u64) -> Result<Opened> {
-        let head = reader.read(0, HEAD_LEN).await?;
+    /// `head`: the file's first [`HEAD_LEN`] bytes, read already.
+    async fn read(reader: Reader, head: Bytes, digest: &str, len: u64) -> Result<Opened> {
         let (body_at, body_len) =
             body_range(&head, len).map_err(|e| NodeError::bad_request(e.to_string()))?;
         let body = reader.read(body_at, body_len).await?;
@@ -179,8 +199,12 @@ impl Opened {
         module: &Arc<LoadedModule>,
         spec: &StartApp,
         logs: &Arc<LogBuffer>,
+        foreign: bool,
     ) -> Result<(Instance, Arc<Pager>)> {
-        let opts = restore_options(node, spec, &self.lazy.state, logs, false, false)?;
+        let mut opts = restore_options(node, spec, &self.lazy.state, logs, false, false)?;
+        if foreign {
+            crate::ops::distrust(&mut opts, spec);
+        }
         let (tx, rx) = mpsc::channel::<PageWant>(WANTS_QUEUED);
         let (rt, m, l) = (node.runtime.clone(), module.clone(), self.lazy.clone());
         let (inst, pager) = tokio::task::spawn_blocking(move || {
@@ -229,6 +253,20 @@ impl Reader {
             node: node.clone(),
             path: format!("/v1/checkpoints/{app}?digest={digest}"),
         }
+    }
+
+    /// The whole file of `len` bytes, read in pieces of at most
+    /// [`WHOLE_PIECE`] bytes.
+    async fn read_all(&self, len: u64) -> Result<Bytes> {
+        if len <= WHOLE_PIECE {
+            return self.read(0, len).await;
+        }
+        let mut all = Vec::with_capacity(len as usize);
+        while (all.len() as u64) < len {
+            let at = all.len() as u64;
+            all.extend_from_slice(&self.read(at, (len - at).min(WHOLE_PIECE)).await?);
+        }
+        Ok(Bytes::from(all))
     }
 
     /// Bytes `[offset, offset + len)` of the file, exactly.

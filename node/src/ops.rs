@@ -81,10 +81,7 @@ pub(crate) async fn restore_app(
     let logs = LogBuffer::new();
     let mut opts = restore_options(node, &spec, &snap, &logs, true, false)?;
     if foreign {
-        if let Some(w) = opts.wasi_override.as_mut() {
-            w.env.clear();
-            w.args = vec![spec.name.clone()];
-        }
+        distrust(&mut opts, &spec);
     }
     let rt = node.runtime.clone();
     let m = module.clone();
@@ -100,6 +97,15 @@ pub(crate) async fn restore_app(
     )?;
     node.install(handle.clone());
     Ok(handle.status())
+}
+
+/// A snapshot the cluster did not tag keeps none of the environment or
+/// arguments it carries: the app gets only its name as its argument.
+pub(crate) fn distrust(opts: &mut tern_runtime::instance::RestoreOptions, spec: &StartApp) {
+    if let Some(w) = opts.wasi_override.as_mut() {
+        w.env.clear();
+        w.args = vec![spec.name.clone()];
+    }
 }
 
 /// The module a snapshot names: loaded here already, or the one it

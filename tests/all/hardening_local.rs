@@ -38,7 +38,7 @@ fn through_bytes(snap: &Snapshot) -> Snapshot {
 
 /// Asks WASI what it was given: a preopened directory at fd 3, a file in
 /// it, how many variables and arguments.
-const WHAT_AM_I_GIVEN: &str = r#"(module
+pub(crate) const WHAT_AM_I_GIVEN: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_prestat_get" (func $prestat (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "path_open"
     (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))

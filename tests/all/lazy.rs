@@ -3,7 +3,8 @@
 //! soon as its state is in; the pages come as the app touches them and in
 //! the background, read by ranges from the control plane's pinned copy of
 //! the checkpoint. A copy that is not the checkpoint named fails the app
-//! rather than letting it run on.
+//! rather than letting it run on. An operator's restore of a snapshot file
+//! goes the same way, from the bytes the control plane was sent.
 
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ struct Cluster {
 }
 
 async fn cluster(pull_after: Duration) -> (Cluster, i64) {
+    cluster_with(pull_after, true).await
+}
+
+/// As [`cluster`], with `n2` paging (post-copy on) or not.
+async fn cluster_with(pull_after: Duration, n2_pages: bool) -> (Cluster, i64) {
     let dir = tempfile::tempdir().unwrap();
     let (control, served) = start_control(dir.path(), |cfg| {
         cfg.heartbeat_timeout = Duration::from_secs(3);
@@ -39,6 +45,7 @@ async fn cluster(pull_after: Duration) -> (Cluster, i64) {
     let n2 = TestNode::start_with("n2", move |cfg| {
         cfg.control_url = Some(cu);
         cfg.lazy_pull_after = pull_after;
+        cfg.postcopy = n2_pages;
     })
     .await;
     let c = client();
@@ -88,7 +95,11 @@ async fn get(c: &Client, url: &str, export: &str) -> i64 {
 }
 
 async fn status(c: &Client, url: &str) -> Value {
-    c.get_json(&format!("{url}/v1/apps/heap"))
+    status_of(c, url, "heap").await
+}
+
+async fn status_of(c: &Client, url: &str, app: &str) -> Value {
+    c.get_json(&format!("{url}/v1/apps/{app}"))
         .await
         .unwrap_or(Value::Null)
 }
@@ -253,4 +264,164 @@ async fn a_checkpoint_is_pinned_only_for_the_node_of_its_app_and_only_the_latest
         .await
         .unwrap();
     assert_eq!(&head[..], b"TERNSNAP");
+}
+
+/// A snapshot of the app taken through the control plane, as `tern
+/// snapshot` gets it: its bytes and the cluster's tag.
+async fn snapshot_through(c: &Client, control: &str, app: &str) -> (bytes::Bytes, String) {
+    let raw = c
+        .send_raw(
+            hyper::Method::POST,
+            &format!("{control}/v1/apps/{app}/snapshot"),
+            Some("application/octet-stream"),
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(raw.status.is_success(), "snapshot: {}", raw.status);
+    let tag = raw.headers["x-tern-snapshot-mac"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (raw.body, tag)
+}
+
+/// `tern restore FILE` as the CLI sends it: `tag` None is a foreign file.
+async fn restore_through(
+    c: &Client,
+    control: &str,
+    name: &str,
+    bytes: bytes::Bytes,
+    tag: Option<&str>,
+) -> Value {
+    let mut q = format!("{control}/v1/restore?name={name}&node=n2");
+    let mut c = c.clone();
+    match tag {
+        Some(t) => c = c.with_header("x-tern-snapshot-mac", t),
+        None => q.push_str("&foreign=1"),
+    }
+    let (status, body) = c
+        .send(hyper::Method::POST, &q, "application/octet-stream", bytes)
+        .await
+        .unwrap_or_else(|e| panic!("restore of {name}: {e}"));
+    assert_eq!(status, 201);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// `tern restore FILE`: the control plane keeps the bytes it was sent and
+/// names them to the node, which runs the app as soon as its state is in
+/// (a tagged file and a foreign one alike); the pages follow as touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_restore_runs_before_its_pages_are_in() {
+    if !paging_here() {
+        return;
+    }
+    // No background pull for a minute: only what the apps touch comes.
+    let (cl, _) = cluster(Duration::from_secs(60)).await;
+    let (c, control, n2) = (&cl.c, cl.control.as_str(), cl.n2.url.clone());
+    let n1 = cl.n1.as_ref().unwrap().url.clone();
+    let at_snapshot = get(c, &n1, "digest").await;
+    let (bytes, tag) = snapshot_through(c, control, "heap").await;
+    for (name, tag) in [("copy", Some(tag.as_str())), ("stranger", None)] {
+        let view = restore_through(c, control, name, bytes.clone(), tag).await;
+        assert_eq!(view["node"], "n2", "{view}");
+        let st = status_of(c, &n2, name).await;
+        eprintln!("{name} restored: {st}");
+        assert_eq!(st["state"], "running", "{st}");
+        assert!(
+            st["pages_pending"].as_u64().is_some_and(|p| p > 2000),
+            "most of the 16 MiB is still on the control plane: {st}"
+        );
+        // The snapshot's state: three values pushed, the heap read whole.
+        let r = |export| call(c, &n2, name, export, &[]);
+        assert_eq!(r("len").await.unwrap().results[0].as_i64(), Some(3));
+        assert_eq!(
+            r("digest").await.unwrap().results[0].as_i64(),
+            Some(at_snapshot)
+        );
+        let st = status_of(c, &n2, name).await;
+        assert!(
+            st["pages_pending"].as_u64().unwrap_or(0) < 64,
+            "the pages the app read came in: {st}"
+        );
+    }
+    // The restored copy is the checkpoint the control plane restarts it
+    // from, should n2 be lost.
+    let cp: Value = c
+        .get_json(&format!("{control}/v1/apps/copy"))
+        .await
+        .unwrap();
+    assert_eq!(cp["node"], "n2", "{cp}");
+    let kept = c
+        .send_raw(
+            hyper::Method::GET,
+            &format!("{control}/v1/checkpoints/copy"),
+            None,
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.status, 200);
+    assert!(
+        kept.body == bytes,
+        "the checkpoint kept is the snapshot restored"
+    );
+}
+
+/// A node that cannot page reads the snapshot whole before the app runs;
+/// the restore is the same to the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_restore_on_a_node_that_cannot_page_reads_the_file_whole() {
+    let (cl, _) = cluster_with(Duration::from_secs(60), false).await;
+    let (c, control, n2) = (&cl.c, cl.control.as_str(), cl.n2.url.clone());
+    let n1 = cl.n1.as_ref().unwrap().url.clone();
+    let at_snapshot = get(c, &n1, "digest").await;
+    let (bytes, tag) = snapshot_through(c, control, "heap").await;
+    restore_through(c, control, "copy", bytes, Some(&tag)).await;
+    let st = status_of(c, &n2, "copy").await;
+    assert_eq!(st["state"], "running", "{st}");
+    assert!(st["pages_pending"].is_null(), "every page is in: {st}");
+    let r = call(c, &n2, "copy", "digest", &[]).await.unwrap();
+    assert_eq!(r.results[0].as_i64(), Some(at_snapshot));
+}
+
+/// A foreign file (no tag of this cluster) restored through the control
+/// plane keeps none of the environment or arguments it carries, as a
+/// whole-file restore did; a tagged one keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_foreign_restore_keeps_none_of_the_files_environment() {
+    let (cl, _) = cluster(Duration::from_secs(60)).await;
+    let (c, control, n2) = (&cl.c, cl.control.as_str(), cl.n2.url.clone());
+    let n1 = cl.n1.as_ref().unwrap().url.clone();
+    let wasm = wat::parse_str(crate::hardening_local::WHAT_AM_I_GIVEN).unwrap();
+    let sha = hex::encode(tern_runtime::sha256(&wasm));
+    c.put_bytes(&format!("{control}/v1/modules/{sha}"), wasm.into())
+        .await
+        .unwrap();
+    let _: Value = c
+        .post_json(
+            &format!("{control}/v1/apps"),
+            &json!({"name": "given", "module_sha256": sha, "node": "n1",
+                    "env": [["TOKEN", "hunter2"]], "args": ["--flag"]}),
+        )
+        .await
+        .unwrap();
+    let given = |url: String, app: &'static str| async move {
+        let mut out = vec![];
+        for export in ["env_count", "arg_count"] {
+            let r = call(c, &url, app, export, &[]).await.unwrap();
+            out.push(r.results[0].as_i64().unwrap());
+        }
+        out
+    };
+    wait_until("the app runs", || async {
+        call(c, &n1, "given", "env_count", &[]).await.is_ok()
+    })
+    .await;
+    assert_eq!(given(n1.clone(), "given").await, [1, 2]);
+    let (bytes, tag) = snapshot_through(c, control, "given").await;
+    restore_through(c, control, "stranger", bytes.clone(), None).await;
+    assert_eq!(given(n2.clone(), "stranger").await, [0, 1], "foreign");
+    restore_through(c, control, "twin", bytes, Some(&tag)).await;
+    assert_eq!(given(n2.clone(), "twin").await, [1, 2], "tagged");
 }

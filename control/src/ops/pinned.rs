@@ -8,7 +8,9 @@
 //! file the app's record names (`NAME@DIGEST.snap`, never written again),
 //! made in the app's checkpoint turn. One pin per app: a newer pin, a
 //! checkpoint of the app from its new node (which sends none before every
-//! page is in), or the app's removal drops it.
+//! page is in), or the app's removal drops it. An operator's restore of a
+//! snapshot file goes the same way: the bytes it was sent are kept as the
+//! app's pin ([`stage`]) and named to the node.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -105,6 +107,29 @@ async fn pin_checked(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(format!("cannot pin the checkpoint of {name}: {e}")))?;
     Ok((rec, digest, len))
+}
+
+/// Keeps `bytes` (a snapshot an operator sent to be restored as app
+/// `name`) as the app's pinned file, for its node to read by ranges:
+/// written whole, then renamed into place in the app's checkpoint turn,
+/// replacing any older pin of the app. Returns its digest.
+pub async fn stage(sh: &Arc<Shared>, name: &str, bytes: &Bytes) -> Result<String> {
+    let turn = sh.checkpoint_turn(name);
+    let _turn = turn.lock().await;
+    let (sh2, name2, data) = (sh.clone(), name.to_string(), bytes.clone());
+    tokio::task::spawn_blocking(move || {
+        let digest = crate::store::checkpoint_digest(&data);
+        let staging = sh2.store.checkpoints_dir().join(format!("{name2}.pinning"));
+        // Read back by the node while it restores, and not needed after a
+        // crash of this process (the restore fails with it): no fsync.
+        std::fs::write(&staging, &data)?;
+        unpin_all(&sh2, &name2);
+        std::fs::rename(&staging, pin_path(&sh2, &name2, &digest))?;
+        Ok::<_, std::io::Error>(digest)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("cannot keep the snapshot of {name}: {e}")))
 }
 
 fn digest_of(path: &std::path::Path) -> std::io::Result<String> {

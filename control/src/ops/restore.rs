@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::StatusCode;
 use tern_api::types::{AppStatus, AppView, LazyRestore, StartApp};
 use tern_scheduler::{place, RestartPolicy};
 
@@ -114,25 +113,29 @@ pub async fn restore(
         .clone()
         .or(existing.as_ref().map(|a| a.restart.clone()))
         .unwrap_or_else(|| "never".into());
-    let url = target.url(&format!(
-        "/v1/restore?name={name}&generation={generation}&restart={restart_word}{}",
-        if foreign { "&foreign=1" } else { "" }
-    ));
-    let result = sh
-        .long_client
-        .post_bytes(&url, bytes.clone())
-        .await
-        .map_err(|e| target.err(e));
+    // The node reads the snapshot from here by ranges, and runs the app as
+    // soon as its state is in (`ops::pinned`): the bytes are kept first.
+    let result = async {
+        let digest = super::pinned::stage(sh, name, &bytes).await?;
+        sh.lock()
+            .restoring
+            .insert(name.to_string(), target.name.clone());
+        let url = target.url(&format!(
+            "/v1/restore/lazy?name={name}&generation={generation}&restart={restart_word}{}",
+            if foreign { "&foreign=1" } else { "" }
+        ));
+        let from = LazyRestore {
+            digest,
+            bytes: bytes.len() as u64,
+        };
+        sh.long_client
+            .post_json::<_, AppStatus>(&url, &from)
+            .await
+            .map_err(|e| target.err(e))
+    }
+    .await;
     let status: AppStatus = match result {
-        Ok(body) => serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "node {} answered a restore with something else than an app status: {e}",
-                    target.name
-                ),
-            )
-        })?,
+        Ok(status) => status,
         Err(e) => {
             if existing.is_some() {
                 let mut st = sh.lock();

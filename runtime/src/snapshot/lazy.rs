@@ -41,6 +41,13 @@ pub fn body_range(head: &[u8], file_len: u64) -> Result<(u64, u64), SnapshotErro
     Ok((h.body_offset, h.end - h.body_offset))
 }
 
+/// Whether a snapshot can be restored lazily, from its first
+/// [`HEAD_LEN`] bytes and its length: format 1 keeps a hash per page and
+/// is checked whole, so it is read whole.
+pub fn pageable(head: &[u8], file_len: u64) -> Result<bool, SnapshotError> {
+    Ok(Header::read(head, file_len)?.version >= 2)
+}
+
 /// Some pages of one memory as stored in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {

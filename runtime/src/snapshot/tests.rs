@@ -750,6 +750,13 @@ fn format_1_files_still_load_and_format_2_keeps_no_page_hashes() {
             m.page_hashes = hashes;
         }
         let v1 = as_version(with_body(&snap, &body), 1);
+        // Only format 2 is restored lazily (a node reads format 1 whole).
+        let head = |b: &[u8]| b[..super::lazy::HEAD_LEN as usize].to_vec();
+        let len = |b: &[u8]| b.len() as u64;
+        assert!(!super::lazy::pageable(&head(&v1), len(&v1)).unwrap());
+        let v2 = snap.as_bytes();
+        assert!(super::lazy::pageable(&head(v2), len(v2)).unwrap());
+        assert!(super::lazy::pageable(&head(v2), len(v2) - 1).is_err());
         let back = Snapshot::from_bytes(v1.clone()).expect("a format 1 file loads");
         back.verify_image()
             .expect("its page hashes match its pages");
