@@ -210,10 +210,16 @@ async fn one(mib: u64, lazy: bool, restore: bool) -> Result<Sample> {
         let _: Value = c
             .post_json(&format!("{n1}/v1/apps/{APP}/checkpoint"), &json!({}))
             .await?;
-        let file_bytes =
-            std::fs::metadata(dir.path().join("checkpoints").join(format!("{APP}.snap")))
-                .context("the control plane holds the checkpoint")?
-                .len();
+        // Kept as `NAME@DIGEST.snap`.
+        let file_bytes = std::fs::read_dir(dir.path().join("checkpoints"))?
+            .flatten()
+            .find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&format!("{APP}@")) && name.ends_with(".snap")
+            })
+            .context("the control plane holds the checkpoint")?
+            .metadata()?
+            .len();
         cl.kill_node("node-1");
         let t0 = Instant::now();
         loop {
