@@ -7,6 +7,7 @@
 //! | node | its certificate (mutual TLS), not revoked | register itself, report, send its own apps' checkpoints, fetch the modules and checkpoints of apps it runs or receives, ask where an app runs |
 //! | anyone | — | the dashboard's page, `GET /v1/ca`, `POST /v1/join` with a join token |
 
+use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
@@ -210,15 +211,31 @@ fn tern_node_token(token: &str) -> Result<(String, String), ApiError> {
 
 /// The tag of a snapshot that leaves the cluster: HMAC-SHA256 of its bytes
 /// under the cluster's snapshot key, hex. The bytes are not parsed.
-pub fn snapshot_mac(sh: &Shared, bytes: &[u8]) -> String {
+pub async fn snapshot_mac(sh: &Shared, bytes: &Bytes) -> Result<String, ApiError> {
     let key = sh.creds().snapshot_key();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(bytes);
-    hex::encode(mac.finalize().into_bytes())
+    let mac = mac_off_thread(key, bytes.clone()).await?;
+    Ok(hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The HMAC of a snapshot's bytes, taken on a blocking thread: hundreds of
+/// MiB take a good part of a second, which must not hold up the requests
+/// (heartbeats among them) that share the control plane's runtime threads.
+async fn mac_off_thread(key: Vec<u8>, bytes: Bytes) -> Result<Hmac<Sha256>, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(&bytes);
+        mac
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the snapshot's tag: {e}")))
 }
 
 /// Checks a snapshot's tag before the snapshot is used.
-pub fn check_snapshot_mac(sh: &Shared, bytes: &[u8], tag: Option<&str>) -> Result<(), ApiError> {
+pub async fn check_snapshot_mac(
+    sh: &Shared,
+    bytes: &Bytes,
+    tag: Option<&str>,
+) -> Result<(), ApiError> {
     let Some(tag) = tag else {
         return Err(ApiError::forbidden(
             "this snapshot carries no tag of this cluster: it was not taken here (or was stripped); restore it with --accept-foreign if you trust it",
@@ -227,11 +244,57 @@ pub fn check_snapshot_mac(sh: &Shared, bytes: &[u8], tag: Option<&str>) -> Resul
     let tag = hex::decode(tag.trim())
         .map_err(|_| ApiError::bad_request("the snapshot tag is not hex"))?;
     let key = sh.creds().snapshot_key();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(bytes);
+    let mac = mac_off_thread(key, bytes.clone()).await?;
     mac.verify_slice(&tag).map_err(|_| {
         ApiError::forbidden(
             "the snapshot's tag does not match its bytes under this cluster's key: it was changed after it was taken, or comes from another cluster; restore it with --accept-foreign only if you trust it",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The tag of a large snapshot is taken while the runtime's thread goes
+    /// on serving: on a single-threaded runtime, a ticker keeps ticking
+    /// through it (taken on the runtime's thread, it would not tick once).
+    #[test]
+    fn a_large_snapshot_is_tagged_off_the_runtime_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            // Let the ticker start.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = Bytes::from(vec![7u8; 256 << 20]);
+            let started = std::time::Instant::now();
+            let mac = mac_off_thread(b"key".to_vec(), bytes.clone())
+                .await
+                .unwrap();
+            let took = started.elapsed();
+            let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
+            ticker.abort();
+            // The same tag as taken in one go.
+            let mut direct = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
+            direct.update(&bytes);
+            assert_eq!(mac.finalize().into_bytes(), direct.finalize().into_bytes());
+            assert!(
+                during >= 5,
+                "the runtime's thread ticked {during} times in the {took:?} the tag took"
+            );
+        });
+    }
 }

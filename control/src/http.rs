@@ -220,7 +220,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         (&Method::POST, ["v1", "apps", name, "snapshot"]) => {
             let bytes = ops::snapshot(sh, name).await?;
             // The tag that lets this cluster trust the file when it comes back.
-            let mac = auth::snapshot_mac(sh, &bytes);
+            let mac = auth::snapshot_mac(sh, &bytes).await?;
             let mut resp = server::bytes(StatusCode::OK, "application/octet-stream", bytes);
             resp.headers_mut().insert(auth::SNAPSHOT_MAC_HEADER, hyper::header::HeaderValue::from_str(&mac).expect("hex"));
             Ok(resp)
@@ -241,7 +241,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             let body = read_body(req.into_body(), sh.cfg.max_blob_bytes).await?;
             // An empty body is refused as such (below), before its tag is.
             if !foreign && !body.is_empty() {
-                auth::check_snapshot_mac(sh, &body, mac.as_deref())?;
+                auth::check_snapshot_mac(sh, &body, mac.as_deref()).await?;
             }
             let view = ops::restore(sh, &name, node.as_deref(), restart.as_deref(), module.as_deref(), foreign, body).await?;
             Ok(server::json(StatusCode::CREATED, &view))
