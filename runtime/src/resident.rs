@@ -206,8 +206,10 @@ fn unmap(base: usize, len: usize) {
     unsafe { libc::munmap(base as *mut libc::c_void, len) };
 }
 
-/// A fresh anonymous mapping of `len` bytes with every page faulted in.
-fn make_piece(len: usize) -> Option<Piece> {
+/// A fresh private anonymous read-write mapping of `len` bytes, in 4 KiB
+/// pages only (dirty tracking, copy-on-write and `UFFDIO_MOVE` work by
+/// 4 KiB page; a huge page would be split first). Its address.
+pub(crate) fn fresh_mapping(len: usize) -> std::io::Result<usize> {
     // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
     let base = unsafe {
         libc::mmap(
@@ -220,12 +222,17 @@ fn make_piece(len: usize) -> Option<Piece> {
         )
     };
     if base == libc::MAP_FAILED {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
-    // No huge pages: dirty tracking and copy-on-write work by 4 KiB page.
     // SAFETY: advice on our own mapping.
     unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
-    // SAFETY: as above.
+    Ok(base as usize)
+}
+
+/// A fresh anonymous mapping of `len` bytes with every page faulted in.
+fn make_piece(len: usize) -> Option<Piece> {
+    let base = fresh_mapping(len).ok()? as *mut libc::c_void;
+    // SAFETY: advice on the fresh mapping just made, ours alone.
     let populated = unsafe { libc::madvise(base, len, libc::MADV_POPULATE_WRITE) } == 0;
     if !populated {
         // Older kernels: touch each page (a write of zero to zeroed memory).

@@ -34,33 +34,12 @@ impl Staging {
             .checked_mul(PAGE_SIZE)
             .filter(|&l| l > 0)
             .ok_or_else(|| format!("a push of {pages} pages cannot be staged"))?;
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(format!(
-                "cannot map {len} bytes to receive pages: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // 4 KiB pages only: a huge page would be split to move its parts.
-        // SAFETY: advice on our own mapping.
-        unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
+        let base = crate::resident::fresh_mapping(len)
+            .map_err(|e| format!("cannot map {len} bytes to receive pages: {e}"))?;
         // SAFETY: `[base, base + len)` is the mapping made above, which
         // holds nothing yet.
-        unsafe { crate::resident::take_into(base.cast(), len) };
-        Ok(Staging {
-            base: base as usize,
-            len,
-        })
+        unsafe { crate::resident::take_into(base as *mut u8, len) };
+        Ok(Staging { base, len })
     }
 
     pub(crate) fn addr(&self) -> u64 {
