@@ -95,6 +95,15 @@ pub(crate) async fn restore_lazy(
         .as_ref()
         .is_some_and(|h| tern_runtime::snapshot::lazy::pageable(h, from.bytes).unwrap_or(false));
     let Some(head) = head.filter(|_| pageable) else {
+        // Read whole, the file is held in memory as a restore posted to
+        // this node would be, and bounded as that is.
+        if from.bytes > tern_api::MAX_BLOB_BODY as u64 {
+            return Err(NodeError::bad_request(format!(
+                "the checkpoint is {} bytes; this node cannot page it in as the app runs, and reads at most {} bytes whole",
+                from.bytes,
+                tern_api::MAX_BLOB_BODY
+            )));
+        }
         let bytes = reader.read_all(from.bytes).await?;
         if checkpoint_digest(&bytes) != from.digest.to_ascii_lowercase() {
             return Err(NodeError::conflict(format!(
