@@ -270,14 +270,19 @@ mod tests {
         rt.block_on(async {
             let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let t = ticks.clone();
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
             let ticker = tokio::spawn(async move {
+                let mut started_tx = Some(started_tx);
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(());
+                    }
                 }
             });
-            // Let the ticker start.
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            // Once the ticker runs.
+            started_rx.await.unwrap();
             let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
             let bytes = Bytes::from(vec![7u8; 256 << 20]);
             let started = std::time::Instant::now();
