@@ -82,6 +82,13 @@ pub struct CheckpointRec {
     /// before digests were kept have none; their file is `NAME.snap`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The bytes are a snapshot the cluster did not tag, restored by an
+    /// operator (`tern restore --accept-foreign`): whatever restores the
+    /// app from them gives it none of the environment or arguments they
+    /// carry, as the restore itself did. The app's first checkpoint of its
+    /// own replaces them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub foreign: bool,
 }
 
 /// Everything the handlers share.

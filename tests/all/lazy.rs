@@ -286,7 +286,19 @@ async fn snapshot_through(c: &Client, control: &str, app: &str) -> (bytes::Bytes
     (raw.body, tag)
 }
 
-/// `tern restore FILE` as the CLI sends it: `tag` None is a foreign file.
+/// How many environment variables and arguments app `app` at `url` got
+/// (the `WHAT_AM_I_GIVEN` module).
+async fn given(c: &Client, url: &str, app: &str) -> Vec<i64> {
+    let mut out = vec![];
+    for export in ["env_count", "arg_count"] {
+        let r = call(c, url, app, export, &[]).await.unwrap();
+        out.push(r.results[0].as_i64().unwrap());
+    }
+    out
+}
+
+/// `tern restore FILE` as the CLI sends it, onto n2: `tag` None is a
+/// foreign file.
 async fn restore_through(
     c: &Client,
     control: &str,
@@ -294,7 +306,20 @@ async fn restore_through(
     bytes: bytes::Bytes,
     tag: Option<&str>,
 ) -> Value {
-    let mut q = format!("{control}/v1/restore?name={name}&node=n2");
+    restore_onto(c, control, name, "n2", bytes, tag).await
+}
+
+/// As [`restore_through`], onto `node` (with any more of the query after
+/// it).
+async fn restore_onto(
+    c: &Client,
+    control: &str,
+    name: &str,
+    node: &str,
+    bytes: bytes::Bytes,
+    tag: Option<&str>,
+) -> Value {
+    let mut q = format!("{control}/v1/restore?name={name}&node={node}");
     let mut c = c.clone();
     match tag {
         Some(t) => c = c.with_header("x-tern-snapshot-mac", t),
@@ -390,8 +415,9 @@ async fn an_operator_restore_on_a_node_that_cannot_page_reads_the_file_whole() {
 /// whole-file restore did; a tagged one keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_foreign_restore_keeps_none_of_the_files_environment() {
-    let (cl, _) = cluster(Duration::from_secs(60)).await;
-    let (c, control, n2) = (&cl.c, cl.control.as_str(), cl.n2.url.clone());
+    let (mut cl, _) = cluster(Duration::from_secs(60)).await;
+    let (c, control, n2) = (&cl.c.clone(), cl.control.clone(), cl.n2.url.clone());
+    let control = control.as_str();
     let n1 = cl.n1.as_ref().unwrap().url.clone();
     let wasm = wat::parse_str(crate::hardening_local::WHAT_AM_I_GIVEN).unwrap();
     let sha = hex::encode(tern_runtime::sha256(&wasm));
@@ -406,22 +432,29 @@ async fn a_foreign_restore_keeps_none_of_the_files_environment() {
         )
         .await
         .unwrap();
-    let given = |url: String, app: &'static str| async move {
-        let mut out = vec![];
-        for export in ["env_count", "arg_count"] {
-            let r = call(c, &url, app, export, &[]).await.unwrap();
-            out.push(r.results[0].as_i64().unwrap());
-        }
-        out
-    };
     wait_until("the app runs", || async {
         call(c, &n1, "given", "env_count", &[]).await.is_ok()
     })
     .await;
-    assert_eq!(given(n1.clone(), "given").await, [1, 2]);
+    assert_eq!(given(c, &n1, "given").await, [1, 2]);
     let (bytes, tag) = snapshot_through(c, control, "given").await;
     restore_through(c, control, "stranger", bytes.clone(), None).await;
-    assert_eq!(given(n2.clone(), "stranger").await, [0, 1], "foreign");
-    restore_through(c, control, "twin", bytes, Some(&tag)).await;
-    assert_eq!(given(n2.clone(), "twin").await, [1, 2], "tagged");
+    assert_eq!(given(c, &n2, "stranger").await, [0, 1], "foreign");
+    restore_through(c, control, "twin", bytes.clone(), Some(&tag)).await;
+    assert_eq!(given(c, &n2, "twin").await, [1, 2], "tagged");
+    // Restored onto n1, which is then lost before the app checkpoints:
+    // the control plane restarts it on n2 from the bytes it was sent,
+    // still foreign, and the file's environment stays out.
+    restore_onto(c, control, "drifter", "n1&restart=always", bytes, None).await;
+    assert_eq!(given(c, &n1, "drifter").await, [0, 1], "foreign on n1");
+    cl.lose_n1().await;
+    wait_until("drifter is restarted on n2", || async {
+        status_of(c, &n2, "drifter").await["state"] == "running"
+    })
+    .await;
+    assert_eq!(
+        given(c, &n2, "drifter").await,
+        [0, 1],
+        "foreign after a restart from the file it was restored from"
+    );
 }

@@ -140,7 +140,13 @@ impl Shared {
     /// changing together, so the record never names other bytes. The file
     /// of the checkpoint it replaces goes after (a restore reading it holds
     /// a pin of its own: `pinned`).
-    pub async fn save_checkpoint(&self, app: &str, generation: u64, bytes: &Bytes) -> Result<bool> {
+    pub async fn save_checkpoint(
+        &self,
+        app: &str,
+        generation: u64,
+        bytes: &Bytes,
+        foreign: bool,
+    ) -> Result<bool> {
         let turn = self.checkpoint_turn(app);
         let _turn = turn.lock().await;
         let refused = |st: &State| {
@@ -186,6 +192,7 @@ impl Shared {
             bytes: bytes.len() as u64,
             unix_ms: now_ms(),
             digest: Some(digest.clone()),
+            foreign,
         };
         if let Err(e) = self.store.put_checkpoint(app, &rec) {
             if !same_file(&previous) {

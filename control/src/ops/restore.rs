@@ -173,7 +173,7 @@ pub async fn restore(
         sh.app_view(&st, &a, done)
     };
     drop(guard);
-    if let Err(e) = sh.save_checkpoint(name, generation, &bytes).await {
+    if let Err(e) = sh.save_checkpoint(name, generation, &bytes, foreign).await {
         tracing::warn!(app = %name, "restored snapshot not kept as checkpoint: {e}");
     }
     tracing::info!(app = %name, node = %target.name, generation, "restored");
@@ -207,9 +207,12 @@ pub async fn restart(sh: &Arc<Shared>, name: &str, to: &str, why: &str) -> Resul
                 sh.lock()
                     .restoring
                     .insert(name.to_string(), target.name.clone());
+                // A foreign snapshot restored by an operator is as
+                // untrusted now as it was then.
                 let url = target.url(&format!(
-                    "/v1/restore/lazy?name={name}&generation={generation}&restart={}",
-                    app.restart
+                    "/v1/restore/lazy?name={name}&generation={generation}&restart={}{}",
+                    app.restart,
+                    if c.foreign { "&foreign=1" } else { "" }
                 ));
                 let status: AppStatus = sh
                     .long_client

@@ -352,6 +352,7 @@ mod tests {
                     bytes: 10,
                     unix_ms: 5,
                     digest: Some(digest),
+                    foreign: false,
                 },
             )
             .unwrap();
@@ -414,6 +415,7 @@ mod tests {
             bytes: bytes.len() as u64,
             unix_ms: 1,
             digest,
+            foreign: false,
         };
         let (newer, older) = (b"newer state".as_slice(), b"older state".as_slice());
         // (app, bytes recorded, bytes on disk, file named by, loaded):
