@@ -87,6 +87,10 @@ const MAX_BODY_LEN: u64 = 1 << 30;
 /// describe): 4 GiB, all a 32-bit memory can address. The engine's limiter
 /// refuses to grow a memory past it, so every memory tern captures fits.
 pub const MAX_MEMORY_BYTES: u64 = 1 << 32;
+/// Memories a snapshot may describe, at most: as many as the engine lets
+/// an app have, so that a few bytes of body per memory cannot make a
+/// reader lay out pages for thousands of them.
+pub const MAX_MEMORIES: usize = crate::sandbox::MAX_MEMORIES;
 /// The most elements a table may hold, over all of an app's tables (the
 /// engine's limiter enforces the same bound), and so the largest table a
 /// snapshot may describe.

@@ -4,7 +4,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// A memory of `pages` 4 KiB pages with the given (page, byte) writes.
-fn memory_with(pages: usize, writes: &[(usize, u8)]) -> Vec<u8> {
+pub(super) fn memory_with(pages: usize, writes: &[(usize, u8)]) -> Vec<u8> {
     let mut m = vec![0u8; pages * PAGE_SIZE];
     for &(p, b) in writes {
         let p = p % pages;
@@ -13,7 +13,7 @@ fn memory_with(pages: usize, writes: &[(usize, u8)]) -> Vec<u8> {
     m
 }
 
-fn parts(mem: &[u8], compress: bool, globals: Vec<GlobalState>) -> SnapshotParts {
+pub(super) fn parts(mem: &[u8], compress: bool, globals: Vec<GlobalState>) -> SnapshotParts {
     SnapshotParts {
         meta: Meta {
             module_sha256: sha256(b"module"),
@@ -439,7 +439,7 @@ fn a_compressed_run_declaring_8_mi_pages_is_refused_before_any_allocation() {
 
 /// Encodes `body` over `snap`'s image with a valid header and checksum, so
 /// that only the decoder's own checks stand between it and the bytes.
-fn with_body(snap: &Snapshot, body: &Body) -> Vec<u8> {
+pub(super) fn with_body(snap: &Snapshot, body: &Body) -> Vec<u8> {
     let image = snap.image();
     let body_bytes = postcard::to_stdvec(body).unwrap();
     let mut out = vec![0u8; IMAGE_OFFSET as usize];

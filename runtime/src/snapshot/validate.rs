@@ -2,17 +2,34 @@
 //! sizes and counts are hostile until proven otherwise.
 
 use super::{
-    Body, Encoding, SnapshotError, LZ4_MAX_RATIO, MAX_MEMORY_BYTES, MAX_TABLE_ELEMENTS, PAGE_SIZE,
+    Body, Encoding, SnapshotError, LZ4_MAX_RATIO, MAX_MEMORIES, MAX_MEMORY_BYTES,
+    MAX_TABLE_ELEMENTS, PAGE_SIZE,
 };
 
-/// Checks that every run lies inside the image and inside its memory, that
-/// runs are sorted and disjoint, and that page hashes match the page count
-/// (format 1) or are absent (format 2).
+/// Checks that there are at most [`MAX_MEMORIES`] memories, each index
+/// once; that every run lies inside the image and inside its memory, that
+/// runs are sorted and disjoint in the memory and no two share bytes of the
+/// image; and that page hashes match the page count (format 1) or are
+/// absent (format 2).
 pub(super) fn validate_body(
     body: &Body,
     image_len: u64,
     version: u32,
 ) -> Result<(), SnapshotError> {
+    if body.memories.len() > MAX_MEMORIES {
+        return Err(SnapshotError::corrupt(format!(
+            "{} memories, more than the {MAX_MEMORIES} a snapshot may hold",
+            body.memories.len()
+        )));
+    }
+    let mut indices: Vec<u32> = body.memories.iter().map(|m| m.index).collect();
+    indices.sort_unstable();
+    if let Some(w) = indices.windows(2).find(|w| w[0] == w[1]) {
+        return Err(SnapshotError::corrupt(format!(
+            "memory {} is described twice",
+            w[0]
+        )));
+    }
     let mut table_elements = 0u64;
     for t in &body.tables {
         table_elements += u64::from(t.size);
@@ -94,6 +111,19 @@ pub(super) fn validate_body(
             )));
         }
     }
+    // Every run's bytes are its own: a writer appends each run's bytes to
+    // the image, so runs that share bytes are made up (and would let a few
+    // bytes of body claim the same image range over and over).
+    let mut stored: Vec<(u64, u64)> = body
+        .memories
+        .iter()
+        .flat_map(|m| m.runs.iter())
+        .map(|r| (r.image_offset, r.image_offset.saturating_add(r.stored_len)))
+        .collect();
+    stored.sort_unstable();
+    if stored.windows(2).any(|w| w[1].0 < w[0].1) {
+        return Err(SnapshotError::corrupt("two runs share bytes of the image"));
+    }
     for t in &body.tables {
         for (start, elems) in &t.runs {
             if (*start as u64 + elems.len() as u64) > t.size as u64 {
@@ -105,4 +135,66 @@ pub(super) fn validate_body(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{memory_with, parts, with_body};
+    use super::super::{lazy::LazySnapshot, Snapshot, MAX_MEMORIES};
+
+    /// A body that describes a memory twice, more memories than an app can
+    /// have, or two runs over the same bytes of the image is refused,
+    /// whole and lazily, before any page of it is laid out.
+    #[test]
+    fn memories_are_few_and_distinct_and_runs_own_their_bytes() {
+        let mem = memory_with(16, &[(1, 9), (3, 7), (9, 1)]);
+        let snap = Snapshot::encode(parts(&mem, false, vec![]));
+        assert!(snap.body.memories[0].runs.len() >= 2);
+        let twice = {
+            let mut b = snap.body.clone();
+            let mut other = b.memories[0].clone();
+            other.runs.clear();
+            b.memories.push(other);
+            b
+        };
+        let many = {
+            let mut b = snap.body.clone();
+            for i in 1..=MAX_MEMORIES as u32 {
+                let mut m = b.memories[0].clone();
+                m.index = i;
+                m.runs.clear();
+                b.memories.push(m);
+            }
+            b
+        };
+        let shared = {
+            let mut b = snap.body.clone();
+            let first = b.memories[0].runs[0].clone();
+            let r = &mut b.memories[0].runs[1];
+            r.image_offset = first.image_offset;
+            r.stored_len = first.stored_len;
+            r.pages = first.pages;
+            b
+        };
+        for (what, body, why) in [
+            ("a memory twice", twice, "described twice"),
+            ("too many memories", many, "more than the"),
+            ("runs sharing bytes", shared, "share bytes"),
+        ] {
+            let bytes = with_body(&snap, &body);
+            let whole = Snapshot::from_bytes(bytes.clone()).expect_err(what);
+            assert!(whole.to_string().contains(why), "{what}: {whole}");
+            let lazily =
+                LazySnapshot::new(&bytes, &bytes[snap_body_range(&bytes)], bytes.len() as u64);
+            assert!(lazily.is_err(), "{what}: read lazily");
+        }
+        // The body as written passes.
+        Snapshot::from_bytes(with_body(&snap, &snap.body)).unwrap();
+    }
+
+    /// Where the header says the body is.
+    fn snap_body_range(bytes: &[u8]) -> std::ops::Range<usize> {
+        let at = |k: usize| u64::from_le_bytes(bytes[k..k + 8].try_into().unwrap()) as usize;
+        at(32)..bytes.len()
+    }
 }
