@@ -323,7 +323,8 @@ async fn api(
             ok(StatusCode::OK, pushed.await)
         }
         (Method::POST, ["v1", "postcopy", app, "pages"]) => {
-            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            let body =
+                read_body(req.into_body(), migrate::postcopy::MAX_PUSH_BYTES as usize).await?;
             let generation = q("generation").and_then(|g| g.parse().ok());
             ok(
                 StatusCode::OK,

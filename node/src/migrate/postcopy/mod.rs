@@ -50,6 +50,15 @@ use crate::node::{lock, Node};
 const PUSH_PAGES: usize = 1024;
 /// Pushes on the wire at once.
 const PUSHES_IN_FLIGHT: usize = 4;
+/// About the most pages a push may carry (four times what a source
+/// sends).
+const MAX_PUSH_PAGES: u64 = 4 * PUSH_PAGES as u64;
+/// The most bytes a push may be: [`MAX_PUSH_PAGES`] pages with their
+/// indices, head and sums (either format). A push whose head claims more
+/// is refused before anything is staged for it, so a peer cannot make this
+/// node map and fill gigabytes for one request.
+pub(crate) const MAX_PUSH_BYTES: u64 =
+    MAX_PUSH_PAGES * (tern_runtime::snapshot::PAGE_SIZE as u64 + 64) + 4096;
 /// Pages asked for with each faulting page (itself included): a fault
 /// usually means its neighbours are next.
 const FETCH_PAGES: usize = 16;
@@ -195,5 +204,37 @@ impl Registry {
     /// switch did not happen.
     pub(crate) fn close_outgoing(&self, app: &str) {
         lock(&self.outgoing).remove(app);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tern_runtime::postcopy::PushReceiver;
+    use tern_runtime::snapshot::{encode_listed, PAGE_SIZE};
+
+    use super::{MAX_PUSH_BYTES, MAX_PUSH_PAGES, PUSH_PAGES};
+
+    /// A push as large as a source sends is taken; one whose head claims
+    /// twice the pages a push may carry is refused on its head alone,
+    /// before a byte of its pages comes or anything is staged.
+    #[test]
+    fn a_push_is_bounded_by_what_a_source_sends() {
+        let pages = 2 * MAX_PUSH_PAGES as usize;
+        let mem = vec![7u8; pages * PAGE_SIZE];
+        let fits: Vec<u64> = (0..PUSH_PAGES as u64).collect();
+        let slice = encode_listed(0, &mem, &fits);
+        let mut push = PushReceiver::new(MAX_PUSH_BYTES);
+        push.feed(slice.bytes()).unwrap();
+        assert_eq!(push.finish().unwrap().pages(), PUSH_PAGES);
+
+        let all: Vec<u64> = (0..pages as u64).collect();
+        let slice = encode_listed(0, &mem, &all);
+        let head = 8 * pages + 64;
+        let mut push = PushReceiver::new(MAX_PUSH_BYTES);
+        let refused = push.feed(&slice.bytes()[..head]).unwrap_err();
+        assert!(
+            refused.to_string().contains("a slice can hold"),
+            "{refused}"
+        );
     }
 }

@@ -484,7 +484,7 @@ pub(crate) async fn receive_push_slice(
 ) -> Result<serde_json::Value> {
     use http_body_util::BodyExt as _;
     let incoming = push_target(&node, &app, generation)?;
-    let mut push = PushReceiver::new(tern_api::MAX_BLOB_BODY as u64);
+    let mut push = PushReceiver::new(super::MAX_PUSH_BYTES);
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| NodeError::bad_request(format!("cannot read the pages: {e}")))?;
