@@ -373,11 +373,14 @@ impl Pager {
             return Ok(self.remaining());
         }
         let mut placed = 0u64;
+        // A run that cannot be placed ends the placement; what was placed
+        // before it still counts (its pages are present).
+        let mut failed = None;
         {
             let mut pages = inner.pages.lock().unwrap_or_else(|e| e.into_inner());
             let st = &mut pages[k];
             let mut i = 0;
-            while i < page_list.len() {
+            'runs: while i < page_list.len() {
                 let p = page_list[i] as usize;
                 if p >= st.len() || !(st[p] == REMOTE || st[p] == ASKED) {
                     i += 1;
@@ -394,16 +397,22 @@ impl Pager {
                 }
                 let bytes = &data[i * PAGE_SIZE..j * PAGE_SIZE];
                 let dst = m.base + p as u64 * PAGE_SIZE as u64;
-                let whole = put(dst, (i * PAGE_SIZE) as u64, bytes)
-                    .map_err(|e| format!("placing pages of memory {}: {e}", m.index))?;
+                let whole = match put(dst, (i * PAGE_SIZE) as u64, bytes) {
+                    Ok(whole) => whole,
+                    Err(e) => {
+                        failed = Some(format!("placing pages of memory {}: {e}", m.index));
+                        break 'runs;
+                    }
+                };
                 if !whole {
                     // Some page of the run was there already: page by page.
                     for q in i..j {
                         let dst = m.base + page_list[q] * PAGE_SIZE as u64;
-                        inner
-                            .uffd
-                            .copy(dst, &data[q * PAGE_SIZE..(q + 1) * PAGE_SIZE])
-                            .map_err(|e| format!("placing a page of memory {}: {e}", m.index))?;
+                        let page = &data[q * PAGE_SIZE..(q + 1) * PAGE_SIZE];
+                        if let Err(e) = inner.uffd.copy(dst, page) {
+                            failed = Some(format!("placing a page of memory {}: {e}", m.index));
+                            break 'runs;
+                        }
                     }
                 }
                 for q in i..j {
@@ -414,6 +423,9 @@ impl Pager {
             }
         }
         let left = inner.remaining.fetch_sub(placed, Ordering::AcqRel) - placed;
+        if let Some(why) = failed {
+            return Err(why);
+        }
         if left == 0 {
             self.finish();
         }

@@ -239,3 +239,39 @@ fn a_staged_push_fills_only_missing_pages_and_only_once_it_checks_out() {
         assert_eq!(pager.pages_moved(), all.len() as u64 - 2);
     }
 }
+
+#[test]
+fn a_placement_that_fails_midway_still_counts_what_it_placed() {
+    if let Err(why) = available() {
+        eprintln!("skipped: post-copy unavailable here: {why}");
+        return;
+    }
+    let m = mapping();
+    let src = source();
+    let (pager, _wants) = start(&m, InterruptHandle::new());
+    let before = pager.remaining();
+    // Two runs of missing pages: 1-4 and 6-9. The first is placed, the
+    // second cannot be.
+    let list: Vec<u64> = vec![1, 2, 3, 4, 6, 7, 8, 9];
+    let data: Vec<u8> = list
+        .iter()
+        .flat_map(|&p| src[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE].to_vec())
+        .collect();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let failed = pager.place_with(0, &list, &data, |dst, _, bytes| {
+        match calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => pager.inner.uffd.copy(dst, bytes),
+            _ => Err(std::io::Error::other("no room")),
+        }
+    });
+    assert!(failed.unwrap_err().contains("no room"));
+    assert_eq!(pager.remaining(), before - 4, "the first run counts");
+    // SAFETY: pages 1-4 are present now; reading them faults nothing.
+    let placed = unsafe { std::slice::from_raw_parts(m.0.add(PAGE_SIZE), 4 * PAGE_SIZE) };
+    assert!(placed == &src[PAGE_SIZE..5 * PAGE_SIZE]);
+    // The second run is still missing, and a later push places it.
+    let left = pager
+        .deliver_run(0, 6, &src[6 * PAGE_SIZE..10 * PAGE_SIZE])
+        .unwrap();
+    assert_eq!(left, before - 8);
+}
