@@ -465,11 +465,36 @@ pub(crate) async fn receive_push(
 ) -> Result<serde_json::Value> {
     let incoming = push_target(&node, &app, generation)?;
     let pager = incoming.pager.clone();
-    let left = tokio::task::spawn_blocking(move || pager.deliver(&body))
-        .await?
-        .map_err(NodeError::bad_request)?;
-    incoming.touch();
-    Ok(serde_json::json!({ "remaining": left }))
+    let placed = tokio::task::spawn_blocking(move || pager.deliver(&body)).await?;
+    placed_or_given_up(&node, &app, &incoming, placed)
+}
+
+/// What a push's placement comes to: the pages still missing, or, when
+/// pages of it could not be placed here (a push the pager refuses as
+/// malformed, or the kernel refusing to place them), the end of the move
+/// here. The source, answered 409, drops its copy; so the app cannot wait
+/// on pages that will never come, and restarts here from its checkpoint,
+/// as when the source is lost.
+fn placed_or_given_up(
+    node: &Arc<Node>,
+    app: &str,
+    incoming: &Arc<Incoming>,
+    placed: Result<u64, String>,
+) -> Result<serde_json::Value> {
+    match placed {
+        Ok(left) => {
+            incoming.touch();
+            Ok(serde_json::json!({ "remaining": left }))
+        }
+        Err(e) => {
+            let why = format!("pages pushed could not be placed: {e}");
+            let (node, s, inc) = (node.clone(), incoming.session.clone(), incoming.clone());
+            tokio::spawn(async move { source_lost(&node, &s, &inc, why).await });
+            Err(NodeError::conflict(format!(
+                "the post-copy of {app} failed here: pages pushed could not be placed: {e}"
+            )))
+        }
+    }
 }
 
 /// `POST /v1/postcopy/APP/pages?generation=G&format=slice`: a push as a
@@ -497,11 +522,8 @@ pub(crate) async fn receive_push_slice(
         .finish()
         .map_err(|e| NodeError::bad_request(format!("push rejected: {e}")))?;
     let pager = incoming.pager.clone();
-    let left = tokio::task::spawn_blocking(move || pager.place_staged(push))
-        .await?
-        .map_err(NodeError::bad_request)?;
-    incoming.touch();
-    Ok(serde_json::json!({ "remaining": left }))
+    let placed = tokio::task::spawn_blocking(move || pager.place_staged(push)).await?;
+    placed_or_given_up(&node, &app, &incoming, placed)
 }
 
 /// `POST /v1/postcopy/APP/done?generation=G`: the source sent every page
