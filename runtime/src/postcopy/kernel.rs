@@ -261,21 +261,33 @@ impl Uffd {
             .collect())
     }
 
-    /// Fills a missing range with zeros (and wakes its waiters).
+    /// Fills a missing range with zeros (and wakes its waiters); stops at
+    /// a page present already.
     pub(super) fn zero(&self, start: u64, len: u64) -> io::Result<()> {
-        let mut z = UffdioZeropage {
-            range: UffdioRange { start, len },
-            mode: 0,
-            zeropage: 0,
-        };
-        loop {
-            if ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z) >= 0 || errno() == Some(libc::EEXIST) {
+        let mut done = 0u64;
+        while done < len {
+            let mut z = UffdioZeropage {
+                range: UffdioRange {
+                    start: start + done,
+                    len: len - done,
+                },
+                mode: 0,
+                zeropage: 0,
+            };
+            let rc = ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z);
+            if rc >= 0 || errno() == Some(libc::EEXIST) {
                 return Ok(());
             }
             if errno() != Some(libc::EAGAIN) {
                 return Err(os_err("UFFDIO_ZEROPAGE"));
             }
+            // Interrupted partway: the pages filled so far are in; go on
+            // after them.
+            if z.zeropage > 0 {
+                done += z.zeropage as u64;
+            }
         }
+        Ok(())
     }
 
     /// Wakes the threads waiting on a range that is filled already.
