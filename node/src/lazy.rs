@@ -235,7 +235,7 @@ impl Opened {
             pager: pager.clone(),
             digest: self.digest,
             progress: std::sync::Mutex::new(Instant::now()),
-            failed: Default::default(),
+            settled: Default::default(),
         };
         tokio::spawn(Arc::new(pull).run(self.head, self.body, rx));
         match crate::migrate::run_restore_hook(inst).await {
@@ -317,7 +317,9 @@ struct Pull {
     digest: String,
     /// When a byte last came in.
     progress: std::sync::Mutex<Instant>,
-    failed: std::sync::atomic::AtomicBool,
+    /// The restore ended: failed, or every page is in and the file
+    /// checked (a fetch still under way that fails then changes nothing).
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl Pull {
@@ -329,14 +331,18 @@ impl Pull {
         let outcome = self.pull_all(&head, &body).await;
         faults.abort();
         match outcome {
-            Ok(()) if self.pager.failure().is_none() => tracing::info!(
+            Ok(()) if self.pager.failure().is_none() => {
+                self.settled
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
                 app = %self.app,
                 generation = self.generation,
                 "lazy restore complete: {} bytes of checkpoint {} in and checked, {} ms after the app started",
                 self.lazy.file_len(),
                 self.digest,
                 t0.elapsed().as_millis()
-            ),
+                )
+            }
             Ok(()) => {}
             Err(why) => self.fail(why),
         }
@@ -453,9 +459,10 @@ impl Pull {
     }
 
     /// The restore failed: the memory is incomplete or untrusted, the app
-    /// is failed (never run on from it). Once.
+    /// is failed (never run on from it). Once, and never after the restore
+    /// completed.
     fn fail(&self, why: String) {
-        if self.failed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if self.settled.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         // Failed from outside (its app moved on or was replaced): the
