@@ -239,7 +239,7 @@ pub fn heartbeat(sh: &Arc<Shared>, name: &str, hb: Heartbeat) -> Result<(), ApiE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use tern_api::types::{AppLimits, AppState, AppStatus, Heartbeat, NodeInfo};
@@ -295,7 +295,7 @@ mod tests {
     /// A control plane whose table, loaded at its start, places `counter`
     /// (generation 3, placed an hour ago) on node `a`; it started
     /// `started_ago` before now.
-    fn leader(dir: &std::path::Path, started_ago: Duration) -> Arc<Shared> {
+    pub(crate) fn leader(dir: &std::path::Path, started_ago: Duration) -> Arc<Shared> {
         let store = Store::open(dir).expect("a store");
         let hour_ago = now_ms() - 3_600_000;
         let app = AppRec {

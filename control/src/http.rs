@@ -263,7 +263,7 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Reply {
                     "checkpoint of {name} at generation {generation}, but the app is at generation {current}"
                 )).into());
             }
-            if !sh.save_checkpoint(&name, generation, &body, false).await? {
+            if !sh.save_checkpoint(&name, generation, &body, crate::ops::CheckpointFrom::Node).await? {
                 let kept = sh.lock().checkpoints.get(&name).map_or(0, |c| c.generation);
                 return Err(ApiError::conflict(format!(
                     "a newer checkpoint of {name} is kept (generation {kept} > {generation})"

@@ -133,7 +133,8 @@ impl Shared {
         a.start_at_unix_ms = s.start_at_unix_ms;
     }
 
-    /// Stores `bytes` as `app`'s checkpoint unless a newer one is kept.
+    /// Stores `bytes` as `app`'s checkpoint unless a newer one is kept
+    /// (see [`CheckpointFrom`]).
     ///
     /// The file is named by its digest and written whole before the record
     /// names it; the app's checkpoint turn keeps the file and the record
@@ -145,16 +146,17 @@ impl Shared {
         app: &str,
         generation: u64,
         bytes: &Bytes,
-        foreign: bool,
+        from: CheckpointFrom,
     ) -> Result<bool> {
         let turn = self.checkpoint_turn(app);
         let _turn = turn.lock().await;
+        let foreign = from == CheckpointFrom::Restore { foreign: true };
         let refused = |st: &State| {
             !st.apps.contains_key(app)
-                || st
-                    .checkpoints
-                    .get(app)
-                    .is_some_and(|c| c.generation > generation)
+                || st.checkpoints.get(app).is_some_and(|c| match from {
+                    CheckpointFrom::Node => c.generation > generation,
+                    CheckpointFrom::Restore { .. } => c.generation >= generation,
+                })
         };
         {
             let st = self.lock();
@@ -207,6 +209,19 @@ impl Shared {
         }
         Ok(true)
     }
+}
+
+/// Where a checkpoint comes from, and so what it may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointFrom {
+    /// The app's node: it replaces any checkpoint of its generation or
+    /// older (the node checkpoints the same generation again and again).
+    Node,
+    /// An operator's restore, recorded once the node runs the app
+    /// (`foreign`: a file the cluster did not tag). It replaces only older
+    /// generations: a checkpoint of the restored app's own generation
+    /// kept already came from its node since, and is newer than the file.
+    Restore { foreign: bool },
 }
 
 /// A copy of the app's record, if no other operation holds it.
@@ -534,7 +549,55 @@ pub async fn logs(sh: &Shared, name: &str, from: u64, wait_ms: u64) -> Result<Lo
 
 #[cfg(test)]
 mod tests {
-    use super::uri_safe;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::{uri_safe, CheckpointFrom};
+
+    /// The file of an operator's restore is recorded after the node runs
+    /// the app: a checkpoint the node sent meanwhile, of the same
+    /// generation, is newer and stays; an older generation's is replaced.
+    /// The node's own checkpoints replace their generation's as before.
+    #[tokio::test]
+    async fn a_restored_file_never_replaces_its_apps_newer_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = crate::heartbeat::tests::leader(dir.path(), Duration::ZERO);
+        let digest = |sh: &super::Shared| sh.lock().checkpoints["counter"].digest.clone();
+        let (node, file) = (
+            Bytes::from_static(b"the node's"),
+            Bytes::from_static(b"the file"),
+        );
+        let restore = CheckpointFrom::Restore { foreign: true };
+        assert!(sh
+            .save_checkpoint("counter", 3, &node, CheckpointFrom::Node)
+            .await
+            .unwrap());
+        let kept = digest(&sh);
+        assert!(!sh
+            .save_checkpoint("counter", 3, &file, restore)
+            .await
+            .unwrap());
+        assert_eq!(
+            digest(&sh),
+            kept,
+            "the node's checkpoint of generation 3 stays"
+        );
+        assert!(!sh.lock().checkpoints["counter"].foreign);
+        assert!(sh
+            .save_checkpoint("counter", 4, &file, restore)
+            .await
+            .unwrap());
+        assert!(sh.lock().checkpoints["counter"].foreign);
+        assert!(sh
+            .save_checkpoint("counter", 4, &node, CheckpointFrom::Node)
+            .await
+            .unwrap());
+        assert!(
+            !sh.lock().checkpoints["counter"].foreign,
+            "the node's own replaces it"
+        );
+    }
 
     #[test]
     fn paths_keep_their_query_and_lose_what_a_uri_cannot_hold() {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tern_api::types::{AppStatus, AppView, LazyRestore, StartApp};
 use tern_scheduler::{place, RestartPolicy};
 
-use super::{idle_app, NodeRef, Result};
+use super::{idle_app, CheckpointFrom, NodeRef, Result};
 use crate::error::ApiError;
 use crate::state::{now_ms, spec_of, valid_sha256, AppRec, BusyGuard, Shared};
 
@@ -173,7 +173,15 @@ pub async fn restore(
         sh.app_view(&st, &a, done)
     };
     drop(guard);
-    if let Err(e) = sh.save_checkpoint(name, generation, &bytes, foreign).await {
+    if let Err(e) = sh
+        .save_checkpoint(
+            name,
+            generation,
+            &bytes,
+            CheckpointFrom::Restore { foreign },
+        )
+        .await
+    {
         tracing::warn!(app = %name, "restored snapshot not kept as checkpoint: {e}");
     }
     tracing::info!(app = %name, node = %target.name, generation, "restored");
