@@ -18,6 +18,9 @@ pub enum ErrorKind {
     /// Too much is waiting for the app: ask again after a moment (503 with
     /// `Retry-After`).
     Busy,
+    /// Bytes sent by a peer did not check out on arrival (a link that
+    /// damages them): nothing of them was kept, send them again (422).
+    Damaged,
     /// Something failed on this node.
     Internal,
     /// Another node or the control plane answered with this status (502
@@ -63,6 +66,10 @@ impl NodeError {
         NodeError::new(ErrorKind::Busy, message)
     }
 
+    pub fn damaged(message: impl Into<String>) -> NodeError {
+        NodeError::new(ErrorKind::Damaged, message)
+    }
+
     pub fn internal(message: impl Into<String>) -> NodeError {
         NodeError::new(ErrorKind::Internal, message)
     }
@@ -88,6 +95,7 @@ impl NodeError {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Unavailable | ErrorKind::Busy => 503,
+            ErrorKind::Damaged => 422,
             ErrorKind::Internal => 500,
             ErrorKind::Peer(s) => s,
         }

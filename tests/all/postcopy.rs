@@ -523,6 +523,118 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
     mover.abort();
 }
 
+/// A 64 MiB app moved post-copy through a relay that damages pushes
+/// (`fault`): the move's result, what the relay saw, and the digest the
+/// app had at the switch.
+async fn postcopy_through(
+    fault: Fault,
+) -> (
+    Result<tern_api::types::MigrationReport, tern_api::client::ClientError>,
+    Vec<crate::relay::Exchange>,
+    i64,
+    TestNode,
+    TestNode,
+) {
+    let src = TestNode::start("src").await;
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    heap_app(&c, &src).await;
+    call(&c, &src.url, "heap", "push", &[7]).await.unwrap();
+    let before = digest(&c, &src.url).await;
+    let relay = Relay::start(&dst.url, "dst", fault, None).await;
+    expect(&c, &dst.url, "src", "heap", 2).await;
+    let req = tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: relay.url.clone(),
+        mode: Mode::Postcopy,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: None,
+    };
+    let r = c
+        .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)
+        .await;
+    (r, relay.exchanges(), before, src, dst)
+}
+
+/// A push damaged on a plain link (no TLS to cut the connection) is
+/// refused with nothing of it kept, 422, and sent again: the move
+/// completes with every byte and the target never restarts (before, the
+/// source took the refusal as the move's end and dropped its copy while
+/// the target ran on without those pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_push_is_sent_again() {
+    if !paging_here() {
+        return;
+    }
+    let (r, seen, before, _src, dst) = postcopy_through(Fault::CorruptFirstPages).await;
+    let r = r.unwrap_or_else(|e| panic!("the move completes: {e}; {seen:?}"));
+    let pushes: Vec<_> = seen.iter().filter(|x| x.path.ends_with("/pages")).collect();
+    let damaged = pushes.iter().find(|x| x.tampered).expect("a damaged push");
+    assert_eq!(damaged.status, Some(422), "{seen:?}");
+    assert!(
+        pushes
+            .iter()
+            .any(|x| !x.tampered && x.body_len == damaged.body_len && x.status == Some(200)),
+        "the damaged push came again and was taken: {seen:?}"
+    );
+    assert_eq!(r.mode, "postcopy", "{r:?}");
+    let c = client();
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/heap", dst.url))
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "running", "{st}");
+    assert!(st["last_error"].is_null(), "no restart on the target: {st}");
+    assert_eq!(digest(&c, &dst.url).await, before, "every page arrived");
+}
+
+/// A link that damages every push: the target refuses a few, then ends
+/// the move (409, its own restart from a checkpoint) and the source, told
+/// so, drops its copy; never both nodes running the app, never the target
+/// running on without its pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_that_damages_every_push_ends_the_move_on_one_node() {
+    if !paging_here() {
+        return;
+    }
+    let (r, seen, _, src, dst) = postcopy_through(Fault::CorruptEveryPages).await;
+    let e = r.expect_err("no push gets through");
+    assert!(e.to_string().contains("gave up"), "{e}; {seen:?}");
+    let statuses: Vec<Option<u16>> = seen
+        .iter()
+        .filter(|x| x.path.ends_with("/pages"))
+        .map(|x| x.status)
+        .collect();
+    let refused = statuses.iter().filter(|&&s| s == Some(422)).count();
+    assert_eq!(
+        refused, 7,
+        "sent again until the target gave up: {statuses:?}"
+    );
+    assert!(statuses.contains(&Some(409)), "{statuses:?}");
+    let c = client();
+    let on_src = c
+        .get_json::<Value>(&format!("{}/v1/apps/heap", src.url))
+        .await;
+    assert!(
+        on_src.as_ref().map_or(true, |st| st["state"] != "running"),
+        "the source dropped its copy: {on_src:?}"
+    );
+    // It has no checkpoint (a move between two nodes alone): it stops,
+    // saying why, rather than run on without its pages.
+    wait_until("the target ends the move", || async {
+        c.get_json::<Value>(&format!("{}/v1/apps/heap", dst.url))
+            .await
+            .is_ok_and(|st| {
+                st["state"] == "failed"
+                    && st["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("8 pushes arrived damaged"))
+            })
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_that_does_not_converge_ends_in_postcopy_with_every_byte() {
     if !paging_here() {

@@ -4,8 +4,9 @@
 //! and by configuration it "dies" at the Nth request of a step (the
 //! connection is dropped without forwarding it, and every later connection
 //! is refused, like a machine that lost power), flips one byte in the middle
-//! of the first `/pages` body, or holds the first request of a step until
-//! the test releases it (a migration caught in the middle, on purpose).
+//! of the first `/pages` body (or of every one), or holds the first request
+//! of a step until the test releases it (a migration caught in the middle,
+//! on purpose).
 //!
 //! Between nodes that speak TLS (an `https://` target) the relay ends TLS
 //! on both sides: it presents a certificate of the tests' CA for its own
@@ -35,6 +36,8 @@ pub enum Fault {
     DieAt { suffix: &'static str, nth: usize },
     /// Flip one byte in the middle of the body of the first `/pages` request.
     CorruptFirstPages,
+    /// Flip one byte in the middle of the body of every `/pages` request.
+    CorruptEveryPages,
     /// Hold the first request whose path ends with `suffix` until
     /// [`Relay::release`]; [`Relay::wait_held`] returns once it is held.
     HoldAt { suffix: &'static str },
@@ -241,8 +244,10 @@ async fn relay_connection(
                 let _ = st.held.send(true);
                 let _ = released.wait_for(|r| *r).await;
             }
-            Fault::CorruptFirstPages
-                if path.ends_with("/pages") && !st.fired.swap(true, Ordering::SeqCst) =>
+            Fault::CorruptFirstPages | Fault::CorruptEveryPages
+                if path.ends_with("/pages")
+                    && (matches!(st.fault, Fault::CorruptEveryPages)
+                        || !st.fired.swap(true, Ordering::SeqCst)) =>
             {
                 assert!(!req.chunked, "the relay damages Content-Length bodies only");
                 let mid = req.body.len() / 2;

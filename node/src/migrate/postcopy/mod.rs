@@ -59,6 +59,13 @@ const MAX_PUSH_PAGES: u64 = 4 * PUSH_PAGES as u64;
 /// node map and fill gigabytes for one request.
 pub(crate) const MAX_PUSH_BYTES: u64 =
     MAX_PUSH_PAGES * (tern_runtime::snapshot::PAGE_SIZE as u64 + 64) + 4096;
+/// Pushes of one move whose bytes may fail their check on arrival (a link
+/// that damages them; TLS would have cut the connection instead) before
+/// the target gives the move up: each is answered 422 and sent again by
+/// the source, which drops nothing; the last is answered 409, the app
+/// restarts on the target from its checkpoint, and the source drops its
+/// copy. A source never sends one push more often than this.
+const MAX_REJECTED_PUSHES: u32 = 8;
 /// Pages asked for with each faulting page (itself included): a fault
 /// usually means its neighbours are next.
 const FETCH_PAGES: usize = 16;
@@ -83,6 +90,8 @@ pub(crate) struct Incoming {
     /// The source was given up (once: the app restarts from its
     /// checkpoint). Holding and running the app's calls happen under it.
     pub given_up: Mutex<bool>,
+    /// Pushes refused so far because their bytes did not check out.
+    pub rejected: std::sync::atomic::AtomicU32,
 }
 
 impl Incoming {
@@ -96,6 +105,7 @@ impl Incoming {
             last_progress: Mutex::new(Instant::now()),
             opened: Instant::now(),
             given_up: Mutex::new(false),
+            rejected: 0.into(),
         }
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tern_api::types::StartApp;
 use tern_runtime::snapshot::{PostcopyFrame, RemotePages};
 
-use super::{Outgoing, PUSHES_IN_FLIGHT, PUSH_PAGES};
+use super::{Outgoing, MAX_REJECTED_PUSHES, PUSHES_IN_FLIGHT, PUSH_PAGES};
 use crate::app::{AppHandle, Cmd};
 use crate::error::{NodeError, Result};
 use crate::migrate::replay::replay_held;
@@ -270,12 +270,21 @@ impl Move {
             let (client, url) = (self.peer.clone(), url.clone());
             in_flight.push_back(tokio::spawn(async move {
                 let len = body.len() as u64;
-                let mut attempt = 0;
+                let (mut attempt, mut damaged) = (0, 0);
                 loop {
                     match client.post_bytes(&url, body.clone()).await {
                         Ok(_) => return Ok(len),
                         Err(e) if e.status() == Some(404) => {
                             return Err(PushError::TargetLost(e.to_string()))
+                        }
+                        // The bytes arrived damaged and nothing of them
+                        // was kept: again, as the target asks (it ends the
+                        // move, 409, when the link damages too many).
+                        Err(e) if e.status() == Some(422) => {
+                            damaged += 1;
+                            if damaged >= MAX_REJECTED_PUSHES {
+                                return Err(PushError::TargetGaveUp(e.to_string()));
+                            }
                         }
                         Err(e) if e.status().is_some() => {
                             return Err(PushError::TargetGaveUp(e.to_string()))

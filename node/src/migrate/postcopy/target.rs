@@ -486,15 +486,48 @@ fn placed_or_given_up(
             incoming.touch();
             Ok(serde_json::json!({ "remaining": left }))
         }
-        Err(e) => {
-            let why = format!("pages pushed could not be placed: {e}");
-            let (node, s, inc) = (node.clone(), incoming.session.clone(), incoming.clone());
-            tokio::spawn(async move { source_lost(&node, &s, &inc, why).await });
-            Err(NodeError::conflict(format!(
-                "the post-copy of {app} failed here: pages pushed could not be placed: {e}"
-            )))
-        }
+        Err(e) => Err(end_here(
+            node,
+            app,
+            incoming,
+            format!("pages pushed could not be placed: {e}"),
+        )),
     }
+}
+
+/// Ends the move here because of `why` (restart from the checkpoint, as
+/// when the source is lost) and answers the source 409: it drops its copy.
+fn end_here(node: &Arc<Node>, app: &str, incoming: &Arc<Incoming>, why: String) -> NodeError {
+    let conflict = NodeError::conflict(format!("the post-copy of {app} failed here: {why}"));
+    let (node, s, inc) = (node.clone(), incoming.session.clone(), incoming.clone());
+    tokio::spawn(async move { source_lost(&node, &s, &inc, why).await });
+    conflict
+}
+
+/// A push whose bytes did not check out (nothing of it was staged): 422,
+/// and the source sends it again, unless this move refused
+/// [`MAX_REJECTED_PUSHES`](super::MAX_REJECTED_PUSHES) pushes already:
+/// then the link cannot carry the pages, and the move ends here as when
+/// a push cannot be placed (409; the app restarts from its checkpoint).
+/// A refusal the source took as the move's end would leave this node
+/// running on, waiting for pages that never come.
+fn rejected(
+    node: &Arc<Node>,
+    app: &str,
+    incoming: &Arc<Incoming>,
+    e: impl std::fmt::Display,
+) -> NodeError {
+    use std::sync::atomic::Ordering;
+    let n = incoming.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+    if n < super::MAX_REJECTED_PUSHES {
+        return NodeError::damaged(format!("push rejected, send it again: {e}"));
+    }
+    end_here(
+        node,
+        app,
+        incoming,
+        format!("{n} pushes arrived damaged, the last: {e}"),
+    )
 }
 
 /// `POST /v1/postcopy/APP/pages?generation=G&format=slice`: a push as a
@@ -511,16 +544,20 @@ pub(crate) async fn receive_push_slice(
     let incoming = push_target(&node, &app, generation)?;
     let mut push = PushReceiver::new(super::MAX_PUSH_BYTES);
     while let Some(frame) = body.frame().await {
+        // A connection cut midway: the source, which sees it cut too,
+        // sends the push again.
         let frame =
             frame.map_err(|e| NodeError::bad_request(format!("cannot read the pages: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            push.feed(&data)
-                .map_err(|e| NodeError::bad_request(format!("push rejected: {e}")))?;
+            if let Err(e) = push.feed(&data) {
+                return Err(rejected(&node, &app, &incoming, e));
+            }
         }
     }
-    let push = push
-        .finish()
-        .map_err(|e| NodeError::bad_request(format!("push rejected: {e}")))?;
+    let push = match push.finish() {
+        Ok(push) => push,
+        Err(e) => return Err(rejected(&node, &app, &incoming, e)),
+    };
     let pager = incoming.pager.clone();
     let placed = tokio::task::spawn_blocking(move || pager.place_staged(push)).await?;
     placed_or_given_up(&node, &app, &incoming, placed)
