@@ -21,10 +21,15 @@ use crate::postcopy::{call, paging_here, wait_until};
 struct Cluster {
     dir: tempfile::TempDir,
     control: String,
-    _served: tern_api::local::Served,
+    served: Option<tern_api::local::Served>,
     n1: Option<TestNode>,
     n2: TestNode,
     c: Client,
+}
+
+fn control_setup(cfg: &mut tern_control::ControlConfig) {
+    cfg.heartbeat_timeout = Duration::from_secs(3);
+    cfg.rebalance_interval = Duration::from_secs(3600);
 }
 
 async fn cluster(pull_after: Duration) -> (Cluster, i64) {
@@ -34,11 +39,7 @@ async fn cluster(pull_after: Duration) -> (Cluster, i64) {
 /// As [`cluster`], with `n2` paging (post-copy on) or not.
 async fn cluster_with(pull_after: Duration, n2_pages: bool) -> (Cluster, i64) {
     let dir = tempfile::tempdir().unwrap();
-    let (control, served) = start_control(dir.path(), |cfg| {
-        cfg.heartbeat_timeout = Duration::from_secs(3);
-        cfg.rebalance_interval = Duration::from_secs(3600);
-    })
-    .await;
+    let (control, served) = start_control(dir.path(), control_setup).await;
     let cu = control.clone();
     let n1 = TestNode::start_with("n1", move |cfg| cfg.control_url = Some(cu)).await;
     let cu = control.clone();
@@ -80,7 +81,7 @@ async fn cluster_with(pull_after: Duration, n2_pages: bool) -> (Cluster, i64) {
     let cl = Cluster {
         dir,
         control,
-        _served: served,
+        served: Some(served),
         n1: Some(n1),
         n2,
         c,
@@ -105,6 +106,23 @@ async fn status_of(c: &Client, url: &str, app: &str) -> Value {
 }
 
 impl Cluster {
+    /// The control plane stops and starts again on its data directory, at
+    /// the same address.
+    async fn restart_control(&mut self) {
+        use tern_api::local::Bound;
+        if let Some(served) = self.served.take() {
+            served
+                .shut_down(Duration::from_secs(10))
+                .await
+                .expect("the control plane stops");
+        }
+        let addr = self.control.trim_start_matches("https://");
+        let bound = Bound::at(addr).await.unwrap();
+        let (_, served) =
+            crate::nodes::start_control_on(bound, self.dir.path(), control_setup).await;
+        self.served = Some(served);
+    }
+
     /// n1 is lost; returns once the app runs on n2 (restarted there).
     async fn lose_n1(&mut self) {
         drop(self.n1.take());
@@ -141,6 +159,11 @@ async fn a_restart_from_a_checkpoint_runs_before_its_pages_are_in() {
         st["pages_pending"].as_u64().is_some_and(|p| p > 2000),
         "a few calls bring only the pages they touch: {st}"
     );
+    // The control plane restarts meanwhile: the file n2 reads the pages
+    // from stays (its load once removed every pin, and the app failed on
+    // its next page).
+    cl.restart_control().await;
+    let (c, n2) = (&cl.c, cl.n2.url.clone());
     // Reading the whole heap brings its pages (a page it never reads, of
     // the stack say, may stay away): the state is the checkpoint's.
     assert_eq!(get(c, &n2, "digest").await, at_checkpoint);

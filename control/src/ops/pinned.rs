@@ -29,7 +29,7 @@ pub const MAX_RANGE: u64 = 1 << 30;
 fn pin_path(sh: &Shared, name: &str, digest: &str) -> PathBuf {
     sh.store
         .checkpoints_dir()
-        .join(format!("{name}.{digest}.pinned"))
+        .join(crate::store::pin_file_name(name, digest))
 }
 
 /// Pins the app's latest checkpoint: its record, digest (xxh3-128, hex)

@@ -75,6 +75,12 @@ pub fn checkpoint_file_name(app: &str, digest: Option<&str>) -> String {
     }
 }
 
+/// The name of app `app`'s pin of checkpoint `digest` (`ops::pinned`): a
+/// hard link to the file a node reads by ranges while it restores lazily.
+pub fn pin_file_name(app: &str, digest: &str) -> String {
+    format!("{app}.{digest}.pinned")
+}
+
 /// A checkpoint digest as records and restores carry it: xxh3-128, 32
 /// lowercase hex digits (it becomes part of a file name).
 pub fn valid_digest(d: &str) -> bool {
@@ -132,11 +138,17 @@ impl Store {
     /// Removes from the checkpoints directory what no record in `kept`
     /// names: files of older checkpoints (another control plane received
     /// the newer ones, or a write was cut short), temporary files, and
-    /// pins (no restore reads them once the records are loaded again).
+    /// pins of other checkpoints than an app's latest. A pin of the latest
+    /// stays: a node restarting the app lazily from it goes on reading it
+    /// across a restart of this process (it would otherwise find it gone
+    /// and fail the app).
     fn sweep_checkpoints(&self, kept: &HashMap<String, CheckpointRec>) {
         let wanted: std::collections::HashSet<String> = kept
             .iter()
-            .map(|(app, c)| checkpoint_file_name(app, c.digest.as_deref()))
+            .flat_map(|(app, c)| {
+                let pin = c.digest.as_deref().map(|d| pin_file_name(app, d));
+                std::iter::once(checkpoint_file_name(app, c.digest.as_deref())).chain(pin)
+            })
             .collect();
         let Ok(entries) = std::fs::read_dir(self.checkpoints_dir()) else {
             return;
@@ -144,9 +156,8 @@ impl Store {
         for e in entries.flatten() {
             let file = e.file_name();
             let Some(f) = file.to_str() else { continue };
-            let stale = (f.ends_with(".snap") && !wanted.contains(f))
+            let stale = ((f.ends_with(".snap") || f.ends_with(".pinned")) && !wanted.contains(f))
                 || (f.starts_with('.') && f.ends_with(".tmp"))
-                || f.ends_with(".pinned")
                 || f.ends_with(".pinning");
             if stale && e.file_type().is_ok_and(|t| t.is_file()) {
                 match std::fs::remove_file(e.path()) {
@@ -440,9 +451,19 @@ mod tests {
         s.put_checkpoint("old-style", &rec(older, None)).unwrap();
         s.put_checkpoint("bad", &rec(older, Some("../../x".into())))
             .unwrap();
+        // The pin of `here`'s latest checkpoint (a node may be reading it)
+        // stays; a pin of any other does not.
+        let here = checkpoint_digest(newer);
+        std::fs::hard_link(
+            s.checkpoint_path("here", Some(&here)),
+            s.checkpoints_dir().join(pin_file_name("here", &here)),
+        )
+        .unwrap();
         let stray = [
             ".counter@x.snap.1.tmp",
             "counter.0123.pinned",
+            &pin_file_name("here", &checkpoint_digest(older)),
+            "here.pinning",
             "gone@ab.snap",
         ];
         for f in stray {
@@ -463,7 +484,8 @@ mod tests {
             .collect();
         left.sort();
         let mut want = vec![
-            format!("here@{}.snap", checkpoint_digest(newer)),
+            format!("here@{here}.snap"),
+            pin_file_name("here", &here),
             "old-style.snap".to_string(),
         ];
         want.sort();
