@@ -589,6 +589,71 @@ async fn a_damaged_push_is_sent_again() {
     assert_eq!(digest(&c, &dst.url).await, before, "every page arrived");
 }
 
+/// Pages the target asks for whose answer arrives damaged (a plain link)
+/// are asked for again: the app goes on with every byte, and does not
+/// restart from a checkpoint as if the source were lost. The source's
+/// pages reach the target through a relay only (it advertises the relay's
+/// address), and it pushes nothing for a minute: only fetches bring pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_page_answer_is_asked_for_again() {
+    if !paging_here() {
+        return;
+    }
+    let bound = TestNode::bind().await;
+    let relay = Relay::start(
+        &bound.url,
+        "src",
+        Fault::CorruptFirstAnswerTo { suffix: "/fetch" },
+        None,
+    )
+    .await;
+    let via = relay.url.clone();
+    let src = TestNode::start_on(bound, "src", move |cfg| {
+        cfg.advertise_url = Some(via);
+        cfg.postcopy_push_after = Duration::from_secs(60);
+    });
+    let dst = TestNode::start("dst").await;
+    let c = client();
+    heap_app(&c, &src).await;
+    call(&c, &src.url, "heap", "push", &[7]).await.unwrap();
+    let before = digest(&c, &src.url).await;
+    expect(&c, &dst.url, "src", "heap", 2).await;
+    let req = tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: dst.url.clone(),
+        mode: Mode::Postcopy,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: None,
+    };
+    let mover = {
+        let (c, url) = (c.clone(), src.url.clone());
+        tokio::spawn(async move {
+            c.post_json::<_, Value>(&format!("{url}/v1/apps/heap/migrate"), &req)
+                .await
+        })
+    };
+    wait_until("the app runs on dst", || async {
+        c.get_json::<Value>(&format!("{}/v1/apps/heap", dst.url))
+            .await
+            .is_ok_and(|st| st["state"] == "running")
+    })
+    .await;
+    // Reading the whole heap brings its pages, one request at a time.
+    assert_eq!(digest(&c, &dst.url).await, before, "every page read came");
+    let seen = relay.exchanges();
+    let fetches: Vec<_> = seen.iter().filter(|x| x.path.ends_with("/fetch")).collect();
+    assert!(fetches.first().is_some_and(|x| x.tampered), "{seen:?}");
+    assert!(fetches.len() > 100, "{} fetches", fetches.len());
+    let st: Value = c
+        .get_json(&format!("{}/v1/apps/heap", dst.url))
+        .await
+        .unwrap();
+    assert_eq!(st["state"], "running", "{st}");
+    assert!(st["last_error"].is_null(), "no restart on the target: {st}");
+    mover.abort();
+}
+
 /// A link that damages every push: the target refuses a few, then ends
 /// the move (409, its own restart from a checkpoint) and the source, told
 /// so, drops its copy; never both nodes running the app, never the target

@@ -4,9 +4,9 @@
 //! and by configuration it "dies" at the Nth request of a step (the
 //! connection is dropped without forwarding it, and every later connection
 //! is refused, like a machine that lost power), flips one byte in the middle
-//! of the first `/pages` body (or of every one), or holds the first request
-//! of a step until the test releases it (a migration caught in the middle,
-//! on purpose).
+//! of the first `/pages` body (or of every one) or of the first answer to
+//! a step, or holds the first request of a step until the test releases it
+//! (a migration caught in the middle, on purpose).
 //!
 //! Between nodes that speak TLS (an `https://` target) the relay ends TLS
 //! on both sides: it presents a certificate of the tests' CA for its own
@@ -38,6 +38,9 @@ pub enum Fault {
     CorruptFirstPages,
     /// Flip one byte in the middle of the body of every `/pages` request.
     CorruptEveryPages,
+    /// Flip one byte in the middle of the answer to the first request
+    /// whose path ends with `suffix`.
+    CorruptFirstAnswerTo { suffix: &'static str },
     /// Hold the first request whose path ends with `suffix` until
     /// [`Relay::release`]; [`Relay::wait_held`] returns once it is held.
     HoldAt { suffix: &'static str },
@@ -266,6 +269,18 @@ async fn relay_connection(
             return Ok(());
         };
         ex.status = Some(status_code(&resp.head)?);
+        let mut resp = resp;
+        if let Fault::CorruptFirstAnswerTo { suffix } = st.fault {
+            if path.ends_with(suffix) && !st.fired.swap(true, Ordering::SeqCst) {
+                assert!(
+                    !resp.chunked,
+                    "the relay damages Content-Length bodies only"
+                );
+                let mid = resp.body.len() / 2;
+                resp.body[mid] ^= 0x5a;
+                ex.tampered = true;
+            }
+        }
         st.seen.lock().unwrap().push(ex);
         if let Fault::LoseAnswerAt { suffix, .. } = st.fault {
             if path.ends_with(suffix) && !st.fired.swap(true, Ordering::SeqCst) {

@@ -64,7 +64,9 @@ pub(crate) const MAX_PUSH_BYTES: u64 =
 /// the target gives the move up: each is answered 422 and sent again by
 /// the source, which drops nothing; the last is answered 409, the app
 /// restarts on the target from its checkpoint, and the source drops its
-/// copy. A source never sends one push more often than this.
+/// copy. A source never sends one push more often than this, and a
+/// target asks for pages as often at most when their answer arrives
+/// damaged.
 const MAX_REJECTED_PUSHES: u32 = 8;
 /// Pages asked for with each faulting page (itself included): a fault
 /// usually means its neighbours are next.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tern_api::types::MigrationAck;
 use tern_runtime::instance::Instance;
 use tern_runtime::postcopy::{PageWant, PushReceiver};
-use tern_runtime::snapshot::{PageRequest, PostcopyFrame};
+use tern_runtime::snapshot::{PageChunkRef, PageRequest, PostcopyFrame};
 use tokio::sync::mpsc;
 
 use super::{Incoming, FETCH_PAGES};
@@ -172,11 +172,23 @@ async fn fetch_loop(
         );
         let url = format!("{url}?memory={}", want.memory);
         let mut pause = Duration::from_millis(50);
+        let mut damaged = 0;
         let chunk = loop {
             match node.client.post_bytes(&url, body.clone()).await {
                 Ok(b) => {
                     if pause > Duration::from_millis(50) {
                         incoming.trust(&node, &s.app, s.spec.generation);
+                    }
+                    // An answer damaged on the way (a plain link) is asked
+                    // for again, as a damaged push is sent again, rather
+                    // than taken for the source's loss (the pager checks
+                    // it again as it places it: a few microseconds).
+                    if let Err(e) = PageChunkRef::decode(&b) {
+                        damaged += 1;
+                        if damaged < super::MAX_REJECTED_PUSHES {
+                            continue;
+                        }
+                        break Err(format!("{damaged} answers arrived damaged, the last: {e}"));
                     }
                     break Ok(b);
                 }
