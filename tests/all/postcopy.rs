@@ -64,6 +64,18 @@ async fn heap_app(c: &Client, node: &TestNode) {
         .expect("grow");
 }
 
+/// A post-copy move to node `dst` at `to_url`, at generation 2.
+fn postcopy_to(to_url: &str) -> tern_api::types::MigrateRequest {
+    tern_api::types::MigrateRequest {
+        to_name: "dst".into(),
+        to_url: to_url.into(),
+        mode: Mode::Postcopy,
+        generation: 2,
+        checkpoint_url: None,
+        postcopy_after_rounds: None,
+    }
+}
+
 pub(crate) fn paging_here() -> bool {
     match tern_runtime::postcopy::available() {
         Ok(()) => true,
@@ -210,14 +222,7 @@ async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
     )
     .await;
     expect(&c, &dst_url, "src", "heap", 2).await;
-    let req = tern_api::types::MigrateRequest {
-        to_name: "dst".into(),
-        to_url: relay.url.clone(),
-        mode: Mode::Postcopy,
-        generation: 2,
-        checkpoint_url: None,
-        postcopy_after_rounds: None,
-    };
+    let req = postcopy_to(&relay.url);
     let e = c
         .post_json::<_, Value>(&format!("{}/v1/apps/heap/migrate", src.url), &req)
         .await
@@ -278,14 +283,7 @@ async fn a_lost_switch_answer_still_delivers_every_page() {
     )
     .await;
     expect(&c, &dst.url, "src", "heap", 2).await;
-    let req = tern_api::types::MigrateRequest {
-        to_name: "dst".into(),
-        to_url: relay.url.clone(),
-        mode: Mode::Postcopy,
-        generation: 2,
-        checkpoint_url: None,
-        postcopy_after_rounds: None,
-    };
+    let req = postcopy_to(&relay.url);
     let r: tern_api::types::MigrationReport = c
         .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)
         .await
@@ -543,14 +541,7 @@ async fn postcopy_through(
     let before = digest(&c, &src.url).await;
     let relay = Relay::start(&dst.url, "dst", fault, None).await;
     expect(&c, &dst.url, "src", "heap", 2).await;
-    let req = tern_api::types::MigrateRequest {
-        to_name: "dst".into(),
-        to_url: relay.url.clone(),
-        mode: Mode::Postcopy,
-        generation: 2,
-        checkpoint_url: None,
-        postcopy_after_rounds: None,
-    };
+    let req = postcopy_to(&relay.url);
     let r = c
         .post_json(&format!("{}/v1/apps/heap/migrate", src.url), &req)
         .await;
@@ -618,14 +609,7 @@ async fn a_damaged_page_answer_is_asked_for_again() {
     call(&c, &src.url, "heap", "push", &[7]).await.unwrap();
     let before = digest(&c, &src.url).await;
     expect(&c, &dst.url, "src", "heap", 2).await;
-    let req = tern_api::types::MigrateRequest {
-        to_name: "dst".into(),
-        to_url: dst.url.clone(),
-        mode: Mode::Postcopy,
-        generation: 2,
-        checkpoint_url: None,
-        postcopy_after_rounds: None,
-    };
+    let req = postcopy_to(&dst.url);
     let mover = {
         let (c, url) = (c.clone(), src.url.clone());
         tokio::spawn(async move {
