@@ -302,7 +302,8 @@ async fn api(
         }
         (Method::POST, ["v1", "postcopy", app, "fetch"]) => {
             let memory = q("memory").and_then(|m| m.parse().ok()).unwrap_or(0);
-            let body = read_body(req.into_body(), tern_api::MAX_BLOB_BODY).await?;
+            let limit = tern_runtime::snapshot::MAX_REQUEST_BYTES;
+            let body = read_body(req.into_body(), limit).await?;
             blob(migrate::postcopy::serve_fetch(node.clone(), app.to_string(), memory, body).await)
         }
         (Method::GET, ["v1", "postcopy", app, "watch"]) => {

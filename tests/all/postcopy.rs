@@ -64,6 +64,11 @@ async fn heap_app(c: &Client, node: &TestNode) {
         .expect("grow");
 }
 
+/// The heap app's status on the node at `url` (`None`: not there).
+async fn heap_status(c: &Client, url: &str) -> Option<Value> {
+    c.get_json(&format!("{url}/v1/apps/heap")).await.ok()
+}
+
 /// A post-copy move to node `dst` at `to_url`, at generation 2.
 fn postcopy_to(to_url: &str) -> tern_api::types::MigrateRequest {
     tern_api::types::MigrateRequest {
@@ -166,10 +171,7 @@ async fn a_busy_app_moves_postcopy_with_every_byte() {
         "{calls} touches"
     );
     // The source dropped its frozen copy; the target's app is whole.
-    let st: Value = c
-        .get_json(&format!("{}/v1/apps/heap", dst.url))
-        .await
-        .unwrap();
+    let st = heap_status(&c, &dst.url).await.expect("its status");
     assert_eq!(
         (st["state"].as_str(), st["generation"].as_u64()),
         (Some("running"), Some(2)),
@@ -236,10 +238,7 @@ async fn a_target_lost_midway_leaves_the_app_running_on_the_source() {
     );
     // The app runs on the source again, from its state at the switch, at
     // the new generation (a copy the target might still hold is older).
-    let st: Value = c
-        .get_json(&format!("{}/v1/apps/heap", src.url))
-        .await
-        .unwrap();
+    let st = heap_status(&c, &src.url).await.expect("its status");
     assert_eq!(
         (st["state"].as_str(), st["generation"].as_u64()),
         (Some("running"), Some(2)),
@@ -301,10 +300,7 @@ async fn a_lost_switch_answer_still_delivers_every_page() {
         "the target took the switch and its answer was dropped: {seen:?}"
     );
     assert_eq!(r.mode, "postcopy", "{r:?}");
-    let st: Value = c
-        .get_json(&format!("{}/v1/apps/heap", dst.url))
-        .await
-        .unwrap();
+    let st = heap_status(&c, &dst.url).await.expect("its status");
     assert_eq!(
         (st["state"].as_str(), st["generation"].as_u64()),
         (Some("running"), Some(2)),
@@ -397,10 +393,7 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
         call(&c, &n1.url, "heap", "push", &[2]).await.unwrap();
     } else {
         // None yet: the move takes one of the state it moves.
-        let st: Value = c
-            .get_json(&format!("{}/v1/apps/heap", n1.url))
-            .await
-            .unwrap();
+        let st = heap_status(&c, &n1.url).await.expect("its status");
         assert!(
             st["checkpoint"].is_null() || st["checkpoint"]["unix_ms"].is_null(),
             "the app has no checkpoint before the move: {st}"
@@ -419,9 +412,9 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
     };
     // The app resumes on n2 with its pages still on n1...
     wait_until("the app runs on n2", || async {
-        c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+        heap_status(&c, &n2.url)
             .await
-            .is_ok_and(|st| st["state"] == "running")
+            .is_some_and(|st| st["state"] == "running")
     })
     .await;
     // The app works there: its call brings the pages it touches over.
@@ -449,28 +442,23 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
             }
         };
         assert_eq!(done(generation - 1).await["remaining"], 0);
-        let st: Value = c
-            .get_json(&format!("{}/v1/apps/heap", n2.url))
-            .await
-            .unwrap();
+        let st = heap_status(&c, &n2.url).await.expect("its status");
         assert!(st["last_error"].is_null(), "an older move's end: {st}");
         assert!(done(generation).await["remaining"].as_u64().unwrap() > 0);
         wait_until("n2 restarts the app", || async {
-            c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
-                .await
-                .is_ok_and(|st| {
-                    st["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("restarted from its last checkpoint"))
-                })
+            heap_status(&c, &n2.url).await.is_some_and(|st| {
+                st["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("restarted from its last checkpoint"))
+            })
         })
         .await;
     } else {
         drop(n1);
         wait_until("n2 holds the app's calls", || async {
-            c.get_json::<Value>(&format!("{}/v1/apps/heap", n2.url))
+            heap_status(&c, &n2.url)
                 .await
-                .is_ok_and(|st| st["holding"].is_string())
+                .is_some_and(|st| st["holding"].is_string())
         })
         .await;
     }
@@ -481,10 +469,7 @@ async fn source_lost_midway(checkpoint_first: bool, done_early: bool) {
         .expect("the held call runs after the restart");
     // The app restarted on n2 from its checkpoint, lazily: most of its
     // 16 MiB is still on the control plane.
-    let st: Value = c
-        .get_json(&format!("{}/v1/apps/heap", n2.url))
-        .await
-        .unwrap();
+    let st = heap_status(&c, &n2.url).await.expect("its status");
     eprintln!("status after the loss: {}", st["last_error"]);
     assert_eq!(st["state"], "running", "{st}");
     assert!(st["holding"].is_null(), "{st}");
@@ -571,10 +556,7 @@ async fn a_damaged_push_is_sent_again() {
     );
     assert_eq!(r.mode, "postcopy", "{r:?}");
     let c = client();
-    let st: Value = c
-        .get_json(&format!("{}/v1/apps/heap", dst.url))
-        .await
-        .unwrap();
+    let st = heap_status(&c, &dst.url).await.expect("its status");
     assert_eq!(st["state"], "running", "{st}");
     assert!(st["last_error"].is_null(), "no restart on the target: {st}");
     assert_eq!(digest(&c, &dst.url).await, before, "every page arrived");
@@ -618,9 +600,9 @@ async fn a_damaged_page_answer_is_asked_for_again() {
         })
     };
     wait_until("the app runs on dst", || async {
-        c.get_json::<Value>(&format!("{}/v1/apps/heap", dst.url))
+        heap_status(&c, &dst.url)
             .await
-            .is_ok_and(|st| st["state"] == "running")
+            .is_some_and(|st| st["state"] == "running")
     })
     .await;
     // Reading the whole heap brings its pages, one request at a time.
@@ -629,13 +611,27 @@ async fn a_damaged_page_answer_is_asked_for_again() {
     let fetches: Vec<_> = seen.iter().filter(|x| x.path.ends_with("/fetch")).collect();
     assert!(fetches.first().is_some_and(|x| x.tampered), "{seen:?}");
     assert!(fetches.len() > 100, "{} fetches", fetches.len());
-    let st: Value = c
-        .get_json(&format!("{}/v1/apps/heap", dst.url))
-        .await
-        .unwrap();
+    let st = heap_status(&c, &dst.url).await.expect("its status");
     assert_eq!(st["state"], "running", "{st}");
     assert!(st["last_error"].is_null(), "no restart on the target: {st}");
     mover.abort();
+}
+
+/// A page request is a few bytes: a node buffers no more than the largest
+/// one can be (it read up to 2 GiB before), and refuses a byte more before
+/// reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_request_body_is_bounded() {
+    let node = TestNode::start("n1").await;
+    let url = format!("{}/v1/postcopy/heap/fetch?memory=0", node.url);
+    let limit = tern_runtime::snapshot::MAX_REQUEST_BYTES;
+    for (len, refused) in [(limit + 1, true), (limit, false), (64 << 10, true)] {
+        let e = client()
+            .post_bytes(&url, bytes::Bytes::from(vec![0u8; len]))
+            .await
+            .expect_err("no post-copy leaves this node");
+        assert_eq!(e.status() == Some(413), refused, "{len} bytes: {e}");
+    }
 }
 
 /// A link that damages every push: the target refuses a few, then ends
@@ -672,14 +668,12 @@ async fn a_link_that_damages_every_push_ends_the_move_on_one_node() {
     // It has no checkpoint (a move between two nodes alone): it stops,
     // saying why, rather than run on without its pages.
     wait_until("the target ends the move", || async {
-        c.get_json::<Value>(&format!("{}/v1/apps/heap", dst.url))
-            .await
-            .is_ok_and(|st| {
-                st["state"] == "failed"
-                    && st["last_error"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("8 pushes arrived damaged"))
-            })
+        heap_status(&c, &dst.url).await.is_some_and(|st| {
+            st["state"] == "failed"
+                && st["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("8 pushes arrived damaged"))
+        })
     })
     .await;
 }

@@ -54,7 +54,7 @@ pub use commit::{CommitFrame, MAX_COMMIT_CHUNKS};
 pub use delta::{PageChunk, PageChunkRef};
 pub use image::{capture_memory, MemoryCapture, PAGE_SIZE};
 pub(crate) use image::{is_zero_page, ImageWriter};
-pub use postcopy::{PageRequest, PostcopyFrame, RemotePages, MAX_REQUEST_PAGES};
+pub use postcopy::{PageRequest, PostcopyFrame, RemotePages, MAX_REQUEST_BYTES, MAX_REQUEST_PAGES};
 pub use record::{decode_record, encode_record};
 pub use stream::{encode_chunk, encode_listed, encode_nonzero, EncodedSlice, PageSink, PageStream};
 use validate::validate_body;

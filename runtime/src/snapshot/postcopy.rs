@@ -30,6 +30,9 @@ const REQUEST_VERSION: u32 = 1;
 /// The most pages one request asks for (4 MiB): a fault handler asks for
 /// the faulting page and a few neighbours, never more.
 pub const MAX_REQUEST_PAGES: usize = 1024;
+/// The most bytes a page request may be (one for [`MAX_REQUEST_PAGES`]
+/// pages): a reader refuses a larger body before buffering it.
+pub const MAX_REQUEST_BYTES: usize = 20 + MAX_REQUEST_PAGES * 8 + 8;
 
 /// The pages of one memory the target does not hold yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
