@@ -210,7 +210,9 @@ async fn deploy_spinner(c: &Client, node: &TestNode, name: &str, timeout_ms: u64
 async fn a_flood_of_calls_is_bounded_and_answered_503_with_retry_after() {
     let node = TestNode::start("n1").await;
     let c = client();
-    deploy_spinner(&c, &node, "busy", 1500).await;
+    // Long enough for 400 clients to connect on a loaded machine (each a
+    // TLS handshake of its own) while the call spins.
+    deploy_spinner(&c, &node, "busy", 6000).await;
     deploy(&c, &node, tern_artifacts::COUNTER, "other").await;
 
     // The actor is held by a call that runs until its deadline...

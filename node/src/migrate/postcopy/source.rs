@@ -303,7 +303,12 @@ impl Move {
         while let Some(done) = in_flight.pop_front() {
             match done.await {
                 Ok(Ok(b)) if result.is_ok() => self.bytes_sent += b,
-                Ok(Err(e)) if result.is_ok() => result = Err(e),
+                // A target that answered it ended the move outweighs a
+                // push that could not reach it: it is alive, and a copy
+                // resumed here would run beside its own.
+                Ok(Err(e)) if result.is_ok() || matches!(e, PushError::TargetGaveUp(_)) => {
+                    result = Err(e)
+                }
                 _ => {}
             }
         }

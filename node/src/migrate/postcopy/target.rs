@@ -553,7 +553,10 @@ pub(crate) async fn receive_push_slice(
     mut body: hyper::body::Incoming,
 ) -> Result<serde_json::Value> {
     use http_body_util::BodyExt as _;
-    let incoming = push_target(&node, &app, generation)?;
+    let incoming = match push_target(&node, &app, generation) {
+        Ok(incoming) => incoming,
+        Err(e) => return Err(drained(&mut body, e).await),
+    };
     let mut push = PushReceiver::new(super::MAX_PUSH_BYTES);
     while let Some(frame) = body.frame().await {
         // A connection cut midway: the source, which sees it cut too,
@@ -562,7 +565,8 @@ pub(crate) async fn receive_push_slice(
             frame.map_err(|e| NodeError::bad_request(format!("cannot read the pages: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if let Err(e) = push.feed(&data) {
-                return Err(rejected(&node, &app, &incoming, e));
+                let e = rejected(&node, &app, &incoming, e);
+                return Err(drained(&mut body, e).await);
             }
         }
     }
@@ -573,6 +577,24 @@ pub(crate) async fn receive_push_slice(
     let pager = incoming.pager.clone();
     let placed = tokio::task::spawn_blocking(move || pager.place_staged(push)).await?;
     placed_or_given_up(&node, &app, &incoming, placed)
+}
+
+/// `refusal`, once the rest of the push it refuses is read (as much as a
+/// push may be): a server that answers before it read a body closes the
+/// connection, and the source would see a cut link, not the refusal —
+/// for a refusal that ends the move (409), a source that takes the cut
+/// for the target's loss resumes the app beside the target's restart.
+async fn drained(body: &mut hyper::body::Incoming, refusal: NodeError) -> NodeError {
+    use http_body_util::BodyExt as _;
+    let mut left = super::MAX_PUSH_BYTES;
+    while let Some(Ok(frame)) = body.frame().await {
+        let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+        if n > left {
+            break;
+        }
+        left -= n;
+    }
+    refusal
 }
 
 /// `POST /v1/postcopy/APP/done?generation=G`: the source sent every page
