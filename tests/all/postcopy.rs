@@ -630,7 +630,11 @@ async fn a_page_request_body_is_bounded() {
             .post_bytes(&url, bytes::Bytes::from(vec![0u8; len]))
             .await
             .expect_err("no post-copy leaves this node");
-        assert_eq!(e.status() == Some(413), refused, "{len} bytes: {e}");
+        // A body larger than the socket buffers may meet the closed
+        // connection before the 413 is read: refused all the same, since a
+        // node that read it would have answered with a status.
+        let cut = len > 2 * limit && e.status().is_none();
+        assert_eq!(e.status() == Some(413) || cut, refused, "{len} bytes: {e}");
     }
 }
 
