@@ -19,6 +19,7 @@ mod lease;
 mod limits;
 mod nodes;
 mod postcopy;
+mod postcopy_link;
 mod predictive;
 mod rebalance;
 mod relay;

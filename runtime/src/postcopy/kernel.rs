@@ -300,10 +300,10 @@ impl Uffd {
     }
 
     /// Copies `src` into the missing range at `dst` (waking its waiters).
-    /// `Ok(false)`: some page of it was present already, or the range
-    /// spans two mappings (nothing after that point was copied; the caller
-    /// goes page by page).
-    pub(super) fn copy(&self, dst: u64, src: &[u8]) -> io::Result<bool> {
+    /// Returns how many bytes it copied from the start: fewer than all when
+    /// a page was present already, or the range spans two mappings
+    /// (nothing after that point was copied; the caller goes page by page).
+    pub(super) fn copy(&self, dst: u64, src: &[u8]) -> io::Result<u64> {
         let mut done = 0u64;
         let len = src.len() as u64;
         while done < len {
@@ -328,7 +328,7 @@ impl Uffd {
                 continue;
             }
             match errno() {
-                Some(libc::EEXIST) => return Ok(false),
+                Some(libc::EEXIST) => return Ok(done),
                 Some(libc::EAGAIN) => continue,
                 // One copy must lie in one mapping (VMA), and a memory
                 // whose pages came from the resident stock is several
@@ -336,12 +336,12 @@ impl Uffd {
                 // whole. Page by page, each lies in one; a page that is
                 // truly outside the registration still fails there.
                 Some(libc::ENOENT) if len - done > crate::snapshot::PAGE_SIZE as u64 => {
-                    return Ok(false)
+                    return Ok(done)
                 }
                 _ => return Err(os_err("UFFDIO_COPY")),
             }
         }
-        Ok(true)
+        Ok(done)
     }
 
     /// Whether [`Uffd::move_pages`] can work here.

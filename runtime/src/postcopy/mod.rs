@@ -88,6 +88,7 @@ mod kernel {
 
 mod staging;
 
+use staging::Packed;
 pub use staging::{PushReceiver, StagedPush};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -137,6 +138,8 @@ struct Inner {
     remaining: AtomicU64,
     /// Pages placed by moving them (`UFFDIO_MOVE`) rather than copying.
     moved: AtomicU64,
+    /// Pages placed by copying them (`UFFDIO_COPY`).
+    copied: AtomicU64,
     done: AtomicBool,
     failed: Mutex<Option<String>>,
     interrupt: InterruptHandle,
@@ -218,6 +221,7 @@ impl Pager {
             pages: Mutex::new(pages),
             remaining: AtomicU64::new(remaining),
             moved: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
             done: AtomicBool::new(false),
             failed: Mutex::new(None),
             interrupt,
@@ -247,6 +251,12 @@ impl Pager {
     /// than copying them (see `staging`).
     pub fn pages_moved(&self) -> u64 {
         self.inner.moved.load(Ordering::Relaxed)
+    }
+
+    /// Pages placed so far by copying them: fetched ones, and pushed ones
+    /// the kernel could not move (see `staging`).
+    pub fn pages_copied(&self) -> u64 {
+        self.inner.copied.load(Ordering::Relaxed)
     }
 
     /// Why the pager failed, if it did (the memory is then incomplete).
@@ -317,43 +327,49 @@ impl Pager {
     /// `staging`). Returns how many remote pages are still missing.
     pub fn place_staged(&self, push: StagedPush) -> Result<u64, String> {
         let uffd = &self.inner.uffd;
-        let base = push.staging.addr();
-        let data = push.staging.bytes();
-        self.place_with(push.memory, &push.pages, data, |dst, offset, bytes| {
+        let data = push.staging.packed();
+        self.place_with(push.memory, &push.pages, data, |dst, offset, len| {
             let mut moved = 0;
             if uffd.moves() {
                 // SAFETY: these staged pages are placed once and never read
-                // through the staging mapping again (the per-page fallback
-                // below copies only pages that did not move).
-                moved = unsafe { uffd.move_pages(dst, base + offset, bytes.len() as u64)? };
-                let moved_pages = moved / PAGE_SIZE as u64;
-                self.inner.moved.fetch_add(moved_pages, Ordering::Relaxed);
+                // through the staging mapping again: what follows reads
+                // only the pages of the run that did not move.
+                moved = unsafe { uffd.move_pages(dst, data.addr() + offset as u64, len as u64)? };
             }
-            if moved == bytes.len() as u64 {
-                return Ok(true);
+            let moved = moved as usize;
+            if moved == len {
+                return Ok((moved, moved));
             }
-            uffd.copy(dst + moved, &bytes[moved as usize..])
+            // SAFETY: `[offset + moved, offset + len)` stayed in staging.
+            let rest = unsafe { data.get(offset + moved, len - moved) };
+            Ok((moved, moved + uffd.copy(dst + moved as u64, rest)? as usize))
         })
     }
 
     fn place(&self, memory: u32, page_list: &[u64], data: &[u8]) -> Result<u64, String> {
         let uffd = &self.inner.uffd;
-        self.place_with(memory, page_list, data, |dst, _, bytes| {
-            uffd.copy(dst, bytes)
+        let data = Packed::of(data);
+        self.place_with(memory, page_list, data, |dst, offset, len| {
+            // SAFETY: a plain slice; nothing moves out of it.
+            Ok((
+                0,
+                uffd.copy(dst, unsafe { data.get(offset, len) })? as usize,
+            ))
         })
     }
 
     /// Places the pages `page_list` names, whose bytes are `data` (packed),
-    /// where they are still missing: `put(dst, offset in data, bytes)` fills
-    /// a run of missing pages, saying whether it filled all of them (if
-    /// not, the run's pages are then copied one by one, and a page present
-    /// already is left alone).
+    /// where they are still missing: `put(dst, offset in data, len)` fills
+    /// a run of missing pages, saying how many of its first bytes it moved
+    /// into place and how many it placed in all, moved or copied (the
+    /// run's pages after those are then copied one by one, and a page
+    /// present already is left alone).
     fn place_with(
         &self,
         memory: u32,
         page_list: &[u64],
-        data: &[u8],
-        put: impl Fn(u64, u64, &[u8]) -> std::io::Result<bool>,
+        data: Packed<'_>,
+        put: impl Fn(u64, usize, usize) -> std::io::Result<(usize, usize)>,
     ) -> Result<u64, String> {
         let inner = &self.inner;
         let k = inner
@@ -395,21 +411,29 @@ impl Pager {
                 {
                     j += 1;
                 }
-                let bytes = &data[i * PAGE_SIZE..j * PAGE_SIZE];
                 let dst = m.base + p as u64 * PAGE_SIZE as u64;
-                let whole = match put(dst, (i * PAGE_SIZE) as u64, bytes) {
-                    Ok(whole) => whole,
+                let (moved, put_in) = match put(dst, i * PAGE_SIZE, (j - i) * PAGE_SIZE) {
+                    Ok((moved, put_in)) => (moved / PAGE_SIZE, put_in / PAGE_SIZE),
                     Err(e) => {
                         failed = Some(format!("placing pages of memory {}: {e}", m.index));
                         break 'runs;
                     }
                 };
-                if !whole {
-                    // Some page of the run was there already: page by page.
-                    for q in i..j {
-                        let dst = m.base + page_list[q] * PAGE_SIZE as u64;
-                        let page = &data[q * PAGE_SIZE..(q + 1) * PAGE_SIZE];
-                        if let Err(e) = inner.uffd.copy(dst, page) {
+                inner.moved.fetch_add(moved as u64, Ordering::Relaxed);
+                let copied = (put_in - moved) as u64;
+                inner.copied.fetch_add(copied, Ordering::Relaxed);
+                // Some page of the run was there already, or the run spans
+                // two mappings: the rest page by page.
+                for (q, &page) in page_list.iter().enumerate().take(j).skip(i + put_in) {
+                    let dst = m.base + page * PAGE_SIZE as u64;
+                    // SAFETY: a page after the moved ones: still there.
+                    let page = unsafe { data.get(q * PAGE_SIZE, PAGE_SIZE) };
+                    match inner.uffd.copy(dst, page) {
+                        Ok(n) => {
+                            let copied = n / PAGE_SIZE as u64;
+                            inner.copied.fetch_add(copied, Ordering::Relaxed);
+                        }
+                        Err(e) => {
                             failed = Some(format!("placing a page of memory {}: {e}", m.index));
                             break 'runs;
                         }

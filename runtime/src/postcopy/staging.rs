@@ -11,7 +11,14 @@
 //! `UFFDIO_MOVE` (Linux 6.8): page-table entries change hands, no byte is
 //! copied again. Where the kernel cannot move (older kernels, a range over
 //! two mappings, a page already present) the pages are copied from the
-//! staging mapping as before.
+//! staging mapping as before. The pager counts both
+//! ([`Pager::pages_moved`](super::Pager::pages_moved),
+//! [`Pager::pages_copied`](super::Pager::pages_copied)) and the move's
+//! report carries them, so a fall-back to copying shows.
+//!
+//! Pages leave the staging mapping as they move, so its bytes are never
+//! borrowed whole while they do: a placement reads them through
+//! [`Packed`], a run at a time, only the pages still there.
 //!
 //! Nothing reaches the memory before the slice's sum is checked: a push cut
 //! short or corrupt is dropped with its staging mapping, and its pages stay
@@ -42,20 +49,62 @@ impl Staging {
         Ok(Staging { base, len })
     }
 
-    pub(crate) fn addr(&self) -> u64 {
-        self.base as u64
-    }
-
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: our own read-write mapping of `len` bytes, borrowed
         // mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.base as *mut u8, self.len) }
     }
 
-    /// The staged bytes. Pages moved out of the mapping read as zero.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: as in `bytes_mut`, shared.
-        unsafe { std::slice::from_raw_parts(self.base as *const u8, self.len) }
+    /// The staged bytes, as a view that borrows only the pages about to be
+    /// copied: pages leave the mapping as they are moved out, so no slice
+    /// may span the whole of it while they do.
+    pub(crate) fn packed(&self) -> Packed<'_> {
+        Packed {
+            ptr: self.base as *const u8,
+            len: self.len,
+            _of: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Packed page bytes a placement reads from: a plain slice, or a staging
+/// mapping whose pages may be moved out (the kernel changes them under
+/// it) while it is read. Bytes are borrowed a run at a time
+/// ([`Packed::get`]), only for pages still there.
+#[derive(Clone, Copy)]
+pub(crate) struct Packed<'a> {
+    ptr: *const u8,
+    len: usize,
+    _of: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> Packed<'a> {
+    pub(crate) fn of(bytes: &'a [u8]) -> Packed<'a> {
+        Packed {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            _of: std::marker::PhantomData,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// The bytes `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// None of these bytes may have been moved out, nor be moved out while
+    /// the slice lives.
+    pub(crate) unsafe fn get(&self, offset: usize, len: usize) -> &'a [u8] {
+        assert!(offset.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds (checked above) of memory borrowed for `'a`;
+        // unchanged while the slice lives (the caller's promise).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(offset), len) }
     }
 }
 

@@ -237,7 +237,11 @@ fn a_staged_push_fills_only_missing_pages_and_only_once_it_checks_out() {
     // fetched ones moved.
     if pager.inner.uffd.moves() {
         assert_eq!(pager.pages_moved(), all.len() as u64 - 2);
+        assert_eq!(pager.pages_copied(), 2, "only the two fetched");
     }
+    // Each page placed once: the two fetched, then the push's others.
+    let placed = pager.pages_moved() + pager.pages_copied();
+    assert_eq!(placed, all.len() as u64);
 }
 
 #[test]
@@ -258,9 +262,17 @@ fn a_placement_that_fails_midway_still_counts_what_it_placed() {
         .flat_map(|&p| src[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE].to_vec())
         .collect();
     let calls = std::sync::atomic::AtomicUsize::new(0);
-    let failed = pager.place_with(0, &list, &data, |dst, _, bytes| {
+    let packed = super::Packed::of(&data);
+    let failed = pager.place_with(0, &list, packed, |dst, offset, len| {
         match calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
-            0 => pager.inner.uffd.copy(dst, bytes),
+            // SAFETY: a plain slice.
+            0 => Ok((
+                0,
+                pager
+                    .inner
+                    .uffd
+                    .copy(dst, unsafe { packed.get(offset, len) })? as usize,
+            )),
             _ => Err(std::io::Error::other("no room")),
         }
     });

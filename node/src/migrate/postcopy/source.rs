@@ -126,20 +126,27 @@ impl Move {
                 // not deliver the app's state, and says so. An answer lost
                 // on the way is no news: the target's watch sees the move
                 // end and checks its pages itself.
-                if let Some(left) = done
+                let done = done
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| v["remaining"].as_u64())
-                    .filter(|&left| left > 0)
-                {
+                    .unwrap_or_default();
+                if let Some(left) = done["remaining"].as_u64().filter(|&left| left > 0) {
                     return Err(NodeError::new(
                         crate::ErrorKind::Peer(502),
                         format!("post-copy: the target still lacked {left} of {total} pages when every push was in; it goes on from its checkpoint (see the app's status there)"),
                     ));
                 }
                 self.node.forget_checkpoint(&self.app);
+                // How the target placed them: moved into place where its
+                // kernel can, copied where it cannot (a cost worth seeing).
+                let placed = match (done["moved"].as_u64(), done["copied"].as_u64()) {
+                    (Some(m), Some(c)) => {
+                        format!("; the target moved {m} into place and copied {c}")
+                    }
+                    _ => String::new(),
+                };
                 self.add_note(format!(
-                    "post-copy: {total} pages to deliver; {served_pages} fetched by the target on first touch, the rest pushed"
+                    "post-copy: {total} pages to deliver; {served_pages} fetched by the target on first touch, the rest pushed{placed}"
                 ));
                 Ok(n)
             }

@@ -609,6 +609,7 @@ pub(crate) fn receive_done(
     };
     lock(&node.postcopy.incoming).remove(app);
     let left = incoming.pager.remaining();
+    let (moved, copied) = (incoming.pager.pages_moved(), incoming.pager.pages_copied());
     if left > 0 {
         // Never the case when every push landed; if it were, those pages
         // will never come: the app must not run on without them, and goes
@@ -617,5 +618,9 @@ pub(crate) fn receive_done(
         let (node, s) = (node.clone(), incoming.session.clone());
         tokio::spawn(async move { source_lost(&node, &s, &incoming, why).await });
     }
-    serde_json::json!({ "remaining": left })
+    serde_json::json!({
+        "remaining": left,
+        "moved": moved,
+        "copied": copied,
+    })
 }
