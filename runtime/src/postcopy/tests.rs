@@ -18,6 +18,14 @@ impl Drop for Mapping {
     }
 }
 
+/// Whether this process can page post-copy (each test is skipped, saying
+/// why, where it cannot).
+fn paging() -> bool {
+    available()
+        .map_err(|why| eprintln!("skipped: post-copy unavailable here: {why}"))
+        .is_ok()
+}
+
 fn mapping() -> Mapping {
     let len = PAGES * PAGE_SIZE;
     // SAFETY: a fresh anonymous mapping.
@@ -68,8 +76,7 @@ fn start(m: &Mapping, interrupt: InterruptHandle) -> (Arc<Pager>, mpsc::Receiver
 
 #[test]
 fn pages_arrive_on_first_touch_and_pushes_never_overwrite() {
-    if let Err(why) = available() {
-        eprintln!("skipped: post-copy unavailable here: {why}");
+    if !paging() {
         return;
     }
     let m = mapping();
@@ -136,7 +143,7 @@ fn pages_arrive_on_first_touch_and_pushes_never_overwrite() {
 
 #[test]
 fn a_lost_source_interrupts_and_fails_the_pager() {
-    if available().is_err() {
+    if !paging() {
         return;
     }
     let m = mapping();
@@ -186,8 +193,7 @@ fn receive(
 
 #[test]
 fn a_staged_push_fills_only_missing_pages_and_only_once_it_checks_out() {
-    if let Err(why) = available() {
-        eprintln!("skipped: post-copy unavailable here: {why}");
+    if !paging() {
         return;
     }
     let m = mapping();
@@ -246,8 +252,7 @@ fn a_staged_push_fills_only_missing_pages_and_only_once_it_checks_out() {
 
 #[test]
 fn a_placement_that_fails_midway_still_counts_what_it_placed() {
-    if let Err(why) = available() {
-        eprintln!("skipped: post-copy unavailable here: {why}");
+    if !paging() {
         return;
     }
     let m = mapping();
