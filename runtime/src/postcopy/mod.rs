@@ -342,7 +342,10 @@ impl Pager {
             }
             // SAFETY: `[offset + moved, offset + len)` stayed in staging.
             let rest = unsafe { data.get(offset + moved, len - moved) };
-            Ok((moved, moved + uffd.copy(dst + moved as u64, rest)? as usize))
+            // A copy that fails here is tried again page by page, which
+            // reports the failure; what moved is counted either way.
+            let copied = uffd.copy(dst + moved as u64, rest).unwrap_or(0);
+            Ok((moved, moved + copied as usize))
         })
     }
 

@@ -141,7 +141,7 @@ impl Move {
                 // kernel can, copied where it cannot (a cost worth seeing).
                 let placed = match (done["moved"].as_u64(), done["copied"].as_u64()) {
                     (Some(m), Some(c)) => {
-                        format!("; the target moved {m} into place and copied {c}")
+                        format!("; the target moved {m} into place and copied {c} (those fetched, and any push it could not move)")
                     }
                     _ => String::new(),
                 };
