@@ -352,34 +352,47 @@ impl Uffd {
     /// Moves the pages of `[src, src + len)` (resident pages of a private
     /// anonymous mapping this process owns alone) to the missing range at
     /// `dst` (waking its waiters): page-table entries change hands, no
-    /// byte is copied and no page allocated. Fewer than `len`: not all moved (a
-    /// page of `dst` was present, the ranges span two mappings, or a page
-    /// of `src` is shared): what did not move stays in `src`, and the
-    /// caller goes on otherwise. Returns how many bytes moved (from the
-    /// start).
+    /// byte is copied and no page allocated. One move must lie in one
+    /// mapping at each end, and the memory and the staging pages can each
+    /// be several (`crate::resident`): a range the kernel refuses whole is
+    /// tried again in halves, down to a page, so each part moves. Fewer
+    /// than `len`: not all moved (a page of `dst` was present, or a page of
+    /// `src` is shared): what did not move stays in `src`, and the caller
+    /// goes on otherwise. Returns how many bytes moved (from the start).
     ///
     /// # Safety
     /// `[src, src + len)` must be memory no one uses any more: its pages
     /// leave it (reading it afterwards faults in zeros).
     pub(super) unsafe fn move_pages(&self, dst: u64, src: u64, len: u64) -> io::Result<u64> {
+        let page = crate::snapshot::PAGE_SIZE as u64;
         let mut done = 0u64;
+        // How much to try at once: all that is left, or less after a
+        // refusal (doubled again after each move that worked).
+        let mut step = len;
         while done < len {
+            let ask = step.min(len - done);
             let mut m = UffdioMove {
                 dst: dst + done,
                 src: src + done,
-                len: len - done,
+                len: ask,
                 mode: 0,
                 moved: 0,
             };
             let rc = ioctl(&self.fd, UFFDIO_MOVE, &mut m);
-            if m.moved > 0 {
-                done += m.moved as u64;
-            }
+            let moved = m.moved.max(0) as u64;
+            done += moved;
             if rc >= 0 {
+                // Back up to larger moves once past a mapping's end.
+                step = ask.saturating_mul(2);
                 continue;
             }
             match errno() {
                 Some(libc::EAGAIN) => continue,
+                // Refused whole: the range crosses a mapping's end (at
+                // either side). Halves, down to one page.
+                Some(libc::EINVAL | libc::ENOENT) if moved == 0 && ask > page => {
+                    step = (ask / 2).div_ceil(page) * page;
+                }
                 Some(libc::EEXIST | libc::EINVAL | libc::EBUSY | libc::ENOENT) => return Ok(done),
                 _ => return Err(os_err("UFFDIO_MOVE")),
             }

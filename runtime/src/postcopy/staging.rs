@@ -9,9 +9,9 @@
 //! from the node's stock (`crate::resident`) — and once the whole slice
 //! checks out, its pages still missing in the memory are *moved* there with
 //! `UFFDIO_MOVE` (Linux 6.8): page-table entries change hands, no byte is
-//! copied again. Where the kernel cannot move (older kernels, a range over
-//! two mappings, a page already present) the pages are copied from the
-//! staging mapping as before. The pager counts both
+//! copied again. A range over two mappings (at either end) is moved in
+//! parts. Where the kernel cannot move (older kernels, a page already
+//! present) the pages are copied from the staging mapping as before. The pager counts both
 //! ([`Pager::pages_moved`](super::Pager::pages_moved),
 //! [`Pager::pages_copied`](super::Pager::pages_copied)) and the move's
 //! report carries them, so a fall-back to copying shows.

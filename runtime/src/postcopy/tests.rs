@@ -250,6 +250,62 @@ fn a_staged_push_fills_only_missing_pages_and_only_once_it_checks_out() {
     assert_eq!(placed, all.len() as u64);
 }
 
+/// A memory can be several mappings (its pages came from the resident
+/// stock in runs), and the kernel refuses a move that crosses a mapping's
+/// end whole: the run is moved in parts, not copied page by page.
+#[test]
+fn a_push_over_two_mappings_is_still_moved() {
+    if !paging() {
+        return;
+    }
+    let m = mapping();
+    // Pages 22.. become a mapping of their own (a flag only they have);
+    // the remote run 21-24 crosses into it.
+    // SAFETY: our own mapping, page-aligned.
+    let rc = unsafe {
+        libc::madvise(
+            m.0.add(22 * PAGE_SIZE).cast(),
+            m.1 - 22 * PAGE_SIZE,
+            libc::MADV_DONTFORK,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let (pager, _wants) = start(&m, InterruptHandle::new());
+    if !pager.inner.uffd.moves() {
+        eprintln!("skipped: this kernel cannot move pages");
+        return;
+    }
+    let (start, end) = (m.0 as u64, m.0 as u64 + m.1 as u64);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let parts = maps
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split(' ').next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .filter(|&(a, b)| a < end && b > start)
+        .count();
+    assert_eq!(parts, 2, "the memory is two mappings");
+    let all: Vec<u64> = (0..40).filter(|p| p % 5 != 0).collect();
+    let push = receive(&all, 4096, |_| {}).expect("the push checks out");
+    assert_eq!(pager.place_staged(push).unwrap(), 0);
+    assert_eq!(pager.pages_moved(), all.len() as u64, "every page moved");
+    assert_eq!(pager.pages_copied(), 0);
+    let src = source();
+    // SAFETY: the pager is done; every page is present or zero-filled.
+    let mem = unsafe { std::slice::from_raw_parts(m.0, m.1) };
+    for &p in &all {
+        let p = p as usize;
+        assert!(
+            mem[p * PAGE_SIZE..(p + 1) * PAGE_SIZE] == src[p * PAGE_SIZE..(p + 1) * PAGE_SIZE],
+            "page {p} differs"
+        );
+    }
+}
+
 #[test]
 fn a_placement_that_fails_midway_still_counts_what_it_placed() {
     if !paging() {
