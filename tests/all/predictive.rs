@@ -19,11 +19,8 @@ use tern_scheduler::RebalanceConfig;
 
 use crate::nodes::{client, start_control, TestNode};
 
-/// The control plane's sample period (one predictor interval). The move
-/// can only come in the period before a peak (when the forecast first
-/// sees it), so this is the test's slack for a loaded machine: at 1 s a
-/// move once came 0.56 s late beside a heavy build.
-const PERIOD_MS: u64 = 2000;
+/// The control plane's sample period (one predictor interval).
+const PERIOD_MS: u64 = 1000;
 /// Sample periods in one cycle of the load ...
 const CYCLE: u64 = 3;
 /// ... the first this many of which are the peak.
@@ -35,8 +32,8 @@ const MAX_MOVES: usize = 1;
 const REBALANCE_EVERY: Duration = Duration::from_millis(250);
 const SMALL_CPU: u64 = 500;
 const BIG_CPU: u64 = 8000;
-/// Longest wait for any one step (learning the period takes ~14 of them).
-const WAIT: Duration = Duration::from_secs(45 * PERIOD_MS / 1000);
+/// Longest wait for any one step.
+const WAIT: Duration = Duration::from_secs(45);
 
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -303,10 +300,7 @@ async fn the_control_plane_moves_an_app_ahead_of_its_predicted_peak() {
     assert!(
         reason.starts_with("rebalance: overload: source expected at")
             && reason.contains(&format!("of {SMALL_CPU}m CPU"))
-            && reason.contains(&format!(
-                "forecast for the next {} s: wave at",
-                PERIOD_MS / 1000
-            )),
+            && reason.contains("forecast for the next 1 s: wave at"),
         "{reason}"
     );
 
