@@ -398,6 +398,68 @@ mod tests {
         assert_eq!(with_shape.len(), moves.len());
     }
 
+    /// A forecast that was sure of itself and wrong (a spread of a
+    /// hundredth of a millicore, a miss of a core) gives an error of 10⁵
+    /// spreads. Read as it came, such an error made a node holding only an
+    /// idle app (next to no spread either) look at risk, and the planner
+    /// moved the app off its quiet node for nothing (seen on a live
+    /// cluster: the idle app moved after the busy one). Errors count at
+    /// most `tern_scheduler::MAX_STANDARD_ERROR` spreads.
+    #[test]
+    fn an_idle_app_on_a_quiet_node_stays_put() {
+        let mut config = ControlConfig::new("unused", "token");
+        config.sample_period = Duration::from_secs(2);
+        let small = NodeState::new("small", Resources::new(500, 4 * GIB));
+        let big = NodeState::new("big", Resources::new(8000, 16 * GIB));
+        let mut cluster = Cluster::new(vec![small, big]);
+        for (app, node) in [("calm", "small"), ("wave", "big")] {
+            cluster
+                .bind(AppSpec::new(app, Resources::new(50, 64 << 20)), node)
+                .unwrap();
+        }
+        // One period in ten, `wave` was forecast idle with no doubt and
+        // used a core; otherwise as forecast, give or take half a spread.
+        let mut kept = std::collections::VecDeque::new();
+        let mut shape = None;
+        for period in 0..ERROR_SHAPE_MIN as u64 {
+            let (mean, used) = if period % 10 == 0 {
+                (0.0, 1000)
+            } else {
+                (1000.0, 1000 + period % 2 * 50)
+            };
+            let expect = BTreeMap::from([
+                ("big".to_string(), (mean, 1e-4)),
+                ("small".to_string(), (0.0, 100.0)),
+            ]);
+            let usage = std::collections::HashMap::from([
+                ("calm".to_string(), Resources::new(0, 0)),
+                ("wave".to_string(), Resources::new(used, 0)),
+            ]);
+            let errors = node_errors(&expect, &cluster, &usage);
+            shape = error_shape(&mut kept, errors, 1);
+        }
+        let shape = shape.expect("enough errors");
+        let f = |cpu_mean: f64, sd: f64| AppForecast {
+            cpu_mean,
+            cpu_var: sd * sd,
+            memory_bytes: 1 << 20,
+        };
+        let forecast = BTreeMap::from([
+            ("calm".to_string(), f(0.0, 0.01)),
+            ("wave".to_string(), f(2625.0, 795.0)),
+        ]);
+        let demand = BTreeMap::new();
+        let input = RebalanceInput {
+            demand: &demand,
+            state_bytes: &BTreeMap::new(),
+            last_moved: &BTreeMap::new(),
+            now: 1000,
+        };
+        let rules = RebalanceConfig::default();
+        let (moves, _) = learned(&config, &cluster, &forecast, &input, &rules, Some(&shape));
+        assert!(moves.is_empty(), "{moves:?}");
+    }
+
     #[test]
     fn a_move_on_the_forecast_says_what_was_forecast() {
         let config = ControlConfig::new("unused", "token");

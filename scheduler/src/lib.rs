@@ -75,7 +75,7 @@ pub use predict::{
 };
 pub use rebalance::predictive::{
     capacity_advice, node_forecasts, plan_predictive, AppForecast, CapacityAdvice, ErrorShape,
-    PredictiveConfig, PredictiveInput, ERROR_SHAPE_MIN, ERROR_SHAPE_PERIODS,
+    PredictiveConfig, PredictiveInput, ERROR_SHAPE_MIN, ERROR_SHAPE_PERIODS, MAX_STANDARD_ERROR,
 };
 pub use rebalance::{plan_rebalance, Move, MoveReason, RebalanceConfig, RebalanceInput};
 pub use restart::{backoff_ms, decide_restart, Exit, RestartDecision};

@@ -12,6 +12,14 @@ pub const ERROR_SHAPE_PERIODS: usize = 240;
 /// the normal.
 pub const ERROR_SHAPE_MIN: usize = 100;
 
+/// The most spreads one error counts for. A forecast sure of itself (a
+/// spread of a hundredth of a millicore) and wrong by a core errs by 10⁵
+/// spreads; taken as it came, such an error says that any node, however
+/// little its apps can vary, may overload, and the planner moves idle
+/// apps off quiet nodes for nothing. Beyond this many spreads an error
+/// tells of the spread, not of how far demand goes.
+pub const MAX_STANDARD_ERROR: f64 = 100.0;
+
 /// The distribution of past node-level forecast errors, each divided by the
 /// standard deviation the forecast gave its node: the planner reads a
 /// node's chance of overload and expected unserved CPU from it instead of
@@ -27,9 +35,14 @@ pub struct ErrorShape {
 
 impl ErrorShape {
     /// From standardized errors (actual minus expected, over the forecast's
-    /// standard deviation); non-finite ones are dropped.
+    /// standard deviation), each at most [`MAX_STANDARD_ERROR`] either way;
+    /// non-finite ones are dropped.
     pub fn new(errors: impl IntoIterator<Item = f64>) -> Self {
-        let mut sorted: Vec<f64> = errors.into_iter().filter(|z| z.is_finite()).collect();
+        let mut sorted: Vec<f64> = errors
+            .into_iter()
+            .filter(|z| z.is_finite())
+            .map(|z| z.clamp(-MAX_STANDARD_ERROR, MAX_STANDARD_ERROR))
+            .collect();
         sorted.sort_by(f64::total_cmp);
         let mut above = vec![0.0; sorted.len() + 1];
         for i in (0..sorted.len()).rev() {

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-pub use super::error_shape::{ErrorShape, ERROR_SHAPE_MIN, ERROR_SHAPE_PERIODS};
+pub use super::error_shape::{
+    ErrorShape, ERROR_SHAPE_MIN, ERROR_SHAPE_PERIODS, MAX_STANDARD_ERROR,
+};
 use super::{Move, MoveReason};
 use crate::cluster::{Cluster, Resources};
 use crate::cost::{migration_cost, CostWeights, MigrationInput};
